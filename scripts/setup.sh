@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# setup.sh makes a fresh machine ready to build and test Outpost: the Debian
+# packages the tests use, then the pinned TFLite runtime and test models.
+# Idempotent: when everything is in place it only says so.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+# command -> Debian package that provides it.
+declare -A pkgs=(
+  [gcc]=gcc
+  [npm]=npm
+  [mosquitto]=mosquitto
+  [mosquitto_sub]=mosquitto-clients
+)
+missing=()
+for cmd in "${!pkgs[@]}"; do
+  if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]]; then
+    missing+=("${pkgs[$cmd]}")
+  fi
+done
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "setup: installing ${missing[*]}"
+  if [[ $(id -u) -ne 0 ]]; then
+    sudo=sudo
+  else
+    sudo=
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The Debian package starts a system broker on :1883; tests start their own on
+  # free ports, so leave the system one as the admin configured it.
+fi
+
+"$here/fetch-deps.sh"
