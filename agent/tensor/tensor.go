@@ -117,3 +117,15 @@ func SameShape(want, got []int) bool {
 	}
 	return true
 }
+
+// Tensor is a named tensor with its data, as requests carry it and responses
+// return it. Data holds the elements in little-endian byte order, packed
+// (BOOL one byte per element, FP16 as IEEE half); BYTES tensors use Strings
+// instead, one entry per element.
+type Tensor struct {
+	Name     string
+	DataType DataType
+	Shape    []int
+	Data     []byte
+	Strings  [][]byte
+}
