@@ -1,0 +1,110 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+)
+
+// ErrBadTopicSegment is returned (wrapped) when a fleet or device name cannot be
+// used as one MQTT topic level.
+var ErrBadTopicSegment = errors.New("protocol: bad topic segment")
+
+// topicRoot is the first two levels of every Outpost topic.
+const topicRoot = "outpost/v1"
+
+// Topics names the MQTT topics of one device. Build it with DeviceTopics so the
+// names are checked once.
+type Topics struct {
+	// State is retained and holds "online" or "offline"; the broker publishes
+	// "offline" through the device's last will when the link dies.
+	State string
+	// Cmd carries signed commands from the controller to the device.
+	Cmd string
+	// Ack carries the device's progress and results for commands.
+	Ack string
+	// Events carries telemetry batches (QoS 1), see AppendBatch.
+	Events string
+	// Chunk carries artifact chunks for this device.
+	Chunk string
+	// ArtifactsReq is where the device asks for artifact chunks; shared by the
+	// whole fleet.
+	ArtifactsReq string
+}
+
+// State payloads published (retained) on Topics.State.
+const (
+	StateOnline  = "online"
+	StateOffline = "offline"
+)
+
+// DeviceTopics returns the topics of device in fleet:
+// outpost/v1/<fleet>/<device>/{state,cmd,ack,events,chunk} and
+// outpost/v1/<fleet>/artifacts/req.
+func DeviceTopics(fleet, device string) (Topics, error) {
+	if err := checkSegment(fleet); err != nil {
+		return Topics{}, fmt.Errorf("protocol: fleet: %w", err)
+	}
+	if err := checkSegment(device); err != nil {
+		return Topics{}, fmt.Errorf("protocol: device: %w", err)
+	}
+	if device == "artifacts" {
+		// Would collide with outpost/v1/<fleet>/artifacts/req.
+		return Topics{}, fmt.Errorf("protocol: device: %q is reserved: %w", device, ErrBadTopicSegment)
+	}
+	base := topicRoot + "/" + fleet + "/" + device + "/"
+	return Topics{
+		State:        base + "state",
+		Cmd:          base + "cmd",
+		Ack:          base + "ack",
+		Events:       base + "events",
+		Chunk:        base + "chunk",
+		ArtifactsReq: topicRoot + "/" + fleet + "/artifacts/req",
+	}, nil
+}
+
+// FleetEventsFilter is the subscription filter a controller uses to receive the
+// events of every device in fleet: outpost/v1/<fleet>/+/events.
+func FleetEventsFilter(fleet string) (string, error) {
+	if err := checkSegment(fleet); err != nil {
+		return "", fmt.Errorf("protocol: fleet: %w", err)
+	}
+	return topicRoot + "/" + fleet + "/+/events", nil
+}
+
+// ParseEventsTopic returns the fleet and device of an events topic, so a
+// controller subscribed with FleetEventsFilter knows which device sent a batch.
+func ParseEventsTopic(topic string) (fleet, device string, err error) {
+	rest, ok := strings.CutPrefix(topic, topicRoot+"/")
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != 3 || parts[2] != "events" {
+		return "", "", fmt.Errorf("protocol: %q is not an events topic: %w", topic, ErrBadTopicSegment)
+	}
+	for _, p := range parts[:2] {
+		if err := checkSegment(p); err != nil {
+			return "", "", fmt.Errorf("protocol: topic %q: %w", topic, err)
+		}
+	}
+	return parts[0], parts[1], nil
+}
+
+// checkSegment accepts a non-empty name of at most 128 bytes made of ASCII
+// letters, digits, '-', '_' and '.', which is safe as one topic level on every
+// broker we know and in file names.
+func checkSegment(s string) error {
+	if s == "" || len(s) > 128 {
+		return fmt.Errorf("%q: length must be 1 to 128: %w", s, ErrBadTopicSegment)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9', c == '-', c == '_', c == '.':
+		default:
+			return fmt.Errorf("%q: byte %q not allowed: %w", s, c, ErrBadTopicSegment)
+		}
+	}
+	if s == "." || s == ".." {
+		return fmt.Errorf("%q: %w", s, ErrBadTopicSegment)
+	}
+	return nil
+}
