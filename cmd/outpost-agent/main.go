@@ -28,6 +28,7 @@ type command struct {
 
 var commands = []command{
 	inspectCommand,
+	verifyCommand, installCommand,
 }
 
 // usageError marks bad command-line input (exit status 2).

@@ -54,6 +54,8 @@ type Verified struct {
 	// stores it so that revoked keys stay revoked.
 	Root    *trust.Root
 	Release *trust.Release
+	// Raw is the release envelope exactly as verified.
+	Raw []byte
 }
 
 // Manifest is the verified manifest.
@@ -83,7 +85,7 @@ func Verify(dir string, anchor *trust.Root, opts Options) (*Verified, error) {
 	if opts.AgentVersion != "" && !rel.Model.AgentSupported(opts.AgentVersion) {
 		return nil, fmt.Errorf("%w: %s needs agent %s, this is %s", ErrAgentTooOld, rel.Model.Name, rel.Model.MinAgentVersion, opts.AgentVersion)
 	}
-	v := &Verified{Dir: dir, Root: root, Release: rel}
+	v := &Verified{Dir: dir, Root: root, Release: rel, Raw: b}
 	r, err := v.Open()
 	if err != nil {
 		return nil, err

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/outpost-edge/outpost/fleet/export"
+	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/models/manifest"
+)
+
+var modelsExportCommand = command{
+	group: "models", name: "export",
+	summary: "sign a model version and write an offline bundle (the USB-stick path)",
+	run:     runModelsExport,
+}
+
+func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("models export", stderr)
+	keys := fs.String("keys", "", "keys directory made by keys init (required)")
+	name := fs.String("name", "", "model name (required)")
+	ver := fs.Int64("version", 0, "model version, a positive integer (required)")
+	expires := fs.Duration("expires", export.DefaultExpires, "how long the bundle may be installed")
+	out := fs.String("out", "", "bundle directory to write (required)")
+	golden := fs.String("golden", "", "JSON file with golden test vectors to sign into the manifest")
+	minAgent := fs.String("min-agent", "", "oldest agent version allowed to run the model")
+	rollback := fs.Bool("rollback", false, "sign a rollback instruction: devices may go back to this version")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite")
+		fs.PrintDefaults()
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *keys == "" || *name == "" || *ver < 1 || *out == "" {
+		fs.Usage()
+		return usageError{"--keys, --name, --version (positive), --out and one model file are required"}
+	}
+	opts := export.Options{Name: *name, Version: *ver, Model: pos[0], Out: *out, Expires: *expires,
+		MinAgentVersion: *minAgent, Rollback: *rollback}
+	if *golden != "" {
+		b, err := os.ReadFile(*golden)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &opts.Golden); err != nil {
+			return fmt.Errorf("golden %s: %w", *golden, err)
+		}
+	}
+	k, err := keyring.Open(*keys, keyring.Options{})
+	if err != nil {
+		return err
+	}
+	m, err := export.Export(k, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "exported %s v%d sha256:%s %d bytes to %s\n", m.Name, m.Version, m.SHA256, m.Length, *out)
+	describe(stdout, "input", m.Inputs)
+	describe(stdout, "output", m.Outputs)
+	return nil
+}
+
+func describe(w io.Writer, kind string, ts []manifest.Tensor) {
+	for _, t := range ts {
+		fmt.Fprintf(w, "  %s %s %s %v\n", kind, t.Name, t.DataType, t.Shape)
+	}
+}
