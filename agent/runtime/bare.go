@@ -61,20 +61,24 @@ static void outpost_bare_free(outpost_bare* b) {
 import "C"
 
 import (
-	"errors"
 	"fmt"
 	"unsafe"
 )
 
-// bareRunner runs a model straight through the C API. It is not safe for
+// Baseline runs a model straight through the TFLite C API, with none of this
+// package's pool, checks or go-tflite in between: the reference that tests
+// compare outputs against and benchmarks measure overhead against. Inputs
+// and outputs live in C memory, so Run is a single cgo call. Not safe for
 // concurrent use.
-type bareRunner struct {
-	b             *C.outpost_bare
-	inPtr, outPtr *[8]unsafe.Pointer
-	inLen, outLen *[8]C.size_t
+type Baseline struct {
+	b         *C.outpost_bare
+	in, out   []cBuf
+	ptrs      unsafe.Pointer // C arrays: in pointers, in sizes, out pointers, out sizes
+	nIn, nOut int
 }
 
-func newBareRunner(path string, threads int, xnnpack bool) (*bareRunner, error) {
+// NewBaseline loads path with threads and, if xnnpack, the XNNPACK delegate.
+func NewBaseline(path string, threads int, xnnpack bool) (*Baseline, error) {
 	cpath := C.CString(path)
 	defer C.free(unsafe.Pointer(cpath))
 	use := C.int(0)
@@ -83,41 +87,58 @@ func newBareRunner(path string, threads int, xnnpack bool) (*bareRunner, error) 
 	}
 	b := C.outpost_bare_new(cpath, C.int(threads), use)
 	if b == nil {
-		return nil, fmt.Errorf("bare: cannot load %s", path)
+		return nil, fmt.Errorf("runtime: baseline: cannot load %s", path)
 	}
-	alloc := func() unsafe.Pointer { return C.calloc(8, 8) }
-	return &bareRunner{
-		b:      b,
-		inPtr:  (*[8]unsafe.Pointer)(alloc()),
-		outPtr: (*[8]unsafe.Pointer)(alloc()),
-		inLen:  (*[8]C.size_t)(alloc()),
-		outLen: (*[8]C.size_t)(alloc()),
-	}, nil
+	r := &Baseline{b: b, nIn: int(C.TfLiteInterpreterGetInputTensorCount(b.it)), nOut: int(C.TfLiteInterpreterGetOutputTensorCount(b.it))}
+	for i := 0; i < r.nIn; i++ {
+		r.in = append(r.in, newCBuf(int(C.TfLiteTensorByteSize(C.TfLiteInterpreterGetInputTensor(b.it, C.int32_t(i))))))
+	}
+	for i := 0; i < r.nOut; i++ {
+		r.out = append(r.out, newCBuf(int(C.TfLiteTensorByteSize(C.TfLiteInterpreterGetOutputTensor(b.it, C.int32_t(i))))))
+	}
+	n := r.nIn + r.nOut
+	r.ptrs = C.calloc(C.size_t(2*n), 8)
+	ptrs := unsafe.Slice((*unsafe.Pointer)(r.ptrs), n)
+	sizes := unsafe.Slice((*C.size_t)(unsafe.Add(r.ptrs, 8*n)), n)
+	for i, cb := range append(append([]cBuf(nil), r.in...), r.out...) {
+		ptrs[i], sizes[i] = cb.p, C.size_t(cb.n)
+	}
+	return r, nil
 }
 
-// run copies in and out through C memory the caller provides (cIn, cOut),
-// so no Go pointer crosses into C.
-func (r *bareRunner) run(cIn, cOut []cBuf) error {
-	if len(cIn) > 8 || len(cOut) > 8 {
-		return errors.New("bare: at most 8 tensors each way")
+// SetInput copies data into input i's C buffer; it must be the tensor's size.
+func (r *Baseline) SetInput(i int, data []byte) error {
+	if i >= len(r.in) || len(data) != r.in[i].n {
+		return fmt.Errorf("runtime: baseline: input %d: %d bytes, want %d", i, len(data), r.in[i].n)
 	}
-	for i, b := range cIn {
-		r.inPtr[i], r.inLen[i] = b.p, C.size_t(b.n)
-	}
-	for i, b := range cOut {
-		r.outPtr[i], r.outLen[i] = b.p, C.size_t(b.n)
-	}
-	if rc := C.outpost_bare_run(r.b, &r.inPtr[0], &r.inLen[0], C.int(len(cIn)), &r.outPtr[0], &r.outLen[0], C.int(len(cOut))); rc != 0 {
-		return fmt.Errorf("bare: run failed at step %d", int(rc))
+	copy(r.in[i].bytes(), data)
+	return nil
+}
+
+// Run copies the inputs into the interpreter, invokes it and copies the
+// outputs out, all in C.
+func (r *Baseline) Run() error {
+	n := r.nIn + r.nOut
+	ptrs := (*unsafe.Pointer)(r.ptrs)
+	sizes := (*C.size_t)(unsafe.Add(r.ptrs, 8*n))
+	outPtrs := (*unsafe.Pointer)(unsafe.Add(r.ptrs, 8*r.nIn))
+	outSizes := (*C.size_t)(unsafe.Add(r.ptrs, 8*(n+r.nIn)))
+	if rc := C.outpost_bare_run(r.b, ptrs, sizes, C.int(r.nIn), outPtrs, outSizes, C.int(r.nOut)); rc != 0 {
+		return fmt.Errorf("runtime: baseline: run failed at step %d", int(rc))
 	}
 	return nil
 }
 
-func (r *bareRunner) close() {
+// Output is a view of output i's C buffer, overwritten by the next Run.
+func (r *Baseline) Output(i int) []byte { return r.out[i].bytes() }
+
+// Close frees everything.
+func (r *Baseline) Close() {
 	C.outpost_bare_free(r.b)
-	for _, p := range []unsafe.Pointer{unsafe.Pointer(r.inPtr), unsafe.Pointer(r.outPtr), unsafe.Pointer(r.inLen), unsafe.Pointer(r.outLen)} {
-		C.free(p)
+	for _, b := range append(r.in, r.out...) {
+		b.free()
 	}
+	C.free(r.ptrs)
 }
 
 // cBuf is a buffer in C memory.
@@ -126,7 +147,7 @@ type cBuf struct {
 	n int
 }
 
-func newCBuf(n int) cBuf { return cBuf{p: C.calloc(C.size_t(n), 1), n: n} }
+func newCBuf(n int) cBuf { return cBuf{p: C.calloc(C.size_t(max(n, 1)), 1), n: n} }
 
 func (b cBuf) bytes() []byte { return unsafe.Slice((*byte)(b.p), b.n) }
 

@@ -63,28 +63,22 @@ func BenchmarkInvokeVsBareC(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer m.Close()
-			bare, err := newBareRunner(path, 1, true)
+			bare, err := NewBaseline(path, 1, true)
 			if err != nil {
 				b.Fatal(err)
 			}
-			defer bare.close()
+			defer bare.Close()
 			in := inputsFor(m, 0)
 			out := outBufs(m)
-			cin := make([]cBuf, len(in))
 			for i := range in {
-				cin[i] = newCBuf(len(in[i]))
-				copy(cin[i].bytes(), in[i])
-				defer cin[i].free()
-			}
-			cout := make([]cBuf, len(out))
-			for i := range out {
-				cout[i] = newCBuf(len(out[i]))
-				defer cout[i].free()
+				if err := bare.SetInput(i, in[i]); err != nil {
+					b.Fatal(err)
+				}
 			}
 			ctx := context.Background()
 			const pairs = 400
 			for range 20 { // warm up both
-				_ = bare.run(cin, cout)
+				_ = bare.Run()
 				_ = m.Invoke(ctx, in, out)
 			}
 			b.ResetTimer()
@@ -96,11 +90,11 @@ func BenchmarkInvokeVsBareC(b *testing.B) {
 					var tb, tp time.Duration
 					// Alternate which goes first so neither always gets a warm cache.
 					if i%2 == 0 {
-						tb = timeIt(func() { _ = bare.run(cin, cout) })
+						tb = timeIt(func() { _ = bare.Run() })
 						tp = timeIt(func() { _ = m.Invoke(ctx, in, out) })
 					} else {
 						tp = timeIt(func() { _ = m.Invoke(ctx, in, out) })
-						tb = timeIt(func() { _ = bare.run(cin, cout) })
+						tb = timeIt(func() { _ = bare.Run() })
 					}
 					ratios = append(ratios, float64(tp)/float64(tb))
 					pool = append(pool, float64(tp))

@@ -109,28 +109,25 @@ func maxDiff(t testing.TB, a, b []byte) float64 {
 // runBare runs the model straight through the C API on inputs.
 func runBare(t testing.TB, path string, xnnpack bool, in [][]byte, outSizes []int) [][]byte {
 	t.Helper()
-	r, err := newBareRunner(path, 1, xnnpack)
+	r, err := NewBaseline(path, 1, xnnpack)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer r.close()
-	cin := make([]cBuf, len(in))
+	defer r.Close()
 	for i, b := range in {
-		cin[i] = newCBuf(len(b))
-		copy(cin[i].bytes(), b)
-		defer cin[i].free()
+		if err := r.SetInput(i, b); err != nil {
+			t.Fatal(err)
+		}
 	}
-	cout := make([]cBuf, len(outSizes))
-	for i, n := range outSizes {
-		cout[i] = newCBuf(n)
-		defer cout[i].free()
-	}
-	if err := r.run(cin, cout); err != nil {
+	if err := r.Run(); err != nil {
 		t.Fatal(err)
 	}
-	out := make([][]byte, len(cout))
-	for i, b := range cout {
-		out[i] = append([]byte(nil), b.bytes()...)
+	out := make([][]byte, len(outSizes))
+	for i := range out {
+		out[i] = append([]byte(nil), r.Output(i)...)
+		if len(out[i]) != outSizes[i] {
+			t.Fatalf("bare output %d is %d bytes, want %d", i, len(out[i]), outSizes[i])
+		}
 	}
 	return out
 }
