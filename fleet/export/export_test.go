@@ -1,0 +1,43 @@
+package export
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/models/bundle"
+	"github.com/outpost-edge/outpost/models/testmodel"
+	"github.com/stretchr/testify/require"
+)
+
+func TestExportVerifies(t *testing.T) {
+	k, err := keyring.Init(t.TempDir(), keyring.Options{})
+	require.NoError(t, err)
+	tests := []struct {
+		model   string
+		name    string
+		version int64
+		input   string
+		shape   []int
+	}{
+		{testmodel.FaceShort, "face", 1, "input", []int{1, 128, 128, 3}},
+		{testmodel.Hand, "hand", 4, "input_1", []int{1, 224, 224, 3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := filepath.Join(t.TempDir(), "b")
+			m, err := Export(k, Options{Name: tt.name, Version: tt.version, Model: testmodel.Path(t, tt.model), Out: out, Expires: time.Hour})
+			require.NoError(t, err)
+			require.Equal(t, tt.input, m.Inputs[0].Name)
+			require.Equal(t, tt.shape, m.Inputs[0].Shape)
+			v, err := bundle.Verify(out, k.Root(), bundle.Options{})
+			require.NoError(t, err)
+			require.Equal(t, m.SHA256, v.Manifest().SHA256)
+			_, err = bundle.Verify(out, k.Root(), bundle.Options{Now: time.Now().Add(2 * time.Hour)})
+			require.Error(t, err, "a bundle must expire")
+		})
+	}
+	_, err = Export(k, Options{Name: "Bad/Name", Version: 1, Model: testmodel.Path(t, testmodel.FaceShort), Out: t.TempDir()})
+	require.Error(t, err)
+}
