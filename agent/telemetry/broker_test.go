@@ -54,6 +54,11 @@ func startBroker(t testing.TB, extra string) *broker {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
+	if os.Geteuid() == 0 {
+		// As root, Mosquitto switches to its own user, who cannot write our
+		// temporary directory.
+		extra = "user root\n" + extra
+	}
 	conf := filepath.Join(dir, "mosquitto.conf")
 	text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest none\n%s\n", port, dir, extra)
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {

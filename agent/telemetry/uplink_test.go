@@ -1,0 +1,156 @@
+package telemetry
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/protocol"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// startMQTT runs an MQTT uplink to b for a device named after the test.
+func startMQTT(t testing.TB, b *broker, device string) *MQTT {
+	t.Helper()
+	m, err := NewMQTT(MQTTOptions{
+		Broker: b.URL(), ClientID: fmt.Sprintf("%s-%d", device, time.Now().UnixNano()),
+		Fleet: "test", Device: device,
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+		ConnectTimeout: 2 * time.Second, AckTimeout: 5 * time.Second,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("MQTT.Run: %v", err)
+		}
+	})
+	return m
+}
+
+func deviceName(t testing.TB) string {
+	return strings.NewReplacer("/", "-", " ", "-").Replace(t.Name())
+}
+
+// TestDrainInOrderAcrossBrokerRestart: records queued while the broker is
+// up, down and up again all arrive, new sequence numbers in rising order, and
+// the queue ends empty.
+func TestDrainInOrderAcrossBrokerRestart(t *testing.T) {
+	b := startBroker(t, "")
+	dev := deviceName(t)
+	topics, err := protocol.DeviceTopics("test", dev)
+	require.NoError(t, err)
+	col := newCollector(t, b, topics.Events)
+	m := startMQTT(t, b, dev)
+	q := startQueue(t, Options{
+		Path: filepath.Join(t.TempDir(), "q.db"), Publisher: m,
+		BatchRecords: 100, BatchDelay: 20 * time.Millisecond,
+		RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
+	})
+	const n = 3000
+	emit := func(from, to int) {
+		for i := from; i < to; i++ {
+			switch i % 10 {
+			case 0:
+				q.Record(aggregate(i))
+			case 5:
+				q.Record(audit(i))
+			default:
+				q.Record(sample(i))
+			}
+			if i%200 == 0 {
+				time.Sleep(time.Millisecond) // stay below the channel's capacity
+			}
+		}
+	}
+	emit(0, n/3)
+	waitFor(t, "some records published", 10*time.Second, func() bool { return q.Stats().Published > 0 })
+	b.Stop()
+	emit(n/3, 2*n/3)
+	waitFor(t, "the uplink to notice", 10*time.Second, func() bool { return !m.Connected() })
+	backlog := q.Stats().Depth
+	b.Start()
+	emit(2*n/3, n)
+	waitFor(t, "the queue to drain", 30*time.Second, func() bool {
+		s := q.Stats()
+		return s.Depth == 0 && s.LastSeq == n
+	})
+	s := q.Stats()
+	require.Zero(t, s.Dropped.Total(), "nothing should be dropped here: %v", s.Dropped)
+	waitFor(t, "all records at the subscriber", 10*time.Second, func() bool {
+		a, _, _ := col.snapshot()
+		seen := map[uint64]bool{}
+		for _, x := range a {
+			seen[x.seq] = true
+		}
+		if len(seen) != n {
+			t.Logf("seen %d of %d", len(seen), n)
+		}
+		return len(seen) == n
+	})
+	arrivals, drops, bad := col.snapshot()
+	require.Empty(t, bad)
+	seen := checkDelivery(t, arrivals, drops[s.Epoch], s.Epoch)
+	assert.Len(t, seen, n)
+	assert.Greater(t, backlog, 0, "the broker outage should have left a backlog")
+	t.Logf("%d records, %d arrivals (%d duplicates), backlog during outage %d", n, len(arrivals), len(arrivals)-n, backlog)
+}
+
+// TestPoisonRecordQuarantined: a record the broker refuses (over its packet
+// size limit, so it drops the connection every time) is quarantined after
+// MaxAttempts and the records behind it get through.
+func TestPoisonRecordQuarantined(t *testing.T) {
+	b := startBroker(t, "max_packet_size 20000")
+	dev := deviceName(t)
+	topics, err := protocol.DeviceTopics("test", dev)
+	require.NoError(t, err)
+	col := newCollector(t, b, topics.Events)
+	m := startMQTT(t, b, dev)
+	path := filepath.Join(t.TempDir(), "q.db")
+	q, err := New(Options{
+		Path: path, Publisher: m, BatchRecords: 50, BatchDelay: 10 * time.Millisecond,
+		MaxAttempts: 2, RetryMin: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
+	})
+	require.NoError(t, err)
+	// Queue everything before Run so the poison record sits in a batch.
+	for i := range 40 {
+		if i == 17 {
+			big := sample(i)
+			big.Sample.Inputs[0].Data = make([]byte, 30000)
+			q.Record(big)
+			continue
+		}
+		q.Record(audit(i))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- q.Run(ctx) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+
+	waitFor(t, "the queue to drain past the poison record", 60*time.Second, func() bool {
+		s := q.Stats()
+		return s.LastSeq == 40 && s.Depth == 0
+	})
+	s := q.Stats()
+	assert.Equal(t, uint64(1), s.Dropped[protocol.DropQuarantined])
+	assert.Equal(t, 1, s.Quarantined)
+	waitFor(t, "39 records at the subscriber", 10*time.Second, func() bool {
+		a, _, _ := col.snapshot()
+		seen := map[uint64]bool{}
+		for _, x := range a {
+			seen[x.seq] = true
+		}
+		return len(seen) == 39
+	})
+	arrivals, drops, _ := col.snapshot()
+	seen := checkDelivery(t, arrivals, drops[s.Epoch], s.Epoch)
+	assert.False(t, seen[18], "the poison record (seq 18) was delivered")
+	assert.Equal(t, uint64(1), drops[s.Epoch][protocol.DropQuarantined], "the drop is reported in a later batch")
+}
