@@ -2,16 +2,19 @@ package store
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
+	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/stretchr/testify/require"
 )
 
@@ -187,4 +190,36 @@ func FuzzParseState(f *testing.F) {
 			t.Fatalf("accepted %+v", st)
 		}
 	})
+}
+
+func TestSaveRootNeverGoesBack(t *testing.T) {
+	s, err := Open(t.TempDir(), Options{})
+	require.NoError(t, err)
+	_, err = s.Root()
+	require.ErrorIs(t, err, ErrNotFound)
+	roots := testRoots(t, 3)
+	require.NoError(t, s.SaveRoot(roots[1]))
+	require.NoError(t, s.SaveRoot(roots[1]), "saving the same version again")
+	require.ErrorIs(t, s.SaveRoot(roots[0]), ErrRootVersion)
+	require.NoError(t, s.SaveRoot(roots[2]))
+	b, err := s.Root()
+	require.NoError(t, err)
+	require.Equal(t, roots[2].Raw, b)
+}
+
+// testRoots returns root versions 1..n signed with one fixed root key.
+func testRoots(t *testing.T, n int) []*trust.Root {
+	k := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+	id, key := trust.NewKey(k.Public().(ed25519.PublicKey))
+	var out []*trust.Root
+	for v := 1; v <= n; v++ {
+		b, err := trust.SignRoot(trust.RootDoc{Version: int64(v), Expires: time.Now().Add(time.Hour),
+			Keys:  map[string]trust.Key{id: key},
+			Roles: map[string]trust.Role{trust.RoleRoot: {KeyIDs: []string{id}, Threshold: 1}, trust.RoleTargets: {KeyIDs: []string{id}, Threshold: 1}}}, k)
+		require.NoError(t, err)
+		r, err := trust.LoadRoot(b)
+		require.NoError(t, err)
+		out = append(out, r)
+	}
+	return out
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/models/bundle"
+	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/stretchr/testify/require"
 )
@@ -40,4 +41,26 @@ func TestExportVerifies(t *testing.T) {
 	}
 	_, err = Export(k, Options{Name: "Bad/Name", Version: 1, Model: testmodel.Path(t, testmodel.FaceShort), Out: t.TempDir()})
 	require.Error(t, err)
+}
+
+// TestExportGolden signs golden vectors into the manifest; the device reads
+// them back from the verified release. (The expected outputs here are zeros:
+// the fleet has no runtime, so real ones come from whoever trained the model.)
+func TestExportGolden(t *testing.T) {
+	k, err := keyring.Init(t.TempDir(), keyring.Options{})
+	require.NoError(t, err)
+	g := manifest.Golden{Tolerance: 1e-3,
+		Inputs:  []manifest.Data{{Name: "input", DataType: "FP32", Shape: []int{1, 128, 128, 3}, Data: make([]byte, 4*128*128*3)}},
+		Outputs: []manifest.Data{{Name: "classificators", DataType: "FP32", Shape: []int{1, 896, 1}, Data: make([]byte, 4*896)}}}
+	out := filepath.Join(t.TempDir(), "b")
+	_, err = Export(k, Options{Name: "face", Version: 1, Model: testmodel.Path(t, testmodel.FaceShort), Out: out, Golden: []manifest.Golden{g}})
+	require.NoError(t, err)
+	v, err := bundle.Verify(out, k.Root(), bundle.Options{})
+	require.NoError(t, err)
+	require.Len(t, v.Manifest().Golden, 1)
+	require.Equal(t, g.Inputs[0].Shape, v.Manifest().Golden[0].Inputs[0].Shape)
+
+	g.Outputs[0].Name = "nope"
+	_, err = Export(k, Options{Name: "face", Version: 2, Model: testmodel.Path(t, testmodel.FaceShort), Out: t.TempDir(), Golden: []manifest.Golden{g}})
+	require.ErrorIs(t, err, manifest.ErrInvalid)
 }

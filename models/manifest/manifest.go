@@ -141,6 +141,9 @@ func (m *Manifest) Validate() error {
 			if err := checkTensor(d.Name, d.DataType, d.Shape, false); err != nil {
 				return bad("golden %d: tensor %q: %v", i, d.Name, err)
 			}
+			if !fits(d, m.Inputs) && !fits(d, m.Outputs) {
+				return bad("golden %d: tensor %q is not an input or output of that datatype and shape", i, d.Name)
+			}
 			if n := elemSize[d.DataType]; n > 0 && len(d.Data) != n*count(d.Shape) {
 				return bad("golden %d: tensor %q: %d data bytes for shape %v", i, d.Name, len(d.Data), d.Shape)
 			}
@@ -165,6 +168,24 @@ func checkTensor(name, dt string, shape []int, open bool) error {
 		}
 	}
 	return nil
+}
+
+// fits reports whether d matches one of ts by name, datatype and shape
+// (an open dimension, -1, matches any size).
+func fits(d Data, ts []Tensor) bool {
+	for _, t := range ts {
+		if t.Name != d.Name || t.DataType != d.DataType || len(t.Shape) != len(d.Shape) {
+			continue
+		}
+		ok := true
+		for i := range t.Shape {
+			ok = ok && (t.Shape[i] == -1 || t.Shape[i] == d.Shape[i])
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
 }
 
 // count multiplies dimensions, which checkTensor bounded to non-negative

@@ -43,6 +43,12 @@ func TestValidate(t *testing.T) {
 		{"dimension -2", func(m *Manifest) { m.Inputs[0].Shape = []int{-2} }, false},
 		{"golden data size wrong", func(m *Manifest) { m.Golden[0].Inputs[0].Data = make([]byte, 11) }, false},
 		{"golden open dimension", func(m *Manifest) { m.Golden[0].Inputs[0].Shape = []int{-1} }, false},
+		{"golden tensor the model lacks", func(m *Manifest) { m.Golden[0].Inputs[0].Name = "other" }, false},
+		{"golden wrong datatype", func(m *Manifest) { m.Golden[0].Outputs[0].DataType = "INT8" }, false},
+		{"golden wrong shape", func(m *Manifest) {
+			m.Golden[0].Inputs[0].Shape = []int{1, 3, 1}
+			m.Golden[0].Inputs[0].Data = make([]byte, 12)
+		}, false},
 		{"golden negative tolerance", func(m *Manifest) { m.Golden[0].Tolerance = -1 }, false},
 		{"bad min agent", func(m *Manifest) { m.MinAgentVersion = "soon" }, false},
 	}
