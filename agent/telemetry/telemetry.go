@@ -90,6 +90,15 @@ type Options struct {
 	// SampleRate is the fraction of predictions ShouldSample picks. Default
 	// 0.01; negative means none.
 	SampleRate float64
+	// AggregateInterval is how often the observations given to Observe are
+	// written as one aggregate record per model. Default 1 min.
+	AggregateInterval time.Duration
+	// LatencyBounds are the latency histogram bounds in microseconds.
+	// Default DefaultLatencyBounds.
+	LatencyBounds []uint64
+	// HealthInterval is how often a device health record is written. Default
+	// 1 min; negative means never.
+	HealthInterval time.Duration
 
 	// Logger receives the queue's logs. Nil means silent.
 	Logger *slog.Logger
@@ -128,6 +137,13 @@ func (o *Options) setDefaults() {
 	if o.SampleRate == 0 {
 		o.SampleRate = 0.01
 	}
+	defDur(&o.AggregateInterval, time.Minute)
+	if len(o.LatencyBounds) == 0 {
+		o.LatencyBounds = DefaultLatencyBounds
+	}
+	if o.HealthInterval == 0 {
+		o.HealthInterval = time.Minute
+	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -155,6 +171,9 @@ type Queue struct {
 
 	notify chan struct{} // a commit happened; the uplink may have work
 
+	agg    *aggregator
+	health *healthReader // owned by the writer goroutine
+
 	db *bolt.DB // set by Run before the writer and uplink start
 
 	// txMu serialises our write transactions together with the update of the
@@ -173,10 +192,16 @@ type Queue struct {
 }
 
 // item is a record on its way to the writer. done, if set, receives the
-// record's sequence number once it is kept.
+// outcome: the record's sequence number once it is kept, or why it never will
+// be.
 type item struct {
 	rec  protocol.Record
-	done chan uint64
+	done chan kept
+}
+
+type kept struct {
+	seq uint64
+	err error
 }
 
 // New checks opts and returns a queue. It does not touch the disk; Run opens
@@ -193,6 +218,8 @@ func New(opts Options) (*Queue, error) {
 		kick:     make(chan struct{}, 1),
 		notify:   make(chan struct{}, 1),
 		warnings: map[string]string{},
+		agg:      newAggregator(opts.LatencyBounds, opts.Clock.Now()),
+		health:   newHealthReader(filepath.Dir(opts.Path)),
 	}, nil
 }
 
@@ -232,21 +259,29 @@ func (q *Queue) Emit(ctx context.Context, r protocol.Record) (uint64, error) {
 	if r.Time.IsZero() {
 		r.Time = q.opts.Clock.Now()
 	}
-	it := item{rec: r, done: make(chan uint64, 1)}
+	it := item{rec: r, done: make(chan kept, 1)}
 	select {
 	case q.in <- it:
 	case <-ctx.Done():
 		return 0, fmt.Errorf("telemetry: emit: %w", ctx.Err())
 	}
 	select {
-	case seq := <-it.done:
-		if seq == 0 {
-			return 0, fmt.Errorf("telemetry: emit %s: %w", r.Kind, ErrClosed)
+	case k := <-it.done:
+		if k.err != nil {
+			return 0, fmt.Errorf("telemetry: emit %s: %w", r.Kind, k.err)
 		}
-		return seq, nil
+		return k.seq, nil
 	case <-ctx.Done():
 		return 0, fmt.Errorf("telemetry: emit: %w", ctx.Err())
 	}
+}
+
+// Observe accounts for one prediction in the current interval's aggregate
+// for its model. It never blocks for long (one short lock) and is safe for
+// concurrent use; the aggregates are written every AggregateInterval and when
+// Run ends.
+func (q *Queue) Observe(o Observation) {
+	q.agg.observe(&o)
 }
 
 // ShouldSample reports whether the caller should build and Record a Sample
@@ -264,7 +299,9 @@ func (q *Queue) ShouldSample() bool {
 
 // Stats is a snapshot of the queue for metrics and health.
 type Stats struct {
-	Epoch uint64 // queue file identity; changes only when a corrupt file was replaced
+	// Epoch identifies the queue file; it changes only when a corrupt file was
+	// replaced. It is 0 until Run has opened the file.
+	Epoch uint64
 	// LastSeq is the highest sequence number kept (committed); every number
 	// up to it is kept, delivered, or counted in Dropped.
 	LastSeq uint64
@@ -418,6 +455,12 @@ func (q *Queue) writer(ctx context.Context) {
 	group := make([]item, 0, q.opts.MaxGroup)
 	var retry []item // critical records whose commit failed
 	retryBo := newBackoff(100*time.Millisecond, 10*time.Second, q.opts.Clock)
+	aggC := q.opts.Clock.After(q.opts.AggregateInterval)
+	var healthC <-chan time.Time
+	if q.opts.HealthInterval > 0 {
+		q.health.read() // first CPU sample, so the first record has a rate
+		healthC = q.opts.Clock.After(q.opts.HealthInterval)
+	}
 	for {
 		var retryC <-chan time.Time
 		if len(retry) > 0 {
@@ -430,8 +473,15 @@ func (q *Queue) writer(ctx context.Context) {
 			group = append(group, it)
 		case <-q.kick:
 		case <-retryC:
+		case <-aggC:
+			aggC = q.opts.Clock.After(q.opts.AggregateInterval)
+			group = q.appendAggregates(group)
+		case <-healthC:
+			healthC = q.opts.Clock.After(q.opts.HealthInterval)
+			h := q.health.read()
+			group = append(group, item{rec: protocol.Record{Kind: protocol.KindHealth, Time: q.opts.Clock.Now(), Health: &h}})
 		case <-ctx.Done():
-			q.finalFlush(group)
+			q.finalFlush(q.appendAggregates(group))
 			return
 		}
 		group = q.fill(group)
@@ -440,6 +490,13 @@ func (q *Queue) writer(ctx context.Context) {
 			retryBo.reset()
 		}
 	}
+}
+
+func (q *Queue) appendAggregates(group []item) []item {
+	for _, r := range q.agg.flush(q.opts.Clock.Now()) {
+		group = append(group, item{rec: r})
+	}
+	return group
 }
 
 // fill adds to group the overflow and whatever waits in the channel, up to
@@ -468,12 +525,15 @@ func (q *Queue) finalFlush(group []item) {
 		if len(group) == 0 || time.Now().After(deadline) {
 			break
 		}
-		q.commit(group)
-		group = group[:0]
+		retry := q.commit(group)
+		group = append(group[:0], retry...)
+		if len(retry) > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	for _, it := range group {
 		if it.done != nil {
-			it.done <- 0
+			it.done <- kept{err: ErrClosed}
 		}
 	}
 }
@@ -503,7 +563,7 @@ func (q *Queue) commit(group []item) (retry []item) {
 			q.log.Warn("record cannot be encoded; quarantined", "kind", it.rec.Kind, "err", err)
 			badValues = append(badValues, quarantineValue(0, err.Error(), []byte(fmt.Sprintf("%+v", it.rec))))
 			if it.done != nil {
-				it.done <- 0
+				it.done <- kept{err: err}
 			}
 			continue
 		}
@@ -581,7 +641,7 @@ func (q *Queue) commit(group []item) (retry []item) {
 	seq := first
 	for _, e := range encs {
 		if e.it.done != nil {
-			e.it.done <- seq
+			e.it.done <- kept{seq: seq}
 		}
 		seq++
 	}

@@ -243,10 +243,17 @@ func repeat(f func(int) protocol.Record, n int) []protocol.Record {
 	return rs
 }
 
-// fakeClock is a Clock the test moves by hand.
+// fakeClock is a Clock the test moves by hand; timers fire when Advance
+// passes their deadline.
 type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
+	mu      sync.Mutex
+	now     time.Time
+	waiters []fakeTimer
+}
+
+type fakeTimer struct {
+	at time.Time
+	c  chan time.Time
 }
 
 func (c *fakeClock) Now() time.Time {
@@ -259,12 +266,22 @@ func (c *fakeClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.now = c.now.Add(d)
+	kept := c.waiters[:0]
+	for _, w := range c.waiters {
+		if !w.at.After(c.now) {
+			w.c <- c.now
+			continue
+		}
+		kept = append(kept, w)
+	}
+	c.waiters = kept
 }
 
-// After fires at once: the tests using fakeClock do not depend on waits.
-func (c *fakeClock) After(time.Duration) <-chan time.Time {
+func (c *fakeClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	ch := make(chan time.Time, 1)
-	ch <- c.Now()
+	c.waiters = append(c.waiters, fakeTimer{at: c.now.Add(d), c: ch})
 	return ch
 }
 
