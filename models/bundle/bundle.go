@@ -156,9 +156,16 @@ func readLimited(path string, max int64) ([]byte, error) {
 	return b, nil
 }
 
-// Write creates a bundle in dir (created if missing; existing bundle files
-// are replaced) from the root chain, a signed release and the model bytes.
+// ErrNotEmpty: Write was pointed at a directory that already holds files.
+var ErrNotEmpty = errors.New("bundle: output directory is not empty")
+
+// Write creates a bundle in dir, which must be missing or empty (so no stale
+// root or model from another bundle is mixed in), from the root chain, a
+// signed release and the model bytes.
 func Write(dir string, roots [][]byte, release []byte, model io.Reader) error {
+	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
+		return fmt.Errorf("%w: %s", ErrNotEmpty, dir)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, RootsDir), 0o755); err != nil {
 		return fmt.Errorf("bundle: %w", err)
 	}

@@ -237,6 +237,7 @@ func TestOpenRechecks(t *testing.T) {
 	dir := t.TempDir()
 	rel := f.release(m, now.Add(time.Hour), f.keys[trust.RoleTargets]...)
 	require.NoError(t, Write(dir, f.roots, rel, bytesReader(face)))
+	require.ErrorIs(t, Write(dir, f.roots, rel, bytesReader(face)), ErrNotEmpty)
 	v, err := Verify(dir, f.anchor(1), Options{Now: now})
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(dir, ModelFile), testmodel.Read(t, testmodel.Selfie)[:len(face)], 0o644))
