@@ -167,6 +167,8 @@ func (a *aggregator) flush(now time.Time) []protocol.Record {
 		}
 		recs = append(recs, protocol.Record{Kind: protocol.KindAggregate, Time: now, Model: ref, Aggregate: agg})
 	}
-	sort.Slice(recs, func(i, j int) bool { return recs[i].Model.Name+recs[i].Model.Version < recs[j].Model.Name+recs[j].Model.Version })
+	sort.Slice(recs, func(i, j int) bool {
+		return recs[i].Model.Name+recs[i].Model.Version < recs[j].Model.Name+recs[j].Model.Version
+	})
 	return recs
 }
