@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -66,12 +67,17 @@ func runHelper(mode string) int {
 		go func() { defer wg.Done(); _ = m.Run(ctx) }()
 		pub = m
 	}
+	var fsize syscall.Rlimit
 	if mode == "diskfull" {
 		// Writes past the limit fail with EFBIG, as on a full disk; the
 		// signal that would kill us is what a full disk does not send.
 		signal.Ignore(syscall.SIGXFSZ)
-		lim := &syscall.Rlimit{Cur: 512 << 10, Max: 512 << 10}
-		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, lim); err != nil {
+		if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &fsize); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		lim := syscall.Rlimit{Cur: 1 << 20, Max: fsize.Max}
+		if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -85,12 +91,25 @@ func runHelper(mode string) int {
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = q.Run(ctx) }()
 
+	appendCtx, stopAppends := context.WithCancel(ctx)
+	defer stopAppends()
+	var records atomic.Int64
+	if mode == "diskfull" {
+		// Some records fit before the disk fills.
+		for i := range 50 {
+			if _, err := q.Emit(ctx, audit(i)); err != nil {
+				fmt.Fprintln(os.Stderr, err)
+				return 1
+			}
+		}
+	}
 	if mode == "append" || mode == "diskfull" {
 		for g := range 2 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				for i := 0; ctx.Err() == nil; i++ {
+				for i := 0; appendCtx.Err() == nil; i++ {
+					records.Add(1)
 					switch {
 					case i%100 == 0:
 						q.Record(aggregate(i))
@@ -117,7 +136,28 @@ func runHelper(mode string) int {
 			fmt.Fprintf(out, "C %d %d\n", s.Epoch, s.LastSeq)
 			out.Flush()
 		}
-		if (mode == "final" && s.Epoch != 0 && s.Depth == 0) || (mode == "diskfull" && time.Since(start) > 2*time.Second) {
+		if mode == "diskfull" && time.Since(start) > time.Second {
+			// The disk frees up: appends stop, the limit goes, and a critical
+			// record must be kept again.
+			stopAppends()
+			_ = syscall.Setrlimit(syscall.RLIMIT_FSIZE, &fsize)
+			ectx, cancelEmit := context.WithTimeout(ctx, 20*time.Second)
+			_, err := q.Emit(ectx, audit(-1))
+			cancelEmit()
+			ok := 1
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "emit after the disk freed up:", err)
+				ok = 0
+			}
+			s := q.Stats()
+			fmt.Fprintf(out, "S %d %d %d %d %d %d %d %d\n", s.Epoch, s.LastSeq, s.Depth, s.WriteErrors,
+				s.Dropped[protocol.DropWriteFailed], ok, records.Load(), len(s.Warnings))
+			out.Flush()
+			cancel()
+			wg.Wait()
+			return 0
+		}
+		if mode == "final" && s.Epoch != 0 && s.Depth == 0 {
 			fmt.Fprintf(out, "S %d %d %d %d %d\n", s.Epoch, s.LastSeq, s.Depth, s.WriteErrors, s.Dropped[protocol.DropWriteFailed])
 			out.Flush()
 			cancel()
@@ -290,17 +330,22 @@ func TestCrashLoop(t *testing.T) {
 		loops, kept, len(arrivals), len(arrivals)-len(seen), drops[epoch][protocol.DropBackpressure])
 }
 
-// TestDiskFull runs appends under a file size limit: commits fail, the
-// failures are counted, and Record keeps returning; the process lives on.
+// TestDiskFull runs appends under a file size limit, as on a full disk:
+// commits fail and are counted, Record keeps returning, the process lives on,
+// and once the limit goes a critical record is kept again and the warning
+// clears.
 func TestDiskFull(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	c := startChild(t, "diskfull", path)
-	c.wait(t, 30*time.Second)
-	_, last, stats := c.report()
-	require.Len(t, stats, 5, "stats line")
-	writeErrors, dropped := stats[3], stats[4]
+	c.wait(t, 60*time.Second)
+	_, _, stats := c.report()
+	require.Len(t, stats, 8, "stats line")
+	last, writeErrors, dropped, emitOK, records, warnings := stats[1], stats[3], stats[4], stats[5], stats[6], stats[7]
+	assert.GreaterOrEqual(t, last, uint64(51), "records written before the disk filled, and the one after")
 	assert.Greater(t, writeErrors, uint64(0), "no write failed: is the limit too high?")
 	assert.Greater(t, dropped, uint64(0), "write failures not counted as drops")
-	assert.Greater(t, last, uint64(0), "nothing was written before the disk filled")
-	t.Logf("kept %d records, %d failed commits, %d records dropped for it", last, writeErrors, dropped)
+	assert.Equal(t, uint64(1), emitOK, "a critical record was not kept after the disk freed up")
+	assert.Greater(t, records, dropped, "Record stopped being called")
+	assert.Equal(t, uint64(0), warnings, "the write warning did not clear")
+	t.Logf("kept %d records, %d failed commits, %d records dropped for it, %d Record calls", last, writeErrors, dropped, records)
 }
