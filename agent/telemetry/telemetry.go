@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"path/filepath"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -99,6 +100,10 @@ type Options struct {
 	// HealthInterval is how often a device health record is written. Default
 	// 1 min; negative means never.
 	HealthInterval time.Duration
+	// StaleAfter raises a health warning when records are waiting and the
+	// oldest is older than this, so an agent that forwards nothing does not
+	// look healthy. Default 15 min.
+	StaleAfter time.Duration
 
 	// Logger receives the queue's logs. Nil means silent.
 	Logger *slog.Logger
@@ -141,6 +146,7 @@ func (o *Options) setDefaults() {
 	if len(o.LatencyBounds) == 0 {
 		o.LatencyBounds = DefaultLatencyBounds
 	}
+	defDur(&o.StaleAfter, 15*time.Minute)
 	if o.HealthInterval == 0 {
 		o.HealthInterval = time.Minute
 	}
@@ -223,7 +229,8 @@ func New(opts Options) (*Queue, error) {
 	}, nil
 }
 
-// Record hands r to the queue without ever blocking. If the hand-off channel
+// Record hands r to the queue without ever blocking; r and its payload must
+// not be changed afterwards. If the hand-off channel
 // is full, a low-priority record (sample, health) is dropped and counted; any
 // other record is set aside in memory and written with the next group. It
 // stamps r.Time if it is zero. Record does not sample: the caller asks
@@ -359,6 +366,15 @@ func (q *Queue) Stats() Stats {
 	for _, w := range q.warnings {
 		s.Warnings = append(s.Warnings, w)
 	}
+	if s.OldestAge > q.opts.StaleAfter {
+		last := "never since start"
+		if !s.LastAck.IsZero() {
+			last = s.LastAck.UTC().Format(time.RFC3339)
+		}
+		s.Warnings = append(s.Warnings, fmt.Sprintf("telemetry: %d records waiting, oldest %v old; last broker ack %s",
+			s.Depth, s.OldestAge.Round(time.Second), last))
+	}
+	sort.Strings(s.Warnings)
 	return s
 }
 

@@ -287,7 +287,7 @@ func (c *fakeClock) After(d time.Duration) <-chan time.Time {
 
 func TestMaxAge(t *testing.T) {
 	clk := &fakeClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	q := startQueue(t, Options{Path: filepath.Join(t.TempDir(), "q.db"), MaxAge: time.Hour, Clock: clk})
+	q := startQueue(t, Options{Path: filepath.Join(t.TempDir(), "q.db"), MaxAge: time.Hour, Clock: clk, HealthInterval: -1})
 	ctx := context.Background()
 	for i := range 5 {
 		_, err := q.Emit(ctx, sample(i))
@@ -299,6 +299,8 @@ func TestMaxAge(t *testing.T) {
 	assert.Equal(t, time.Duration(0), q.Stats().OldestAge)
 	clk.Advance(2 * time.Hour)
 	assert.Equal(t, 2*time.Hour, q.Stats().OldestAge)
+	require.Len(t, q.Stats().Warnings, 1, "records waiting for two hours should raise a warning")
+	assert.Contains(t, q.Stats().Warnings[0], "10 records waiting")
 	_, err := q.Emit(ctx, aggregate(1)) // a commit applies the bounds
 	require.NoError(t, err)
 	s := q.Stats()
@@ -306,40 +308,79 @@ func TestMaxAge(t *testing.T) {
 	assert.Equal(t, uint64(5), s.Dropped[protocol.DropExpired])
 }
 
-// TestCorruptFileMovedAside: garbage where the queue file should be is moved
-// aside, a new queue starts with a new epoch, and it says so in a warning and
-// an audit record; a second start finds a healthy file and stays quiet.
+// TestCorruptFileMovedAside: a damaged queue file is moved aside, a new queue
+// starts with a new epoch, and it says so in a warning and an audit record; a
+// second start finds a healthy file and stays quiet.
 func TestCorruptFileMovedAside(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "q.db")
-	q := startQueue(t, Options{Path: path})
-	_, err := q.Emit(context.Background(), audit(1))
-	require.NoError(t, err)
-	oldEpoch := q.Stats().Epoch
-	q.stop()
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, f *os.File)
+	}{
+		{"meta pages zeroed", func(t *testing.T, f *os.File) {
+			_, err := f.WriteAt(make([]byte, 8192), 0)
+			require.NoError(t, err)
+		}},
+		{"truncated", func(t *testing.T, f *os.File) {
+			require.NoError(t, f.Truncate(100))
+		}},
+		{"garbage", func(t *testing.T, f *os.File) {
+			junk := make([]byte, 64<<10)
+			for i := range junk {
+				junk[i] = byte(i*7 + 3)
+			}
+			require.NoError(t, f.Truncate(0))
+			_, err := f.WriteAt(junk, 0)
+			require.NoError(t, err)
+		}},
+		{"branch page scribbled", func(t *testing.T, f *os.File) {
+			// Past the two meta pages and the freelist: bucket and leaf pages.
+			fi, err := f.Stat()
+			require.NoError(t, err)
+			junk := make([]byte, fi.Size()-4*4096)
+			for i := range junk {
+				junk[i] = 0xA5
+			}
+			_, err = f.WriteAt(junk, 4*4096)
+			require.NoError(t, err)
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "q.db")
+			q := startQueue(t, Options{Path: path})
+			for i := range 200 {
+				_, err := q.Emit(context.Background(), audit(i))
+				require.NoError(t, err)
+			}
+			oldEpoch := q.Stats().Epoch
+			q.stop()
 
-	// Overwrite the meta pages: what a torn write or bad flash leaves.
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	_, err = f.WriteAt(make([]byte, 8192), 0)
-	require.NoError(t, err)
-	require.NoError(t, f.Close())
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			require.NoError(t, err)
+			tt.damage(t, f)
+			require.NoError(t, f.Close())
 
-	q = startQueue(t, Options{Path: path})
-	waitFor(t, "the reset notice to be queued", 5*time.Second, func() bool { return q.Stats().Depth == 1 })
-	s := q.Stats()
-	assert.NotEqual(t, oldEpoch, s.Epoch)
-	require.Len(t, s.Warnings, 1)
-	assert.Contains(t, s.Warnings[0], "corrupt")
-	assert.Equal(t, 1, s.DepthByPriority[protocol.PriorityCritical])
-	aside, _ := filepath.Glob(path + ".corrupt-*")
-	assert.Len(t, aside, 1, "corrupt file kept for inspection")
-	q.stop()
+			q = startQueue(t, Options{Path: path})
+			waitFor(t, "the reset notice to be queued", 5*time.Second, func() bool { return q.Stats().Depth == 1 })
+			s := q.Stats()
+			assert.NotEqual(t, oldEpoch, s.Epoch)
+			require.Len(t, s.Warnings, 1)
+			assert.Contains(t, s.Warnings[0], "corrupt")
+			assert.Equal(t, 1, s.DepthByPriority[protocol.PriorityCritical])
+			assert.Equal(t, uint64(1), s.LastSeq, "a new epoch starts at 1")
+			aside, _ := filepath.Glob(path + ".corrupt-*")
+			assert.Len(t, aside, 1, "corrupt file kept for inspection")
+			q.stop()
+			recs := readRecords(t, path, protocol.PriorityCritical)
+			require.Len(t, recs, 1)
+			assert.Equal(t, "telemetry.queue_reset", recs[0].Audit.Action)
 
-	q = startQueue(t, Options{Path: path})
-	waitFor(t, "open", 5*time.Second, func() bool { return q.Stats().Epoch != 0 })
-	assert.Empty(t, q.Stats().Warnings)
-	assert.Equal(t, s.Epoch, q.Stats().Epoch)
+			q = startQueue(t, Options{Path: path})
+			waitFor(t, "open", 5*time.Second, func() bool { return q.Stats().Epoch != 0 })
+			assert.Empty(t, q.Stats().Warnings)
+			assert.Equal(t, s.Epoch, q.Stats().Epoch)
+		})
+	}
 }
 
 func TestBackoff(t *testing.T) {
