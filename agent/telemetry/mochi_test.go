@@ -1,0 +1,102 @@
+package telemetry
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// allowAll lets every client connect and use every topic: a test broker.
+type allowAll struct{ mochi.HookBase }
+
+func (*allowAll) ID() string { return "allow-all" }
+
+func (*allowAll) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+
+func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+
+func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+// startMochi runs the embedded broker the fleet controller uses on a free
+// loopback port, with an inline subscriber on topic that records arrivals.
+func startMochi(t *testing.T, topic string) (url string, arrivals func() []arrival) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, srv.AddHook(new(allowAll), nil))
+	require.NoError(t, srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})))
+	require.NoError(t, srv.Serve())
+	t.Cleanup(func() { _ = srv.Close() })
+
+	var mu sync.Mutex
+	var got []arrival
+	require.NoError(t, srv.Subscribe(topic, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+		b, err := protocol.DecodeBatch(pk.Payload)
+		if err != nil {
+			t.Errorf("bad batch: %v", err)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range b.Entries {
+			got = append(got, arrival{epoch: b.Epoch, seq: e.Seq})
+		}
+	}))
+	return "tcp://" + addr, func() []arrival {
+		mu.Lock()
+		defer mu.Unlock()
+		return append([]arrival(nil), got...)
+	}
+}
+
+// TestEmbeddedBrokerResumeAfterRestart: a backlog written while the agent had
+// no uplink drains in order to the embedded broker after a restart, and live
+// records follow it.
+func TestEmbeddedBrokerResumeAfterRestart(t *testing.T) {
+	dev := deviceName(t)
+	topics, err := protocol.DeviceTopics("test", dev)
+	require.NoError(t, err)
+	url, arrivals := startMochi(t, topics.Events)
+	path := filepath.Join(t.TempDir(), "q.db")
+
+	q := startQueue(t, Options{Path: path})
+	for i := range 1000 {
+		_, err := q.Emit(context.Background(), audit(i))
+		require.NoError(t, err)
+	}
+	q.stop()
+
+	m, err := NewMQTT(MQTTOptions{Broker: url, ClientID: dev, Fleet: "test", Device: dev,
+		BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	mdone := make(chan error, 1)
+	go func() { mdone <- m.Run(ctx) }()
+	defer func() { cancel(); require.NoError(t, <-mdone) }()
+
+	q = startQueue(t, Options{Path: path, Publisher: m, BatchRecords: 64, BatchDelay: 10 * time.Millisecond,
+		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond})
+	for i := range 1000 {
+		q.Record(aggregate(i))
+	}
+	waitFor(t, "2000 records at the broker", 20*time.Second, func() bool { return len(arrivals()) >= 2000 })
+	waitFor(t, "an empty queue", 10*time.Second, func() bool { s := q.Stats(); return s.LastSeq == 2000 && s.Depth == 0 })
+	s := q.Stats()
+	seen := checkDelivery(t, arrivals(), protocol.DropCounts{}, s.Epoch)
+	require.Len(t, seen, 2000)
+}
