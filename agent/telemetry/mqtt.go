@@ -56,9 +56,11 @@ type MQTT struct {
 	topics protocol.Topics
 	log    *slog.Logger
 
-	// mu guards conn, the live connection or nil.
+	// mu guards conn, the live connection or nil, and up, which is closed
+	// (and replaced) when a connection comes up.
 	mu   sync.Mutex
 	conn *mqttConn
+	up   chan struct{}
 }
 
 // mqttConn is one connection; lost is closed when it ends.
@@ -102,7 +104,15 @@ func NewMQTT(opts MQTTOptions) (*MQTT, error) {
 	if opts.Clock == nil {
 		opts.Clock = realClock{}
 	}
-	return &MQTT{opts: opts, topics: topics, log: opts.Logger.With("component", "telemetry-mqtt")}, nil
+	return &MQTT{opts: opts, topics: topics, log: opts.Logger.With("component", "telemetry-mqtt"), up: make(chan struct{})}, nil
+}
+
+// Up returns a channel that is closed when the next connection comes up; the
+// queue's uplink waits on it so it resumes as soon as the link is back.
+func (m *MQTT) Up() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.up
 }
 
 // Topics returns the device's topics.
@@ -125,6 +135,8 @@ func (m *MQTT) Run(ctx context.Context) error {
 			bo.reset()
 			m.mu.Lock()
 			m.conn = c
+			close(m.up)
+			m.up = make(chan struct{})
 			m.mu.Unlock()
 			select {
 			case <-c.lost:

@@ -53,6 +53,14 @@ type Publisher interface {
 	Publish(ctx context.Context, payload []byte) error
 }
 
+// upNotifier is implemented by publishers that can say when their link comes
+// back (MQTT does), so the uplink resumes at once instead of at its next
+// retry.
+type upNotifier interface {
+	// Up returns a channel closed when the next connection is up.
+	Up() <-chan struct{}
+}
+
 // Options configures a Queue. The zero value of every field but Path works.
 type Options struct {
 	// Path is the bbolt queue file, for example <data dir>/telemetry.db.

@@ -95,7 +95,12 @@ func (q *Queue) uplink(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		if !errors.Is(err, ErrNotConnected) {
+		var wake <-chan struct{}
+		if errors.Is(err, ErrNotConnected) {
+			if n, ok := q.opts.Publisher.(upNotifier); ok {
+				wake = n.Up()
+			}
+		} else {
 			attempts++
 			q.log.Warn("publish failed", "first_seq", first, "records", len(b.entries), "attempt", attempts, "err", err)
 			if attempts >= q.opts.MaxAttempts {
@@ -111,7 +116,7 @@ func (q *Queue) uplink(ctx context.Context) {
 				continue
 			}
 		}
-		if bo.wait(ctx, nil) != nil {
+		if bo.wait(ctx, wake) != nil {
 			return
 		}
 	}
