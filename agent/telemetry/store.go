@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 	"time"
 
 	"github.com/outpost-edge/outpost/protocol"
@@ -80,7 +81,12 @@ func openDB(path string) (db *bolt.DB, err error) {
 		FreelistType:   bolt.FreelistMapType,
 	})
 	if err != nil {
-		if errors.Is(err, berrors.ErrTimeout) || errors.Is(err, fs.ErrPermission) || errors.Is(err, fs.ErrNotExist) {
+		// A lock held elsewhere, a permission problem or an I/O error (no
+		// space, read-only file system) says nothing about the file's content:
+		// moving a healthy queue aside for it would lose what it holds.
+		var errno syscall.Errno
+		if errors.Is(err, berrors.ErrTimeout) || errors.Is(err, fs.ErrPermission) ||
+			errors.Is(err, fs.ErrNotExist) || errors.As(err, &errno) {
 			return nil, fmt.Errorf("telemetry: open %s: %w", path, err)
 		}
 		return nil, fmt.Errorf("telemetry: open %s: %v: %w", path, err, errCorrupt)

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"sort"
 	"sync"
@@ -402,6 +403,7 @@ func (q *Queue) setWarning(key, msg string) {
 // no permission) is retried with backoff while Record keeps dropping only what
 // it must. Run returns nil after ctx is done, once records already handed
 // over have been written (for at most a few seconds) and the file is closed.
+// Call it once.
 func (q *Queue) Run(ctx context.Context) error {
 	if err := q.open(ctx); err != nil {
 		return nil // ctx ended while the file could not be opened
@@ -431,8 +433,12 @@ func (q *Queue) open(ctx context.Context) error {
 	bo := newBackoff(time.Second, time.Minute, q.opts.Clock)
 	var reset string
 	for {
+		fi, statErr := os.Stat(path)
+		existed := statErr == nil && fi.Size() > 0
 		db, err := openDB(path)
-		if errors.Is(err, errCorrupt) {
+		// Only a file that held something can be corrupt; a new file that
+		// fails to open is a disk problem, retried below.
+		if errors.Is(err, errCorrupt) && existed {
 			aside, merr := moveAside(path, q.opts.Clock.Now())
 			if merr == nil {
 				reset = fmt.Sprintf("telemetry: queue file was corrupt (%v); moved to %s and started a new one", err, filepath.Base(aside))

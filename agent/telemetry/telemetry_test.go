@@ -420,3 +420,27 @@ func TestBackoffWaitEndsWithContext(t *testing.T) {
 		t.Fatal("wait returned nil on a cancelled context")
 	}
 }
+
+// TestUnopenableQueueDegrades: when the file cannot be created at all, Run
+// keeps retrying with a warning instead of failing the agent, Record still
+// returns at once, and cancelling ends Run cleanly.
+func TestUnopenableQueueDegrades(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "missing", "q.db")
+	q := startQueue(t, Options{Path: path, Buffer: 4})
+	waitFor(t, "a warning", 5*time.Second, func() bool { return len(q.Stats().Warnings) == 1 })
+	assert.Contains(t, q.Stats().Warnings[0], "cannot open queue")
+	for i := range 10 {
+		q.Record(sample(i))
+	}
+	assert.Equal(t, uint64(6), q.Stats().Dropped[protocol.DropBackpressure])
+	aside, _ := filepath.Glob(filepath.Join(dir, "missing", "*"))
+	assert.Empty(t, aside, "nothing may be moved aside or created")
+
+	// The directory appears (the data partition got mounted): the queue opens
+	// at the next retry and takes what was handed over.
+	require.NoError(t, os.Mkdir(filepath.Join(dir, "missing"), 0o700))
+	waitFor(t, "the queue to open", 10*time.Second, func() bool { return q.Stats().Depth == 4 })
+	assert.Empty(t, q.Stats().Warnings)
+	q.stop()
+}
