@@ -132,19 +132,27 @@ type collector struct {
 func newCollector(t testing.TB, b *broker, topic string) *collector {
 	t.Helper()
 	c := &collector{t: t, drops: map[uint64]protocol.DropCounts{}}
+	subscribed := make(chan struct{})
+	var once sync.Once
 	o := mqtt.NewClientOptions().AddBroker(b.URL()).
 		SetClientID(fmt.Sprintf("collector-%d", time.Now().UnixNano())).
 		SetCleanSession(false).SetAutoReconnect(true).SetResumeSubs(true).
 		SetMaxReconnectInterval(200 * time.Millisecond).SetConnectRetryInterval(100 * time.Millisecond).
 		SetOnConnectHandler(func(cl mqtt.Client) {
-			cl.Subscribe(topic, 1, c.handle)
+			tok := cl.Subscribe(topic, 1, c.handle)
+			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				once.Do(func() { close(subscribed) })
+			}
 		})
 	c.client = mqtt.NewClient(o)
 	if tok := c.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("collector connect: %v", tok.Error())
 	}
-	// Wait for the subscription to be in place.
-	time.Sleep(100 * time.Millisecond)
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("collector did not subscribe")
+	}
 	t.Cleanup(func() { c.client.Disconnect(100) })
 	return c
 }
