@@ -1,0 +1,124 @@
+package oip
+
+import (
+	"encoding/binary"
+	"strconv"
+
+	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/agent/tensorjson"
+)
+
+// Output is one output tensor of a response and how to send it.
+type Output struct {
+	Tensor tensor.Tensor
+	// Binary sends the data after the JSON (binary tensor data extension)
+	// instead of as a JSON array.
+	Binary bool
+}
+
+// Response is an inference response to encode. Reuse one across requests:
+// Reset keeps the Outputs slice.
+type Response struct {
+	ModelName    string
+	ModelVersion string // omitted when empty
+	ID           string // the request's id; omitted when empty
+	// ModelDigest, such as "sha256:...", goes to parameters.model_digest;
+	// omitted when empty.
+	ModelDigest string
+	Outputs     []Output
+}
+
+// Reset empties r and keeps its Outputs capacity.
+func (r *Response) Reset() {
+	*r = Response{Outputs: r.Outputs[:0]}
+}
+
+// AppendResponse appends the body of r to dst. headerLen is the length of
+// the JSON part, for the Inference-Header-Content-Length header, when some
+// output is binary, and -1 when the body is all JSON.
+//
+// JSON data is flat, in row-major order. Floats are written in their
+// shortest exact form; NaN and infinities as the strings "NaN", "Infinity"
+// and "-Infinity". BYTES are written as JSON strings, invalid UTF-8 replaced
+// by U+FFFD: ask for such outputs as binary. Binary BYTES elements are each
+// a 4-byte little-endian length followed by the bytes.
+func AppendResponse(dst []byte, r *Response) (out []byte, headerLen int) {
+	start := len(dst)
+	dst = append(dst, `{"model_name":`...)
+	dst = tensorjson.AppendString(dst, []byte(r.ModelName))
+	if r.ModelVersion != "" {
+		dst = append(dst, `,"model_version":`...)
+		dst = tensorjson.AppendString(dst, []byte(r.ModelVersion))
+	}
+	if r.ID != "" {
+		dst = append(dst, `,"id":`...)
+		dst = tensorjson.AppendString(dst, []byte(r.ID))
+	}
+	if r.ModelDigest != "" {
+		dst = append(dst, `,"parameters":{"model_digest":`...)
+		dst = tensorjson.AppendString(dst, []byte(r.ModelDigest))
+		dst = append(dst, '}')
+	}
+	dst = append(dst, `,"outputs":[`...)
+	anyBinary := false
+	for k := range r.Outputs {
+		o := &r.Outputs[k]
+		t := &o.Tensor
+		if k > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"name":`...)
+		dst = tensorjson.AppendString(dst, []byte(t.Name))
+		dst = append(dst, `,"datatype":`...)
+		dst = tensorjson.AppendString(dst, []byte(t.DataType))
+		dst = append(dst, `,"shape":[`...)
+		for j, d := range t.Shape {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = strconv.AppendInt(dst, int64(d), 10)
+		}
+		dst = append(dst, ']')
+		if o.Binary {
+			anyBinary = true
+			dst = append(dst, `,"parameters":{"binary_data_size":`...)
+			dst = strconv.AppendInt(dst, int64(binarySize(t)), 10)
+			dst = append(dst, "}}"...)
+			continue
+		}
+		dst = append(dst, `,"data":`...)
+		dst = tensorjson.Encoder{}.AppendFlat(dst, t.DataType, t.Data, t.Strings)
+		dst = append(dst, '}')
+	}
+	dst = append(dst, "]}"...)
+	if !anyBinary {
+		return dst, -1
+	}
+	headerLen = len(dst) - start
+	for k := range r.Outputs {
+		o := &r.Outputs[k]
+		if !o.Binary {
+			continue
+		}
+		if o.Tensor.DataType != tensor.Bytes {
+			dst = append(dst, o.Tensor.Data...)
+			continue
+		}
+		for _, s := range o.Tensor.Strings {
+			dst = binary.LittleEndian.AppendUint32(dst, uint32(len(s)))
+			dst = append(dst, s...)
+		}
+	}
+	return dst, headerLen
+}
+
+func binarySize(t *tensor.Tensor) int {
+	if t.DataType != tensor.Bytes {
+		return len(t.Data)
+	}
+	n := 0
+	for _, s := range t.Strings {
+		n += 4 + len(s)
+	}
+	return n
+}

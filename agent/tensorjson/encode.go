@@ -1,0 +1,216 @@
+package tensorjson
+
+import (
+	"encoding/base64"
+	"encoding/binary"
+	"math"
+	"strconv"
+	"unicode/utf8"
+
+	"github.com/outpost-edge/outpost/agent/tensor"
+)
+
+// Encoder writes tensor elements as JSON. The zero value is ready to use.
+type Encoder struct {
+	// B64 writes BYTES elements that are not valid UTF-8 as
+	// {"b64": "<standard base64>"} (TF Serving). Without it they are written
+	// as strings with each invalid byte replaced by U+FFFD.
+	B64 bool
+}
+
+// Append writes the elements of a tensor as JSON: arrays nested as shape
+// says, or a bare value for a scalar (empty shape). data holds the packed
+// little-endian elements, strs the BYTES elements.
+//
+// Floats are written in the shortest form that reads back to the same
+// value (FP16 and FP32 via float32); NaN and infinities, which JSON numbers
+// cannot express, are written as the strings "NaN", "Infinity" and
+// "-Infinity", which Elements.Decode reads back.
+//
+// When data (or strs) does not hold exactly the elements shape needs, which
+// is a bug in the caller, Append writes the whole elements it holds as a
+// flat array rather than panic.
+func (enc Encoder) Append(dst []byte, dt tensor.DataType, shape []int, data []byte, strs [][]byte) []byte {
+	n, err := tensor.NumElements(shape)
+	have := len(strs)
+	if dt != tensor.Bytes {
+		have = 0
+		if sz := dt.Size(); sz > 0 {
+			have = len(data) / sz
+		}
+	}
+	if err != nil || n != have {
+		return enc.appendFlat(dst, dt, data, strs, 0, have)
+	}
+	if len(shape) == 0 {
+		return enc.appendRun(dst, dt, data, strs, 0, 1)
+	}
+	dst, _ = enc.appendNested(dst, dt, shape, data, strs, 0)
+	return dst
+}
+
+// AppendFlat writes the elements as one flat array, whatever the shape.
+func (enc Encoder) AppendFlat(dst []byte, dt tensor.DataType, data []byte, strs [][]byte) []byte {
+	have := len(strs)
+	if dt != tensor.Bytes {
+		have = 0
+		if sz := dt.Size(); sz > 0 {
+			have = len(data) / sz
+		}
+	}
+	return enc.appendFlat(dst, dt, data, strs, 0, have)
+}
+
+func (enc Encoder) appendFlat(dst []byte, dt tensor.DataType, data []byte, strs [][]byte, i, n int) []byte {
+	dst = append(dst, '[')
+	dst = enc.appendRun(dst, dt, data, strs, i, n)
+	return append(dst, ']')
+}
+
+// appendNested writes elements from index i on as arrays nested per shape
+// and returns the index after them.
+func (enc Encoder) appendNested(dst []byte, dt tensor.DataType, shape []int, data []byte, strs [][]byte, i int) ([]byte, int) {
+	if len(shape) == 1 {
+		return enc.appendFlat(dst, dt, data, strs, i, shape[0]), i + shape[0]
+	}
+	dst = append(dst, '[')
+	for k := range shape[0] {
+		if k > 0 {
+			dst = append(dst, ',')
+		}
+		dst, i = enc.appendNested(dst, dt, shape[1:], data, strs, i)
+	}
+	return append(dst, ']'), i
+}
+
+// appendRun writes n elements from index i, separated by commas.
+func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [][]byte, i, n int) []byte {
+	switch dt {
+	case tensor.FP32:
+		d := data[i*4 : (i+n)*4]
+		for k := 0; k < len(d); k += 4 {
+			if k > 0 {
+				dst = append(dst, ',')
+			}
+			dst = appendFloat32(dst, math.Float32frombits(binary.LittleEndian.Uint32(d[k:])))
+		}
+		return dst
+	case tensor.Bytes:
+		for k, s := range strs[i : i+n] {
+			if k > 0 {
+				dst = append(dst, ',')
+			}
+			if enc.B64 && !utf8.Valid(s) {
+				dst = append(dst, `{"b64":"`...)
+				dst = base64.StdEncoding.AppendEncode(dst, s)
+				dst = append(dst, `"}`...)
+				continue
+			}
+			dst = AppendString(dst, s)
+		}
+		return dst
+	}
+	sz := dt.Size()
+	d := data[i*sz : (i+n)*sz]
+	for k := 0; k < len(d); k += sz {
+		if k > 0 {
+			dst = append(dst, ',')
+		}
+		switch dt {
+		case tensor.FP64:
+			f := math.Float64frombits(binary.LittleEndian.Uint64(d[k:]))
+			if math.IsNaN(f) || math.IsInf(f, 0) {
+				dst = appendSpecial(dst, f)
+			} else {
+				dst = strconv.AppendFloat(dst, f, 'g', -1, 64)
+			}
+		case tensor.FP16:
+			dst = appendFloat32(dst, HalfToFloat(binary.LittleEndian.Uint16(d[k:])))
+		case tensor.Bool:
+			if d[k] != 0 {
+				dst = append(dst, "true"...)
+			} else {
+				dst = append(dst, "false"...)
+			}
+		case tensor.Int8:
+			dst = strconv.AppendInt(dst, int64(int8(d[k])), 10)
+		case tensor.Uint8:
+			dst = strconv.AppendUint(dst, uint64(d[k]), 10)
+		case tensor.Int16:
+			dst = strconv.AppendInt(dst, int64(int16(binary.LittleEndian.Uint16(d[k:]))), 10)
+		case tensor.Uint16:
+			dst = strconv.AppendUint(dst, uint64(binary.LittleEndian.Uint16(d[k:])), 10)
+		case tensor.Int32:
+			dst = strconv.AppendInt(dst, int64(int32(binary.LittleEndian.Uint32(d[k:]))), 10)
+		case tensor.Uint32:
+			dst = strconv.AppendUint(dst, uint64(binary.LittleEndian.Uint32(d[k:])), 10)
+		case tensor.Int64:
+			dst = strconv.AppendInt(dst, int64(binary.LittleEndian.Uint64(d[k:])), 10)
+		case tensor.Uint64:
+			dst = strconv.AppendUint(dst, binary.LittleEndian.Uint64(d[k:]), 10)
+		}
+	}
+	return dst
+}
+
+func appendFloat32(dst []byte, f float32) []byte {
+	if f != f || f > math.MaxFloat32 || f < -math.MaxFloat32 {
+		return appendSpecial(dst, float64(f))
+	}
+	return strconv.AppendFloat(dst, float64(f), 'g', -1, 32)
+}
+
+func appendSpecial(dst []byte, f float64) []byte {
+	switch {
+	case math.IsNaN(f):
+		return append(dst, `"NaN"`...)
+	case f > 0:
+		return append(dst, `"Infinity"`...)
+	}
+	return append(dst, `"-Infinity"`...)
+}
+
+// AppendString writes s as a JSON string. Invalid UTF-8 bytes become U+FFFD;
+// <, > and & are left alone (the output is not HTML).
+func AppendString(dst []byte, s []byte) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				dst = append(dst, '\\', c)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRune(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i++
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+const hexDigits = "0123456789abcdef"
