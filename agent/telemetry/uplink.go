@@ -74,7 +74,7 @@ func (q *Queue) uplink(ctx context.Context) {
 		if first != headSeq {
 			headSeq, attempts = first, 0
 		}
-		err = q.opts.Publisher.Publish(ctx, b.payload)
+		err = q.publish(ctx, b.payload)
 		if err == nil {
 			if err := q.ack(b.entries); err != nil {
 				// The broker has the records; we will send them again (same
@@ -92,6 +92,9 @@ func (q *Queue) uplink(ctx context.Context) {
 			}
 			continue
 		}
+		// The publisher may still hold the payload of a failed publish (a
+		// connection being torn down); never reuse that buffer.
+		payload = nil
 		if ctx.Err() != nil {
 			return
 		}
@@ -120,6 +123,24 @@ func (q *Queue) uplink(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// shutdownGrace is how long a publish in flight at shutdown may still wait
+// for its PUBACK: without it, every clean stop would leave the receiver a
+// duplicate batch.
+const shutdownGrace = 2 * time.Second
+
+// publish calls the Publisher with a context that ends shutdownGrace after
+// ctx does.
+func (q *Queue) publish(ctx context.Context, payload []byte) error {
+	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(shutdownGrace, cancel)
+		context.AfterFunc(pctx, func() { t.Stop() })
+	})
+	defer stop()
+	return q.opts.Publisher.Publish(pctx, payload)
 }
 
 // readBatch builds the next batch from the head of the queue: records merged
