@@ -154,3 +154,72 @@ func TestPoisonRecordQuarantined(t *testing.T) {
 	assert.False(t, seen[18], "the poison record (seq 18) was delivered")
 	assert.Equal(t, uint64(1), drops[s.Epoch][protocol.DropQuarantined], "the drop is reported in a later batch")
 }
+
+// slowAck delays what Publish returns, as a PUBACK crossing a slow link
+// would: loopback is too fast to ever catch a batch in flight.
+type slowAck struct {
+	Publisher
+	d time.Duration
+}
+
+func (s slowAck) Publish(ctx context.Context, payload []byte) error {
+	if err := s.Publisher.Publish(ctx, payload); err != nil {
+		return err
+	}
+	select {
+	case <-time.After(s.d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestCleanRestartsSendNoDuplicates: stopping the agent by its context
+// (not a crash) lets the batch in flight finish, so restarts while records
+// flow leave the receiver nothing to de-duplicate.
+func TestCleanRestartsSendNoDuplicates(t *testing.T) {
+	b := startBroker(t, "")
+	dev := deviceName(t)
+	topics, err := protocol.DeviceTopics("test", dev)
+	require.NoError(t, err)
+	col := newCollector(t, b, topics.Events)
+	path := filepath.Join(t.TempDir(), "q.db")
+	clientID := fmt.Sprintf("%s-%d", dev, time.Now().UnixNano())
+	var last uint64
+	for round := range 3 {
+		m, err := NewMQTT(MQTTOptions{Broker: b.URL(), ClientID: clientID, Fleet: "test", Device: dev,
+			BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+		require.NoError(t, err)
+		ctx, cancel := context.WithCancel(context.Background())
+		mdone := make(chan error, 1)
+		go func() { mdone <- m.Run(ctx) }()
+		q, err := New(Options{Path: path, Publisher: slowAck{m, 20 * time.Millisecond}, BatchRecords: 50, BatchDelay: time.Millisecond})
+		require.NoError(t, err)
+		qdone := make(chan error, 1)
+		go func() { qdone <- q.Run(ctx) }()
+		for i := range 2000 {
+			q.Record(audit(round*2000 + i))
+			if i%100 == 0 {
+				time.Sleep(time.Millisecond)
+			}
+		}
+		waitFor(t, "some records published", 10*time.Second, func() bool { return q.Stats().Published > 0 })
+		cancel() // while batches are in flight
+		require.NoError(t, <-qdone)
+		require.NoError(t, <-mdone)
+		last = q.Stats().LastSeq
+	}
+	// A last run drains what is left.
+	m := startMQTT(t, b, dev)
+	q := startQueue(t, Options{Path: path, Publisher: m, BatchDelay: time.Millisecond})
+	waitFor(t, "the rest drained", 10*time.Second, func() bool { s := q.Stats(); return s.Epoch != 0 && s.Depth == 0 })
+	require.Equal(t, uint64(6000), last)
+	waitFor(t, "6000 records at the subscriber", 10*time.Second, func() bool {
+		a, _, _ := col.snapshot()
+		return len(a) >= 6000
+	})
+	arrivals, _, _ := col.snapshot()
+	seen := checkDelivery(t, arrivals, protocol.DropCounts{}, q.Stats().Epoch)
+	assert.Len(t, seen, 6000)
+	assert.Equal(t, len(seen), len(arrivals), "duplicates after clean restarts")
+}
