@@ -11,6 +11,18 @@
 // records are never dropped. Every drop is counted, and the counters travel in
 // every batch. The uplink deletes records only after the broker acknowledged
 // the batch that carried them. The format is in docs/PROTOCOL.md.
+//
+// The daemon runs two components: MQTT (the connection, which implements
+// Publisher) and Queue; see the package example. The predict path calls
+// Observe for every request and Record (after ShouldSample) for samples;
+// the updater calls Emit, which returns once its record is durable.
+//
+// Tests run against real things: bbolt files, a Mosquitto started on a free
+// loopback port (they fail without it when CI=true, and skip otherwise), the
+// embedded broker, and a child process SIGKILLed during appends and drains.
+// The crash loop runs 5 times by default; for a long local run:
+//
+//	OUTPOST_CRASH_LOOPS=200 go test -race -run TestCrashLoop ./agent/telemetry
 package telemetry
 
 import (
