@@ -141,11 +141,14 @@ type meta struct {
 
 // initDB creates the buckets and the meta keys of a new file, and loads the
 // meta and per-bucket accounts of an existing one.
-func initDB(db *bolt.DB) (meta, [numPrio]bucketState, int, error) {
-	var m meta
-	var st [numPrio]bucketState
-	var quarantined int
-	err := db.Update(func(tx *bolt.Tx) error {
+func initDB(db *bolt.DB) (m meta, st [numPrio]bucketState, quarantined int, err error) {
+	defer func() {
+		// bbolt panics on some damaged pages its check did not reach.
+		if p := recover(); p != nil {
+			err = fmt.Errorf("telemetry: init queue: panic %v: %w", p, errCorrupt)
+		}
+	}()
+	err = db.Update(func(tx *bolt.Tx) error {
 		mb, err := tx.CreateBucketIfNotExists(bucketMeta)
 		if err != nil {
 			return err

@@ -121,6 +121,9 @@ type Options struct {
 	// HealthInterval is how often a device health record is written. Default
 	// 1 min; negative means never.
 	HealthInterval time.Duration
+	// CurrentModel, if set, names the model being served; health records
+	// carry it so every record says which model it concerns.
+	CurrentModel func() protocol.ModelRef
 	// StaleAfter raises a health warning when records are waiting and the
 	// oldest is older than this, so an agent that forwards nothing does not
 	// look healthy. Default 15 min.
@@ -479,6 +482,14 @@ func (q *Queue) open(ctx context.Context) error {
 			}
 			_ = db.Close()
 			err = ierr
+			if errors.Is(ierr, errCorrupt) {
+				if aside, merr := moveAside(path, q.opts.Clock.Now()); merr == nil {
+					reset = fmt.Sprintf("telemetry: queue file was corrupt (%v); moved to %s and started a new one", ierr, filepath.Base(aside))
+					q.log.Warn("queue file corrupt; replaced", "err", ierr, "moved_to", aside)
+					q.setWarning("reset", reset)
+					continue
+				}
+			}
 		}
 		q.log.Error("cannot open queue file", "path", path, "err", err)
 		q.setWarning("open", fmt.Sprintf("telemetry: cannot open queue: %v", err))
@@ -521,7 +532,11 @@ func (q *Queue) writer(ctx context.Context) {
 		case <-healthC:
 			healthC = q.opts.Clock.After(q.opts.HealthInterval)
 			h := q.health.read()
-			group = append(group, item{rec: protocol.Record{Kind: protocol.KindHealth, Time: q.opts.Clock.Now(), Health: &h}})
+			r := protocol.Record{Kind: protocol.KindHealth, Time: q.opts.Clock.Now(), Health: &h}
+			if q.opts.CurrentModel != nil {
+				r.Model = q.opts.CurrentModel()
+			}
+			group = append(group, item{rec: r})
 		case <-ctx.Done():
 			q.finalFlush(q.appendAggregates(group))
 			return
