@@ -618,7 +618,11 @@ func (q *Queue) commit(group []item) (retry []item) {
 		if err != nil {
 			arena = arena[:start]
 			q.log.Warn("record cannot be encoded; quarantined", "kind", it.rec.Kind, "err", err)
-			badValues = append(badValues, quarantineValue(0, err.Error(), []byte(fmt.Sprintf("%+v", it.rec))))
+			desc := fmt.Sprintf("%+v", it.rec)
+			if len(desc) > 4096 {
+				desc = desc[:4096]
+			}
+			badValues = append(badValues, quarantineValue(0, err.Error(), []byte(desc)))
 			if it.done != nil {
 				it.done <- kept{err: err}
 			}

@@ -17,9 +17,11 @@ type batchEntry struct {
 	prio int
 }
 
-// batch is what readBatch returns: the payload to publish and what it holds.
+// batch is what readBatch returns: the payload to publish, what it holds,
+// and the entries buffer to hand back next time.
 type batch struct {
 	payload []byte
+	body    []byte
 	entries []batchEntry
 	oldest  time.Time
 	full    bool // hit the record or byte bound
@@ -147,8 +149,8 @@ func (q *Queue) publish(ctx context.Context, payload []byte) error {
 // from the priority buckets in sequence order, at most limit records and about
 // BatchBytes bytes (a single record may exceed that). body and payload are
 // buffers to reuse.
-func (q *Queue) readBatch(limit int, body, payload []byte) (batchResult, error) {
-	var res batchResult
+func (q *Queue) readBatch(limit int, body, payload []byte) (batch, error) {
+	var res batch
 	var h protocol.BatchHeader
 	err := q.db.View(func(tx *bolt.Tx) error {
 		mb := tx.Bucket(bucketMeta)
@@ -194,12 +196,6 @@ func (q *Queue) readBatch(limit int, body, payload []byte) (batchResult, error) 
 	res.payload = append(protocol.AppendBatchHeader(payload, h), body...)
 	res.body = body
 	return res, nil
-}
-
-// batchResult is a batch plus the buffers to hand back next time.
-type batchResult struct {
-	batch
-	body []byte
 }
 
 // ack deletes records the broker acknowledged. Records the writer evicted
