@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -348,4 +349,46 @@ func TestDiskFull(t *testing.T) {
 	assert.Greater(t, records, dropped, "Record stopped being called")
 	assert.Equal(t, uint64(0), warnings, "the write warning did not clear")
 	t.Logf("kept %d records, %d failed commits, %d records dropped for it, %d Record calls", last, writeErrors, dropped, records)
+}
+
+// TestStateTopic: the retained state says online while the agent is
+// connected, offline after a clean stop, and offline through the last will
+// after a SIGKILL.
+func TestStateTopic(t *testing.T) {
+	b := startBroker(t, "")
+	dev := deviceName(t)
+	topics, err := protocol.DeviceTopics("test", dev)
+	require.NoError(t, err)
+	states := make(chan string, 16)
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID(dev + "-watch"))
+	tok := sub.Connect()
+	require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "connect: %v", tok.Error())
+	defer sub.Disconnect(100)
+	tok = sub.Subscribe(topics.State, 1, func(_ mqtt.Client, m mqtt.Message) { states <- string(m.Payload()) })
+	require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "subscribe: %v", tok.Error())
+	next := func(want string) {
+		t.Helper()
+		select {
+		case got := <-states:
+			require.Equal(t, want, got)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no state message, want %q", want)
+		}
+	}
+
+	m, err := NewMQTT(MQTTOptions{Broker: b.URL(), ClientID: dev, Fleet: "test", Device: dev})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- m.Run(ctx) }()
+	next(protocol.StateOnline)
+	cancel()
+	require.NoError(t, <-done)
+	next(protocol.StateOffline)
+
+	path := filepath.Join(t.TempDir(), "q.db")
+	c := startChild(t, "drain", path, "HELPER_BROKER="+b.URL(), "HELPER_DEVICE="+dev, "HELPER_CLIENT="+dev)
+	next(protocol.StateOnline)
+	c.kill()
+	next(protocol.StateOffline) // the broker's last will
 }
