@@ -556,17 +556,40 @@ func (q *Queue) appendAggregates(group []item) []item {
 	return group
 }
 
+// maxGroupBytes bounds the estimated size of one group, so a burst of large
+// samples cannot make one transaction hold gigabytes.
+const maxGroupBytes = 8 << 20
+
+// approxSize estimates a record's encoded size without encoding it.
+func approxSize(r *protocol.Record) int {
+	n := 128
+	if s := r.Sample; s != nil {
+		for _, t := range s.Inputs {
+			n += len(t.Data)
+		}
+		for _, t := range s.Outputs {
+			n += len(t.Data)
+		}
+	}
+	return n
+}
+
 // fill adds to group the overflow and whatever waits in the channel, up to
-// MaxGroup records, without blocking.
+// MaxGroup records or about maxGroupBytes, without blocking.
 func (q *Queue) fill(group []item) []item {
 	q.overflowMu.Lock()
 	group = append(group, q.overflow...)
 	q.overflow = q.overflow[:0]
 	q.overflowMu.Unlock()
-	for len(group) < q.opts.MaxGroup {
+	size := 0
+	for i := range group {
+		size += approxSize(&group[i].rec)
+	}
+	for len(group) < q.opts.MaxGroup && size < maxGroupBytes {
 		select {
 		case it := <-q.in:
 			group = append(group, it)
+			size += approxSize(&it.rec)
 		default:
 			return group
 		}
