@@ -133,4 +133,12 @@ func TestUnencodableQuarantined(t *testing.T) {
 	s := q.Stats()
 	assert.Equal(t, uint64(1), s.Dropped[protocol.DropUnencodable])
 	assert.Equal(t, 1, s.Quarantined)
+	entries, err := q.Quarantine()
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	assert.Equal(t, uint64(0), entries[0].Seq)
+	assert.Contains(t, entries[0].Reason, "invalid record")
+	q.stop()
+	_, err = q.Quarantine()
+	assert.ErrorIs(t, err, ErrClosed)
 }

@@ -275,3 +275,46 @@ func putQuarantine(tx *bolt.Tx, value []byte, maxBytes int64) (int, error) {
 }
 
 func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
+
+// QuarantineEntry is a record set aside for inspection.
+type QuarantineEntry struct {
+	Seq    uint64 // its sequence number; 0 if it never got one
+	Reason string // why it was set aside
+	Body   []byte // the encoded record (protocol.DecodeRecord), or a description if it could not be encoded
+}
+
+// Quarantine lists the quarantine bucket, oldest first, for the agent's
+// status endpoint and for people. It returns ErrClosed unless Run has the
+// file open.
+func (q *Queue) Quarantine() ([]QuarantineEntry, error) {
+	q.mu.Lock()
+	db := q.openDB
+	q.mu.Unlock()
+	if db == nil {
+		return nil, fmt.Errorf("telemetry: quarantine: %w", ErrClosed)
+	}
+	var out []QuarantineEntry
+	err := db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketQuarantine).ForEach(func(_, v []byte) error {
+			seq, n := binary.Uvarint(v)
+			if n <= 0 {
+				return nil
+			}
+			v = v[n:]
+			l, n := binary.Uvarint(v)
+			if n <= 0 || uint64(len(v)-n) < l {
+				return nil
+			}
+			out = append(out, QuarantineEntry{
+				Seq:    seq,
+				Reason: string(v[n : n+int(l)]),
+				Body:   append([]byte(nil), v[n+int(l):]...),
+			})
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("telemetry: quarantine: %w", err)
+	}
+	return out, nil
+}

@@ -219,6 +219,7 @@ type Queue struct {
 	lastAck     time.Time
 	writeErrors uint64
 	warnings    map[string]string // key -> current warning
+	openDB      *bolt.DB          // q.db while Run has it open, for readers outside Run
 }
 
 // item is a record on its way to the writer. done, if set, receives the
@@ -423,7 +424,12 @@ func (q *Queue) Run(ctx context.Context) error {
 	if err := q.open(ctx); err != nil {
 		return nil // ctx ended while the file could not be opened
 	}
-	defer q.db.Close()
+	defer func() {
+		q.mu.Lock()
+		q.openDB = nil
+		q.mu.Unlock()
+		_ = q.db.Close()
+	}()
 
 	var wg sync.WaitGroup
 	upCtx, stopUplink := context.WithCancel(ctx)
@@ -469,6 +475,7 @@ func (q *Queue) open(ctx context.Context) error {
 				q.db = db
 				q.mu.Lock()
 				q.meta, q.buckets, q.quarantined = m, st, quarantined
+				q.openDB = db
 				q.mu.Unlock()
 				q.setWarning("open", "")
 				if reset != "" {

@@ -141,6 +141,13 @@ func TestPoisonRecordQuarantined(t *testing.T) {
 	s := q.Stats()
 	assert.Equal(t, uint64(1), s.Dropped[protocol.DropQuarantined])
 	assert.Equal(t, 1, s.Quarantined)
+	entries, err := q.Quarantine()
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	assert.Equal(t, uint64(18), entries[0].Seq)
+	r, err := protocol.DecodeRecord(entries[0].Body)
+	require.NoError(t, err)
+	assert.Equal(t, "req-17", r.Sample.RequestID, "the poison record is kept whole")
 	waitFor(t, "39 records at the subscriber", 10*time.Second, func() bool {
 		a, _, _ := col.snapshot()
 		seen := map[uint64]bool{}
