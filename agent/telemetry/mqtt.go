@@ -77,7 +77,7 @@ func (c *mqttConn) markLost() { c.once.Do(func() { close(c.lost) }) }
 // NewMQTT checks opts and returns an uplink; Run connects it.
 func NewMQTT(opts MQTTOptions) (*MQTT, error) {
 	if opts.Broker == "" || opts.ClientID == "" {
-		return nil, errors.New("telemetry: mqtt: broker and client id are required")
+		return nil, ErrMQTTOptions
 	}
 	topics, err := protocol.DeviceTopics(opts.Fleet, opts.Device)
 	if err != nil {

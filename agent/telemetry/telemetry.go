@@ -51,8 +51,11 @@ var (
 	// counting an attempt.
 	ErrNotConnected = errors.New("telemetry: not connected")
 	// ErrClosed is returned by Emit when the queue stopped before the record
-	// was kept.
+	// was kept, and by Quarantine when the queue is not running.
 	ErrClosed = errors.New("telemetry: queue closed")
+	// ErrMQTTOptions is returned by NewMQTT when the broker or client id is
+	// missing.
+	ErrMQTTOptions = errors.New("telemetry: mqtt: broker and client id are required")
 )
 
 // Publisher publishes telemetry batches to the device's events topic. The

@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -277,4 +278,38 @@ func TestGapsMatchDrops(t *testing.T) {
 	for _, a := range audits {
 		assert.True(t, seen[a], "audit record %d lost", a)
 	}
+}
+
+func TestNewMQTTOptions(t *testing.T) {
+	tests := []struct {
+		name string
+		o    MQTTOptions
+		want error
+	}{
+		{"no broker", MQTTOptions{ClientID: "c", Fleet: "f", Device: "d"}, ErrMQTTOptions},
+		{"no client id", MQTTOptions{Broker: "tcp://127.0.0.1:1", Fleet: "f", Device: "d"}, ErrMQTTOptions},
+		{"bad device", MQTTOptions{Broker: "tcp://127.0.0.1:1", ClientID: "c", Fleet: "f", Device: "a/b"}, protocol.ErrBadTopicSegment},
+		{"good", MQTTOptions{Broker: "tcp://127.0.0.1:1", ClientID: "c", Fleet: "f", Device: "d"}, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := NewMQTT(tt.o)
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("got error %v, want %v", err, tt.want)
+			}
+			if err == nil {
+				assert.Equal(t, "outpost/v1/f/d/events", m.Topics().Events)
+				assert.False(t, m.Connected())
+			}
+		})
+	}
+}
+
+// TestPublishWithoutConnection: Publish before any connection says
+// ErrNotConnected, which the uplink waits on without counting an attempt.
+func TestPublishWithoutConnection(t *testing.T) {
+	m, err := NewMQTT(MQTTOptions{Broker: "tcp://127.0.0.1:1", ClientID: "c", Fleet: "f", Device: "d"})
+	require.NoError(t, err)
+	err = m.Publish(context.Background(), []byte("x"))
+	assert.ErrorIs(t, err, ErrNotConnected)
 }
