@@ -19,6 +19,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/outpost-edge/outpost/models/manifest"
@@ -35,8 +36,13 @@ const (
 // maxRoots bounds the chain a bundle may carry.
 const maxRoots = 1000
 
-// ErrAgentTooOld: the release needs a newer agent than the one verifying.
-var ErrAgentTooOld = errors.New("bundle: agent too old for this model")
+// Errors; callers test with errors.Is. Verify also returns the trust, dsse
+// and manifest sentinels of what it checks.
+var (
+	// ErrAgentTooOld: the release needs a newer agent than the one verifying.
+	ErrAgentTooOld = errors.New("bundle: agent too old for this model")
+	errNotRegular  = errors.New("bundle: not a regular file")
+)
 
 // Options tune Verify; the zero value checks expiry against time.Now.
 type Options struct {
@@ -101,9 +107,9 @@ func Verify(dir string, anchor *trust.Root, opts Options) (*Verified, error) {
 // (see manifest.Bytes): read to io.EOF without error, they are the signed
 // bytes even if the file changed after Verify.
 func (v *Verified) Open() (io.ReadCloser, error) {
-	f, err := os.Open(filepath.Join(v.Dir, ModelFile))
+	f, err := openRegular(filepath.Join(v.Dir, ModelFile))
 	if err != nil {
-		return nil, fmt.Errorf("bundle: %w", err)
+		return nil, err
 	}
 	return struct {
 		io.Reader
@@ -140,10 +146,31 @@ func readRoots(dir string) ([][]byte, error) {
 	return out, nil
 }
 
-func readLimited(path string, max int64) ([]byte, error) {
-	f, err := os.Open(path)
+// openRegular opens path and refuses anything but a regular file, so that a
+// bundle cannot point the reader at a FIFO or a device that never ends.
+func openRegular(path string) (*os.File, error) {
+	// O_NONBLOCK keeps open(2) from waiting for a FIFO's writer; it changes
+	// nothing for regular files.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("bundle: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%w: %s", errNotRegular, filepath.Base(path))
+	}
+	return f, nil
+}
+
+func readLimited(path string, max int64) ([]byte, error) {
+	f, err := openRegular(path)
+	if err != nil {
+		return nil, err
 	}
 	defer f.Close()
 	b, err := io.ReadAll(io.LimitReader(f, max+1))

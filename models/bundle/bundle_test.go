@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -210,6 +211,15 @@ func TestAttacks(t *testing.T) {
 	tooNew.MinAgentVersion = "2.0.0"
 	tests = append(tests, attack{"agent older than the model needs", f.anchor(1),
 		write(t, f.roots, f.release(tooNew, later, tk...), face), Options{Now: now, AgentVersion: "1.9.9"}, ErrAgentTooOld})
+
+	fifo := write(t, f.roots, good, face)
+	require.NoError(t, os.Remove(filepath.Join(fifo, ModelFile)))
+	require.NoError(t, syscall.Mkfifo(filepath.Join(fifo, ModelFile), 0o644))
+	add("model is a FIFO that never ends", f.anchor(1), fifo, errNotRegular)
+	zero := write(t, f.roots, good, face)
+	require.NoError(t, os.Remove(filepath.Join(zero, ModelFile)))
+	require.NoError(t, os.Symlink("/dev/zero", filepath.Join(zero, ModelFile)))
+	add("model links to /dev/zero", f.anchor(1), zero, errNotRegular)
 
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
