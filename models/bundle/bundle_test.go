@@ -26,7 +26,7 @@ var now = time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 // fleet is a minimal signer for tests: the real one lives in fleet/keyring,
 // which models must not import.
 type fleet struct {
-	t       *testing.T
+	t       testing.TB
 	keys    map[string][]ed25519.PrivateKey // by role
 	thresh  map[string]int
 	roots   [][]byte
@@ -34,13 +34,13 @@ type fleet struct {
 	serial  int64
 }
 
-func newKey(t *testing.T) ed25519.PrivateKey {
+func newKey(t testing.TB) ed25519.PrivateKey {
 	_, k, err := ed25519.GenerateKey(nil)
 	require.NoError(t, err)
 	return k
 }
 
-func newFleet(t *testing.T, targetsKeys, targetsThreshold int) *fleet {
+func newFleet(t testing.TB, targetsKeys, targetsThreshold int) *fleet {
 	f := &fleet{t: t, keys: map[string][]ed25519.PrivateKey{}, thresh: map[string]int{
 		trust.RoleRoot: 1, trust.RoleTargets: targetsThreshold}}
 	f.keys[trust.RoleRoot] = []ed25519.PrivateKey{newKey(t)}
@@ -256,4 +256,34 @@ func TestOpenRechecks(t *testing.T) {
 	defer r.Close()
 	_, err = readAll(r)
 	require.ErrorIs(t, err, manifest.ErrDigest)
+}
+
+// BenchmarkVerify measures a full offline check (root, signature, expiry,
+// sha256 of the model) per model; MB/s is model bytes hashed.
+func BenchmarkVerify(b *testing.B) {
+	for _, name := range []string{testmodel.FaceShort, testmodel.Hand} {
+		b.Run(name, func(b *testing.B) {
+			model := testmodel.Read(b, name)
+			f := newFleet(b, 1, 1)
+			sig, err := tflite.Read(model)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sum := sha256.Sum256(model)
+			m := manifest.Manifest{Name: "m", Version: 1, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(model)),
+				Runtime: manifest.RuntimeTFLite, Inputs: sig.Inputs, Outputs: sig.Outputs}
+			dir := b.TempDir()
+			if err := Write(dir, f.roots, f.release(m, now.Add(time.Hour), f.keys[trust.RoleTargets]...), bytesReader(model)); err != nil {
+				b.Fatal(err)
+			}
+			anchor := f.anchor(1)
+			b.SetBytes(int64(len(model)))
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := Verify(dir, anchor, Options{Now: now}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
