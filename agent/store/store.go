@@ -72,6 +72,14 @@ var CrashPoints = []string{
 	"done",          // everything written
 }
 
+// RootCrashPoints are the crash points of SaveRoot (a device's first install,
+// or one whose bundle carries a newer root), and RollbackCrashPoints those of
+// Rollback.
+var (
+	RootCrashPoints     = []string{"root-synced", "root-renamed"}
+	RollbackCrashPoints = []string{"rollback-synced", "rollback-renamed"}
+)
+
 // Options configure a Store; the zero value works.
 type Options struct {
 	// Logger receives install and recovery events; nil discards them.

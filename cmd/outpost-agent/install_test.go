@@ -16,6 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
+	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/stretchr/testify/require"
 )
 
@@ -251,8 +252,9 @@ func TestInstallCrash(t *testing.T) {
 			require.Len(t, blobs, 2, "orphan blobs after recovery")
 		})
 	}
-	// A crash during the very first install leaves no model or a whole one.
-	for _, point := range store.CrashPoints {
+	// A crash during the very first install leaves no model or a whole one,
+	// and no root or a whole one; installing again then completes.
+	for _, point := range append(append([]string(nil), store.RootCrashPoints...), store.CrashPoints...) {
 		data := t.TempDir()
 		r := run(t, []string{"OUTPOST_CRASHPOINT=" + point}, b.agent, "install", "--root", root, "--data-dir", data, v1)
 		require.True(t, r.killed, point)
@@ -261,5 +263,14 @@ func TestInstallCrash(t *testing.T) {
 		if _, _, err := s.Load("face"); err != nil && !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("first install killed at %s: %v", point, err)
 		}
+		if b, err := s.Root(); err == nil {
+			_, err = trust.LoadRoot(b)
+			require.NoError(t, err, "stored root after a crash at %s", point)
+		} else {
+			require.ErrorIs(t, err, store.ErrNotFound)
+		}
+		r = run(t, nil, b.agent, "install", "--root", root, "--data-dir", data, v1)
+		require.Equal(t, 0, r.code, "install after a crash at %s: %s", point, r.stderr)
+		require.Equal(t, int64(1), requireLoadable(t, data, 1))
 	}
 }
