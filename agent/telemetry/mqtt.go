@@ -132,7 +132,7 @@ func (m *MQTT) Run(ctx context.Context) error {
 	for {
 		c, err := m.connect(ctx)
 		if err == nil {
-			bo.reset()
+			since := m.opts.Clock.Now()
 			m.mu.Lock()
 			m.conn = c
 			close(m.up)
@@ -153,6 +153,12 @@ func (m *MQTT) Run(ctx context.Context) error {
 				return nil
 			}
 			c.client.Disconnect(0)
+			// Back off from scratch only after a connection that held; one
+			// the broker drops at once (a duplicate client id, an ACL) keeps
+			// the delay growing.
+			if m.opts.Clock.Now().Sub(since) >= stableConnection {
+				bo.reset()
+			}
 		} else {
 			m.log.Warn("connect failed", "broker", m.opts.Broker, "err", err)
 		}
@@ -198,6 +204,10 @@ func (m *MQTT) connect(ctx context.Context) (*mqttConn, error) {
 	m.log.Info("connected", "broker", m.opts.Broker)
 	return c, nil
 }
+
+// stableConnection is how long a connection must last for the reconnect
+// backoff to start again from its minimum.
+const stableConnection = 30 * time.Second
 
 // errConnLost is returned when the connection dropped while a token was
 // pending: the payload may or may not have arrived.
