@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -222,4 +224,44 @@ func testRoots(t *testing.T, n int) []*trust.Root {
 		out = append(out, r)
 	}
 	return out
+}
+
+// TestRollbackHelper is not a test: TestRollbackCrash runs the test binary
+// again with it, so that Rollback can SIGKILL a process of its own.
+func TestRollbackHelper(t *testing.T) {
+	dir := os.Getenv("OUTPOST_STORE_HELPER_DIR")
+	if dir == "" {
+		t.Skip("helper process for TestRollbackCrash")
+	}
+	s, err := Open(dir, Options{})
+	require.NoError(t, err)
+	_, err = s.Rollback("face")
+	require.NoError(t, err)
+}
+
+func TestRollbackCrash(t *testing.T) {
+	want := map[string]int64{"rollback-synced": 2, "rollback-renamed": 1}
+	for _, point := range RollbackCrashPoints {
+		t.Run(point, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(dir, Options{})
+			require.NoError(t, err)
+			require.NoError(t, install(s, describe(t, "face", 1, testmodel.FaceShort), 1))
+			require.NoError(t, install(s, describe(t, "face", 2, testmodel.FaceFull), 2))
+			cmd := exec.Command(os.Args[0], "-test.run=^TestRollbackHelper$")
+			cmd.Env = append(os.Environ(), "OUTPOST_STORE_HELPER_DIR="+dir, "OUTPOST_CRASHPOINT="+point)
+			err = cmd.Run()
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee)
+			ws, ok := ee.Sys().(syscall.WaitStatus)
+			require.True(t, ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL, "helper was not killed: %v", err)
+			s, err = Open(dir, Options{})
+			require.NoError(t, err)
+			b, e, err := s.Load("face")
+			require.NoError(t, err)
+			_, err = tflite.Read(b)
+			require.NoError(t, err)
+			require.Equal(t, want[point], e.Manifest.Version)
+		})
+	}
 }
