@@ -250,13 +250,23 @@ func (s *Store) Previous(name string) (Entry, error) {
 
 // Load returns the bytes of the current version of name after checking them
 // against its manifest (ErrCorrupt if they no longer match).
+// Readers take no lock: an install in another process may replace current
+// between reading state.json and the blob, so one failed read is retried.
 func (s *Store) Load(name string) ([]byte, Entry, error) {
-	e, err := s.Current(name)
-	if err != nil {
-		return nil, e, err
+	var (
+		b   []byte
+		e   Entry
+		err error
+	)
+	for range 2 {
+		if e, err = s.Current(name); err != nil {
+			return nil, e, err
+		}
+		if b, err = e.read(); err == nil {
+			return b, e, nil
+		}
 	}
-	b, err := e.read()
-	return b, e, err
+	return nil, e, err
 }
 
 func (e Entry) read() ([]byte, error) {
