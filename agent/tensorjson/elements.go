@@ -144,11 +144,15 @@ func (e *Elements) scalar(s *Scanner) error {
 		if err != nil {
 			return err
 		}
-		f, err := strconv.ParseFloat(unsafeString(num), 32)
-		if err != nil {
-			return e.valueErr("%s is out of range for FP32", num)
+		f, ok := parseFloat32(num)
+		if !ok {
+			f64, err := strconv.ParseFloat(unsafeString(num), 32)
+			if err != nil {
+				return e.valueErr("%s is out of range for FP32", num)
+			}
+			f = float32(f64)
 		}
-		e.Data = binary.LittleEndian.AppendUint32(e.Data, math.Float32bits(float32(f)))
+		e.Data = binary.LittleEndian.AppendUint32(e.Data, math.Float32bits(f))
 	case tensor.FP64, tensor.FP16:
 		var f float64
 		if c == '"' {
@@ -331,7 +335,7 @@ func (e *Elements) integer(s *Scanner) error {
 	case !neg && mag <= uint64(r.max):
 		v = int64(mag)
 	case neg && mag <= uint64(-(r.min+1))+1:
-		v = -int64(mag - 1) - 1
+		v = -int64(mag-1) - 1
 	default:
 		return e.valueErr("%s is out of range for %s", num, dt)
 	}

@@ -153,13 +153,6 @@ func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [
 	return dst
 }
 
-func appendFloat32(dst []byte, f float32) []byte {
-	if f != f || f > math.MaxFloat32 || f < -math.MaxFloat32 {
-		return appendSpecial(dst, float64(f))
-	}
-	return strconv.AppendFloat(dst, float64(f), 'g', -1, 32)
-}
-
 func appendSpecial(dst []byte, f float64) []byte {
 	switch {
 	case math.IsNaN(f):
