@@ -38,6 +38,15 @@ type badRequest struct {
 func (e *badRequest) Error() string   { return "oip: " + e.msg }
 func (e *badRequest) Unwrap() []error { return []error{ErrBadRequest, e.cause} }
 
+// wrongKind reports a value of the wrong JSON kind, or a syntax error when
+// there is no value at all.
+func wrongKind(s *tensorjson.Scanner, format string, args ...any) error {
+	if s.Kind() == "invalid value" {
+		return badf(tensorjson.ErrSyntax, "%v", s.Unexpected())
+	}
+	return badf(tensorjson.ErrValue, format, args...)
+}
+
 func badf(cause error, format string, args ...any) error {
 	return &badRequest{msg: fmt.Sprintf(format, args...), cause: cause}
 }
@@ -112,7 +121,7 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 		switch string(key) {
 		case "id":
 			if s.Peek() != '"' {
-				return badf(tensorjson.ErrValue, "id must be a string, not %s", s.Kind())
+				return wrongKind(s, "id must be a string, not %s", s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -124,12 +133,12 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 		case "inputs":
 			sawInputs = true
 			if s.Peek() != '[' {
-				return badf(tensorjson.ErrValue, "inputs must be an array, not %s", s.Kind())
+				return wrongKind(s, "inputs must be an array, not %s", s.Kind())
 			}
 			return s.Array(func(int) error { return r.input(s, js) })
 		case "outputs":
 			if s.Peek() != '[' {
-				return badf(tensorjson.ErrValue, "outputs must be an array, not %s", s.Kind())
+				return wrongKind(s, "outputs must be an array, not %s", s.Kind())
 			}
 			return s.Array(func(i int) error { return r.output(s, i) })
 		default:
@@ -165,7 +174,7 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 
 func (r *Request) parameters(s *tensorjson.Scanner) error {
 	if s.Peek() != '{' {
-		return badf(tensorjson.ErrValue, "parameters must be an object, not %s", s.Kind())
+		return wrongKind(s, "parameters must be an object, not %s", s.Kind())
 	}
 	return s.Object(func(key []byte) error {
 		if string(key) != "binary_data_output" {
@@ -173,7 +182,7 @@ func (r *Request) parameters(s *tensorjson.Scanner) error {
 		}
 		v, err := s.Bool()
 		if err != nil {
-			return badf(tensorjson.ErrValue, "parameters.binary_data_output must be a boolean, not %s", s.Kind())
+			return wrongKind(s, "parameters.binary_data_output must be a boolean, not %s", s.Kind())
 		}
 		r.BinaryOutput = v
 		return nil
@@ -183,14 +192,14 @@ func (r *Request) parameters(s *tensorjson.Scanner) error {
 func (r *Request) output(s *tensorjson.Scanner, i int) error {
 	var o RequestedOutput
 	if s.Peek() != '{' {
-		return badf(tensorjson.ErrValue, "output #%d must be an object, not %s", i, s.Kind())
+		return wrongKind(s, "output #%d must be an object, not %s", i, s.Kind())
 	}
 	named := false
 	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "name":
 			if s.Peek() != '"' {
-				return badf(tensorjson.ErrValue, "output #%d: name must be a string, not %s", i, s.Kind())
+				return wrongKind(s, "output #%d: name must be a string, not %s", i, s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -199,7 +208,7 @@ func (r *Request) output(s *tensorjson.Scanner, i int) error {
 			o.Name, named = string(v), true
 		case "parameters":
 			if s.Peek() != '{' {
-				return badf(tensorjson.ErrValue, "output #%d: parameters must be an object, not %s", i, s.Kind())
+				return wrongKind(s, "output #%d: parameters must be an object, not %s", i, s.Kind())
 			}
 			return s.Object(func(key []byte) error {
 				if string(key) != "binary_data" {
@@ -207,7 +216,7 @@ func (r *Request) output(s *tensorjson.Scanner, i int) error {
 				}
 				v, err := s.Bool()
 				if err != nil {
-					return badf(tensorjson.ErrValue, "output #%d: parameters.binary_data must be a boolean, not %s", i, s.Kind())
+					return wrongKind(s, "output #%d: parameters.binary_data must be a boolean, not %s", i, s.Kind())
 				}
 				o.Binary = v
 				return nil
@@ -258,14 +267,14 @@ func label(t *tensor.Tensor, i int) string {
 func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 	t, i := r.next()
 	if s.Peek() != '{' {
-		return badf(tensorjson.ErrValue, "input #%d must be an object, not %s", i, s.Kind())
+		return wrongKind(s, "input #%d must be an object, not %s", i, s.Kind())
 	}
 	hasShape := false
 	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "name":
 			if s.Peek() != '"' {
-				return badf(tensorjson.ErrValue, "%s: name must be a string, not %s", label(t, i), s.Kind())
+				return wrongKind(s, "%s: name must be a string, not %s", label(t, i), s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -274,7 +283,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 			t.Name = string(v)
 		case "datatype":
 			if s.Peek() != '"' {
-				return badf(tensorjson.ErrValue, "%s: datatype must be a string, not %s", label(t, i), s.Kind())
+				return wrongKind(s, "%s: datatype must be a string, not %s", label(t, i), s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -290,7 +299,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 			hasShape = true
 			r.decoded[i] = false
 			if s.Peek() != '[' {
-				return badf(tensorjson.ErrValue, "%s: shape must be an array, not %s", label(t, i), s.Kind())
+				return wrongKind(s, "%s: shape must be an array, not %s", label(t, i), s.Kind())
 			}
 			t.Shape = t.Shape[:0]
 			return s.Array(func(int) error {
@@ -306,7 +315,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 			})
 		case "parameters":
 			if s.Peek() != '{' {
-				return badf(tensorjson.ErrValue, "%s: parameters must be an object, not %s", label(t, i), s.Kind())
+				return wrongKind(s, "%s: parameters must be an object, not %s", label(t, i), s.Kind())
 			}
 			return s.Object(func(key []byte) error {
 				if string(key) != "binary_data_size" {

@@ -129,7 +129,7 @@ func (e *Elements) valueErr(format string, args ...any) error {
 // scalar decodes one element at the scanner's position.
 func (e *Elements) scalar(s *Scanner) error {
 	dt := e.DataType
-	c := s.buf[s.pos] // s.Peek ran, and value/array saw a byte here
+	c := s.Peek()
 	switch dt {
 	case tensor.FP32:
 		if c == '"' {
@@ -213,7 +213,7 @@ func (e *Elements) scalar(s *Scanner) error {
 
 // number consumes a number, or fails naming the JSON kind found instead.
 func (e *Elements) number(s *Scanner) ([]byte, error) {
-	c := s.buf[s.pos]
+	c := s.Peek()
 	if c != '-' && (c < '0' || c > '9') {
 		return nil, e.kindErr(s)
 	}

@@ -133,6 +133,13 @@ func (s *Scanner) describe() string {
 	return fmt.Sprintf("byte 0x%02x", c)
 }
 
+// Unexpected reports a syntax error at the next byte, for callers that
+// found something other than the value they wanted.
+func (s *Scanner) Unexpected() error {
+	s.skipSpace()
+	return s.Errorf("expected value, found %s", s.describe())
+}
+
 // Kind names the JSON kind of the next value for error messages.
 func (s *Scanner) Kind() string {
 	switch s.Peek() {
