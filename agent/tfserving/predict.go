@@ -31,6 +31,15 @@ type badRequest struct {
 func (e *badRequest) Error() string   { return "tfserving: " + e.msg }
 func (e *badRequest) Unwrap() []error { return []error{ErrBadRequest, e.cause} }
 
+// wrongKind reports a value of the wrong JSON kind, or a syntax error when
+// there is no value at all.
+func wrongKind(s *tensorjson.Scanner, format string, args ...any) error {
+	if s.Kind() == "invalid value" {
+		return badf(tensorjson.ErrSyntax, "%v", s.Unexpected())
+	}
+	return badf(tensorjson.ErrValue, format, args...)
+}
+
 func badf(cause error, format string, args ...any) error {
 	return &badRequest{msg: fmt.Sprintf(format, args...), cause: cause}
 }
@@ -110,7 +119,7 @@ func (d *decoder) decode(body []byte) (Predict, error) {
 		switch k := string(key); k {
 		case "signature_name":
 			if s.Peek() != '"' {
-				return badf(tensorjson.ErrValue, "signature_name must be a string, not %s", s.Kind())
+				return wrongKind(s, "signature_name must be a string, not %s", s.Kind())
 			}
 			v, err := s.String()
 			p.SignatureName = string(v)
@@ -213,7 +222,7 @@ func truncate(b []byte) string {
 func (d *decoder) rows() error {
 	s := &d.s
 	if s.Peek() != '[' {
-		return badf(tensorjson.ErrValue, "instances must be an array, not %s", s.Kind())
+		return wrongKind(s, "instances must be an array, not %s", s.Kind())
 	}
 	for _, in := range d.sig {
 		if len(in.Shape) == 0 {
@@ -235,7 +244,7 @@ func (d *decoder) rows() error {
 	err := s.Array(func(i int) error {
 		batch++
 		if s.Peek() != '{' {
-			return badf(tensorjson.ErrValue, "instance %d must be an object keyed by input name, not %s", i, s.Kind())
+			return wrongKind(s, "instance %d must be an object keyed by input name, not %s", i, s.Kind())
 		}
 		clear(d.seen)
 		err := s.Object(func(key []byte) error {
@@ -288,7 +297,7 @@ func (d *decoder) columns() error {
 		return d.shape(0, dims)
 	}
 	if s.Peek() != '{' {
-		return badf(tensorjson.ErrValue, "inputs must be an object keyed by input name (the model has %d inputs), not %s", len(d.sig), s.Kind())
+		return wrongKind(s, "inputs must be an object keyed by input name (the model has %d inputs), not %s", len(d.sig), s.Kind())
 	}
 	err := s.Object(func(key []byte) error {
 		k, err := d.index(key)
