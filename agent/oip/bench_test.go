@@ -6,7 +6,6 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"testing"
 	"time"
 
@@ -155,5 +154,3 @@ func BenchmarkAppendResponse(b *testing.B) {
 		}
 	})
 }
-
-var _ = strconv.Itoa

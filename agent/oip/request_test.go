@@ -67,7 +67,7 @@ type decodeCase struct {
 	name      string
 	body      string
 	bin       string // binary section, with headerLen hdr
-	headerLen int // -1 without the binary extension
+	headerLen int    // -1 without the binary extension
 	want      []tensor.Tensor
 	wantOut   []RequestedOutput
 	wantID    string
@@ -122,7 +122,7 @@ var decodeCases = []decodeCase{
 		body: `{"id":"r1","unknown":{"a":[1,{"b":null}]},"parameters":{"binary_data_output":true,"other":1},
 			"inputs":[{"name":"a","datatype":"UINT8","shape":[1],"data":[1],"parameters":{"x":"y"}},{"name":"b","datatype":"BOOL","shape":[1],"data":[true]}],
 			"outputs":[{"name":"y","parameters":{"binary_data":true}},{"name":"z"}]}`,
-		want: []tensor.Tensor{{Name: "a", DataType: tensor.Uint8, Shape: []int{1}, Data: []byte{1}}, {Name: "b", DataType: tensor.Bool, Shape: []int{1}, Data: []byte{1}}},
+		want:    []tensor.Tensor{{Name: "a", DataType: tensor.Uint8, Shape: []int{1}, Data: []byte{1}}, {Name: "b", DataType: tensor.Bool, Shape: []int{1}, Data: []byte{1}}},
 		wantOut: []RequestedOutput{{Name: "y", Binary: true}, {Name: "z"}}, wantID: "r1", wantBin: true},
 
 	// Errors.

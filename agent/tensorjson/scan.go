@@ -273,11 +273,6 @@ func (s *Scanner) Null() error {
 	return nil
 }
 
-// IsNull reports, without consuming anything, whether the next value is null.
-func (s *Scanner) IsNull() bool {
-	return s.Peek() == 'n' && len(s.buf)-s.pos >= 4 && string(s.buf[s.pos:s.pos+4]) == "null"
-}
-
 func (s *Scanner) literal(lit string) bool {
 	if len(s.buf)-s.pos >= len(lit) && string(s.buf[s.pos:s.pos+len(lit)]) == lit {
 		s.pos += len(lit)

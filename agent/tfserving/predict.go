@@ -250,7 +250,7 @@ func (d *decoder) rows() error {
 		err := s.Object(func(key []byte) error {
 			k, err := d.index(key)
 			if err != nil {
-				return badf(err, "instance %d: %v", i, err.(*badRequest).msg)
+				return badf(nil, "instance %d: %s", i, strings.TrimPrefix(err.Error(), "tfserving: "))
 			}
 			dims, err := d.value(k)
 			if err != nil {
