@@ -59,3 +59,35 @@ env:
 
 clean:
 	rm -rf bin dist
+
+# --- cross builds, emulated tests, packages and footprint (cross/README.md).
+# None of these run in `make test`; setup-cross installs the aarch64 toolchain
+# and qemu-user-static on first use.
+.PHONY: setup-cross cross-arm64 test-arm64 release-check unit-check footprint
+
+setup-cross:
+	@$(ROOT)/cross/setup.sh
+
+# cross-arm64: outpost-agent (cgo) and outpost-fleet for linux/arm64 into
+# bin/linux_arm64/, rpath /usr/lib/outpost then the binary's directory.
+cross-arm64: setup-cross
+	VERSION=$(VERSION) $(ROOT)/cross/build.sh arm64
+
+# test-arm64: runtime and API tests built for arm64, run under qemu with the
+# real models; arm64 outputs are compared with an amd64 run made here.
+test-arm64: setup-cross
+	$(ROOT)/cross/test-arm64.sh
+
+# release-check: goreleaser check, then a snapshot build of the binaries,
+# tarballs, .deb and .rpm for amd64 and arm64 into dist/ (nothing published).
+release-check: setup-cross unit-check
+	$(ROOT)/cross/release.sh check
+	$(ROOT)/cross/release.sh release --snapshot --clean --parallelism 1
+
+# unit-check: systemd-analyze verify on the unit, where systemd is installed.
+unit-check: build
+	@$(ROOT)/packaging/verify-unit.sh bin/outpost-agent
+
+# footprint: binary size, start-to-ready, idle and serving RSS of the agent.
+footprint: build
+	$(GO) run ./scripts/footprint -agent bin/outpost-agent -model $(MODELS)/face_detection_short_range.tflite

@@ -53,13 +53,19 @@ func readModel(t testing.TB, name string) []byte {
 	return b
 }
 
-// buildPlugin compiles testdata/plugins/<name>.c into a shared library.
+// buildPlugin compiles testdata/plugins/<name>.c into a shared library with
+// $OUTPOST_TEST_CC (default gcc), so a cross build run under qemu can use
+// the target's compiler (cross/test-arm64.sh sets aarch64-linux-gnu-gcc).
 func buildPlugin(t testing.TB, name string) string {
 	t.Helper()
 	root := repoRoot(t)
 	lib := filepath.Join(root, ".deps", "tflite", "linux_"+goruntime.GOARCH)
 	out := filepath.Join(t.TempDir(), name+".so")
-	cmd := exec.Command("gcc", "-shared", "-fPIC", "-O2",
+	cc := os.Getenv("OUTPOST_TEST_CC")
+	if cc == "" {
+		cc = "gcc"
+	}
+	cmd := exec.Command(cc, "-shared", "-fPIC", "-O2",
 		"-I", filepath.Join(root, "agent", "runtime", "include"),
 		"-I", filepath.Join(root, ".deps", "tflite", "include"),
 		"-o", out, filepath.Join("testdata", "plugins", name+".c"),

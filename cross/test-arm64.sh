@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# test-arm64.sh runs the agent's runtime and API tests built for linux/arm64
+# under qemu user emulation, with the real arm64 TFLite library and models,
+# and checks that arm64 computes the same outputs as amd64:
+#
+#  1. cross/outputs runs natively and writes an amd64 reference;
+#  2. the same program built for arm64 runs under qemu, checks its pool
+#     against the bare C API there, and compares with the reference;
+#  3. a focused set of runtime and API tests runs under qemu via go test -exec.
+#
+# Emulation is 40 to 500 times slower than native: the set stays small, and
+# nothing here reads speed from it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+qemu="qemu-aarch64-static -L /usr/aarch64-linux-gnu"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+
+# Tests that load real models on the target; the long ones (leak cycles,
+# swap and queue timing under load) stay on native CI.
+RUNTIME_TESTS=${RUNTIME_TESTS:-'^(TestGoTFLiteLayout|TestDescribe|TestBadModels|TestMatchesBareCAPI|TestDelegatePlugins|TestParseDelegate|TestInvokeChecksInputs|TestConcurrentInvoke|TestClose|TestErrorsAreSentinels)$'}
+API_TESTS=${API_TESTS:-'^(TestV2JSONInfer|TestV2BinaryInfer|TestTFServingPredict|TestMetadataAndHealth|TestBadRequests)$'}
+
+step() { echo "== test-arm64: $*"; }
+
+# gotest PKG RUN runs the tests of PKG matching RUN under qemu; it prints a
+# line per test, and the whole log when something fails.
+gotest() {
+  local log=$tmp/$(basename "$1").log
+  if go test -p 1 -count=1 -short -timeout 30m -exec "$qemu" -run "$2" -v "$1" >"$log" 2>&1; then
+    grep -E '^(--- |ok )' "$log"
+  else
+    cat "$log"; echo "test-arm64: $1 failed" >&2; return 1
+  fi
+}
+
+step "amd64 reference outputs (native)"
+( eval "$(cross/env.sh amd64 tree)"; go run -p 1 ./cross/outputs -models "$OUTPOST_MODELS" -write "$tmp/ref-amd64.json" )
+
+eval "$(cross/env.sh arm64 tree)"
+export OUTPOST_TEST_CC=$CC
+
+step "arm64 outputs under qemu, compared with amd64"
+go build -p 1 -o "$tmp/outputs-arm64" ./cross/outputs
+file "$tmp/outputs-arm64" | grep -q 'ARM aarch64' || { echo "test-arm64: not an arm64 binary" >&2; exit 1; }
+$qemu "$tmp/outputs-arm64" -models "$OUTPOST_MODELS" -compare "$tmp/ref-amd64.json"
+
+step "agent/runtime tests under qemu"
+gotest ./agent/runtime "$RUNTIME_TESTS"
+
+step "agent/api tests under qemu"
+gotest ./agent/api "$API_TESTS"
+step "passed"
