@@ -63,7 +63,7 @@ clean:
 # --- cross builds, emulated tests, packages and footprint (cross/README.md).
 # None of these run in `make test`; setup-cross installs the aarch64 toolchain
 # and qemu-user-static on first use.
-.PHONY: setup-cross cross-arm64 test-arm64 release-check unit-check footprint
+.PHONY: setup-cross cross-arm64 cross-amd64 test-arm64 release-check unit-check footprint
 
 setup-cross:
 	@$(ROOT)/cross/setup.sh
@@ -91,3 +91,8 @@ unit-check: build
 # footprint: binary size, start-to-ready, idle and serving RSS of the agent.
 footprint: build
 	$(GO) run ./scripts/footprint -agent bin/outpost-agent -model $(MODELS)/face_detection_short_range.tflite
+
+# cross-amd64: the release-style amd64 build (rpath /usr/lib/outpost) into
+# bin/linux_amd64/, for scripts/install.sh on x86-64 devices.
+cross-amd64: setup
+	VERSION=$(VERSION) $(ROOT)/cross/build.sh amd64

@@ -8,9 +8,10 @@
 #   scripts/install.sh --uninstall [--purge] [--root DIR]
 #
 # --from is a directory holding outpost-agent and libtensorflowlite_c.so
-# (bin/linux_<arch> from `make cross-arm64`, or an unpacked release tarball,
-# where the library sits in lib/); by default the script looks next to itself
-# and then in bin/linux_<this arch>. --root installs under another root (for
+# (bin/linux_<arch> from `make cross-arm64` or `make cross-amd64`, or an
+# unpacked release tarball, where the library sits in lib/); by default the
+# script looks next to itself and then in bin/linux_<this arch>. Those builds
+# look for the library in /usr/lib/outpost; `make build` output does not. --root installs under another root (for
 # images and tests) and leaves users and systemd alone. --uninstall removes
 # binary, library, config and unit; the models and state in /var/lib/outpost
 # stay unless --purge is given too.
@@ -53,7 +54,7 @@ if [[ $uninstall -eq 1 ]]; then
     rm -rf "$data"
     if [[ -z $root ]] && getent passwd outpost >/dev/null; then userdel outpost || true; fi
     if [[ -z $root ]] && getent group outpost >/dev/null; then groupdel outpost 2>/dev/null || true; fi
-    say "removed, data and user purged"
+    say "removed; $data purged$([[ -z $root ]] && echo ' and the outpost user deleted')"
   else
     say "removed; models and state kept in $data (--purge deletes them)"
   fi
@@ -102,6 +103,10 @@ mv -f "$unit.tmp" "$unit"
 if [[ -z $root ]]; then
   chgrp outpost "$etc/agent.yaml"
   chown outpost:outpost "$data"
+fi
+if [[ -z $root ]] && ldd "$bin" 2>/dev/null | grep -q 'libtensorflowlite_c.so => not found'; then
+  echo "install.sh: $bin does not find /usr/lib/outpost/libtensorflowlite_c.so; build it with cross/build.sh" >&2
+  exit 1
 fi
 say "installed $("$bin" version 2>/dev/null || echo outpost-agent) from $from"
 
