@@ -29,6 +29,7 @@ type command struct {
 var commands = []command{
 	inspectCommand,
 	verifyCommand, installCommand,
+	serveCommand,
 }
 
 // usageError marks bad command-line input (exit status 2).

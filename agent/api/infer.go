@@ -1,0 +1,317 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/oip"
+	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/agent/tfserving"
+)
+
+// call holds what one inference request needs, pooled so the hot path does
+// not allocate per request beyond what the codecs must.
+type call struct {
+	body   []byte
+	resp   []byte
+	ins    [][]byte
+	arena  []byte          // output data, copied out of the interpreter
+	outs   []tensor.Tensor // outputs, Data pointing into arena
+	v2     oip.Request
+	v2resp oip.Response
+}
+
+var calls = sync.Pool{New: func() any { return new(call) }}
+
+// maxPooled keeps a rare huge request from pinning its buffers in the pool.
+const maxPooled = 8 << 20
+
+func putCall(c *call) {
+	if cap(c.body) > maxPooled || cap(c.resp) > maxPooled || cap(c.arena) > maxPooled {
+		return
+	}
+	calls.Put(c)
+}
+
+// readBody reads the whole body into c.body, bounded by MaxBodyBytes.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, c *call) error {
+	if r.ContentLength > s.opts.MaxBodyBytes {
+		return &http.MaxBytesError{Limit: s.opts.MaxBodyBytes}
+	}
+	body := http.MaxBytesReader(w, r.Body, s.opts.MaxBodyBytes)
+	if r.ContentLength >= 0 {
+		n := int(r.ContentLength)
+		if cap(c.body) < n {
+			c.body = make([]byte, n)
+		}
+		c.body = c.body[:n]
+		if _, err := io.ReadFull(body, c.body); err != nil {
+			return fmt.Errorf("%w: reading body: %v", errBadRequest, err)
+		}
+		return nil
+	}
+	buf := c.body[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			c.body = buf
+			if _, ok := err.(*http.MaxBytesError); ok {
+				return err
+			}
+			return fmt.Errorf("%w: reading body: %v", errBadRequest, err)
+		}
+	}
+	c.body = buf
+	return nil
+}
+
+// bind matches decoded tensors to the model's inputs by name and returns
+// their data in signature order.
+func bind(e catalog.Entry, ts []tensor.Tensor, dst [][]byte) ([][]byte, error) {
+	dst = dst[:0]
+	if len(ts) != len(e.Inputs) {
+		return nil, fmt.Errorf("%w: got %d inputs, model %s takes %d: %s", errBadRequest, len(ts), e.Name, len(e.Inputs), inputNames(e))
+	}
+	for _, in := range e.Inputs {
+		var t *tensor.Tensor
+		for j := range ts {
+			if ts[j].Name == in.Name {
+				t = &ts[j]
+				break
+			}
+		}
+		if t == nil {
+			for j := range ts {
+				if !hasInput(e, ts[j].Name) {
+					return nil, fmt.Errorf("%w: unknown input %q; model %s takes %s", errBadRequest, ts[j].Name, e.Name, inputNames(e))
+				}
+			}
+			return nil, fmt.Errorf("%w: input %q is missing", errBadRequest, in.Name)
+		}
+		if t.DataType != in.DataType {
+			return nil, fmt.Errorf("%w: input %q: datatype %s, model takes %s", errBadRequest, in.Name, t.DataType, in.DataType)
+		}
+		if !tensor.SameShape(in.Shape, t.Shape) {
+			return nil, fmt.Errorf("%w: input %q: shape %v, model takes %v", errBadRequest, in.Name, t.Shape, in.Shape)
+		}
+		if in.DataType == tensor.Bytes {
+			return nil, fmt.Errorf("%w: input %q: BYTES inputs are not supported by this runtime", errBadRequest, in.Name)
+		}
+		want, err := tensor.Info{DataType: t.DataType, Shape: t.Shape}.ByteSize()
+		if err != nil || want != len(t.Data) {
+			return nil, fmt.Errorf("%w: input %q: %d bytes of data, shape %v of %s needs %d", errBadRequest, in.Name, len(t.Data), t.Shape, t.DataType, want)
+		}
+		dst = append(dst, t.Data)
+	}
+	return dst, nil
+}
+
+func hasInput(e catalog.Entry, name string) bool {
+	for _, in := range e.Inputs {
+		if in.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+func inputNames(e catalog.Entry) string {
+	names := make([]string, len(e.Inputs))
+	for i, in := range e.Inputs {
+		names[i] = strconv.Quote(in.Name)
+	}
+	return "[" + strings.Join(names, ", ") + "]"
+}
+
+// run decodes nothing: it binds, invokes and collects outputs into c.outs.
+func (s *Server) run(ctx context.Context, rt route, c *call, inputs func() []tensor.Tensor, check func(catalog.Entry) error) (catalog.Entry, catalog.Timing, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
+	defer cancel()
+	var entry catalog.Entry
+	prepare := func(e catalog.Entry) ([][]byte, error) {
+		entry = e
+		if check != nil {
+			if err := check(e); err != nil {
+				return nil, err
+			}
+		}
+		total := 0
+		for _, o := range e.Outputs {
+			n, _ := o.ByteSize()
+			total += n
+		}
+		if cap(c.arena) < total {
+			c.arena = make([]byte, total)
+		}
+		c.arena = c.arena[:0]
+		c.outs = c.outs[:0]
+		var err error
+		c.ins, err = bind(e, inputs(), c.ins)
+		return c.ins, err
+	}
+	emit := func(i int, data []byte) error {
+		start := len(c.arena)
+		c.arena = append(c.arena, data...)
+		o := entry.Outputs[i]
+		c.outs = append(c.outs, tensor.Tensor{Name: o.Name, DataType: o.DataType, Shape: o.Shape, Data: c.arena[start:len(c.arena):len(c.arena)]})
+		return nil
+	}
+	return s.opts.Backend.Infer(ctx, rt.model, rt.version, prepare, emit)
+}
+
+// observe records one inference request in the metrics.
+func (s *Server) observe(rt route, protocol string, e catalog.Entry, code int, tm catalog.Timing, start time.Time) {
+	name := rt.model
+	version := ""
+	if e.Version != 0 {
+		version = strconv.FormatInt(e.Version, 10)
+	}
+	s.metrics.requests.WithLabelValues(name, version, protocol, strconv.Itoa(code)).Inc()
+	if code == http.StatusOK {
+		s.metrics.latency.WithLabelValues(name, "queue").Observe(tm.Queue.Seconds())
+		s.metrics.latency.WithLabelValues(name, "invoke").Observe(tm.Invoke.Seconds())
+		s.metrics.latency.WithLabelValues(name, "total").Observe(time.Since(start).Seconds())
+	}
+}
+
+// infer serves POST /v2/models/{name}[/versions/{v}]/infer.
+func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
+	start := time.Now()
+	s.metrics.inflight.Inc()
+	defer s.metrics.inflight.Dec()
+	c := calls.Get().(*call)
+	defer putCall(c)
+	var entry catalog.Entry
+	var tm catalog.Timing
+	code, err := func() (int, error) {
+		if err := s.readBody(w, r, c); err != nil {
+			return statusFor(err), err
+		}
+		hdrLen := -1
+		if h := r.Header.Get("Inference-Header-Content-Length"); h != "" {
+			n, err := strconv.Atoi(h)
+			if err != nil || n < 0 || n > len(c.body) {
+				return http.StatusBadRequest, fmt.Errorf("Inference-Header-Content-Length %q is not a length within the %d-byte body", h, len(c.body))
+			}
+			hdrLen = n
+		}
+		c.v2.Reset()
+		if err := oip.DecodeRequest(c.body, hdrLen, &c.v2); err != nil {
+			return http.StatusBadRequest, err
+		}
+		var err error
+		entry, tm, err = s.run(r.Context(), rt, c, func() []tensor.Tensor { return c.v2.Inputs }, func(e catalog.Entry) error {
+			for _, o := range c.v2.Outputs {
+				if !hasOutput(e, o.Name) {
+					return fmt.Errorf("%w: unknown output %q", errBadRequest, o.Name)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return statusFor(err), err
+		}
+		return http.StatusOK, nil
+	}()
+	s.observe(rt, "v2", entry, code, tm, start)
+	if err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	resp := &c.v2resp
+	resp.Reset()
+	resp.ModelName = entry.Name
+	resp.ModelVersion = strconv.FormatInt(entry.Version, 10)
+	resp.ModelDigest = entry.Digest
+	resp.ID = c.v2.ID
+	for _, o := range c.outs {
+		binary, want := c.v2.BinaryOutput, len(c.v2.Outputs) == 0
+		for _, ro := range c.v2.Outputs {
+			if ro.Name == o.Name {
+				want = true
+				binary = binary || ro.Binary
+			}
+		}
+		if want {
+			resp.Outputs = append(resp.Outputs, oip.Output{Tensor: o, Binary: binary})
+		}
+	}
+	var hdrLen int
+	c.resp, hdrLen = oip.AppendResponse(c.resp[:0], resp)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	if hdrLen >= 0 {
+		h.Set("Content-Type", "application/octet-stream")
+		h.Set("Inference-Header-Content-Length", strconv.Itoa(hdrLen))
+	}
+	h.Set("Content-Length", strconv.Itoa(len(c.resp)))
+	w.WriteHeader(http.StatusOK)
+	w.Write(c.resp)
+}
+
+func hasOutput(e catalog.Entry, name string) bool {
+	for _, o := range e.Outputs {
+		if o.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+// predict serves TF Serving's POST /v1/models/{name}[/versions/{v}]:predict.
+func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
+	start := time.Now()
+	s.metrics.inflight.Inc()
+	defer s.metrics.inflight.Dec()
+	c := calls.Get().(*call)
+	defer putCall(c)
+	var entry catalog.Entry
+	var tm catalog.Timing
+	var row bool
+	code, err := func() (int, error) {
+		if err := s.readBody(w, r, c); err != nil {
+			return statusFor(err), err
+		}
+		var err error
+		var pred tfserving.Predict
+		entry, tm, err = s.run(r.Context(), rt, c, func() []tensor.Tensor { return pred.Inputs }, func(e catalog.Entry) error {
+			// TF Serving bodies carry no types or shapes: decode against
+			// the signature of the model that will run.
+			p, err := tfserving.DecodePredict(c.body, e.Inputs)
+			pred, row = p, p.Row
+			return err
+		})
+		if err != nil {
+			return statusFor(err), err
+		}
+		return http.StatusOK, nil
+	}()
+	s.observe(rt, "tfserving", entry, code, tm, start)
+	if err != nil {
+		writeError(w, code, err.Error())
+		return
+	}
+	c.resp = tfserving.AppendPredictResponse(c.resp[:0], c.outs, row)
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(c.resp)))
+	// TF Serving has no place for these in its body.
+	h.Set("Outpost-Model-Version", strconv.FormatInt(entry.Version, 10))
+	h.Set("Outpost-Model-Digest", entry.Digest)
+	w.WriteHeader(http.StatusOK)
+	w.Write(c.resp)
+}

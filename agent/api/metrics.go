@@ -1,0 +1,71 @@
+package api
+
+import (
+	"net/http"
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metrics are the API's Prometheus series.
+type metrics struct {
+	handler  http.Handler
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+	inflight prometheus.Gauge
+}
+
+// latencyBuckets span 100µs to 10s: an edge model's invoke is around 1 ms.
+var latencyBuckets = prometheus.ExponentialBuckets(0.0001, 2.5, 14)
+
+func newMetrics(reg *prometheus.Registry, b Backend) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_requests_total",
+			Help: "Inference requests by model, version, protocol (v2, tfserving) and HTTP status code.",
+		}, []string{"model", "version", "protocol", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "outpost_request_duration_seconds",
+			Help:    "Inference latency by phase: queue (waiting for an interpreter), invoke (running the model), total (the whole request).",
+			Buckets: latencyBuckets,
+		}, []string{"model", "phase"}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "outpost_inflight_requests",
+			Help: "Inference requests being served now.",
+		}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.inflight, modelCollector{b},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.handler = promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	return m
+}
+
+// modelCollector reports the served models at scrape time.
+type modelCollector struct{ b Backend }
+
+var (
+	modelInfoDesc = prometheus.NewDesc("outpost_model_info",
+		"Served models (always 1) with their version, digest and the delegate in use.",
+		[]string{"model", "version", "digest", "delegate"}, nil)
+	modelNodesDesc = prometheus.NewDesc("outpost_model_delegated_nodes",
+		"Graph nodes the model's delegate runs.", []string{"model", "delegate"}, nil)
+	modelWorkersDesc = prometheus.NewDesc("outpost_model_workers",
+		"Interpreters in the model's pool.", []string{"model"}, nil)
+)
+
+func (c modelCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- modelInfoDesc
+	ch <- modelNodesDesc
+	ch <- modelWorkersDesc
+}
+
+func (c modelCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, e := range c.b.List() {
+		v := strconv.FormatInt(e.Version, 10)
+		ch <- prometheus.MustNewConstMetric(modelInfoDesc, prometheus.GaugeValue, 1, e.Name, v, e.Digest, e.Delegate)
+		ch <- prometheus.MustNewConstMetric(modelNodesDesc, prometheus.GaugeValue, float64(e.DelegatedNodes), e.Name, e.Delegate)
+		ch <- prometheus.MustNewConstMetric(modelWorkersDesc, prometheus.GaugeValue, float64(e.Workers), e.Name)
+	}
+}

@@ -1,0 +1,183 @@
+// Package config reads the agent's YAML configuration (documented in
+// docs/CONFIG.md) and fills in defaults. Command-line flags override it; the
+// daemon package turns it into components.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Defaults.
+const (
+	DefaultListen         = "127.0.0.1:8480"
+	DefaultMaxBodyBytes   = 64 << 20
+	DefaultRequestTimeout = 30 * time.Second
+	DefaultDrainTimeout   = 10 * time.Second
+)
+
+// Config is the agent's configuration.
+type Config struct {
+	// Listen is host:port, or unix:/path/to.sock for a Unix socket.
+	Listen string `yaml:"listen"`
+	// DataDir holds the model store and the agent's state.
+	DataDir string `yaml:"data_dir"`
+	// Threads per interpreter (and XNNPACK); Workers interpreters per model
+	// (0: one per core); Queue callers that may wait per model (0: 64 per
+	// worker).
+	Threads int `yaml:"threads"`
+	Workers int `yaml:"workers"`
+	Queue   int `yaml:"queue"`
+	// Delegates is the fallback chain; empty means [xnnpack]. Plain CPU
+	// always ends it.
+	Delegates []Delegate `yaml:"delegates"`
+	// Models are served from files; models installed in DataDir's store are
+	// served as well.
+	Models []Model `yaml:"models"`
+	API    API     `yaml:"api"`
+}
+
+// Delegate is one link of the delegate chain.
+type Delegate struct {
+	Kind    string            `yaml:"kind"` // external, xnnpack or cpu
+	Path    string            `yaml:"path,omitempty"`
+	Options map[string]string `yaml:"options,omitempty"`
+}
+
+// Model is a model served from a file.
+type Model struct {
+	Name    string `yaml:"name"`
+	Path    string `yaml:"path"`
+	Version int64  `yaml:"version"` // positive; default 1
+}
+
+// API configures the HTTP API.
+type API struct {
+	MaxBodyBytes   int64         `yaml:"max_body_bytes"`
+	RequestTimeout time.Duration `yaml:"request_timeout"`
+	DrainTimeout   time.Duration `yaml:"drain_timeout"`
+	// TokenFile holds a bearer token; when set, every endpoint but the
+	// health checks requires "Authorization: Bearer <token>".
+	TokenFile string `yaml:"token_file"`
+	// RateLimit is per client address, in requests per second with a burst;
+	// 0 disables it.
+	RateLimit float64 `yaml:"rate_limit"`
+	RateBurst int     `yaml:"rate_burst"`
+}
+
+// Load reads a YAML file; unknown keys are an error, so a typo does not
+// silently fall back to a default.
+func Load(path string) (Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML. It does not apply defaults or validate.
+func Parse(b []byte) (Config, error) {
+	var c Config
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	// An empty file is an empty config.
+	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// WithDefaults fills unset fields.
+func (c Config) WithDefaults() Config {
+	if c.Listen == "" {
+		c.Listen = DefaultListen
+	}
+	if c.Threads <= 0 {
+		c.Threads = 1
+	}
+	if c.API.MaxBodyBytes <= 0 {
+		c.API.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.API.RequestTimeout <= 0 {
+		c.API.RequestTimeout = DefaultRequestTimeout
+	}
+	if c.API.DrainTimeout <= 0 {
+		c.API.DrainTimeout = DefaultDrainTimeout
+	}
+	for i := range c.Models {
+		if c.Models[i].Version == 0 {
+			c.Models[i].Version = 1
+		}
+	}
+	return c
+}
+
+// Validate reports every problem at once, one per line.
+func (c Config) Validate() error {
+	var errs []string
+	seen := map[string]bool{}
+	for i, m := range c.Models {
+		switch {
+		case m.Name == "":
+			errs = append(errs, fmt.Sprintf("models[%d]: name is required", i))
+		case !ValidName(m.Name):
+			errs = append(errs, fmt.Sprintf("models[%d]: name %q may use only letters, digits, '-', '_' and '.'", i, m.Name))
+		case seen[m.Name]:
+			errs = append(errs, fmt.Sprintf("models[%d]: name %q is used twice", i, m.Name))
+		}
+		seen[m.Name] = true
+		if m.Path == "" {
+			errs = append(errs, fmt.Sprintf("models[%d] (%s): path is required", i, m.Name))
+		}
+		if m.Version < 0 {
+			errs = append(errs, fmt.Sprintf("models[%d] (%s): version must be a positive integer", i, m.Name))
+		}
+	}
+	for i, d := range c.Delegates {
+		switch d.Kind {
+		case "xnnpack", "cpu":
+		case "external":
+			if d.Path == "" {
+				errs = append(errs, fmt.Sprintf("delegates[%d]: external needs a path", i))
+			}
+		default:
+			errs = append(errs, fmt.Sprintf("delegates[%d]: unknown kind %q (want external, xnnpack or cpu)", i, d.Kind))
+		}
+	}
+	if c.Threads < 0 || c.Workers < 0 {
+		errs = append(errs, "threads and workers must not be negative")
+	}
+	if c.API.RateLimit < 0 || c.API.RateBurst < 0 {
+		errs = append(errs, "api.rate_limit and api.rate_burst must not be negative")
+	}
+	if len(errs) > 0 {
+		return errors.New("config: " + strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+// ValidName reports whether s can name a model: it appears in URLs and
+// directory names.
+func ValidName(s string) bool {
+	if s == "" || len(s) > 128 || s == "." || s == ".." {
+		return false
+	}
+	for _, r := range s {
+		ok := r == '-' || r == '_' || r == '.' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')
+		if !ok {
+			return false
+		}
+	}
+	return true
+}

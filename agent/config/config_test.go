@@ -1,0 +1,98 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseAndDefaults(t *testing.T) {
+	c, err := Parse([]byte(`
+listen: unix:/run/outpost/agent.sock
+data_dir: /var/lib/outpost
+workers: 2
+delegates:
+  - kind: external
+    path: /usr/lib/libedgetpu.so.1
+    options: {device: usb}
+  - kind: xnnpack
+models:
+  - name: face
+    path: /models/face.tflite
+api:
+  request_timeout: 5s
+  rate_limit: 50
+`))
+	require.NoError(t, err)
+	c = c.WithDefaults()
+	require.NoError(t, c.Validate())
+	assert.Equal(t, "unix:/run/outpost/agent.sock", c.Listen)
+	assert.Equal(t, 2, c.Workers)
+	assert.Equal(t, 1, c.Threads)
+	assert.Equal(t, int64(1), c.Models[0].Version)
+	assert.Equal(t, "usb", c.Delegates[0].Options["device"])
+	assert.Equal(t, 5*time.Second, c.API.RequestTimeout)
+	assert.Equal(t, int64(DefaultMaxBodyBytes), c.API.MaxBodyBytes)
+	assert.Equal(t, 50.0, c.API.RateLimit)
+}
+
+func TestEmptyFile(t *testing.T) {
+	c, err := Parse(nil)
+	require.NoError(t, err)
+	assert.Equal(t, DefaultListen, c.WithDefaults().Listen)
+}
+
+func TestRejects(t *testing.T) {
+	for _, tc := range []struct{ yaml, want string }{
+		{"listne: x", "field listne not found"},
+		{"models: [{path: a.tflite}]", "name is required"},
+		{"models: [{name: 'a/b', path: x}]", "may use only"},
+		{"models: [{name: a, path: x}, {name: a, path: y}]", "used twice"},
+		{"models: [{name: a}]", "path is required"},
+		{"models: [{name: a, path: x, version: -2}]", "positive integer"},
+		{"delegates: [{kind: gpu}]", "unknown kind"},
+		{"delegates: [{kind: external}]", "needs a path"},
+		{"workers: -1", "must not be negative"},
+		{"threads: [1]", "cannot unmarshal"},
+	} {
+		c, err := Parse([]byte(tc.yaml))
+		if err == nil {
+			err = c.WithDefaults().Validate()
+		}
+		if assert.Error(t, err, tc.yaml) {
+			assert.Contains(t, err.Error(), tc.want, tc.yaml)
+		}
+	}
+}
+
+func TestLoad(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "agent.yaml")
+	require.NoError(t, os.WriteFile(p, []byte("listen: 127.0.0.1:9999\n"), 0o644))
+	c, err := Load(p)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:9999", c.Listen)
+	_, err = Load(p + ".missing")
+	assert.ErrorIs(t, err, os.ErrNotExist)
+	require.NoError(t, os.WriteFile(p, []byte("listen: [\n"), 0o644))
+	_, err = Load(p)
+	require.Error(t, err)
+	assert.True(t, strings.HasPrefix(err.Error(), "config: "+p), err.Error())
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("listen: 127.0.0.1:1\nmodels: [{name: a, path: b}]"))
+	f.Add([]byte("delegates: [{kind: external, path: /x.so, options: {a: b}}]"))
+	f.Add([]byte("api: {request_timeout: 3s}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := Parse(b)
+		if err != nil {
+			return
+		}
+		_ = c.WithDefaults().Validate()
+	})
+}

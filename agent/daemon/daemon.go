@@ -1,0 +1,286 @@
+// Package daemon is the one place that wires the agent together: it turns a
+// config into the serving registry, the HTTP API and (as they land) the
+// model store, telemetry and the updater, and runs them under one context.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/api"
+	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/agent/sdnotify"
+	"github.com/outpost-edge/outpost/agent/serving"
+	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/agent/version"
+)
+
+// Agent is the running daemon's parts.
+type Agent struct {
+	cfg      config.Config
+	log      *slog.Logger
+	registry *serving.Registry
+	api      *api.Server
+	store    *store.Store // nil without a data dir
+
+	mu     sync.Mutex // guards models
+	models map[string]config.Model
+}
+
+// New checks the config, binds the API's listener and prepares the
+// registry. It loads no model yet: Run does, so a slow load never delays a
+// port-in-use error.
+func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	chain, err := delegateChain(cfg.Delegates)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{cfg: cfg, log: log, models: map[string]config.Model{}}
+	for _, m := range cfg.Models {
+		a.models[m.Name] = m
+	}
+	if cfg.DataDir != "" {
+		st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{Logger: log})
+		if err != nil {
+			return nil, err
+		}
+		a.store = st
+	}
+	a.registry = serving.New(serving.Options{
+		Runtime: runtime.Options{
+			Workers:   cfg.Workers,
+			Threads:   cfg.Threads,
+			MaxQueue:  cfg.Queue,
+			Delegates: chain,
+			Logger:    log.With("component", "runtime"),
+		},
+		Logger: log.With("component", "serving"),
+	})
+	token, err := readToken(cfg.API.TokenFile)
+	if err != nil {
+		return nil, err
+	}
+	a.api, err = api.New(api.Options{
+		Listen:         cfg.Listen,
+		Backend:        a.registry,
+		Reloader:       a,
+		MaxBodyBytes:   cfg.API.MaxBodyBytes,
+		RequestTimeout: cfg.API.RequestTimeout,
+		DrainTimeout:   cfg.API.DrainTimeout,
+		Token:          token,
+		RateLimit:      cfg.API.RateLimit,
+		RateBurst:      cfg.API.RateBurst,
+		Logger:         log.With("component", "api"),
+		Version:        version.Version,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+func delegateChain(ds []config.Delegate) ([]runtime.DelegateSpec, error) {
+	if len(ds) == 0 {
+		return nil, nil // the runtime's default: XNNPACK, then CPU
+	}
+	out := make([]runtime.DelegateSpec, len(ds))
+	for i, d := range ds {
+		out[i] = runtime.DelegateSpec{Kind: runtime.DelegateKind(d.Kind), Path: d.Path, Options: d.Options}
+	}
+	return out, nil
+}
+
+func readToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("api token: %w", err)
+	}
+	tok := string(trimSpace(b))
+	if tok == "" {
+		return "", fmt.Errorf("api token: %s is empty", path)
+	}
+	return tok, nil
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+// Addr is where the API listens.
+func (a *Agent) Addr() string { return a.api.Addr().String() }
+
+// Run loads the configured models, marks the API ready, and serves until
+// ctx is cancelled; SIGHUP reloads the models. A model that fails to load is
+// logged and skipped, so one bad file does not take the others down.
+func (a *Agent) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- a.api.Run(ctx) }()
+
+	a.reload(ctx, "")
+	a.log.Info("serving", "listen", a.Addr(), "models", len(a.registry.List()), "version", version.Version)
+	// systemd (Type=notify) learns we serve once the first load is done,
+	// whatever its outcome: a broken model file must not fail the unit.
+	if err := sdnotify.Ready(); err != nil {
+		a.log.Warn("sd_notify READY", "err", err)
+	}
+	var watchdog <-chan time.Time
+	if every, err := sdnotify.WatchdogInterval(); err != nil {
+		a.log.Warn("systemd watchdog", "err", err)
+	} else if every > 0 {
+		t := time.NewTicker(every / 2)
+		defer t.Stop()
+		watchdog = t.C
+	}
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-watchdog:
+			// The ping comes from the loop that also handles reloads, so
+			// a wedged loop is restarted by systemd.
+			sdnotify.Watchdog()
+		case <-hup:
+			a.log.Info("SIGHUP: reloading models")
+			a.reload(ctx, "")
+		case err := <-errc:
+			a.registry.Close()
+			return err
+		case <-ctx.Done():
+			sdnotify.Stopping()
+			err := <-errc // the API drains first
+			a.registry.Close()
+			return err
+		}
+	}
+}
+
+// reload runs Reload, logs what failed and updates readiness.
+func (a *Agent) reload(ctx context.Context, name string) {
+	if err := a.Reload(ctx, name); err != nil {
+		a.log.Error("some models failed to load", "err", err)
+	}
+}
+
+// updateReady marks the API ready when every model the agent should serve
+// (configured or installed) is being served: a broken file leaves it not
+// ready, as Triton's strict readiness does, while the models that loaded
+// serve on. With no model at all, the agent is ready.
+func (a *Agent) updateReady() {
+	served := map[string]bool{}
+	for _, e := range a.registry.List() {
+		served[e.Name] = true
+	}
+	ready := true
+	for _, n := range a.wanted() {
+		if !served[n] {
+			ready = false
+			a.log.Warn("not ready: model is not served", "model", n)
+		}
+	}
+	a.api.SetReady(ready)
+	sdnotify.Status(fmt.Sprintf("serving %d of %d models", len(served), len(a.wanted())))
+}
+
+// wanted names every model the agent should serve.
+func (a *Agent) wanted() []string {
+	set := map[string]bool{}
+	a.mu.Lock()
+	for n := range a.models {
+		set[n] = true
+	}
+	a.mu.Unlock()
+	if a.store != nil {
+		names, _ := a.store.Names()
+		for _, n := range names {
+			set[n] = true
+		}
+	}
+	out := make([]string, 0, len(set))
+	for n := range set {
+		out = append(out, n)
+	}
+	return out
+}
+
+// Reload (api.Reloader) loads every model again, or only name: the current
+// version of each model installed in the store, then the configured model
+// files (a configured name that the store also holds is served from the
+// store, which the updater keeps). Models that did not change stay as they
+// are; their requests never notice.
+func (a *Agent) Reload(ctx context.Context, name string) error {
+	var errs []error
+	fromStore := map[string]bool{}
+	if a.store != nil {
+		names, err := a.store.Names()
+		if err != nil {
+			errs = append(errs, err)
+		}
+		for _, n := range names {
+			if name != "" && n != name {
+				continue
+			}
+			fromStore[n] = true
+			data, e, err := a.store.Load(n)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if _, err := a.registry.Load(ctx, n, e.Manifest.Version, data, "store"); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	a.mu.Lock()
+	var todo []config.Model
+	for _, m := range a.models {
+		if (name == "" || m.Name == name) && !fromStore[m.Name] {
+			todo = append(todo, m)
+		}
+	}
+	a.mu.Unlock()
+	if name != "" && len(todo) == 0 && !fromStore[name] {
+		return fmt.Errorf("model %q is neither configured nor installed: %w", name, catalog.ErrModelNotFound)
+	}
+	for _, m := range todo {
+		path := m.Path
+		if !filepath.IsAbs(path) && a.cfg.DataDir != "" {
+			path = filepath.Join(a.cfg.DataDir, path)
+		}
+		if _, err := a.registry.LoadFile(ctx, m.Name, m.Version, path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	a.updateReady()
+	return errors.Join(errs...)
+}
+
+// Unload (api.Reloader) stops serving name until the next reload. The
+// agent stays ready: the model was let go on purpose.
+func (a *Agent) Unload(name string) error { return a.registry.Unload(name) }

@@ -1,0 +1,253 @@
+// Package serving keeps the models the agent serves: one hot-swappable slot
+// per model name, each holding a runtime.Model with its catalog entry. A new
+// version is loaded and warmed beside the old one and swapped in atomically;
+// calls in flight finish on the old one, so a swap fails no request.
+package serving
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/runtime"
+)
+
+// Options configure a Registry. The zero value runs models with the
+// runtime's defaults and logs nothing.
+type Options struct {
+	Runtime runtime.Options
+	Logger  *slog.Logger
+}
+
+// Registry is the set of served models. It is safe for concurrent use.
+type Registry struct {
+	opts Options
+	log  *slog.Logger
+
+	mu    sync.RWMutex // guards slots (the map, not the slots' contents)
+	slots map[string]*runtime.Slot[catalog.Entry]
+
+	loadMu sync.Mutex // serializes loads, so two versions never race to swap
+}
+
+// New returns an empty registry.
+func New(opts Options) *Registry {
+	log := opts.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{opts: opts, log: log, slots: map[string]*runtime.Slot[catalog.Entry]{}}
+}
+
+// Digest is the catalog digest of model bytes.
+func Digest(data []byte) string {
+	sum := sha256.Sum256(data)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// LoadFile reads a model file and loads it as name at version.
+func (r *Registry) LoadFile(ctx context.Context, name string, version int64, path string) (catalog.Entry, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return catalog.Entry{}, fmt.Errorf("serving: %s: %w", name, err)
+	}
+	return r.Load(ctx, name, version, data, path)
+}
+
+// Load builds the model, warms every interpreter with one run, and swaps it
+// in as name. When the same version with the same digest is already serving
+// it does nothing. source says where the model came from (for status pages).
+func (r *Registry) Load(ctx context.Context, name string, version int64, data []byte, source string) (catalog.Entry, error) {
+	if version <= 0 {
+		return catalog.Entry{}, fmt.Errorf("serving: %s: version %d is not a positive integer", name, version)
+	}
+	r.loadMu.Lock()
+	defer r.loadMu.Unlock()
+	digest := Digest(data)
+	slot := r.slot(name, true)
+	if _, cur, ok := slot.Current(); ok && cur.Version == version && cur.Digest == digest {
+		return cur, nil
+	}
+	start := time.Now()
+	m, err := runtime.Load(data, r.opts.Runtime)
+	if err != nil {
+		r.dropIfEmpty(name)
+		return catalog.Entry{}, fmt.Errorf("serving: %s v%d: %w", name, version, err)
+	}
+	if err := warm(ctx, m); err != nil {
+		m.Close()
+		r.dropIfEmpty(name)
+		return catalog.Entry{}, fmt.Errorf("serving: %s v%d: warm-up: %w", name, version, err)
+	}
+	rep := m.Delegate()
+	e := catalog.Entry{
+		Name: name, Version: version, Digest: digest,
+		Inputs: m.Inputs(), Outputs: m.Outputs(),
+		Delegate: rep.Delegate, DelegatedNodes: rep.DelegatedNodes, TotalNodes: rep.TotalNodes,
+		Workers: m.Workers(), Source: source, LoadedAt: time.Now(),
+	}
+	for _, f := range rep.Fallbacks {
+		r.log.Warn("delegate skipped", "model", name, "version", version, "delegate", f.Delegate, "reason", f.Reason)
+	}
+	old, replaced := slot.Swap(m, e)
+	if replaced {
+		r.log.Info("model swapped", "model", name, "from", old.Version, "to", version, "digest", digest, "delegate", e.Delegate, "took", time.Since(start))
+	} else {
+		r.log.Info("model loaded", "model", name, "version", version, "digest", digest, "delegate", e.Delegate, "took", time.Since(start))
+	}
+	return e, nil
+}
+
+// warm runs each interpreter once on zeroed inputs: XNNPACK packs weights on
+// the first run, which must not land on a client's request.
+func warm(ctx context.Context, m *runtime.Model) error {
+	in := make([][]byte, len(m.InputSizes()))
+	for i, n := range m.InputSizes() {
+		in[i] = make([]byte, n)
+	}
+	for range m.Workers() {
+		if _, err := m.InvokeFunc(ctx, in, func(int, []byte) error { return nil }, len(m.Outputs())); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *Registry) slot(name string, create bool) *runtime.Slot[catalog.Entry] {
+	r.mu.RLock()
+	s := r.slots[name]
+	r.mu.RUnlock()
+	if s != nil || !create {
+		return s
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s = r.slots[name]; s == nil {
+		s = &runtime.Slot[catalog.Entry]{}
+		r.slots[name] = s
+	}
+	return s
+}
+
+func (r *Registry) dropIfEmpty(name string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if s := r.slots[name]; s != nil {
+		if _, _, ok := s.Current(); !ok {
+			delete(r.slots, name)
+		}
+	}
+}
+
+// Unload stops serving name once its calls in flight finish.
+func (r *Registry) Unload(name string) error {
+	r.loadMu.Lock()
+	defer r.loadMu.Unlock()
+	r.mu.Lock()
+	s := r.slots[name]
+	delete(r.slots, name)
+	r.mu.Unlock()
+	if s == nil {
+		return fmt.Errorf("serving: %s: %w", name, catalog.ErrModelNotFound)
+	}
+	return s.Close()
+}
+
+// List returns the served models, sorted by name.
+func (r *Registry) List() []catalog.Entry {
+	r.mu.RLock()
+	out := make([]catalog.Entry, 0, len(r.slots))
+	for _, s := range r.slots {
+		if _, e, ok := s.Current(); ok {
+			out = append(out, e)
+		}
+	}
+	r.mu.RUnlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Lookup returns the entry serving name; version 0 means whichever is
+// current. Errors wrap catalog.ErrModelNotFound or ErrVersionNotFound.
+func (r *Registry) Lookup(name string, version int64) (catalog.Entry, error) {
+	s := r.slot(name, false)
+	if s == nil {
+		return catalog.Entry{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
+	}
+	_, e, ok := s.Current()
+	if !ok {
+		return catalog.Entry{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
+	}
+	if version != 0 && version != e.Version {
+		return catalog.Entry{}, fmt.Errorf("model %q version %d (serving %d): %w", name, version, e.Version, catalog.ErrVersionNotFound)
+	}
+	return e, nil
+}
+
+// Infer runs name (at version, or current for 0). prepare receives the entry
+// of the model instance that will run (during a swap that can be the new
+// one) and returns its inputs in signature order, each exactly the tensor's
+// size; emit receives each output, valid only during the call. prepare may
+// run more than once.
+func (r *Registry) Infer(ctx context.Context, name string, version int64,
+	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
+) (catalog.Entry, catalog.Timing, error) {
+	s := r.slot(name, false)
+	if s == nil {
+		return catalog.Entry{}, catalog.Timing{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
+	}
+	var used catalog.Entry
+	var tm runtime.Timing
+	err := s.Do(func(m *runtime.Model, e catalog.Entry) error {
+		used = e
+		if version != 0 && version != e.Version {
+			return fmt.Errorf("model %q version %d (serving %d): %w", name, version, e.Version, catalog.ErrVersionNotFound)
+		}
+		in, err := prepare(e)
+		if err != nil {
+			return err
+		}
+		tm, err = m.InvokeFunc(ctx, in, emit, len(e.Outputs))
+		return err
+	})
+	switch {
+	case errors.Is(err, runtime.ErrEmpty):
+		err = fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
+	case errors.Is(err, runtime.ErrOverloaded):
+		err = fmt.Errorf("model %q: %w: %w", name, catalog.ErrOverloaded, err)
+	case errors.Is(err, runtime.ErrInput):
+		err = fmt.Errorf("model %q: %w: %w", name, catalog.ErrBadInput, err)
+	}
+	return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, err
+}
+
+// Waiting is the number of calls queued for an interpreter of name.
+func (r *Registry) Waiting(name string) int {
+	if s := r.slot(name, false); s != nil {
+		if m, _, ok := s.Current(); ok {
+			return m.Waiting()
+		}
+	}
+	return 0
+}
+
+// Close unloads every model.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	slots := r.slots
+	r.slots = map[string]*runtime.Slot[catalog.Entry]{}
+	r.mu.Unlock()
+	var errs []error
+	for _, s := range slots {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"strings"
+
+	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/daemon"
+)
+
+var serveCommand = command{
+	name:    "serve",
+	summary: "serve models over the local HTTP API (--model FILE, or --config agent.yaml)",
+	run:     runServe,
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	cfgPath := fs.String("config", "", "YAML config file (docs/CONFIG.md); flags override it")
+	model := fs.String("model", "", "serve this .tflite file (no config needed)")
+	name := fs.String("name", "", "model name for --model (default: the file name without extension)")
+	ver := fs.Int64("version", 1, "model version for --model (a positive integer)")
+	listen := fs.String("listen", "", "address: host:port or unix:/path/to.sock (default "+config.DefaultListen+")")
+	dataDir := fs.String("data-dir", "", "data directory (model store and state)")
+	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
+	workers := fs.Int("workers", 0, "interpreters per model (default: one per core)")
+	tokenFile := fs.String("token-file", "", "require this bearer token on the API")
+	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	var chain delegateFlag
+	fs.Var(&chain, "delegate", "delegate chain link: xnnpack, cpu or external:/path/plugin.so[,key=value...] (repeatable)")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usageError{"unexpected argument " + fs.Arg(0)}
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		return usageError{"bad --log-level: " + err.Error()}
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	var cfg config.Config
+	if *cfgPath != "" {
+		var err error
+		if cfg, err = config.Load(*cfgPath); err != nil {
+			return err
+		}
+	} else if *model == "" {
+		return usageError{"give --model FILE or --config FILE"}
+	}
+	if *model != "" {
+		n := *name
+		if n == "" {
+			n = strings.TrimSuffix(filepath.Base(*model), filepath.Ext(*model))
+		}
+		if *ver <= 0 {
+			return usageError{"--version must be a positive integer"}
+		}
+		// A path on the command line is relative to where the command
+		// runs, not to the data dir (as paths in a config file are).
+		path, err := filepath.Abs(*model)
+		if err != nil {
+			return err
+		}
+		cfg.Models = append(cfg.Models, config.Model{Name: n, Path: path, Version: *ver})
+	}
+	setIf(&cfg.Listen, *listen)
+	setIf(&cfg.DataDir, *dataDir)
+	setIf(&cfg.API.TokenFile, *tokenFile)
+	if *threads > 0 {
+		cfg.Threads = *threads
+	}
+	if *workers > 0 {
+		cfg.Workers = *workers
+	}
+	for _, d := range chain.specs {
+		cfg.Delegates = append(cfg.Delegates, config.Delegate{Kind: string(d.Kind), Path: d.Path, Options: d.Options})
+	}
+	a, err := daemon.New(cfg, log)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "outpost-agent: listening on %s\n", a.Addr())
+	return a.Run(ctx)
+}
+
+func setIf(dst *string, v string) {
+	if v != "" {
+		*dst = v
+	}
+}

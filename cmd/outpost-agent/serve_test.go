@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func testModel(t *testing.T, name string) string {
+	t.Helper()
+	dir := os.Getenv("OUTPOST_MODELS")
+	if dir == "" {
+		dir = filepath.Join("..", "..", ".deps", "models")
+	}
+	p, err := filepath.Abs(filepath.Join(dir, name))
+	require.NoError(t, err)
+	_, err = os.Stat(p)
+	require.NoError(t, err, "test model missing (run `make setup`)")
+	return p
+}
+
+// serving is a running `outpost-agent serve` process.
+type serving struct {
+	cmd    *exec.Cmd
+	url    string
+	exited chan struct{} // closed once the process is reaped
+	err    error         // its exit status, set before exited closes
+}
+
+// startServe runs the real binary and waits until it is ready.
+func startServe(t *testing.T, bin string, args ...string) *serving {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, cmd.Start())
+	s := &serving{cmd: cmd, exited: make(chan struct{})}
+	addr := make(chan string, 1)
+	// One goroutine reads stderr to its end and only then reaps the
+	// process, as os/exec asks of pipe users.
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			if a, ok := strings.CutPrefix(line, "outpost-agent: listening on "); ok {
+				addr <- a
+			}
+			t.Log(line)
+		}
+		s.err = cmd.Wait()
+		close(s.exited)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-s.exited
+	})
+	select {
+	case a := <-addr:
+		s.url = "http://" + a
+	case <-s.exited:
+		t.Fatalf("serve exited: %v", s.err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("serve did not report its address")
+	}
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(s.url + "/v2/health/ready")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	}, 30*time.Second, 5*time.Millisecond)
+	t.Logf("ready %v after start", time.Since(start).Round(time.Millisecond))
+	return s
+}
+
+func getJSON(t *testing.T, url string, v any) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(v))
+	return resp.StatusCode
+}
+
+// SIGTERM lets a request in flight finish, then the process exits 0.
+func TestServeDrainsOnSIGTERM(t *testing.T) {
+	b := build(t)
+	s := startServe(t, b.agent, "--model", testModel(t, "face_detection_short_range.tflite"), "--name", "face")
+
+	// A request whose body is still arriving when SIGTERM comes.
+	hdr := `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,128,128,3],"parameters":{"binary_data_size":196608}}]}`
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("POST", s.url+"/v2/models/face/infer", pr)
+	require.NoError(t, err)
+	req.ContentLength = int64(len(hdr) + 196608)
+	req.Header.Set("Inference-Header-Content-Length", fmt.Sprint(len(hdr)))
+	type answer struct {
+		code int
+		body string
+		err  error
+	}
+	got := make(chan answer, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			got <- answer{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		got <- answer{code: resp.StatusCode, body: string(b)}
+	}()
+	_, err = pw.Write([]byte(hdr))
+	require.NoError(t, err)
+	_, err = pw.Write(make([]byte, 1000))
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond) // the server is now reading this request
+
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	time.Sleep(100 * time.Millisecond)
+	_, err = pw.Write(make([]byte, 196608-1000))
+	require.NoError(t, err)
+	pw.Close()
+
+	a := <-got
+	require.NoError(t, a.err)
+	assert.Equal(t, 200, a.code, a.body)
+	assert.Contains(t, a.body, `"model_version":"1"`)
+	select {
+	case <-s.exited:
+		assert.NoError(t, s.err, "exit status after SIGTERM")
+	case <-time.After(20 * time.Second):
+		t.Fatal("serve did not exit after SIGTERM")
+	}
+	_, err = http.Get(s.url + "/v2/health/live")
+	assert.Error(t, err, "still accepting connections after exit")
+}
+
+// SIGHUP reloads a model whose file changed; the admin call does the same.
+func TestServeReloads(t *testing.T) {
+	b := build(t)
+	dir := t.TempDir()
+	model := filepath.Join(dir, "model.tflite")
+	copyFile(t, testModel(t, "face_detection_short_range.tflite"), model)
+	s := startServe(t, b.agent, "--model", model, "--name", "face")
+	var meta struct {
+		Inputs []struct {
+			Shape []int `json:"shape"`
+		} `json:"inputs"`
+		Parameters map[string]any `json:"parameters"`
+	}
+	require.Equal(t, 200, getJSON(t, s.url+"/v2/models/face", &meta))
+	require.Equal(t, []int{1, 128, 128, 3}, meta.Inputs[0].Shape)
+	first := meta.Parameters["model_digest"]
+
+	copyFile(t, testModel(t, "face_detection_full_range.tflite"), model)
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool {
+		getJSON(t, s.url+"/v2/models/face", &meta)
+		return meta.Parameters["model_digest"] != first
+	}, 20*time.Second, 20*time.Millisecond, "SIGHUP did not reload")
+	assert.Equal(t, []int{1, 192, 192, 3}, meta.Inputs[0].Shape)
+
+	copyFile(t, testModel(t, "face_detection_short_range.tflite"), model)
+	resp, err := http.Post(s.url+"/v2/repository/models/face/load", "application/json", nil)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 200, resp.StatusCode)
+	getJSON(t, s.url+"/v2/models/face", &meta)
+	assert.Equal(t, first, meta.Parameters["model_digest"])
+
+	// A broken file does not take the serving model down.
+	require.NoError(t, os.WriteFile(model, []byte("not a model"), 0o644))
+	resp, err = http.Post(s.url+"/v2/repository/models/face/load", "application/json", nil)
+	require.NoError(t, err)
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Equal(t, 400, resp.StatusCode)
+	assert.Contains(t, string(body), "not a TFLite flatbuffer")
+	assert.Equal(t, 200, getJSON(t, s.url+"/v2/models/face", &meta))
+	assert.Equal(t, first, meta.Parameters["model_digest"])
+}
+
+func TestServeUsage(t *testing.T) {
+	var out, errb strings.Builder
+	code := dispatch(context.Background(), []string{"serve"}, &out, &errb)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, errb.String(), "--model FILE or --config FILE")
+	errb.Reset()
+	code = dispatch(context.Background(), []string{"serve", "--config", filepath.Join(t.TempDir(), "missing.yaml")}, &out, &errb)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errb.String(), "no such file")
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	require.NoError(t, err)
+	tmp := to + ".tmp"
+	require.NoError(t, os.WriteFile(tmp, b, 0o644))
+	require.NoError(t, os.Rename(tmp, to))
+}
