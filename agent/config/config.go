@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -40,8 +41,59 @@ type Config struct {
 	Delegates []Delegate `yaml:"delegates"`
 	// Models are served from files; models installed in DataDir's store are
 	// served as well.
-	Models []Model `yaml:"models"`
-	API    API     `yaml:"api"`
+	Models    []Model   `yaml:"models"`
+	API       API       `yaml:"api"`
+	Telemetry Telemetry `yaml:"telemetry"`
+	// Fleet connects the agent to a fleet controller through an MQTT
+	// broker; without a broker the agent runs alone (telemetry is kept on
+	// disk, bounded, and never sent).
+	Fleet Fleet `yaml:"fleet"`
+}
+
+// Telemetry configures the on-device queue (docs/PROTOCOL.md). It runs
+// whenever there is a data dir.
+type Telemetry struct {
+	// Disabled turns telemetry off entirely.
+	Disabled bool `yaml:"disabled"`
+	// MaxBytes bounds the queue (default 64 MiB); MaxAge drops low and
+	// normal priority records older than this (default 7 days).
+	MaxBytes int64         `yaml:"max_bytes"`
+	MaxAge   time.Duration `yaml:"max_age"`
+	// SampleRate is the fraction of predictions kept as samples (default
+	// 0.01; negative: none). Sampled requests also feed the per-input
+	// statistics used for drift monitoring.
+	SampleRate float64 `yaml:"sample_rate"`
+	// AggregateInterval and HealthInterval: how often per-model aggregates
+	// and device health are written (default 1 min each).
+	AggregateInterval time.Duration `yaml:"aggregate_interval"`
+	HealthInterval    time.Duration `yaml:"health_interval"`
+}
+
+// Fleet is the link to the controller.
+type Fleet struct {
+	// Broker is tcp://host:port or ssl://host:port; empty runs without a
+	// fleet.
+	Broker string `yaml:"broker"`
+	// Name is the fleet; Device this device's id (default: the host
+	// name). Both are one MQTT topic level.
+	Name   string            `yaml:"name"`
+	Device string            `yaml:"device"`
+	Labels map[string]string `yaml:"labels"`
+	// Username and PasswordFile authenticate to the broker.
+	Username     string `yaml:"username"`
+	PasswordFile string `yaml:"password_file"`
+	// TLS for ssl:// brokers: CA bundle, and a client certificate and key
+	// for mutual TLS.
+	CAFile   string `yaml:"ca_file"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Root is the trust root the device was provisioned with (root.json
+	// from `outpost-fleet keys init`); updates and commands verify
+	// against it. Default DATA_DIR/root.json.
+	Root string `yaml:"root"`
+	// Probation is how long a newly activated model is watched before it
+	// is committed (default 1 min).
+	Probation time.Duration `yaml:"probation"`
 }
 
 // Delegate is one link of the delegate chain.
@@ -115,6 +167,15 @@ func (c Config) WithDefaults() Config {
 	if c.API.DrainTimeout <= 0 {
 		c.API.DrainTimeout = DefaultDrainTimeout
 	}
+	if c.Fleet.Broker != "" && c.Fleet.Device == "" {
+		c.Fleet.Device, _ = os.Hostname()
+	}
+	if c.Fleet.Root == "" && c.DataDir != "" {
+		c.Fleet.Root = filepath.Join(c.DataDir, "root.json")
+	}
+	if c.Fleet.Probation <= 0 {
+		c.Fleet.Probation = time.Minute
+	}
 	for i := range c.Models {
 		if c.Models[i].Version == 0 {
 			c.Models[i].Version = 1
@@ -157,6 +218,23 @@ func (c Config) Validate() error {
 	}
 	if c.Threads < 0 || c.Workers < 0 {
 		errs = append(errs, "threads and workers must not be negative")
+	}
+	if c.Fleet.Broker != "" {
+		if !strings.HasPrefix(c.Fleet.Broker, "tcp://") && !strings.HasPrefix(c.Fleet.Broker, "ssl://") {
+			errs = append(errs, fmt.Sprintf("fleet.broker %q: want tcp://host:port or ssl://host:port", c.Fleet.Broker))
+		}
+		if c.Fleet.Name == "" {
+			errs = append(errs, "fleet.name is required with fleet.broker")
+		}
+		if c.DataDir == "" {
+			errs = append(errs, "data_dir is required with fleet.broker (updates and telemetry live there)")
+		}
+	}
+	if (c.Fleet.CertFile == "") != (c.Fleet.KeyFile == "") {
+		errs = append(errs, "fleet.cert_file and fleet.key_file go together")
+	}
+	if c.Telemetry.MaxBytes < 0 || c.Telemetry.AggregateInterval < 0 || c.Telemetry.HealthInterval < 0 || c.Fleet.Probation < 0 {
+		errs = append(errs, "telemetry sizes and intervals and fleet.probation must not be negative")
 	}
 	if c.API.RateLimit < 0 || c.API.RateBurst < 0 {
 		errs = append(errs, "api.rate_limit and api.rate_burst must not be negative")

@@ -41,6 +41,27 @@ api:
 	assert.Equal(t, 50.0, c.API.RateLimit)
 }
 
+func TestFleetDefaults(t *testing.T) {
+	c, err := Parse([]byte(`
+data_dir: /var/lib/outpost
+fleet:
+  broker: tcp://127.0.0.1:1883
+  name: acme
+  labels: {site: north}
+telemetry:
+  sample_rate: 0.5
+`))
+	require.NoError(t, err)
+	c = c.WithDefaults()
+	require.NoError(t, c.Validate())
+	host, _ := os.Hostname()
+	assert.Equal(t, host, c.Fleet.Device, "device id defaults to the host name")
+	assert.Equal(t, "/var/lib/outpost/root.json", c.Fleet.Root)
+	assert.Equal(t, time.Minute, c.Fleet.Probation)
+	assert.Equal(t, "north", c.Fleet.Labels["site"])
+	assert.Equal(t, 0.5, c.Telemetry.SampleRate)
+}
+
 func TestEmptyFile(t *testing.T) {
 	c, err := Parse(nil)
 	require.NoError(t, err)
@@ -59,6 +80,11 @@ func TestRejects(t *testing.T) {
 		{"delegates: [{kind: external}]", "needs a path"},
 		{"workers: -1", "must not be negative"},
 		{"threads: [1]", "cannot unmarshal"},
+		{"data_dir: /d\nfleet: {broker: 'mqtt://x:1883', name: f}", "want tcp://host:port"},
+		{"data_dir: /d\nfleet: {broker: 'tcp://x:1883'}", "fleet.name is required"},
+		{"fleet: {broker: 'tcp://x:1883', name: f}", "data_dir is required"},
+		{"fleet: {cert_file: c.pem}", "go together"},
+		{"telemetry: {max_bytes: -1}", "must not be negative"},
 	} {
 		c, err := Parse([]byte(tc.yaml))
 		if err == nil {
