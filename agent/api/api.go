@@ -75,6 +75,8 @@ type Options struct {
 	// Registerer receives the API's metrics; nil makes a private registry
 	// served on /metrics.
 	Registry *prometheus.Registry
+	// Observer, if set, hears of every answered inference request.
+	Observer Observer
 	Logger   *slog.Logger
 	// Version is reported by GET /v2 and /agent/status.
 	Version string

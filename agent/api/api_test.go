@@ -437,10 +437,15 @@ func TestMetrics(t *testing.T) {
 		require.Equal(t, 200, resp.StatusCode)
 	}
 	do(t, "POST", a.url+"/v2/models/face/infer", []byte("{"), nil)
+	do(t, "POST", a.url+"/v2/models/nosuch/infer", body, hdr)
+	do(t, "POST", a.url+"/v2/models/other/infer", body, hdr)
 	_, b := do(t, "GET", a.url+"/metrics", nil, nil)
 	m := string(b)
 	assert.Contains(t, m, `outpost_requests_total{code="200",model="face",protocol="v2",version="1"} 3`)
-	assert.Contains(t, m, `outpost_requests_total{code="400",model="face",protocol="v2",version=""} 1`)
+	// A body that does not decode still counts against the model it named.
+	assert.Contains(t, m, `outpost_requests_total{code="400",model="face",protocol="v2",version="1"} 1`)
+	// Unknown names share one series: clients cannot grow the label set.
+	assert.Contains(t, m, `outpost_requests_total{code="404",model="",protocol="v2",version=""} 2`)
 	assert.Contains(t, m, `outpost_request_duration_seconds_count{model="face",phase="invoke"} 3`)
 	assert.Contains(t, m, `outpost_request_duration_seconds_count{model="face",phase="queue"} 3`)
 	assert.Contains(t, m, `outpost_model_info{delegate="xnnpack",digest="sha256:`)

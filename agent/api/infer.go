@@ -26,6 +26,17 @@ type call struct {
 	outs   []tensor.Tensor // outputs, Data pointing into arena
 	v2     oip.Request
 	v2resp oip.Response
+
+	// For the Observer.
+	inTensors []tensor.Tensor
+	observed  Inference
+}
+
+// getCall takes a call from the pool with no inputs bound yet.
+func getCall() *call {
+	c := calls.Get().(*call)
+	c.ins, c.outs = c.ins[:0], c.outs[:0]
+	return c
 }
 
 var calls = sync.Pool{New: func() any { return new(call) }}
@@ -173,27 +184,12 @@ func (s *Server) run(ctx context.Context, rt route, c *call, inputs func() []ten
 	return s.opts.Backend.Infer(ctx, rt.model, rt.version, prepare, emit)
 }
 
-// observe records one inference request in the metrics.
-func (s *Server) observe(rt route, protocol string, e catalog.Entry, code int, tm catalog.Timing, start time.Time) {
-	name := rt.model
-	version := ""
-	if e.Version != 0 {
-		version = strconv.FormatInt(e.Version, 10)
-	}
-	s.metrics.requests.WithLabelValues(name, version, protocol, strconv.Itoa(code)).Inc()
-	if code == http.StatusOK {
-		s.metrics.latency.WithLabelValues(name, "queue").Observe(tm.Queue.Seconds())
-		s.metrics.latency.WithLabelValues(name, "invoke").Observe(tm.Invoke.Seconds())
-		s.metrics.latency.WithLabelValues(name, "total").Observe(time.Since(start).Seconds())
-	}
-}
-
 // infer serves POST /v2/models/{name}[/versions/{v}]/infer.
 func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	start := time.Now()
 	s.metrics.inflight.Inc()
 	defer s.metrics.inflight.Dec()
-	c := calls.Get().(*call)
+	c := getCall()
 	defer putCall(c)
 	var entry catalog.Entry
 	var tm catalog.Timing
@@ -227,7 +223,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 		return http.StatusOK, nil
 	}()
-	s.observe(rt, "v2", entry, code, tm, start)
+	defer func() { s.observe("v2", rt, c, entry, code, err, tm, start) }()
 	if err != nil {
 		writeError(w, code, err.Error())
 		return
@@ -277,7 +273,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 	start := time.Now()
 	s.metrics.inflight.Inc()
 	defer s.metrics.inflight.Dec()
-	c := calls.Get().(*call)
+	c := getCall()
 	defer putCall(c)
 	var entry catalog.Entry
 	var tm catalog.Timing
@@ -300,7 +296,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 		return http.StatusOK, nil
 	}()
-	s.observe(rt, "tfserving", entry, code, tm, start)
+	defer func() { s.observe("tfserving", rt, c, entry, code, err, tm, start) }()
 	if err != nil {
 		writeError(w, code, err.Error())
 		return

@@ -22,7 +22,9 @@ import (
 	"github.com/outpost-edge/outpost/agent/sdnotify"
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/version"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Agent is the running daemon's parts.
@@ -31,7 +33,9 @@ type Agent struct {
 	log      *slog.Logger
 	registry *serving.Registry
 	api      *api.Server
-	store    *store.Store // nil without a data dir
+	store    *store.Store     // nil without a data dir
+	link     *telemetry.MQTT  // nil without a fleet
+	queue    *telemetry.Queue // nil without a data dir or with telemetry off
 
 	mu     sync.Mutex // guards models
 	models map[string]config.Model
@@ -77,6 +81,18 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.link, err = newLink(cfg, log); err != nil {
+		return nil, err
+	}
+	if a.queue, err = newQueue(cfg, a.link, log); err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	var observer api.Observer
+	if a.queue != nil {
+		reg.MustRegister(a.queue.Collector())
+		observer = inferenceTelemetry{a.queue}
+	}
 	a.api, err = api.New(api.Options{
 		Listen:         cfg.Listen,
 		Backend:        a.registry,
@@ -87,6 +103,8 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		Token:          token,
 		RateLimit:      cfg.API.RateLimit,
 		RateBurst:      cfg.API.RateBurst,
+		Registry:       reg,
+		Observer:       observer,
 		Logger:         log.With("component", "api"),
 		Version:        version.Version,
 	})
@@ -138,6 +156,10 @@ func (a *Agent) Addr() string { return a.api.Addr().String() }
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Telemetry outlives the API's drain, so the last requests are counted,
+	// and stops when Run returns.
+	stopTelemetry := a.runTelemetry()
+	defer stopTelemetry()
 	errc := make(chan error, 1)
 	go func() { errc <- a.api.Run(ctx) }()
 
@@ -178,6 +200,32 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.registry.Close()
 			return err
 		}
+	}
+}
+
+// runTelemetry starts the MQTT link and the queue, and returns the function
+// that stops them and waits until they are done (the queue writes its last
+// aggregates on the way out).
+func (a *Agent) runTelemetry() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	if a.link != nil {
+		wg.Go(func() {
+			if err := a.link.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("mqtt link stopped", "err", err)
+			}
+		})
+	}
+	if a.queue != nil {
+		wg.Go(func() {
+			if err := a.queue.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("telemetry queue stopped", "err", err)
+			}
+		})
+	}
+	return func() {
+		cancel()
+		wg.Wait()
 	}
 }
 

@@ -1,0 +1,171 @@
+package daemon
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/outpost-edge/outpost/agent/api"
+	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// newLink connects to the fleet's broker, or returns nil without a fleet.
+func newLink(cfg config.Config, log *slog.Logger) (*telemetry.MQTT, error) {
+	f := cfg.Fleet
+	if f.Broker == "" {
+		return nil, nil
+	}
+	opts := telemetry.MQTTOptions{
+		Broker:   f.Broker,
+		ClientID: f.Name + "/" + f.Device,
+		Fleet:    f.Name,
+		Device:   f.Device,
+		Username: f.Username,
+		Logger:   log.With("component", "mqtt"),
+	}
+	if f.PasswordFile != "" {
+		b, err := os.ReadFile(f.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: password: %w", err)
+		}
+		opts.Password = strings.TrimRight(string(b), "\r\n")
+	}
+	var err error
+	if opts.TLSConfig, err = tlsConfig(f); err != nil {
+		return nil, err
+	}
+	return telemetry.NewMQTT(opts)
+}
+
+// tlsConfig builds the broker connection's TLS settings from files: nil when
+// none are given (ssl:// then trusts the system's roots).
+func tlsConfig(f config.Fleet) (*tls.Config, error) {
+	if f.CAFile == "" && f.CertFile == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.CAFile != "" {
+		pem, err := os.ReadFile(f.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: ca_file: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("fleet: ca_file %s holds no PEM certificate", f.CAFile)
+		}
+	}
+	if f.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("fleet: client certificate: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// newQueue opens the telemetry queue under the data dir; nil when telemetry
+// is off or there is nowhere to keep it.
+func newQueue(cfg config.Config, link *telemetry.MQTT, log *slog.Logger) (*telemetry.Queue, error) {
+	t := cfg.Telemetry
+	if t.Disabled || cfg.DataDir == "" {
+		return nil, nil
+	}
+	opts := telemetry.Options{
+		Path:              filepath.Join(cfg.DataDir, "telemetry.db"),
+		MaxBytes:          t.MaxBytes,
+		MaxAge:            t.MaxAge,
+		SampleRate:        t.SampleRate,
+		AggregateInterval: t.AggregateInterval,
+		HealthInterval:    t.HealthInterval,
+		Logger:            log.With("component", "telemetry"),
+	}
+	if link != nil { // a nil *MQTT in the interface would look like a publisher
+		opts.Publisher = link
+	}
+	return telemetry.New(opts)
+}
+
+// sampleBytes bounds each tensor kept in a prediction sample.
+const sampleBytes = 4 << 10
+
+// inferenceTelemetry turns answered requests into telemetry: every one into
+// its model's aggregates, and a sample of them (at the configured rate) into
+// sample records and the per-input statistics that drift monitoring reads.
+// Summing every input element of every request would cost more than the
+// invoke on small models; a sample costs nothing on the others.
+type inferenceTelemetry struct{ q *telemetry.Queue }
+
+func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
+	if in.Model.Name == "" {
+		return // no such model: nothing to account it to
+	}
+	ref := modelRef(in.Model)
+	o := telemetry.Observation{Model: ref, Latency: in.Latency, ErrCode: errCode(in.Code)}
+	if in.Inputs != nil && t.q.ShouldSample() {
+		o.Inputs = summarize(in.Inputs)
+		s := &protocol.Sample{Latency: in.Latency, Inputs: samples(in.Inputs), Outputs: samples(in.Outputs)}
+		if in.Err != nil {
+			s.Error = in.Err.Error()
+		}
+		t.q.Record(protocol.Record{Kind: protocol.KindSample, Model: ref, Sample: s})
+	}
+	t.q.Observe(o)
+}
+
+func modelRef(e catalog.Entry) protocol.ModelRef {
+	return protocol.ModelRef{Name: e.Name, Version: strconv.FormatInt(e.Version, 10), Digest: e.Digest}
+}
+
+// errCode is the short code telemetry counts errors by.
+func errCode(status int) string {
+	switch {
+	case status == http.StatusOK:
+		return ""
+	case status == http.StatusServiceUnavailable:
+		return "overload"
+	case status == 499:
+		return "canceled"
+	case status >= 400 && status < 500:
+		return "bad_input"
+	}
+	return "internal"
+}
+
+func summarize(ts []tensor.Tensor) []telemetry.InputSummary {
+	out := make([]telemetry.InputSummary, 0, len(ts))
+	for _, t := range ts {
+		s := telemetry.InputSummary{Name: t.Name}
+		if tensor.Each(t.DataType, t.Data, s.Add) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func samples(ts []tensor.Tensor) []protocol.TensorSample {
+	out := make([]protocol.TensorSample, len(ts))
+	for i, t := range ts {
+		data := t.Data
+		if len(data) > sampleBytes {
+			data = data[:sampleBytes]
+		}
+		shape := make([]int64, len(t.Shape))
+		for j, d := range t.Shape {
+			shape[j] = int64(d)
+		}
+		out[i] = protocol.TensorSample{Name: t.Name, Datatype: string(t.DataType), Shape: shape,
+			Data: append([]byte(nil), data...), Truncated: len(data) < len(t.Data)}
+	}
+	return out
+}
