@@ -31,7 +31,7 @@ func newLink(cfg config.Config, log *slog.Logger) (*telemetry.MQTT, error) {
 		Fleet:    f.Name,
 		Device:   f.Device,
 		Username: f.Username,
-		Logger:   log.With("component", "mqtt"),
+		Logger:   log,
 	}
 	if f.PasswordFile != "" {
 		b, err := os.ReadFile(f.PasswordFile)

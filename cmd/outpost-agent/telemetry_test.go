@@ -4,10 +4,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -38,6 +40,16 @@ func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 // startBroker runs the embedded broker on a free loopback port and collects
 // every record published on the fleet's events topics.
 func startBroker(t *testing.T, fleet string) (url string, records func() []protocol.Record) {
+	url, recs, _ := startCollector(t, fleet)
+	return url, recs
+}
+
+// arrival is one record as the broker saw it.
+type arrival struct{ epoch, seq uint64 }
+
+// startCollector is startBroker that also returns every arrival and the
+// highest drop counters seen per epoch.
+func startCollector(t *testing.T, fleet string) (url string, records func() []protocol.Record, arrivals func() ([]arrival, map[uint64]protocol.DropCounts)) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -51,6 +63,8 @@ func startBroker(t *testing.T, fleet string) (url string, records func() []proto
 
 	var mu sync.Mutex
 	var got []protocol.Record
+	var seen []arrival
+	drops := map[uint64]protocol.DropCounts{}
 	filter, err := protocol.FleetEventsFilter(fleet)
 	require.NoError(t, err)
 	require.NoError(t, srv.Subscribe(filter, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
@@ -61,7 +75,13 @@ func startBroker(t *testing.T, fleet string) (url string, records func() []proto
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		d := drops[b.Epoch]
+		for i, c := range b.Drops {
+			d[i] = max(d[i], c)
+		}
+		drops[b.Epoch] = d
 		for _, e := range b.Entries {
+			seen = append(seen, arrival{b.Epoch, e.Seq})
 			r, err := protocol.DecodeRecord(e.Body)
 			if err != nil {
 				t.Errorf("bad record %d: %v", e.Seq, err)
@@ -71,10 +91,14 @@ func startBroker(t *testing.T, fleet string) (url string, records func() []proto
 		}
 	}))
 	return "tcp://" + addr, func() []protocol.Record {
-		mu.Lock()
-		defer mu.Unlock()
-		return append([]protocol.Record(nil), got...)
-	}
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]protocol.Record(nil), got...)
+		}, func() ([]arrival, map[uint64]protocol.DropCounts) {
+			mu.Lock()
+			defer mu.Unlock()
+			return append([]arrival(nil), seen...), maps.Clone(drops)
+		}
 }
 
 // The daemon feeds every answered request into telemetry, which reaches the
@@ -159,4 +183,114 @@ telemetry: {sample_rate: 1, aggregate_interval: 200ms, health_interval: 200ms}
 	case <-time.After(20 * time.Second):
 		t.Fatal("no exit after SIGTERM")
 	}
+}
+
+// The real agent, SIGKILLed again and again while it serves, records and
+// sends telemetry (and while it drains a backlog built with the broker out
+// of reach), loses nothing it kept: when a last run has drained, the broker
+// has seen every sequence number from 1 up, in one epoch (no kill corrupted
+// the queue file), with gaps only where drops were counted.
+func TestServeTelemetrySurvivesSIGKILL(t *testing.T) {
+	b := build(t)
+	url, _, arrivals := startCollector(t, "acme")
+	dir := t.TempDir()
+	model := testModel(t, "face_detection_short_range.tflite")
+	config := func(name, broker string) string {
+		p := filepath.Join(dir, name+".yaml")
+		require.NoError(t, os.WriteFile(p, fmt.Appendf(nil, `
+data_dir: %s
+models: [{name: face, path: %s}]
+fleet: {broker: %q, name: acme, device: gw-crash}
+telemetry: {sample_rate: 1, aggregate_interval: 50ms, health_interval: 50ms}
+`, filepath.Join(dir, "data"), model, broker), 0o644))
+		return p
+	}
+	up, down := config("up", url), config("down", "tcp://127.0.0.1:1")
+	body := `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,128,128,3],"data":[` +
+		strings.Repeat("0.5,", 128*128*3-1) + `0.5]}]}`
+	load := func(s *serving, d time.Duration) {
+		var wg sync.WaitGroup
+		stop := time.Now().Add(d)
+		for range 2 {
+			wg.Go(func() {
+				for time.Now().Before(stop) {
+					resp, err := http.Post(s.url+"/v2/models/face/infer", "application/json", strings.NewReader(body))
+					if err != nil {
+						return
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+				}
+			})
+		}
+		time.Sleep(d)
+		require.NoError(t, s.cmd.Process.Kill()) // mid-load, mid-commit
+		<-s.exited
+		wg.Wait()
+	}
+	loops := 2
+	if testing.Short() {
+		loops = 1
+	}
+	for i := range loops {
+		load(startServe(t, b.agent, "--config", up), time.Duration(300+100*i)*time.Millisecond)
+		load(startServe(t, b.agent, "--config", down), 400*time.Millisecond) // a backlog
+		s := startServe(t, b.agent, "--config", up)                          // drains it...
+		time.Sleep(time.Duration(50+100*i) * time.Millisecond)
+		require.NoError(t, s.cmd.Process.Kill()) // ...and dies amid it
+		<-s.exited
+	}
+	// A last run drains everything kept so far (and goes on recording).
+	s := startServe(t, b.agent, "--config", up)
+	var kept uint64
+	require.Eventually(t, func() bool {
+		kept = metricValue(t, s.url, "outpost_telemetry_last_sequence")
+		return kept > 0 // the queue file is open
+	}, 30*time.Second, 20*time.Millisecond)
+	var epoch, missing, sequenced uint64
+	var got []arrival
+	require.Eventually(t, func() bool {
+		var drops map[uint64]protocol.DropCounts
+		got, drops = arrivals()
+		epochs := map[uint64]bool{}
+		seen := map[uint64]bool{}
+		for _, a := range got {
+			epochs[a.epoch] = true
+			seen[a.seq] = true
+			epoch = a.epoch
+		}
+		require.Len(t, epochs, 1, "one queue file across all kills")
+		missing = 0
+		for q := uint64(1); q <= kept; q++ {
+			if !seen[q] {
+				missing++
+			}
+		}
+		sequenced = drops[epoch].Sequenced()
+		return missing == sequenced
+	}, 60*time.Second, 100*time.Millisecond, "records kept before the last start never arrived")
+	assert.Equal(t, sequenced, missing, "sequence gaps must equal the sequenced drops counted")
+	last := kept
+	assert.Greater(t, last, uint64(20), "enough traffic to mean something")
+	t.Logf("%d records kept and delivered over %d kills (%d arrivals in all), %d sequenced drops",
+		kept, 3*loops, len(got), sequenced)
+}
+
+// metricValue reads one unlabelled series from the agent's /metrics.
+func metricValue(t *testing.T, base, name string) uint64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	m, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	for line := range strings.Lines(string(m)) {
+		if v, ok := strings.CutPrefix(line, name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			require.NoError(t, err, line)
+			return uint64(f)
+		}
+	}
+	t.Fatalf("no %s in /metrics", name)
+	return 0
 }
