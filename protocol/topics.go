@@ -25,8 +25,10 @@ type Topics struct {
 	Ack string
 	// Events carries telemetry batches (QoS 1), see AppendBatch.
 	Events string
-	// Chunk carries artifact chunks for this device.
+	// Chunk carries artifact chunks for this device (AppendChunk).
 	Chunk string
+	// Status is retained and holds the device's Status (JSON).
+	Status string
 	// ArtifactsReq is where the device asks for artifact chunks; shared by the
 	// whole fleet.
 	ArtifactsReq string
@@ -39,7 +41,7 @@ const (
 )
 
 // DeviceTopics returns the topics of device in fleet:
-// outpost/v1/<fleet>/<device>/{state,cmd,ack,events,chunk} and
+// outpost/v1/<fleet>/<device>/{state,cmd,ack,events,chunk,status} and
 // outpost/v1/<fleet>/artifacts/req.
 func DeviceTopics(fleet, device string) (Topics, error) {
 	if err := checkSegment(fleet); err != nil {
@@ -59,6 +61,7 @@ func DeviceTopics(fleet, device string) (Topics, error) {
 		Ack:          base + "ack",
 		Events:       base + "events",
 		Chunk:        base + "chunk",
+		Status:       base + "status",
 		ArtifactsReq: topicRoot + "/" + fleet + "/artifacts/req",
 	}, nil
 }
@@ -70,6 +73,62 @@ func FleetEventsFilter(fleet string) (string, error) {
 		return "", fmt.Errorf("protocol: fleet: %w", err)
 	}
 	return topicRoot + "/" + fleet + "/+/events", nil
+}
+
+// Leaf names of the per-device topics.
+const (
+	LeafState  = "state"
+	LeafCmd    = "cmd"
+	LeafAck    = "ack"
+	LeafEvents = "events"
+	LeafChunk  = "chunk"
+	LeafStatus = "status"
+)
+
+// FleetFilter is the subscription filter for one per-device topic of every
+// device in fleet: outpost/v1/<fleet>/+/<leaf>. A controller uses it for
+// state, ack, events and status.
+func FleetFilter(fleet, leaf string) (string, error) {
+	if err := checkSegment(fleet); err != nil {
+		return "", fmt.Errorf("protocol: fleet: %w", err)
+	}
+	switch leaf {
+	case LeafState, LeafCmd, LeafAck, LeafEvents, LeafChunk, LeafStatus:
+	default:
+		return "", fmt.Errorf("protocol: leaf %q: %w", leaf, ErrBadTopicSegment)
+	}
+	return topicRoot + "/" + fleet + "/+/" + leaf, nil
+}
+
+// ArtifactsReqTopic is outpost/v1/<fleet>/artifacts/req, where every device
+// of fleet asks for chunks.
+func ArtifactsReqTopic(fleet string) (string, error) {
+	if err := checkSegment(fleet); err != nil {
+		return "", fmt.Errorf("protocol: fleet: %w", err)
+	}
+	return topicRoot + "/" + fleet + "/artifacts/req", nil
+}
+
+// ParseDeviceTopic returns the fleet, device and leaf of a per-device topic
+// (outpost/v1/<fleet>/<device>/<leaf>, leaf one of the Leaf constants), so a
+// controller subscribed with FleetFilter knows which device sent a message.
+func ParseDeviceTopic(topic string) (fleet, device, leaf string, err error) {
+	rest, ok := strings.CutPrefix(topic, topicRoot+"/")
+	parts := strings.Split(rest, "/")
+	if !ok || len(parts) != 3 || parts[1] == "artifacts" {
+		return "", "", "", fmt.Errorf("protocol: %q is not a device topic: %w", topic, ErrBadTopicSegment)
+	}
+	for _, p := range parts[:2] {
+		if err := checkSegment(p); err != nil {
+			return "", "", "", fmt.Errorf("protocol: topic %q: %w", topic, err)
+		}
+	}
+	switch parts[2] {
+	case LeafState, LeafCmd, LeafAck, LeafEvents, LeafChunk, LeafStatus:
+	default:
+		return "", "", "", fmt.Errorf("protocol: topic %q: leaf: %w", topic, ErrBadTopicSegment)
+	}
+	return parts[0], parts[1], parts[2], nil
 }
 
 // ParseEventsTopic returns the fleet and device of an events topic, so a

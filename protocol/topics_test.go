@@ -12,7 +12,7 @@ func TestDeviceTopics(t *testing.T) {
 	}
 	want := Topics{
 		State: "outpost/v1/acme/gw-01/state", Cmd: "outpost/v1/acme/gw-01/cmd", Ack: "outpost/v1/acme/gw-01/ack",
-		Events: "outpost/v1/acme/gw-01/events", Chunk: "outpost/v1/acme/gw-01/chunk", ArtifactsReq: "outpost/v1/acme/artifacts/req",
+		Events: "outpost/v1/acme/gw-01/events", Chunk: "outpost/v1/acme/gw-01/chunk", Status: "outpost/v1/acme/gw-01/status", ArtifactsReq: "outpost/v1/acme/artifacts/req",
 	}
 	if tp != want {
 		t.Fatalf("got %+v, want %+v", tp, want)
