@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -43,7 +44,14 @@ type serving struct {
 // startServe runs the real binary and waits until it is ready.
 func startServe(t *testing.T, bin string, args ...string) *serving {
 	t.Helper()
+	return startServeEnv(t, bin, nil, args...)
+}
+
+// startServeEnv is startServe with extra environment variables.
+func startServeEnv(t *testing.T, bin string, env []string, args ...string) *serving {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	start := time.Now()
@@ -214,4 +222,51 @@ func copyFile(t *testing.T, from, to string) {
 	tmp := to + ".tmp"
 	require.NoError(t, os.WriteFile(tmp, b, 0o644))
 	require.NoError(t, os.Rename(tmp, to))
+}
+
+// Under systemd (Type=notify) the agent says READY once it serves, pings the
+// watchdog from its main loop, shows its status and says STOPPING on SIGTERM:
+// here a unixgram socket stands where systemd's would be.
+func TestServeNotifiesSystemd(t *testing.T) {
+	b := build(t)
+	sock := filepath.Join(t.TempDir(), "notify.sock")
+	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	require.NoError(t, err)
+	defer conn.Close()
+	msgs := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := conn.Read(buf)
+			if err != nil {
+				close(msgs)
+				return
+			}
+			msgs <- string(buf[:n])
+		}
+	}()
+	next := func(want string) {
+		t.Helper()
+		deadline := time.After(20 * time.Second)
+		for {
+			select {
+			case m := <-msgs:
+				if m == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("no %q from the agent", want)
+			}
+		}
+	}
+	s := startServeEnv(t, b.agent, []string{"NOTIFY_SOCKET=" + sock, "WATCHDOG_USEC=200000"},
+		"--model", testModel(t, "face_detection_short_range.tflite"), "--name", "face")
+	next("STATUS=serving 1 of 1 models")
+	next("READY=1")
+	next("WATCHDOG=1")
+	next("WATCHDOG=1") // and again: a ticker, not a one-off
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
+	next("STOPPING=1")
+	<-s.exited
+	assert.NoError(t, s.err)
 }
