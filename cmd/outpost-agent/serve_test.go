@@ -50,6 +50,12 @@ func startServe(t *testing.T, bin string, args ...string) *serving {
 // startServeEnv is startServe with extra environment variables.
 func startServeEnv(t *testing.T, bin string, env []string, args ...string) *serving {
 	t.Helper()
+	return startServeWait(t, bin, env, "/v2/health/ready", args...)
+}
+
+// startServeWait starts the agent and waits until path answers 200.
+func startServeWait(t *testing.T, bin string, env []string, path string, args ...string) *serving {
+	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()
@@ -85,7 +91,7 @@ func startServeEnv(t *testing.T, bin string, env []string, args ...string) *serv
 		t.Fatal("serve did not report its address")
 	}
 	require.Eventually(t, func() bool {
-		resp, err := http.Get(s.url + "/v2/health/ready")
+		resp, err := http.Get(s.url + path)
 		if err != nil {
 			return false
 		}
@@ -269,4 +275,30 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	next("STOPPING=1")
 	<-s.exited
 	assert.NoError(t, s.err)
+}
+
+// Readiness is strict: a configured model that does not load leaves the agent
+// not ready (while the others serve) until a reload fixes it.
+func TestServeReadyNeedsEveryModel(t *testing.T) {
+	b := build(t)
+	dir := t.TempDir()
+	broken := filepath.Join(dir, "hand.tflite")
+	require.NoError(t, os.WriteFile(broken, []byte("not a model"), 0o644))
+	cfg := filepath.Join(dir, "agent.yaml")
+	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, "models:\n  - {name: face, path: %s}\n  - {name: hand, path: %s}\n",
+		testModel(t, "face_detection_short_range.tflite"), broken), 0o644))
+	s := startServeWait(t, b.agent, nil, "/v2/models/face/ready", "--config", cfg)
+	status := func(path string) int {
+		resp, err := http.Get(s.url + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	assert.Equal(t, 503, status("/v2/health/ready"), "a configured model failed to load")
+	assert.Equal(t, 404, status("/v2/models/hand/ready"))
+
+	copyFile(t, testModel(t, "hand_landmark_lite.tflite"), broken)
+	require.NoError(t, s.cmd.Process.Signal(syscall.SIGHUP))
+	require.Eventually(t, func() bool { return status("/v2/health/ready") == 200 }, 20*time.Second, 20*time.Millisecond)
+	assert.Equal(t, 200, status("/v2/models/hand/ready"))
 }
