@@ -195,6 +195,16 @@ func (k *Keyring) signers(doc trust.RootDoc, role string) ([]ed25519.PrivateKey,
 	return out, nil
 }
 
+// Signers returns the private keys present for role in the newest root, at
+// least its threshold of them, or ErrMissingKey. The controller signs
+// commands with the keys of protocol.CommandRole(root).
+func (k *Keyring) Signers(role string) ([]ed25519.PrivateKey, error) {
+	if _, ok := k.root.Doc.Roles[role]; !ok {
+		return nil, fmt.Errorf("%w: root v%d has no %s role", ErrMissingKey, k.root.Doc.Version, role)
+	}
+	return k.signers(k.root.Doc, role)
+}
+
 // SignRelease signs m with the targets keys under the next serial, valid for
 // expires from now.
 func (k *Keyring) SignRelease(m manifest.Manifest, expires time.Duration) ([]byte, error) {

@@ -88,3 +88,17 @@ func TestRotateNeedsOfflineRootKey(t *testing.T) {
 		t.Fatalf("got %v, want ErrMissingKey", err)
 	}
 }
+
+func TestSigners(t *testing.T) {
+	k, err := Init(t.TempDir(), Options{TargetsKeys: 2, TargetsThreshold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := k.Signers(trust.RoleTargets)
+	if err != nil || len(keys) != 2 {
+		t.Fatalf("Signers(targets) = %d keys, %v; want 2", len(keys), err)
+	}
+	if _, err := k.Signers("commands"); !errors.Is(err, ErrMissingKey) {
+		t.Fatalf("Signers(commands) on a root without the role: got %v, want ErrMissingKey", err)
+	}
+}
