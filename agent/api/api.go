@@ -161,6 +161,9 @@ func (s *Server) Addr() net.Addr { return s.ln.Addr() }
 // sets it once its models are loaded.
 func (s *Server) SetReady(v bool) { s.ready.Store(v) }
 
+// Ready reports what SetReady last set.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
 // Run serves until ctx is cancelled, then stops accepting, lets requests in
 // flight finish within DrainTimeout, and returns nil on a clean drain.
 func (s *Server) Run(ctx context.Context) error {

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-edge/outpost/protocol"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -94,6 +95,9 @@ type Fleet struct {
 	// Probation is how long a newly activated model is watched before it
 	// is committed (default 1 min).
 	Probation time.Duration `yaml:"probation"`
+	// StatusInterval is how often the retained status is refreshed when
+	// nothing else changed it (default 1 min).
+	StatusInterval time.Duration `yaml:"status_interval"`
 }
 
 // Delegate is one link of the delegate chain.
@@ -176,6 +180,9 @@ func (c Config) WithDefaults() Config {
 	if c.Fleet.Probation <= 0 {
 		c.Fleet.Probation = time.Minute
 	}
+	if c.Fleet.StatusInterval <= 0 {
+		c.Fleet.StatusInterval = time.Minute
+	}
 	for i := range c.Models {
 		if c.Models[i].Version == 0 {
 			c.Models[i].Version = 1
@@ -228,6 +235,11 @@ func (c Config) Validate() error {
 		}
 		if c.DataDir == "" {
 			errs = append(errs, "data_dir is required with fleet.broker (updates and telemetry live there)")
+		}
+	}
+	for k, v := range c.Fleet.Labels {
+		if !protocol.ValidLabel(k, v) {
+			errs = append(errs, fmt.Sprintf("fleet.labels: %q=%q: keys are 1-63 of [A-Za-z0-9_.-], values at most 128 bytes without ',' or '='", k, v))
 		}
 	}
 	if (c.Fleet.CertFile == "") != (c.Fleet.KeyFile == "") {

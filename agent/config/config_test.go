@@ -84,6 +84,8 @@ func TestRejects(t *testing.T) {
 		{"data_dir: /d\nfleet: {broker: 'tcp://x:1883'}", "fleet.name is required"},
 		{"fleet: {broker: 'tcp://x:1883', name: f}", "data_dir is required"},
 		{"fleet: {cert_file: c.pem}", "go together"},
+		{"fleet: {labels: {'a b': x}}", "fleet.labels"},
+		{"fleet: {labels: {site: 'a,b'}}", "fleet.labels"},
 		{"telemetry: {max_bytes: -1}", "must not be negative"},
 	} {
 		c, err := Parse([]byte(tc.yaml))

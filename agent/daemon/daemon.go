@@ -24,6 +24,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/version"
+	"github.com/outpost-edge/outpost/protocol"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -36,6 +37,12 @@ type Agent struct {
 	store    *store.Store     // nil without a data dir
 	link     *telemetry.MQTT  // nil without a fleet
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
+
+	started       time.Time
+	counter       *requestCounter
+	statusChanged chan struct{} // poked when the status should go out
+	// updateStatus, if set, reports the updater's current or last update.
+	updateStatus func() *protocol.UpdateStatus
 
 	mu     sync.Mutex // guards models
 	models map[string]config.Model
@@ -56,7 +63,8 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: log, models: map[string]config.Model{}}
+	a := &Agent{cfg: cfg, log: log, models: map[string]config.Model{}, started: time.Now(),
+		counter: &requestCounter{}, statusChanged: make(chan struct{}, 1)}
 	for _, m := range cfg.Models {
 		a.models[m.Name] = m
 	}
@@ -88,10 +96,9 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
-	var observer api.Observer
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
-		observer = inferenceTelemetry{a.queue}
+		a.counter.next = inferenceTelemetry{a.queue}
 	}
 	a.api, err = api.New(api.Options{
 		Listen:         cfg.Listen,
@@ -104,7 +111,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		RateLimit:      cfg.API.RateLimit,
 		RateBurst:      cfg.API.RateBurst,
 		Registry:       reg,
-		Observer:       observer,
+		Observer:       a.counter,
 		Logger:         log.With("component", "api"),
 		Version:        version.Version,
 	})
@@ -216,6 +223,9 @@ func (a *Agent) runTelemetry() (stop func()) {
 			}
 		})
 	}
+	if a.link != nil {
+		wg.Go(func() { a.runStatus(ctx) })
+	}
 	if a.queue != nil {
 		wg.Go(func() {
 			if err := a.queue.Run(ctx); err != nil && ctx.Err() == nil {
@@ -253,6 +263,7 @@ func (a *Agent) updateReady() {
 		}
 	}
 	a.api.SetReady(ready)
+	a.statusChange()
 	sdnotify.Status(fmt.Sprintf("serving %d of %d models", len(served), len(a.wanted())))
 }
 

@@ -37,19 +37,22 @@ func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { ret
 
 func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
-// startBroker runs the embedded broker on a free loopback port and collects
-// every record published on the fleet's events topics.
-func startBroker(t *testing.T, fleet string) (url string, records func() []protocol.Record) {
-	url, recs, _ := startCollector(t, fleet)
-	return url, recs
+// fleetBroker is the embedded broker on a free loopback port, collecting
+// what devices of one fleet publish: telemetry records and status.
+type fleetBroker struct {
+	url string
+
+	mu     sync.Mutex // guards the fields below
+	got    []protocol.Record
+	seen   []arrival
+	drops  map[uint64]protocol.DropCounts
+	status map[string]*protocol.Status // by device, the latest
 }
 
 // arrival is one record as the broker saw it.
 type arrival struct{ epoch, seq uint64 }
 
-// startCollector is startBroker that also returns every arrival and the
-// highest drop counters seen per epoch.
-func startCollector(t *testing.T, fleet string) (url string, records func() []protocol.Record, arrivals func() ([]arrival, map[uint64]protocol.DropCounts)) {
+func startBroker(t *testing.T, fleet string) *fleetBroker {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -61,10 +64,7 @@ func startCollector(t *testing.T, fleet string) (url string, records func() []pr
 	require.NoError(t, srv.Serve())
 	t.Cleanup(func() { srv.Close() })
 
-	var mu sync.Mutex
-	var got []protocol.Record
-	var seen []arrival
-	drops := map[uint64]protocol.DropCounts{}
+	fb := &fleetBroker{url: "tcp://" + addr, drops: map[uint64]protocol.DropCounts{}, status: map[string]*protocol.Status{}}
 	filter, err := protocol.FleetEventsFilter(fleet)
 	require.NoError(t, err)
 	require.NoError(t, srv.Subscribe(filter, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
@@ -73,32 +73,54 @@ func startCollector(t *testing.T, fleet string) (url string, records func() []pr
 			t.Errorf("bad batch on %s: %v", pk.TopicName, err)
 			return
 		}
-		mu.Lock()
-		defer mu.Unlock()
-		d := drops[b.Epoch]
+		fb.mu.Lock()
+		defer fb.mu.Unlock()
+		d := fb.drops[b.Epoch]
 		for i, c := range b.Drops {
 			d[i] = max(d[i], c)
 		}
-		drops[b.Epoch] = d
+		fb.drops[b.Epoch] = d
 		for _, e := range b.Entries {
-			seen = append(seen, arrival{b.Epoch, e.Seq})
+			fb.seen = append(fb.seen, arrival{b.Epoch, e.Seq})
 			r, err := protocol.DecodeRecord(e.Body)
 			if err != nil {
 				t.Errorf("bad record %d: %v", e.Seq, err)
 				continue
 			}
-			got = append(got, r)
+			fb.got = append(fb.got, r)
 		}
 	}))
-	return "tcp://" + addr, func() []protocol.Record {
-			mu.Lock()
-			defer mu.Unlock()
-			return append([]protocol.Record(nil), got...)
-		}, func() ([]arrival, map[uint64]protocol.DropCounts) {
-			mu.Lock()
-			defer mu.Unlock()
-			return append([]arrival(nil), seen...), maps.Clone(drops)
+	require.NoError(t, srv.Subscribe("outpost/v1/"+fleet+"/+/status", 2, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+		st, err := protocol.ParseStatus(pk.Payload)
+		if err != nil {
+			t.Errorf("bad status on %s: %v", pk.TopicName, err)
+			return
 		}
+		fb.mu.Lock()
+		defer fb.mu.Unlock()
+		fb.status[st.Device] = st
+	}))
+	return fb
+}
+
+func (fb *fleetBroker) records() []protocol.Record {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	return append([]protocol.Record(nil), fb.got...)
+}
+
+// arrivals returns every record's (epoch, seq) as it arrived and the highest
+// drop counters seen per epoch.
+func (fb *fleetBroker) arrivals() ([]arrival, map[uint64]protocol.DropCounts) {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	return append([]arrival(nil), fb.seen...), maps.Clone(fb.drops)
+}
+
+func (fb *fleetBroker) deviceStatus(device string) *protocol.Status {
+	fb.mu.Lock()
+	defer fb.mu.Unlock()
+	return fb.status[device]
 }
 
 // The daemon feeds every answered request into telemetry, which reaches the
@@ -106,14 +128,15 @@ func startCollector(t *testing.T, fleet string) (url string, records func() []pr
 // request's tensors, device health, each naming the model's digest.
 func TestServeSendsTelemetry(t *testing.T) {
 	b := build(t)
-	url, records := startBroker(t, "acme")
+	fb := startBroker(t, "acme")
+	url, records := fb.url, fb.records
 	dir := t.TempDir()
 	cfg := filepath.Join(dir, "agent.yaml")
 	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, `
 data_dir: %s
 models:
   - {name: face, path: %s}
-fleet: {broker: %q, name: acme, device: gw-1}
+fleet: {broker: %q, name: acme, device: gw-1, labels: {site: north}, status_interval: 200ms}
 telemetry: {sample_rate: 1, aggregate_interval: 200ms, health_interval: 200ms}
 `, filepath.Join(dir, "data"), testModel(t, "face_detection_short_range.tflite"), url), 0o644))
 	s := startServe(t, b.agent, "--config", cfg)
@@ -168,6 +191,20 @@ telemetry: {sample_rate: 1, aggregate_interval: 200ms, health_interval: 200ms}
 	}, 30*time.Second, 100*time.Millisecond, "got requests=%d errors=%d samples=%d health=%d", requests, errors, samples, health)
 	assert.Equal(t, bad, errors)
 
+	// The retained status names the device, its labels and what it serves,
+	// and its counters move with the traffic.
+	require.Eventually(t, func() bool {
+		st := fb.deviceStatus("gw-1")
+		return st != nil && st.Health.Requests == good+bad
+	}, 30*time.Second, 100*time.Millisecond, "no status with the request counts")
+	st := fb.deviceStatus("gw-1")
+	assert.Equal(t, map[string]string{"site": "north"}, st.Labels)
+	if assert.Len(t, st.Models, 1) {
+		assert.Equal(t, protocol.ModelStatus{Name: "face", Version: 1, Digest: digest.(string)}, st.Models[0])
+	}
+	assert.Equal(t, uint64(bad), st.Health.Errors)
+	assert.Equal(t, protocol.HealthOK, st.Health.Status)
+
 	// The queue's metrics are served with the API's.
 	resp, err := http.Get(s.url + "/metrics")
 	require.NoError(t, err)
@@ -192,7 +229,8 @@ telemetry: {sample_rate: 1, aggregate_interval: 200ms, health_interval: 200ms}
 // the queue file), with gaps only where drops were counted.
 func TestServeTelemetrySurvivesSIGKILL(t *testing.T) {
 	b := build(t)
-	url, _, arrivals := startCollector(t, "acme")
+	fb := startBroker(t, "acme")
+	url, arrivals := fb.url, fb.arrivals
 	dir := t.TempDir()
 	model := testModel(t, "face_detection_short_range.tflite")
 	config := func(name, broker string) string {

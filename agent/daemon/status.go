@@ -1,0 +1,116 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/api"
+	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/agent/version"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// requestCounter counts answered inference requests for the device status
+// and passes each one on to the next observer (telemetry), if any.
+type requestCounter struct {
+	requests, errors atomic.Uint64
+	next             api.Observer
+}
+
+func (c *requestCounter) ObserveInference(in *api.Inference) {
+	c.requests.Add(1)
+	if in.Code != 200 {
+		c.errors.Add(1)
+	}
+	if c.next != nil {
+		c.next.ObserveInference(in)
+	}
+}
+
+// status builds the device's status message.
+func (a *Agent) status() *protocol.Status {
+	s := &protocol.Status{
+		Protocol:     protocol.Version,
+		Device:       a.cfg.Fleet.Device,
+		AgentVersion: version.Version,
+		Labels:       a.cfg.Fleet.Labels,
+		Time:         time.Now().UTC(),
+		Health: protocol.HealthSummary{
+			Status:        protocol.HealthOK,
+			UptimeSeconds: int64(time.Since(a.started).Seconds()),
+			Requests:      a.counter.requests.Load(),
+			Errors:        a.counter.errors.Load(),
+		},
+	}
+	for _, e := range a.registry.List() {
+		m := protocol.ModelStatus{Name: e.Name, Version: e.Version, Digest: e.Digest}
+		if a.store != nil {
+			if prev, err := a.store.Previous(e.Name); err == nil {
+				m.Previous = prev.Manifest.Version
+			}
+		}
+		s.Models = append(s.Models, m)
+	}
+	slices.SortFunc(s.Models, func(x, y protocol.ModelStatus) int { return strings.Compare(x.Name, y.Name) })
+	if !a.api.Ready() {
+		s.Health.Status = protocol.HealthDegraded
+	}
+	if a.updateStatus != nil {
+		s.Update = a.updateStatus()
+	}
+	return s
+}
+
+// runStatus publishes the retained status whenever the link comes up, when
+// a.statusChanged is poked (models loaded or swapped, update progress) and
+// every fleet.status_interval, so the controller sees uptime and counters
+// move, until ctx ends.
+func (a *Agent) runStatus(ctx context.Context) {
+	up := a.link.Up()
+	tick := time.NewTicker(a.cfg.Fleet.StatusInterval)
+	defer tick.Stop()
+	publish := func() {
+		b, err := json.Marshal(a.status())
+		if err != nil {
+			a.log.Error("status: encode", "err", err)
+			return
+		}
+		err = a.link.PublishTo(ctx, a.link.Topics().Status, true, b)
+		switch {
+		case err == nil, ctx.Err() != nil:
+		case errors.Is(err, telemetry.ErrNotConnected):
+			// Sent again when the link comes up.
+		default:
+			a.log.Warn("status: publish", "err", err)
+		}
+	}
+	if a.link.Connected() {
+		publish()
+	}
+	for {
+		select {
+		case <-up:
+			up = a.link.Up()
+			publish()
+		case <-a.statusChanged:
+			publish()
+		case <-tick.C:
+			publish()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// statusChange asks runStatus to publish soon; it never blocks.
+func (a *Agent) statusChange() {
+	select {
+	case a.statusChanged <- struct{}{}:
+	default:
+	}
+}
