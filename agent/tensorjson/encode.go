@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"math"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 
@@ -87,14 +88,7 @@ func (enc Encoder) appendNested(dst []byte, dt tensor.DataType, shape []int, dat
 func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [][]byte, i, n int) []byte {
 	switch dt {
 	case tensor.FP32:
-		d := data[i*4 : (i+n)*4]
-		for k := 0; k < len(d); k += 4 {
-			if k > 0 {
-				dst = append(dst, ',')
-			}
-			dst = appendFloat32(dst, math.Float32frombits(binary.LittleEndian.Uint32(d[k:])))
-		}
-		return dst
+		return appendFloat32s(dst, data[i*4:(i+n)*4])
 	case tensor.Bytes:
 		for k, s := range strs[i : i+n] {
 			if k > 0 {
@@ -149,6 +143,30 @@ func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [
 		case tensor.Uint64:
 			dst = strconv.AppendUint(dst, binary.LittleEndian.Uint64(d[k:]), 10)
 		}
+	}
+	return dst
+}
+
+// float32Estimate is the bytes a float32 element typically takes with its
+// comma, "-0.12345678,": what Append reserves up front.
+const float32Estimate = 12
+
+// appendFloat32s writes the packed little-endian float32s in d, separated
+// by commas. It writes straight into dst's spare capacity, reserving room
+// for the rest by the estimate whenever that runs short of one element's
+// worst case, so a reused buffer is never grown and a new one rarely twice.
+func appendFloat32s(dst []byte, d []byte) []byte {
+	sep := 0
+	for k := 0; k+4 <= len(d); k += 4 {
+		l := len(dst)
+		if cap(dst)-l <= maxFloat32Len {
+			dst = slices.Grow(dst, (len(d)-k)/4*float32Estimate+maxFloat32Len+1)
+		}
+		b := dst[l : l+maxFloat32Len+1]
+		b[0] = ','
+		w := putFloat32(b[sep:], binary.LittleEndian.Uint32(d[k:]))
+		dst = dst[:l+sep+w]
+		sep = 1
 	}
 	return dst
 }
