@@ -1,0 +1,405 @@
+// Package admin is the fleet controller's JSON admin API (default
+// 127.0.0.1:8490): models, devices and rollouts. The outpost-fleet client
+// commands talk to it; docs/API.md ("Fleet admin API") describes it.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"mime/multipart"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/models/dsse"
+	"github.com/outpost-edge/outpost/models/manifest"
+	"github.com/outpost-edge/outpost/models/trust"
+)
+
+// DefaultAddr is where the admin API listens unless told.
+const DefaultAddr = "127.0.0.1:8490"
+
+// Limits on request bodies.
+const (
+	maxJSONBody    = 1 << 20
+	maxReleaseSize = 8 << 20
+	// MaxModelSize bounds an uploaded model.
+	MaxModelSize = 2 << 30
+)
+
+// Options for New. Registry, Engine and Root are required.
+type Options struct {
+	Addr     string
+	Registry *registry.Registry
+	Engine   *rollout.Engine
+	// Root verifies pushed releases: the controller stores only versions
+	// its own trust root accepts.
+	Root *trust.Root
+	// ChunkSize for pushed artifacts; 0 means registry.DefaultChunkSize.
+	ChunkSize int
+	// Stats, if set, is served at GET /v1/stats.
+	Stats  func() any
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// Server is the admin API.
+type Server struct {
+	opts Options
+	log  *slog.Logger
+	ln   net.Listener
+	mux  *http.ServeMux
+}
+
+// New opens the listener (so Addr is known before Run).
+func New(opts Options) (*Server, error) {
+	if opts.Registry == nil || opts.Engine == nil || opts.Root == nil {
+		return nil, errors.New("admin: Registry, Engine and Root are required")
+	}
+	if opts.Addr == "" {
+		opts.Addr = DefaultAddr
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	ln, err := net.Listen("tcp", opts.Addr)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	s := &Server{opts: opts, log: opts.Logger, ln: ln, mux: http.NewServeMux()}
+	s.routes()
+	return s, nil
+}
+
+// Addr is the listening address.
+func (s *Server) Addr() string { return s.ln.Addr().String() }
+
+// Handler returns the API's handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Run serves until ctx is cancelled, then shuts down within 5 s.
+func (s *Server) Run(ctx context.Context) error {
+	srv := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(s.ln) }()
+	s.log.Info("admin api listening", "addr", s.Addr())
+	select {
+	case err := <-errc:
+		return fmt.Errorf("admin: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return fmt.Errorf("admin: shutdown: %w", err)
+	}
+	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("admin: %w", err)
+	}
+	return ctx.Err()
+}
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /v1/health", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	s.mux.HandleFunc("GET /v1/models", s.listModels)
+	s.mux.HandleFunc("POST /v1/models", s.pushModel)
+	s.mux.HandleFunc("GET /v1/devices", s.listDevices)
+	s.mux.HandleFunc("GET /v1/devices/{id}", s.getDevice)
+	s.mux.HandleFunc("GET /v1/rollouts", s.listRollouts)
+	s.mux.HandleFunc("POST /v1/rollouts", s.createRollout)
+	s.mux.HandleFunc("GET /v1/rollouts/{id}", s.getRollout)
+	s.mux.HandleFunc("GET /v1/rollouts/{id}/devices", s.rolloutDevices)
+	s.mux.HandleFunc("POST /v1/rollouts/{id}/{action}", s.rolloutAction)
+	s.mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.Stats == nil {
+			writeError(w, http.StatusNotFound, errors.New("no stats"))
+			return
+		}
+		writeJSON(w, http.StatusOK, s.opts.Stats())
+	})
+}
+
+// ModelInfo is a model version as the API lists it (without the release
+// bytes).
+type ModelInfo struct {
+	Name      string    `json:"name"`
+	Version   int64     `json:"version"`
+	SHA256    string    `json:"sha256"`
+	Length    int64     `json:"length"`
+	ChunkSize int       `json:"chunk_size"`
+	Serial    int64     `json:"serial"`
+	Expires   time.Time `json:"expires"`
+	Created   time.Time `json:"created"`
+}
+
+func info(m *registry.ModelVersion) ModelInfo {
+	return ModelInfo{Name: m.Name, Version: m.Version, SHA256: m.SHA256, Length: m.Length, ChunkSize: m.ChunkSize,
+		Serial: m.Serial, Expires: m.Expires, Created: m.Created}
+}
+
+func (s *Server) listModels(w http.ResponseWriter, r *http.Request) {
+	ms, err := s.opts.Registry.Models()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	out := make([]ModelInfo, 0, len(ms))
+	for i := range ms {
+		out = append(out, info(&ms[i]))
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// pushModel takes multipart/form-data with a "release" part (the signed
+// release.json of a bundle) followed by a "model" part (the .tflite bytes).
+// The release is verified against the controller's root and the model
+// streamed to disk through the manifest's checks.
+func (s *Server) pushModel(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxModelSize+maxReleaseSize+1<<20)
+	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
+		writeError(w, http.StatusBadRequest, errors.New("want multipart/form-data with release and model parts"))
+		return
+	}
+	mr := multipart.NewReader(r.Body, params["boundary"])
+	var release []byte
+	for {
+		p, err := mr.NextPart()
+		if err == io.EOF {
+			writeError(w, http.StatusBadRequest, errors.New("no model part"))
+			return
+		}
+		if err != nil {
+			writeError(w, statusOf(err), fmt.Errorf("read upload: %w", err))
+			return
+		}
+		switch p.FormName() {
+		case "release":
+			release, err = io.ReadAll(io.LimitReader(p, maxReleaseSize+1))
+			if err != nil || len(release) > maxReleaseSize {
+				writeError(w, http.StatusRequestEntityTooLarge, errors.New("release too large"))
+				return
+			}
+		case "model":
+			if release == nil {
+				writeError(w, http.StatusBadRequest, errors.New("the release part must come before the model part"))
+				return
+			}
+			mv, err := s.opts.Registry.PutModel(s.opts.Root, release, p, s.opts.ChunkSize, s.opts.Now())
+			if err != nil {
+				writeError(w, statusOf(err), err)
+				return
+			}
+			writeJSON(w, http.StatusCreated, info(mv))
+			return
+		}
+	}
+}
+
+func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.opts.Registry.Devices()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if ds == nil {
+		ds = []registry.Device{}
+	}
+	writeJSON(w, http.StatusOK, ds)
+}
+
+func (s *Server) getDevice(w http.ResponseWriter, r *http.Request) {
+	d, err := s.opts.Registry.Device(r.PathValue("id"))
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, d)
+}
+
+// RolloutRequest is the body of POST /v1/rollouts.
+type RolloutRequest struct {
+	Model    string            `json:"model"`
+	Version  int64             `json:"version"`
+	Selector map[string]string `json:"selector,omitempty"`
+	Waves    []int             `json:"waves,omitempty"`
+	// MaxFailureRatio: nil means 0.1.
+	MaxFailureRatio *float64 `json:"max_failure_ratio,omitempty"`
+	MinSuccesses    int      `json:"min_successes,omitempty"`
+	// Bake is a Go duration ("5m"); empty means none.
+	Bake string `json:"bake,omitempty"`
+}
+
+func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
+	var req RolloutRequest
+	if err := readJSON(w, r, &req); err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	spec := rollout.Spec{Model: req.Model, Version: req.Version, Selector: req.Selector, Waves: req.Waves,
+		MaxFailureRatio: -1, MinSuccesses: req.MinSuccesses}
+	if req.MaxFailureRatio != nil {
+		spec.MaxFailureRatio = *req.MaxFailureRatio
+		if spec.MaxFailureRatio < 0 {
+			writeError(w, http.StatusBadRequest, errors.New("max_failure_ratio must be in [0, 1]"))
+			return
+		}
+	}
+	if req.Bake != "" {
+		d, err := time.ParseDuration(req.Bake)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("bake: %w", err))
+			return
+		}
+		spec.Bake = d
+	}
+	ro, err := s.opts.Engine.Create(spec)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	rep, err := s.opts.Engine.Status(ro.ID)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, rep)
+}
+
+func (s *Server) listRollouts(w http.ResponseWriter, r *http.Request) {
+	ros, err := s.opts.Registry.Rollouts()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	out := []*rollout.Report{}
+	for _, ro := range ros {
+		rep, err := s.opts.Engine.Status(ro.ID)
+		if err != nil {
+			writeError(w, statusOf(err), err)
+			return
+		}
+		out = append(out, rep)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) getRollout(w http.ResponseWriter, r *http.Request) {
+	rep, err := s.opts.Engine.Status(r.PathValue("id"))
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+func (s *Server) rolloutDevices(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := s.opts.Registry.Rollout(id); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	as, err := s.opts.Registry.Assignments(id)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if as == nil {
+		as = []registry.Assignment{}
+	}
+	writeJSON(w, http.StatusOK, as)
+}
+
+func (s *Server) rolloutAction(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var err error
+	switch r.PathValue("action") {
+	case "pause":
+		_, err = s.opts.Engine.Pause(id)
+	case "resume":
+		_, err = s.opts.Engine.Resume(id)
+	case "abort":
+		var body struct {
+			Reason string `json:"reason"`
+		}
+		if r.ContentLength != 0 {
+			if err := readJSON(w, r, &body); err != nil {
+				writeError(w, http.StatusBadRequest, err)
+				return
+			}
+		}
+		_, err = s.opts.Engine.Abort(id, body.Reason)
+	default:
+		writeError(w, http.StatusNotFound, fmt.Errorf("unknown action %q (pause, resume, abort)", r.PathValue("action")))
+		return
+	}
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	rep, err := s.opts.Engine.Status(id)
+	if err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
+// statusOf maps errors to HTTP statuses.
+func statusOf(err error) int {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, registry.ErrNotFound):
+		return http.StatusNotFound
+	case errors.Is(err, registry.ErrExists), errors.Is(err, rollout.ErrState):
+		return http.StatusConflict
+	case errors.Is(err, rollout.ErrInvalid), errors.Is(err, dsse.ErrThreshold), errors.Is(err, dsse.ErrMalformed),
+		errors.Is(err, dsse.ErrPayloadType), errors.Is(err, trust.ErrExpired), errors.Is(err, trust.ErrInvalid),
+		errors.Is(err, manifest.ErrInvalid), errors.Is(err, manifest.ErrDigest), errors.Is(err, manifest.ErrTooLong),
+		errors.Is(err, manifest.ErrTooShort):
+		return http.StatusBadRequest
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, maxJSONBody)
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("bad JSON body: %w", err)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, err error) {
+	writeJSON(w, status, map[string]string{"error": err.Error()})
+}

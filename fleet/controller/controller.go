@@ -1,0 +1,424 @@
+// Package controller is the one place that wires the fleet controller: the
+// registry, the embedded broker (or an external one), the MQTT client that
+// receives device status, state, acks, telemetry and chunk requests, the
+// artifact server, the rollout engine and the admin API.
+package controller
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/artifacts"
+	"github.com/outpost-edge/outpost/fleet/broker"
+	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// Options configure a controller. Fleet, DataDir and Keys are required.
+type Options struct {
+	Fleet   string
+	DataDir string
+	// Keys is the keys directory (keyring): its root verifies pushed
+	// releases and its command-role keys sign commands.
+	Keys string
+	// Broker is an external broker URL (tcp://host:port, ssl://...); empty
+	// runs the embedded broker on ListenMQTT.
+	Broker string
+	// ListenMQTT is the embedded broker's address (default 127.0.0.1:1883).
+	ListenMQTT string
+	// BrokerTLS, when set, makes the embedded broker speak TLS.
+	BrokerTLS *tls.Config
+	// BrokerUsers are the embedded broker's user names and passwords; empty
+	// allows anyone.
+	BrokerUsers map[string]string
+	// Username and Password are the controller's own MQTT credentials;
+	// ClientTLS its TLS settings for an external broker.
+	Username, Password string
+	ClientTLS          *tls.Config
+	// ClientID defaults to "outpost-fleet-<fleet>".
+	ClientID string
+	// ShareGroup, when set, subscribes with $share/<group>/ so several
+	// controller replicas split the device traffic.
+	ShareGroup string
+	// Admin is the admin API address (default 127.0.0.1:8490).
+	Admin string
+	// ChunkSize of pushed artifacts; BytesPerSecond paces chunk traffic.
+	ChunkSize      int
+	BytesPerSecond int64
+	// CommandTTL, ResendAfter and Tick tune the rollout engine.
+	CommandTTL, ResendAfter, Tick time.Duration
+	Logger                        *slog.Logger
+}
+
+// Controller is a running fleet controller.
+type Controller struct {
+	opts    Options
+	log     *slog.Logger
+	reg     *registry.Registry
+	keys    *keyring.Keyring
+	signers []ed25519.PrivateKey
+	roots   [][]byte
+	brk     *broker.Broker // nil with an external broker
+	art     *artifacts.Server
+	eng     *rollout.Engine
+	adm     *admin.Server
+	url     string
+
+	mu     sync.Mutex // guards client
+	client mqtt.Client
+
+	msgsIn, msgsOut, bad atomic.Uint64
+	started              time.Time
+}
+
+// New opens the registry and keys and prepares every part; listeners are
+// opened here so their addresses are known before Run.
+func New(opts Options) (*Controller, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Fleet == "" || opts.DataDir == "" || opts.Keys == "" {
+		return nil, errors.New("controller: fleet, data dir and keys are required")
+	}
+	if _, err := protocol.ArtifactsReqTopic(opts.Fleet); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if opts.ClientID == "" {
+		opts.ClientID = "outpost-fleet-" + opts.Fleet
+	}
+	c := &Controller{opts: opts, log: opts.Logger, started: time.Now()}
+	var err error
+	if c.keys, err = keyring.Open(opts.Keys, keyring.Options{}); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if c.signers, err = c.keys.Signers(protocol.CommandRole(&c.keys.Root().Doc)); err != nil {
+		return nil, fmt.Errorf("controller: command keys: %w", err)
+	}
+	if c.roots, err = c.keys.Roots(); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if c.reg, err = registry.Open(opts.DataDir, registry.Options{Logger: opts.Logger.With("component", "registry")}); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	fail := func(err error) (*Controller, error) {
+		c.reg.Close()
+		return nil, fmt.Errorf("controller: %w", err)
+	}
+	c.url = opts.Broker
+	if c.url == "" {
+		if c.brk, err = broker.New(broker.Options{Addr: opts.ListenMQTT, TLS: opts.BrokerTLS, Users: opts.BrokerUsers,
+			Logger: opts.Logger.With("component", "broker")}); err != nil {
+			return fail(err)
+		}
+		c.url = c.brk.URL()
+	}
+	if c.art, err = artifacts.New(artifacts.Options{Fleet: opts.Fleet, Publisher: c, Catalog: catalog{c.reg},
+		BytesPerSecond: opts.BytesPerSecond, Logger: opts.Logger.With("component", "artifacts")}); err != nil {
+		return fail(err)
+	}
+	if c.eng, err = rollout.New(rollout.Options{Registry: c.reg, Sender: c, Fleet: opts.Fleet, CommandTTL: opts.CommandTTL,
+		ResendAfter: opts.ResendAfter, Tick: opts.Tick, Logger: opts.Logger.With("component", "rollout")}); err != nil {
+		return fail(err)
+	}
+	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
+		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// BrokerURL is the MQTT broker devices and the controller use.
+func (c *Controller) BrokerURL() string { return c.url }
+
+// AdminAddr is the admin API's address.
+func (c *Controller) AdminAddr() string { return c.adm.Addr() }
+
+// Registry is the controller's registry (for tests and tools in-process).
+func (c *Controller) Registry() *registry.Registry { return c.reg }
+
+// Engine is the rollout engine.
+func (c *Controller) Engine() *rollout.Engine { return c.eng }
+
+// Stats are the controller's counters.
+type Stats struct {
+	MessagesIn  uint64          `json:"messages_in"`
+	MessagesOut uint64          `json:"messages_out"`
+	BadMessages uint64          `json:"bad_messages"`
+	Artifacts   artifacts.Stats `json:"artifacts"`
+	HeapBytes   uint64          `json:"heap_bytes"`
+	SysBytes    uint64          `json:"sys_bytes"`
+	Goroutines  int             `json:"goroutines"`
+	Uptime      string          `json:"uptime"`
+}
+
+// Stats returns the counters and the process's memory.
+func (c *Controller) Stats() Stats {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return Stats{MessagesIn: c.msgsIn.Load(), MessagesOut: c.msgsOut.Load(), BadMessages: c.bad.Load(),
+		Artifacts: c.art.Stats(), HeapBytes: ms.HeapAlloc, SysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(),
+		Uptime: time.Since(c.started).Round(time.Second).String()}
+}
+
+// Run runs every part until ctx is cancelled, then stops them and closes
+// the registry.
+func (c *Controller) Run(ctx context.Context) error {
+	defer c.reg.Close()
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	run := func(name string, fn func(context.Context) error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				c.log.Error(name+" stopped", "err", err)
+				cancel(fmt.Errorf("controller: %s: %w", name, err))
+			}
+		}()
+	}
+	var brokerWG sync.WaitGroup
+	bctx, bcancel := context.WithCancel(context.Background())
+	if c.brk != nil {
+		brokerWG.Add(1)
+		go func() {
+			defer brokerWG.Done()
+			if err := c.brk.Run(bctx); err != nil && !errors.Is(err, context.Canceled) {
+				c.log.Error("broker stopped", "err", err)
+				cancel(err)
+			}
+		}()
+	}
+	if err := c.connect(ctx); err != nil {
+		bcancel()
+		brokerWG.Wait()
+		return err
+	}
+	run("artifacts", c.art.Run)
+	run("rollout", c.eng.Run)
+	run("admin", c.adm.Run)
+	<-ctx.Done()
+	wg.Wait()
+	c.mu.Lock()
+	c.client.Disconnect(500)
+	c.mu.Unlock()
+	bcancel() // the broker goes last, after the client said goodbye
+	brokerWG.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
+}
+
+// connect starts the MQTT client; it keeps reconnecting on its own and
+// subscribes again after every connection.
+func (c *Controller) connect(ctx context.Context) error {
+	o := mqtt.NewClientOptions().
+		AddBroker(c.url).
+		SetClientID(c.opts.ClientID).
+		SetUsername(c.opts.Username).
+		SetPassword(c.opts.Password).
+		SetCleanSession(false).
+		SetOrderMatters(false). // handlers run concurrently; registry writes batch
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(time.Second).
+		SetMaxReconnectInterval(10 * time.Second).
+		SetKeepAlive(30 * time.Second).
+		SetOnConnectHandler(c.subscribe).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.log.Warn("mqtt connection lost", "err", err) })
+	if c.opts.ClientTLS != nil {
+		o.SetTLSConfig(c.opts.ClientTLS)
+	}
+	cl := mqtt.NewClient(o)
+	c.mu.Lock()
+	c.client = cl
+	c.mu.Unlock()
+	t := cl.Connect()
+	select {
+	case <-t.Done():
+		if t.Error() != nil {
+			return fmt.Errorf("controller: mqtt connect %s: %w", c.url, t.Error())
+		}
+	case <-ctx.Done():
+		cl.Disconnect(0)
+		return ctx.Err()
+	}
+	c.log.Info("controller connected", "broker", c.url, "fleet", c.opts.Fleet)
+	return nil
+}
+
+func (c *Controller) subscribe(cl mqtt.Client) {
+	share := ""
+	if c.opts.ShareGroup != "" {
+		share = "$share/" + c.opts.ShareGroup + "/"
+	}
+	filters := map[string]byte{}
+	handlers := map[string]mqtt.MessageHandler{}
+	for leaf, h := range map[string]func(device string, payload []byte){
+		protocol.LeafStatus: c.onStatus, protocol.LeafState: c.onState, protocol.LeafAck: c.onAck, protocol.LeafEvents: c.onEvents,
+	} {
+		f, _ := protocol.FleetFilter(c.opts.Fleet, leaf)
+		// Retained status and state come to every replica: each keeps the
+		// whole device list.
+		if leaf != protocol.LeafStatus && leaf != protocol.LeafState {
+			f = share + f
+		}
+		filters[f] = 1
+		handlers[f] = func(_ mqtt.Client, m mqtt.Message) {
+			c.msgsIn.Add(1)
+			_, dev, _, err := protocol.ParseDeviceTopic(m.Topic())
+			if err != nil {
+				c.bad.Add(1)
+				return
+			}
+			h(dev, m.Payload())
+		}
+	}
+	req, _ := protocol.ArtifactsReqTopic(c.opts.Fleet)
+	filters[share+req] = 1
+	handlers[share+req] = func(_ mqtt.Client, m mqtt.Message) {
+		c.msgsIn.Add(1)
+		if err := c.art.Handle(m.Payload()); err != nil {
+			c.bad.Add(1)
+			c.log.Debug("chunk request", "err", err)
+		}
+	}
+	for f, h := range handlers {
+		cl.AddRoute(f, h)
+	}
+	t := cl.SubscribeMultiple(filters, nil)
+	if !t.WaitTimeout(30*time.Second) || t.Error() != nil {
+		c.log.Error("mqtt subscribe", "err", t.Error())
+		return
+	}
+	c.log.Info("subscribed", "filters", len(filters))
+}
+
+func (c *Controller) onStatus(device string, payload []byte) {
+	if len(payload) == 0 {
+		return // a cleared retained message
+	}
+	st, err := protocol.ParseStatus(payload)
+	if err != nil || st.Device != device {
+		c.bad.Add(1)
+		c.log.Debug("bad status", "device", device, "err", err)
+		return
+	}
+	now := time.Now().UTC()
+	if _, err := c.reg.UpdateDevice(device, func(d *registry.Device) {
+		if !st.Time.IsZero() && st.Time.Before(d.StatusTime) {
+			return
+		}
+		d.Labels, d.AgentVersion, d.Models, d.Update, d.Health = st.Labels, st.AgentVersion, st.Models, st.Update, st.Health
+		d.RootVersion, d.StatusTime, d.LastSeen = st.RootVersion, st.Time, now
+	}); err != nil {
+		c.log.Warn("status", "device", device, "err", err)
+		return
+	}
+	c.eng.HandleStatus(device, st.Update)
+	c.eng.Kick()
+}
+
+func (c *Controller) onState(device string, payload []byte) {
+	online := string(payload) == protocol.StateOnline
+	if !online && string(payload) != protocol.StateOffline {
+		if len(payload) != 0 {
+			c.bad.Add(1)
+		}
+		return
+	}
+	now := time.Now().UTC()
+	if _, err := c.reg.UpdateDevice(device, func(d *registry.Device) {
+		if online && !d.Online {
+			d.OnlineSince = now
+		}
+		d.Online, d.LastSeen = online, now
+	}); err != nil {
+		c.log.Warn("state", "device", device, "err", err)
+		return
+	}
+	c.log.Debug("device "+string(payload), "device", device)
+	c.eng.Kick()
+}
+
+func (c *Controller) onAck(device string, payload []byte) {
+	a, err := protocol.ParseAck(payload)
+	if err != nil {
+		c.bad.Add(1)
+		c.log.Debug("bad ack", "device", device, "err", err)
+		return
+	}
+	c.eng.HandleAck(device, a)
+}
+
+func (c *Controller) onEvents(device string, payload []byte) {
+	b, err := protocol.DecodeBatch(payload)
+	if err != nil {
+		c.bad.Add(1)
+		return
+	}
+	if _, err := c.reg.RecordBatch(device, &b, time.Now()); err != nil {
+		c.log.Warn("telemetry", "device", device, "err", err)
+	}
+}
+
+// Publish sends one QoS 1 message and waits for the broker's PUBACK
+// (artifacts.Publisher).
+func (c *Controller) Publish(ctx context.Context, topic string, payload []byte) error {
+	c.mu.Lock()
+	cl := c.client
+	c.mu.Unlock()
+	if cl == nil {
+		return errors.New("controller: not connected")
+	}
+	t := cl.Publish(topic, 1, false, payload)
+	select {
+	case <-t.Done():
+		if err := t.Error(); err != nil {
+			return fmt.Errorf("controller: publish %s: %w", topic, err)
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	c.msgsOut.Add(1)
+	return nil
+}
+
+// Send signs cmd with the command keys and publishes it to its device's
+// cmd topic (rollout.Sender).
+func (c *Controller) Send(ctx context.Context, cmd *protocol.Command) error {
+	topics, err := protocol.DeviceTopics(c.opts.Fleet, cmd.Device)
+	if err != nil {
+		return err
+	}
+	b, err := protocol.SignCommand(cmd, c.roots, c.signers...)
+	if err != nil {
+		return err
+	}
+	c.log.Debug("command", "device", cmd.Device, "kind", cmd.Kind, "id", cmd.ID, "rollout", cmd.RolloutID)
+	return c.Publish(ctx, topics.Cmd, b)
+}
+
+// catalog serves artifacts from the registry's blob files.
+type catalog struct{ reg *registry.Registry }
+
+func (k catalog) Artifact(sha string) (artifacts.Artifact, error) {
+	m, err := k.reg.ModelBySHA(sha)
+	if err != nil {
+		return artifacts.Artifact{}, err
+	}
+	return artifacts.Artifact{Path: k.reg.BlobPath(sha), Length: m.Length, ChunkSize: m.ChunkSize}, nil
+}

@@ -1,0 +1,448 @@
+// Package simdevice is a lightweight simulated device for testing and
+// benchmarking the fleet controller: it speaks the device side of the wire
+// protocol (status, state, signed commands, chunked downloads, acks) over a
+// real MQTT connection with paho, verifies commands and releases against a
+// trust root exactly as the real agent must, checks every chunk's hash and
+// the whole artifact against the signed manifest, and walks the update states
+// without running a model. Failures (validation, probation) are injected per
+// model version.
+//
+// It is not the agent: agent/updater is. It exists so the controller can be
+// tested with hundreds of devices in one process.
+package simdevice
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/models/trust"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// Options for New. Broker, Fleet, Device and Root are required.
+type Options struct {
+	Broker        string
+	Fleet, Device string
+	Labels        map[string]string
+	// Root is the trust anchor the device was provisioned with.
+	Root *trust.Root
+	// Models the device serves at start.
+	Models []protocol.ModelStatus
+	// Window is how many chunks it asks for at a time; 0 means 16.
+	Window int
+	// RetryAfter: with no chunk for this long it asks again from the first
+	// chunk it lacks; 0 means 2 s.
+	RetryAfter time.Duration
+	// FailValidation and FailProbation, when they return true for a model
+	// version, make the install fail at validating (golden outputs differ)
+	// or roll back after activation (probation error rate).
+	FailValidation, FailProbation func(model string, version int64) bool
+	Logger                        *slog.Logger
+}
+
+// Counters of one simulated device.
+type Counters struct {
+	Commands, Rejected, Chunks, BadChunks, Requests, Acks uint64
+	// FirstAfterReconnect is the first chunk index asked for after each
+	// reconnection that found a download under way.
+	FirstAfterReconnect []int64
+}
+
+// Agent is one simulated device.
+type Agent struct {
+	opts   Options
+	topics protocol.Topics
+	log    *slog.Logger
+	events chan event
+
+	mu       sync.Mutex // guards models, anchor, update, seen, firsts, client
+	anchor   *trust.Root
+	models   map[string]protocol.ModelStatus
+	update   *protocol.UpdateStatus
+	seen     map[string]bool
+	firsts   []int64
+	client   mqtt.Client
+	lastRoll map[string]protocol.UpdateState // rollout -> final state
+
+	commands, rejected, chunks, badChunks, requests, acks atomic.Uint64
+}
+
+type event struct {
+	topic     string
+	payload   []byte
+	reconnect bool
+}
+
+// New checks the options.
+func New(opts Options) (*Agent, error) {
+	if opts.Root == nil || opts.Broker == "" {
+		return nil, errors.New("simdevice: Broker and Root are required")
+	}
+	t, err := protocol.DeviceTopics(opts.Fleet, opts.Device)
+	if err != nil {
+		return nil, fmt.Errorf("simdevice: %w", err)
+	}
+	if opts.Window <= 0 {
+		opts.Window = 16
+	}
+	if opts.RetryAfter <= 0 {
+		opts.RetryAfter = 2 * time.Second
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{opts: opts, topics: t, log: opts.Logger.With("device", opts.Device), events: make(chan event, 4096),
+		anchor: opts.Root, models: map[string]protocol.ModelStatus{}, seen: map[string]bool{}, lastRoll: map[string]protocol.UpdateState{}}
+	for _, m := range opts.Models {
+		a.models[m.Name] = m
+	}
+	return a, nil
+}
+
+// Running returns the version of model the device serves, 0 if none.
+func (a *Agent) Running(model string) int64 {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.models[model].Version
+}
+
+// Models returns the models the device serves, as its status lists them.
+func (a *Agent) Models() []protocol.ModelStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]protocol.ModelStatus, 0, len(a.models))
+	for _, m := range a.models {
+		out = append(out, m)
+	}
+	return out
+}
+
+// Counters returns the device's counters.
+func (a *Agent) Counters() Counters {
+	a.mu.Lock()
+	firsts := append([]int64(nil), a.firsts...)
+	a.mu.Unlock()
+	return Counters{Commands: a.commands.Load(), Rejected: a.rejected.Load(), Chunks: a.chunks.Load(),
+		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), FirstAfterReconnect: firsts}
+}
+
+// Run connects (with a persistent session and a last will) and plays the
+// device until ctx is cancelled; then it publishes "offline" and leaves.
+func (a *Agent) Run(ctx context.Context) error {
+	o := mqtt.NewClientOptions().AddBroker(a.opts.Broker).SetClientID(a.opts.Device).
+		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
+		SetConnectRetryInterval(200*time.Millisecond).SetMaxReconnectInterval(time.Second).
+		SetKeepAlive(10*time.Second).
+		SetWill(a.topics.State, protocol.StateOffline, 1, true).
+		SetOnConnectHandler(func(cl mqtt.Client) {
+			cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: 1}, nil).WaitTimeout(10 * time.Second)
+			cl.Publish(a.topics.State, 1, true, protocol.StateOnline)
+			a.publishStatus(cl)
+			a.events <- event{reconnect: true}
+		})
+	handler := func(_ mqtt.Client, m mqtt.Message) {
+		select {
+		case a.events <- event{topic: m.Topic(), payload: m.Payload()}:
+		default: // overflow: a lost chunk is asked for again
+		}
+	}
+	o.SetDefaultPublishHandler(handler)
+	cl := mqtt.NewClient(o)
+	cl.AddRoute(a.topics.Cmd, handler)
+	cl.AddRoute(a.topics.Chunk, handler)
+	a.mu.Lock()
+	a.client = cl
+	a.mu.Unlock()
+	t := cl.Connect()
+	select {
+	case <-t.Done():
+		if t.Error() != nil {
+			return fmt.Errorf("simdevice %s: connect: %w", a.opts.Device, t.Error())
+		}
+	case <-ctx.Done():
+		cl.Disconnect(0)
+		return ctx.Err()
+	}
+	defer func() {
+		cl.Publish(a.topics.State, 1, true, protocol.StateOffline).WaitTimeout(2 * time.Second)
+		cl.Disconnect(200)
+	}()
+	tick := time.NewTicker(a.opts.RetryAfter / 2)
+	defer tick.Stop()
+	var dl *download
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case ev := <-a.events:
+			switch {
+			case ev.reconnect:
+				if dl != nil {
+					first := dl.firstMissing()
+					a.mu.Lock()
+					a.firsts = append(a.firsts, first)
+					a.mu.Unlock()
+					a.request(cl, dl, first)
+				}
+			case ev.topic == a.topics.Cmd:
+				dl = a.onCommand(cl, dl, ev.payload)
+			case ev.topic == a.topics.Chunk:
+				dl = a.onChunk(cl, dl, ev.payload)
+			}
+		case <-tick.C:
+			if dl != nil && time.Since(dl.last) >= a.opts.RetryAfter {
+				a.request(cl, dl, dl.firstMissing())
+			}
+		}
+	}
+}
+
+// download is an install under way.
+type download struct {
+	cmd      protocol.VerifiedCommand
+	art      protocol.Artifact
+	buf      []byte
+	have     []bool
+	count    int64
+	asked    int64 // end of the window asked for
+	last     time.Time
+	reported int64
+}
+
+func (d *download) firstMissing() int64 {
+	for i, h := range d.have {
+		if !h {
+			return int64(i)
+		}
+	}
+	return int64(len(d.have))
+}
+
+func (a *Agent) onCommand(cl mqtt.Client, dl *download, payload []byte) *download {
+	a.mu.Lock()
+	anchor := a.anchor
+	a.mu.Unlock()
+	v, err := protocol.VerifyCommand(payload, anchor, protocol.VerifyOptions{Fleet: a.opts.Fleet, Device: a.opts.Device})
+	a.mu.Lock()
+	replay := err == nil && a.seen[v.ID]
+	if err == nil && !replay {
+		a.seen[v.ID] = true
+		a.anchor = v.Root
+	}
+	a.mu.Unlock()
+	if err != nil || replay {
+		a.rejected.Add(1)
+		a.log.Info("command refused", "err", err, "replay", replay)
+		return dl
+	}
+	a.commands.Add(1)
+	switch v.Kind {
+	case protocol.CommandInstall:
+		in := v.Install
+		if a.Running(in.Model) == in.Version {
+			a.ack(cl, &v.Command, protocol.UpdateCommitted, 0, "", "already installed")
+			return dl
+		}
+		if dl != nil && dl.cmd.RolloutID == v.RolloutID && dl.cmd.Install.Version == in.Version {
+			dl.cmd.Command.ID = v.ID // carry on; answer the new id
+			a.ack(cl, &v.Command, protocol.UpdateDownloading, dl.count*int64(in.Artifact.ChunkSize), "", "")
+			a.request(cl, dl, dl.firstMissing())
+			return dl
+		}
+		if dl != nil {
+			a.ack(cl, &dl.cmd.Command, protocol.UpdateFailed, 0, "aborted", "replaced by "+v.RolloutID)
+		}
+		dl = &download{cmd: *v, art: in.Artifact, buf: make([]byte, in.Artifact.Length), have: make([]bool, in.Artifact.Chunks), last: time.Now()}
+		a.ack(cl, &v.Command, protocol.UpdateDownloading, 0, "", "")
+		a.request(cl, dl, 0)
+		return dl
+	case protocol.CommandRollback:
+		rb := v.Rollback
+		if dl != nil && dl.cmd.Install.Model == rb.Model && dl.cmd.Install.Version == rb.Version {
+			a.ack(cl, &v.Command, protocol.UpdateRolledBack, 0, rb.Reason, "cancelled before activation")
+			return nil
+		}
+		a.mu.Lock()
+		m, ok := a.models[rb.Model]
+		a.mu.Unlock()
+		switch {
+		case !ok || m.Version != rb.Version:
+			a.ack(cl, &v.Command, protocol.UpdateRolledBack, 0, "", "nothing to roll back")
+		case m.Previous == 0:
+			a.ack(cl, &v.Command, protocol.UpdateFailed, 0, "no previous version", "")
+		default:
+			a.ack(cl, &v.Command, protocol.UpdateRollingBack, 0, "", "")
+			a.setModel(rb.Model, m.Previous, "", 0)
+			a.ack(cl, &v.Command, protocol.UpdateRolledBack, 0, rb.Reason, "")
+		}
+		a.publishStatus(cl)
+		return dl
+	case protocol.CommandAbort:
+		if dl != nil && dl.cmd.RolloutID == v.RolloutID {
+			a.ack(cl, &v.Command, protocol.UpdateFailed, 0, "aborted", v.Abort.Reason)
+			return nil
+		}
+		a.mu.Lock()
+		st := a.lastRoll[v.RolloutID]
+		a.mu.Unlock()
+		if st == protocol.UpdateCommitted {
+			a.ack(cl, &v.Command, st, 0, "", "already committed")
+		} else {
+			a.ack(cl, &v.Command, protocol.UpdateFailed, 0, "aborted", "")
+		}
+		return dl
+	}
+	return dl
+}
+
+func (a *Agent) onChunk(cl mqtt.Client, dl *download, payload []byte) *download {
+	c, err := protocol.ParseChunk(payload)
+	if err != nil {
+		a.badChunks.Add(1)
+		return dl
+	}
+	if dl == nil || c.ArtifactHex() != dl.art.SHA256 {
+		return dl // a late chunk of an update that is over
+	}
+	if c.Kind == protocol.ChunkError {
+		a.ack(cl, &dl.cmd.Command, protocol.UpdateFailed, 0, "controller: "+string(c.Data), "")
+		return nil
+	}
+	off := c.Index * int64(dl.art.ChunkSize)
+	want := min(int64(dl.art.ChunkSize), dl.art.Length-off)
+	if c.Total != dl.art.Chunks || int64(len(c.Data)) != want {
+		a.badChunks.Add(1)
+		return dl
+	}
+	a.chunks.Add(1)
+	dl.last = time.Now()
+	if !dl.have[c.Index] {
+		copy(dl.buf[off:], c.Data)
+		dl.have[c.Index] = true
+		dl.count++
+	}
+	if dl.count < dl.art.Chunks {
+		held := dl.count * int64(dl.art.ChunkSize)
+		if held-dl.reported >= dl.art.Length/4 {
+			dl.reported = held
+			a.ack(cl, &dl.cmd.Command, protocol.UpdateDownloading, held, "", "")
+		}
+		if c.Index+1 >= dl.asked {
+			a.request(cl, dl, dl.firstMissing())
+		}
+		return dl
+	}
+	a.finish(cl, dl)
+	return nil
+}
+
+// finish walks a complete download through the update states.
+func (a *Agent) finish(cl mqtt.Client, dl *download) {
+	cmd, in := &dl.cmd.Command, dl.cmd.Install
+	a.ack(cl, cmd, protocol.UpdateVerifying, dl.art.Length, "", "")
+	sum := sha256.Sum256(dl.buf)
+	mf := dl.cmd.Release.Model
+	if hex.EncodeToString(sum[:]) != mf.SHA256 || int64(len(dl.buf)) != mf.Length {
+		a.ack(cl, cmd, protocol.UpdateFailed, 0, "artifact does not match the signed manifest", "")
+		a.final(cmd.RolloutID, protocol.UpdateFailed)
+		return
+	}
+	// The bytes must also read cleanly through the manifest's own checks.
+	if _, err := bytes.NewBuffer(nil).ReadFrom(mf.Bytes(bytes.NewReader(dl.buf))); err != nil {
+		a.ack(cl, cmd, protocol.UpdateFailed, 0, err.Error(), "")
+		a.final(cmd.RolloutID, protocol.UpdateFailed)
+		return
+	}
+	a.ack(cl, cmd, protocol.UpdateStaged, dl.art.Length, "", "")
+	a.ack(cl, cmd, protocol.UpdateValidating, dl.art.Length, "", "")
+	if f := a.opts.FailValidation; f != nil && f(in.Model, in.Version) {
+		a.ack(cl, cmd, protocol.UpdateFailed, 0, "validation: golden outputs differ", "")
+		a.final(cmd.RolloutID, protocol.UpdateFailed)
+		a.publishStatus(cl)
+		return
+	}
+	a.ack(cl, cmd, protocol.UpdateActivating, dl.art.Length, "", "")
+	a.mu.Lock()
+	prev := a.models[in.Model]
+	a.mu.Unlock()
+	a.setModel(in.Model, in.Version, "sha256:"+mf.SHA256, prev.Version)
+	a.ack(cl, cmd, protocol.UpdateProbation, dl.art.Length, "", "")
+	if f := a.opts.FailProbation; f != nil && f(in.Model, in.Version) {
+		a.ack(cl, cmd, protocol.UpdateRollingBack, 0, "", "")
+		a.setModel(in.Model, prev.Version, prev.Digest, prev.Previous)
+		a.ack(cl, cmd, protocol.UpdateRolledBack, 0, "probation: error rate over budget", "")
+		a.final(cmd.RolloutID, protocol.UpdateRolledBack)
+		a.publishStatus(cl)
+		return
+	}
+	a.ack(cl, cmd, protocol.UpdateCommitted, dl.art.Length, "", "")
+	a.final(cmd.RolloutID, protocol.UpdateCommitted)
+	a.publishStatus(cl)
+}
+
+func (a *Agent) final(rollout string, st protocol.UpdateState) {
+	a.mu.Lock()
+	a.lastRoll[rollout] = st
+	a.mu.Unlock()
+}
+
+func (a *Agent) setModel(name string, version int64, digest string, previous int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if version == 0 {
+		delete(a.models, name)
+		return
+	}
+	a.models[name] = protocol.ModelStatus{Name: name, Version: version, Digest: digest, Previous: previous}
+}
+
+func (a *Agent) request(cl mqtt.Client, dl *download, first int64) {
+	if first >= dl.art.Chunks {
+		return
+	}
+	n := min(int64(a.opts.Window), dl.art.Chunks-first)
+	b, _ := json.Marshal(protocol.ChunkRequest{Device: a.opts.Device, SHA256: dl.art.SHA256, First: first, Count: int(n)})
+	dl.asked = first + n
+	dl.last = time.Now()
+	a.requests.Add(1)
+	cl.Publish(a.topics.ArtifactsReq, 1, false, b)
+}
+
+func (a *Agent) ack(cl mqtt.Client, c *protocol.Command, st protocol.UpdateState, progress int64, errText, detail string) {
+	ack := protocol.Ack{CommandID: c.ID, RolloutID: c.RolloutID, State: st, Progress: progress, Error: errText, Detail: detail, Time: time.Now().UTC()}
+	switch {
+	case c.Install != nil:
+		ack.Model, ack.Version, ack.Total = c.Install.Model, c.Install.Version, c.Install.Artifact.Length
+	case c.Rollback != nil:
+		ack.Model, ack.Version = c.Rollback.Model, c.Rollback.Version
+	}
+	b, _ := json.Marshal(ack)
+	a.acks.Add(1)
+	a.mu.Lock()
+	a.update = &protocol.UpdateStatus{CommandID: c.ID, RolloutID: c.RolloutID, Model: ack.Model, Version: ack.Version,
+		State: st, Progress: progress, Total: ack.Total, Error: errText, Time: ack.Time}
+	a.mu.Unlock()
+	cl.Publish(a.topics.Ack, 1, false, b)
+}
+
+func (a *Agent) publishStatus(cl mqtt.Client) {
+	a.mu.Lock()
+	st := protocol.Status{Protocol: protocol.Version, Device: a.opts.Device, AgentVersion: "sim", Labels: a.opts.Labels,
+		RootVersion: a.anchor.Doc.Version, Update: a.update, Health: protocol.HealthSummary{Status: protocol.HealthOK}, Time: time.Now().UTC()}
+	for _, m := range a.models {
+		st.Models = append(st.Models, m)
+	}
+	a.mu.Unlock()
+	b, _ := json.Marshal(st)
+	cl.Publish(a.topics.Status, 1, true, b)
+}
