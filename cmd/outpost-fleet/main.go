@@ -3,6 +3,16 @@
 //	outpost-fleet keys init --dir KEYS
 //	outpost-fleet keys rotate --dir KEYS --role targets|root
 //	outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite
+//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--keys KEYS] [--fleet NAME]
+//	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
+//	outpost-fleet models list
+//	outpost-fleet devices list
+//	outpost-fleet rollout create --model N --version V [--selector k=v,...] [--waves 10,50,100] [--max-failure-ratio 0.1] [--bake 5m]
+//	outpost-fleet rollout status [--watch] [ID]
+//	outpost-fleet rollout pause|resume|abort ID
+//
+// The client commands (models push/list, devices, rollout) talk to the
+// admin API of a running serve (--admin, default http://127.0.0.1:8490).
 package main
 
 import (
@@ -13,11 +23,13 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
-// command is one subcommand ("keys init"): it parses its own flags and
-// returns nil on success. flag.ErrHelp or a usageError exits 2.
+// command is one subcommand ("keys init", or "serve" with an empty name):
+// it parses its own flags and returns nil on success. flag.ErrHelp or a
+// usageError exits 2.
 type command struct {
 	group, name string
 	summary     string
@@ -28,6 +40,15 @@ var commands = []command{
 	keysInitCommand,
 	keysRotateCommand,
 	modelsExportCommand,
+	serveCommand,
+	modelsPushCommand,
+	modelsListCommand,
+	devicesListCommand,
+	rolloutCreateCommand,
+	rolloutStatusCommand,
+	rolloutPauseCommand,
+	rolloutResumeCommand,
+	rolloutAbortCommand,
 }
 
 // usageError marks bad command-line input (exit status 2).
@@ -43,17 +64,24 @@ func main() {
 }
 
 func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) < 2 {
+	if len(args) < 1 {
 		printUsage(stderr)
 		return 2
 	}
 	for _, c := range commands {
-		if c.group != args[0] || c.name != args[1] {
+		rest := args[1:]
+		if c.group != args[0] {
 			continue
 		}
-		err := c.run(ctx, args[2:], stdout, stderr)
+		if c.name != "" {
+			if len(args) < 2 || c.name != args[1] {
+				continue
+			}
+			rest = args[2:]
+		}
+		err := c.run(ctx, rest, stdout, stderr)
 		var ue usageError
-		full := c.group + " " + c.name
+		full := strings.TrimSpace(c.group + " " + c.name)
 		switch {
 		case err == nil || errors.Is(err, context.Canceled):
 			return 0
@@ -67,7 +95,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			return 1
 		}
 	}
-	fmt.Fprintf(stderr, "outpost-fleet: unknown command %q\n", args[0]+" "+args[1])
+	fmt.Fprintf(stderr, "outpost-fleet: unknown command %q\n", strings.Join(args[:min(2, len(args))], " "))
 	printUsage(stderr)
 	return 2
 }
@@ -75,7 +103,7 @@ func dispatch(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 func printUsage(w io.Writer) {
 	fmt.Fprintln(w, "usage: outpost-fleet GROUP COMMAND [flags]\n\ncommands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-16s %s\n", c.group+" "+c.name, c.summary)
+		fmt.Fprintf(w, "  %-16s %s\n", strings.TrimSpace(c.group+" "+c.name), c.summary)
 	}
 }
 

@@ -1,0 +1,392 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/export"
+	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/models/bundle"
+)
+
+const defaultAdminURL = "http://" + admin.DefaultAddr
+
+var (
+	modelsPushCommand = command{group: "models", name: "push",
+		summary: "sign a model version and store it in the running controller", run: runModelsPush}
+	modelsListCommand = command{group: "models", name: "list",
+		summary: "list the model versions the controller holds", run: runModelsList}
+	devicesListCommand = command{group: "devices", name: "list",
+		summary: "list devices with their models and update state", run: runDevicesList}
+	rolloutCreateCommand = command{group: "rollout", name: "create",
+		summary: "start a rollout of a model version in waves", run: runRolloutCreate}
+	rolloutStatusCommand = command{group: "rollout", name: "status",
+		summary: "show rollouts and their progress per wave", run: runRolloutStatus}
+	rolloutPauseCommand = command{group: "rollout", name: "pause",
+		summary: "stop a rollout from starting new devices or waves", run: rolloutAction("pause")}
+	rolloutResumeCommand = command{group: "rollout", name: "resume",
+		summary: "continue a paused rollout", run: rolloutAction("resume")}
+	rolloutAbortCommand = command{group: "rollout", name: "abort",
+		summary: "end a rollout and roll its devices back", run: rolloutAction("abort")}
+)
+
+// apiClient talks to the admin API.
+type apiClient struct {
+	base string
+	http *http.Client
+}
+
+func newAPIClient(base string) *apiClient {
+	return &apiClient{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 10 * time.Minute}}
+}
+
+// apiError is an error the API answered with.
+type apiError struct {
+	status int
+	msg    string
+}
+
+func (e *apiError) Error() string { return fmt.Sprintf("admin api: %d: %s", e.status, e.msg) }
+
+func (c *apiClient) do(ctx context.Context, method, path, ctype string, body io.Reader, out any) error {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if ctype != "" {
+		req.Header.Set("Content-Type", ctype)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("admin api %s: %w (is outpost-fleet serve running?)", c.base, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct {
+			Error string `json:"error"`
+		}
+		_ = json.Unmarshal(b, &e)
+		if e.Error == "" {
+			e.Error = strings.TrimSpace(string(b))
+		}
+		return &apiError{status: resp.StatusCode, msg: e.Error}
+	}
+	if out != nil {
+		return json.Unmarshal(b, out)
+	}
+	return nil
+}
+
+func (c *apiClient) json(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	ctype := ""
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body, ctype = bytes.NewReader(b), "application/json"
+	}
+	return c.do(ctx, method, path, ctype, body, out)
+}
+
+func adminFlag(fs *flag.FlagSet) *string {
+	return fs.String("admin", defaultAdminURL, "admin API URL of the controller")
+}
+
+// runModelsPush signs like models export (the same fleet/export code writes
+// a bundle to a temporary directory) and uploads the bundle's release.json
+// and model.tflite to the admin API, which verifies both before storing them
+// in its data directory. Pushing through the API rather than into the data
+// directory keeps one writer of the registry, the running controller.
+func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("models push", stderr)
+	api := adminFlag(fs)
+	keys := fs.String("keys", "", "keys directory made by keys init (required)")
+	name := fs.String("name", "", "model name (required)")
+	ver := fs.Int64("version", 0, "model version, a positive integer (required)")
+	expires := fs.Duration("expires", export.DefaultExpires, "how long the release may be installed")
+	golden := fs.String("golden", "", "JSON file with golden test vectors to sign into the manifest")
+	minAgent := fs.String("min-agent", "", "oldest agent version allowed to run the model")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: outpost-fleet models push --keys KEYS --name N --version V [--admin URL] MODEL.tflite")
+		fs.PrintDefaults()
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *keys == "" || *name == "" || *ver < 1 {
+		fs.Usage()
+		return usageError{"--keys, --name, --version (positive) and one model file are required"}
+	}
+	tmp, err := os.MkdirTemp("", "outpost-push-*")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	opts := export.Options{Name: *name, Version: *ver, Model: pos[0], Out: filepath.Join(tmp, "bundle"), Expires: *expires, MinAgentVersion: *minAgent}
+	if *golden != "" {
+		b, err := os.ReadFile(*golden)
+		if err != nil {
+			return err
+		}
+		if err := json.Unmarshal(b, &opts.Golden); err != nil {
+			return fmt.Errorf("golden %s: %w", *golden, err)
+		}
+	}
+	k, err := keyring.Open(*keys, keyring.Options{})
+	if err != nil {
+		return err
+	}
+	if _, err := export.Export(k, opts); err != nil {
+		return err
+	}
+	release, err := os.ReadFile(filepath.Join(opts.Out, bundle.ReleaseFile))
+	if err != nil {
+		return err
+	}
+	model, err := os.Open(filepath.Join(opts.Out, bundle.ModelFile))
+	if err != nil {
+		return err
+	}
+	defer model.Close()
+	pr, pw := io.Pipe()
+	mw := multipart.NewWriter(pw)
+	go func() {
+		err := func() error {
+			w, err := mw.CreateFormFile("release", bundle.ReleaseFile)
+			if err == nil {
+				_, err = w.Write(release)
+			}
+			if err == nil {
+				w, err = mw.CreateFormFile("model", bundle.ModelFile)
+			}
+			if err == nil {
+				_, err = io.Copy(w, model)
+			}
+			if err == nil {
+				err = mw.Close()
+			}
+			return err
+		}()
+		pw.CloseWithError(err)
+	}()
+	var info admin.ModelInfo
+	if err := newAPIClient(*api).do(ctx, http.MethodPost, "/v1/models", mw.FormDataContentType(), pr, &info); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "pushed %s v%d sha256:%s %d bytes (release serial %d, expires %s)\n",
+		info.Name, info.Version, info.SHA256, info.Length, info.Serial, info.Expires.Format(time.RFC3339))
+	return nil
+}
+
+func runModelsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("models list", stderr)
+	api := adminFlag(fs)
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	var ms []admin.ModelInfo
+	if err := newAPIClient(*api).json(ctx, http.MethodGet, "/v1/models", nil, &ms); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tVERSION\tSHA256\tBYTES\tEXPIRES")
+	for _, m := range ms {
+		fmt.Fprintf(tw, "%s\t%d\t%.16s\t%d\t%s\n", m.Name, m.Version, m.SHA256, m.Length, m.Expires.Format(time.RFC3339))
+	}
+	return tw.Flush()
+}
+
+func runDevicesList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("devices list", stderr)
+	api := adminFlag(fs)
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	var ds []registry.Device
+	if err := newAPIClient(*api).json(ctx, http.MethodGet, "/v1/devices", nil, &ds); err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "DEVICE\tONLINE\tAGENT\tMODELS\tUPDATE\tLABELS")
+	for _, d := range ds {
+		var models, labels []string
+		for _, m := range d.Models {
+			models = append(models, fmt.Sprintf("%s:v%d", m.Name, m.Version))
+		}
+		for k, v := range d.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		sort.Strings(labels)
+		upd := "-"
+		if d.Update != nil {
+			upd = fmt.Sprintf("%s v%d %s", d.Update.Model, d.Update.Version, d.Update.State)
+		}
+		fmt.Fprintf(tw, "%s\t%v\t%s\t%s\t%s\t%s\n", d.ID, d.Online, d.AgentVersion, strings.Join(models, ","), upd, strings.Join(labels, ","))
+	}
+	return tw.Flush()
+}
+
+func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("rollout create", stderr)
+	api := adminFlag(fs)
+	name := fs.String("model", "", "model name (required)")
+	ver := fs.Int64("version", 0, "model version (required)")
+	selector := fs.String("selector", "", "device labels to match, k=v,k2=v2 (default: every device)")
+	waves := fs.String("waves", "10,50,100", "cumulative percentages of the devices per wave, ending at 100")
+	ratio := fs.Float64("max-failure-ratio", 0.1, "a wave with more failures than this share of its devices halts and rolls back")
+	minOK := fs.Int("min-successes", 1, "successes a wave needs before the next starts")
+	bake := fs.Duration("bake", 0, "how long a finished wave is watched before the next starts")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if *name == "" || *ver < 1 {
+		fs.Usage()
+		return usageError{"--model and --version (positive) are required"}
+	}
+	sel, err := rollout.ParseSelector(*selector)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	var ws []int
+	for _, w := range strings.Split(*waves, ",") {
+		var n int
+		if _, err := fmt.Sscanf(strings.TrimSpace(w), "%d", &n); err != nil {
+			return usageError{fmt.Sprintf("--waves %q: want percentages like 10,50,100", *waves)}
+		}
+		ws = append(ws, n)
+	}
+	req := admin.RolloutRequest{Model: *name, Version: *ver, Selector: sel, Waves: ws, MaxFailureRatio: ratio, MinSuccesses: *minOK}
+	if *bake > 0 {
+		req.Bake = bake.String()
+	}
+	var rep rollout.Report
+	if err := newAPIClient(*api).json(ctx, http.MethodPost, "/v1/rollouts", req, &rep); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "rollout %s: %s v%d, waves %v\n", rep.ID, rep.Model, rep.Version, rep.Rollout.Waves)
+	return nil
+}
+
+func runRolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("rollout status", stderr)
+	api := adminFlag(fs)
+	watch := fs.Bool("watch", false, "refresh every --interval until the rollout ends (or Ctrl-C)")
+	interval := fs.Duration("interval", 2*time.Second, "refresh interval with --watch")
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return usageError{"at most one rollout id"}
+	}
+	c := newAPIClient(*api)
+	for {
+		var reps []rollout.Report
+		if len(pos) == 1 {
+			var rep rollout.Report
+			if err := c.json(ctx, http.MethodGet, "/v1/rollouts/"+pos[0], nil, &rep); err != nil {
+				return err
+			}
+			reps = []rollout.Report{rep}
+		} else if err := c.json(ctx, http.MethodGet, "/v1/rollouts", nil, &reps); err != nil {
+			return err
+		}
+		printReports(stdout, reps)
+		active := false
+		for _, r := range reps {
+			active = active || r.State == registry.RolloutRunning || r.State == registry.RolloutPaused
+		}
+		if !*watch || !active {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(*interval):
+		}
+		fmt.Fprintln(stdout)
+	}
+}
+
+var categories = []string{rollout.CatPending, rollout.CatDownloading, rollout.CatValidating, rollout.CatActive, rollout.CatFailed, rollout.CatRolledBack}
+
+func printReports(w io.Writer, reps []rollout.Report) {
+	if len(reps) == 0 {
+		fmt.Fprintln(w, "no rollouts")
+		return
+	}
+	for _, r := range reps {
+		fmt.Fprintf(w, "%s  %s v%d  %s  wave %d/%d  committed %d of %d", r.ID, r.Model, r.Version, r.State, r.Rollout.Wave+1, len(r.Rollout.Waves), r.Committed, r.Devices)
+		if r.Reason != "" {
+			fmt.Fprintf(w, "  (%s)", r.Reason)
+		}
+		fmt.Fprintln(w)
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprint(tw, "  WAVE\tDEVICES")
+		for _, c := range categories {
+			fmt.Fprint(tw, "\t"+strings.ToUpper(c))
+		}
+		fmt.Fprintln(tw)
+		for i, wv := range r.Waves {
+			fmt.Fprintf(tw, "  %d (%d%%)\t%d", i+1, wv.Percent, wv.Devices)
+			for _, c := range categories {
+				fmt.Fprintf(tw, "\t%d", wv.Counts[c])
+			}
+			fmt.Fprintln(tw)
+		}
+		tw.Flush()
+	}
+}
+
+func rolloutAction(action string) func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return func(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+		fs := newFlagSet("rollout "+action, stderr)
+		api := adminFlag(fs)
+		reason := fs.String("reason", "", "why (abort only; recorded and sent to devices)")
+		pos, err := parseInterspersed(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			fs.Usage()
+			return usageError{"one rollout id is required"}
+		}
+		var body any
+		if action == "abort" && *reason != "" {
+			body = map[string]string{"reason": *reason}
+		}
+		var rep rollout.Report
+		if err := newAPIClient(*api).json(ctx, http.MethodPost, "/v1/rollouts/"+pos[0]+"/"+action, body, &rep); err != nil {
+			var ae *apiError
+			if errors.As(err, &ae) && ae.status == http.StatusNotFound {
+				return fmt.Errorf("no rollout %s", pos[0])
+			}
+			return err
+		}
+		fmt.Fprintf(stdout, "rollout %s is %s\n", rep.ID, rep.State)
+		return nil
+	}
+}

@@ -1,0 +1,123 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/broker"
+	"github.com/outpost-edge/outpost/fleet/controller"
+	"go.yaml.in/yaml/v3"
+)
+
+var serveCommand = command{
+	group: "serve", name: "",
+	summary: "run the fleet controller (embedded MQTT broker, rollouts, admin API)",
+	run:     runServe,
+}
+
+// fleetConfig is fleet.yaml. Flags given on the command line win.
+type fleetConfig struct {
+	Fleet      string `yaml:"fleet"`
+	DataDir    string `yaml:"data_dir"`
+	Keys       string `yaml:"keys"`
+	Broker     string `yaml:"broker"`
+	ListenMQTT string `yaml:"listen_mqtt"`
+	Admin      string `yaml:"admin"`
+	LogLevel   string `yaml:"log_level"`
+	MQTT       struct {
+		Username   string            `yaml:"username"`
+		Password   string            `yaml:"password"`
+		Users      map[string]string `yaml:"users"`
+		TLSCert    string            `yaml:"tls_cert"`
+		TLSKey     string            `yaml:"tls_key"`
+		ShareGroup string            `yaml:"share_group"`
+	} `yaml:"mqtt"`
+	Artifacts struct {
+		ChunkSize      int   `yaml:"chunk_size"`
+		BytesPerSecond int64 `yaml:"bytes_per_second"`
+	} `yaml:"artifacts"`
+	Rollouts struct {
+		CommandTTL  time.Duration `yaml:"command_ttl"`
+		ResendAfter time.Duration `yaml:"resend_after"`
+	} `yaml:"rollouts"`
+}
+
+func loadFleetConfig(path string) (*fleetConfig, error) {
+	cfg := &fleetConfig{Fleet: "default", DataDir: "outpost-fleet-data", ListenMQTT: broker.DefaultAddr, Admin: admin.DefaultAddr, LogLevel: "info"}
+	if path == "" {
+		return cfg, nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(cfg); err != nil && err != io.EOF {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	config := fs.String("config", "", "fleet.yaml")
+	brokerURL := fs.String("broker", "", "external MQTT broker (tcp://host:port); default: run the embedded broker")
+	listenMQTT := fs.String("listen-mqtt", "", "embedded broker address (default "+broker.DefaultAddr+")")
+	adminAddr := fs.String("admin", "", "admin API address (default "+admin.DefaultAddr+")")
+	dataDir := fs.String("data-dir", "", "registry and artifacts directory (default outpost-fleet-data)")
+	keys := fs.String("keys", "", "keys directory made by keys init (required here or in the config)")
+	fleetName := fs.String("fleet", "", "fleet name, the <fleet> of every topic (default \"default\")")
+	if _, err := parseInterspersed(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadFleetConfig(*config)
+	if err != nil {
+		return usageError{err.Error()}
+	}
+	for _, o := range []struct {
+		flag string
+		dst  *string
+	}{{*brokerURL, &cfg.Broker}, {*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet}} {
+		if o.flag != "" {
+			*o.dst = o.flag
+		}
+	}
+	if cfg.Keys == "" {
+		fs.Usage()
+		return usageError{"--keys (or keys: in the config) is required"}
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return usageError{"log_level: " + err.Error()}
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts := controller.Options{
+		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Keys: cfg.Keys, Broker: cfg.Broker, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
+		BrokerUsers: cfg.MQTT.Users, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
+		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
+		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, Logger: log,
+	}
+	if cfg.MQTT.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.MQTT.TLSCert, cfg.MQTT.TLSKey)
+		if err != nil {
+			return fmt.Errorf("mqtt tls: %w", err)
+		}
+		opts.BrokerTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		// The controller's own client dials the embedded broker on loopback.
+		opts.ClientTLS = &tls.Config{InsecureSkipVerify: true} //nolint:gosec // our own listener on the same host
+	}
+	c, err := controller.New(opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "outpost-fleet: fleet %s, mqtt %s, admin http://%s\n", cfg.Fleet, c.BrokerURL(), c.AdminAddr())
+	return c.Run(ctx)
+}
