@@ -1,0 +1,217 @@
+package updater
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ChunkSource fetches an artifact in numbered chunks (the MQTT link
+// implements it). The artifact is named by the hex sha256 of its bytes;
+// chunk i holds bytes [i*ChunkSize, (i+1)*ChunkSize) and the last one may be
+// shorter.
+//
+// Request must not block for long; chunks arrive on the channel Chunks
+// returns, in any order, possibly twice, possibly never (the downloader asks
+// again). A source must never block its own network reader on that channel:
+// it drops chunks when it is full. Both are called from one goroutine.
+type ChunkSource interface {
+	Request(ctx context.Context, r ChunkRequest) error
+	Chunks() <-chan Chunk
+}
+
+// ChunkRequest asks for Count chunks of an artifact from index First on.
+type ChunkRequest struct {
+	Artifact  string // hex sha256 of the whole artifact
+	ChunkSize int
+	First     int
+	Count     int
+}
+
+// Chunk is one received chunk. Hash is the sha256 of Data as the sender
+// computed it; the downloader checks it before the bytes touch the disk.
+type Chunk struct {
+	Artifact string
+	Index    int
+	Hash     [32]byte
+	Data     []byte
+}
+
+// Errors of the download.
+var (
+	// ErrChunk: a chunk's bytes do not match its hash or its place.
+	ErrChunk = errors.New("updater: bad chunk")
+	// ErrNoSource: an install needs a ChunkSource and there is none.
+	ErrNoSource = errors.New("updater: no chunk source")
+)
+
+func (u *Updater) partialPath(j *Job) string { return filepath.Join(u.jobDir(j), "model.partial") }
+
+// persistEvery bounds the bytes written between two durable progress marks:
+// what a crash can cost.
+const persistEvery = 256 << 10
+
+// stepDownload fetches the rest of j's artifact, resuming after j.Done
+// chunks, and moves j to verifying. Memory is one window of chunks.
+func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
+	src := u.opts.Source
+	if src == nil {
+		return u.transition(j, Failed, ErrNoSource.Error())
+	}
+	if err := os.MkdirAll(u.jobDir(j), 0o755); err != nil {
+		return fmt.Errorf("updater: download: %w", err)
+	}
+	total := int((j.Length + int64(j.ChunkSize) - 1) / int64(j.ChunkSize))
+	if _, err := os.Stat(u.modelPath(j)); err == nil && j.Done == total {
+		// A crash came between the rename below and the transition.
+		return u.transition(j, Verifying, fmt.Sprintf("%d bytes in %d chunks", j.Length, total))
+	}
+	f, err := os.OpenFile(u.partialPath(j), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("updater: download: %w", err)
+	}
+	defer f.Close()
+	// Bytes past the durable mark were written but never recorded: drop them.
+	good := int64(j.Done) * int64(j.ChunkSize)
+	if st, err := f.Stat(); err != nil {
+		return fmt.Errorf("updater: download: %w", err)
+	} else if st.Size() < good {
+		// The file lost what was recorded (it was removed or cut): keep
+		// the whole chunks it still has.
+		j.Done = int(st.Size() / int64(j.ChunkSize))
+		good = int64(j.Done) * int64(j.ChunkSize)
+	}
+	if err := f.Truncate(good); err != nil {
+		return fmt.Errorf("updater: download: %w", err)
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		return fmt.Errorf("updater: download: %w", err)
+	}
+	if j.Done > 0 {
+		u.log.Info("resuming download", "model", j.Model, "version", j.Version, "chunk", j.Done, "of", total)
+	}
+
+	window := u.opts.Window
+	held := map[int][]byte{} // received ahead of j.Done, within the window
+	requested := j.Done      // chunks [j.Done, requested) were asked for
+	unsynced := 0
+	lastReport := j.Done
+	crashed := false
+	ask := func(from int) error {
+		n := min(window, total-from)
+		if n <= 0 {
+			return nil
+		}
+		requested = from + n
+		return src.Request(ctx, ChunkRequest{Artifact: j.SHA256, ChunkSize: j.ChunkSize, First: from, Count: n})
+	}
+	persist := func() error {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("updater: download: %w", err)
+		}
+		unsynced = 0
+		if err := u.saveProgress(j); err != nil {
+			return err
+		}
+		if !crashed && j.Done*2 >= total {
+			crashed = true
+			u.crashAt("updater-chunk")
+		}
+		if j.Done-lastReport >= max(1, total/10) {
+			lastReport = j.Done
+			u.report(ctx, j.progress(""))
+		}
+		return nil
+	}
+	timer := time.NewTimer(0) // ask at once
+	defer timer.Stop()
+	for j.Done < total {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			// Nothing came for a while (or this is the start): ask again
+			// from the first missing chunk.
+			if err := ask(j.Done); err != nil {
+				u.log.Warn("chunk request", "err", err)
+			}
+			timer.Reset(u.opts.ChunkTimeout)
+		case c := <-src.Chunks():
+			if c.Artifact != j.SHA256 || c.Index < j.Done || c.Index >= j.Done+window || held[c.Index] != nil {
+				continue // stale, duplicate or far ahead
+			}
+			if err := checkChunk(c, j, total); err != nil {
+				u.metrics.badChunks.Inc()
+				u.log.Warn("chunk refused", "index", c.Index, "err", err)
+				continue
+			}
+			held[c.Index] = c.Data
+			for held[j.Done] != nil {
+				b := held[j.Done]
+				delete(held, j.Done)
+				if _, err := f.Write(b); err != nil {
+					return fmt.Errorf("updater: download: %w", err)
+				}
+				u.metrics.bytes.Add(float64(len(b)))
+				j.Done++
+				unsynced += len(b)
+				if unsynced >= persistEvery || j.Done == total {
+					if err := persist(); err != nil {
+						return err
+					}
+				}
+			}
+			timer.Reset(u.opts.ChunkTimeout)
+			if requested-j.Done <= window/2 && requested < total {
+				if err := ask(requested); err != nil {
+					u.log.Warn("chunk request", "err", err)
+				}
+			}
+		}
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("updater: download: %w", err)
+	}
+	if err := os.Rename(u.partialPath(j), u.modelPath(j)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("updater: download: %w", err)
+	}
+	if err := syncDir(u.jobDir(j)); err != nil {
+		return err
+	}
+	return u.transition(j, Verifying, fmt.Sprintf("%d bytes in %d chunks", j.Length, total))
+}
+
+// checkChunk checks a chunk's hash and size against its place in j's
+// artifact.
+func checkChunk(c Chunk, j *Job, total int) error {
+	want := j.ChunkSize
+	if c.Index == total-1 {
+		want = int(j.Length - int64(total-1)*int64(j.ChunkSize))
+	}
+	if len(c.Data) != want {
+		return fmt.Errorf("%w: chunk %d has %d bytes, want %d", ErrChunk, c.Index, len(c.Data), want)
+	}
+	sum := sha256.Sum256(c.Data)
+	if !bytes.Equal(sum[:], c.Hash[:]) {
+		return fmt.Errorf("%w: chunk %d does not match its hash", ErrChunk, c.Index)
+	}
+	return nil
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("updater: sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("updater: sync %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,256 @@
+package updater
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/audit"
+	bolt "go.etcd.io/bbolt"
+)
+
+// State is where an update is. The values are part of what the device
+// reports (acks, telemetry update records) and never change spelling.
+type State string
+
+// The states of an update, in the order a good one passes them.
+const (
+	Idle        State = "idle"        // no update has run yet
+	Downloading State = "downloading" // fetching the model in chunks
+	Verifying   State = "verifying"   // checking the signed release against the bytes
+	Staged      State = "staged"      // verified, waiting to be validated
+	Validating  State = "validating"  // loaded beside the live model, golden vectors running
+	Activating  State = "activating"  // installing into the store and swapping it in
+	Probation   State = "probation"   // live, traffic watched
+	Committed   State = "committed"   // kept (terminal)
+	RollingBack State = "rolling_back"
+	RolledBack  State = "rolled_back" // the previous version serves again (terminal)
+	Failed      State = "failed"      // stopped before anything changed, or could not roll back (terminal)
+)
+
+// States lists every state, for metrics and docs.
+var States = []State{Idle, Downloading, Verifying, Staged, Validating, Activating, Probation, Committed, RollingBack, RolledBack, Failed}
+
+// Terminal reports whether a job in s is over.
+func (s State) Terminal() bool { return s == Idle || s == Committed || s == RolledBack || s == Failed }
+
+// next lists the states each state may move to. A terminal state moves only
+// by starting a new job.
+var next = map[State][]State{
+	Downloading: {Verifying, Failed},
+	Verifying:   {Staged, Failed},
+	Staged:      {Validating, Failed},
+	Validating:  {Activating, Failed},
+	Activating:  {Probation, RollingBack, Failed},
+	Probation:   {Committed, RollingBack},
+	RollingBack: {RolledBack, Failed},
+}
+
+// starts are the states a new job may begin in.
+var starts = []State{Downloading, RollingBack, Committed, Failed}
+
+func allowed(from, to State) bool {
+	list := next[from]
+	if from.Terminal() {
+		list = starts
+	}
+	for _, s := range list {
+		if s == to {
+			return true
+		}
+	}
+	return false
+}
+
+// Version names one installed model version.
+type Version struct {
+	Version int64  `json:"version"`
+	SHA256  string `json:"sha256"`
+}
+
+// Job is one update, as persisted in updater.db. Only the Run goroutine
+// changes it.
+type Job struct {
+	// Seq numbers jobs on this device; it names the job's work directory.
+	Seq       uint64 `json:"seq"`
+	CommandID string `json:"command_id"`
+	RolloutID string `json:"rollout_id"`
+	// Kind is "install" (download, verify, validate, activate) or
+	// "rollback" (go back to the store's previous version).
+	Kind  string `json:"kind"`
+	State State  `json:"state"`
+
+	Model   string `json:"model"`
+	Version int64  `json:"version"`
+	SHA256  string `json:"sha256,omitempty"`
+	Length  int64  `json:"length,omitempty"`
+	// Release and Roots are the signed release envelope and the root chain
+	// the command carried (install only). They can be large (golden
+	// vectors), so they are kept apart from the job, written once.
+	Release []byte   `json:"-"`
+	Roots   [][]byte `json:"-"`
+	// ChunkSize is the transfer's chunk size; Done the number of chunks
+	// durably written to the partial file, a prefix of the artifact.
+	ChunkSize int `json:"chunk_size,omitempty"`
+	Done      int `json:"done,omitempty"`
+
+	// From is what was current before activation (nil: nothing was).
+	From *Version `json:"from,omitempty"`
+	// Probation overrides Options.Probation for this job when positive.
+	Probation time.Duration `json:"probation,omitempty"`
+	// ProbationStart is when probation began; Boots counts the agent
+	// starts that found the job in probation.
+	ProbationStart time.Time `json:"probation_start,omitzero"`
+	Boots          int       `json:"boots,omitempty"`
+
+	// Error says why the job failed or was rolled back.
+	Error   string    `json:"error,omitempty"`
+	Created time.Time `json:"created"`
+	Updated time.Time `json:"updated"`
+}
+
+var (
+	bucketJob     = []byte("job")     // "current" -> Job
+	bucketPending = []byte("pending") // seq -> Command (JSON), waiting for the current job
+	bucketSeen    = []byte("seen")    // command id -> expiry (RFC 3339), for replay refusal
+	bucketOutbox  = []byte("outbox")  // seq -> outboxEntry, reports not yet handed to telemetry
+	bucketSigned  = []byte("signed")  // "current" -> signedDocs of the current job
+	keyCurrent    = []byte("current")
+)
+
+func initDB(tx *bolt.Tx) error {
+	for _, b := range [][]byte{bucketJob, bucketPending, bucketSeen, bucketOutbox, bucketSigned} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return err
+		}
+	}
+	return audit.Init(tx)
+}
+
+func seqKey(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+
+type signedDocs struct {
+	Seq     uint64   `json:"seq"`
+	Release []byte   `json:"release"`
+	Roots   [][]byte `json:"roots"`
+}
+
+// readJob returns the current job, or nil when there never was one.
+func readJob(tx *bolt.Tx) (*Job, error) {
+	b := tx.Bucket(bucketJob).Get(keyCurrent)
+	if b == nil {
+		return nil, nil
+	}
+	var j Job
+	if err := json.Unmarshal(b, &j); err != nil {
+		return nil, fmt.Errorf("%w: job: %v", ErrCorrupt, err)
+	}
+	if b := tx.Bucket(bucketSigned).Get(keyCurrent); b != nil {
+		var s signedDocs
+		if err := json.Unmarshal(b, &s); err != nil {
+			return nil, fmt.Errorf("%w: signed documents: %v", ErrCorrupt, err)
+		}
+		if s.Seq == j.Seq {
+			j.Release, j.Roots = s.Release, s.Roots
+		}
+	}
+	return &j, nil
+}
+
+// putSigned stores the job's release and roots; once per job.
+func putSigned(j *Job) func(*bolt.Tx) error {
+	return func(tx *bolt.Tx) error {
+		b, err := json.Marshal(signedDocs{Seq: j.Seq, Release: j.Release, Roots: j.Roots})
+		if err != nil {
+			return err
+		}
+		return tx.Bucket(bucketSigned).Put(keyCurrent, b)
+	}
+}
+
+func putJob(tx *bolt.Tx, j *Job) error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketJob).Put(keyCurrent, b)
+}
+
+// outboxEntry is one transition's reports, kept until telemetry has them.
+type outboxEntry struct {
+	Progress Progress     `json:"progress"`
+	Audit    audit.Record `json:"audit"`
+	Hash     string       `json:"hash"`
+}
+
+var errTransition = errors.New("updater: transition not allowed")
+
+// transition moves j to state to and, in the same bbolt transaction,
+// appends the audit record and queues the reports. Nothing the new state
+// does happens before this returns: a crash after it resumes in the new
+// state, a crash before it in the old one.
+//
+// extra, if not nil, runs in the same transaction.
+func (u *Updater) transition(j *Job, to State, detail string, extra ...func(*bolt.Tx) error) error {
+	if !allowed(j.State, to) {
+		return fmt.Errorf("%w: %s -> %s", errTransition, j.State, to)
+	}
+	prev := *j
+	j.State = to
+	j.Updated = u.now()
+	if to == Failed || to == RollingBack {
+		j.Error = detail
+	}
+	if err := u.commit(j, detail, extra); err != nil {
+		*j = prev
+		return err
+	}
+	u.metrics.transition(to)
+	u.log.Info("update", "state", to, "model", j.Model, "version", j.Version, "rollout", j.RolloutID, "detail", detail)
+	u.crashAt("updater-" + string(to))
+	return nil
+}
+
+// commit writes j, its audit record and its reports in one transaction.
+func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) error {
+	outcome := "ok"
+	switch j.State {
+	case Failed:
+		outcome = "failed"
+	case RollingBack, RolledBack:
+		outcome = "rolled_back"
+	}
+	rec := audit.Record{Time: j.Updated, Actor: "updater", Action: "update." + string(j.State), Outcome: outcome,
+		RolloutID: j.RolloutID, CommandID: j.CommandID, Model: j.Model, Version: j.Version, SHA256: j.SHA256, Detail: detail}
+	return u.db.Update(func(tx *bolt.Tx) error {
+		for _, f := range extra {
+			if err := f(tx); err != nil {
+				return err
+			}
+		}
+		if err := putJob(tx, j); err != nil {
+			return err
+		}
+		e, err := audit.AppendTx(tx, rec)
+		if err != nil {
+			return err
+		}
+		ob := outboxEntry{Progress: j.progress(detail), Audit: e.Record, Hash: e.Hash}
+		b, err := json.Marshal(ob)
+		if err != nil {
+			return err
+		}
+		bk := tx.Bucket(bucketOutbox)
+		n, _ := bk.NextSequence()
+		return bk.Put(seqKey(n), b)
+	})
+}
+
+// saveProgress persists j without a transition (download progress,
+// probation boots): no audit record, no report.
+func (u *Updater) saveProgress(j *Job) error {
+	j.Updated = u.now()
+	return u.db.Update(func(tx *bolt.Tx) error { return putJob(tx, j) })
+}

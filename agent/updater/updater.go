@@ -1,0 +1,481 @@
+// Package updater is the device side of over-the-air model updates: a state
+// machine persisted in bbolt (DATA_DIR/updater.db) that takes a signed
+// command from the fleet and carries one model version through
+//
+//	downloading -> verifying -> staged -> validating -> activating -> probation -> committed
+//
+// or, when something goes wrong after the swap, rolling_back -> rolled_back,
+// and failed when it stops before anything changed.
+//
+//   - Download fetches the artifact in chunks through a ChunkSource, each
+//     chunk checked against its hash and appended to a partial file; progress
+//     is durable, so a dropped link or a restart resumes from the last good
+//     chunk. Memory stays at one window of chunks.
+//   - Verify builds a bundle directory (roots, release, model) and runs
+//     models/bundle.Verify against the device's trust anchor: signatures,
+//     expiry, digest, length, minimum agent version. It fails closed.
+//   - Validate loads the model with the real runtime, beside the live one,
+//     and runs the golden vectors of the signed manifest within their
+//     tolerance and a latency budget.
+//   - Activate installs into agent/store (which refuses rollbacks unless the
+//     release is a signed rollback instruction) and swaps the model in
+//     through an Activator, the daemon's serving registry.
+//   - Probation watches the new version's error ratio and latency through a
+//     TrafficSource; then commit, or store.Rollback and swap the old version
+//     back.
+//
+// Every transition is committed to bbolt, together with a hash-chained
+// audit record (agent/audit) and the reports of it, before its effect
+// starts; after a crash Run resumes the job from its last state (or rolls it
+// back). Reports go out from an outbox: an update and an audit record to
+// telemetry (durable, at least once) and an ack through a Reporter (best
+// effort; the fleet also learns from telemetry).
+//
+// Test hook: OUTPOST_CRASHPOINT=updater-<state> makes the process SIGKILL
+// itself right after entering <state>; updater-chunk after the first half of
+// a download is durable. agent/store's crash points work too.
+package updater
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/models/trust"
+	"github.com/outpost-edge/outpost/protocol"
+	bolt "go.etcd.io/bbolt"
+)
+
+// Errors; callers test with errors.Is.
+var (
+	// ErrOptions: New was called without something it needs.
+	ErrOptions = errors.New("updater: missing option")
+	// ErrCorrupt: updater.db holds something unreadable.
+	ErrCorrupt = errors.New("updater: corrupt state")
+	// ErrRefused: a command was not carried out (unsigned, expired,
+	// replayed, malformed, or not applicable); the wrapped error says why.
+	ErrRefused = errors.New("updater: command refused")
+	// ErrReplay: a command with this id was already received.
+	ErrReplay = errors.New("updater: command replayed")
+	// ErrValidation: the model failed validation (load, golden vectors,
+	// latency budget).
+	ErrValidation = errors.New("updater: validation failed")
+	// ErrProbation: the model failed probation.
+	ErrProbation = errors.New("updater: probation failed")
+)
+
+// Activator makes a model version the one served, without failing a request
+// (the daemon implements it with serving.Registry.Load). It is called by the
+// Run goroutine only; activating the version already served does nothing.
+type Activator interface {
+	Activate(ctx context.Context, name string, version int64, data []byte) error
+}
+
+// ActivatorFunc adapts a function to Activator.
+type ActivatorFunc func(ctx context.Context, name string, version int64, data []byte) error
+
+// Activate calls f.
+func (f ActivatorFunc) Activate(ctx context.Context, name string, version int64, data []byte) error {
+	return f(ctx, name, version, data)
+}
+
+// Emitter keeps telemetry records durably (telemetry.Queue implements it):
+// Emit returns once the record is kept, or with an error.
+type Emitter interface {
+	Emit(ctx context.Context, r protocol.Record) (uint64, error)
+}
+
+// Reporter sends an ack for a transition to the fleet (the MQTT link
+// implements it). Report may fail when the link is down; the updater does
+// not retry, the fleet also learns from telemetry and the retained status.
+// It must return soon after ctx is done.
+type Reporter interface {
+	Report(ctx context.Context, p Progress) error
+}
+
+// Progress is what the device reports about an update.
+type Progress struct {
+	CommandID  string    `json:"command_id"`
+	RolloutID  string    `json:"rollout_id"`
+	Model      string    `json:"model"`
+	Version    int64     `json:"version"`
+	SHA256     string    `json:"sha256,omitempty"`
+	State      State     `json:"state"`
+	BytesDone  int64     `json:"bytes_done,omitempty"`
+	BytesTotal int64     `json:"bytes_total,omitempty"`
+	Error      string    `json:"error,omitempty"`
+	Detail     string    `json:"detail,omitempty"`
+	Time       time.Time `json:"time"`
+}
+
+func (j *Job) progress(detail string) Progress {
+	p := Progress{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model, Version: j.Version, SHA256: j.SHA256,
+		State: j.State, BytesTotal: j.Length, Detail: detail, Time: j.Updated}
+	if j.ChunkSize > 0 {
+		p.BytesDone = min(int64(j.Done)*int64(j.ChunkSize), j.Length)
+	}
+	if j.State == Failed || j.State == RollingBack || j.State == RolledBack {
+		p.Error = j.Error
+	}
+	return p
+}
+
+// Options configure an Updater. DataDir, Store, Activator and Runtime are
+// required; every other zero value works.
+type Options struct {
+	// DataDir holds updater.db and the work directory updater/.
+	DataDir string
+	// Store is the model store updates install into.
+	Store *store.Store
+	// RootPath is the root the device was provisioned with; once the store
+	// holds a newer root (store.Root), that one is the anchor.
+	RootPath string
+	// Source fetches artifacts; without it install commands fail.
+	Source ChunkSource
+	// Activator swaps a model in.
+	Activator Activator
+	// Runtime loads models for validation.
+	Runtime Runtime
+	// Traffic feeds probation; without it probation only waits.
+	Traffic TrafficSource
+	// Telemetry receives an update and an audit record per transition.
+	Telemetry Emitter
+	// Reporter receives an ack per transition and download progress.
+	Reporter Reporter
+	// AgentVersion is checked against a manifest's minimum agent version.
+	AgentVersion string
+	// Probation is how long a new version is watched (default 1 min).
+	Probation time.Duration
+	// MaxErrorRatio fails probation when errors/requests exceeds it, once
+	// MinRequests were seen (defaults 0.05 and 20).
+	MaxErrorRatio float64
+	MinRequests   uint64
+	// MaxLatency fails probation when the mean latency exceeds it (0: no
+	// check).
+	MaxLatency time.Duration
+	// MaxProbationBoots rolls back when the agent started this many times
+	// during one probation (default 3): a model that crashes the agent must
+	// not keep it in a crash loop.
+	MaxProbationBoots int
+	// LatencyBudget bounds one golden vector's inference (default 2 s).
+	LatencyBudget time.Duration
+	// Window is how many chunks are requested at once (default 8);
+	// ChunkTimeout how long to wait for one before asking again (default 10 s).
+	Window       int
+	ChunkTimeout time.Duration
+	// ChunkSize is used when a command names none (default 64 KiB).
+	ChunkSize int
+
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+}
+
+// Updater runs updates. Create it with New and run it with Run; Submit and
+// HandleCommand are safe for concurrent use.
+type Updater struct {
+	opts    Options
+	log     *slog.Logger
+	db      *bolt.DB
+	work    string
+	crash   string
+	metrics *metrics
+
+	wake chan struct{} // a command was queued
+
+	mu     sync.Mutex // guards cancel, cur
+	cancel context.CancelCauseFunc
+	cur    *Job // a copy of the job Run is working on, for Status
+}
+
+// New opens DATA_DIR/updater.db and checks opts.
+func New(opts Options) (*Updater, error) {
+	switch {
+	case opts.DataDir == "":
+		return nil, fmt.Errorf("%w: DataDir", ErrOptions)
+	case opts.Store == nil:
+		return nil, fmt.Errorf("%w: Store", ErrOptions)
+	case opts.Activator == nil:
+		return nil, fmt.Errorf("%w: Activator", ErrOptions)
+	case opts.Runtime == nil:
+		return nil, fmt.Errorf("%w: Runtime", ErrOptions)
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Probation <= 0 {
+		opts.Probation = time.Minute
+	}
+	if opts.MaxErrorRatio <= 0 {
+		opts.MaxErrorRatio = 0.05
+	}
+	if opts.MinRequests == 0 {
+		opts.MinRequests = 20
+	}
+	if opts.MaxProbationBoots <= 0 {
+		opts.MaxProbationBoots = 3
+	}
+	if opts.LatencyBudget <= 0 {
+		opts.LatencyBudget = 2 * time.Second
+	}
+	if opts.Window <= 0 {
+		opts.Window = 8
+	}
+	if opts.ChunkTimeout <= 0 {
+		opts.ChunkTimeout = 10 * time.Second
+	}
+	if opts.ChunkSize <= 0 {
+		opts.ChunkSize = 64 << 10
+	}
+	u := &Updater{opts: opts, log: opts.Logger.With("component", "updater"), work: filepath.Join(opts.DataDir, "updater"),
+		crash: os.Getenv("OUTPOST_CRASHPOINT"), metrics: newMetrics(), wake: make(chan struct{}, 1)}
+	if err := os.MkdirAll(u.work, 0o755); err != nil {
+		return nil, fmt.Errorf("updater: %w", err)
+	}
+	db, err := bolt.Open(filepath.Join(opts.DataDir, "updater.db"), 0o600, &bolt.Options{Timeout: 5 * time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("updater: open: %w", err)
+	}
+	if err := db.Update(initDB); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("updater: open: %w", err)
+	}
+	u.db = db
+	if j, err := u.Job(); err == nil && j != nil {
+		u.metrics.setState(j.State)
+	}
+	return u, nil
+}
+
+func (u *Updater) now() time.Time { return u.opts.Now() }
+
+func (u *Updater) crashAt(point string) {
+	if u.crash == point {
+		syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {}
+	}
+}
+
+// Close closes updater.db; call it after Run returned.
+func (u *Updater) Close() error { return u.db.Close() }
+
+// DB is the updater's database, for the audit trail (agent/audit.Verify,
+// List) and status pages; only read from it.
+func (u *Updater) DB() *bolt.DB { return u.db }
+
+// Job returns the current (or last) job, nil when there never was one.
+func (u *Updater) Job() (*Job, error) {
+	var j *Job
+	err := u.db.View(func(tx *bolt.Tx) error {
+		var err error
+		j, err = readJob(tx)
+		return err
+	})
+	return j, err
+}
+
+// Run carries out queued commands one at a time and resumes an interrupted
+// job first. It returns nil when ctx is cancelled; a job in progress stays
+// in its state and resumes at the next Run.
+func (u *Updater) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, stop := context.WithCancel(ctx)
+	defer stop()
+	outboxWake := make(chan struct{}, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		u.drainOutbox(ctx, outboxWake)
+	}()
+	poke := func() {
+		select {
+		case outboxWake <- struct{}{}:
+		default:
+		}
+	}
+	boot := true
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		j, err := u.Job()
+		if err != nil {
+			return err
+		}
+		if j != nil && !j.State.Terminal() {
+			if boot && j.State == Probation {
+				j.Boots++
+				if err := u.saveProgress(j); err != nil {
+					return err
+				}
+			}
+			boot = false
+			u.runJob(ctx, j)
+			poke()
+			continue
+		}
+		boot = false
+		started, err := u.startNext(ctx)
+		if err != nil {
+			u.log.Error("starting a queued command", "err", err)
+		}
+		poke()
+		if started {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-u.wake:
+		}
+	}
+}
+
+// runJob steps j until it is terminal, ctx is done, or a step cannot go on
+// (then it waits and tries again: a broken disk must not spin).
+func (u *Updater) runJob(ctx context.Context, j *Job) {
+	jctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	u.mu.Lock()
+	u.cancel = cancel
+	u.mu.Unlock()
+	defer func() {
+		u.mu.Lock()
+		u.cancel = nil
+		u.cur = nil
+		u.mu.Unlock()
+	}()
+	for !j.State.Terminal() && ctx.Err() == nil {
+		u.setCur(j)
+		err := u.step(jctx, j)
+		if err == nil {
+			continue
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		if cause := context.Cause(jctx); jctx.Err() != nil && cause != nil {
+			// The fleet aborted this job.
+			if err := u.abort(ctx, j, cause); err != nil {
+				u.log.Error("abort", "err", err)
+			}
+			return
+		}
+		u.log.Error("update step", "state", j.State, "model", j.Model, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+	u.setCur(j)
+}
+
+func (u *Updater) setCur(j *Job) {
+	c := *j
+	u.mu.Lock()
+	u.cur = &c
+	u.mu.Unlock()
+	u.metrics.setState(j.State)
+}
+
+// abort ends j after the fleet cancelled it: nothing to undo before
+// activation, a rollback after.
+func (u *Updater) abort(ctx context.Context, j *Job, cause error) error {
+	// Reload: the step may have moved j on before it saw the cancel.
+	cur, err := u.Job()
+	if err != nil {
+		return err
+	}
+	*j = *cur
+	switch j.State {
+	case Activating, Probation:
+		if err := u.transition(j, RollingBack, cause.Error()); err != nil {
+			return err
+		}
+		return u.rollback(ctx, j)
+	case RollingBack:
+		return u.rollback(ctx, j)
+	}
+	if j.State.Terminal() {
+		return nil
+	}
+	u.cleanup(j)
+	return u.transition(j, Failed, cause.Error())
+}
+
+// step does the work of j's state and moves it on. An error means j stays
+// where it is (a transient failure, or ctx ended).
+func (u *Updater) step(ctx context.Context, j *Job) error {
+	switch j.State {
+	case Downloading:
+		return u.stepDownload(ctx, j)
+	case Verifying:
+		return u.stepVerify(j)
+	case Staged:
+		return u.transition(j, Validating, "")
+	case Validating:
+		return u.stepValidate(ctx, j)
+	case Activating:
+		return u.stepActivate(ctx, j)
+	case Probation:
+		return u.stepProbation(ctx, j)
+	case RollingBack:
+		return u.rollback(ctx, j)
+	}
+	return fmt.Errorf("%w: job in state %q", ErrCorrupt, j.State)
+}
+
+// jobDir is the job's work directory.
+func (u *Updater) jobDir(j *Job) string {
+	return filepath.Join(u.work, "job-"+strconv.FormatUint(j.Seq, 10))
+}
+
+// cleanup removes the job's work directory and every other leftover.
+func (u *Updater) cleanup(j *Job) {
+	ents, err := os.ReadDir(u.work)
+	if err != nil {
+		return
+	}
+	keep := ""
+	if j != nil && !j.State.Terminal() && j.State != Failed {
+		keep = filepath.Base(u.jobDir(j))
+	}
+	for _, e := range ents {
+		if e.Name() != keep {
+			os.RemoveAll(filepath.Join(u.work, e.Name()))
+		}
+	}
+}
+
+// anchor returns the device's trust anchor: the store's newest root, else
+// the provisioned one. A stored root that does not load fails closed.
+func (u *Updater) anchor() (*trust.Root, error) {
+	b, err := u.opts.Store.Root()
+	if errors.Is(err, store.ErrNotFound) {
+		if u.opts.RootPath == "" {
+			return nil, fmt.Errorf("updater: no trust root: the store holds none and no root file is configured")
+		}
+		b, err = os.ReadFile(u.opts.RootPath)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("updater: trust root: %w", err)
+	}
+	r, err := trust.LoadRoot(b)
+	if err != nil {
+		return nil, fmt.Errorf("updater: trust root: %w", err)
+	}
+	return r, nil
+}

@@ -1,0 +1,327 @@
+//go:build cgo
+
+package updater
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/audit"
+	"github.com/outpost-edge/outpost/models/manifest"
+	"github.com/outpost-edge/outpost/models/testmodel"
+	"github.com/outpost-edge/outpost/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+// acks records what a Reporter is given, and telemetry what an Emitter is.
+type recorder struct {
+	mu      sync.Mutex
+	acks    []Progress
+	records []protocol.Record
+}
+
+func (r *recorder) Report(_ context.Context, p Progress) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.acks = append(r.acks, p)
+	return nil
+}
+
+func (r *recorder) Emit(_ context.Context, rec protocol.Record) (uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.records = append(r.records, rec)
+	return uint64(len(r.records)), nil
+}
+
+func (r *recorder) states(command string) []State {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []State
+	for _, a := range r.acks {
+		if a.CommandID == command && (len(out) == 0 || out[len(out)-1] != a.State) {
+			out = append(out, a.State)
+		}
+	}
+	return out
+}
+
+// waitStates waits until the acks of command reach its terminal state.
+func (r *recorder) waitStates(t *testing.T, command string) []State {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		s := r.states(command)
+		if len(s) > 0 && s[len(s)-1].Terminal() {
+			return s
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("acks of %s: %v", command, r.states(command))
+	return nil
+}
+
+func withReports(rec *recorder) func(*Options) {
+	return func(o *Options) { o.Reporter = rec; o.Telemetry = rec }
+}
+
+var goodPath = []State{Downloading, Verifying, Staged, Validating, Activating, Probation, Committed}
+
+// TestUpdateCommits takes a device from nothing to v1 and then, under load,
+// to v2: every state is passed and reported, no request fails during the
+// swap, the store holds v2 with v1 as previous, and the audit trail verifies.
+func TestUpdateCommits(t *testing.T) {
+	f := newTestFleet(t)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, true)
+	rec := &recorder{}
+	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), withReports(rec))
+	d.start(t)
+
+	require.NoError(t, d.u.submit(f.install(t, "c1", "r1", m1)))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+	require.Equal(t, goodPath, rec.waitStates(t, "c1"))
+	require.Equal(t, int64(1), d.serving(t, "face"))
+
+	stop := make(chan struct{})
+	wait := d.load("face", false, stop)
+	time.Sleep(100 * time.Millisecond)
+	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	j := d.waitJob(t, "c2")
+	close(stop)
+	ok, failed := wait()
+	require.Equal(t, Committed, j.State, j.Error)
+	require.Zero(t, failed, "requests failed during the update (%d succeeded)", ok)
+	require.Positive(t, ok)
+	require.Equal(t, int64(2), d.serving(t, "face"))
+	cur, err := d.store.Current("face")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), cur.Manifest.Version)
+	prev, err := d.store.Previous("face")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), prev.Manifest.Version)
+	require.Equal(t, &Version{Version: 1, SHA256: m1.SHA256}, j.From)
+
+	n, err := audit.Verify(d.u.DB())
+	require.NoError(t, err)
+	// Two commands accepted plus seven transitions each.
+	require.Equal(t, 2+2*len(goodPath), n)
+	es, err := audit.List(d.u.DB(), 0, 0)
+	require.NoError(t, err)
+	last := es[len(es)-1]
+	require.Equal(t, "update.committed", last.Action)
+	require.Equal(t, "r2", last.RolloutID)
+	require.Equal(t, m2.SHA256, last.SHA256)
+
+	// Telemetry got an update and an audit record per transition.
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.records) == 4*len(goodPath)
+	}, 10*time.Second, 10*time.Millisecond)
+	rec.mu.Lock()
+	u := rec.records[len(rec.records)-2]
+	rec.mu.Unlock()
+	require.Equal(t, protocol.KindUpdate, u.Kind)
+	require.Equal(t, "committed", u.Update.State)
+	require.Equal(t, "r2", u.Update.RolloutID)
+	require.Equal(t, "sha256:"+m2.SHA256, u.Model.Digest)
+	d.stop(t)
+	requireNoLeftovers(t, d)
+}
+
+// TestValidationRefuses: the selfie model (a custom op the runtime cannot
+// resolve) and a model whose signed golden outputs it does not reproduce
+// both fail validation; v1 keeps serving and the store never saw them.
+func TestValidationRefuses(t *testing.T) {
+	f := newTestFleet(t)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
+	selfie, bs := describe(t, "face", 2, testmodel.Selfie, false)
+	wrong, bw := describe(t, "face", 3, testmodel.FaceShort, true)
+	g := wrong.Golden[0]
+	out := append([]byte(nil), g.Outputs[0].Data...)
+	out[1] ^= 0x40 // a different float in the first element
+	wrong.Golden = []manifest.Golden{{Inputs: g.Inputs, Outputs: append([]manifest.Data{{Name: g.Outputs[0].Name,
+		DataType: g.Outputs[0].DataType, Shape: g.Outputs[0].Shape, Data: out}}, g.Outputs[1:]...), Tolerance: g.Tolerance}}
+	slow, _ := describe(t, "face", 4, testmodel.FaceShort, true)
+
+	rec := &recorder{}
+	d := newDevice(t, t.TempDir(), f, newMemSource(b1, bs, bw), withReports(rec))
+	d.start(t)
+	require.NoError(t, d.u.submit(f.install(t, "c1", "r1", m1)))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+
+	for _, tc := range []struct {
+		id, why string
+		m       manifest.Manifest
+	}{
+		{"selfie", "load", selfie},
+		{"wrong", "element 0", wrong},
+	} {
+		require.NoError(t, d.u.submit(f.install(t, tc.id, "r-"+tc.id, tc.m)))
+		j := d.waitJob(t, tc.id)
+		require.Equal(t, Failed, j.State)
+		require.Contains(t, j.Error, tc.why)
+		require.Equal(t, []State{Downloading, Verifying, Staged, Validating, Failed}, rec.waitStates(t, tc.id))
+		require.Equal(t, int64(1), d.serving(t, "face"), tc.id)
+		cur, err := d.store.Current("face")
+		require.NoError(t, err)
+		require.Equal(t, int64(1), cur.Manifest.Version, tc.id)
+	}
+	require.Equal(t, 2.0, counterValue(t, d.u.metrics.validationFailures))
+
+	// A latency budget no model meets.
+	d.stop(t)
+	d = newDevice(t, d.dir, f, newMemSource(bw), func(o *Options) { o.LatencyBudget = time.Nanosecond })
+	d.start(t)
+	require.NoError(t, d.u.submit(f.install(t, "slow", "r-slow", slow)))
+	j := d.waitJob(t, "slow")
+	require.Equal(t, Failed, j.State)
+	require.True(t, strings.Contains(j.Error, "latency budget") || strings.Contains(j.Error, "deadline"), j.Error)
+	require.Equal(t, int64(1), d.serving(t, "face"))
+}
+
+// TestProbationRollsBack: v2 passes validation, but the clients were built
+// for v1's input size and every request fails on v2; probation sees the
+// error ratio and rolls back to v1, which then serves them again.
+func TestProbationRollsBack(t *testing.T) {
+	f := newTestFleet(t)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, true)
+	rec := &recorder{}
+	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), func(o *Options) {
+		withReports(rec)(o)
+		o.Probation = 20 * time.Second // the error ratio must cut it short
+	})
+	d.start(t)
+	c1 := f.install(t, "c1", "r1", m1)
+	c1.Probation = time.Millisecond
+	require.NoError(t, d.u.submit(c1))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+
+	stop := make(chan struct{})
+	wait := d.load("face", true, stop)
+	defer func() { close(stop); wait() }()
+	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	j := d.waitJob(t, "c2")
+	require.Equal(t, RolledBack, j.State)
+	require.Contains(t, j.Error, "error ratio")
+	require.Equal(t, []State{Downloading, Verifying, Staged, Validating, Activating, Probation, RollingBack, RolledBack}, rec.waitStates(t, "c2"))
+	require.Equal(t, int64(1), d.serving(t, "face"))
+	cur, err := d.store.Current("face")
+	require.NoError(t, err)
+	require.Equal(t, int64(1), cur.Manifest.Version)
+	require.Less(t, time.Since(j.ProbationStart), 20*time.Second)
+	es, err := audit.List(d.u.DB(), 0, 0)
+	require.NoError(t, err)
+	last := es[len(es)-1]
+	require.Equal(t, "update.rolled_back", last.Action)
+	require.Contains(t, last.Detail, "error ratio")
+}
+
+// TestCommandsRefused: what the updater refuses before fetching a byte, and
+// replays, which it refuses and counts.
+func TestCommandsRefused(t *testing.T) {
+	f := newTestFleet(t)
+	other := newTestFleet(t)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceShort, true)
+	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), nil)
+	d.start(t)
+	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	require.Equal(t, Committed, d.waitJob(t, "c2").State)
+
+	// Replays are refused, counted and change nothing.
+	err := d.u.submit(f.install(t, "c2", "r2", m2))
+	require.ErrorIs(t, err, ErrReplay)
+	require.ErrorIs(t, err, ErrRefused)
+	require.Equal(t, 1.0, counterValue(t, d.u.metrics.commands.WithLabelValues(ResultReplayed)))
+
+	expired := f.install(t, "old", "r", m2)
+	expired.Expires = time.Now().Add(-time.Second)
+	require.ErrorIs(t, d.u.submit(expired), ErrRefused)
+	require.Equal(t, 1.0, counterValue(t, d.u.metrics.commands.WithLabelValues(ResultExpired)))
+
+	minAgent := m2
+	minAgent.Version = 5
+	minAgent.MinAgentVersion = "2.0.0"
+	oldRelease := f.install(t, "x", "r", m2)
+	oldRelease.Release = f.release(t, m2, -time.Minute)
+	tooNew := f.install(t, "y", "r", minAgent)
+	back := f.install(t, "z", "r", m1)
+	foreign := other.install(t, "w", "r", m2)
+	foreign.Roots = [][]byte{other.root.Raw}
+	for _, tc := range []struct {
+		c    Command
+		want string
+	}{
+		{oldRelease, "expired"},
+		{tooNew, "needs agent 2.0.0"},
+		{back, "rollback"},
+		{foreign, "verify"},
+	} {
+		require.NoError(t, d.u.submit(tc.c))
+		j := d.waitJob(t, tc.c.ID)
+		require.Equal(t, Failed, j.State, tc.c.ID)
+		require.Contains(t, j.Error, tc.want, tc.c.ID)
+	}
+	cur, err := d.store.Current("face")
+	require.NoError(t, err)
+	require.Equal(t, int64(2), cur.Manifest.Version)
+}
+
+// TestAbortAndRollbackCommands: an abort during probation rolls back; an
+// abort after commit rolls the rollout's version back; a rollback command
+// goes to the previous version only.
+func TestAbortAndRollbackCommands(t *testing.T) {
+	f := newTestFleet(t)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceShort, true)
+	m3, b3 := describe(t, "face", 3, testmodel.FaceShort, true)
+	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2, b3), func(o *Options) { o.Probation = time.Hour })
+	d.start(t)
+	abort := func(id, rollout string) Command {
+		return Command{ID: id, RolloutID: rollout, Expires: time.Now().Add(time.Hour), Action: ActionAbort}
+	}
+	c1 := f.install(t, "c1", "r1", m1)
+	c1.Probation = time.Millisecond
+	require.NoError(t, d.u.submit(c1))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+
+	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j.State == Probation }, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, d.u.submit(abort("a2", "r2")))
+	j := d.waitJob(t, "c2")
+	require.Equal(t, RolledBack, j.State)
+	require.Contains(t, j.Error, "aborted")
+	require.Equal(t, int64(1), d.serving(t, "face"))
+
+	c3 := f.install(t, "c3", "r3", m3)
+	c3.Probation = time.Millisecond
+	require.NoError(t, d.u.submit(c3))
+	require.Equal(t, Committed, d.waitJob(t, "c3").State)
+	require.NoError(t, d.u.submit(abort("a3", "r3")))
+	j = d.waitJob(t, "a3")
+	require.Equal(t, RolledBack, j.State, j.Error)
+	require.Equal(t, int64(1), d.serving(t, "face"))
+
+	rb := Command{ID: "rb", RolloutID: "r4", Expires: time.Now().Add(time.Hour), Action: ActionRollback, Model: "face", Version: 2}
+	require.NoError(t, d.u.submit(rb))
+	j = d.waitJob(t, "rb")
+	require.Equal(t, Failed, j.State)
+	require.Contains(t, j.Error, "not the previous version")
+	rb = Command{ID: "rb3", RolloutID: "r4", Expires: time.Now().Add(time.Hour), Action: ActionRollback, Model: "face", Version: 3}
+	require.NoError(t, d.u.submit(rb))
+	require.Equal(t, RolledBack, d.waitJob(t, "rb3").State)
+	require.Equal(t, int64(3), d.serving(t, "face"))
+}
+
+func requireNoLeftovers(t *testing.T, d *device) {
+	t.Helper()
+	ents, err := osReadDir(d.u.work)
+	require.NoError(t, err)
+	require.Empty(t, ents, "work directory not cleaned")
+}
