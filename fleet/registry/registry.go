@@ -69,6 +69,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: open: %w", err)
 	}
+	// Concurrent MQTT handlers write through Batch; a short delay keeps the
+	// serial callers (the rollout engine) from waiting the default 10 ms.
+	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bModels, bDevices, bRollouts, bAssignments, bTelemetry} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -167,8 +170,11 @@ func (r *Registry) PutModel(root *trust.Root, release []byte, model io.Reader, c
 func (r *Registry) writeBlob(m *manifest.Manifest, model io.Reader) error {
 	path := r.BlobPath(m.SHA256)
 	if st, err := os.Stat(path); err == nil && st.Size() == m.Length {
-		_, err := io.Copy(io.Discard, model) // drain the upload; the blob is known
-		return err
+		// The blob is known; the upload must still be the signed bytes.
+		if _, err := io.Copy(io.Discard, m.Bytes(model)); err != nil {
+			return fmt.Errorf("registry: upload of %s: %w", m.SHA256[:12], err)
+		}
+		return nil
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
 	if err != nil {
