@@ -384,7 +384,9 @@ func (e *Engine) step(ctx context.Context, ro *registry.Rollout, devs []registry
 			errs = append(errs, e.sendInstall(ctx, ro, mv, a.Device, a.Wave))
 		}
 	}
-	if ro.State == registry.RolloutRunning {
+	// A completed rollout keeps assigning: a device that joins the fleet (or
+	// gains a matching label) later gets the version too.
+	if ro.State == registry.RolloutRunning || ro.State == registry.RolloutCompleted {
 		for i := range devs {
 			d := &devs[i]
 			if assigned[d.ID] || !matches(d.Labels, ro.Selector) {
@@ -405,6 +407,8 @@ func (e *Engine) step(ctx context.Context, ro *registry.Rollout, devs []registry
 			}
 			errs = append(errs, e.sendInstall(ctx, ro, mv, d.ID, w))
 		}
+	}
+	if ro.State == registry.RolloutRunning {
 		if err := e.gate(ro, byID); err != nil {
 			errs = append(errs, err)
 		}

@@ -1,0 +1,94 @@
+package broker
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+func run(t *testing.T, opts Options) *Broker {
+	t.Helper()
+	opts.Addr = "127.0.0.1:0"
+	b, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return b
+}
+
+func dial(url, user, pass string, tc *tls.Config) error {
+	o := mqtt.NewClientOptions().AddBroker(url).SetClientID("c-" + user).SetUsername(user).SetPassword(pass).SetConnectTimeout(5 * time.Second)
+	if tc != nil {
+		o.SetTLSConfig(tc)
+	}
+	c := mqtt.NewClient(o)
+	t := c.Connect()
+	t.WaitTimeout(10 * time.Second)
+	if t.Error() == nil {
+		c.Disconnect(100)
+	}
+	return t.Error()
+}
+
+func TestPasswords(t *testing.T) {
+	b := run(t, Options{Users: map[string]string{"gw-1": "s3cret"}})
+	if err := dial(b.URL(), "gw-1", "s3cret", nil); err != nil {
+		t.Fatalf("right password: %v", err)
+	}
+	for _, c := range [][2]string{{"gw-1", "wrong"}, {"gw-2", "s3cret"}, {"", ""}} {
+		if err := dial(b.URL(), c[0], c[1], nil); err == nil {
+			t.Errorf("user %q password %q connected", c[0], c[1])
+		}
+	}
+	open := run(t, Options{})
+	if err := dial(open.URL(), "", "", nil); err != nil {
+		t.Fatalf("no users configured: %v", err)
+	}
+}
+
+func TestTLS(t *testing.T) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "fleet"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.ParseIP("127.0.0.1")}, KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	b := run(t, Options{TLS: &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}})
+	if b.URL()[:6] != "ssl://" {
+		t.Fatalf("URL %s", b.URL())
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	if err := dial(b.URL(), "x", "", &tls.Config{RootCAs: pool}); err != nil {
+		t.Fatalf("TLS client trusting the cert: %v", err)
+	}
+	if err := dial(b.URL(), "y", "", &tls.Config{RootCAs: x509.NewCertPool()}); err == nil {
+		t.Fatal("a client that does not trust the cert connected")
+	}
+	if err := dial("tcp://"+b.Addr(), "z", "", nil); err == nil {
+		t.Fatal("plain TCP connected to a TLS listener")
+	}
+}
