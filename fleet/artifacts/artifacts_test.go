@@ -140,6 +140,9 @@ func TestServeWindowAndErrors(t *testing.T) {
 		}
 	}
 	f.ask(t, f.sha, 11, 1)
+	// One request per device waits at a time (a newer one replaces it), so
+	// ask again only once the first is answered.
+	waitFor(t, "an error chunk", func() bool { return len(f.got()) == 4 })
 	unknown := fmt.Sprintf("%064x", 1)
 	f.ask(t, unknown, 0, 1)
 	waitFor(t, "2 error chunks", func() bool { return len(f.got()) == 5 })
