@@ -49,8 +49,10 @@ type Options struct {
 	ClientTLS          *tls.Config
 	// ClientID defaults to "outpost-fleet-<fleet>".
 	ClientID string
-	// ShareGroup, when set, subscribes with $share/<group>/ so several
-	// controller replicas split the device traffic.
+	// ShareGroup, when set, subscribes to telemetry and chunk requests
+	// with $share/<group>/, so several controller processes split that
+	// load (each needs the same blobs). Rollouts, devices and acks stay
+	// whole in every process; run rollouts from one of them.
 	ShareGroup string
 	// Admin is the admin API address (default 127.0.0.1:8490).
 	Admin string
@@ -271,9 +273,10 @@ func (c *Controller) subscribe(cl mqtt.Client) {
 		protocol.LeafStatus: c.onStatus, protocol.LeafState: c.onState, protocol.LeafAck: c.onAck, protocol.LeafEvents: c.onEvents,
 	} {
 		f, _ := protocol.FleetFilter(c.opts.Fleet, leaf)
-		// Retained status and state come to every replica: each keeps the
-		// whole device list.
-		if leaf != protocol.LeafStatus && leaf != protocol.LeafState {
+		// Only telemetry is split between replicas. Status, state and acks
+		// come to every replica: rollouts live in one controller's registry,
+		// which must see every device and every answer.
+		if leaf == protocol.LeafEvents {
 			f = share + f
 		}
 		filters[f] = 1
