@@ -125,7 +125,7 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 		}
 		if j.Done-lastReport >= max(1, total/10) {
 			lastReport = j.Done
-			u.report(ctx, j.progress(""))
+			u.report(ctx, j.ack(""))
 		}
 		return nil
 	}

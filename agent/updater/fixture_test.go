@@ -26,6 +26,7 @@ import (
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
 	"github.com/outpost-edge/outpost/models/trust"
+	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -122,10 +123,48 @@ func (f *testFleet) release(t testing.TB, m manifest.Manifest, expires time.Dura
 	return b
 }
 
-// install is an install command for m.
-func (f *testFleet) install(t testing.TB, id, rollout string, m manifest.Manifest) Command {
-	return Command{ID: id, RolloutID: rollout, Expires: time.Now().Add(time.Hour), Action: ActionInstall,
-		Model: m.Name, Version: m.Version, Release: f.release(t, m, time.Hour), Roots: [][]byte{f.root.Raw}, ChunkSize: 16 << 10}
+const (
+	testFleetName = "test"
+	testDevice    = "dev1"
+	testChunk     = 16 << 10
+)
+
+// command signs c for the test device as the controller would.
+func (f *testFleet) command(t testing.TB, c protocol.Command) []byte {
+	t.Helper()
+	c.Fleet, c.Device = testFleetName, testDevice
+	if c.Issued.IsZero() {
+		c.Issued = time.Now().Add(-time.Second)
+	}
+	if c.Expires.IsZero() {
+		c.Expires = time.Now().Add(time.Hour)
+	}
+	b, err := protocol.SignCommand(&c, [][]byte{f.root.Raw}, f.targetsKey)
+	require.NoError(t, err)
+	return b
+}
+
+func (f *testFleet) installCmd(t testing.TB, id, rollout string, m manifest.Manifest, release []byte) protocol.Command {
+	if release == nil {
+		release = f.release(t, m, time.Hour)
+	}
+	return protocol.Command{ID: id, Kind: protocol.CommandInstall, RolloutID: rollout, Install: &protocol.Install{
+		Model: m.Name, Version: m.Version, Release: release,
+		Artifact: protocol.Artifact{SHA256: m.SHA256, Length: m.Length, ChunkSize: testChunk, Chunks: protocol.ChunkCount(m.Length, testChunk)}}}
+}
+
+// install is a signed install command for m.
+func (f *testFleet) install(t testing.TB, id, rollout string, m manifest.Manifest) []byte {
+	return f.command(t, f.installCmd(t, id, rollout, m, nil))
+}
+
+func (f *testFleet) rollback(t testing.TB, id, rollout, model string, version int64) []byte {
+	return f.command(t, protocol.Command{ID: id, Kind: protocol.CommandRollback, RolloutID: rollout,
+		Rollback: &protocol.Rollback{Model: model, Version: version, Reason: "gate failed"}})
+}
+
+func (f *testFleet) abort(t testing.TB, id, rollout string) []byte {
+	return f.command(t, protocol.Command{ID: id, Kind: protocol.CommandAbort, RolloutID: rollout, Abort: &protocol.Abort{Reason: "operator"}})
 }
 
 // memSource serves artifacts from memory on the ChunkSource contract: a
@@ -136,7 +175,7 @@ type memSource struct {
 	arts      map[string][]byte
 	requested int64 // chunk bytes asked for
 	ch        chan Chunk
-	drop      func(i int) bool
+	blocked   atomic.Bool // the link is down: chunks are lost
 	wg        sync.WaitGroup
 }
 
@@ -176,7 +215,7 @@ func (s *memSource) Request(ctx context.Context, r ChunkRequest) error {
 			s.mu.Lock()
 			s.requested += int64(len(d))
 			s.mu.Unlock()
-			if s.drop != nil && s.drop(i) {
+			if s.blocked.Load() {
 				continue
 			}
 			c := Chunk{Artifact: r.Artifact, Index: i, Hash: sha256.Sum256(d), Data: d}
@@ -234,7 +273,7 @@ func newDevice(t testing.TB, dir string, f *testFleet, src ChunkSource, mod func
 			require.NoError(t, err)
 		}
 	}
-	opts := Options{DataDir: dir, Store: st, RootPath: f.rootPath, Source: src,
+	opts := Options{DataDir: dir, Fleet: testFleetName, Device: testDevice, Store: st, RootPath: f.rootPath, Source: src,
 		Activator: ActivatorFunc(func(ctx context.Context, name string, v int64, data []byte) error {
 			_, err := d.reg.Load(ctx, name, v, data, "updater")
 			return err
@@ -286,7 +325,10 @@ func (d *device) waitJob(t testing.TB, id string) *Job {
 		time.Sleep(20 * time.Millisecond)
 	}
 	j, _ := d.u.Job()
-	t.Fatalf("job %s did not finish: %+v", id, j)
+	if j != nil {
+		t.Fatalf("job %s did not finish: job %s is %s (%s)", id, j.CommandID, j.State, j.Error)
+	}
+	t.Fatalf("job %s did not finish: no job", id)
 	return nil
 }
 

@@ -71,15 +71,18 @@ func (u *Updater) firstOutbox() ([]byte, outboxEntry, error) {
 // again if a crash comes before the entry is deleted: at least once, and the
 // audit record's sequence number lets the fleet drop the repeat.
 func (u *Updater) deliver(ctx context.Context, e outboxEntry) error {
-	p := e.Progress
+	p := e.Ack
 	if t := u.opts.Telemetry; t != nil {
-		ref := protocol.ModelRef{Name: p.Model, Version: strconv.FormatInt(p.Version, 10)}
-		if p.SHA256 != "" {
-			ref.Digest = "sha256:" + p.SHA256
+		ref := protocol.ModelRef{Name: p.Model}
+		if p.Version > 0 {
+			ref.Version = strconv.FormatInt(p.Version, 10)
+		}
+		if e.Audit.SHA256 != "" {
+			ref.Digest = "sha256:" + e.Audit.SHA256
 		}
 		up := protocol.Record{Kind: protocol.KindUpdate, Time: p.Time, Model: ref, Update: &protocol.Update{
-			RolloutID: p.RolloutID, State: string(p.State), BytesDone: uint64(max(p.BytesDone, 0)),
-			BytesTotal: uint64(max(p.BytesTotal, 0)), Error: clip(p.Error), Detail: clip(p.Detail)}}
+			RolloutID: p.RolloutID, State: string(p.State), BytesDone: uint64(max(p.Progress, 0)),
+			BytesTotal: uint64(max(p.Total, 0)), Error: clip(p.Error), Detail: clip(p.Detail)}}
 		a := e.Audit
 		au := protocol.Record{Kind: protocol.KindAudit, Time: a.Time, Model: ref, Audit: &protocol.Audit{
 			Actor: a.Actor, Action: a.Action, Outcome: a.Outcome,
@@ -95,7 +98,7 @@ func (u *Updater) deliver(ctx context.Context, e outboxEntry) error {
 }
 
 // report sends p through the Reporter, if there is one, for at most 10 s.
-func (u *Updater) report(ctx context.Context, p Progress) {
+func (u *Updater) report(ctx context.Context, p protocol.Ack) {
 	if u.opts.Reporter == nil {
 		return
 	}

@@ -8,33 +8,34 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/audit"
+	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
 )
 
-// State is where an update is. The values are part of what the device
-// reports (acks, telemetry update records) and never change spelling.
-type State string
+// State is where an update is: the protocol's update states, which acks,
+// the status message and telemetry carry.
+type State = protocol.UpdateState
 
 // The states of an update, in the order a good one passes them.
 const (
-	Idle        State = "idle"        // no update has run yet
-	Downloading State = "downloading" // fetching the model in chunks
-	Verifying   State = "verifying"   // checking the signed release against the bytes
-	Staged      State = "staged"      // verified, waiting to be validated
-	Validating  State = "validating"  // loaded beside the live model, golden vectors running
-	Activating  State = "activating"  // installing into the store and swapping it in
-	Probation   State = "probation"   // live, traffic watched
-	Committed   State = "committed"   // kept (terminal)
-	RollingBack State = "rolling_back"
-	RolledBack  State = "rolled_back" // the previous version serves again (terminal)
-	Failed      State = "failed"      // stopped before anything changed, or could not roll back (terminal)
+	Idle        = protocol.UpdateIdle        // no update has run yet
+	Downloading = protocol.UpdateDownloading // fetching the model in chunks
+	Verifying   = protocol.UpdateVerifying   // checking the signed release against the bytes
+	Staged      = protocol.UpdateStaged      // verified, waiting to be validated
+	Validating  = protocol.UpdateValidating  // loaded beside the live model, golden vectors running
+	Activating  = protocol.UpdateActivating  // installing into the store and swapping it in
+	Probation   = protocol.UpdateProbation   // live, traffic watched
+	Committed   = protocol.UpdateCommitted   // kept (terminal)
+	RollingBack = protocol.UpdateRollingBack
+	RolledBack  = protocol.UpdateRolledBack // the previous version serves again (terminal)
+	Failed      = protocol.UpdateFailed     // stopped before activation; nothing changed (terminal)
 )
 
-// States lists every state, for metrics and docs.
+// States lists every state, for metrics.
 var States = []State{Idle, Downloading, Verifying, Staged, Validating, Activating, Probation, Committed, RollingBack, RolledBack, Failed}
 
-// Terminal reports whether a job in s is over.
-func (s State) Terminal() bool { return s == Idle || s == Committed || s == RolledBack || s == Failed }
+// over reports whether a job in s is over (or there never was one).
+func over(s State) bool { return s == Idle || s.Terminal() }
 
 // next lists the states each state may move to. A terminal state moves only
 // by starting a new job.
@@ -53,7 +54,7 @@ var starts = []State{Downloading, RollingBack, Committed, Failed}
 
 func allowed(from, to State) bool {
 	list := next[from]
-	if from.Terminal() {
+	if over(from) {
 		list = starts
 	}
 	for _, s := range list {
@@ -180,9 +181,9 @@ func putJob(tx *bolt.Tx, j *Job) error {
 
 // outboxEntry is one transition's reports, kept until telemetry has them.
 type outboxEntry struct {
-	Progress Progress     `json:"progress"`
-	Audit    audit.Record `json:"audit"`
-	Hash     string       `json:"hash"`
+	Ack   protocol.Ack `json:"ack"`
+	Audit audit.Record `json:"audit"`
+	Hash  string       `json:"hash"`
 }
 
 var errTransition = errors.New("updater: transition not allowed")
@@ -224,6 +225,9 @@ func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) er
 	}
 	rec := audit.Record{Time: j.Updated, Actor: "updater", Action: "update." + string(j.State), Outcome: outcome,
 		RolloutID: j.RolloutID, CommandID: j.CommandID, Model: j.Model, Version: j.Version, SHA256: j.SHA256, Detail: detail}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.applyRetarget(j)
 	return u.db.Update(func(tx *bolt.Tx) error {
 		for _, f := range extra {
 			if err := f(tx); err != nil {
@@ -237,14 +241,7 @@ func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) er
 		if err != nil {
 			return err
 		}
-		ob := outboxEntry{Progress: j.progress(detail), Audit: e.Record, Hash: e.Hash}
-		b, err := json.Marshal(ob)
-		if err != nil {
-			return err
-		}
-		bk := tx.Bucket(bucketOutbox)
-		n, _ := bk.NextSequence()
-		return bk.Put(seqKey(n), b)
+		return putOutbox(tx, outboxEntry{Ack: j.ack(detail), Audit: e.Record, Hash: e.Hash})
 	})
 }
 
@@ -252,5 +249,19 @@ func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) er
 // probation boots): no audit record, no report.
 func (u *Updater) saveProgress(j *Job) error {
 	j.Updated = u.now()
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.applyRetarget(j)
 	return u.db.Update(func(tx *bolt.Tx) error { return putJob(tx, j) })
+}
+
+// applyRetarget gives j the command id of a retransmitted install; u.mu is
+// held.
+func (u *Updater) applyRetarget(j *Job) {
+	if u.retarget != "" {
+		if u.cur != nil && u.cur.Seq == j.Seq {
+			j.CommandID = u.retarget
+		}
+		u.retarget = ""
+	}
 }

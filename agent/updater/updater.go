@@ -93,39 +93,24 @@ type Emitter interface {
 	Emit(ctx context.Context, r protocol.Record) (uint64, error)
 }
 
-// Reporter sends an ack for a transition to the fleet (the MQTT link
-// implements it). Report may fail when the link is down; the updater does
-// not retry, the fleet also learns from telemetry and the retained status.
-// It must return soon after ctx is done.
+// Reporter sends an ack to the fleet (the MQTT link implements it). Report
+// may fail when the link is down; the updater does not retry, the fleet also
+// learns from telemetry and the retained status. It must return soon after
+// ctx is done.
 type Reporter interface {
-	Report(ctx context.Context, p Progress) error
+	Report(ctx context.Context, a protocol.Ack) error
 }
 
-// Progress is what the device reports about an update.
-type Progress struct {
-	CommandID  string    `json:"command_id"`
-	RolloutID  string    `json:"rollout_id"`
-	Model      string    `json:"model"`
-	Version    int64     `json:"version"`
-	SHA256     string    `json:"sha256,omitempty"`
-	State      State     `json:"state"`
-	BytesDone  int64     `json:"bytes_done,omitempty"`
-	BytesTotal int64     `json:"bytes_total,omitempty"`
-	Error      string    `json:"error,omitempty"`
-	Detail     string    `json:"detail,omitempty"`
-	Time       time.Time `json:"time"`
-}
-
-func (j *Job) progress(detail string) Progress {
-	p := Progress{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model, Version: j.Version, SHA256: j.SHA256,
-		State: j.State, BytesTotal: j.Length, Detail: detail, Time: j.Updated}
+func (j *Job) ack(detail string) protocol.Ack {
+	a := protocol.Ack{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model, Version: j.Version,
+		State: j.State, Total: j.Length, Detail: detail, Time: j.Updated}
 	if j.ChunkSize > 0 {
-		p.BytesDone = min(int64(j.Done)*int64(j.ChunkSize), j.Length)
+		a.Progress = min(int64(j.Done)*int64(j.ChunkSize), j.Length)
 	}
 	if j.State == Failed || j.State == RollingBack || j.State == RolledBack {
-		p.Error = j.Error
+		a.Error = j.Error
 	}
-	return p
+	return a
 }
 
 // Options configure an Updater. DataDir, Store, Activator and Runtime are
@@ -150,6 +135,9 @@ type Options struct {
 	Telemetry Emitter
 	// Reporter receives an ack per transition and download progress.
 	Reporter Reporter
+	// Fleet and Device are this device's names; commands for others are
+	// refused.
+	Fleet, Device string
 	// AgentVersion is checked against a manifest's minimum agent version.
 	AgentVersion string
 	// Probation is how long a new version is watched (default 1 min).
@@ -189,11 +177,17 @@ type Updater struct {
 	crash   string
 	metrics *metrics
 
-	wake chan struct{} // a command was queued
+	wake       chan struct{} // a command was queued
+	outboxWake chan struct{} // reports were queued
 
-	mu     sync.Mutex // guards cancel, cur
-	cancel context.CancelCauseFunc
-	cur    *Job // a copy of the job Run is working on, for Status
+	// mu guards cancel, cur and retarget, and is held across every write
+	// of the job record, so a retransmitted install's new command id
+	// (retarget) is never overwritten with the old one.
+	mu       sync.Mutex
+	cancel   context.CancelCauseFunc
+	cur      *Job       // a copy of the job Run is working on, for Status
+	retarget string     // command id the running job answers to from now on
+	stopNext *cancelled // a stop for a job Run had not picked up yet
 }
 
 // New opens DATA_DIR/updater.db and checks opts.
@@ -207,6 +201,8 @@ func New(opts Options) (*Updater, error) {
 		return nil, fmt.Errorf("%w: Activator", ErrOptions)
 	case opts.Runtime == nil:
 		return nil, fmt.Errorf("%w: Runtime", ErrOptions)
+	case opts.Fleet == "" || opts.Device == "":
+		return nil, fmt.Errorf("%w: Fleet and Device", ErrOptions)
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -239,7 +235,7 @@ func New(opts Options) (*Updater, error) {
 		opts.ChunkSize = 64 << 10
 	}
 	u := &Updater{opts: opts, log: opts.Logger.With("component", "updater"), work: filepath.Join(opts.DataDir, "updater"),
-		crash: os.Getenv("OUTPOST_CRASHPOINT"), metrics: newMetrics(), wake: make(chan struct{}, 1)}
+		crash: os.Getenv("OUTPOST_CRASHPOINT"), metrics: newMetrics(), wake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1)}
 	if err := os.MkdirAll(u.work, 0o755); err != nil {
 		return nil, fmt.Errorf("updater: %w", err)
 	}
@@ -293,18 +289,12 @@ func (u *Updater) Run(ctx context.Context) error {
 	defer wg.Wait()
 	ctx, stop := context.WithCancel(ctx)
 	defer stop()
-	outboxWake := make(chan struct{}, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		u.drainOutbox(ctx, outboxWake)
+		u.drainOutbox(ctx, u.outboxWake)
 	}()
-	poke := func() {
-		select {
-		case outboxWake <- struct{}{}:
-		default:
-		}
-	}
+	poke := func() { u.poke(u.outboxWake) }
 	boot := true
 	for {
 		if ctx.Err() != nil {
@@ -350,6 +340,14 @@ func (u *Updater) runJob(ctx context.Context, j *Job) {
 	defer cancel(nil)
 	u.mu.Lock()
 	u.cancel = cancel
+	c := *j
+	u.cur = &c
+	if s := u.stopNext; s != nil {
+		u.stopNext = nil
+		if s.seq == j.Seq {
+			cancel(s)
+		}
+	}
 	u.mu.Unlock()
 	defer func() {
 		u.mu.Lock()
@@ -391,8 +389,9 @@ func (u *Updater) setCur(j *Job) {
 	u.metrics.setState(j.State)
 }
 
-// abort ends j after the fleet cancelled it: nothing to undo before
-// activation, a rollback after.
+// abort handles a job whose context the fleet cancelled (see submit): an
+// update not yet activated fails; an activated one is rolled back if the
+// cause says so, and otherwise carries on (Run steps it again).
 func (u *Updater) abort(ctx context.Context, j *Job, cause error) error {
 	// Reload: the step may have moved j on before it saw the cancel.
 	cur, err := u.Job()
@@ -400,20 +399,25 @@ func (u *Updater) abort(ctx context.Context, j *Job, cause error) error {
 		return err
 	}
 	*j = *cur
-	switch j.State {
-	case Activating, Probation:
-		if err := u.transition(j, RollingBack, cause.Error()); err != nil {
+	c, _ := cause.(*cancelled)
+	if c == nil {
+		c = &cancelled{msg: cause.Error()}
+	}
+	switch {
+	case j.State.Terminal():
+		return nil
+	case activated(j.State) && !c.rollback:
+		return nil
+	case j.State == Activating || j.State == Probation:
+		if err := u.transition(j, RollingBack, c.msg); err != nil {
 			return err
 		}
 		return u.rollback(ctx, j)
-	case RollingBack:
+	case j.State == RollingBack:
 		return u.rollback(ctx, j)
 	}
-	if j.State.Terminal() {
-		return nil
-	}
-	u.cleanup(j)
-	return u.transition(j, Failed, cause.Error())
+	u.cleanup(nil)
+	return u.transition(j, Failed, c.msg)
 }
 
 // step does the work of j's state and moves it on. An error means j stays
@@ -450,7 +454,7 @@ func (u *Updater) cleanup(j *Job) {
 		return
 	}
 	keep := ""
-	if j != nil && !j.State.Terminal() && j.State != Failed {
+	if j != nil && !j.State.Terminal() {
 		keep = filepath.Base(u.jobDir(j))
 	}
 	for _, e := range ents {

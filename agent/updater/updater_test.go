@@ -4,6 +4,7 @@ package updater
 
 import (
 	"context"
+	"crypto/ed25519"
 	"strings"
 	"sync"
 	"testing"
@@ -19,11 +20,11 @@ import (
 // acks records what a Reporter is given, and telemetry what an Emitter is.
 type recorder struct {
 	mu      sync.Mutex
-	acks    []Progress
+	acks    []protocol.Ack
 	records []protocol.Record
 }
 
-func (r *recorder) Report(_ context.Context, p Progress) error {
+func (r *recorder) Report(_ context.Context, p protocol.Ack) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.acks = append(r.acks, p)
@@ -81,7 +82,7 @@ func TestUpdateCommits(t *testing.T) {
 	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), withReports(rec))
 	d.start(t)
 
-	require.NoError(t, d.u.submit(f.install(t, "c1", "r1", m1)))
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
 	require.Equal(t, Committed, d.waitJob(t, "c1").State)
 	require.Equal(t, goodPath, rec.waitStates(t, "c1"))
 	require.Equal(t, int64(1), d.serving(t, "face"))
@@ -89,7 +90,7 @@ func TestUpdateCommits(t *testing.T) {
 	stop := make(chan struct{})
 	wait := d.load("face", false, stop)
 	time.Sleep(100 * time.Millisecond)
-	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c2", "r2", m2)))
 	j := d.waitJob(t, "c2")
 	close(stop)
 	ok, failed := wait()
@@ -151,7 +152,7 @@ func TestValidationRefuses(t *testing.T) {
 	rec := &recorder{}
 	d := newDevice(t, t.TempDir(), f, newMemSource(b1, bs, bw), withReports(rec))
 	d.start(t)
-	require.NoError(t, d.u.submit(f.install(t, "c1", "r1", m1)))
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
 	require.Equal(t, Committed, d.waitJob(t, "c1").State)
 
 	for _, tc := range []struct {
@@ -161,7 +162,7 @@ func TestValidationRefuses(t *testing.T) {
 		{"selfie", "load", selfie},
 		{"wrong", "element 0", wrong},
 	} {
-		require.NoError(t, d.u.submit(f.install(t, tc.id, "r-"+tc.id, tc.m)))
+		require.NoError(t, d.u.HandleCommand(f.install(t, tc.id, "r-"+tc.id, tc.m)))
 		j := d.waitJob(t, tc.id)
 		require.Equal(t, Failed, j.State)
 		require.Contains(t, j.Error, tc.why)
@@ -177,7 +178,7 @@ func TestValidationRefuses(t *testing.T) {
 	d.stop(t)
 	d = newDevice(t, d.dir, f, newMemSource(bw), func(o *Options) { o.LatencyBudget = time.Nanosecond })
 	d.start(t)
-	require.NoError(t, d.u.submit(f.install(t, "slow", "r-slow", slow)))
+	require.NoError(t, d.u.HandleCommand(f.install(t, "slow", "r-slow", slow)))
 	j := d.waitJob(t, "slow")
 	require.Equal(t, Failed, j.State)
 	require.True(t, strings.Contains(j.Error, "latency budget") || strings.Contains(j.Error, "deadline"), j.Error)
@@ -192,20 +193,22 @@ func TestProbationRollsBack(t *testing.T) {
 	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
 	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, true)
 	rec := &recorder{}
-	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), func(o *Options) {
+	src := newMemSource(b1, b2)
+	d := newDevice(t, t.TempDir(), f, src, nil)
+	d.start(t)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+	d.stop(t)
+	d = newDevice(t, d.dir, f, src, func(o *Options) {
 		withReports(rec)(o)
 		o.Probation = 20 * time.Second // the error ratio must cut it short
 	})
 	d.start(t)
-	c1 := f.install(t, "c1", "r1", m1)
-	c1.Probation = time.Millisecond
-	require.NoError(t, d.u.submit(c1))
-	require.Equal(t, Committed, d.waitJob(t, "c1").State)
 
 	stop := make(chan struct{})
 	wait := d.load("face", true, stop)
 	defer func() { close(stop); wait() }()
-	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c2", "r2", m2)))
 	j := d.waitJob(t, "c2")
 	require.Equal(t, RolledBack, j.State)
 	require.Contains(t, j.Error, "error ratio")
@@ -222,101 +225,168 @@ func TestProbationRollsBack(t *testing.T) {
 	require.Contains(t, last.Detail, "error ratio")
 }
 
-// TestCommandsRefused: what the updater refuses before fetching a byte, and
-// replays, which it refuses and counts.
+// TestCommandsRefused: commands that fail a check are refused before
+// anything starts and counted by reason; installs that fail the release
+// checks fail before a byte is fetched.
 func TestCommandsRefused(t *testing.T) {
 	f := newTestFleet(t)
 	other := newTestFleet(t)
 	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
 	m2, b2 := describe(t, "face", 2, testmodel.FaceShort, true)
-	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), nil)
+	src := newMemSource(b1, b2)
+	d := newDevice(t, t.TempDir(), f, src, nil)
 	d.start(t)
-	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
+	c2 := f.install(t, "c2", "r2", m2)
+	require.NoError(t, d.u.HandleCommand(c2))
 	require.Equal(t, Committed, d.waitJob(t, "c2").State)
 
 	// Replays are refused, counted and change nothing.
-	err := d.u.submit(f.install(t, "c2", "r2", m2))
+	err := d.u.HandleCommand(c2)
 	require.ErrorIs(t, err, ErrReplay)
 	require.ErrorIs(t, err, ErrRefused)
 	require.Equal(t, 1.0, counterValue(t, d.u.metrics.commands.WithLabelValues(ResultReplayed)))
 
-	expired := f.install(t, "old", "r", m2)
-	expired.Expires = time.Now().Add(-time.Second)
-	require.ErrorIs(t, d.u.submit(expired), ErrRefused)
-	require.Equal(t, 1.0, counterValue(t, d.u.metrics.commands.WithLabelValues(ResultExpired)))
+	expired := f.installCmd(t, "old", "r", m2, nil)
+	expired.Issued, expired.Expires = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
+	elsewhere := f.installCmd(t, "elsewhere", "r", m2, nil)
+	elsewhere.Fleet, elsewhere.Device = testFleetName, "dev2"
+	elsewhere.Issued, elsewhere.Expires = time.Now(), time.Now().Add(time.Hour)
+	sig, err := protocol.SignCommand(&elsewhere, [][]byte{f.root.Raw}, f.targetsKey)
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name    string
+		payload []byte
+		result  string
+	}{
+		{"expired", f.command(t, expired), ResultExpired},
+		{"signed by another fleet", other.install(t, "x1", "r", m2), ResultBadSig},
+		{"signed by the root key", signWith(t, f.installCmd(t, "x2", "r", m2, nil), f.root.Raw, f.rootKey), ResultBadSig},
+		{"for another device", sig, ResultOther},
+		{"garbage", []byte(`{"envelope":1}`), ResultMalformed},
+	} {
+		before := counterValue(t, d.u.metrics.commands.WithLabelValues(tc.result))
+		err := d.u.HandleCommand(tc.payload)
+		require.ErrorIs(t, err, ErrRefused, tc.name)
+		require.Equal(t, before+1, counterValue(t, d.u.metrics.commands.WithLabelValues(tc.result)), tc.name)
+	}
 
 	minAgent := m2
 	minAgent.Version = 5
 	minAgent.MinAgentVersion = "2.0.0"
-	oldRelease := f.install(t, "x", "r", m2)
-	oldRelease.Release = f.release(t, m2, -time.Minute)
-	tooNew := f.install(t, "y", "r", minAgent)
-	back := f.install(t, "z", "r", m1)
-	foreign := other.install(t, "w", "r", m2)
-	foreign.Roots = [][]byte{other.root.Raw}
+	back := m1
 	for _, tc := range []struct {
-		c    Command
+		c    []byte
+		id   string
 		want string
 	}{
-		{oldRelease, "expired"},
-		{tooNew, "needs agent 2.0.0"},
-		{back, "rollback"},
-		{foreign, "verify"},
+		{f.install(t, "y", "r", minAgent), "y", "needs agent 2.0.0"},
+		{f.install(t, "z", "r", back), "z", "rollback"},
 	} {
-		require.NoError(t, d.u.submit(tc.c))
-		j := d.waitJob(t, tc.c.ID)
-		require.Equal(t, Failed, j.State, tc.c.ID)
-		require.Contains(t, j.Error, tc.want, tc.c.ID)
+		require.NoError(t, d.u.HandleCommand(tc.c))
+		j := d.waitJob(t, tc.id)
+		require.Equal(t, Failed, j.State, tc.id)
+		require.Contains(t, j.Error, tc.want, tc.id)
 	}
+	// A release that expires while the command does not is refused by
+	// VerifyCommand already.
+	require.ErrorIs(t, d.u.HandleCommand(f.command(t, f.installCmd(t, "w", "r", m2, f.release(t, m2, -time.Minute)))), ErrRefused)
 	cur, err := d.store.Current("face")
 	require.NoError(t, err)
 	require.Equal(t, int64(2), cur.Manifest.Version)
+	src.mu.Lock()
+	require.Equal(t, m2.Length, src.requested, "a refused install fetched bytes")
+	src.mu.Unlock()
 }
 
-// TestAbortAndRollbackCommands: an abort during probation rolls back; an
-// abort after commit rolls the rollout's version back; a rollback command
-// goes to the previous version only.
-func TestAbortAndRollbackCommands(t *testing.T) {
+// signWith signs a command with an arbitrary key.
+func signWith(t *testing.T, c protocol.Command, root []byte, key ed25519.PrivateKey) []byte {
+	c.Fleet, c.Device = testFleetName, testDevice
+	c.Issued, c.Expires = time.Now(), time.Now().Add(time.Hour)
+	b, err := protocol.SignCommand(&c, [][]byte{root}, key)
+	require.NoError(t, err)
+	return b
+}
+
+func (r *recorder) last(t *testing.T, command string) protocol.Ack {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		r.mu.Lock()
+		for i := len(r.acks) - 1; i >= 0; i-- {
+			if a := r.acks[i]; a.CommandID == command {
+				r.mu.Unlock()
+				return a
+			}
+		}
+		r.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no ack for %s", command)
+	return protocol.Ack{}
+}
+
+// TestAbortRollbackRetransmit: the fleet's other commands, as
+// docs/PROTOCOL.md specifies them.
+func TestAbortRollbackRetransmit(t *testing.T) {
 	f := newTestFleet(t)
 	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
-	m2, b2 := describe(t, "face", 2, testmodel.FaceShort, true)
-	m3, b3 := describe(t, "face", 3, testmodel.FaceShort, true)
-	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2, b3), func(o *Options) { o.Probation = time.Hour })
+	m2, _ := describe(t, "face", 2, testmodel.FaceShort, true)
+	m3, b3 := describe(t, "face", 3, testmodel.FaceFull, true)
+	rec := &recorder{}
+	src := newMemSource(b1, b3)
+	d := newDevice(t, t.TempDir(), f, src, withReports(rec))
 	d.start(t)
-	abort := func(id, rollout string) Command {
-		return Command{ID: id, RolloutID: rollout, Expires: time.Now().Add(time.Hour), Action: ActionAbort}
-	}
-	c1 := f.install(t, "c1", "r1", m1)
-	c1.Probation = time.Millisecond
-	require.NoError(t, d.u.submit(c1))
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
 	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c2", "r2", m2)))
+	require.Equal(t, Committed, d.waitJob(t, "c2").State)
 
-	require.NoError(t, d.u.submit(f.install(t, "c2", "r2", m2)))
-	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j.State == Probation }, 30*time.Second, 10*time.Millisecond)
-	require.NoError(t, d.u.submit(abort("a2", "r2")))
-	j := d.waitJob(t, "c2")
+	// Rollback of the running version: back to v1.
+	require.NoError(t, d.u.HandleCommand(f.rollback(t, "rb", "r2", "face", 2)))
+	j := d.waitJob(t, "rb")
 	require.Equal(t, RolledBack, j.State)
-	require.Contains(t, j.Error, "aborted")
+	require.Contains(t, j.Error, "gate failed")
 	require.Equal(t, int64(1), d.serving(t, "face"))
+	require.Equal(t, []State{RollingBack, RolledBack}, rec.waitStates(t, "rb"))
+	// Again: nothing to roll back.
+	require.NoError(t, d.u.HandleCommand(f.rollback(t, "rb2", "r2", "face", 2)))
+	a := rec.last(t, "rb2")
+	require.Equal(t, RolledBack, a.State)
+	require.Contains(t, a.Detail, "nothing to roll back")
 
-	c3 := f.install(t, "c3", "r3", m3)
-	c3.Probation = time.Millisecond
-	require.NoError(t, d.u.submit(c3))
-	require.Equal(t, Committed, d.waitJob(t, "c3").State)
-	require.NoError(t, d.u.submit(abort("a3", "r3")))
-	j = d.waitJob(t, "a3")
-	require.Equal(t, RolledBack, j.State, j.Error)
-	require.Equal(t, int64(1), d.serving(t, "face"))
-
-	rb := Command{ID: "rb", RolloutID: "r4", Expires: time.Now().Add(time.Hour), Action: ActionRollback, Model: "face", Version: 2}
-	require.NoError(t, d.u.submit(rb))
-	j = d.waitJob(t, "rb")
+	// An abort cancels an update that has not been activated.
+	src.blocked.Store(true)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c3", "r3", m3)))
+	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j.CommandID == "c3" && j.State == Downloading }, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, d.u.HandleCommand(f.abort(t, "a3", "r3")))
+	j = d.waitJob(t, "c3")
 	require.Equal(t, Failed, j.State)
-	require.Contains(t, j.Error, "not the previous version")
-	rb = Command{ID: "rb3", RolloutID: "r4", Expires: time.Now().Add(time.Hour), Action: ActionRollback, Model: "face", Version: 3}
-	require.NoError(t, d.u.submit(rb))
-	require.Equal(t, RolledBack, d.waitJob(t, "rb3").State)
+	require.Equal(t, "aborted", j.Error)
+	a = rec.last(t, "a3")
+	require.Equal(t, Failed, a.State)
+	require.Equal(t, "aborted", a.Error)
+	require.Equal(t, int64(1), d.serving(t, "face"))
+
+	// A retransmitted install carries on the update under way and answers
+	// to the new id; the download does not start again.
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c4", "r4", m3)))
+	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j.CommandID == "c4" && j.State == Downloading }, 30*time.Second, 10*time.Millisecond)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c4b", "r4", m3)))
+	require.Equal(t, Downloading, rec.last(t, "c4b").State)
+	src.blocked.Store(false)
+	j = d.waitJob(t, "c4b")
+	require.Equal(t, Committed, j.State)
 	require.Equal(t, int64(3), d.serving(t, "face"))
+	require.Equal(t, []State{Downloading, Verifying, Staged, Validating, Activating, Probation, Committed}, rec.states("c4b"))
+
+	// An abort after activation leaves the version alone and says so.
+	require.NoError(t, d.u.HandleCommand(f.abort(t, "a4", "r4")))
+	a = rec.last(t, "a4")
+	require.Equal(t, Committed, a.State)
+	require.Equal(t, int64(3), d.serving(t, "face"))
+	n, err := audit.Verify(d.u.DB())
+	require.NoError(t, err)
+	require.Positive(t, n)
 }
 
 func requireNoLeftovers(t *testing.T, d *device) {
