@@ -41,6 +41,9 @@ type Chunk struct {
 	Index    int
 	Hash     [32]byte
 	Data     []byte
+	// Err, when set, says the source cannot serve the artifact (the
+	// protocol's error chunk); the install fails with it.
+	Err string
 }
 
 // Errors of the download.
@@ -101,7 +104,7 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 	held := map[int][]byte{} // received ahead of j.Done, within the window
 	requested := j.Done      // chunks [j.Done, requested) were asked for
 	unsynced := 0
-	lastReport := j.Done
+	lastReport, lastReportAt := j.Done, time.Now()
 	crashed := false
 	ask := func(from int) error {
 		n := min(window, total-from)
@@ -123,8 +126,8 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 			crashed = true
 			u.crashAt("updater-chunk")
 		}
-		if j.Done-lastReport >= max(1, total/10) {
-			lastReport = j.Done
+		if j.Done-lastReport >= max(1, total/10) || time.Since(lastReportAt) >= 5*time.Second {
+			lastReport, lastReportAt = j.Done, time.Now()
 			u.report(ctx, j.ack(""))
 		}
 		return nil
@@ -143,6 +146,10 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 			}
 			timer.Reset(u.opts.ChunkTimeout)
 		case c := <-src.Chunks():
+			if c.Err != "" && c.Artifact == j.SHA256 {
+				u.cleanup(nil)
+				return u.transition(j, Failed, "download: "+c.Err)
+			}
 			if c.Artifact != j.SHA256 || c.Index < j.Done || c.Index >= j.Done+window || held[c.Index] != nil {
 				continue // stale, duplicate or far ahead
 			}

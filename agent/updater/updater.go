@@ -483,3 +483,24 @@ func (u *Updater) anchor() (*trust.Root, error) {
 	}
 	return r, nil
 }
+
+// UpdateStatus is the current or last update for the device's status
+// message (protocol.Status.Update), nil if there never was one.
+func (u *Updater) UpdateStatus() *protocol.UpdateStatus {
+	u.mu.Lock()
+	var j *Job
+	if u.cur != nil {
+		c := *u.cur
+		j = &c
+	}
+	u.mu.Unlock()
+	if j == nil {
+		var err error
+		if j, err = u.Job(); err != nil || j == nil {
+			return nil
+		}
+	}
+	a := j.ack("")
+	return &protocol.UpdateStatus{CommandID: a.CommandID, RolloutID: a.RolloutID, Model: a.Model, Version: a.Version,
+		State: a.State, Progress: a.Progress, Total: a.Total, Error: a.Error, Time: a.Time}
+}

@@ -1,0 +1,226 @@
+//go:build cgo
+
+package updater
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/models/testmodel"
+	"github.com/outpost-edge/outpost/protocol"
+	"github.com/stretchr/testify/require"
+)
+
+type allowAll struct{ mochi.HookBase }
+
+func (*allowAll) ID() string { return "allow-all" }
+func (*allowAll) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool           { return true }
+
+// chunkServer is a tiny controller on the embedded broker: it serves
+// artifacts in chunks, paced, on the real protocol, and records acks.
+type chunkServer struct {
+	t     *testing.T
+	addr  string
+	arts  map[string][]byte
+	pace  time.Duration
+	topic protocol.Topics
+	limit atomic.Int64 // chunks from this index on are not served
+
+	mu       sync.Mutex // guards srv, requests, sent, acks
+	srv      *mochi.Server
+	requests []protocol.ChunkRequest
+	sent     int64
+	acks     []protocol.Ack
+	status   []byte
+	wg       sync.WaitGroup
+}
+
+func newChunkServer(t *testing.T, arts ...[]byte) *chunkServer {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := l.Addr().String()
+	l.Close()
+	topics, err := protocol.DeviceTopics(testFleetName, testDevice)
+	require.NoError(t, err)
+	s := &chunkServer{t: t, addr: addr, arts: map[string][]byte{}, topic: topics, pace: 5 * time.Millisecond}
+	s.limit.Store(1 << 62)
+	for _, a := range arts {
+		sum := sha256.Sum256(a)
+		s.arts[hex.EncodeToString(sum[:])] = a
+	}
+	s.start()
+	t.Cleanup(s.stop)
+	return s
+}
+
+func (s *chunkServer) start() {
+	t := s.t
+	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	require.NoError(t, srv.AddHook(new(allowAll), nil))
+	require.NoError(t, srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: s.addr})))
+	require.NoError(t, srv.Serve())
+	require.NoError(t, srv.Subscribe(s.topic.ArtifactsReq, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+		r, err := protocol.ParseChunkRequest(pk.Payload)
+		if err != nil {
+			t.Errorf("bad chunk request: %v", err)
+			return
+		}
+		s.mu.Lock()
+		s.requests = append(s.requests, *r)
+		s.mu.Unlock()
+		s.wg.Add(1)
+		go s.serve(srv, *r)
+	}))
+	require.NoError(t, srv.Subscribe(s.topic.Ack, 2, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+		a, err := protocol.ParseAck(pk.Payload)
+		if err != nil {
+			t.Errorf("bad ack: %v", err)
+			return
+		}
+		s.mu.Lock()
+		s.acks = append(s.acks, *a)
+		s.mu.Unlock()
+	}))
+	require.NoError(t, srv.Subscribe(s.topic.Status, 3, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
+		_, err := protocol.ParseStatus(pk.Payload)
+		if err != nil {
+			t.Errorf("bad status: %v", err)
+		}
+		s.mu.Lock()
+		s.status = append([]byte(nil), pk.Payload...)
+		s.mu.Unlock()
+	}))
+	s.mu.Lock()
+	s.srv = srv
+	s.mu.Unlock()
+}
+
+func (s *chunkServer) serve(srv *mochi.Server, r protocol.ChunkRequest) {
+	defer s.wg.Done()
+	a := s.arts[r.SHA256]
+	var art [32]byte
+	hex.Decode(art[:], []byte(r.SHA256))
+	total := protocol.ChunkCount(int64(len(a)), testChunk)
+	for i := r.First; i < r.First+int64(r.Count) && i < total && i < s.limit.Load(); i++ {
+		c := &protocol.Chunk{Kind: protocol.ChunkData, Artifact: art, Index: i, Total: total,
+			Data: a[i*testChunk : min((i+1)*testChunk, int64(len(a)))]}
+		b, err := protocol.AppendChunk(nil, c)
+		if err != nil {
+			s.t.Errorf("chunk: %v", err)
+			return
+		}
+		if srv.Publish(s.topic.Chunk, b, false, 1) != nil {
+			return // the broker stopped
+		}
+		s.mu.Lock()
+		s.sent += int64(len(c.Data))
+		s.mu.Unlock()
+		time.Sleep(s.pace)
+	}
+}
+
+func (s *chunkServer) stop() {
+	s.mu.Lock()
+	srv := s.srv
+	s.srv = nil
+	s.mu.Unlock()
+	if srv != nil {
+		srv.Close()
+	}
+	s.wg.Wait()
+}
+
+func (s *chunkServer) publish(topic string, b []byte) {
+	s.mu.Lock()
+	srv := s.srv
+	s.mu.Unlock()
+	require.NoError(s.t, srv.Publish(topic, b, false, 1))
+}
+
+// TestMQTTUpdateSurvivesBrokerRestart runs an update over the embedded
+// broker with the telemetry uplink's connection, as the daemon wires it:
+// the command comes on the cmd topic, chunks on the chunk topic, acks and
+// the status go back. The broker is killed in the middle of the transfer;
+// the download resumes from the first missing chunk, never from zero.
+func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
+	f := newTestFleet(t)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceFull, true)
+	cs := newChunkServer(t, b1)
+	cs.limit.Store(25) // the link dies after 25 of 67 chunks
+
+	link, err := NewLink(LinkOptions{Fleet: testFleetName, Device: testDevice, Timeout: 2 * time.Second})
+	require.NoError(t, err)
+	mq, err := telemetry.NewMQTT(telemetry.MQTTOptions{Broker: "tcp://" + cs.addr, ClientID: testDevice, Fleet: testFleetName, Device: testDevice,
+		OnConnect: link.OnConnect, BackoffMin: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond, KeepAlive: 2 * time.Second})
+	require.NoError(t, err)
+	d := newDevice(t, t.TempDir(), f, link, func(o *Options) { o.Reporter = link; o.ChunkTimeout = time.Second })
+	link.opts.Status = func() protocol.Status {
+		return protocol.Status{Protocol: protocol.Version, Device: testDevice, AgentVersion: "1.0.0", Update: d.u.UpdateStatus(),
+			Health: protocol.HealthSummary{Status: protocol.HealthOK}, Time: time.Now()}
+	}
+	link.SetCommandHandler(d.u.HandleCommand)
+	ctx, cancel := context.WithCancel(context.Background())
+	mqDone := make(chan error, 1)
+	go func() { mqDone <- mq.Run(ctx) }()
+	defer func() { cancel(); <-mqDone }()
+	require.Eventually(t, mq.Connected, 10*time.Second, 10*time.Millisecond)
+	d.start(t)
+
+	cs.publish(cs.topic.Cmd, f.install(t, "c1", "r1", m1))
+	// Kill the broker once the first 16 chunks are durable.
+	require.Eventually(t, func() bool {
+		j, _ := d.u.Job()
+		return j != nil && j.State == Downloading && j.Done >= 16
+	}, 30*time.Second, 5*time.Millisecond)
+	cs.stop()
+	cs.limit.Store(1 << 62)
+	j, err := d.u.Job()
+	require.NoError(t, err)
+	held := j.Done
+	time.Sleep(300 * time.Millisecond)
+	cs.mu.Lock()
+	cs.requests = nil
+	cs.mu.Unlock()
+	cs.start()
+
+	j = d.waitJob(t, "c1")
+	require.Equal(t, Committed, j.State, j.Error)
+	require.Equal(t, int64(1), d.serving(t, "face"))
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	require.NotEmpty(t, cs.requests, "no request after the restart")
+	for _, r := range cs.requests {
+		require.GreaterOrEqual(t, r.First, int64(held), "asked again from chunk %d though %d were held", r.First, held)
+	}
+	require.Less(t, cs.sent, 2*m1.Length, "sent %d bytes for %d", cs.sent, m1.Length)
+	cs.mu.Unlock()
+	lastAck := func() State {
+		cs.mu.Lock()
+		defer cs.mu.Unlock()
+		if n := len(cs.acks); n > 0 && cs.acks[n-1].CommandID == "c1" {
+			return cs.acks[n-1].State
+		}
+		return ""
+	}
+	require.Eventually(t, func() bool { return lastAck() == Committed }, 10*time.Second, 10*time.Millisecond)
+	cs.mu.Lock()
+	st, err := protocol.ParseStatus(cs.status)
+	require.NoError(t, err)
+	require.NotNil(t, st.Update)
+	require.Equal(t, "c1", st.Update.CommandID)
+}
