@@ -29,7 +29,7 @@ func (*allowAll) Provides(b byte) bool {
 	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
 }
 func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
-func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool           { return true }
+func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool              { return true }
 
 // chunkServer is a tiny controller on the embedded broker: it serves
 // artifacts in chunks, paced, on the real protocol, and records acks.
