@@ -1,0 +1,164 @@
+//go:build cgo
+
+package updater
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/audit"
+	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/models/testmodel"
+	"github.com/outpost-edge/outpost/models/tflite"
+	"github.com/stretchr/testify/require"
+)
+
+// TestCrashHelper is not a test: TestCrash runs the test binary again with
+// it, so that a crash point can SIGKILL a real process in the middle of an
+// update. It plays the commands in OUTPOST_UPDATER_HELPER_DIR/cmd-*.json.
+func TestCrashHelper(t *testing.T) {
+	dir := os.Getenv("OUTPOST_UPDATER_HELPER_DIR")
+	if dir == "" {
+		t.Skip("helper process for TestCrash")
+	}
+	f := &testFleet{rootPath: filepath.Join(dir, "root.json")}
+	src := newMemSource(testmodel.Read(t, testmodel.FaceShort), testmodel.Read(t, testmodel.FaceFull))
+	d := newDevice(t, dir, f, src, nil)
+	d.start(t)
+	cmds, _ := filepath.Glob(filepath.Join(dir, "cmd-*.json"))
+	for _, c := range cmds {
+		b, err := os.ReadFile(c)
+		require.NoError(t, err)
+		require.NoError(t, d.u.HandleCommand(b))
+		id := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(c), "cmd-"), ".json")
+		d.waitJob(t, id)
+	}
+	time.Sleep(time.Second) // a crash point not reached is a failure of the parent
+}
+
+// crashCase is a crash point and what the device must end with after it
+// restarts: the final state of the last command's job and the version the
+// store and the registry hold.
+type crashCase struct {
+	point   string
+	rollbck bool // the commands end with a rollback of v2
+	state   State
+	version int64
+	// storeAt is the store's current version right after the crash.
+	storeAt int64
+	// maxBoots, if set, is the restarted device's MaxProbationBoots.
+	maxBoots int
+}
+
+// crashCases: every state of an install and of a rollback, and the store's
+// own crash points inside them. The default run takes a few; set
+// OUTPOST_CRASH_ALL=1 for all.
+var crashCases = []crashCase{
+	{point: "updater-downloading", state: Committed, version: 2, storeAt: 1},
+	{point: "updater-chunk", state: Committed, version: 2, storeAt: 1},
+	{point: "updater-verifying", state: Committed, version: 2, storeAt: 1},
+	{point: "updater-staged", state: Committed, version: 2, storeAt: 1},
+	{point: "updater-validating", state: Committed, version: 2, storeAt: 1},
+	{point: "updater-activating", state: Committed, version: 2, storeAt: 1},
+	{point: "blob-synced", state: Committed, version: 2, storeAt: 1},
+	{point: "entry-renamed", state: Committed, version: 2, storeAt: 1},
+	{point: "state-synced", state: Committed, version: 2, storeAt: 1},
+	{point: "state-renamed", state: Committed, version: 2, storeAt: 2},
+	{point: "done", state: Committed, version: 2, storeAt: 2},
+	{point: "updater-installed", state: Committed, version: 2, storeAt: 2},
+	{point: "updater-probation", state: Committed, version: 2, storeAt: 2},
+	// A model that takes the agent down during probation must not keep it
+	// in a crash loop: with one boot allowed, the restart rolls back.
+	{point: "updater-probation", state: RolledBack, version: 1, storeAt: 2, maxBoots: 1},
+	{point: "updater-committed", state: Committed, version: 2, storeAt: 2},
+	{point: "updater-rolling_back", rollbck: true, state: RolledBack, version: 1, storeAt: 2},
+	{point: "rollback-synced", rollbck: true, state: RolledBack, version: 1, storeAt: 2},
+	{point: "rollback-renamed", rollbck: true, state: RolledBack, version: 1, storeAt: 1},
+	{point: "updater-store-rolled-back", rollbck: true, state: RolledBack, version: 1, storeAt: 1},
+	{point: "updater-rolled_back", rollbck: true, state: RolledBack, version: 1, storeAt: 1},
+}
+
+var quickCrash = map[string]bool{"updater-chunk": true, "updater-validating": true, "state-renamed": true,
+	"updater-installed": true, "updater-probation": true, "rollback-renamed": true}
+
+// TestCrash kills a device with SIGKILL at each crash point of an update
+// from v1 to v2 (and of a rollback back to v1), then restarts it: it must
+// serve a loadable current model right away, resume (or roll back) to the
+// expected end, keep a valid audit trail and leave no work files.
+func TestCrash(t *testing.T) {
+	f := newTestFleet(t)
+	m1, _ := describe(t, "face", 1, testmodel.FaceShort, false)
+	// No golden vectors: their JSON is what costs under -race, and
+	// validation has its own tests.
+	m2, _ := describe(t, "face", 2, testmodel.FaceFull, false)
+	// A device with v1 committed, copied for each case.
+	tmpl := t.TempDir()
+	d := newDevice(t, tmpl, f, newMemSource(testmodel.Read(t, testmodel.FaceShort)), nil)
+	d.start(t)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+	d.stop(t)
+	rootJSON, err := os.ReadFile(f.rootPath)
+	require.NoError(t, err)
+
+	for _, tc := range crashCases {
+		if !quickCrash[tc.point] && os.Getenv("OUTPOST_CRASH_ALL") == "" {
+			continue
+		}
+		name := tc.point
+		if tc.maxBoots > 0 {
+			name += "-crash-loop"
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			require.NoError(t, os.CopyFS(dir, os.DirFS(tmpl)))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "root.json"), rootJSON, 0o644))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "cmd-c2.json"), f.install(t, "c2", "r2", m2), 0o644))
+			last := "c2"
+			if tc.rollbck {
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "cmd-rb.json"), f.rollback(t, "rb", "r2", "face", 2), 0o644))
+				last = "rb"
+			}
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$")
+			cmd.Env = append(os.Environ(), "OUTPOST_UPDATER_HELPER_DIR="+dir, "OUTPOST_CRASHPOINT="+tc.point)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee, "helper exited: %s", out)
+			ws, ok := ee.Sys().(syscall.WaitStatus)
+			require.True(t, ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL, "helper was not killed: %v\n%s", err, out)
+
+			// Right after the crash the store has one loadable current model.
+			st, err := store.Open(filepath.Join(dir, "store"), store.Options{})
+			require.NoError(t, err)
+			b, e, err := st.Load("face")
+			require.NoError(t, err)
+			_, err = tflite.Read(b)
+			require.NoError(t, err)
+			require.Equal(t, tc.storeAt, e.Manifest.Version, "store right after the crash")
+
+			// Restart: it resumes or rolls back.
+			d := newDevice(t, dir, f, newMemSource(testmodel.Read(t, testmodel.FaceShort), testmodel.Read(t, testmodel.FaceFull)), func(o *Options) {
+				if tc.maxBoots > 0 {
+					o.MaxProbationBoots = tc.maxBoots
+				}
+			})
+			d.start(t)
+			j := d.waitJob(t, last)
+			require.Equal(t, tc.state, j.State, j.Error)
+			require.Equal(t, tc.version, d.serving(t, "face"))
+			cur, err := d.store.Current("face")
+			require.NoError(t, err)
+			require.Equal(t, tc.version, cur.Manifest.Version)
+			n, err := audit.Verify(d.u.DB())
+			require.NoError(t, err)
+			require.Positive(t, n)
+			d.stop(t)
+			requireNoLeftovers(t, d)
+		})
+	}
+}
