@@ -10,6 +10,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -83,6 +84,10 @@ type Controller struct {
 
 	msgsIn, msgsOut, bad atomic.Uint64
 	started              time.Time
+	ready                chan struct{}
+	readyOnce            sync.Once
+	queues               [workers]chan func()
+	stopping             chan struct{} // closed when Run ends the workers
 }
 
 // New opens the registry and keys and prepares every part; listeners are
@@ -100,7 +105,7 @@ func New(opts Options) (*Controller, error) {
 	if opts.ClientID == "" {
 		opts.ClientID = "outpost-fleet-" + opts.Fleet
 	}
-	c := &Controller{opts: opts, log: opts.Logger, started: time.Now()}
+	c := &Controller{opts: opts, log: opts.Logger, started: time.Now(), ready: make(chan struct{})}
 	var err error
 	if c.keys, err = keyring.Open(opts.Keys, keyring.Options{}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
@@ -203,7 +208,19 @@ func (c *Controller) Run(ctx context.Context) error {
 			}
 		}()
 	}
+	var workWG sync.WaitGroup
+	c.stopping = make(chan struct{})
+	for i := range c.queues {
+		c.queues[i] = make(chan func(), 256)
+		workWG.Add(1)
+		go func() { defer workWG.Done(); c.work(c.queues[i]) }()
+	}
+	stopWorkers := func() {
+		close(c.stopping)
+		workWG.Wait()
+	}
 	if err := c.connect(ctx); err != nil {
+		stopWorkers()
 		bcancel()
 		brokerWG.Wait()
 		return err
@@ -216,7 +233,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	c.mu.Lock()
 	c.client.Disconnect(500)
 	c.mu.Unlock()
-	bcancel() // the broker goes last, after the client said goodbye
+	stopWorkers() // a handler still running after Disconnect drops its message
+	bcancel()     // the broker goes last, after the client said goodbye
 	brokerWG.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		return err
@@ -233,7 +251,9 @@ func (c *Controller) connect(ctx context.Context) error {
 		SetUsername(c.opts.Username).
 		SetPassword(c.opts.Password).
 		SetCleanSession(false).
-		SetOrderMatters(false). // handlers run concurrently; registry writes batch
+		// In order: the handlers only hand messages to the per-device
+		// workers (see dispatch), which keep each device's order.
+		SetOrderMatters(true).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
 		SetConnectRetryInterval(time.Second).
@@ -287,7 +307,7 @@ func (c *Controller) subscribe(cl mqtt.Client) {
 				c.bad.Add(1)
 				return
 			}
-			h(dev, m.Payload())
+			c.dispatch(dev, func() { h(dev, m.Payload()) })
 		}
 	}
 	req, _ := protocol.ArtifactsReqTopic(c.opts.Fleet)
@@ -308,7 +328,42 @@ func (c *Controller) subscribe(cl mqtt.Client) {
 		return
 	}
 	c.log.Info("subscribed", "filters", len(filters))
+	c.readyOnce.Do(func() { close(c.ready) })
 }
+
+// workers is how many goroutines handle device messages. Each device's
+// messages go to one of them, in arrival order, which telemetry
+// de-duplication relies on (a sequence number not seen before is above every
+// one seen); different devices are handled in parallel, so registry writes
+// group into shared bbolt transactions.
+const workers = 16
+
+// dispatch queues fn on the worker that owns device. It blocks when that
+// worker is behind, which holds the MQTT client back: backpressure.
+func (c *Controller) dispatch(device string, fn func()) {
+	h := fnv.New32a()
+	h.Write([]byte(device))
+	select {
+	case c.queues[h.Sum32()%workers] <- fn:
+	case <-c.stopping:
+	}
+}
+
+// work runs one worker until the controller stops.
+func (c *Controller) work(q <-chan func()) {
+	for {
+		select {
+		case fn := <-q:
+			fn()
+		case <-c.stopping:
+			return
+		}
+	}
+}
+
+// Ready is closed once the controller has subscribed to its fleet's topics
+// for the first time: from then on no device message is missed.
+func (c *Controller) Ready() <-chan struct{} { return c.ready }
 
 func (c *Controller) onStatus(device string, payload []byte) {
 	if len(payload) == 0 {
@@ -345,7 +400,12 @@ func (c *Controller) onState(device string, payload []byte) {
 	}
 	now := time.Now().UTC()
 	if _, err := c.reg.UpdateDevice(device, func(d *registry.Device) {
-		if online && !d.Online {
+		// A device says "online" after every connection, and a new
+		// connection may have lost whatever the broker held for it (a
+		// restarted embedded broker keeps no sessions): OnlineSince is
+		// the last connection, and the rollout engine sends again what
+		// was sent before it.
+		if online {
 			d.OnlineSince = now
 		}
 		d.Online, d.LastSeen = online, now

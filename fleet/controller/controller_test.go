@@ -1,10 +1,15 @@
 package controller_test
 
 import (
+	"net"
+	"path/filepath"
+
 	"context"
 	"crypto/ed25519"
 	"errors"
 	"fmt"
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/fleet/keyring"
 	"strings"
 	"testing"
 	"time"
@@ -319,4 +324,81 @@ func mustSigners(t *testing.T, f *fleet) []ed25519.PrivateKey {
 		t.Fatal(err)
 	}
 	return k
+}
+
+// TestTelemetryCounted: telemetry batches on a device's events topic are
+// counted and de-duplicated by (device, epoch, sequence).
+func TestTelemetryCounted(t *testing.T) {
+	f := startFleet(t, controller.Options{})
+	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(f.c.BrokerURL()).SetClientID("gw-tel"))
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer cl.Disconnect(100)
+	topics, _ := protocol.DeviceTopics(fleetName, "gw-tel")
+	body, err := protocol.AppendRecord(nil, &protocol.Record{Kind: protocol.KindUpdate, Time: time.Now(),
+		Update: &protocol.Update{RolloutID: "r-1", State: "downloading"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch := func(seqs ...uint64) []byte {
+		b := protocol.AppendBatchHeader(nil, protocol.BatchHeader{Epoch: 42, Count: len(seqs)})
+		for _, s := range seqs {
+			b = protocol.AppendBatchEntry(b, s, body)
+		}
+		return b
+	}
+	for _, p := range [][]byte{batch(1, 2, 3), batch(3, 4), []byte("garbage")} {
+		if tok := cl.Publish(topics.Events, 1, false, p); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatal(tok.Error())
+		}
+	}
+	eventually(t, 30*time.Second, "telemetry counted", func() (bool, string) {
+		d, err := f.c.Registry().Device("gw-tel")
+		if err != nil {
+			return false, err.Error()
+		}
+		tc := d.Telemetry
+		return tc.Records == 4 && tc.Duplicates == 1 && tc.ByKind["update"] == 4, fmt.Sprintf("%+v", tc)
+	})
+	eventually(t, 10*time.Second, "bad batch counted", func() (bool, string) {
+		return f.c.Stats().BadMessages >= 1, "no bad message counted"
+	})
+}
+
+// TestControllerRestartResumesRollout: the controller (with its embedded
+// broker) stops in the middle of a rollout and starts again on the same
+// data directory and address; the rollout carries on and completes.
+func TestControllerRestartResumesRollout(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys")
+	if _, err := keyring.Init(keys, keyring.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	data := t.TempDir()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	opts := controller.Options{Keys: keys, DataDir: data, ListenMQTT: addr}
+	f := startFleet(t, opts)
+	f.push("face", 1, 64<<10, 16<<10)
+	const n = 6
+	ds := f.devices(n, "tcp://"+addr, nil)
+	f.waitDevices(n)
+	ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 1, Waves: []int{50, 100}, Bake: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "wave 1 done", func() (bool, string) {
+		r, _ := f.c.Registry().Rollout(ro.ID)
+		return !r.WaveDone.IsZero(), "not yet"
+	})
+	f.stop()
+	f2 := startFleet(t, opts)
+	f2.waitRollout(ro.ID, registry.RolloutCompleted, 120*time.Second)
+	if got, off := running(ds, n, "face", 1); got != n {
+		t.Fatalf("%d of %d on v1 after the restart; not: %s", got, n, off)
+	}
 }

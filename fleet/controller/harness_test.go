@@ -83,6 +83,14 @@ func startFleet(t testing.TB, opts controller.Options) *fleet {
 	f := &fleet{t: t, keys: k, root: k.Root(), c: c, cancel: cancel, done: make(chan error, 1)}
 	go func() { f.done <- c.Run(ctx) }()
 	t.Cleanup(f.stop)
+	select {
+	case <-c.Ready():
+	case err := <-f.done:
+		f.done <- err
+		t.Fatalf("controller stopped: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("controller not ready")
+	}
 	return f
 }
 

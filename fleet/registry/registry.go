@@ -257,18 +257,20 @@ func (r *Registry) Models() ([]ModelVersion, error) {
 
 // Device is what the controller knows about one device.
 type Device struct {
-	ID           string                 `json:"id"`
-	Labels       map[string]string      `json:"labels,omitempty"`
-	AgentVersion string                 `json:"agent_version,omitempty"`
-	Online       bool                   `json:"online"`
-	OnlineSince  time.Time              `json:"online_since,omitzero"`
-	LastSeen     time.Time              `json:"last_seen,omitzero"`
-	Models       []protocol.ModelStatus `json:"models,omitempty"`
-	Update       *protocol.UpdateStatus `json:"update,omitempty"`
-	Health       protocol.HealthSummary `json:"health"`
-	RootVersion  int64                  `json:"root_version,omitempty"`
-	StatusTime   time.Time              `json:"status_time,omitzero"`
-	Telemetry    TelemetryCounters      `json:"telemetry"`
+	ID           string            `json:"id"`
+	Labels       map[string]string `json:"labels,omitempty"`
+	AgentVersion string            `json:"agent_version,omitempty"`
+	Online       bool              `json:"online"`
+	// OnlineSince is when the device last said "online", i.e. its last
+	// connection.
+	OnlineSince time.Time              `json:"online_since,omitzero"`
+	LastSeen    time.Time              `json:"last_seen,omitzero"`
+	Models      []protocol.ModelStatus `json:"models,omitempty"`
+	Update      *protocol.UpdateStatus `json:"update,omitempty"`
+	Health      protocol.HealthSummary `json:"health"`
+	RootVersion int64                  `json:"root_version,omitempty"`
+	StatusTime  time.Time              `json:"status_time,omitzero"`
+	Telemetry   TelemetryCounters      `json:"telemetry"`
 }
 
 // Running returns the version of model the device reports serving, or 0.
