@@ -253,3 +253,35 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+func TestServeUsage(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("fleet: x\nbrokr: typo\n"), 0o600)
+	good := filepath.Join(dir, "good.yaml")
+	os.WriteFile(good, []byte("fleet: acme\nartifacts:\n  chunk_size: 1024\nrollouts:\n  command_ttl: 2h\n"), 0o600)
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"serve"}, 2, "--keys"},
+		{[]string{"serve", "--keys", dir, "--config", bad}, 2, "brokr"},
+		{[]string{"serve", "--keys", dir, "--config", filepath.Join(dir, "missing.yaml")}, 2, "missing.yaml"},
+		{[]string{"rollout", "create", "--model", "m", "--version", "1", "--waves", "ten"}, 2, "--waves"},
+		{[]string{"rollout", "create", "--model", "m", "--version", "1", "--selector", "site"}, 2, "selector"},
+		{[]string{"rollout", "pause"}, 2, "rollout id"},
+		{[]string{"models", "list", "--admin", "http://127.0.0.1:1"}, 1, "serve running"},
+	}
+	for _, tt := range tests {
+		var stdout, stderr bytes.Buffer
+		code := dispatch(context.Background(), tt.args, &stdout, &stderr)
+		if code != tt.code || !strings.Contains(stdout.String()+stderr.String(), tt.want) {
+			t.Errorf("%v: exit %d, want %d; output %q should contain %q", tt.args, code, tt.code, stdout.String()+stderr.String(), tt.want)
+		}
+	}
+	cfg, err := loadFleetConfig(good)
+	if err != nil || cfg.Fleet != "acme" || cfg.Artifacts.ChunkSize != 1024 || cfg.Rollouts.CommandTTL != 2*time.Hour || cfg.Admin != "127.0.0.1:8490" {
+		t.Fatalf("config %+v, %v", cfg, err)
+	}
+}
