@@ -372,7 +372,7 @@ func (c *Controller) onStatus(device string, payload []byte) {
 	st, err := protocol.ParseStatus(payload)
 	if err != nil || st.Device != device {
 		c.bad.Add(1)
-		c.log.Debug("bad status", "device", device, "err", err)
+		c.log.Warn("status refused", "device", device, "err", err) // the device stays invisible to rollouts
 		return
 	}
 	now := time.Now().UTC()
