@@ -159,7 +159,7 @@ func (s *chunkServer) publish(topic string, b []byte) {
 // the download resumes from the first missing chunk, never from zero.
 func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 	f := newTestFleet(t)
-	m1, b1 := describe(t, "face", 1, testmodel.FaceFull, true)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceFull, false)
 	cs := newChunkServer(t, b1)
 	cs.limit.Store(25) // the link dies after 25 of 67 chunks
 

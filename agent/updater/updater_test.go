@@ -77,7 +77,7 @@ var goodPath = []State{Downloading, Verifying, Staged, Validating, Activating, P
 func TestUpdateCommits(t *testing.T) {
 	f := newTestFleet(t)
 	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
-	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, true)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, false)
 	rec := &recorder{}
 	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), withReports(rec))
 	d.start(t)
@@ -190,8 +190,8 @@ func TestValidationRefuses(t *testing.T) {
 // error ratio and rolls back to v1, which then serves them again.
 func TestProbationRollsBack(t *testing.T) {
 	f := newTestFleet(t)
-	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
-	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, true)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, false)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, false)
 	rec := &recorder{}
 	src := newMemSource(b1, b2)
 	d := newDevice(t, t.TempDir(), f, src, nil)
@@ -231,8 +231,8 @@ func TestProbationRollsBack(t *testing.T) {
 func TestCommandsRefused(t *testing.T) {
 	f := newTestFleet(t)
 	other := newTestFleet(t)
-	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
-	m2, b2 := describe(t, "face", 2, testmodel.FaceShort, true)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, false)
+	m2, b2 := describe(t, "face", 2, testmodel.FaceShort, false)
 	src := newMemSource(b1, b2)
 	d := newDevice(t, t.TempDir(), f, src, nil)
 	d.start(t)
@@ -329,9 +329,9 @@ func (r *recorder) last(t *testing.T, command string) protocol.Ack {
 // docs/PROTOCOL.md specifies them.
 func TestAbortRollbackRetransmit(t *testing.T) {
 	f := newTestFleet(t)
-	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
-	m2, _ := describe(t, "face", 2, testmodel.FaceShort, true)
-	m3, b3 := describe(t, "face", 3, testmodel.FaceFull, true)
+	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, false)
+	m2, _ := describe(t, "face", 2, testmodel.FaceShort, false)
+	m3, b3 := describe(t, "face", 3, testmodel.FaceFull, false)
 	rec := &recorder{}
 	src := newMemSource(b1, b3)
 	d := newDevice(t, t.TempDir(), f, src, withReports(rec))
@@ -377,7 +377,7 @@ func TestAbortRollbackRetransmit(t *testing.T) {
 	j = d.waitJob(t, "c4b")
 	require.Equal(t, Committed, j.State)
 	require.Equal(t, int64(3), d.serving(t, "face"))
-	require.Equal(t, []State{Downloading, Verifying, Staged, Validating, Activating, Probation, Committed}, rec.states("c4b"))
+	require.Equal(t, []State{Downloading, Verifying, Staged, Validating, Activating, Probation, Committed}, rec.waitStates(t, "c4b"))
 
 	// An abort after activation leaves the version alone and says so.
 	require.NoError(t, d.u.HandleCommand(f.abort(t, "a4", "r4")))
