@@ -23,6 +23,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/agent/version"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,8 @@ type Agent struct {
 	store    *store.Store     // nil without a data dir
 	link     *telemetry.MQTT  // nil without a fleet
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
+	ulink    *updater.Link    // nil without a fleet or a data dir
+	updater  *updater.Updater // nil when ulink is
 
 	started       time.Time
 	counter       *requestCounter
@@ -64,7 +67,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{cfg: cfg, log: log, models: map[string]config.Model{}, started: time.Now(),
-		counter: &requestCounter{}, statusChanged: make(chan struct{}, 1)}
+		counter: &requestCounter{traffic: updater.NewTrafficCounter()}, statusChanged: make(chan struct{}, 1)}
 	for _, m := range cfg.Models {
 		a.models[m.Name] = m
 	}
@@ -75,21 +78,22 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		}
 		a.store = st
 	}
-	a.registry = serving.New(serving.Options{
-		Runtime: runtime.Options{
-			Workers:   cfg.Workers,
-			Threads:   cfg.Threads,
-			MaxQueue:  cfg.Queue,
-			Delegates: chain,
-			Logger:    log.With("component", "runtime"),
-		},
-		Logger: log.With("component", "serving"),
-	})
+	rt := runtime.Options{
+		Workers:   cfg.Workers,
+		Threads:   cfg.Threads,
+		MaxQueue:  cfg.Queue,
+		Delegates: chain,
+		Logger:    log.With("component", "runtime"),
+	}
+	a.registry = serving.New(serving.Options{Runtime: rt, Logger: log.With("component", "serving")})
 	token, err := readToken(cfg.API.TokenFile)
 	if err != nil {
 		return nil, err
 	}
-	if a.link, err = newLink(cfg, log); err != nil {
+	if err := a.newUpdaterLink(cfg, log); err != nil {
+		return nil, err
+	}
+	if a.link, err = newLink(cfg, a.ulink, log); err != nil {
 		return nil, err
 	}
 	if a.queue, err = newQueue(cfg, a.link, log); err != nil {
@@ -99,6 +103,9 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
 		a.counter.next = inferenceTelemetry{a.queue}
+	}
+	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
+		return nil, err
 	}
 	a.api, err = api.New(api.Options{
 		Listen:         cfg.Listen,
@@ -226,6 +233,13 @@ func (a *Agent) runTelemetry() (stop func()) {
 	if a.link != nil {
 		wg.Go(func() { a.runStatus(ctx) })
 	}
+	if a.updater != nil {
+		wg.Go(func() {
+			if err := a.updater.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("updater stopped", "err", err)
+			}
+		})
+	}
 	if a.queue != nil {
 		wg.Go(func() {
 			if err := a.queue.Run(ctx); err != nil && ctx.Err() == nil {
@@ -236,6 +250,9 @@ func (a *Agent) runTelemetry() (stop func()) {
 	return func() {
 		cancel()
 		wg.Wait()
+		if a.updater != nil {
+			a.updater.Close()
+		}
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/http"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -11,21 +12,29 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/agent/version"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
 // requestCounter counts answered inference requests for the device status
-// and passes each one on to the next observer (telemetry), if any.
+// and, per model version, for the updater's probation, and passes each one
+// on to the next observer (telemetry), if any.
 type requestCounter struct {
 	requests, errors atomic.Uint64
-	next             api.Observer
+	// traffic counts per model version; server-side failures (5xx) are its
+	// errors: bad input from clients is not the model's fault.
+	traffic *updater.TrafficCounter
+	next    api.Observer
 }
 
 func (c *requestCounter) ObserveInference(in *api.Inference) {
 	c.requests.Add(1)
-	if in.Code != 200 {
+	if in.Code != http.StatusOK {
 		c.errors.Add(1)
+	}
+	if in.Model.Name != "" {
+		c.traffic.Observe(in.Model.Name, in.Model.Version, in.Code >= http.StatusInternalServerError, in.Latency)
 	}
 	if c.next != nil {
 		c.next.ObserveInference(in)

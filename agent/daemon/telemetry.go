@@ -16,11 +16,13 @@ import (
 	"github.com/outpost-edge/outpost/agent/config"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
 // newLink connects to the fleet's broker, or returns nil without a fleet.
-func newLink(cfg config.Config, log *slog.Logger) (*telemetry.MQTT, error) {
+// The updater's link, if any, subscribes on every connection.
+func newLink(cfg config.Config, ulink *updater.Link, log *slog.Logger) (*telemetry.MQTT, error) {
 	f := cfg.Fleet
 	if f.Broker == "" {
 		return nil, nil
@@ -32,6 +34,9 @@ func newLink(cfg config.Config, log *slog.Logger) (*telemetry.MQTT, error) {
 		Device:   f.Device,
 		Username: f.Username,
 		Logger:   log,
+	}
+	if ulink != nil {
+		opts.OnConnect = ulink.OnConnect
 	}
 	if f.PasswordFile != "" {
 		b, err := os.ReadFile(f.PasswordFile)

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"context"
+	"log/slog"
+
+	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/agent/updater"
+	"github.com/outpost-edge/outpost/agent/version"
+	"github.com/outpost-edge/outpost/protocol"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// newUpdaterLink is the updater's side of the fleet connection (commands,
+// chunks, acks); nil without a fleet or a data dir.
+func (a *Agent) newUpdaterLink(cfg config.Config, log *slog.Logger) error {
+	if cfg.Fleet.Broker == "" || a.store == nil {
+		return nil
+	}
+	var err error
+	a.ulink, err = updater.NewLink(updater.LinkOptions{
+		Fleet:  cfg.Fleet.Name,
+		Device: cfg.Fleet.Device,
+		Status: func() protocol.Status { return *a.status() },
+		Logger: log,
+	})
+	return err
+}
+
+// newUpdater builds the update state machine over the store, the serving
+// registry (activation is a hot swap), the runtime (validation), the
+// traffic counters (probation), telemetry and the fleet link.
+func (a *Agent) newUpdater(cfg config.Config, rt runtime.Options, reg *prometheus.Registry, log *slog.Logger) error {
+	if a.ulink == nil {
+		return nil
+	}
+	opts := updater.Options{
+		DataDir:  cfg.DataDir,
+		Store:    a.store,
+		RootPath: cfg.Fleet.Root,
+		Source:   a.ulink,
+		Activator: updater.ActivatorFunc(func(ctx context.Context, name string, version int64, data []byte) error {
+			_, err := a.registry.Load(ctx, name, version, data, "store")
+			a.updateReady()
+			return err
+		}),
+		Runtime: updater.RuntimeFunc(func(data []byte) (updater.Model, error) {
+			return runtime.Load(data, rt)
+		}),
+		Traffic:      a.counter.traffic,
+		Reporter:     a.ulink,
+		AgentVersion: version.Version,
+		Probation:    cfg.Fleet.Probation,
+		Fleet:        cfg.Fleet.Name,
+		Device:       cfg.Fleet.Device,
+		Logger:       log,
+	}
+	if a.queue != nil { // a nil *Queue in the interface would look like an emitter
+		opts.Telemetry = a.queue
+	}
+	u, err := updater.New(opts)
+	if err != nil {
+		return err
+	}
+	a.updater = u
+	a.ulink.SetCommandHandler(u.HandleCommand)
+	reg.MustRegister(u.Collector())
+	a.updateStatus = func() *protocol.UpdateStatus {
+		j, err := u.Job()
+		if err != nil || j == nil {
+			return nil
+		}
+		return &protocol.UpdateStatus{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model,
+			Version: j.Version, State: j.State, Total: j.Length, Error: j.Error, Time: j.Updated}
+	}
+	return nil
+}
