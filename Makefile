@@ -25,7 +25,7 @@ BENCHTIME ?= 1x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/outpost-edge/outpost/agent/version.Version=$(VERSION)
 
-.PHONY: all setup build test vet bench run fuzz clean env
+.PHONY: all setup build test vet bench run demo fuzz clean env
 
 all: build
 
@@ -47,6 +47,11 @@ test: setup
 # bench prints the comparable figures: ratios measured back to back in one run.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m ./...
+
+# demo: a fleet controller and one agent on this machine; a signed model is
+# pushed, rolled out and asked for a prediction, then everything stops.
+demo: build
+	@$(ROOT)/scripts/demo.sh $(ROOT)/bin $(MODELS)/face_detection_short_range.tflite
 
 # run serves the face detection test model on 127.0.0.1:8480 (Ctrl-C stops).
 run: build

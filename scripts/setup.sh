@@ -11,6 +11,7 @@ declare -A pkgs=(
   [npm]=npm
   [mosquitto]=mosquitto
   [mosquitto_sub]=mosquitto-clients
+  [curl]=curl
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
