@@ -5,11 +5,10 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
-	"slices"
 	"testing"
-	"time"
 
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/agent/tensorjson/jsonbench"
 )
 
 // The sizes of face_detection_short_range: a 1x128x128x3 FP32 input and
@@ -88,46 +87,15 @@ func benchResponse() (*Response, jsonResponse) {
 	return r, j
 }
 
-// interleave runs ours and theirs alternately, b.N times each, timing every
-// run, and reports both medians and theirs/ours: alternating keeps a noisy
-// shared machine from favouring whichever ran second.
-func interleave(b *testing.B, bytes int, ours, theirs func()) {
-	b.Helper()
-	ours()
-	theirs()
-	b.SetBytes(int64(bytes))
-	b.ReportAllocs()
-	to := make([]time.Duration, 0, b.N)
-	tt := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for range b.N {
-		t0 := time.Now()
-		ours()
-		t1 := time.Now()
-		theirs()
-		tt = append(tt, time.Since(t1))
-		to = append(to, t1.Sub(t0))
-	}
-	b.StopTimer()
-	mo, mt := median(to), median(tt)
-	b.ReportMetric(float64(mo.Nanoseconds()), "ours-ns/op")
-	b.ReportMetric(float64(mt.Nanoseconds()), "encjson-ns/op")
-	b.ReportMetric(float64(mt)/float64(mo), "speedup")
-}
-
-func median(d []time.Duration) time.Duration {
-	slices.Sort(d)
-	return d[len(d)/2]
-}
-
 // BenchmarkDecodeRequest compares DecodeRequest with encoding/json
 // unmarshalling the same body into a struct with Data []float32. The
-// speedup metric is encoding/json's median time over ours.
+// speedup metric is the median over interleaved rounds of encoding/json's
+// time over ours.
 func BenchmarkDecodeRequest(b *testing.B) {
 	body := benchRequestBody(b)
 	var r Request
 	var j jsonRequest
-	interleave(b, len(body), func() {
+	jsonbench.Compare(b, "encjson", len(body), func() {
 		r.Reset()
 		if err := DecodeRequest(body, -1, &r); err != nil {
 			b.Fatal(err)
@@ -146,7 +114,7 @@ func BenchmarkAppendResponse(b *testing.B) {
 	r, j := benchResponse()
 	var out []byte
 	out, _ = AppendResponse(out[:0], r)
-	interleave(b, len(out), func() {
+	jsonbench.Compare(b, "encjson", len(out), func() {
 		out, _ = AppendResponse(out[:0], r)
 	}, func() {
 		if _, err := json.Marshal(&j); err != nil {

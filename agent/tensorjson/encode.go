@@ -43,6 +43,15 @@ func (enc Encoder) Append(dst []byte, dt tensor.DataType, shape []int, data []by
 	if err != nil || n != have {
 		return enc.appendFlat(dst, dt, data, strs, 0, have)
 	}
+	if dt == tensor.FP32 || dt == tensor.FP16 {
+		// Reserve for the whole tensor at once: the numbers, and brackets
+		// and commas around the innermost rows.
+		rows := 1
+		if len(shape) > 0 && shape[len(shape)-1] > 0 {
+			rows = n / shape[len(shape)-1]
+		}
+		dst = slices.Grow(dst, n*float32Estimate+rows*3+2*len(shape))
+	}
 	if len(shape) == 0 {
 		return enc.appendRun(dst, dt, data, strs, 0, 1)
 	}
@@ -88,7 +97,9 @@ func (enc Encoder) appendNested(dst []byte, dt tensor.DataType, shape []int, dat
 func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [][]byte, i, n int) []byte {
 	switch dt {
 	case tensor.FP32:
-		return appendFloat32s(dst, data[i*4:(i+n)*4])
+		return appendFloats(dst, data[i*4:(i+n)*4], false)
+	case tensor.FP16:
+		return appendFloats(dst, data[i*2:(i+n)*2], true)
 	case tensor.Bytes:
 		for k, s := range strs[i : i+n] {
 			if k > 0 {
@@ -118,8 +129,6 @@ func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [
 			} else {
 				dst = strconv.AppendFloat(dst, f, 'g', -1, 64)
 			}
-		case tensor.FP16:
-			dst = appendFloat32(dst, HalfToFloat(binary.LittleEndian.Uint16(d[k:])))
 		case tensor.Bool:
 			if d[k] != 0 {
 				dst = append(dst, "true"...)
@@ -148,23 +157,34 @@ func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [
 }
 
 // float32Estimate is the bytes a float32 element typically takes with its
-// comma, "-0.12345678,": what Append reserves up front.
+// comma, "-0.12345678,": what is reserved per element up front.
 const float32Estimate = 12
 
-// appendFloat32s writes the packed little-endian float32s in d, separated
-// by commas. It writes straight into dst's spare capacity, reserving room
-// for the rest by the estimate whenever that runs short of one element's
-// worst case, so a reused buffer is never grown and a new one rarely twice.
-func appendFloat32s(dst []byte, d []byte) []byte {
+// appendFloats writes the packed little-endian float32s (or halves) in d,
+// separated by commas. It writes straight into dst's spare capacity,
+// reserving room for the rest by the estimate whenever that runs short of
+// one element's worst case: a reused buffer is not grown, a new one rarely
+// more than once.
+func appendFloats(dst []byte, d []byte, half bool) []byte {
+	size := 4
+	if half {
+		size = 2
+	}
 	sep := 0
-	for k := 0; k+4 <= len(d); k += 4 {
+	for k := 0; k+size <= len(d); k += size {
 		l := len(dst)
 		if cap(dst)-l <= maxFloat32Len {
-			dst = slices.Grow(dst, (len(d)-k)/4*float32Estimate+maxFloat32Len+1)
+			dst = slices.Grow(dst, (len(d)-k)/size*float32Estimate+maxFloat32Len+1)
 		}
 		b := dst[l : l+maxFloat32Len+1]
 		b[0] = ','
-		w := putFloat32(b[sep:], binary.LittleEndian.Uint32(d[k:]))
+		var u uint32
+		if half {
+			u = math.Float32bits(HalfToFloat(binary.LittleEndian.Uint16(d[k:])))
+		} else {
+			u = binary.LittleEndian.Uint32(d[k:])
+		}
+		w := putFloat32(b[sep:], u)
 		dst = dst[:l+sep+w]
 		sep = 1
 	}

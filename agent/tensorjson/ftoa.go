@@ -38,13 +38,13 @@ const (
 	pow10Max = 45
 )
 
-// floorLog10Pow2 is floor(q·log10(2)) for |q| <= 1650 (checked in tests).
+// floorLog10Pow2 is floor(q·log10(2)) for |q| <= 300 (TestFloorLogs).
 func floorLog10Pow2(q int) int { return q * 1262611 >> 22 }
 
-// floorLog10ThreeQuartersPow2 is floor(log10(3/4·2^q)) for |q| <= 1650.
+// floorLog10ThreeQuartersPow2 is floor(log10(3/4·2^q)) for |q| <= 300.
 func floorLog10ThreeQuartersPow2(q int) int { return (q*1262611 - 524031) >> 22 }
 
-// floorLog2Pow10 is floor(j·log2(10)) for |j| <= 1233.
+// floorLog2Pow10 is floor(j·log2(10)) for |j| <= 100.
 func floorLog2Pow10(j int) int { return j * 1741647 >> 19 }
 
 // mulOdd returns floor(g·x / 2^64), with the lowest bit set when the value
@@ -55,7 +55,7 @@ func mulOdd(g, x uint64) uint32 {
 	return uint32(hi) | uint32((lo>>32+math.MaxUint32)>>32)
 }
 
-// scaling is what shortest32 needs for one binary exponent: the power of
+// scaling is what putFloat32 needs for one binary exponent: the power of
 // ten k, 10^-k from pow10Table, and the shift h that lines up the product.
 type scaling struct {
 	g uint64
@@ -86,13 +86,68 @@ func scalingFor(q int, asym bool) scaling {
 	}
 }
 
-// shortest32 returns the shortest decimal d·10^e that reads back as the
-// positive finite float32 whose bits are u, the one nearest it when there
-// are several (the even one when two are as near), with d free of trailing
-// zeros (d < 10^9).
-func shortest32(u uint32) (d uint32, e int) {
-	be := u >> 23
-	c := u & (1<<23 - 1)
+// trimZeros removes d's trailing zeros, raising e to match.
+func trimZeros(d uint32, e int) (uint32, int) {
+	for d%10 == 0 {
+		d /= 10
+		e++
+	}
+	return d, e
+}
+
+// pow10u32 are the powers of ten that fit in a uint32.
+var pow10u32 = [...]uint32{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
+
+// numDigits counts the decimal digits of d > 0.
+func numDigits(d uint32) int {
+	n := (bits.Len32(d) * 1233) >> 12 // floor(log10(2)·bitlen), one low at most
+	if d >= pow10u32[n] {
+		n++
+	}
+	return n
+}
+
+// digits8 returns the eight decimal digits of n < 10^8, leading zeros
+// included, one per byte of a little-endian word: stored, the most
+// significant digit comes first. It splits n into halves, quarters and
+// digits in parallel lanes of one word, with no branches: each level takes
+// the quotient q of every lane by a multiplication with a scaled inverse
+// (exact for the lane's range, which TestDigits8 checks) and makes the word
+// (v << w) - q·(m·2^w - 1), which leaves q in the lane's low half and the
+// remainder v - q·m in its high half.
+func digits8(n uint32) uint64 {
+	hi := uint64(n / 10000)
+	v := uint64(n)<<32 - hi*(10000<<32-1)       // two lanes below 10^4
+	q := (v * 5243 >> 19) & 0x0000007f_0000007f // lane / 100
+	v = v<<16 - q*(100<<16-1)                   // four lanes below 100
+	q = (v * 103 >> 10) & 0x000f_000f_000f_000f // lane / 10
+	return v<<8 - q*(10<<8-1)                   // eight lanes below 10
+}
+
+// putFloat32 writes the float32 whose bits are u into b, which has room for
+// maxFloat32Len bytes, as strconv.AppendFloat(f, 'g', -1, 32) writes it:
+// the shortest decimal that reads back as f (the nearest if several), in
+// exponent form when the leading digit's exponent is below -4 or at least 6.
+// NaN and infinities become the strings "NaN", "Infinity" and "-Infinity".
+// It returns the number of bytes written, and may scribble on the rest of b.
+//
+// The digits are formed left-aligned, as a leading digit and eight more
+// (trailing zeros filling up), and stored eight at a time; the layouts then
+// differ only in where they go.
+func putFloat32(b []byte, u uint32) int {
+	_ = b[maxFloat32Len-1]
+	a := u &^ (1 << 31)
+	if a-1 >= 0x7f800000-1 { // zero, infinities and NaN
+		return putSpecial32(b, u)
+	}
+	b[0] = '-'
+	w := int(u >> 31)
+
+	// The shortest decimal d·10^e, nearest a, d free of trailing zeros
+	// (d < 10^9). This is one function with the layout below: a call
+	// between them costs a tenth of the time.
+	be := a >> 23
+	c := a & (1<<23 - 1)
 	if be > 0 {
 		c |= 1 << 23
 	}
@@ -117,91 +172,49 @@ func shortest32(u uint32) (d uint32, e int) {
 	vbl += odd
 	vbr -= odd
 
+	// The choices below are made with flags rather than branches: which
+	// way they go is as good as random, and a mispredicted branch costs
+	// more than working out both sides.
 	s := vb >> 2
-	sp := s / 10 * 10 // vbl > 0, so sp = 0 is never inside
-	if vbl <= sp<<2 {
-		return trimZeros(sp/10, k+1)
+	q := s / 10 // vbl > 0, so q = 0 is never inside
+	var below, above uint32
+	if vbl <= q*40 { // 10q inside
+		below = 1
 	}
-	if tp := sp + 10; tp<<2 <= vbr {
-		return trimZeros(tp/10, k+1)
+	if (q+1)*40 <= vbr { // 10(q+1) inside
+		above = 1
 	}
-	t := s + 1
-	uin := vbl <= s<<2
-	win := t<<2 <= vbr
-	if uin != win {
-		if uin {
-			return s, k
-		}
-		return t, k
+	// Otherwise s or s+1, whichever is inside, or the nearer (the even
+	// one at a tie: vb is odd unless exact, so only an exact half ties).
+	var nearUp, upIn, downOut uint32
+	if vb+s&1 > s<<2+2 {
+		nearUp = 1
 	}
-	// Both inside: the nearer, or the even one at a tie.
-	if mid := s<<2 + 2; vb < mid || vb == mid && s&1 == 0 {
-		return s, k
+	if (s+1)<<2 <= vbr {
+		upIn = 1
 	}
-	return t, k
-}
+	if vbl > s<<2 {
+		downOut = 1
+	}
+	short := below | above
+	mask := -short // all ones when a multiple of ten is inside
+	d := (s+(nearUp&upIn|downOut))&^mask | (q+1-below)&mask
+	d, e := trimZeros(d, k+int(short))
 
-// trimZeros removes d's trailing zeros, raising e to match.
-func trimZeros(d uint32, e int) (uint32, int) {
-	for d%10 == 0 {
-		d /= 10
-		e++
-	}
-	return d, e
-}
-
-// pow10u32 are the powers of ten that fit in a uint32.
-var pow10u32 = [...]uint32{1, 10, 100, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9}
-
-// numDigits counts the decimal digits of d > 0.
-func numDigits(d uint32) int {
-	n := (bits.Len32(d) * 1233) >> 12 // floor(log10(2)·bitlen), one low at most
-	if d >= pow10u32[n] {
-		n++
-	}
-	return n
-}
-
-// digits8 returns the eight decimal digits of n < 10^8, leading zeros
-// included, as ASCII in a little-endian word: stored, the most significant
-// digit comes first. It splits n into halves, quarters and digits in
-// parallel lanes of one word, dividing by multiplying with a scaled inverse
-// (exact for the lane's range, which TestDigits8 checks), with no branches.
-func digits8(n uint32) uint64 {
-	hi := n / 10000
-	v := uint64(hi) | uint64(n-hi*10000)<<32 // two lanes below 10^4
-	q := (v * 5243 >> 19) & 0x0000007f_0000007f
-	v = q | (v-q*100)<<16 // four lanes below 100
-	q = (v * 103 >> 10) & 0x000f_000f_000f_000f
-	v = q | (v-q*10)<<8 // eight lanes below 10
-	return v | 0x30303030_30303030
-}
-
-// putFloat32 writes the float32 whose bits are u into b, which has room for
-// maxFloat32Len bytes, as strconv.AppendFloat(f, 'g', -1, 32) writes it:
-// the shortest decimal that reads back as f (the nearest if several), in
-// exponent form when the leading digit's exponent is below -4 or at least 6.
-// NaN and infinities become the strings "NaN", "Infinity" and "-Infinity".
-// It returns the number of bytes written, and may scribble on the rest of b.
-//
-// The digits are formed left-aligned, as nine characters with trailing
-// zeros, and stored eight at a time; the layouts then differ only in where
-// they go.
-func putFloat32(b []byte, u uint32) int {
-	_ = b[maxFloat32Len-1]
-	a := u &^ (1 << 31)
-	if a-1 >= 0x7f800000-1 { // zero, infinities and NaN
-		return putSpecial32(b, u)
-	}
-	b[0] = '-'
-	w := int(u >> 31)
-	d, e := shortest32(a)
+	// The layout.
 	nd := numDigits(d)
 	x := e + nd - 1 // exponent of the leading digit
-	p := d * pow10u32[9-nd]
-	first := p / 1e8
-	rest := digits8(p - first*1e8)
-	lead := byte('0' + first)
+	// d has at most nine digits, the first a 0 or 1 (d < 2^28); shifting
+	// the other eight by the leading zeros aligns them left.
+	top := uint32(0)
+	if d >= 1e8 {
+		top = 1
+		d -= 1e8
+	}
+	v := digits8(d)
+	z := uint(9 - nd)
+	lead := '0' + byte(top) + byte(v>>(8*z-8)) // for z = 0 the shift is out of range, giving 0
+	rest := v>>(8*z) | 0x30303030_30303030
 	switch {
 	case x < -4 || x >= 6: // d.ddde±xx
 		b[w] = lead
@@ -254,13 +267,6 @@ func putSpecial32(b []byte, u uint32) int {
 		return copy(b, "0")
 	}
 	return copy(b, "-0")
-}
-
-// appendFloat32 appends f as putFloat32 writes it.
-func appendFloat32(dst []byte, f float32) []byte {
-	var buf [maxFloat32Len]byte
-	n := putFloat32(buf[:], math.Float32bits(f))
-	return append(dst, buf[:n]...)
 }
 
 const digitPairs = "00010203040506070809" +

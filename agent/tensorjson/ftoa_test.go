@@ -2,6 +2,7 @@ package tensorjson
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/big"
@@ -15,6 +16,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/outpost-edge/outpost/agent/tensor"
 )
 
 // checkFloat32 formats the float32 with bits u and returns what is wrong
@@ -69,6 +72,13 @@ func tieToEven(f float32, got, want []byte) bool {
 	dg := new(big.Rat).Sub(g, v)
 	dw := new(big.Rat).Sub(w, v)
 	return dg.Abs(dg).Cmp(dw.Abs(dw)) == 0
+}
+
+// appendFloat32 appends f as putFloat32 writes it.
+func appendFloat32(dst []byte, f float32) []byte {
+	var buf [maxFloat32Len]byte
+	n := putFloat32(buf[:], math.Float32bits(f))
+	return append(dst, buf[:n]...)
 }
 
 // sigDigits counts the significant digits of a formatted number.
@@ -291,7 +301,7 @@ func TestFloorLogs(t *testing.T) {
 	}
 }
 
-// TestScalings checks what shortest32 assumes of its table: the power of
+// TestScalings checks what putFloat32 assumes of its table: the power of
 // ten is in pow10Table, and the shifted bounds stay below 2^32 (so the
 // product's error stays below the sticky threshold).
 func TestScalings(t *testing.T) {
@@ -330,7 +340,7 @@ func TestDigits8(t *testing.T) {
 	var b [8]byte
 	for n := uint32(0); n < 1e8; n += 9973 {
 		for _, v := range []uint32{n, 1e8 - 1 - n, n / 1000} {
-			putUint64(b[:], digits8(v))
+			putUint64(b[:], digits8(v)|0x30303030_30303030)
 			if want := fmt.Sprintf("%08d", v); string(b[:]) != want {
 				t.Fatalf("digits8(%d) = %q, want %q", v, b[:], want)
 			}
@@ -341,5 +351,108 @@ func TestDigits8(t *testing.T) {
 func putUint64(b []byte, v uint64) {
 	for i := range b {
 		b[i] = byte(v >> (8 * i))
+	}
+}
+
+// TestEncodeFloats checks the FP32 and FP16 array writers against strconv,
+// element by element: flat and nested, into nil, into a buffer too small
+// (which must grow) and after existing bytes (which must stay).
+func TestEncodeFloats(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	var f32 []float32
+	for _, u := range boundaryFloats()[:5000] {
+		f32 = append(f32, math.Float32frombits(u))
+	}
+	for range 5000 {
+		f32 = append(f32, r.Float32()*2-1, math.Float32frombits(r.Uint32()))
+	}
+	f32 = append(f32, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)))
+	var data []byte
+	var want []string
+	for _, f := range f32 {
+		data = binary.LittleEndian.AppendUint32(data, math.Float32bits(f))
+		want = append(want, wantFloat(float64(f)))
+	}
+	checkArrays(t, tensor.FP32, data, want)
+
+	var halves []byte
+	want = want[:0]
+	for h := range 1 << 16 {
+		halves = binary.LittleEndian.AppendUint16(halves, uint16(h))
+		want = append(want, wantFloat(float64(HalfToFloat(uint16(h)))))
+	}
+	checkArrays(t, tensor.FP16, halves, want)
+}
+
+// wantFloat is the JSON Encoder promises for f (a float32 value).
+func wantFloat(f float64) string {
+	switch {
+	case f != f:
+		return `"NaN"`
+	case math.IsInf(f, 1):
+		return `"Infinity"`
+	case math.IsInf(f, -1):
+		return `"-Infinity"`
+	case f == 0x1p-12 || f == -0x1p-12:
+		return strings.Replace(strconv.FormatFloat(f, 'g', -1, 32), "63", "62", 1) // see TestFloat32Tie
+	}
+	return strconv.FormatFloat(f, 'g', -1, 32)
+}
+
+func checkArrays(t *testing.T, dt tensor.DataType, data []byte, want []string) {
+	t.Helper()
+	flat := "[" + strings.Join(want, ",") + "]"
+	for _, dst := range [][]byte{nil, make([]byte, 0, 7), []byte("prefix:")} {
+		prefix := string(dst)
+		got := string(Encoder{}.AppendFlat(dst, dt, data, nil))
+		if got != prefix+flat {
+			t.Fatalf("%s AppendFlat after %q: got %d bytes, want %d; first difference at %d", dt, prefix, len(got), len(prefix+flat), firstDiff(got, prefix+flat))
+		}
+	}
+	// Rows of four, nested as [n/4, 2, 2].
+	n := len(want) / 4 * 4
+	var nested strings.Builder
+	nested.WriteByte('[')
+	for i := 0; i < n; i += 4 {
+		if i > 0 {
+			nested.WriteByte(',')
+		}
+		fmt.Fprintf(&nested, "[[%s,%s],[%s,%s]]", want[i], want[i+1], want[i+2], want[i+3])
+	}
+	nested.WriteByte(']')
+	size := len(data) / len(want)
+	got := string(Encoder{}.Append(nil, dt, []int{n / 4, 2, 2}, data[:n*size], nil))
+	if got != nested.String() {
+		t.Fatalf("%s Append nested: first difference at %d", dt, firstDiff(got, nested.String()))
+	}
+}
+
+func firstDiff(a, b string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
+
+// TestEncodeFloatsNoAllocs checks that encoding into a buffer with room
+// allocates nothing.
+func TestEncodeFloatsNoAllocs(t *testing.T) {
+	if testing.CoverMode() != "" || raceEnabled {
+		t.Skip("instrumentation allocates")
+	}
+	data := make([]byte, 4*896*16)
+	for i := range 896 * 16 {
+		binary.LittleEndian.PutUint32(data[4*i:], math.Float32bits(float32(i)*0.0123))
+	}
+	shape := []int{1, 896, 16}
+	out := Encoder{}.Append(nil, tensor.FP32, shape, data, nil)
+	allocs := testing.AllocsPerRun(10, func() {
+		out = Encoder{}.Append(out[:0], tensor.FP32, shape, data, nil)
+		out = Encoder{}.AppendFlat(out[:0], tensor.FP32, data, nil)
+	})
+	if allocs != 0 {
+		t.Errorf("encoding into a reused buffer: %v allocations, want 0", allocs)
 	}
 }

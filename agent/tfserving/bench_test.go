@@ -1,13 +1,14 @@
 package tfserving
 
 import (
+	"encoding/binary"
 	"encoding/json"
+	"math"
 	"math/rand/v2"
-	"slices"
 	"testing"
-	"time"
 
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/agent/tensorjson/jsonbench"
 )
 
 // A face_detection_short_range-sized predict request: one 128x128x3 FP32
@@ -30,31 +31,58 @@ func benchPredictBody(tb testing.TB) ([]byte, []tensor.Info) {
 }
 
 // BenchmarkDecodePredict compares DecodePredict with encoding/json reading
-// the same body into [][][][]float32, alternating the two and reporting
-// their medians and encoding/json's time over ours as speedup.
+// the same body into [][][][]float32; speedup is the median over
+// interleaved rounds of encoding/json's time over ours.
 func BenchmarkDecodePredict(b *testing.B) {
 	body, sig := benchPredictBody(b)
-	var to, tt []time.Duration
-	b.SetBytes(int64(len(body)))
-	for b.Loop() {
-		t0 := time.Now()
+	jsonbench.Compare(b, "encjson", len(body), func() {
 		if _, err := DecodePredict(body, sig); err != nil {
 			b.Fatal(err)
 		}
-		t1 := time.Now()
+	}, func() {
 		var v struct {
 			Instances [][][][]float32 `json:"instances"`
 		}
 		if err := json.Unmarshal(body, &v); err != nil {
 			b.Fatal(err)
 		}
-		tt = append(tt, time.Since(t1))
-		to = append(to, t1.Sub(t0))
+	})
+}
+
+// BenchmarkAppendPredictResponse compares the row-format answer for the
+// face model's outputs (regressors [1,896,16], classificators [1,896,1])
+// with encoding/json marshalling the same nested [][]float32 values.
+func BenchmarkAppendPredictResponse(b *testing.B) {
+	r := rand.New(rand.NewPCG(2, 2))
+	boxes := make([][]float32, 896)
+	scores := make([][]float32, 896)
+	var boxData, scoreData []byte
+	for i := range boxes {
+		boxes[i] = make([]float32, 16)
+		for j := range boxes[i] {
+			boxes[i][j] = r.Float32()*2 - 1
+			boxData = binary.LittleEndian.AppendUint32(boxData, math.Float32bits(boxes[i][j]))
+		}
+		scores[i] = []float32{r.Float32()*2 - 1}
+		scoreData = binary.LittleEndian.AppendUint32(scoreData, math.Float32bits(scores[i][0]))
 	}
-	slices.Sort(to)
-	slices.Sort(tt)
-	mo, mt := to[len(to)/2], tt[len(tt)/2]
-	b.ReportMetric(float64(mo.Nanoseconds()), "ours-ns/op")
-	b.ReportMetric(float64(mt.Nanoseconds()), "encjson-ns/op")
-	b.ReportMetric(float64(mt)/float64(mo), "speedup")
+	outs := []tensor.Tensor{
+		{Name: "regressors", DataType: tensor.FP32, Shape: []int{1, 896, 16}, Data: boxData},
+		{Name: "classificators", DataType: tensor.FP32, Shape: []int{1, 896, 1}, Data: scoreData},
+	}
+	type prediction struct {
+		Regressors     [][]float32 `json:"regressors"`
+		Classificators [][]float32 `json:"classificators"`
+	}
+	j := struct {
+		Predictions []prediction `json:"predictions"`
+	}{[]prediction{{boxes, scores}}}
+	out := AppendPredictResponse(nil, outs, true)
+	jsonbench.Compare(b, "encjson", len(out), func() {
+		out = AppendPredictResponse(out[:0], outs, true)
+	}, func() {
+		if _, err := json.Marshal(&j); err != nil {
+			b.Fatal(err)
+		}
+	})
 }

@@ -19,25 +19,22 @@ import (
 // MinRounds is the fewest rounds Compare runs, whatever b.N is.
 const MinRounds = 15
 
-// Compare runs ours and theirs (base names theirs: "encjson" for
-// encoding/json doing the same work) alternately, max(b.N, MinRounds) times each, switching which goes first
-// every round and starting each on a freshly collected heap, so neither pays
-// for the other's garbage. It reports:
+// Compare runs ours and theirs alternately, max(b.N, MinRounds) times
+// each, switching which goes first every round and starting each on a
+// freshly collected heap, so neither pays for the other's garbage. theirs
+// is the baseline doing the same work, named by base ("encjson" for
+// encoding/json). It reports:
 //
 //   - speedup: the median over rounds of theirs' time over ours';
 //   - ours-ns/op and <base>-ns/op: the median time of each;
-//   - ours-allocs/op: ours' allocations per run;
-//   - ns/op: the mean time of a round, both codecs together.
-//
-// bytes, if positive, sets the MB/s figure (against ns/op).
+//   - ours-MB/s: bytes (the JSON's size; omitted when 0) over ours' median;
+//   - ns/op: the mean time of a round, both together;
+//   - B/op and allocs/op: what one run of ours allocates.
 func Compare(b *testing.B, base string, bytes int, ours, theirs func()) {
 	b.Helper()
 	ours()
 	theirs()
-	allocs := testing.AllocsPerRun(3, ours)
-	if bytes > 0 {
-		b.SetBytes(int64(bytes))
-	}
+	allocs, allocBytes := allocated(ours)
 	rounds := max(b.N, MinRounds)
 	to := make([]time.Duration, 0, rounds)
 	tt := make([]time.Duration, 0, rounds)
@@ -63,9 +60,27 @@ func Compare(b *testing.B, base string, bytes int, ours, theirs func()) {
 	}
 	b.ReportMetric(float64(sum.Nanoseconds())/float64(rounds), "ns/op")
 	b.ReportMetric(Median(ratios), "speedup")
-	b.ReportMetric(float64(Median(to).Nanoseconds()), "ours-ns/op")
+	mo := Median(to)
+	b.ReportMetric(float64(mo.Nanoseconds()), "ours-ns/op")
+	if bytes > 0 {
+		b.ReportMetric(float64(bytes)/mo.Seconds()/1e6, "ours-MB/s")
+	}
 	b.ReportMetric(float64(Median(tt).Nanoseconds()), base+"-ns/op")
-	b.ReportMetric(allocs, "ours-allocs/op")
+	b.ReportMetric(allocs, "allocs/op")
+	b.ReportMetric(allocBytes, "B/op")
+}
+
+// allocated returns the allocations and bytes of one run of f, averaged
+// over a few.
+func allocated(f func()) (allocs, bytes float64) {
+	const runs = 3
+	var m0, m1 runtime.MemStats
+	runtime.ReadMemStats(&m0)
+	for range runs {
+		f()
+	}
+	runtime.ReadMemStats(&m1)
+	return float64(m1.Mallocs-m0.Mallocs) / runs, float64(m1.TotalAlloc-m0.TotalAlloc) / runs
 }
 
 // timed collects garbage, then returns how long f takes.
