@@ -11,7 +11,7 @@ func TestParseFloat32MatchesStrconv(t *testing.T) {
 	nums := []string{"0", "-0", "1", "0.1", "1e10", "1E-10", "123456789012345678", "1234567890123456789",
 		"0.000000000000000000000001", "3.4028235e38", "16777217", "1.00000005960464477539", "0.5e1", "-2.5"}
 	r := rand.New(rand.NewPCG(8, 8))
-	for range 200000 {
+	for range scaled(200000) {
 		f := math.Float32frombits(r.Uint32())
 		if f != f || math.IsInf(float64(f), 0) {
 			continue

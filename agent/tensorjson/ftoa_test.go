@@ -74,6 +74,14 @@ func tieToEven(f float32, got, want []byte) bool {
 	return dg.Abs(dg).Cmp(dw.Abs(dw)) == 0
 }
 
+// scaled is n, or a tenth of it under the race detector or -short.
+func scaled(n int) int {
+	if raceEnabled || testing.Short() {
+		return n / 10
+	}
+	return n
+}
+
 // appendFloat32 appends f as putFloat32 writes it.
 func appendFloat32(dst []byte, f float32) []byte {
 	var buf [maxFloat32Len]byte
@@ -106,9 +114,9 @@ func boundaryFloats() []uint32 {
 	for m := range uint32(1024) {
 		u = append(u, m, 1<<23-1-m, 1<<23+m) // subnormals at both ends, the first normals
 	}
-	for i := range 100000 {
+	for i := range 20000 {
 		add(float32(i))
-		add(float32(1<<24 - 50000 + i))
+		add(float32(1<<24 - 10000 + i))
 	}
 	for e := -46; e <= 39; e++ {
 		f, _ := strconv.ParseFloat("1e"+strconv.Itoa(e), 32)
@@ -164,10 +172,7 @@ func TestFloat32Tie(t *testing.T) {
 func TestFloat32Exponents(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	buf := make([]byte, maxFloat32Len)
-	per := 2000
-	if testing.Short() {
-		per = 200
-	}
+	per := scaled(2000)
 	for be := range uint32(256) {
 		for range per {
 			u := be<<23 | r.Uint32()&(1<<23-1) | r.Uint32()&(1<<31)
@@ -363,7 +368,7 @@ func TestEncodeFloats(t *testing.T) {
 	for _, u := range boundaryFloats()[:5000] {
 		f32 = append(f32, math.Float32frombits(u))
 	}
-	for range 5000 {
+	for range scaled(5000) {
 		f32 = append(f32, r.Float32()*2-1, math.Float32frombits(r.Uint32()))
 	}
 	f32 = append(f32, float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)))
