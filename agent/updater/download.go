@@ -107,7 +107,8 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 	lastReport, lastReportAt := j.Done, time.Now()
 	crashed := false
 	ask := func(from int) error {
-		n := min(window, total-from)
+		// Never past the window: chunks beyond it would be dropped.
+		n := min(j.Done+window, total) - from
 		if n <= 0 {
 			return nil
 		}
@@ -140,10 +141,18 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 			return ctx.Err()
 		case <-timer.C:
 			// Nothing came for a while (or this is the start): ask again
-			// from the first missing chunk.
-			if err := ask(j.Done); err != nil {
+			// for the first gap only, up to the next chunk held.
+			n := 1
+			for j.Done+n < min(requested, total) && held[j.Done+n] == nil {
+				n++
+			}
+			if requested <= j.Done {
+				n = min(window, total-j.Done)
+			}
+			if err := src.Request(ctx, ChunkRequest{Artifact: j.SHA256, ChunkSize: j.ChunkSize, First: j.Done, Count: n}); err != nil {
 				u.log.Warn("chunk request", "err", err)
 			}
+			requested = max(requested, j.Done+n)
 			timer.Reset(u.opts.ChunkTimeout)
 		case c := <-src.Chunks():
 			if c.Err != "" && c.Artifact == j.SHA256 {
@@ -156,6 +165,10 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 			if err := checkChunk(c, j, total); err != nil {
 				u.metrics.badChunks.Inc()
 				u.log.Warn("chunk refused", "index", c.Index, "err", err)
+				// Damaged on the way: ask for it again at once.
+				if err := src.Request(ctx, ChunkRequest{Artifact: j.SHA256, ChunkSize: j.ChunkSize, First: c.Index, Count: 1}); err != nil {
+					u.log.Warn("chunk request", "err", err)
+				}
 				continue
 			}
 			held[c.Index] = c.Data

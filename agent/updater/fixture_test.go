@@ -174,8 +174,11 @@ type memSource struct {
 	mu        sync.Mutex // guards arts, requested
 	arts      map[string][]byte
 	requested int64 // chunk bytes asked for
+	firsts    []int // First of every request
 	ch        chan Chunk
 	blocked   atomic.Bool // the link is down: chunks are lost
+	flaky     atomic.Bool // every fifth chunk sent is lost, every seventh corrupted
+	sent      atomic.Int64
 	wg        sync.WaitGroup
 }
 
@@ -203,6 +206,9 @@ func (s *memSource) Request(ctx context.Context, r ChunkRequest) error {
 	if a == nil {
 		return fmt.Errorf("no artifact %s", r.Artifact)
 	}
+	s.mu.Lock()
+	s.firsts = append(s.firsts, r.First)
+	s.mu.Unlock()
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -215,10 +221,14 @@ func (s *memSource) Request(ctx context.Context, r ChunkRequest) error {
 			s.mu.Lock()
 			s.requested += int64(len(d))
 			s.mu.Unlock()
-			if s.blocked.Load() {
+			n := s.sent.Add(1)
+			if s.blocked.Load() || s.flaky.Load() && n%5 == 1 {
 				continue
 			}
 			c := Chunk{Artifact: r.Artifact, Index: i, Hash: sha256.Sum256(d), Data: d}
+			if s.flaky.Load() && n%7 == 2 {
+				c.Data = append([]byte{d[0] ^ 1}, d[1:]...)
+			}
 			select {
 			case s.ch <- c:
 			case <-ctx.Done():
