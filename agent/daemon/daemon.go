@@ -205,7 +205,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-hup:
 			a.log.Info("SIGHUP: reloading models")
 			a.reload(ctx, "")
-		case err := <-errc:
+		case err := <-errc: // the API stopped: drained after ctx ended, or failed
+			sdnotify.Stopping()
 			a.registry.Close()
 			return err
 		case <-ctx.Done():
