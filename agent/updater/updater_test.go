@@ -5,12 +5,14 @@ package updater
 import (
 	"context"
 	"crypto/ed25519"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/audit"
+	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/protocol"
@@ -79,7 +81,14 @@ func TestUpdateCommits(t *testing.T) {
 	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, true)
 	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, false)
 	rec := &recorder{}
-	d := newDevice(t, t.TempDir(), f, newMemSource(b1, b2), withReports(rec))
+	dir := t.TempDir()
+	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(dir, "telemetry.db")})
+	require.NoError(t, err)
+	qctx, qstop := context.WithCancel(context.Background())
+	qdone := make(chan error, 1)
+	go func() { qdone <- q.Run(qctx) }()
+	defer func() { qstop(); <-qdone }()
+	d := newDevice(t, dir, f, newMemSource(b1, b2), func(o *Options) { o.Reporter = rec; o.Telemetry = q })
 	d.start(t)
 
 	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
@@ -117,19 +126,12 @@ func TestUpdateCommits(t *testing.T) {
 	require.Equal(t, "r2", last.RolloutID)
 	require.Equal(t, m2.SHA256, last.SHA256)
 
-	// Telemetry got an update and an audit record per transition.
+	// The telemetry queue kept an update and an audit record per
+	// transition, as critical records (never dropped).
 	require.Eventually(t, func() bool {
-		rec.mu.Lock()
-		defer rec.mu.Unlock()
-		return len(rec.records) == 4*len(goodPath)
-	}, 10*time.Second, 10*time.Millisecond)
-	rec.mu.Lock()
-	u := rec.records[len(rec.records)-2]
-	rec.mu.Unlock()
-	require.Equal(t, protocol.KindUpdate, u.Kind)
-	require.Equal(t, "committed", u.Update.State)
-	require.Equal(t, "r2", u.Update.RolloutID)
-	require.Equal(t, "sha256:"+m2.SHA256, u.Model.Digest)
+		s := q.Stats()
+		return s.LastSeq == 4*uint64(len(goodPath)) && s.DepthByPriority[protocol.PriorityCritical] == 4*len(goodPath)
+	}, 10*time.Second, 10*time.Millisecond, "%+v", q.Stats())
 	d.stop(t)
 	requireNoLeftovers(t, d)
 }
@@ -223,6 +225,22 @@ func TestProbationRollsBack(t *testing.T) {
 	last := es[len(es)-1]
 	require.Equal(t, "update.rolled_back", last.Action)
 	require.Contains(t, last.Detail, "error ratio")
+	// Telemetry carries the same: the update record and the audit record
+	// with the chain's hash, so the fleet holds a copy of the trail.
+	require.Eventually(t, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		n := len(rec.records)
+		return n >= 2 && rec.records[n-2].Update != nil && rec.records[n-2].Update.State == string(RolledBack)
+	}, 10*time.Second, 10*time.Millisecond)
+	rec.mu.Lock()
+	up, au := rec.records[len(rec.records)-2], rec.records[len(rec.records)-1]
+	rec.mu.Unlock()
+	require.Equal(t, "r2", up.Update.RolloutID)
+	require.Contains(t, up.Update.Error, "error ratio")
+	require.Equal(t, "sha256:"+m2.SHA256, up.Model.Digest)
+	require.Equal(t, protocol.KindAudit, au.Kind)
+	require.Contains(t, au.Audit.Detail, "hash="+last.Hash)
 }
 
 // TestCommandsRefused: commands that fail a check are refused before
