@@ -126,7 +126,8 @@ func digits8(n uint32) uint64 {
 
 // putFloat32 writes the float32 whose bits are u into b, which has room for
 // maxFloat32Len bytes, as strconv.AppendFloat(f, 'g', -1, 32) writes it:
-// the shortest decimal that reads back as f (the nearest if several), in
+// the shortest decimal that reads back as f (the nearest if several, the
+// even one of two as near, where strconv differs for ±2^-12 alone), in
 // exponent form when the leading digit's exponent is below -4 or at least 6.
 // NaN and infinities become the strings "NaN", "Infinity" and "-Infinity".
 // It returns the number of bytes written, and may scribble on the rest of b.
