@@ -99,8 +99,6 @@ type Job struct {
 
 	// From is what was current before activation (nil: nothing was).
 	From *Version `json:"from,omitempty"`
-	// Probation overrides Options.Probation for this job when positive.
-	Probation time.Duration `json:"probation,omitempty"`
 	// ProbationStart is when probation began; Boots counts the agent
 	// starts that found the job in probation.
 	ProbationStart time.Time `json:"probation_start,omitzero"`

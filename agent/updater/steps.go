@@ -187,9 +187,6 @@ func (u *Updater) stepProbation(ctx context.Context, j *Job) error {
 		return u.transition(j, RollingBack, fmt.Sprintf("%v: the agent started %d times during probation", ErrProbation, j.Boots))
 	}
 	dur := u.opts.Probation
-	if j.Probation > 0 {
-		dur = j.Probation
-	}
 	deadline := j.ProbationStart.Add(dur)
 	var base TrafficStats
 	if u.opts.Traffic != nil {
