@@ -208,6 +208,8 @@ func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 		require.GreaterOrEqual(t, r.First, int64(held), "asked again from chunk %d though %d were held", r.First, held)
 	}
 	require.Less(t, cs.sent, 2*m1.Length, "sent %d bytes for %d", cs.sent, m1.Length)
+	t.Logf("broker restarted with %d of %d chunks durable; %d requests after it, from chunk %d; %d bytes sent for %d",
+		held, protocol.ChunkCount(m1.Length, testChunk), len(cs.requests), cs.requests[0].First, cs.sent, m1.Length)
 	cs.mu.Unlock()
 	lastAck := func() State {
 		cs.mu.Lock()

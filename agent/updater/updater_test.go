@@ -105,6 +105,7 @@ func TestUpdateCommits(t *testing.T) {
 	ok, failed := wait()
 	require.Equal(t, Committed, j.State, j.Error)
 	require.Zero(t, failed, "requests failed during the update (%d succeeded)", ok)
+	t.Logf("update under load: %d requests, %d failed", ok, failed)
 	require.Positive(t, ok)
 	require.Equal(t, int64(2), d.serving(t, "face"))
 	cur, err := d.store.Current("face")
@@ -121,6 +122,9 @@ func TestUpdateCommits(t *testing.T) {
 	require.Equal(t, 2+2*len(goodPath), n)
 	es, err := audit.List(d.u.DB(), 0, 0)
 	require.NoError(t, err)
+	for _, e := range es[len(es)-len(goodPath):] {
+		t.Logf("%s: %s", e.Action, e.Detail)
+	}
 	last := es[len(es)-1]
 	require.Equal(t, "update.committed", last.Action)
 	require.Equal(t, "r2", last.RolloutID)
@@ -305,14 +309,22 @@ func TestCommandsRefused(t *testing.T) {
 		require.Equal(t, Failed, j.State, tc.id)
 		require.Contains(t, j.Error, tc.want, tc.id)
 	}
+	// A signed rollback instruction (manifest.Rollback in the release)
+	// may install an older version.
+	back.Rollback = true
+	require.NoError(t, d.u.HandleCommand(f.install(t, "back", "r", back)))
+	j := d.waitJob(t, "back")
+	require.Equal(t, Committed, j.State, j.Error)
+	require.Equal(t, int64(1), d.serving(t, "face"))
+	back.Rollback = false
 	// A release that expires while the command does not is refused by
 	// VerifyCommand already.
 	require.ErrorIs(t, d.u.HandleCommand(f.command(t, f.installCmd(t, "w", "r", m2, f.release(t, m2, -time.Minute)))), ErrRefused)
 	cur, err := d.store.Current("face")
 	require.NoError(t, err)
-	require.Equal(t, int64(2), cur.Manifest.Version)
+	require.Equal(t, int64(1), cur.Manifest.Version)
 	src.mu.Lock()
-	require.Equal(t, m2.Length, src.requested, "a refused install fetched bytes")
+	require.Equal(t, m2.Length+m1.Length, src.requested, "a refused install fetched bytes")
 	src.mu.Unlock()
 }
 
