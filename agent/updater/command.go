@@ -112,9 +112,8 @@ func (u *Updater) submit(q queued) error {
 			return err
 		}
 		running := j != nil && !j.State.Terminal()
-		var seq uint64
-		if j != nil {
-			seq = j.Seq
+		if running {
+			stop = stopFor(j, c)
 		}
 		switch {
 		case c.Install != nil:
@@ -134,19 +133,10 @@ func (u *Updater) submit(q queued) error {
 				_, err := audit.AppendTx(tx, rec)
 				return err
 			}
-			if running && !activated(j.State) {
-				stop = &cancelled{seq: seq, msg: "superseded by command " + c.ID + " of rollout " + c.RolloutID}
-			}
 		case c.Rollback != nil:
 			rec.Model, rec.Version, rec.Detail = c.Rollback.Model, c.Rollback.Version, c.Rollback.Reason
-			if running && j.Model == c.Rollback.Model && j.Version == c.Rollback.Version {
-				stop = &cancelled{seq: seq, rollback: true, msg: "rollback ordered by the fleet (command " + c.ID + "): " + c.Rollback.Reason}
-			}
 		case c.Abort != nil:
 			rec.Detail = c.Abort.Reason
-			if running && j.RolloutID == c.RolloutID && !activated(j.State) {
-				stop = &cancelled{seq: seq, msg: "aborted"}
-			}
 			if err := dropPending(tx, c.RolloutID); err != nil {
 				return err
 			}
@@ -179,6 +169,45 @@ func (u *Updater) submit(q queued) error {
 	u.poke(u.wake)
 	u.poke(u.outboxWake)
 	return nil
+}
+
+// stopFor returns how command c stops the running job j, or nil: an install
+// of another update supersedes one not yet activated, an abort cancels its
+// rollout's unactivated update, a rollback of j's version undoes it. (An
+// install of j's own update is a retransmission; submit handles it.)
+func stopFor(j *Job, c protocol.Command) *cancelled {
+	switch {
+	case c.Install != nil:
+		same := j.RolloutID == c.RolloutID && j.Model == c.Install.Model && j.Version == c.Install.Version
+		if !same && !activated(j.State) {
+			return &cancelled{seq: j.Seq, msg: "superseded by command " + c.ID + " of rollout " + c.RolloutID}
+		}
+	case c.Rollback != nil:
+		if j.Model == c.Rollback.Model && j.Version == c.Rollback.Version {
+			return &cancelled{seq: j.Seq, rollback: true, msg: "rollback ordered by the fleet (command " + c.ID + "): " + c.Rollback.Reason}
+		}
+	case c.Abort != nil:
+		if j.RolloutID == c.RolloutID && !activated(j.State) {
+			return &cancelled{seq: j.Seq, msg: "aborted"}
+		}
+	}
+	return nil
+}
+
+// pendingStop finds a queued command that stops j: one that arrived just
+// before a crash, whose stop was not carried out yet.
+func (u *Updater) pendingStop(j *Job) (*cancelled, error) {
+	var stop *cancelled
+	err := u.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketPending).ForEach(func(_, v []byte) error {
+			var q queued
+			if json.Unmarshal(v, &q) == nil && stop == nil {
+				stop = stopFor(j, q.Cmd)
+			}
+			return nil
+		})
+	})
+	return stop, err
 }
 
 func (u *Updater) poke(ch chan struct{}) {

@@ -68,3 +68,33 @@ func TestDownloadResumes(t *testing.T) {
 	require.Equal(t, b, got)
 	require.Equal(t, m.SHA256, e.Manifest.SHA256)
 }
+
+// TestAbortSurvivesRestart: an abort that arrived just before the agent
+// went down is carried out when it comes back, before the update goes on.
+func TestAbortSurvivesRestart(t *testing.T) {
+	f := newTestFleet(t)
+	m, b := describe(t, "face", 1, testmodel.FaceShort, false)
+	src := newMemSource(b)
+	src.blocked.Store(true)
+	dir := t.TempDir()
+	d := newDevice(t, dir, f, src, nil)
+	d.start(t)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m)))
+	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j != nil && j.State == Downloading }, 30*time.Second, 5*time.Millisecond)
+	d.stop(t)
+
+	// The abort is queued by an agent whose Run never gets to it.
+	d = newDevice(t, dir, f, src, nil)
+	require.NoError(t, d.u.HandleCommand(f.abort(t, "a1", "r1")))
+	require.NoError(t, d.u.Close())
+	d.reg.Close()
+
+	src.blocked.Store(false)
+	d = newDevice(t, dir, f, src, nil)
+	d.start(t)
+	j := d.waitJob(t, "c1")
+	require.Equal(t, Failed, j.State)
+	require.Equal(t, "aborted", j.Error)
+	_, err := d.store.Current("face")
+	require.Error(t, err, "the aborted model was installed")
+}

@@ -305,6 +305,17 @@ func (u *Updater) Run(ctx context.Context) error {
 			return err
 		}
 		if j != nil && !j.State.Terminal() {
+			if boot {
+				stop, err := u.pendingStop(j)
+				if err != nil {
+					return err
+				}
+				if stop != nil {
+					u.mu.Lock()
+					u.stopNext = stop
+					u.mu.Unlock()
+				}
+			}
 			if boot && j.State == Probation {
 				j.Boots++
 				if err := u.saveProgress(j); err != nil {
