@@ -300,7 +300,7 @@ func (u *Updater) startNext(ctx context.Context) (bool, error) {
 	case c.Install != nil:
 		j.Model, j.Version = c.Install.Model, c.Install.Version
 		to, detail := u.planInstall(j, q)
-		u.cleanup(nil)
+		u.cleanup()
 		return true, u.transition(j, to, detail, pop, putSigned(j))
 	case c.Rollback != nil:
 		j.Model, j.Version = c.Rollback.Model, c.Rollback.Version

@@ -156,7 +156,7 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 			timer.Reset(u.opts.ChunkTimeout)
 		case c := <-src.Chunks():
 			if c.Err != "" && c.Artifact == j.SHA256 {
-				u.cleanup(nil)
+				u.cleanup()
 				return u.transition(j, Failed, "download: "+c.Err)
 			}
 			if c.Artifact != j.SHA256 || c.Index < j.Done || c.Index >= j.Done+window || held[c.Index] != nil {

@@ -65,7 +65,7 @@ func (u *Updater) verified(j *Job) (*bundle.Verified, error) {
 // stepVerify: fail closed on anything bundle.Verify refuses.
 func (u *Updater) stepVerify(j *Job) error {
 	if _, err := u.verified(j); err != nil {
-		u.cleanup(nil)
+		u.cleanup()
 		return u.transition(j, Failed, "verify: "+err.Error())
 	}
 	return u.transition(j, Staged, "signature, expiry, digest and length verified")
@@ -75,7 +75,7 @@ func (u *Updater) stepVerify(j *Job) error {
 func (u *Updater) stepValidate(ctx context.Context, j *Job) error {
 	v, err := u.verified(j)
 	if err != nil {
-		u.cleanup(nil)
+		u.cleanup()
 		return u.transition(j, Failed, "verify: "+err.Error())
 	}
 	data, err := os.ReadFile(u.modelPath(j))
@@ -88,7 +88,7 @@ func (u *Updater) stepValidate(ctx context.Context, j *Job) error {
 			return ctx.Err()
 		}
 		u.metrics.validationFailures.Inc()
-		u.cleanup(nil)
+		u.cleanup()
 		return u.transition(j, Failed, err.Error())
 	}
 	// Remember what serves now: a rollback returns to it.
@@ -122,7 +122,7 @@ func (u *Updater) stepActivate(ctx context.Context, j *Job) error {
 		switch {
 		case errors.Is(err, store.ErrInstalled):
 		case errors.Is(err, store.ErrRollback), errors.Is(err, store.ErrConflict):
-			u.cleanup(nil)
+			u.cleanup()
 			return u.transition(j, Failed, "install: "+err.Error())
 		case err != nil:
 			return err
@@ -175,7 +175,7 @@ func (u *Updater) rollback(ctx context.Context, j *Job) error {
 	if err := u.opts.Activator.Activate(ctx, j.Model, e.Manifest.Version, data); err != nil {
 		return err
 	}
-	u.cleanup(nil)
+	u.cleanup()
 	u.metrics.rollbacks.Inc()
 	return u.transition(j, RolledBack, fmt.Sprintf("v%d serves again: %s", e.Manifest.Version, j.Error))
 }
@@ -203,7 +203,7 @@ func (u *Updater) stepProbation(ctx context.Context, j *Job) error {
 			return u.transition(j, RollingBack, err.Error())
 		}
 		if left <= 0 {
-			u.cleanup(nil)
+			u.cleanup()
 			return u.transition(j, Committed, "probation passed: "+s.String())
 		}
 		select {

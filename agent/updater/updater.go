@@ -24,6 +24,11 @@
 //     TrafficSource; then commit, or store.Rollback and swap the old version
 //     back.
 //
+// Commands come from the fleet over MQTT (Link, HandleCommand), verified
+// with protocol.VerifyCommand and refused when replayed; install, rollback
+// and abort behave as docs/PROTOCOL.md says. One job runs at a time; others
+// wait in a durable queue.
+//
 // Every transition is committed to bbolt, together with a hash-chained
 // audit record (agent/audit) and the reports of it, before its effect
 // starts; after a crash Run resumes the job from its last state (or rolls it
@@ -427,7 +432,7 @@ func (u *Updater) abort(ctx context.Context, j *Job, cause error) error {
 	case j.State == RollingBack:
 		return u.rollback(ctx, j)
 	}
-	u.cleanup(nil)
+	u.cleanup()
 	return u.transition(j, Failed, c.msg)
 }
 
@@ -458,20 +463,15 @@ func (u *Updater) jobDir(j *Job) string {
 	return filepath.Join(u.work, "job-"+strconv.FormatUint(j.Seq, 10))
 }
 
-// cleanup removes the job's work directory and every other leftover.
-func (u *Updater) cleanup(j *Job) {
+// cleanup empties the work directory: a finished job's files, and whatever
+// an interrupted one left.
+func (u *Updater) cleanup() {
 	ents, err := os.ReadDir(u.work)
 	if err != nil {
 		return
 	}
-	keep := ""
-	if j != nil && !j.State.Terminal() {
-		keep = filepath.Base(u.jobDir(j))
-	}
 	for _, e := range ents {
-		if e.Name() != keep {
-			os.RemoveAll(filepath.Join(u.work, e.Name()))
-		}
+		os.RemoveAll(filepath.Join(u.work, e.Name()))
 	}
 }
 
