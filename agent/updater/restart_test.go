@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/models/testmodel"
-	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/require"
 )
 
@@ -98,34 +97,4 @@ func TestAbortSurvivesRestart(t *testing.T) {
 	require.Equal(t, "aborted", j.Error)
 	_, err := d.store.Current("face")
 	require.Error(t, err, "the aborted model was installed")
-}
-
-// TestRollbackDuringProbation: a rollback command for the version in
-// probation rolls it back at once, and the command's own ack says so.
-func TestRollbackDuringProbation(t *testing.T) {
-	f := newTestFleet(t)
-	m1, b1 := describe(t, "face", 1, testmodel.FaceShort, false)
-	m2, b2 := describe(t, "face", 2, testmodel.FaceFull, false)
-	src := newMemSource(b1, b2)
-	dir := t.TempDir()
-	d := newDevice(t, dir, f, src, nil)
-	d.start(t)
-	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
-	require.Equal(t, Committed, d.waitJob(t, "c1").State)
-	d.stop(t)
-
-	rec := &recorder{}
-	d = newDevice(t, dir, f, src, func(o *Options) { withReports(rec)(o); o.Probation = time.Hour })
-	d.start(t)
-	require.NoError(t, d.u.HandleCommand(f.install(t, "c2", "r2", m2)))
-	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j.State == Probation }, 30*time.Second, 5*time.Millisecond)
-	require.Equal(t, int64(2), d.serving(t, "face"))
-	require.NoError(t, d.u.HandleCommand(f.rollback(t, "rb", "r2", "face", 2)))
-	j := d.waitJob(t, "c2")
-	require.Equal(t, RolledBack, j.State)
-	require.Contains(t, j.Error, "rollback ordered by the fleet")
-	require.Equal(t, int64(1), d.serving(t, "face"))
-	var a protocol.Ack
-	require.Eventually(t, func() bool { a = rec.last(t, "rb"); return a.State == RolledBack }, 30*time.Second, 10*time.Millisecond)
-	require.Contains(t, a.Detail, "rolled back: rollback ordered by the fleet")
 }
