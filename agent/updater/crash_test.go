@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/audit"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
@@ -154,7 +153,7 @@ func TestCrash(t *testing.T) {
 			cur, err := d.store.Current("face")
 			require.NoError(t, err)
 			require.Equal(t, tc.version, cur.Manifest.Version)
-			n, err := audit.Verify(d.u.DB())
+			n, err := d.u.VerifyAudit()
 			require.NoError(t, err)
 			require.Positive(t, n)
 			d.stop(t)

@@ -46,14 +46,6 @@ type Chunk struct {
 	Err string
 }
 
-// Errors of the download.
-var (
-	// ErrChunk: a chunk's bytes do not match its hash or its place.
-	ErrChunk = errors.New("updater: bad chunk")
-	// ErrNoSource: an install needs a ChunkSource and there is none.
-	ErrNoSource = errors.New("updater: no chunk source")
-)
-
 func (u *Updater) partialPath(j *Job) string { return filepath.Join(u.jobDir(j), "model.partial") }
 
 // persistEvery bounds the bytes written between two durable progress marks:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -13,9 +12,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/protocol"
 )
-
-// ErrNotConnected: the link has no connection now.
-var ErrNotConnected = errors.New("updater: mqtt: not connected")
 
 // LinkOptions configure a Link. Fleet and Device are required.
 type LinkOptions struct {

@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/audit"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/agent/tensorjson"
@@ -166,7 +165,7 @@ func TestReplayRefused(t *testing.T) {
 	require.NoError(t, err)
 	defer u.Close()
 	require.ErrorIs(t, u.HandleCommand(b), ErrReplay, "replay after a restart")
-	n, err := audit.Verify(u.DB())
+	n, err := u.VerifyAudit()
 	require.NoError(t, err)
 	require.Equal(t, 1, n, "the accepted command is in the audit trail, the replays are not")
 }

@@ -53,6 +53,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/audit"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
@@ -75,6 +76,12 @@ var (
 	ErrValidation = errors.New("updater: validation failed")
 	// ErrProbation: the model failed probation.
 	ErrProbation = errors.New("updater: probation failed")
+	// ErrChunk: a chunk's bytes do not match its hash or its place.
+	ErrChunk = errors.New("updater: bad chunk")
+	// ErrNoSource: an install needs a ChunkSource and there is none.
+	ErrNoSource = errors.New("updater: no chunk source")
+	// ErrNotConnected: the MQTT link has no connection now.
+	ErrNotConnected = errors.New("updater: mqtt: not connected")
 )
 
 // Activator makes a model version the one served, without failing a request
@@ -271,9 +278,16 @@ func (u *Updater) crashAt(point string) {
 // Close closes updater.db; call it after Run returned.
 func (u *Updater) Close() error { return u.db.Close() }
 
-// DB is the updater's database, for the audit trail (agent/audit.Verify,
-// List) and status pages; only read from it.
-func (u *Updater) DB() *bolt.DB { return u.db }
+// VerifyAudit walks the device's audit trail (agent/audit.Verify) and
+// returns its length; an error wrapping audit.ErrTampered names the first
+// record that does not fit.
+func (u *Updater) VerifyAudit() (int, error) { return audit.Verify(u.db) }
+
+// AuditTrail returns up to limit audit entries after sequence number after,
+// oldest first (limit <= 0: all).
+func (u *Updater) AuditTrail(after uint64, limit int) ([]audit.Entry, error) {
+	return audit.List(u.db, after, limit)
+}
 
 // Job returns the current (or last) job, nil when there never was one.
 func (u *Updater) Job() (*Job, error) {

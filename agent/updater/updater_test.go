@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/audit"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
@@ -116,11 +115,11 @@ func TestUpdateCommits(t *testing.T) {
 	require.Equal(t, int64(1), prev.Manifest.Version)
 	require.Equal(t, &Version{Version: 1, SHA256: m1.SHA256}, j.From)
 
-	n, err := audit.Verify(d.u.DB())
+	n, err := d.u.VerifyAudit()
 	require.NoError(t, err)
 	// Two commands accepted plus seven transitions each.
 	require.Equal(t, 2+2*len(goodPath), n)
-	es, err := audit.List(d.u.DB(), 0, 0)
+	es, err := d.u.AuditTrail(0, 0)
 	require.NoError(t, err)
 	for _, e := range es[len(es)-len(goodPath):] {
 		t.Logf("%s: %s", e.Action, e.Detail)
@@ -224,7 +223,7 @@ func TestProbationRollsBack(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, int64(1), cur.Manifest.Version)
 	require.Less(t, time.Since(j.ProbationStart), 20*time.Second)
-	es, err := audit.List(d.u.DB(), 0, 0)
+	es, err := d.u.AuditTrail(0, 0)
 	require.NoError(t, err)
 	last := es[len(es)-1]
 	require.Equal(t, "update.rolled_back", last.Action)
@@ -414,7 +413,7 @@ func TestAbortRollbackRetransmit(t *testing.T) {
 	a = rec.last(t, "a4")
 	require.Equal(t, Committed, a.State)
 	require.Equal(t, int64(3), d.serving(t, "face"))
-	n, err := audit.Verify(d.u.DB())
+	n, err := d.u.VerifyAudit()
 	require.NoError(t, err)
 	require.Positive(t, n)
 }
