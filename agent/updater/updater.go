@@ -38,7 +38,12 @@
 //
 // Test hook: OUTPOST_CRASHPOINT=updater-<state> makes the process SIGKILL
 // itself right after entering <state>; updater-chunk after the first half of
-// a download is durable. agent/store's crash points work too.
+// a download is durable, updater-installed after the store install and
+// updater-store-rolled-back after the store rollback. agent/store's crash
+// points work too. TestCrash kills a re-executed test binary at each; for a
+// longer run:
+//
+//	OUTPOST_CRASH_LOOPS=20 go test -race -run 'TestCrash$' ./agent/updater
 package updater
 
 import (
