@@ -46,7 +46,11 @@ func (a *Agent) newUpdater(cfg config.Config, rt runtime.Options, reg *prometheu
 			return err
 		}),
 		Runtime: updater.RuntimeFunc(func(data []byte) (updater.Model, error) {
-			return runtime.Load(data, rt)
+			m, err := runtime.Load(data, rt)
+			if err != nil {
+				return nil, err // not a typed nil in the interface
+			}
+			return m, nil
 		}),
 		Traffic:      a.counter.traffic,
 		Reporter:     a.ulink,
@@ -66,13 +70,6 @@ func (a *Agent) newUpdater(cfg config.Config, rt runtime.Options, reg *prometheu
 	a.updater = u
 	a.ulink.SetCommandHandler(u.HandleCommand)
 	reg.MustRegister(u.Collector())
-	a.updateStatus = func() *protocol.UpdateStatus {
-		j, err := u.Job()
-		if err != nil || j == nil {
-			return nil
-		}
-		return &protocol.UpdateStatus{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model,
-			Version: j.Version, State: j.State, Total: j.Length, Error: j.Error, Time: j.Updated}
-	}
+	a.updateStatus = u.UpdateStatus
 	return nil
 }

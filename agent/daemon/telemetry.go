@@ -36,6 +36,7 @@ func newLink(cfg config.Config, ulink *updater.Link, log *slog.Logger) (*telemet
 		Logger:   log,
 	}
 	if ulink != nil {
+		opts.Routes = ulink.Routes()
 		opts.OnConnect = ulink.OnConnect
 	}
 	if f.PasswordFile != "" {

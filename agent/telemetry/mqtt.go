@@ -38,6 +38,12 @@ type MQTTOptions struct {
 	// Defaults 500 ms and 2 min.
 	BackoffMin, BackoffMax time.Duration
 
+	// Routes are message handlers by topic, registered on every client
+	// before it connects: with a persistent session the broker delivers
+	// what it queued for the device right after CONNACK, before OnConnect
+	// could subscribe, and paho drops messages no route takes.
+	Routes map[string]mqtt.MessageHandler
+
 	// OnConnect, if set, runs after every successful connection, before
 	// anything is published; the daemon uses it to subscribe (cmd, chunk).
 	OnConnect func(mqtt.Client)
@@ -188,6 +194,9 @@ func (m *MQTT) connect(ctx context.Context) (*mqttConn, error) {
 		o.SetTLSConfig(m.opts.TLSConfig)
 	}
 	c.client = mqtt.NewClient(o)
+	for topic, h := range m.opts.Routes {
+		c.client.AddRoute(topic, h)
+	}
 	t := c.client.Connect()
 	if err := waitToken(ctx, t, m.opts.ConnectTimeout+time.Second, nil); err != nil {
 		c.client.Disconnect(0)

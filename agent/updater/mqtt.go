@@ -73,17 +73,24 @@ func (l *Link) SetCommandHandler(h func(payload []byte) error) {
 	l.mu.Unlock()
 }
 
+// Routes are the link's handlers by topic; pass them as
+// telemetry.MQTTOptions.Routes so commands the broker queued for the
+// persistent session while the device was away are not dropped before
+// OnConnect subscribes.
+func (l *Link) Routes() map[string]mqtt.MessageHandler {
+	return map[string]mqtt.MessageHandler{
+		l.topics.Cmd:   func(_ mqtt.Client, m mqtt.Message) { l.onCommand(m.Payload()) },
+		l.topics.Chunk: func(_ mqtt.Client, m mqtt.Message) { l.onChunk(m.Payload()) },
+	}
+}
+
 // OnConnect subscribes to the cmd and chunk topics on c and publishes the
 // status; pass it as telemetry.MQTTOptions.OnConnect.
 func (l *Link) OnConnect(c mqtt.Client) {
 	l.mu.Lock()
 	l.client = c
 	l.mu.Unlock()
-	subs := map[string]mqtt.MessageHandler{
-		l.topics.Cmd:   func(_ mqtt.Client, m mqtt.Message) { l.onCommand(m.Payload()) },
-		l.topics.Chunk: func(_ mqtt.Client, m mqtt.Message) { l.onChunk(m.Payload()) },
-	}
-	for topic, h := range subs {
+	for topic, h := range l.Routes() {
 		t := c.Subscribe(topic, 1, h)
 		if !t.WaitTimeout(l.opts.Timeout) || t.Error() != nil {
 			l.log.Warn("subscribe", "topic", topic, "err", t.Error())
