@@ -19,7 +19,6 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/export"
-	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/models/bundle"
@@ -146,20 +145,7 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	defer os.RemoveAll(tmp)
 	opts := export.Options{Name: *name, Version: *ver, Model: pos[0], Out: filepath.Join(tmp, "bundle"), Expires: *expires, MinAgentVersion: *minAgent}
-	if *golden != "" {
-		b, err := os.ReadFile(*golden)
-		if err != nil {
-			return err
-		}
-		if err := json.Unmarshal(b, &opts.Golden); err != nil {
-			return fmt.Errorf("golden %s: %w", *golden, err)
-		}
-	}
-	k, err := keyring.Open(*keys, keyring.Options{})
-	if err != nil {
-		return err
-	}
-	if _, err := export.Export(k, opts); err != nil {
+	if _, err := exportBundle(*keys, *golden, opts); err != nil {
 		return err
 	}
 	release, err := os.ReadFile(filepath.Join(opts.Out, bundle.ReleaseFile))

@@ -40,22 +40,8 @@ func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Write
 		fs.Usage()
 		return usageError{"--keys, --name, --version (positive), --out and one model file are required"}
 	}
-	opts := export.Options{Name: *name, Version: *ver, Model: pos[0], Out: *out, Expires: *expires,
-		MinAgentVersion: *minAgent, Rollback: *rollback}
-	if *golden != "" {
-		b, err := os.ReadFile(*golden)
-		if err != nil {
-			return err
-		}
-		if err := json.Unmarshal(b, &opts.Golden); err != nil {
-			return fmt.Errorf("golden %s: %w", *golden, err)
-		}
-	}
-	k, err := keyring.Open(*keys, keyring.Options{})
-	if err != nil {
-		return err
-	}
-	m, err := export.Export(k, opts)
+	m, err := exportBundle(*keys, *golden, export.Options{Name: *name, Version: *ver, Model: pos[0], Out: *out,
+		Expires: *expires, MinAgentVersion: *minAgent, Rollback: *rollback})
 	if err != nil {
 		return err
 	}
@@ -63,6 +49,25 @@ func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Write
 	describe(stdout, "input", m.Inputs)
 	describe(stdout, "output", m.Outputs)
 	return nil
+}
+
+// exportBundle signs a bundle with the keys in keysDir, with the golden
+// vectors in goldenPath (JSON) when it is not empty.
+func exportBundle(keysDir, goldenPath string, opts export.Options) (*manifest.Manifest, error) {
+	if goldenPath != "" {
+		b, err := os.ReadFile(goldenPath)
+		if err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal(b, &opts.Golden); err != nil {
+			return nil, fmt.Errorf("golden %s: %w", goldenPath, err)
+		}
+	}
+	k, err := keyring.Open(keysDir, keyring.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return export.Export(k, opts)
 }
 
 func describe(w io.Writer, kind string, ts []manifest.Tensor) {
