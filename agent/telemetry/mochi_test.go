@@ -2,46 +2,24 @@ package telemetry
 
 import (
 	"context"
-	"log/slog"
-	"net"
 	"path/filepath"
 	"sync"
 	"testing"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/require"
 )
-
-// allowAll lets every client connect and use every topic: a test broker.
-type allowAll struct{ mochi.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-
-func (*allowAll) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-
-func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
-
-func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
 // startMochi runs the embedded broker the fleet controller uses on a free
 // loopback port, with an inline subscriber on topic that records arrivals.
 func startMochi(t *testing.T, topic string) (url string, arrivals func() []arrival) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
-	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, srv.AddHook(new(allowAll), nil))
-	require.NoError(t, srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})))
-	require.NoError(t, srv.Serve())
-	t.Cleanup(func() { _ = srv.Close() })
+	addr := testbroker.FreeAddr(t)
+	srv, _ := testbroker.Start(t, addr)
 
 	var mu sync.Mutex
 	var got []arrival

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -14,22 +13,13 @@ import (
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/require"
 )
-
-type allowAll struct{ mochi.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-func (*allowAll) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
-func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool              { return true }
 
 // chunkServer is a tiny controller on the embedded broker: it serves
 // artifacts in chunks, paced, on the real protocol, and records acks.
@@ -43,6 +33,7 @@ type chunkServer struct {
 
 	mu       sync.Mutex // guards srv, requests, sent, acks
 	srv      *mochi.Server
+	stopSrv  func()
 	requests []protocol.ChunkRequest
 	sent     int64
 	acks     []protocol.Ack
@@ -70,10 +61,7 @@ func newChunkServer(t *testing.T, arts ...[]byte) *chunkServer {
 
 func (s *chunkServer) start() {
 	t := s.t
-	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, srv.AddHook(new(allowAll), nil))
-	require.NoError(t, srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: s.addr})))
-	require.NoError(t, srv.Serve())
+	srv, stop := testbroker.Start(t, s.addr)
 	require.NoError(t, srv.Subscribe(s.topic.ArtifactsReq, 1, func(_ *mochi.Client, _ packets.Subscription, pk packets.Packet) {
 		r, err := protocol.ParseChunkRequest(pk.Payload)
 		if err != nil {
@@ -106,7 +94,7 @@ func (s *chunkServer) start() {
 		s.mu.Unlock()
 	}))
 	s.mu.Lock()
-	s.srv = srv
+	s.srv, s.stopSrv = srv, stop
 	s.mu.Unlock()
 }
 
@@ -136,11 +124,11 @@ func (s *chunkServer) serve(srv *mochi.Server, r protocol.ChunkRequest) {
 
 func (s *chunkServer) stop() {
 	s.mu.Lock()
-	srv := s.srv
-	s.srv = nil
+	stop := s.stopSrv
+	s.srv, s.stopSrv = nil, nil
 	s.mu.Unlock()
-	if srv != nil {
-		srv.Close()
+	if stop != nil {
+		stop()
 	}
 	s.wg.Wait()
 }

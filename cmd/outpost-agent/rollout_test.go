@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -16,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -23,14 +23,6 @@ import (
 // fleetProc is a running `outpost-fleet serve` with its embedded broker.
 type fleetProc struct {
 	bin, keys, admin, mqtt string
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
@@ -54,8 +46,8 @@ func (s *syncBuffer) String() string {
 func startFleet(t *testing.T, b bins) *fleetProc {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fleetProc{bin: b.fleet, keys: filepath.Join(dir, "keys"), mqtt: freeAddr(t)}
-	adminAddr := freeAddr(t)
+	f := &fleetProc{bin: b.fleet, keys: filepath.Join(dir, "keys"), mqtt: testbroker.FreeAddr(t)}
+	adminAddr := testbroker.FreeAddr(t)
 	f.admin = "http://" + adminAddr
 	r := run(t, nil, b.fleet, "keys", "init", "--dir", f.keys)
 	require.Zero(t, r.code, r.stderr)

@@ -3,9 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,25 +15,12 @@ import (
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
-
-// allowAll lets every client connect and use every topic: a test broker.
-type allowAll struct{ mochi.HookBase }
-
-func (*allowAll) ID() string { return "allow-all" }
-
-func (*allowAll) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-
-func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
-
-func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
 // fleetBroker is the embedded broker on a free loopback port, collecting
 // what devices of one fleet publish: telemetry records and status.
@@ -54,15 +39,8 @@ type arrival struct{ epoch, seq uint64 }
 
 func startBroker(t *testing.T, fleet string) *fleetBroker {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
-	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
-	require.NoError(t, srv.AddHook(new(allowAll), nil))
-	require.NoError(t, srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})))
-	require.NoError(t, srv.Serve())
-	t.Cleanup(func() { srv.Close() })
+	addr := testbroker.FreeAddr(t)
+	srv, _ := testbroker.Start(t, addr)
 
 	fb := &fleetBroker{url: "tcp://" + addr, drops: map[uint64]protocol.DropCounts{}, status: map[string]*protocol.Status{}}
 	filter, err := protocol.FleetEventsFilter(fleet)

@@ -1,0 +1,62 @@
+// Package testbroker runs the embedded MQTT broker (mochi-mqtt, the one the
+// fleet controller embeds) for tests on the device side: any client may
+// connect and use any topic, and the server's inline client lets a test
+// subscribe in process. It is imported by tests only.
+package testbroker
+
+import (
+	"log/slog"
+	"net"
+	"sync"
+	"testing"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// allowAll lets every client connect and use every topic.
+type allowAll struct{ mochi.HookBase }
+
+func (*allowAll) ID() string { return "allow-all" }
+
+func (*allowAll) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+
+func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
+
+func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+// FreeAddr returns a loopback address with a port free right now.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// Start serves a broker on addr (host:port; see FreeAddr) until the test
+// ends or stop is called (stop may be called more than once). Stop it to
+// simulate a broker going away; Start again on the same address brings it
+// back, with no sessions: they lived in memory.
+func Start(t testing.TB, addr string) (srv *mochi.Server, stop func()) {
+	t.Helper()
+	srv = mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(allowAll), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { srv.Close() }) }
+	t.Cleanup(stop)
+	return srv, stop
+}
