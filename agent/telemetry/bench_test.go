@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
 )
@@ -203,7 +204,7 @@ func fillBacklog(b *testing.B, path string, n int) {
 
 // replay copies the backlog file, then times a queue draining it to br with
 // batches of at most batchRecords (0 means the default).
-func replay(b *testing.B, br *broker, backlog string, n, batchRecords int) time.Duration {
+func replay(b *testing.B, br *testbroker.Mosquitto, backlog string, n, batchRecords int) time.Duration {
 	b.StopTimer()
 	path := filepath.Join(b.TempDir(), "q.db")
 	copyFile(b, backlog, path)

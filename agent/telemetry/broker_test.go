@@ -2,112 +2,19 @@ package telemetry
 
 import (
 	"fmt"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
-// mosquittoPath finds the broker binary; Debian installs it in /usr/sbin.
-func mosquittoPath(t testing.TB) string {
+// startBroker starts a real Mosquitto with extra config lines appended.
+func startBroker(t testing.TB, extra string) *testbroker.Mosquitto {
 	t.Helper()
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		return p
-	}
-	if _, err := os.Stat("/usr/sbin/mosquitto"); err == nil {
-		return "/usr/sbin/mosquitto"
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("mosquitto not installed; make setup installs it")
-	}
-	t.Skip("mosquitto not installed; run make setup (or apt-get install mosquitto) to run this test")
-	return ""
-}
-
-// broker is a real Mosquitto on a free loopback port, stopped at test end.
-// Stop and Start restart it on the same port with its persistence kept, as a
-// broker that goes away and comes back.
-type broker struct {
-	t    testing.TB
-	bin  string
-	conf string
-	addr string
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-}
-
-// startBroker starts Mosquitto with extra config lines appended.
-func startBroker(t testing.TB, extra string) *broker {
-	t.Helper()
-	bin := mosquittoPath(t)
-	dir := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	if os.Geteuid() == 0 {
-		// As root, Mosquitto switches to its own user, who cannot write our
-		// temporary directory.
-		extra = "user root\n" + extra
-	}
-	conf := filepath.Join(dir, "mosquitto.conf")
-	text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest none\n%s\n", port, dir, extra)
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	b := &broker{t: t, bin: bin, conf: conf, addr: fmt.Sprintf("127.0.0.1:%d", port)}
-	b.Start()
-	t.Cleanup(func() { b.stop(syscall.SIGKILL) })
-	return b
-}
-
-func (b *broker) URL() string { return "tcp://" + b.addr }
-
-// Start runs the broker and waits until it accepts connections.
-func (b *broker) Start() {
-	b.t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	cmd := exec.Command(b.bin, "-c", b.conf)
-	if err := cmd.Start(); err != nil {
-		b.t.Fatalf("start mosquitto: %v", err)
-	}
-	b.cmd = cmd
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", b.addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			b.t.Fatalf("mosquitto did not come up on %s: %v", b.addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// Stop ends the broker cleanly (it saves its sessions).
-func (b *broker) Stop() { b.stop(syscall.SIGTERM) }
-
-func (b *broker) stop(sig syscall.Signal) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.cmd == nil {
-		return
-	}
-	_ = b.cmd.Process.Signal(sig)
-	_ = b.cmd.Wait()
-	b.cmd = nil
+	return testbroker.StartMosquitto(t, extra)
 }
 
 // arrival is one record as a subscriber saw it.
@@ -129,7 +36,7 @@ type collector struct {
 	bad      []error
 }
 
-func newCollector(t testing.TB, b *broker, topic string) *collector {
+func newCollector(t testing.TB, b *testbroker.Mosquitto, topic string) *collector {
 	t.Helper()
 	c := &collector{t: t, drops: map[uint64]protocol.DropCounts{}}
 	subscribed := make(chan struct{})

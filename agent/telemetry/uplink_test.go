@@ -9,13 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // startMQTT runs an MQTT uplink to b for a device named after the test.
-func startMQTT(t testing.TB, b *broker, device string) *MQTT {
+func startMQTT(t testing.TB, b *testbroker.Mosquitto, device string) *MQTT {
 	t.Helper()
 	m, err := NewMQTT(MQTTOptions{
 		Broker: b.URL(), ClientID: fmt.Sprintf("%s-%d", device, time.Now().UnixNano()),
