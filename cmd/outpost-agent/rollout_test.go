@@ -43,16 +43,27 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func startFleet(t *testing.T, b bins) *fleetProc {
+// startFleet runs the controller: with its embedded broker when broker is
+// empty, else on that external broker; extraYAML goes into its fleet.yaml.
+func startFleet(t *testing.T, b bins, broker, extraYAML string) *fleetProc {
 	t.Helper()
 	dir := t.TempDir()
-	f := &fleetProc{bin: b.fleet, keys: filepath.Join(dir, "keys"), mqtt: testbroker.FreeAddr(t)}
+	f := &fleetProc{bin: b.fleet, keys: filepath.Join(dir, "keys")}
 	adminAddr := testbroker.FreeAddr(t)
 	f.admin = "http://" + adminAddr
 	r := run(t, nil, b.fleet, "keys", "init", "--dir", f.keys)
 	require.Zero(t, r.code, r.stderr)
-	cmd := exec.Command(b.fleet, "serve", "--fleet", "acme", "--keys", f.keys, "--data-dir", filepath.Join(dir, "data"),
-		"--listen-mqtt", f.mqtt, "--admin", adminAddr)
+	cfg := filepath.Join(dir, "fleet.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("fleet: acme\n"+extraYAML), 0o600))
+	args := []string{"serve", "--config", cfg, "--keys", f.keys, "--data-dir", filepath.Join(dir, "data"), "--admin", adminAddr}
+	if broker != "" {
+		f.mqtt = strings.TrimPrefix(broker, "tcp://")
+		args = append(args, "--broker", broker)
+	} else {
+		f.mqtt = testbroker.FreeAddr(t)
+		args = append(args, "--listen-mqtt", f.mqtt)
+	}
+	cmd := exec.Command(b.fleet, args...)
 	var logs syncBuffer
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	require.NoError(t, cmd.Start())
@@ -145,7 +156,7 @@ func TestFleetRollout(t *testing.T) {
 		t.Skip("end-to-end rollout: several processes for a minute")
 	}
 	b := build(t)
-	f := startFleet(t, b)
+	f := startFleet(t, b, "", "")
 	devs := []device{newDevice(t, f, "gw-0"), newDevice(t, f, "gw-1"), newDevice(t, f, "gw-2")}
 	agents := map[string]*serving{}
 	for _, d := range devs {
@@ -222,3 +233,51 @@ func TestFleetRollout(t *testing.T) {
 // faceJSON is a v2 JSON request for face_detection_short_range.
 var faceJSON = `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,128,128,3],"data":[` +
 	strings.Repeat("0.5,", 128*128*3-1) + `0.5]}]}`
+
+// The same through a real Mosquitto, killed in the middle of the transfer
+// and started again: the devices resume their downloads and the rollout
+// completes.
+func TestFleetRolloutThroughMosquittoRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end rollout: several processes")
+	}
+	b := build(t)
+	mq := testbroker.StartMosquitto(t, "")
+	// Small, slow chunks, so the transfer is still going when the broker dies.
+	f := startFleet(t, b, mq.URL(), "artifacts: {chunk_size: 16384, bytes_per_second: 262144}\n")
+	devs := []device{newDevice(t, f, "gw-0"), newDevice(t, f, "gw-1")}
+	for _, d := range devs {
+		startServe(t, b.agent, "--config", d.config)
+	}
+	require.Eventually(t, func() bool {
+		return strings.Count(f.cli(t, "devices", "list"), "gw-") == 2
+	}, 60*time.Second, 200*time.Millisecond, "the devices never registered")
+	f.cli(t, "models", "push", "--keys", f.keys, "--name", "face", "--version", "1", testModel(t, "face_detection_full_range.tflite"))
+	out := f.cli(t, "rollout", "create", "--model", "face", "--version", "1", "--waves", "100", "--max-failure-ratio", "0.5")
+	id := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]
+	require.Eventually(t, func() bool {
+		resp, err := http.Get(f.admin + "/v1/rollouts/" + id + "/devices")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var devs []struct {
+			State string `json:"state"`
+		}
+		if json.NewDecoder(resp.Body).Decode(&devs) != nil {
+			return false
+		}
+		for _, d := range devs {
+			if d.State == "downloading" {
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, 20*time.Millisecond, "no device started downloading")
+	mq.Kill()
+	time.Sleep(time.Second)
+	mq.Start()
+	status := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
+	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
+	assert.Contains(t, status, "committed 2 of 2", status)
+}
