@@ -125,7 +125,7 @@ type Spec struct {
 	// MaxFailureRatio in [0, 1]; negative means 0.1.
 	MaxFailureRatio float64
 	// MinSuccesses a wave needs before the next (capped at the wave's
-	// size); 0 means 1.
+	// devices that are online or answered); 0 means 1.
 	MinSuccesses int
 	Bake         time.Duration
 }
@@ -473,7 +473,11 @@ func (e *Engine) gate(ro *registry.Rollout, byID map[string]*registry.Device) er
 		e.Kick() // undo on the next step
 		return nil
 	}
-	done := waiting == 0 && ok >= min(ro.MinSuccesses, total)
+	// The successes a wave needs are capped by the devices that can give
+	// them: a wave whose devices are all offline does not hold the rollout
+	// (they catch up when they return, and their failures count then).
+	reachable := ok + failed + waiting
+	done := waiting == 0 && ok >= min(ro.MinSuccesses, reachable)
 	_, err = e.reg.UpdateRollout(ro.ID, func(cur *registry.Rollout) error {
 		if cur.State != registry.RolloutRunning && cur.State != registry.RolloutCompleted || cur.Wave != ro.Wave {
 			return errNoChange

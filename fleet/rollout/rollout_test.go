@@ -261,6 +261,32 @@ func TestGateMinSuccesses(t *testing.T) {
 	}
 }
 
+// A wave whose devices are all offline does not hold the rollout: its
+// devices catch up when they return.
+func TestGateOfflineWaveDoesNotHold(t *testing.T) {
+	f := newGateFixture(t, 20)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{50, 100}, MaxFailureRatio: 0.1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step()
+	wave1, _ := f.reg.Assignments(ro.ID)
+	for _, a := range wave1 {
+		if _, err := f.reg.UpdateDevice(a.Device, func(d *registry.Device) { d.Online = false }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.step() // wave 1 done: nobody can answer
+	f.step() // wave 2 starts
+	if r := f.rollout(ro.ID); r.Wave != 1 {
+		t.Fatalf("an all-offline wave held the rollout: %+v", r)
+	}
+	f.step()
+	if as, _ := f.reg.Assignments(ro.ID); len(as) != 20 {
+		t.Fatalf("wave 2 assigned %d of 20 devices (wave 1 had %d)", len(as), len(wave1))
+	}
+}
+
 func TestGateFailureHaltsAndRollsBack(t *testing.T) {
 	f := newGateFixture(t, 30)
 	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{50, 100}, MaxFailureRatio: 0.1})
