@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -62,10 +63,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	chain, err := delegateChain(cfg.Delegates)
-	if err != nil {
-		return nil, err
-	}
+	chain := delegateChain(cfg.Delegates)
 	a := &Agent{cfg: cfg, log: log, models: map[string]config.Model{}, started: time.Now(),
 		counter: &requestCounter{traffic: updater.NewTrafficCounter()}, statusChanged: make(chan struct{}, 1)}
 	for _, m := range cfg.Models {
@@ -86,7 +84,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		Logger:    log.With("component", "runtime"),
 	}
 	a.registry = serving.New(serving.Options{Runtime: rt, Logger: log.With("component", "serving")})
-	token, err := readToken(cfg.API.TokenFile)
+	token, err := readSecret("api token", cfg.API.TokenFile)
 	if err != nil {
 		return nil, err
 	}
@@ -128,37 +126,32 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	return a, nil
 }
 
-func delegateChain(ds []config.Delegate) ([]runtime.DelegateSpec, error) {
+func delegateChain(ds []config.Delegate) []runtime.DelegateSpec {
 	if len(ds) == 0 {
-		return nil, nil // the runtime's default: XNNPACK, then CPU
+		return nil // the runtime's default: XNNPACK, then CPU
 	}
 	out := make([]runtime.DelegateSpec, len(ds))
 	for i, d := range ds {
 		out[i] = runtime.DelegateSpec{Kind: runtime.DelegateKind(d.Kind), Path: d.Path, Options: d.Options}
 	}
-	return out, nil
+	return out
 }
 
-func readToken(path string) (string, error) {
+// readSecret reads a token or password kept in a file (what names it in
+// errors), without the line end editors leave; "" when path is empty.
+func readSecret(what, path string) (string, error) {
 	if path == "" {
 		return "", nil
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("api token: %w", err)
+		return "", fmt.Errorf("%s: %w", what, err)
 	}
-	tok := string(trimSpace(b))
-	if tok == "" {
-		return "", fmt.Errorf("api token: %s is empty", path)
+	s := strings.TrimRight(string(b), " \r\n")
+	if s == "" {
+		return "", fmt.Errorf("%s: %s is empty", what, path)
 	}
-	return tok, nil
-}
-
-func trimSpace(b []byte) []byte {
-	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
-		b = b[:len(b)-1]
-	}
-	return b
+	return s, nil
 }
 
 // Addr is where the API listens.
@@ -231,7 +224,7 @@ func (a *Agent) runTelemetry() (stop func()) {
 			}
 		})
 	}
-	if a.link != nil {
+	if a.ulink != nil {
 		wg.Go(func() { a.runStatus(ctx) })
 	}
 	if a.updater != nil {
@@ -273,8 +266,9 @@ func (a *Agent) updateReady() {
 	for _, e := range a.registry.List() {
 		served[e.Name] = true
 	}
+	wanted := a.wanted()
 	ready := true
-	for _, n := range a.wanted() {
+	for _, n := range wanted {
 		if !served[n] {
 			ready = false
 			a.log.Warn("not ready: model is not served", "model", n)
@@ -282,7 +276,7 @@ func (a *Agent) updateReady() {
 	}
 	a.api.SetReady(ready)
 	a.statusChange()
-	sdnotify.Status(fmt.Sprintf("serving %d of %d models", len(served), len(a.wanted())))
+	sdnotify.Status(fmt.Sprintf("serving %d of %d models", len(served), len(wanted)))
 }
 
 // wanted names every model the agent should serve.

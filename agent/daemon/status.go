@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"slices"
@@ -11,7 +10,6 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/api"
-	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/agent/version"
 	"github.com/outpost-edge/outpost/protocol"
@@ -75,43 +73,23 @@ func (a *Agent) status() *protocol.Status {
 	return s
 }
 
-// runStatus publishes the retained status whenever the link comes up, when
-// a.statusChanged is poked (models loaded or swapped, update progress) and
-// every fleet.status_interval, so the controller sees uptime and counters
-// move, until ctx ends.
+// runStatus republishes the retained status through the updater's link
+// when a.statusChanged is poked (models loaded or swapped) and every
+// fleet.status_interval, so the controller sees uptime and counters move,
+// until ctx ends. The link itself publishes it after every connection and
+// every ack.
 func (a *Agent) runStatus(ctx context.Context) {
-	up := a.link.Up()
 	tick := time.NewTicker(a.cfg.Fleet.StatusInterval)
 	defer tick.Stop()
-	publish := func() {
-		b, err := json.Marshal(a.status())
-		if err != nil {
-			a.log.Error("status: encode", "err", err)
-			return
-		}
-		err = a.link.PublishTo(ctx, a.link.Topics().Status, true, b)
-		switch {
-		case err == nil, ctx.Err() != nil:
-		case errors.Is(err, telemetry.ErrNotConnected):
-			// Sent again when the link comes up.
-		default:
-			a.log.Warn("status: publish", "err", err)
-		}
-	}
-	if a.link.Connected() {
-		publish()
-	}
 	for {
 		select {
-		case <-up:
-			up = a.link.Up()
-			publish()
 		case <-a.statusChanged:
-			publish()
 		case <-tick.C:
-			publish()
 		case <-ctx.Done():
 			return
+		}
+		if err := a.ulink.PublishStatus(); err != nil && !errors.Is(err, updater.ErrNotConnected) {
+			a.log.Warn("status: publish", "err", err)
 		}
 	}
 }

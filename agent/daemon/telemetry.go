@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/catalog"
@@ -39,14 +38,10 @@ func newLink(cfg config.Config, ulink *updater.Link, log *slog.Logger) (*telemet
 		opts.Routes = ulink.Routes()
 		opts.OnConnect = ulink.OnConnect
 	}
-	if f.PasswordFile != "" {
-		b, err := os.ReadFile(f.PasswordFile)
-		if err != nil {
-			return nil, fmt.Errorf("fleet: password: %w", err)
-		}
-		opts.Password = strings.TrimRight(string(b), "\r\n")
-	}
 	var err error
+	if opts.Password, err = readSecret("fleet: password", f.PasswordFile); err != nil {
+		return nil, err
+	}
 	if opts.TLSConfig, err = tlsConfig(f); err != nil {
 		return nil, err
 	}

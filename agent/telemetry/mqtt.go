@@ -242,21 +242,13 @@ func waitToken(ctx context.Context, t mqtt.Token, timeout time.Duration, lost <-
 // the PUBACK. If no PUBACK comes within AckTimeout the connection is dropped,
 // so the next attempt starts clean.
 func (m *MQTT) Publish(ctx context.Context, payload []byte) error {
-	return m.PublishTo(ctx, m.topics.Events, false, payload)
-}
-
-// PublishTo publishes payload with QoS 1 on topic (retained if asked) over
-// the current connection and returns after the PUBACK, like Publish. The
-// daemon sends the device's status and the updater's acks with it. Errors
-// wrap ErrNotConnected when there is no connection.
-func (m *MQTT) PublishTo(ctx context.Context, topic string, retain bool, payload []byte) error {
 	m.mu.Lock()
 	c := m.conn
 	m.mu.Unlock()
 	if c == nil {
 		return fmt.Errorf("telemetry: mqtt: publish: %w", ErrNotConnected)
 	}
-	t := c.client.Publish(topic, 1, retain, payload)
+	t := c.client.Publish(m.topics.Events, 1, false, payload)
 	err := waitToken(ctx, t, m.opts.AckTimeout, c.lost)
 	if err == nil {
 		return nil
