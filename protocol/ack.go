@@ -65,8 +65,15 @@ type Ack struct {
 	// Error says why, for failed and rolled_back.
 	Error string `json:"error,omitempty"`
 	// Detail is free text for people ("nothing to roll back").
-	Detail string    `json:"detail,omitempty"`
-	Time   time.Time `json:"time"`
+	Detail string `json:"detail,omitempty"`
+	// Requests is how many requests the new version served during
+	// probation (in probation and committed acks).
+	Requests int64 `json:"probation_requests,omitempty"`
+	// Verified is set on a committed ack when probation saw at least its
+	// minimum number of requests; a commit without it ended probation at
+	// its maximum duration with too little traffic to judge the version.
+	Verified bool      `json:"verified,omitempty"`
+	Time     time.Time `json:"time"`
 }
 
 // Validate checks the ack's fields.
@@ -78,8 +85,10 @@ func (a *Ack) Validate() error {
 		return fmt.Errorf("protocol: ack: state %q: %w", a.State, ErrMalformed)
 	case a.Model != "" && !manifest.ValidName(a.Model), a.Version < 0:
 		return fmt.Errorf("protocol: ack: model %q v%d: %w", a.Model, a.Version, ErrMalformed)
-	case a.Progress < 0 || a.Total < 0:
-		return fmt.Errorf("protocol: ack: progress %d of %d: %w", a.Progress, a.Total, ErrMalformed)
+	case a.Progress < 0 || a.Total < 0 || a.Requests < 0:
+		return fmt.Errorf("protocol: ack: progress %d of %d, %d requests: %w", a.Progress, a.Total, a.Requests, ErrMalformed)
+	case a.Verified && a.State != UpdateCommitted:
+		return fmt.Errorf("protocol: ack: verified in state %s: %w", a.State, ErrMalformed)
 	case len(a.Error) > MaxStringLen || len(a.Detail) > MaxStringLen:
 		return fmt.Errorf("protocol: ack: text too long: %w", ErrMalformed)
 	}
@@ -138,7 +147,10 @@ type UpdateStatus struct {
 	Progress  int64       `json:"progress_bytes,omitempty"`
 	Total     int64       `json:"total_bytes,omitempty"`
 	Error     string      `json:"error,omitempty"`
-	Time      time.Time   `json:"time"`
+	// Requests and Verified are as in Ack.
+	Requests int64     `json:"probation_requests,omitempty"`
+	Verified bool      `json:"verified,omitempty"`
+	Time     time.Time `json:"time"`
 }
 
 // HealthSummary summarises the device for the controller.
@@ -191,7 +203,8 @@ func (s *Status) Validate() error {
 		}
 	}
 	if u := s.Update; u != nil {
-		if !validID(u.CommandID) || !validID(u.RolloutID) || !u.State.Valid() || len(u.Error) > MaxStringLen {
+		if !validID(u.CommandID) || !validID(u.RolloutID) || !u.State.Valid() || len(u.Error) > MaxStringLen ||
+			u.Requests < 0 || (u.Verified && u.State != UpdateCommitted) {
 			return bad("update %+v", *u)
 		}
 	}

@@ -100,7 +100,35 @@ type Install struct {
 	// golden vectors and expiry. It is verified on its own against the root
 	// (targets role), inside the signed command.
 	Release []byte `json:"release"`
+	// Probation, when set, overrides the device's own probation settings
+	// for this install (a rollout's --probation-min-requests and
+	// --probation-max). Zero fields keep the device's setting. Added in
+	// protocol 1 without a version change: older agents ignore it.
+	Probation *Probation `json:"probation,omitempty"`
 }
+
+// Probation says how long an activated version is watched before the device
+// commits it. Probation ends as soon as the version has served MinRequests
+// requests and the device's minimum watch time has passed (a verified
+// commit), or when MaxSeconds have passed (a commit without enough traffic:
+// Ack.Verified false). A version that fails the device's error or latency
+// limits during probation is rolled back either way.
+type Probation struct {
+	// MinRequests is how many requests the new version must serve for its
+	// commit to be verified; 0 keeps the device's setting.
+	MinRequests int64 `json:"min_requests,omitempty"`
+	// MaxSeconds bounds probation when the traffic does not come; 0 keeps
+	// the device's setting.
+	MaxSeconds int64 `json:"max_seconds,omitempty"`
+}
+
+// Probation limits.
+const (
+	// MaxProbationRequests bounds Probation.MinRequests.
+	MaxProbationRequests = 1 << 40
+	// MaxProbationSeconds bounds Probation.MaxSeconds (30 days).
+	MaxProbationSeconds = 30 * 24 * 3600
+)
 
 // Artifact describes the model bytes as the controller serves them.
 type Artifact struct {
@@ -173,6 +201,9 @@ func (c *Command) Validate() error {
 		}
 		if len(in.Release) == 0 {
 			return bad("install without a release")
+		}
+		if p := in.Probation; p != nil && (p.MinRequests < 0 || p.MinRequests > MaxProbationRequests || p.MaxSeconds < 0 || p.MaxSeconds > MaxProbationSeconds) {
+			return bad("probation %+v", *p)
 		}
 	case c.Kind == CommandRollback && c.Rollback != nil:
 		if !manifest.ValidName(c.Rollback.Model) || c.Rollback.Version < 1 || len(c.Rollback.Reason) > MaxStringLen {
