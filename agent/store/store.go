@@ -37,6 +37,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 )
@@ -437,75 +438,34 @@ func (s *Store) SaveRoot(r *trust.Root) error {
 
 // writeBlob copies the checked model bytes to blobs/sha256/HEX.
 func (s *Store) writeBlob(m manifest.Manifest, r io.Reader) error {
-	f, err := os.CreateTemp(s.path("tmp"), "blob-*")
+	err := atomicfile.Write(s.blobPath(m.SHA256), s.atomicOptions("blob", 0o444), func(w io.Writer) error {
+		_, err := io.Copy(w, m.Bytes(r))
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("store: install: %w", err)
-	}
-	tmp := f.Name()
-	_, err = io.Copy(f, m.Bytes(r))
-	if err == nil {
-		err = f.Chmod(0o444)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
 		return fmt.Errorf("store: install %s v%d: %w", m.Name, m.Version, err)
 	}
-	s.crashAt("blob-synced")
-	if err := os.Rename(tmp, s.blobPath(m.SHA256)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("store: install: %w", err)
-	}
-	s.crashAt("blob-renamed")
-	return syncDir(s.path("blobs", "sha256"))
+	return nil
 }
 
 // writeAtomic replaces path with b: temp file, sync, rename, sync directory.
 // point names the crash points "<point>-synced" and "<point>-renamed".
 func (s *Store) writeAtomic(path string, b []byte, point string) error {
-	f, err := os.CreateTemp(s.path("tmp"), point+"-*")
-	if err != nil {
-		return fmt.Errorf("store: write %s: %w", point, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("store: write %s: %w", point, err)
-	}
-	s.crashAt(point + "-synced")
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("store: write %s: %w", point, err)
-	}
-	s.crashAt(point + "-renamed")
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := atomicfile.WriteFile(path, b, s.atomicOptions(point, 0o644)); err != nil {
 		return fmt.Errorf("store: write %s: %w", point, err)
 	}
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("store: sync %s: %w", dir, err)
+// atomicOptions writes through tmp/ (emptied by recover) with the crash
+// points "<point>-synced" and "<point>-renamed".
+func (s *Store) atomicOptions(point string, perm os.FileMode) atomicfile.Options {
+	return atomicfile.Options{
+		Perm:    perm,
+		TempDir: s.path("tmp"),
+		Synced:  func() { s.crashAt(point + "-synced") },
+		Renamed: func() { s.crashAt(point + "-renamed") },
 	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("store: sync %s: %w", dir, err)
-	}
-	return nil
 }
 
 // recover removes what an interrupted install left: temporary files, then
@@ -592,5 +552,8 @@ func (s *Store) gcBlobs(keep map[string]bool) error {
 		}
 		s.log.Info("removed unreferenced blob", "sha256", b.Name())
 	}
-	return syncDir(s.path("blobs", "sha256"))
+	if err := atomicfile.SyncDir(s.path("blobs", "sha256")); err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	return nil
 }

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/outpost-edge/outpost/internal/atomicfile"
 )
 
 // ChunkSource fetches an artifact in numbered chunks (the MQTT link
@@ -193,8 +195,8 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 	if err := os.Rename(u.partialPath(j), u.modelPath(j)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("updater: download: %w", err)
 	}
-	if err := syncDir(u.jobDir(j)); err != nil {
-		return err
+	if err := atomicfile.SyncDir(u.jobDir(j)); err != nil {
+		return fmt.Errorf("updater: download: %w", err)
 	}
 	return u.transition(j, Verifying, fmt.Sprintf("%d bytes in %d chunks", j.Length, total))
 }
@@ -212,18 +214,6 @@ func checkChunk(c Chunk, j *Job, total int) error {
 	sum := sha256.Sum256(c.Data)
 	if !bytes.Equal(sum[:], c.Hash[:]) {
 		return fmt.Errorf("%w: chunk %d does not match its hash", ErrChunk, c.Index)
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("updater: sync %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("updater: sync %s: %w", dir, err)
 	}
 	return nil
 }

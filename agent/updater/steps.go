@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/trust"
 )
@@ -30,11 +31,11 @@ func (u *Updater) writeBundle(j *Job) error {
 		if r, err := trust.LoadRoot(b); err == nil {
 			name = strconv.FormatInt(r.Doc.Version, 10) + ".json"
 		}
-		if err := os.WriteFile(filepath.Join(rd, name), b, 0o644); err != nil {
+		if err := atomicfile.WriteFile(filepath.Join(rd, name), b, atomicfile.Options{}); err != nil {
 			return fmt.Errorf("updater: stage: %w", err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(dir, bundle.ReleaseFile), j.Release, 0o644); err != nil {
+	if err := atomicfile.WriteFile(filepath.Join(dir, bundle.ReleaseFile), j.Release, atomicfile.Options{}); err != nil {
 		return fmt.Errorf("updater: stage: %w", err)
 	}
 	return nil

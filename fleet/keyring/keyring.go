@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/models/dsse"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
@@ -374,27 +375,10 @@ func (k *Keyring) saveSerial(n int64) error {
 	return writeAtomic(filepath.Join(k.dir, "state.json"), b, 0o600)
 }
 
-// writeAtomic writes a file through a synced temporary and a rename.
+// writeAtomic replaces path with b (internal/atomicfile).
 func writeAtomic(path string, b []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
+	if err := atomicfile.WriteFile(path, b, atomicfile.Options{Perm: mode}); err != nil {
 		return fmt.Errorf("keyring: %w", err)
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(b); err == nil {
-		err = f.Sync()
-	}
-	if err == nil {
-		err = f.Chmod(mode)
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		return fmt.Errorf("keyring: write %s: %w", filepath.Base(path), err)
 	}
 	return nil
 }

@@ -23,6 +23,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
@@ -176,21 +177,10 @@ func (r *Registry) writeBlob(m *manifest.Manifest, model io.Reader) error {
 		}
 		return nil
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("registry: %w", err)
-	}
-	defer os.Remove(f.Name())
-	_, err = io.Copy(f, m.Bytes(model))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
+	err := atomicfile.Write(path, atomicfile.Options{}, func(w io.Writer) error {
+		_, err := io.Copy(w, m.Bytes(model))
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("registry: blob %s: %w", m.SHA256[:12], err)
 	}

@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 )
@@ -209,33 +210,19 @@ func Write(dir string, roots [][]byte, release []byte, model io.Reader) error {
 	if err := writeFile(filepath.Join(dir, ReleaseFile), release); err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(dir, ModelFile))
+	err := atomicfile.Write(filepath.Join(dir, ModelFile), atomicfile.Options{}, func(w io.Writer) error {
+		_, err := io.Copy(w, model)
+		return err
+	})
 	if err != nil {
-		return fmt.Errorf("bundle: %w", err)
-	}
-	if _, err := io.Copy(f, model); err != nil {
-		f.Close()
 		return fmt.Errorf("bundle: write model: %w", err)
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("bundle: %w", err)
-	}
-	return f.Close()
+	return nil
 }
 
 func writeFile(path string, b []byte) error {
-	f, err := os.Create(path)
-	if err != nil {
+	if err := atomicfile.WriteFile(path, b, atomicfile.Options{}); err != nil {
 		return fmt.Errorf("bundle: %w", err)
 	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return fmt.Errorf("bundle: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("bundle: %w", err)
-	}
-	return f.Close()
+	return nil
 }
