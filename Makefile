@@ -41,8 +41,12 @@ vet: setup
 	@# Everything outside the TFLite binding and its users builds without cgo.
 	CGO_ENABLED=0 $(GO) vet $$($(GO) list -f '{{if not (or .CgoFiles (eq .ImportPath "github.com/mattn/go-tflite"))}}{{$$d := .Deps}}{{.ImportPath}} {{join $$d " "}}{{end}}' ./... | grep -v 'mattn/go-tflite\|/agent/runtime' | cut -d' ' -f1)
 
+# The crash tests need the crash points (internal/crashpoint), which only
+# binaries built with -tags outpostcrash carry; release builds never do.
+TEST_TAGS ?= outpostcrash
+
 test: setup
-	$(GO) test -race -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) ./...
+	$(GO) test -race -tags '$(TEST_TAGS)' -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) ./...
 
 # bench prints the comparable figures: ratios measured back to back in one run.
 bench: setup
@@ -97,10 +101,12 @@ test-arm64: setup-cross
 	$(ROOT)/cross/test-arm64.sh
 
 # release-check: goreleaser check, then a snapshot build of the binaries,
-# tarballs, .deb and .rpm for amd64 and arm64 into dist/ (nothing published).
+# tarballs, .deb and .rpm for amd64 and arm64 into dist/ (nothing published);
+# none of the binaries may carry the crash-point test hook.
 release-check: setup-cross unit-check
 	$(ROOT)/cross/release.sh check
 	$(ROOT)/cross/release.sh release --snapshot --clean --parallelism 1
+	$(ROOT)/cross/no-crashpoints.sh dist
 
 # unit-check: systemd-analyze verify on the unit, where systemd is installed.
 unit-check: build

@@ -18,8 +18,9 @@
 // not match its signed digest and length. Nothing here looks at expiry: a
 // device offline for months keeps serving what it has.
 //
-// Test hook: when OUTPOST_CRASHPOINT names one of the CrashPoints, the
-// process kills itself with SIGKILL when it gets there.
+// Test hook: in a binary built with -tags outpostcrash, when
+// OUTPOST_CRASHPOINT names one of the CrashPoints the process kills itself
+// with SIGKILL when it gets there (internal/crashpoint).
 package store
 
 import (
@@ -38,6 +39,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/atomicfile"
+	"github.com/outpost-edge/outpost/internal/crashpoint"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 )
@@ -60,7 +62,7 @@ var (
 	ErrRootVersion = errors.New("store: root older than the stored one")
 )
 
-// CrashPoints are the places where OUTPOST_CRASHPOINT can kill an Install,
+// CrashPoints are the places where a crash test can kill an Install,
 // in the order Install reaches them.
 var CrashPoints = []string{
 	"blob-synced",   // model bytes in tmp/, synced, not renamed
@@ -90,9 +92,8 @@ type Options struct {
 // Store is a model store in one directory. Its methods are safe for
 // concurrent use; installs in other processes are excluded by a lock file.
 type Store struct {
-	dir   string
-	log   *slog.Logger
-	crash string
+	dir string
+	log *slog.Logger
 
 	mu sync.Mutex // serialises Install, Rollback, SaveRoot within the process
 }
@@ -124,7 +125,7 @@ func Open(dir string, opts Options) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Store{dir: dir, log: log.With("component", "store"), crash: os.Getenv("OUTPOST_CRASHPOINT")}
+	s := &Store{dir: dir, log: log.With("component", "store")}
 	for _, d := range []string{s.path("blobs", "sha256"), s.path("models"), s.path("tmp")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("store: open: %w", err)
@@ -160,12 +161,7 @@ func (s *Store) lock() (func(), error) {
 	return func() { f.Close() }, nil
 }
 
-func (s *Store) crashAt(point string) {
-	if s.crash == point {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {} // the signal is on its way
-	}
-}
+func (s *Store) crashAt(point string) { crashpoint.At(point) }
 
 // Names lists the model names with a current version.
 func (s *Store) Names() ([]string, error) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/internal/crashpoint"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
 	"github.com/stretchr/testify/require"
@@ -88,6 +89,9 @@ var crashCases = []crashCase{
 // serve a loadable current model right away, resume (or roll back) to the
 // expected end, keep a valid audit trail and leave no work files.
 func TestCrash(t *testing.T) {
+	if !crashpoint.Enabled {
+		t.Skip("crash points need -tags outpostcrash (make test passes it)")
+	}
 	f := newTestFleet(t)
 	m1, _ := describe(t, "face", 1, testmodel.FaceShort, false)
 	// No golden vectors: their JSON is what costs under -race, and

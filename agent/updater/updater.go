@@ -36,14 +36,15 @@
 // telemetry (durable, at least once) and an ack through a Reporter (best
 // effort; the fleet also learns from telemetry).
 //
-// Test hook: OUTPOST_CRASHPOINT=updater-<state> makes the process SIGKILL
+// Test hook (-tags outpostcrash, internal/crashpoint):
+// OUTPOST_CRASHPOINT=updater-<state> makes the process SIGKILL
 // itself right after entering <state>; updater-chunk after the first half of
 // a download is durable, updater-installed after the store install and
 // updater-store-rolled-back after the store rollback. agent/store's crash
 // points work too. TestCrash kills a re-executed test binary at each; for a
 // longer run:
 //
-//	OUTPOST_CRASH_LOOPS=20 go test -race -run 'TestCrash$' ./agent/updater
+//	OUTPOST_CRASH_LOOPS=20 go test -race -tags outpostcrash -run 'TestCrash$' ./agent/updater
 package updater
 
 import (
@@ -55,11 +56,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/audit"
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/internal/crashpoint"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -191,7 +192,6 @@ type Updater struct {
 	log     *slog.Logger
 	db      *bolt.DB
 	work    string
-	crash   string
 	metrics *metrics
 
 	wake       chan struct{} // a command was queued
@@ -252,7 +252,7 @@ func New(opts Options) (*Updater, error) {
 		opts.ChunkSize = 64 << 10
 	}
 	u := &Updater{opts: opts, log: opts.Logger.With("component", "updater"), work: filepath.Join(opts.DataDir, "updater"),
-		crash: os.Getenv("OUTPOST_CRASHPOINT"), metrics: newMetrics(), wake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1)}
+		metrics: newMetrics(), wake: make(chan struct{}, 1), outboxWake: make(chan struct{}, 1)}
 	if err := os.MkdirAll(u.work, 0o755); err != nil {
 		return nil, fmt.Errorf("updater: %w", err)
 	}
@@ -273,12 +273,7 @@ func New(opts Options) (*Updater, error) {
 
 func (u *Updater) now() time.Time { return u.opts.Now() }
 
-func (u *Updater) crashAt(point string) {
-	if u.crash == point {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
-	}
-}
+func (u *Updater) crashAt(point string) { crashpoint.At(point) }
 
 // Close closes updater.db; call it after Run returned.
 func (u *Updater) Close() error { return u.db.Close() }

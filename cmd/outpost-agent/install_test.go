@@ -20,7 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// bins are the real binaries, built once per test run.
+// bins are the real binaries, built once per test run, with the crash points
+// (internal/crashpoint) the crash tests need.
 type bins struct{ agent, fleet string }
 
 func build(t *testing.T) bins {
@@ -28,7 +29,7 @@ func build(t *testing.T) bins {
 	dir := t.TempDir()
 	b := bins{agent: filepath.Join(dir, "outpost-agent"), fleet: filepath.Join(dir, "outpost-fleet")}
 	for out, pkg := range map[string]string{b.agent: ".", b.fleet: "../outpost-fleet"} {
-		cmd := exec.Command("go", "build", "-o", out, pkg)
+		cmd := exec.Command("go", "build", "-tags", "outpostcrash", "-o", out, pkg)
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s(for cgo: eval \"$(make -s env)\")", pkg, err, msg)
 		}
