@@ -41,9 +41,9 @@ vet: setup
 	@# Everything outside the TFLite binding and its users builds without cgo.
 	CGO_ENABLED=0 $(GO) vet $$($(GO) list -f '{{if not (or .CgoFiles (eq .ImportPath "github.com/mattn/go-tflite"))}}{{$$d := .Deps}}{{.ImportPath}} {{join $$d " "}}{{end}}' ./... | grep -v 'mattn/go-tflite\|/agent/runtime' | cut -d' ' -f1)
 
-# The crash tests need the crash points (internal/crashpoint), which only
-# binaries built with -tags outpostcrash carry; release builds never do.
-TEST_TAGS ?= outpostcrash
+# Test-only hooks, such as the crash points (internal/crashpoint), exist only
+# in binaries built with -tags outposttest; release builds never carry them.
+TEST_TAGS ?= outposttest
 
 test: setup
 	$(GO) test -race -tags '$(TEST_TAGS)' -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) ./...

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # no-crashpoints.sh PATH... fails if an outpost-* executable under PATH (files,
 # or directories searched) carries the crash-point test hook: a binary built
-# with -tags outpostcrash (internal/crashpoint) contains the name of the
+# with -tags outposttest (internal/crashpoint) contains the name of the
 # variable that makes it SIGKILL itself. `make release-check` runs it on dist/;
 # cmd/outpost-agent's TestReleaseCheck runs it on a plain and a tagged build.
 set -euo pipefail
@@ -13,7 +13,7 @@ found=0 bad=0
 while IFS= read -r -d '' f; do
   found=$((found + 1))
   if grep -q -a -F OUTPOST_CRASHPOINT "$f"; then
-    echo "cross/no-crashpoints: $f carries crash points (built with -tags outpostcrash)" >&2
+    echo "cross/no-crashpoints: $f carries crash points (built with -tags outposttest)" >&2
     bad=1
   fi
 done < <(find "$@" -type f -name 'outpost-*' -perm -u+x -print0)

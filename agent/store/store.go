@@ -18,7 +18,7 @@
 // not match its signed digest and length. Nothing here looks at expiry: a
 // device offline for months keeps serving what it has.
 //
-// Test hook: in a binary built with -tags outpostcrash, when
+// Test hook: in a binary built with -tags outposttest, when
 // OUTPOST_CRASHPOINT names one of the CrashPoints the process kills itself
 // with SIGKILL when it gets there (internal/crashpoint).
 package store

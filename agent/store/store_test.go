@@ -242,7 +242,7 @@ func TestRollbackHelper(t *testing.T) {
 
 func TestRollbackCrash(t *testing.T) {
 	if !crashpoint.Enabled {
-		t.Skip("crash points need -tags outpostcrash (make test passes it)")
+		t.Skip("crash points need -tags outposttest (make test passes it)")
 	}
 	want := map[string]int64{"rollback-synced": 2, "rollback-renamed": 1}
 	for _, point := range RollbackCrashPoints {

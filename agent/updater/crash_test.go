@@ -90,7 +90,7 @@ var crashCases = []crashCase{
 // expected end, keep a valid audit trail and leave no work files.
 func TestCrash(t *testing.T) {
 	if !crashpoint.Enabled {
-		t.Skip("crash points need -tags outpostcrash (make test passes it)")
+		t.Skip("crash points need -tags outposttest (make test passes it)")
 	}
 	f := newTestFleet(t)
 	m1, _ := describe(t, "face", 1, testmodel.FaceShort, false)

@@ -36,7 +36,7 @@
 // telemetry (durable, at least once) and an ack through a Reporter (best
 // effort; the fleet also learns from telemetry).
 //
-// Test hook (-tags outpostcrash, internal/crashpoint):
+// Test hook (-tags outposttest, internal/crashpoint):
 // OUTPOST_CRASHPOINT=updater-<state> makes the process SIGKILL
 // itself right after entering <state>; updater-chunk after the first half of
 // a download is durable, updater-installed after the store install and
@@ -44,7 +44,7 @@
 // points work too. TestCrash kills a re-executed test binary at each; for a
 // longer run:
 //
-//	OUTPOST_CRASH_LOOPS=20 go test -race -tags outpostcrash -run 'TestCrash$' ./agent/updater
+//	OUTPOST_CRASH_LOOPS=20 go test -race -tags outposttest -run 'TestCrash$' ./agent/updater
 package updater
 
 import (

@@ -29,7 +29,7 @@ func build(t *testing.T) bins {
 	dir := t.TempDir()
 	b := bins{agent: filepath.Join(dir, "outpost-agent"), fleet: filepath.Join(dir, "outpost-fleet")}
 	for out, pkg := range map[string]string{b.agent: ".", b.fleet: "../outpost-fleet"} {
-		cmd := exec.Command("go", "build", "-tags", "outpostcrash", "-o", out, pkg)
+		cmd := exec.Command("go", "build", "-tags", "outposttest", "-o", out, pkg)
 		if msg, err := cmd.CombinedOutput(); err != nil {
 			t.Fatalf("go build %s: %v\n%s(for cgo: eval \"$(make -s env)\")", pkg, err, msg)
 		}

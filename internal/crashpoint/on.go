@@ -1,4 +1,4 @@
-//go:build outpostcrash
+//go:build outposttest
 
 package crashpoint
 
