@@ -20,6 +20,9 @@ export OUTPOST_MODELS := $(MODELS)
 
 GO        ?= go
 GOFLAGS_TEST ?=
+# Test-only hooks, such as the crash points (internal/crashpoint), exist only
+# in binaries built with -tags outposttest; release builds never carry them.
+TEST_TAGS ?= outposttest
 TEST_TIMEOUT ?= 20m
 BENCHTIME ?= 1x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -36,14 +39,15 @@ setup:
 build: setup
 	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
+# vet: go.mod and go.sum tidy, go vet (with and without the test tags),
+# staticcheck (a go.mod tool: no separate install), and a CGO_ENABLED=0 pass.
 vet: setup
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
+	$(GO) vet -tags '$(TEST_TAGS)' ./...
+	$(GO) tool staticcheck ./...
 	@# Everything outside the TFLite binding and its users builds without cgo.
 	CGO_ENABLED=0 $(GO) vet $$($(GO) list -f '{{if not (or .CgoFiles (eq .ImportPath "github.com/mattn/go-tflite"))}}{{$$d := .Deps}}{{.ImportPath}} {{join $$d " "}}{{end}}' ./... | grep -v 'mattn/go-tflite\|/agent/runtime' | cut -d' ' -f1)
-
-# Test-only hooks, such as the crash points (internal/crashpoint), exist only
-# in binaries built with -tags outposttest; release builds never carry them.
-TEST_TAGS ?= outposttest
 
 test: setup
 	$(GO) test -race -tags '$(TEST_TAGS)' -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) ./...

@@ -44,14 +44,6 @@ func seqKey(seq uint64) []byte {
 // it holds on disk: its key plus bbolt's per-element header.
 const recordOverhead = 8 + 16
 
-// prioOf returns the priority bucket index of an encoded record body.
-func prioOf(body []byte) int {
-	if len(body) == 0 {
-		return int(protocol.PriorityLow)
-	}
-	return int(protocol.Kind(body[0]).Priority())
-}
-
 // bucketState is the in-memory account of one priority bucket, kept equal to
 // what is on disk by updating it only after a transaction commits.
 type bucketState struct {

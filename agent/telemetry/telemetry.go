@@ -194,7 +194,6 @@ type Queue struct {
 
 	// Set by Record without locks.
 	backpressure atomic.Uint64 // low-priority records dropped at the hand-off
-	sampleTick   atomic.Uint64
 
 	// overflowMu guards overflow: normal and critical records that found the
 	// channel full. They are rare (a few a minute), so this never grows much.
