@@ -17,39 +17,21 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/agent/tensorjson"
 )
 
-// ErrBadRequest is wrapped by every error DecodeRequest returns: the body is
-// not a valid inference request. The message says what is wrong and where,
-// and is meant for the client. Errors caused by malformed JSON also match
-// tensorjson.ErrSyntax; values a tensor cannot take match tensorjson.ErrValue.
-var ErrBadRequest = errors.New("bad request")
+// ErrBadRequest is wrapped by every error DecodeRequest returns; it is
+// tensorjson.ErrBadRequest, shared by the codecs. The message says what is
+// wrong and where, and is meant for the client. Malformed JSON also matches
+// tensorjson.ErrSyntax, and values a tensor cannot take match
+// tensorjson.ErrValue.
+var ErrBadRequest = tensorjson.ErrBadRequest
 
-// badRequest is an error for the client that matches ErrBadRequest and,
-// when it has one, its cause.
-type badRequest struct {
-	msg   string
-	cause error
-}
-
-func (e *badRequest) Error() string   { return "oip: " + e.msg }
-func (e *badRequest) Unwrap() []error { return []error{ErrBadRequest, e.cause} }
-
-// wrongKind reports a value of the wrong JSON kind, or a syntax error when
-// there is no value at all.
-func wrongKind(s *tensorjson.Scanner, format string, args ...any) error {
-	if s.Kind() == "invalid value" {
-		return badf(tensorjson.ErrSyntax, "%v", s.Unexpected())
-	}
-	return badf(tensorjson.ErrValue, format, args...)
-}
-
-func badf(cause error, format string, args ...any) error {
-	return &badRequest{msg: fmt.Sprintf(format, args...), cause: cause}
-}
+// bad makes this codec's errors for the client.
+const bad = tensorjson.BadRequests("oip")
 
 // RequestedOutput is an entry of the request's "outputs": an output the
 // client asks for, and whether it wants it as binary data.
@@ -105,23 +87,23 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 	js, bin := body, []byte(nil)
 	if headerLen >= 0 {
 		if headerLen > len(body) {
-			return badf(nil, "Inference-Header-Content-Length %d is longer than the %d-byte body", headerLen, len(body))
+			return bad.Errorf(nil, "Inference-Header-Content-Length %d is longer than the %d-byte body", headerLen, len(body))
 		}
 		js, bin = body[:headerLen], body[headerLen:]
 	} else if headerLen != -1 {
-		return badf(nil, "invalid Inference-Header-Content-Length %d", headerLen)
+		return bad.Errorf(nil, "invalid Inference-Header-Content-Length %d", headerLen)
 	}
 	s := &r.sc
 	s.Reset(js, 0)
 	if s.Peek() != '{' {
-		return badf(tensorjson.ErrSyntax, "%v", s.Errorf("expected the request object, found %s", s.Kind()))
+		return bad.Errorf(tensorjson.ErrSyntax, "%v", s.Errorf("expected the request object, found %s", s.Kind()))
 	}
 	sawInputs := false
 	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "id":
 			if s.Peek() != '"' {
-				return wrongKind(s, "id must be a string, not %s", s.Kind())
+				return bad.WrongKind(s, "id must be a string, not %s", s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -133,12 +115,12 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 		case "inputs":
 			sawInputs = true
 			if s.Peek() != '[' {
-				return wrongKind(s, "inputs must be an array, not %s", s.Kind())
+				return bad.WrongKind(s, "inputs must be an array, not %s", s.Kind())
 			}
 			return s.Array(func(int) error { return r.input(s, js) })
 		case "outputs":
 			if s.Peek() != '[' {
-				return wrongKind(s, "outputs must be an array, not %s", s.Kind())
+				return bad.WrongKind(s, "outputs must be an array, not %s", s.Kind())
 			}
 			return s.Array(func(i int) error { return r.output(s, i) })
 		default:
@@ -150,14 +132,13 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 		err = s.End()
 	}
 	if err != nil {
-		var br *badRequest
-		if errors.As(err, &br) {
+		if errors.Is(err, ErrBadRequest) {
 			return err
 		}
-		return badf(err, "%v", err)
+		return bad.Errorf(err, "%v", err)
 	}
 	if !sawInputs || len(r.Inputs) == 0 {
-		return badf(nil, "request has no inputs")
+		return bad.Errorf(nil, "request has no inputs")
 	}
 	if err := r.finish(js, bin, headerLen); err != nil {
 		return err
@@ -165,7 +146,7 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 	for i, o := range r.Outputs {
 		for _, p := range r.Outputs[:i] {
 			if p.Name == o.Name {
-				return badf(nil, "output %q is requested twice", o.Name)
+				return bad.Errorf(nil, "output %q is requested twice", o.Name)
 			}
 		}
 	}
@@ -174,7 +155,7 @@ func DecodeRequest(body []byte, headerLen int, r *Request) error {
 
 func (r *Request) parameters(s *tensorjson.Scanner) error {
 	if s.Peek() != '{' {
-		return wrongKind(s, "parameters must be an object, not %s", s.Kind())
+		return bad.WrongKind(s, "parameters must be an object, not %s", s.Kind())
 	}
 	return s.Object(func(key []byte) error {
 		if string(key) != "binary_data_output" {
@@ -182,7 +163,7 @@ func (r *Request) parameters(s *tensorjson.Scanner) error {
 		}
 		v, err := s.Bool()
 		if err != nil {
-			return wrongKind(s, "parameters.binary_data_output must be a boolean, not %s", s.Kind())
+			return bad.WrongKind(s, "parameters.binary_data_output must be a boolean, not %s", s.Kind())
 		}
 		r.BinaryOutput = v
 		return nil
@@ -192,14 +173,14 @@ func (r *Request) parameters(s *tensorjson.Scanner) error {
 func (r *Request) output(s *tensorjson.Scanner, i int) error {
 	var o RequestedOutput
 	if s.Peek() != '{' {
-		return wrongKind(s, "output #%d must be an object, not %s", i, s.Kind())
+		return bad.WrongKind(s, "output #%d must be an object, not %s", i, s.Kind())
 	}
 	named := false
 	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "name":
 			if s.Peek() != '"' {
-				return wrongKind(s, "output #%d: name must be a string, not %s", i, s.Kind())
+				return bad.WrongKind(s, "output #%d: name must be a string, not %s", i, s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -208,7 +189,7 @@ func (r *Request) output(s *tensorjson.Scanner, i int) error {
 			o.Name, named = string(v), true
 		case "parameters":
 			if s.Peek() != '{' {
-				return wrongKind(s, "output #%d: parameters must be an object, not %s", i, s.Kind())
+				return bad.WrongKind(s, "output #%d: parameters must be an object, not %s", i, s.Kind())
 			}
 			return s.Object(func(key []byte) error {
 				if string(key) != "binary_data" {
@@ -216,7 +197,7 @@ func (r *Request) output(s *tensorjson.Scanner, i int) error {
 				}
 				v, err := s.Bool()
 				if err != nil {
-					return wrongKind(s, "output #%d: parameters.binary_data must be a boolean, not %s", i, s.Kind())
+					return bad.WrongKind(s, "output #%d: parameters.binary_data must be a boolean, not %s", i, s.Kind())
 				}
 				o.Binary = v
 				return nil
@@ -230,7 +211,7 @@ func (r *Request) output(s *tensorjson.Scanner, i int) error {
 		return err
 	}
 	if !named || o.Name == "" {
-		return badf(nil, "output #%d has no name", i)
+		return bad.Errorf(nil, "output #%d has no name", i)
 	}
 	r.Outputs = append(r.Outputs, o)
 	return nil
@@ -267,14 +248,14 @@ func label(t *tensor.Tensor, i int) string {
 func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 	t, i := r.next()
 	if s.Peek() != '{' {
-		return wrongKind(s, "input #%d must be an object, not %s", i, s.Kind())
+		return bad.WrongKind(s, "input #%d must be an object, not %s", i, s.Kind())
 	}
 	hasShape := false
 	err := s.Object(func(key []byte) error {
 		switch string(key) {
 		case "name":
 			if s.Peek() != '"' {
-				return wrongKind(s, "%s: name must be a string, not %s", label(t, i), s.Kind())
+				return bad.WrongKind(s, "%s: name must be a string, not %s", label(t, i), s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -283,7 +264,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 			t.Name = string(v)
 		case "datatype":
 			if s.Peek() != '"' {
-				return wrongKind(s, "%s: datatype must be a string, not %s", label(t, i), s.Kind())
+				return bad.WrongKind(s, "%s: datatype must be a string, not %s", label(t, i), s.Kind())
 			}
 			v, err := s.String()
 			if err != nil {
@@ -291,7 +272,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 			}
 			dt, err := tensor.ParseDataType(string(v))
 			if err != nil {
-				return badf(tensorjson.ErrValue, "%s: unknown datatype %q", label(t, i), v)
+				return bad.Errorf(tensorjson.ErrValue, "%s: unknown datatype %q", label(t, i), v)
 			}
 			t.DataType = dt
 			r.decoded[i] = false // a repeated key: read data again below
@@ -299,7 +280,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 			hasShape = true
 			r.decoded[i] = false
 			if s.Peek() != '[' {
-				return wrongKind(s, "%s: shape must be an array, not %s", label(t, i), s.Kind())
+				return bad.WrongKind(s, "%s: shape must be an array, not %s", label(t, i), s.Kind())
 			}
 			t.Shape = t.Shape[:0]
 			return s.Array(func(int) error {
@@ -308,14 +289,14 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 					return err
 				}
 				if d < 0 || d > 1<<40 {
-					return badf(tensorjson.ErrValue, "%s: shape has dimension %d", label(t, i), d)
+					return bad.Errorf(tensorjson.ErrValue, "%s: shape has dimension %d", label(t, i), d)
 				}
 				t.Shape = append(t.Shape, int(d))
 				return nil
 			})
 		case "parameters":
 			if s.Peek() != '{' {
-				return wrongKind(s, "%s: parameters must be an object, not %s", label(t, i), s.Kind())
+				return bad.WrongKind(s, "%s: parameters must be an object, not %s", label(t, i), s.Kind())
 			}
 			return s.Object(func(key []byte) error {
 				if string(key) != "binary_data_size" {
@@ -323,7 +304,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 				}
 				n, err := s.Int()
 				if err != nil || n < 0 {
-					return badf(tensorjson.ErrValue, "%s: parameters.binary_data_size must be a non-negative integer", label(t, i))
+					return bad.Errorf(tensorjson.ErrValue, "%s: parameters.binary_data_size must be a non-negative integer", label(t, i))
 				}
 				r.binSize[i] = int(min(n, 1<<62))
 				return nil
@@ -345,15 +326,15 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 	}
 	switch {
 	case t.Name == "":
-		return badf(nil, "input #%d has no name", i)
+		return bad.Errorf(nil, "input #%d has no name", i)
 	case t.DataType == tensor.Invalid:
-		return badf(nil, "%s has no datatype", label(t, i))
+		return bad.Errorf(nil, "%s has no datatype", label(t, i))
 	case !hasShape:
-		return badf(nil, "%s has no shape", label(t, i))
+		return bad.Errorf(nil, "%s has no shape", label(t, i))
 	}
 	for _, u := range r.Inputs[:i] {
 		if u.Name == t.Name {
-			return badf(nil, "input %q appears twice", t.Name)
+			return bad.Errorf(nil, "input %q appears twice", t.Name)
 		}
 	}
 	if r.dataAt[i] >= 0 && !r.decoded[i] {
@@ -373,7 +354,7 @@ func (r *Request) input(s *tensorjson.Scanner, js []byte) error {
 func (r *Request) decodeData(s *tensorjson.Scanner, t *tensor.Tensor, i, jsLen int) error {
 	want, err := tensor.NumElements(t.Shape)
 	if err != nil {
-		return badf(tensorjson.ErrValue, "%s: shape %v has too many elements", label(t, i), t.Shape)
+		return bad.Errorf(tensorjson.ErrValue, "%s: shape %v has too many elements", label(t, i), t.Shape)
 	}
 	el := &r.el
 	el.DataType = t.DataType
@@ -388,7 +369,7 @@ func (r *Request) decodeData(s *tensorjson.Scanner, t *tensor.Tensor, i, jsLen i
 	err = el.Decode(s)
 	r.owned[i], r.ownedS[i] = el.Data, el.Strings
 	if err != nil {
-		return badf(err, "%s: %v", label(t, i), err)
+		return bad.Errorf(err, "%s: %v", label(t, i), err)
 	}
 	t.Data, t.Strings = el.Data, el.Strings
 	if t.DataType == tensor.Bytes {
@@ -405,25 +386,13 @@ func checkShape(t *tensor.Tensor, i int, dims []int, n, want int) error {
 	switch {
 	case len(dims) == 1 || len(dims) == 0:
 		if n != want {
-			return badf(tensorjson.ErrValue, "%s: data has %d elements, shape %v needs %d", label(t, i), n, t.Shape, want)
+			return bad.Errorf(tensorjson.ErrValue, "%s: data has %d elements, shape %v needs %d", label(t, i), n, t.Shape, want)
 		}
 		return nil
-	case !equal(dims, t.Shape):
-		return badf(tensorjson.ErrValue, "%s: data is nested as %v, shape is %v", label(t, i), dims, t.Shape)
+	case !slices.Equal(dims, t.Shape):
+		return bad.Errorf(tensorjson.ErrValue, "%s: data is nested as %v, shape is %v", label(t, i), dims, t.Shape)
 	}
 	return nil
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // finish checks that each input has data from exactly one place and hands
@@ -435,15 +404,15 @@ func (r *Request) finish(js, bin []byte, headerLen int) error {
 		size := r.binSize[i]
 		switch {
 		case size >= 0 && r.dataAt[i] >= 0:
-			return badf(nil, "%s has both data and parameters.binary_data_size", label(t, i))
+			return bad.Errorf(nil, "%s has both data and parameters.binary_data_size", label(t, i))
 		case size < 0 && r.dataAt[i] < 0:
-			return badf(nil, "%s has no data and no parameters.binary_data_size", label(t, i))
+			return bad.Errorf(nil, "%s has no data and no parameters.binary_data_size", label(t, i))
 		case size < 0:
 			continue
 		case headerLen < 0:
-			return badf(nil, "%s has parameters.binary_data_size but the request has no Inference-Header-Content-Length header", label(t, i))
+			return bad.Errorf(nil, "%s has parameters.binary_data_size but the request has no Inference-Header-Content-Length header", label(t, i))
 		case size > len(bin)-off:
-			return badf(nil, "%s: binary_data_size %d runs past the end of the %d-byte binary section (%d bytes left)", label(t, i), size, len(bin), len(bin)-off)
+			return bad.Errorf(nil, "%s: binary_data_size %d runs past the end of the %d-byte binary section (%d bytes left)", label(t, i), size, len(bin), len(bin)-off)
 		}
 		chunk := bin[off : off+size]
 		off += size
@@ -452,7 +421,7 @@ func (r *Request) finish(js, bin []byte, headerLen int) error {
 		}
 	}
 	if off != len(bin) {
-		return badf(nil, "the binary section has %d bytes, the inputs' binary_data_size add up to %d", len(bin), off)
+		return bad.Errorf(nil, "the binary section has %d bytes, the inputs' binary_data_size add up to %d", len(bin), off)
 	}
 	return nil
 }
@@ -460,11 +429,11 @@ func (r *Request) finish(js, bin []byte, headerLen int) error {
 func (r *Request) binaryInput(t *tensor.Tensor, i int, chunk []byte) error {
 	want, err := tensor.NumElements(t.Shape)
 	if err != nil {
-		return badf(tensorjson.ErrValue, "%s: shape %v has too many elements", label(t, i), t.Shape)
+		return bad.Errorf(tensorjson.ErrValue, "%s: shape %v has too many elements", label(t, i), t.Shape)
 	}
 	if t.DataType != tensor.Bytes {
 		if need := want * t.DataType.Size(); need != len(chunk) {
-			return badf(tensorjson.ErrValue, "%s: binary_data_size is %d, shape %v of %s needs %d bytes", label(t, i), len(chunk), t.Shape, t.DataType, need)
+			return bad.Errorf(tensorjson.ErrValue, "%s: binary_data_size is %d, shape %v of %s needs %d bytes", label(t, i), len(chunk), t.Shape, t.DataType, need)
 		}
 		t.Data = chunk
 		return nil
@@ -473,18 +442,18 @@ func (r *Request) binaryInput(t *tensor.Tensor, i int, chunk []byte) error {
 	strs := r.ownedS[i][:0]
 	for len(chunk) > 0 {
 		if len(chunk) < 4 {
-			return badf(tensorjson.ErrValue, "%s: element %d: binary BYTES data ends inside a length prefix", label(t, i), len(strs))
+			return bad.Errorf(tensorjson.ErrValue, "%s: element %d: binary BYTES data ends inside a length prefix", label(t, i), len(strs))
 		}
 		n := binary.LittleEndian.Uint32(chunk)
 		if uint64(n) > uint64(len(chunk)-4) {
-			return badf(tensorjson.ErrValue, "%s: element %d: length %d runs past the end of its binary data", label(t, i), len(strs), n)
+			return bad.Errorf(tensorjson.ErrValue, "%s: element %d: length %d runs past the end of its binary data", label(t, i), len(strs), n)
 		}
 		strs = append(strs, chunk[4:4+n])
 		chunk = chunk[4+n:]
 	}
 	r.ownedS[i] = strs
 	if len(strs) != want {
-		return badf(tensorjson.ErrValue, "%s: binary data has %d elements, shape %v needs %d", label(t, i), len(strs), t.Shape, want)
+		return bad.Errorf(tensorjson.ErrValue, "%s: binary data has %d elements, shape %v needs %d", label(t, i), len(strs), t.Shape, want)
 	}
 	t.Strings = strs
 	return nil

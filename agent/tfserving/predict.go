@@ -11,38 +11,22 @@ package tfserving
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/agent/tensorjson"
 )
 
-// ErrBadRequest is wrapped by every error DecodePredict returns: the body is
-// not a valid predict request for the signature. The message is meant for
-// the client. Malformed JSON also matches tensorjson.ErrSyntax, and values an
-// input cannot take match tensorjson.ErrValue.
-var ErrBadRequest = errors.New("bad request")
+// ErrBadRequest is wrapped by every error DecodePredict returns; it is
+// tensorjson.ErrBadRequest, shared by the codecs. The message says what is
+// wrong and where, and is meant for the client. Malformed JSON also matches
+// tensorjson.ErrSyntax, and values a tensor cannot take match
+// tensorjson.ErrValue.
+var ErrBadRequest = tensorjson.ErrBadRequest
 
-type badRequest struct {
-	msg   string
-	cause error
-}
-
-func (e *badRequest) Error() string   { return "tfserving: " + e.msg }
-func (e *badRequest) Unwrap() []error { return []error{ErrBadRequest, e.cause} }
-
-// wrongKind reports a value of the wrong JSON kind, or a syntax error when
-// there is no value at all.
-func wrongKind(s *tensorjson.Scanner, format string, args ...any) error {
-	if s.Kind() == "invalid value" {
-		return badf(tensorjson.ErrSyntax, "%v", s.Unexpected())
-	}
-	return badf(tensorjson.ErrValue, format, args...)
-}
-
-func badf(cause error, format string, args ...any) error {
-	return &badRequest{msg: fmt.Sprintf(format, args...), cause: cause}
-}
+// bad makes this codec's errors for the client.
+const bad = tensorjson.BadRequests("tfserving")
 
 // Predict is a decoded predict request.
 type Predict struct {
@@ -75,9 +59,8 @@ func DecodePredict(body []byte, sig []tensor.Info) (Predict, error) {
 	d := decoder{sig: sig}
 	p, err := d.decode(body)
 	if err != nil {
-		var br *badRequest
-		if !errors.As(err, &br) {
-			err = badf(err, "%v", err)
+		if !errors.Is(err, ErrBadRequest) {
+			err = bad.Errorf(err, "%v", err)
 		}
 		return Predict{}, err
 	}
@@ -97,7 +80,7 @@ type decoder struct {
 func (d *decoder) decode(body []byte) (Predict, error) {
 	var p Predict
 	if len(d.sig) == 0 {
-		return p, badf(nil, "the model has no inputs")
+		return p, bad.Errorf(nil, "the model has no inputs")
 	}
 	d.ins = make([]tensor.Tensor, len(d.sig))
 	d.dims = make([][]int, len(d.sig))
@@ -106,27 +89,27 @@ func (d *decoder) decode(body []byte) (Predict, error) {
 	for i, in := range d.sig {
 		d.ins[i] = tensor.Tensor{Name: in.Name, DataType: in.DataType}
 		if !in.DataType.Valid() {
-			return p, badf(nil, "input %q has datatype %q, which this API cannot carry", in.Name, in.DataType)
+			return p, bad.Errorf(nil, "input %q has datatype %q, which this API cannot carry", in.Name, in.DataType)
 		}
 	}
 	s := &d.s
 	s.Reset(body, 0)
 	if s.Peek() != '{' {
-		return p, badf(tensorjson.ErrSyntax, "%v", s.Errorf("expected the request object, found %s", s.Kind()))
+		return p, bad.Errorf(tensorjson.ErrSyntax, "%v", s.Errorf("expected the request object, found %s", s.Kind()))
 	}
 	format := ""
 	err := s.Object(func(key []byte) error {
 		switch k := string(key); k {
 		case "signature_name":
 			if s.Peek() != '"' {
-				return wrongKind(s, "signature_name must be a string, not %s", s.Kind())
+				return bad.WrongKind(s, "signature_name must be a string, not %s", s.Kind())
 			}
 			v, err := s.String()
 			p.SignatureName = string(v)
 			return err
 		case "instances", "inputs":
 			if format != "" {
-				return badf(nil, "request has both %q and %q; send one", format, k)
+				return bad.Errorf(nil, "request has both %q and %q; send one", format, k)
 			}
 			format = k
 			if k == "instances" {
@@ -144,7 +127,7 @@ func (d *decoder) decode(body []byte) (Predict, error) {
 		return p, err
 	}
 	if format == "" {
-		return p, badf(nil, "request has neither \"instances\" (row format) nor \"inputs\" (columnar format)")
+		return p, bad.Errorf(nil, "request has neither \"instances\" (row format) nor \"inputs\" (columnar format)")
 	}
 	p.Inputs = d.ins
 	return p, nil
@@ -199,7 +182,7 @@ func (d *decoder) index(key []byte) (int, error) {
 	for i, in := range d.sig {
 		if in.Name == string(key) {
 			if d.seen[i] {
-				return 0, badf(nil, "input %q appears twice", in.Name)
+				return 0, bad.Errorf(nil, "input %q appears twice", in.Name)
 			}
 			d.seen[i] = true
 			return i, nil
@@ -209,7 +192,7 @@ func (d *decoder) index(key []byte) (int, error) {
 	for i, in := range d.sig {
 		names[i] = fmt.Sprintf("%q", in.Name)
 	}
-	return 0, badf(nil, "unknown input %q (the model's inputs are %s)", truncate(key), strings.Join(names, ", "))
+	return 0, bad.Errorf(nil, "unknown input %q (the model's inputs are %s)", truncate(key), strings.Join(names, ", "))
 }
 
 func truncate(b []byte) string {
@@ -222,21 +205,21 @@ func truncate(b []byte) string {
 func (d *decoder) rows() error {
 	s := &d.s
 	if s.Peek() != '[' {
-		return wrongKind(s, "instances must be an array, not %s", s.Kind())
+		return bad.WrongKind(s, "instances must be an array, not %s", s.Kind())
 	}
 	for _, in := range d.sig {
 		if len(in.Shape) == 0 {
-			return badf(nil, "input %q is a scalar, which has no batch dimension for instances; use the columnar format (\"inputs\")", in.Name)
+			return bad.Errorf(nil, "input %q is a scalar, which has no batch dimension for instances; use the columnar format (\"inputs\")", in.Name)
 		}
 	}
 	if len(d.sig) == 1 && !d.firstNamed(*s) {
 		// The whole array is the single input's value, batch first.
 		dims, err := d.value(0)
 		if err != nil {
-			return badf(err, "input %q: %v", d.sig[0].Name, err)
+			return bad.Errorf(err, "input %q: %v", d.sig[0].Name, err)
 		}
 		if len(dims) == 0 || dims[0] == 0 {
-			return badf(nil, "instances is empty")
+			return bad.Errorf(nil, "instances is empty")
 		}
 		return d.shape(0, dims)
 	}
@@ -244,22 +227,22 @@ func (d *decoder) rows() error {
 	err := s.Array(func(i int) error {
 		batch++
 		if s.Peek() != '{' {
-			return wrongKind(s, "instance %d must be an object keyed by input name, not %s", i, s.Kind())
+			return bad.WrongKind(s, "instance %d must be an object keyed by input name, not %s", i, s.Kind())
 		}
 		clear(d.seen)
 		err := s.Object(func(key []byte) error {
 			k, err := d.index(key)
 			if err != nil {
-				return badf(nil, "instance %d: %s", i, strings.TrimPrefix(err.Error(), "tfserving: "))
+				return bad.Errorf(nil, "instance %d: %s", i, strings.TrimPrefix(err.Error(), "tfserving: "))
 			}
 			dims, err := d.value(k)
 			if err != nil {
-				return badf(err, "instance %d: input %q: %v", i, d.sig[k].Name, err)
+				return bad.Errorf(err, "instance %d: input %q: %v", i, d.sig[k].Name, err)
 			}
 			if i == 0 {
 				d.dims[k] = append([]int(nil), dims...)
-			} else if !equal(d.dims[k], dims) {
-				return badf(tensorjson.ErrValue, "instance %d: input %q is nested as %v, instance 0 as %v", i, d.sig[k].Name, dims, d.dims[k])
+			} else if !slices.Equal(d.dims[k], dims) {
+				return bad.Errorf(tensorjson.ErrValue, "instance %d: input %q is nested as %v, instance 0 as %v", i, d.sig[k].Name, dims, d.dims[k])
 			}
 			return nil
 		})
@@ -268,7 +251,7 @@ func (d *decoder) rows() error {
 		}
 		for k, ok := range d.seen {
 			if !ok {
-				return badf(nil, "instance %d has no input %q", i, d.sig[k].Name)
+				return bad.Errorf(nil, "instance %d has no input %q", i, d.sig[k].Name)
 			}
 		}
 		return nil
@@ -277,7 +260,7 @@ func (d *decoder) rows() error {
 		return err
 	}
 	if batch == 0 {
-		return badf(nil, "instances is empty")
+		return bad.Errorf(nil, "instances is empty")
 	}
 	for k := range d.sig {
 		if err := d.shape(k, append([]int{batch}, d.dims[k]...)); err != nil {
@@ -292,12 +275,12 @@ func (d *decoder) columns() error {
 	if len(d.sig) == 1 && !d.named(*s) {
 		dims, err := d.value(0)
 		if err != nil {
-			return badf(err, "input %q: %v", d.sig[0].Name, err)
+			return bad.Errorf(err, "input %q: %v", d.sig[0].Name, err)
 		}
 		return d.shape(0, dims)
 	}
 	if s.Peek() != '{' {
-		return wrongKind(s, "inputs must be an object keyed by input name (the model has %d inputs), not %s", len(d.sig), s.Kind())
+		return bad.WrongKind(s, "inputs must be an object keyed by input name (the model has %d inputs), not %s", len(d.sig), s.Kind())
 	}
 	err := s.Object(func(key []byte) error {
 		k, err := d.index(key)
@@ -306,7 +289,7 @@ func (d *decoder) columns() error {
 		}
 		dims, err := d.value(k)
 		if err != nil {
-			return badf(err, "input %q: %v", d.sig[k].Name, err)
+			return bad.Errorf(err, "input %q: %v", d.sig[k].Name, err)
 		}
 		d.dims[k] = append([]int(nil), dims...)
 		return nil
@@ -316,7 +299,7 @@ func (d *decoder) columns() error {
 	}
 	for k, ok := range d.seen {
 		if !ok {
-			return badf(nil, "inputs has no input %q", d.sig[k].Name)
+			return bad.Errorf(nil, "inputs has no input %q", d.sig[k].Name)
 		}
 		if err := d.shape(k, d.dims[k]); err != nil {
 			return err
@@ -354,9 +337,9 @@ func (d *decoder) shape(k int, dims []int) error {
 		}
 	}
 	if len(want) > 0 && want[0] >= 0 && len(dims) > 0 && dims[0] != want[0] {
-		return badf(tensorjson.ErrValue, "input %q: batch of %d, the signature's first dimension is %d", t.Name, dims[0], want[0])
+		return bad.Errorf(tensorjson.ErrValue, "input %q: batch of %d, the signature's first dimension is %d", t.Name, dims[0], want[0])
 	}
-	return badf(tensorjson.ErrValue, "input %q: data is nested as %v (%d elements), the signature's shape is %v", t.Name, dims, n, want)
+	return bad.Errorf(tensorjson.ErrValue, "input %q: data is nested as %v (%d elements), the signature's shape is %v", t.Name, dims, n, want)
 }
 
 // check makes sure the decoded elements fill the shape: a guard against
@@ -365,7 +348,7 @@ func (d *decoder) check(k int) error {
 	t := &d.ins[k]
 	want, err := tensor.NumElements(t.Shape)
 	if err != nil || want != d.n[k] {
-		return badf(tensorjson.ErrValue, "input %q: %d elements do not fill shape %v", t.Name, d.n[k], t.Shape)
+		return bad.Errorf(tensorjson.ErrValue, "input %q: %d elements do not fill shape %v", t.Name, d.n[k], t.Shape)
 	}
 	if t.DataType == tensor.Bytes {
 		t.Data = nil
@@ -373,16 +356,4 @@ func (d *decoder) check(k int) error {
 		t.Strings = nil
 	}
 	return nil
-}
-
-func equal(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
