@@ -10,12 +10,13 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 )
 
-var inspectCommand = command{
-	name:    "inspect",
-	summary: "describe a model's tensors and the delegate that would run it",
-	run:     runInspect,
+var inspectCommand = subcommand.Command{
+	Name:    "inspect",
+	Summary: "describe a model's tensors and the delegate that would run it",
+	Run:     runInspect,
 }
 
 // inspectReport is the --json output.
@@ -37,13 +38,13 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite [--json] [--delegate ...] [--threads N]")
 		fs.PrintDefaults()
 	}
-	pos, err := parseInterspersed(fs, args)
+	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 {
 		fs.Usage()
-		return usageError{"expected exactly one model path"}
+		return subcommand.UsageError("expected exactly one model path")
 	}
 	m, err := runtime.LoadFile(pos[0], runtime.Options{Workers: 1, Threads: *threads, Delegates: chain.specs})
 	if err != nil {

@@ -9,14 +9,15 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/agent/version"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/trust"
 )
 
-var installCommand = command{
-	name:    "install",
-	summary: "verify a signed model bundle and make it the current model",
-	run:     runInstall,
+var installCommand = subcommand.Command{
+	Name:    "install",
+	Summary: "verify a signed model bundle and make it the current model",
+	Run:     runInstall,
 }
 
 func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -28,13 +29,13 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, "usage: outpost-agent install --root ROOT.json --data-dir DIR BUNDLE\n\nVerifies the bundle, then installs it as the current model, refusing rollbacks.")
 		fs.PrintDefaults()
 	}
-	pos, err := parseInterspersed(fs, args)
+	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *dataDir == "" {
 		fs.Usage()
-		return usageError{"expected --data-dir and exactly one bundle directory"}
+		return subcommand.UsageError("expected --data-dir and exactly one bundle directory")
 	}
 	log := slog.New(slog.DiscardHandler)
 	if *verbose {
@@ -89,7 +90,7 @@ func deviceAnchor(st *store.Store, rootPath string) (*trust.Root, error) {
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		if rootPath == "" {
-			return nil, usageError{"--root is required: the data dir holds no trusted root yet"}
+			return nil, subcommand.UsageError("--root is required: the data dir holds no trusted root yet")
 		}
 		return loadAnchor(rootPath)
 	case err != nil:

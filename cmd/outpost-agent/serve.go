@@ -10,12 +10,13 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/config"
 	"github.com/outpost-edge/outpost/agent/daemon"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 )
 
-var serveCommand = command{
-	name:    "serve",
-	summary: "serve models over the local HTTP API (--model FILE, or --config agent.yaml)",
-	run:     runServe,
+var serveCommand = subcommand.Command{
+	Name:    "serve",
+	Summary: "serve models over the local HTTP API (--model FILE, or --config agent.yaml)",
+	Run:     runServe,
 }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -32,15 +33,15 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
 	var chain delegateFlag
 	fs.Var(&chain, "delegate", "delegate chain link: xnnpack, cpu or external:/path/plugin.so[,key=value...] (repeatable)")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	if fs.NArg() > 0 {
-		return usageError{"unexpected argument " + fs.Arg(0)}
+		return subcommand.UsageError("unexpected argument " + fs.Arg(0))
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return usageError{"bad --log-level: " + err.Error()}
+		return subcommand.UsageError("bad --log-level: " + err.Error())
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
@@ -51,7 +52,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 	} else if *model == "" {
-		return usageError{"give --model FILE or --config FILE"}
+		return subcommand.UsageError("give --model FILE or --config FILE")
 	}
 	if *model != "" {
 		n := *name
@@ -59,7 +60,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			n = strings.TrimSuffix(filepath.Base(*model), filepath.Ext(*model))
 		}
 		if *ver <= 0 {
-			return usageError{"--version must be a positive integer"}
+			return subcommand.UsageError("--version must be a positive integer")
 		}
 		// A path on the command line is relative to where the command
 		// runs, not to the data dir (as paths in a config file are).

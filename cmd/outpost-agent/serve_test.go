@@ -212,11 +212,11 @@ func TestServeReloads(t *testing.T) {
 
 func TestServeUsage(t *testing.T) {
 	var out, errb strings.Builder
-	code := dispatch(context.Background(), []string{"serve"}, &out, &errb)
+	code := program.Dispatch(context.Background(), []string{"serve"}, &out, &errb)
 	assert.Equal(t, 2, code)
 	assert.Contains(t, errb.String(), "--model FILE or --config FILE")
 	errb.Reset()
-	code = dispatch(context.Background(), []string{"serve", "--config", filepath.Join(t.TempDir(), "missing.yaml")}, &out, &errb)
+	code = program.Dispatch(context.Background(), []string{"serve", "--config", filepath.Join(t.TempDir(), "missing.yaml")}, &out, &errb)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errb.String(), "no such file")
 }

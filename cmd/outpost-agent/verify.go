@@ -10,16 +10,17 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/agent/version"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/dsse"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 )
 
-var verifyCommand = command{
-	name:    "verify",
-	summary: "check a signed model bundle against a trusted root",
-	run:     runVerify,
+var verifyCommand = subcommand.Command{
+	Name:    "verify",
+	Summary: "check a signed model bundle against a trusted root",
+	Run:     runVerify,
 }
 
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -29,13 +30,13 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, "usage: outpost-agent verify --root ROOT.json BUNDLE\n\nExits 0 only for a bundle whose signatures, expiry and model bytes check out.")
 		fs.PrintDefaults()
 	}
-	pos, err := parseInterspersed(fs, args)
+	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *rootPath == "" {
 		fs.Usage()
-		return usageError{"expected --root and exactly one bundle directory"}
+		return subcommand.UsageError("expected --root and exactly one bundle directory")
 	}
 	anchor, err := loadAnchor(*rootPath)
 	if err != nil {

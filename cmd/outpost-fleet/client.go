@@ -21,28 +21,29 @@ import (
 	"github.com/outpost-edge/outpost/fleet/export"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/models/bundle"
 )
 
 const defaultAdminURL = "http://" + admin.DefaultAddr
 
 var (
-	modelsPushCommand = command{group: "models", name: "push",
-		summary: "sign a model version and store it in the running controller", run: runModelsPush}
-	modelsListCommand = command{group: "models", name: "list",
-		summary: "list the model versions the controller holds", run: runModelsList}
-	devicesListCommand = command{group: "devices", name: "list",
-		summary: "list devices with their models and update state", run: runDevicesList}
-	rolloutCreateCommand = command{group: "rollout", name: "create",
-		summary: "start a rollout of a model version in waves", run: runRolloutCreate}
-	rolloutStatusCommand = command{group: "rollout", name: "status",
-		summary: "show rollouts and their progress per wave", run: runRolloutStatus}
-	rolloutPauseCommand = command{group: "rollout", name: "pause",
-		summary: "stop a rollout from starting new devices or waves", run: rolloutAction("pause")}
-	rolloutResumeCommand = command{group: "rollout", name: "resume",
-		summary: "continue a paused rollout", run: rolloutAction("resume")}
-	rolloutAbortCommand = command{group: "rollout", name: "abort",
-		summary: "end a rollout and roll its devices back", run: rolloutAction("abort")}
+	modelsPushCommand = subcommand.Command{Name: "models push",
+		Summary: "sign a model version and store it in the running controller", Run: runModelsPush}
+	modelsListCommand = subcommand.Command{Name: "models list",
+		Summary: "list the model versions the controller holds", Run: runModelsList}
+	devicesListCommand = subcommand.Command{Name: "devices list",
+		Summary: "list devices with their models and update state", Run: runDevicesList}
+	rolloutCreateCommand = subcommand.Command{Name: "rollout create",
+		Summary: "start a rollout of a model version in waves", Run: runRolloutCreate}
+	rolloutStatusCommand = subcommand.Command{Name: "rollout status",
+		Summary: "show rollouts and their progress per wave", Run: runRolloutStatus}
+	rolloutPauseCommand = subcommand.Command{Name: "rollout pause",
+		Summary: "stop a rollout from starting new devices or waves", Run: rolloutAction("pause")}
+	rolloutResumeCommand = subcommand.Command{Name: "rollout resume",
+		Summary: "continue a paused rollout", Run: rolloutAction("resume")}
+	rolloutAbortCommand = subcommand.Command{Name: "rollout abort",
+		Summary: "end a rollout and roll its devices back", Run: rolloutAction("abort")}
 )
 
 // apiClient talks to the admin API.
@@ -131,13 +132,13 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		fmt.Fprintln(stderr, "usage: outpost-fleet models push --keys KEYS --name N --version V [--admin URL] MODEL.tflite")
 		fs.PrintDefaults()
 	}
-	pos, err := parseInterspersed(fs, args)
+	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *keys == "" || *name == "" || *ver < 1 {
 		fs.Usage()
-		return usageError{"--keys, --name, --version (positive) and one model file are required"}
+		return subcommand.UsageError("--keys, --name, --version (positive) and one model file are required")
 	}
 	tmp, err := os.MkdirTemp("", "outpost-push-*")
 	if err != nil {
@@ -190,7 +191,7 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 func runModelsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("models list", stderr)
 	api := adminFlag(fs)
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	var ms []admin.ModelInfo
@@ -208,7 +209,7 @@ func runModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 func runDevicesList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("devices list", stderr)
 	api := adminFlag(fs)
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	var ds []registry.Device
@@ -245,22 +246,22 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	ratio := fs.Float64("max-failure-ratio", 0.1, "a wave with more failures than this share of its devices halts and rolls back")
 	minOK := fs.Int("min-successes", 1, "successes a wave needs before the next starts")
 	bake := fs.Duration("bake", 0, "how long a finished wave is watched before the next starts")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	if *name == "" || *ver < 1 {
 		fs.Usage()
-		return usageError{"--model and --version (positive) are required"}
+		return subcommand.UsageError("--model and --version (positive) are required")
 	}
 	sel, err := rollout.ParseSelector(*selector)
 	if err != nil {
-		return usageError{err.Error()}
+		return subcommand.UsageError(err.Error())
 	}
 	var ws []int
 	for _, w := range strings.Split(*waves, ",") {
 		var n int
 		if _, err := fmt.Sscanf(strings.TrimSpace(w), "%d", &n); err != nil {
-			return usageError{fmt.Sprintf("--waves %q: want percentages like 10,50,100", *waves)}
+			return subcommand.UsageError(fmt.Sprintf("--waves %q: want percentages like 10,50,100", *waves))
 		}
 		ws = append(ws, n)
 	}
@@ -281,12 +282,12 @@ func runRolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writ
 	api := adminFlag(fs)
 	watch := fs.Bool("watch", false, "refresh every --interval until the rollout ends (or Ctrl-C)")
 	interval := fs.Duration("interval", 2*time.Second, "refresh interval with --watch")
-	pos, err := parseInterspersed(fs, args)
+	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) > 1 {
-		return usageError{"at most one rollout id"}
+		return subcommand.UsageError("at most one rollout id")
 	}
 	c := newAPIClient(*api)
 	for {
@@ -352,13 +353,13 @@ func rolloutAction(action string) func(ctx context.Context, args []string, stdou
 		fs := newFlagSet("rollout "+action, stderr)
 		api := adminFlag(fs)
 		reason := fs.String("reason", "", "why (abort only; recorded and sent to devices)")
-		pos, err := parseInterspersed(fs, args)
+		pos, err := subcommand.ParseInterspersed(fs, args)
 		if err != nil {
 			return err
 		}
 		if len(pos) != 1 {
 			fs.Usage()
-			return usageError{"one rollout id is required"}
+			return subcommand.UsageError("one rollout id is required")
 		}
 		var body any
 		if action == "abort" && *reason != "" {

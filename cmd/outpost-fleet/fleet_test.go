@@ -275,7 +275,7 @@ func TestServeUsage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		var stdout, stderr bytes.Buffer
-		code := dispatch(context.Background(), tt.args, &stdout, &stderr)
+		code := program.Dispatch(context.Background(), tt.args, &stdout, &stderr)
 		if code != tt.code || !strings.Contains(stdout.String()+stderr.String(), tt.want) {
 			t.Errorf("%v: exit %d, want %d; output %q should contain %q", tt.args, code, tt.code, stdout.String()+stderr.String(), tt.want)
 		}

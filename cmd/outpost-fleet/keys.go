@@ -7,19 +7,20 @@ import (
 	"path/filepath"
 
 	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/models/trust"
 )
 
-var keysInitCommand = command{
-	group: "keys", name: "init",
-	summary: "create signing keys and root.json, the file devices are provisioned with",
-	run:     runKeysInit,
+var keysInitCommand = subcommand.Command{
+	Name:    "keys init",
+	Summary: "create signing keys and root.json, the file devices are provisioned with",
+	Run:     runKeysInit,
 }
 
-var keysRotateCommand = command{
-	group: "keys", name: "rotate",
-	summary: "replace a role's keys with new ones in a new root version (revokes the old keys)",
-	run:     runKeysRotate,
+var keysRotateCommand = subcommand.Command{
+	Name:    "keys rotate",
+	Summary: "replace a role's keys with new ones in a new root version (revokes the old keys)",
+	Run:     runKeysRotate,
 }
 
 func runKeysInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -30,12 +31,12 @@ func runKeysInit(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	targetsKeys := fs.Int("targets-keys", 1, "number of targets (release signing) keys")
 	targetsThreshold := fs.Int("targets-threshold", 1, "targets signatures required on each release")
 	expires := fs.Duration("root-expires", 0, "how long each root version is valid (default 8760h)")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" {
 		fs.Usage()
-		return usageError{"--dir is required"}
+		return subcommand.UsageError("--dir is required")
 	}
 	k, err := keyring.Init(*dir, keyring.Options{
 		RootKeys: *rootKeys, RootThreshold: *rootThreshold,
@@ -53,12 +54,12 @@ func runKeysRotate(ctx context.Context, args []string, stdout, stderr io.Writer)
 	fs := newFlagSet("keys rotate", stderr)
 	dir := fs.String("dir", "", "keys directory (required)")
 	role := fs.String("role", trust.RoleTargets, "role whose keys to replace: targets or root")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	if *dir == "" || (*role != trust.RoleTargets && *role != trust.RoleRoot) {
 		fs.Usage()
-		return usageError{"--dir is required and --role is targets or root"}
+		return subcommand.UsageError("--dir is required and --role is targets or root")
 	}
 	k, err := keyring.Open(*dir, keyring.Options{})
 	if err != nil {

@@ -40,7 +40,7 @@ func TestDispatch(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := dispatch(context.Background(), tt.args, &stdout, &stderr)
+			code := program.Dispatch(context.Background(), tt.args, &stdout, &stderr)
 			if code != tt.code {
 				t.Fatalf("got exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, stdout.String(), stderr.String())
 			}

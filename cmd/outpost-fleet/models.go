@@ -9,13 +9,14 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/export"
 	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/models/manifest"
 )
 
-var modelsExportCommand = command{
-	group: "models", name: "export",
-	summary: "sign a model version and write an offline bundle (the USB-stick path)",
-	run:     runModelsExport,
+var modelsExportCommand = subcommand.Command{
+	Name:    "models export",
+	Summary: "sign a model version and write an offline bundle (the USB-stick path)",
+	Run:     runModelsExport,
 }
 
 func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -32,13 +33,13 @@ func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Write
 		fmt.Fprintln(stderr, "usage: outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite")
 		fs.PrintDefaults()
 	}
-	pos, err := parseInterspersed(fs, args)
+	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
 	}
 	if len(pos) != 1 || *keys == "" || *name == "" || *ver < 1 || *out == "" {
 		fs.Usage()
-		return usageError{"--keys, --name, --version (positive), --out and one model file are required"}
+		return subcommand.UsageError("--keys, --name, --version (positive), --out and one model file are required")
 	}
 	m, err := exportBundle(*keys, *golden, export.Options{Name: *name, Version: *ver, Model: pos[0], Out: *out,
 		Expires: *expires, MinAgentVersion: *minAgent, Rollback: *rollback})

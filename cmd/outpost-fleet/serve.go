@@ -15,13 +15,14 @@ import (
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/internal/subcommand"
 	"go.yaml.in/yaml/v3"
 )
 
-var serveCommand = command{
-	group: "serve", name: "",
-	summary: "run the fleet controller (embedded MQTT broker, rollouts, admin API)",
-	run:     runServe,
+var serveCommand = subcommand.Command{
+	Name:    "serve",
+	Summary: "run the fleet controller (embedded MQTT broker, rollouts, admin API)",
+	Run:     runServe,
 }
 
 // fleetConfig is fleet.yaml. Flags given on the command line win.
@@ -77,12 +78,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "", "registry and artifacts directory (default outpost-fleet-data)")
 	keys := fs.String("keys", "", "keys directory made by keys init (required here or in the config)")
 	fleetName := fs.String("fleet", "", "fleet name, the <fleet> of every topic (default \"default\")")
-	if _, err := parseInterspersed(fs, args); err != nil {
+	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
 	cfg, err := loadFleetConfig(*config)
 	if err != nil {
-		return usageError{err.Error()}
+		return subcommand.UsageError(err.Error())
 	}
 	for _, o := range []struct {
 		flag string
@@ -94,11 +95,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if cfg.Keys == "" {
 		fs.Usage()
-		return usageError{"--keys (or keys: in the config) is required"}
+		return subcommand.UsageError("--keys (or keys: in the config) is required")
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return usageError{"log_level: " + err.Error()}
+		return subcommand.UsageError("log_level: " + err.Error())
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts := controller.Options{
