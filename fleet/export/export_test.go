@@ -1,6 +1,7 @@
 package export
 
 import (
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -9,6 +10,8 @@ import (
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
+	"github.com/outpost-edge/outpost/models/tflite"
+	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/stretchr/testify/require"
 )
 
@@ -36,11 +39,41 @@ func TestExportVerifies(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, m.SHA256, v.Manifest().SHA256)
 			_, err = bundle.Verify(out, k.Root(), bundle.Options{Now: time.Now().Add(2 * time.Hour)})
-			require.Error(t, err, "a bundle must expire")
+			require.ErrorIs(t, err, trust.ErrExpired, "a bundle must expire")
 		})
 	}
-	_, err = Export(k, Options{Name: "Bad/Name", Version: 1, Model: testmodel.Path(t, testmodel.FaceShort), Out: t.TempDir()})
-	require.Error(t, err)
+	refused := []struct {
+		name string
+		opts Options
+		want error
+	}{
+		{"bad name", Options{Name: "Bad/Name", Version: 1, Model: testmodel.Path(t, testmodel.FaceShort)}, manifest.ErrInvalid},
+		{"version zero", Options{Name: "face", Version: 0, Model: testmodel.Path(t, testmodel.FaceShort)}, manifest.ErrInvalid},
+		{"no model file", Options{Name: "face", Version: 1, Model: filepath.Join(t.TempDir(), "missing.tflite")}, os.ErrNotExist},
+		{"not a model", Options{Name: "face", Version: 1, Model: writeFile(t, []byte("not a flatbuffer"))}, tflite.ErrFormat},
+	}
+	for _, tt := range refused {
+		out := filepath.Join(t.TempDir(), "b")
+		_, err = Export(k, Options{Name: tt.opts.Name, Version: tt.opts.Version, Model: tt.opts.Model, Out: out})
+		require.ErrorIs(t, err, tt.want, tt.name)
+		_, serr := os.Stat(out)
+		require.ErrorIs(t, serr, os.ErrNotExist, "%s: a refused export wrote %s", tt.name, out)
+	}
+	// An output directory in use is refused, and left as it was.
+	used := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(used, "keep"), []byte("x"), 0o644))
+	_, err = Export(k, Options{Name: "face", Version: 1, Model: testmodel.Path(t, testmodel.FaceShort), Out: used})
+	require.ErrorIs(t, err, bundle.ErrNotEmpty)
+	ents, err := os.ReadDir(used)
+	require.NoError(t, err)
+	require.Len(t, ents, 1, "files in the used output directory")
+}
+
+func writeFile(t *testing.T, b []byte) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(p, b, 0o644))
+	return p
 }
 
 // TestExportGolden signs golden vectors into the manifest; the device reads

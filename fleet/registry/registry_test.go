@@ -12,6 +12,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/models/dsse"
 	"github.com/outpost-edge/outpost/models/manifest"
+	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -73,8 +74,8 @@ func TestPutModel(t *testing.T) {
 			}
 		})
 	}
-	if _, err := r.PutModel(k.Root(), rel, bytes.NewReader(model), 0, now.Add(2*time.Hour)); err == nil {
-		t.Fatal("an expired release was stored")
+	if _, err := r.PutModel(k.Root(), rel, bytes.NewReader(model), 0, now.Add(2*time.Hour)); !errors.Is(err, trust.ErrExpired) {
+		t.Fatalf("push of an expired release: got %v, want %v", err, trust.ErrExpired)
 	}
 	ms, _ := r.Models()
 	if len(ms) != 1 {
