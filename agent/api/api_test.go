@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -110,27 +111,45 @@ func reference(t testing.TB, in []float32) [][]float32 {
 
 func assertClose(t testing.TB, want, got []float32, what string) {
 	t.Helper()
-	require.Len(t, got, len(want), what)
+	require.NoError(t, closeTo(want, got, what))
+}
+
+// closeTo is assertClose for goroutines other than the test's.
+func closeTo(want, got []float32, what string) error {
+	if len(got) != len(want) {
+		return fmt.Errorf("%s has %d elements, want %d", what, len(got), len(want))
+	}
 	for i := range want {
 		if math.Abs(float64(want[i]-got[i])) > 1e-5 {
-			t.Fatalf("%s[%d] = %v, want %v", what, i, got[i], want[i])
+			return fmt.Errorf("%s[%d] = %v, want %v", what, i, got[i], want[i])
 		}
 	}
+	return nil
 }
 
 func do(t testing.TB, method, url string, body []byte, hdr map[string]string) (*http.Response, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	resp, b, err := request(method, url, body, hdr)
 	require.NoError(t, err)
+	return resp, b
+}
+
+// request is do for goroutines other than the test's.
+func request(method, url string, body []byte, hdr map[string]string) (*http.Response, []byte, error) {
+	req, err := http.NewRequest(method, url, bytes.NewReader(body))
+	if err != nil {
+		return nil, nil, err
+	}
 	for k, v := range hdr {
 		req.Header.Set(k, v)
 	}
 	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
+	if err != nil {
+		return nil, nil, err
+	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	return resp, b
+	return resp, b, err
 }
 
 func jsonBody(t testing.TB, v any) []byte {
@@ -214,19 +233,35 @@ func binaryRequest(t testing.TB, in []float32) ([]byte, map[string]string) {
 // splitBinaryResponse returns the JSON header and the binary outputs.
 func splitBinaryResponse(t testing.TB, resp *http.Response, b []byte) (v2Response, [][]byte) {
 	t.Helper()
-	n, err := strconv.Atoi(resp.Header.Get("Inference-Header-Content-Length"))
-	require.NoError(t, err, "Inference-Header-Content-Length")
+	r, outs, err := splitBinary(resp, b)
+	require.NoError(t, err)
+	return r, outs
+}
+
+// splitBinary is splitBinaryResponse for goroutines other than the test's.
+func splitBinary(resp *http.Response, b []byte) (v2Response, [][]byte, error) {
 	var r v2Response
-	require.NoError(t, json.Unmarshal(b[:n], &r))
+	n, err := strconv.Atoi(resp.Header.Get("Inference-Header-Content-Length"))
+	if err != nil || n > len(b) {
+		return r, nil, fmt.Errorf("Inference-Header-Content-Length %q for %d bytes: %v", resp.Header.Get("Inference-Header-Content-Length"), len(b), err)
+	}
+	if err := json.Unmarshal(b[:n], &r); err != nil {
+		return r, nil, err
+	}
 	rest := b[n:]
 	var outs [][]byte
 	for _, o := range r.Outputs {
-		size := int(o.Parameters["binary_data_size"].(float64))
-		outs = append(outs, rest[:size])
-		rest = rest[size:]
+		size, ok := o.Parameters["binary_data_size"].(float64)
+		if !ok || int(size) > len(rest) {
+			return r, nil, fmt.Errorf("output %s: binary_data_size %v with %d bytes left", o.Name, o.Parameters["binary_data_size"], len(rest))
+		}
+		outs = append(outs, rest[:int(size)])
+		rest = rest[int(size):]
 	}
-	require.Empty(t, rest, "bytes after the last output")
-	return r, outs
+	if len(rest) != 0 {
+		return r, nil, fmt.Errorf("%d bytes after the last output", len(rest))
+	}
+	return r, outs, nil
 }
 
 func TestV2BinaryInfer(t *testing.T) {
@@ -410,7 +445,11 @@ func TestOverloadIs503(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 15 {
-				resp, _ := do(t, "POST", a.url+"/v2/models/face/infer", body, hdr)
+				resp, _, err := request("POST", a.url+"/v2/models/face/infer", body, hdr)
+				if err != nil {
+					t.Error(err)
+					return
+				}
 				switch resp.StatusCode {
 				case 200:
 					ok.Add(1)
@@ -468,15 +507,21 @@ func TestSwapUnderLoadDropsNothing(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for ctx.Err() == nil {
-				resp, b := do(t, "POST", a.url+"/v2/models/face/infer", body, hdr)
+				resp, b, err := request("POST", a.url+"/v2/models/face/infer", body, hdr)
 				total.Add(1)
-				if resp.StatusCode != 200 {
+				if err != nil || resp.StatusCode != 200 {
 					failed.Add(1)
 					continue
 				}
-				r, outs := splitBinaryResponse(t, resp, b)
+				r, outs, err := splitBinary(resp, b)
+				if err == nil {
+					err = closeTo(want[1], fromLE(outs[1]), "classificators")
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
 				versions.Store(r.ModelVersion, true)
-				assertClose(t, want[1], fromLE(outs[1]), "classificators")
 			}
 		}()
 	}

@@ -2,6 +2,7 @@ package runtime
 
 import (
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"os/exec"
@@ -98,18 +99,27 @@ func floats(b []byte) []float32 {
 // maxDiff is the largest absolute difference between two float32 tensors.
 func maxDiff(t testing.TB, a, b []byte) float64 {
 	t.Helper()
+	d, err := diff(a, b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// diff is maxDiff for goroutines other than the test's.
+func diff(a, b []byte) (float64, error) {
 	if len(a) != len(b) {
-		t.Fatalf("tensor sizes differ: %d vs %d", len(a), len(b))
+		return 0, fmt.Errorf("tensor sizes differ: %d vs %d", len(a), len(b))
 	}
 	fa, fb := floats(a), floats(b)
 	var d float64
 	for i := range fa {
 		if math.IsNaN(float64(fa[i])) || math.IsNaN(float64(fb[i])) {
-			t.Fatalf("NaN at %d", i)
+			return 0, fmt.Errorf("NaN at %d", i)
 		}
 		d = math.Max(d, math.Abs(float64(fa[i]-fb[i])))
 	}
-	return d
+	return d, nil
 }
 
 // runBare runs the model straight through the C API on inputs.

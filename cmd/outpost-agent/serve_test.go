@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -102,6 +103,17 @@ func startServeWait(t *testing.T, bin string, env []string, path string, args ..
 	return s
 }
 
+// get fetches url and reads the whole body.
+func get(url string) (*http.Response, []byte, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp, b, err
+}
+
 func getJSON(t *testing.T, url string, v any) int {
 	t.Helper()
 	resp, err := http.Get(url)
@@ -143,10 +155,24 @@ func TestServeDrainsOnSIGTERM(t *testing.T) {
 	require.NoError(t, err)
 	_, err = pw.Write(make([]byte, 1000))
 	require.NoError(t, err)
-	time.Sleep(100 * time.Millisecond) // the server is now reading this request
+	// The handler counts the request in flight before it reads the body.
+	require.Eventually(t, func() bool {
+		resp, b, err := get(s.url + "/metrics")
+		return err == nil && resp.StatusCode == 200 && strings.Contains(string(b), "\noutpost_inflight_requests 1\n")
+	}, 20*time.Second, 10*time.Millisecond, "the request never reached the handler")
 
 	require.NoError(t, s.cmd.Process.Signal(syscall.SIGTERM))
-	time.Sleep(100 * time.Millisecond)
+	// Shutdown has begun once the listener is closed; the request is still
+	// waiting for the rest of its body.
+	addr := strings.TrimPrefix(s.url, "http://")
+	require.Eventually(t, func() bool {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return true
+		}
+		c.Close()
+		return false
+	}, 20*time.Second, 10*time.Millisecond, "still accepting connections after SIGTERM")
 	_, err = pw.Write(make([]byte, 196608-1000))
 	require.NoError(t, err)
 	pw.Close()
@@ -238,25 +264,40 @@ func TestServeNotifiesSystemd(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "notify.sock")
 	conn, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
 	require.NoError(t, err)
-	defer conn.Close()
 	msgs := make(chan string, 100)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
 	go func() {
+		defer wg.Done()
+		defer close(msgs)
 		buf := make([]byte, 4096)
 		for {
 			n, err := conn.Read(buf)
 			if err != nil {
-				close(msgs)
 				return
 			}
-			msgs <- string(buf[:n])
+			select {
+			case msgs <- string(buf[:n]):
+			case <-done:
+				return
+			}
 		}
+	}()
+	defer func() {
+		close(done)
+		conn.Close()
+		wg.Wait()
 	}()
 	next := func(want string) {
 		t.Helper()
 		deadline := time.After(20 * time.Second)
 		for {
 			select {
-			case m := <-msgs:
+			case m, ok := <-msgs:
+				if !ok {
+					t.Fatalf("notify socket closed before %q", want)
+				}
 				if m == want {
 					return
 				}
