@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -43,14 +44,6 @@ func seqKey(seq uint64) []byte {
 // recordOverhead is added to a record's body length when counting the bytes
 // it holds on disk: its key plus bbolt's per-element header.
 const recordOverhead = 8 + 16
-
-// prioOf returns the priority bucket index of an encoded record body.
-func prioOf(body []byte) int {
-	if len(body) == 0 {
-		return int(protocol.PriorityLow)
-	}
-	return int(protocol.Kind(body[0]).Priority())
-}
 
 // bucketState is the in-memory account of one priority bucket, kept equal to
 // what is on disk by updating it only after a transaction commits.
@@ -259,7 +252,7 @@ func putQuarantine(tx *bolt.Tx, value []byte, maxBytes int64) (int, error) {
 	}
 	var drop [][]byte
 	for k, v := c.First(); k != nil && total > maxBytes; k, v = c.Next() {
-		if bytesEqual(k, newest) {
+		if bytes.Equal(k, newest) {
 			break // always keep the newest
 		}
 		drop = append(drop, k)
@@ -273,8 +266,6 @@ func putQuarantine(tx *bolt.Tx, value []byte, maxBytes int64) (int, error) {
 	}
 	return delta, nil
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // QuarantineEntry is a record set aside for inspection.
 type QuarantineEntry struct {
