@@ -24,9 +24,9 @@ type Queue struct {
 	log  *slog.Logger
 	in   chan item
 
-	// Set by Record without locks.
-	backpressure atomic.Uint64 // low-priority records dropped at the hand-off
-	sampleTick   atomic.Uint64
+	// backpressure counts low-priority records Record dropped at the
+	// hand-off; set without locks.
+	backpressure atomic.Uint64
 
 	// overflowMu guards overflow: normal and critical records that found the
 	// channel full. They are rare (a few a minute), so this never grows much.
