@@ -212,20 +212,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// runTelemetry starts the fleet link, the updater and the queue, and returns the function
-// that stops them and waits until they are done (the queue writes its last
-// aggregates on the way out).
+// runTelemetry starts the fleet link, the updater and its link, and the
+// queue, and returns the function that stops them and waits until they are
+// done (the queue writes its last aggregates on the way out).
 func (a *Agent) runTelemetry() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	if a.ulink != nil { // a.link is not nil then
-		up := a.link.Up()
-		wg.Go(func() { a.runStatus(ctx, up) })
-	}
 	if a.link != nil {
 		wg.Go(func() {
 			if err := a.link.Run(ctx); err != nil && ctx.Err() == nil {
 				a.log.Error("fleet link stopped", "err", err)
+			}
+		})
+	}
+	if a.ulink != nil {
+		wg.Go(func() { a.runStatus(ctx) })
+		wg.Go(func() {
+			if err := a.ulink.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("updater link stopped", "err", err)
 			}
 		})
 	}

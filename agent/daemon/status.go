@@ -74,19 +74,16 @@ func (a *Agent) status() *protocol.Status {
 	return s
 }
 
-// runStatus publishes the retained status through the updater's link
-// after every connection of the fleet link, when a.statusChanged is poked
-// (models loaded or swapped) and every fleet.status_interval, so the
-// controller sees uptime and counters move, until ctx ends. The link itself
-// publishes it after every ack. up is the link's Up channel, taken before
-// the link started, so the first connection is not missed.
-func (a *Agent) runStatus(ctx context.Context, up <-chan struct{}) {
+// runStatus republishes the retained status through the updater's link
+// when a.statusChanged is poked (models loaded or swapped) and every
+// fleet.status_interval, so the controller sees uptime and counters move,
+// until ctx ends. The link itself publishes it after every connection and
+// every ack.
+func (a *Agent) runStatus(ctx context.Context) {
 	tick := time.NewTicker(a.cfg.Fleet.StatusInterval)
 	defer tick.Stop()
 	for {
 		select {
-		case <-up:
-			up = a.link.Up()
 		case <-a.statusChanged:
 		case <-tick.C:
 		case <-ctx.Done():

@@ -25,6 +25,9 @@ type Conn interface {
 	// broker acknowledged it. An error wrapping fleetlink.ErrNotConnected
 	// means nothing was sent. It returns soon after ctx is done.
 	Publish(ctx context.Context, topic string, retained bool, payload []byte) error
+	// Up returns a channel that is closed when the next connection is up,
+	// its subscriptions in place.
+	Up() <-chan struct{}
 }
 
 // LinkOptions configure a Link. Conn, Fleet and Device are required.
@@ -33,7 +36,8 @@ type LinkOptions struct {
 	Conn          Conn
 	Fleet, Device string
 	// Status, if set, builds the device's status; the link publishes it
-	// (retained) after every ack and when PublishStatus is called.
+	// (retained) after every connection (Run), after every ack, and when
+	// PublishStatus is called.
 	Status func() protocol.Status
 	// Buffer is how many received chunks may wait for the downloader
 	// (default 64); more are dropped and asked for again.
@@ -46,7 +50,9 @@ type LinkOptions struct {
 // Link is the updater's side of the device's fleet connection: it receives
 // the device's cmd and chunk topics through Conn, and is the updater's
 // ChunkSource (requests on artifacts/req, chunks from the chunk topic) and
-// Reporter (acks on the ack topic, then the status).
+// Reporter (acks on the ack topic, then the status). Run follows the
+// connection: after every one it publishes the status and signals
+// Connected.
 //
 // Methods are safe for concurrent use. Message handlers never block on the
 // updater: commands go to the handler set with SetCommandHandler (which
@@ -56,6 +62,11 @@ type Link struct {
 	topics protocol.Topics
 	log    *slog.Logger
 	chunks chan Chunk
+	// up is Conn's Up channel, taken by NewLink, before the connection runs,
+	// so Run cannot miss the first connection.
+	up <-chan struct{}
+	// connected receives after every connection (Connected).
+	connected chan struct{}
 
 	mu      sync.Mutex // guards handler
 	handler func([]byte) error
@@ -80,7 +91,8 @@ func NewLink(opts LinkOptions) (*Link, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	l := &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-link"), chunks: make(chan Chunk, opts.Buffer)}
+	l := &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-link"), chunks: make(chan Chunk, opts.Buffer),
+		up: opts.Conn.Up(), connected: make(chan struct{}, 1)}
 	if err := opts.Conn.Handle(topics.Cmd, l.onCommand); err != nil {
 		return nil, fmt.Errorf("updater: link: %w", err)
 	}
@@ -97,6 +109,35 @@ func (l *Link) SetCommandHandler(h func(payload []byte) error) {
 	l.handler = h
 	l.mu.Unlock()
 }
+
+// Run publishes the status after every connection of Conn (once the
+// subscriptions and "online" are in place) and signals Connected, until ctx
+// is done; it returns nil. Call it once.
+func (l *Link) Run(ctx context.Context) error {
+	up := l.up
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-up:
+		}
+		// Connections between the close and this call coalesce into one.
+		up = l.opts.Conn.Up()
+		select {
+		case l.connected <- struct{}{}:
+		default:
+		}
+		if err := l.PublishStatus(ctx); err != nil && ctx.Err() == nil {
+			l.log.Warn("status after connecting", "err", err)
+		}
+	}
+}
+
+// Connected receives a value after every connection (several may coalesce
+// into one) while Run runs, so a download in progress asks for its missing
+// chunks at once: requests sent before may have been lost with the old
+// connection.
+func (l *Link) Connected() <-chan struct{} { return l.connected }
 
 func (l *Link) onCommand(p []byte) {
 	l.mu.Lock()
@@ -165,8 +206,8 @@ func (l *Link) Report(ctx context.Context, a protocol.Ack) error {
 }
 
 // PublishStatus publishes the status now, retained: after a change the
-// updater does not know of (a model loaded by hand, new labels), and after
-// every connection (the daemon calls it when the connection comes up).
+// updater does not know of (a model loaded by hand, new labels), or on a
+// timer so the fleet sees counters move.
 func (l *Link) PublishStatus(ctx context.Context) error {
 	if l.opts.Status == nil {
 		return nil

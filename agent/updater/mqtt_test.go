@@ -163,9 +163,10 @@ func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 	}
 	link.SetCommandHandler(d.u.HandleCommand)
 	ctx, cancel := context.WithCancel(context.Background())
-	mqDone := make(chan error, 1)
+	mqDone, linkDone := make(chan error, 1), make(chan error, 1)
 	go func() { mqDone <- mq.Run(ctx) }()
-	defer func() { cancel(); <-mqDone }()
+	go func() { linkDone <- link.Run(ctx) }()
+	defer func() { cancel(); <-mqDone; <-linkDone }()
 	require.Eventually(t, mq.Connected, 10*time.Second, 10*time.Millisecond)
 	d.start(t)
 
