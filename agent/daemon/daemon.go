@@ -19,6 +19,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/sdnotify"
 	"github.com/outpost-edge/outpost/agent/serving"
@@ -37,7 +38,7 @@ type Agent struct {
 	registry *serving.Registry
 	api      *api.Server
 	store    *store.Store     // nil without a data dir
-	link     *telemetry.MQTT  // nil without a fleet
+	link     *fleetlink.Link  // the device's one MQTT connection; nil without a fleet
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
 	ulink    *updater.Link    // nil without a fleet or a data dir
 	updater  *updater.Updater // nil when ulink is
@@ -88,13 +89,13 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if a.link, err = newFleetLink(cfg, log); err != nil {
+		return nil, err
+	}
 	if err := a.newUpdaterLink(cfg, log); err != nil {
 		return nil, err
 	}
-	if a.link, err = newLink(cfg, a.ulink, log); err != nil {
-		return nil, err
-	}
-	if a.queue, err = newQueue(cfg, a.link, log); err != nil {
+	if a.queue, err = newQueue(cfg, a.link, a.servingModel, log); err != nil {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
@@ -211,21 +212,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// runTelemetry starts the MQTT link and the queue, and returns the function
-// that stops them and waits until they are done (the queue writes its last
-// aggregates on the way out).
+// runTelemetry starts the fleet link, the updater and its link, and the
+// queue, and returns the function that stops them and waits until they are
+// done (the queue writes its last aggregates on the way out).
 func (a *Agent) runTelemetry() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	if a.link != nil {
 		wg.Go(func() {
 			if err := a.link.Run(ctx); err != nil && ctx.Err() == nil {
-				a.log.Error("mqtt link stopped", "err", err)
+				a.log.Error("fleet link stopped", "err", err)
 			}
 		})
 	}
 	if a.ulink != nil {
 		wg.Go(func() { a.runStatus(ctx) })
+		wg.Go(func() {
+			if err := a.ulink.Run(ctx); err != nil && ctx.Err() == nil {
+				a.log.Error("updater link stopped", "err", err)
+			}
+		})
 	}
 	if a.updater != nil {
 		wg.Go(func() {

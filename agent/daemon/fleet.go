@@ -12,14 +12,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// newUpdaterLink is the updater's side of the fleet connection (commands,
-// chunks, acks); nil without a fleet or a data dir.
+// newUpdaterLink is the updater's side of the fleet link (commands,
+// chunks, acks); nil without a fleet or a data dir. It registers its topics
+// on the link, so it is built before the link runs.
 func (a *Agent) newUpdaterLink(cfg config.Config, log *slog.Logger) error {
-	if cfg.Fleet.Broker == "" || a.store == nil {
+	if a.link == nil || a.store == nil {
 		return nil
 	}
 	var err error
 	a.ulink, err = updater.NewLink(updater.LinkOptions{
+		Conn:   a.link,
 		Fleet:  cfg.Fleet.Name,
 		Device: cfg.Fleet.Device,
 		Status: func() protocol.Status { return *a.status() },

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/api"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/agent/version"
 	"github.com/outpost-edge/outpost/protocol"
@@ -88,7 +89,7 @@ func (a *Agent) runStatus(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		if err := a.ulink.PublishStatus(); err != nil && !errors.Is(err, updater.ErrNotConnected) {
+		if err := a.ulink.PublishStatus(ctx); err != nil && !errors.Is(err, fleetlink.ErrNotConnected) && ctx.Err() == nil {
 			a.log.Warn("status: publish", "err", err)
 		}
 	}

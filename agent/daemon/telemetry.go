@@ -13,30 +13,25 @@ import (
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/tensor"
-	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
-// newLink connects to the fleet's broker, or returns nil without a fleet.
-// The updater's link, if any, subscribes on every connection.
-func newLink(cfg config.Config, ulink *updater.Link, log *slog.Logger) (*telemetry.MQTT, error) {
+// newFleetLink builds the device's one connection to the fleet's broker, or
+// returns nil without a fleet. Its client id is the device id.
+func newFleetLink(cfg config.Config, log *slog.Logger) (*fleetlink.Link, error) {
 	f := cfg.Fleet
 	if f.Broker == "" {
 		return nil, nil
 	}
-	opts := telemetry.MQTTOptions{
+	opts := fleetlink.Options{
 		Broker:   f.Broker,
-		ClientID: f.Name + "/" + f.Device,
 		Fleet:    f.Name,
 		Device:   f.Device,
 		Username: f.Username,
 		Logger:   log,
-	}
-	if ulink != nil {
-		opts.Routes = ulink.Routes()
-		opts.OnConnect = ulink.OnConnect
 	}
 	var err error
 	if opts.Password, err = readSecret("fleet: password", f.PasswordFile); err != nil {
@@ -45,7 +40,7 @@ func newLink(cfg config.Config, ulink *updater.Link, log *slog.Logger) (*telemet
 	if opts.TLSConfig, err = tlsConfig(f); err != nil {
 		return nil, err
 	}
-	return telemetry.NewMQTT(opts)
+	return fleetlink.New(opts)
 }
 
 // tlsConfig builds the broker connection's TLS settings from files: nil when
@@ -76,8 +71,9 @@ func tlsConfig(f config.Fleet) (*tls.Config, error) {
 }
 
 // newQueue opens the telemetry queue under the data dir; nil when telemetry
-// is off or there is nowhere to keep it.
-func newQueue(cfg config.Config, link *telemetry.MQTT, log *slog.Logger) (*telemetry.Queue, error) {
+// is off or there is nowhere to keep it. Its health records name the model
+// being served (servingModel).
+func newQueue(cfg config.Config, link *fleetlink.Link, current func() protocol.ModelRef, log *slog.Logger) (*telemetry.Queue, error) {
 	t := cfg.Telemetry
 	if t.Disabled || cfg.DataDir == "" {
 		return nil, nil
@@ -89,12 +85,22 @@ func newQueue(cfg config.Config, link *telemetry.MQTT, log *slog.Logger) (*telem
 		SampleRate:        t.SampleRate,
 		AggregateInterval: t.AggregateInterval,
 		HealthInterval:    t.HealthInterval,
+		CurrentModel:      current,
 		Logger:            log.With("component", "telemetry"),
 	}
-	if link != nil { // a nil *MQTT in the interface would look like a publisher
-		opts.Publisher = link
+	if link != nil { // a nil *Link in the interface would look like a link
+		opts.Link, opts.Topic = link, link.Topics().Events
 	}
 	return telemetry.New(opts)
+}
+
+// servingModel names the model a health record concerns: the one served or,
+// with several, the first by name; empty when none is loaded.
+func (a *Agent) servingModel() protocol.ModelRef {
+	if es := a.registry.List(); len(es) > 0 {
+		return modelRef(es[0])
+	}
+	return protocol.ModelRef{}
 }
 
 // sampleBytes bounds each tensor kept in a prediction sample.

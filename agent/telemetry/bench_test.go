@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -208,7 +209,7 @@ func replay(b *testing.B, br *testbroker.Mosquitto, backlog string, n, batchReco
 	b.StopTimer()
 	path := filepath.Join(b.TempDir(), "q.db")
 	copyFile(b, backlog, path)
-	m, err := NewMQTT(MQTTOptions{Broker: br.URL(), ClientID: fmt.Sprintf("bench-%d", time.Now().UnixNano()), Fleet: "bench", Device: "replay"})
+	m, err := fleetlink.New(fleetlink.Options{Broker: br.URL(), Fleet: "bench", Device: fmt.Sprintf("replay-%d", time.Now().UnixNano())})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -216,7 +217,7 @@ func replay(b *testing.B, br *testbroker.Mosquitto, backlog string, n, batchReco
 	mdone := make(chan error, 1)
 	go func() { mdone <- m.Run(ctx) }()
 	waitFor(b, "connected", 10*time.Second, m.Connected)
-	q, err := New(Options{Path: path, Publisher: m, BatchRecords: batchRecords})
+	q, err := New(Options{Path: path, Link: m, Topic: m.Topics().Events, BatchRecords: batchRecords})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -52,12 +53,13 @@ func runHelper(mode string) int {
 	path := os.Getenv("HELPER_PATH")
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var pub Publisher
+	var link Link
+	var topic string
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	if url := os.Getenv("HELPER_BROKER"); url != "" {
-		m, err := NewMQTT(MQTTOptions{
-			Broker: url, ClientID: os.Getenv("HELPER_CLIENT"), Fleet: "test", Device: os.Getenv("HELPER_DEVICE"),
+		m, err := fleetlink.New(fleetlink.Options{
+			Broker: url, Fleet: "test", Device: os.Getenv("HELPER_DEVICE"),
 			BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond, ConnectTimeout: time.Second,
 		})
 		if err != nil {
@@ -66,7 +68,7 @@ func runHelper(mode string) int {
 		}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = m.Run(ctx) }()
-		pub = m
+		link, topic = m, m.Topics().Events
 	}
 	var fsize syscall.Rlimit
 	if mode == "diskfull" {
@@ -83,7 +85,7 @@ func runHelper(mode string) int {
 			return 1
 		}
 	}
-	q, err := New(Options{Path: path, Publisher: pub, BatchDelay: 5 * time.Millisecond,
+	q, err := New(Options{Path: path, Link: link, Topic: topic, BatchDelay: 5 * time.Millisecond,
 		RetryMin: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -378,7 +380,7 @@ func TestStateTopic(t *testing.T) {
 		}
 	}
 
-	m, err := NewMQTT(MQTTOptions{Broker: b.URL(), ClientID: dev, Fleet: "test", Device: dev})
+	m, err := fleetlink.New(fleetlink.Options{Broker: b.URL(), Fleet: "test", Device: dev})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -9,6 +9,7 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/require"
@@ -59,7 +60,7 @@ func TestEmbeddedBrokerResumeAfterRestart(t *testing.T) {
 	}
 	q.stop()
 
-	m, err := NewMQTT(MQTTOptions{Broker: url, ClientID: dev, Fleet: "test", Device: dev,
+	m, err := fleetlink.New(fleetlink.Options{Broker: url, Fleet: "test", Device: dev,
 		BackoffMin: 10 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -67,7 +68,7 @@ func TestEmbeddedBrokerResumeAfterRestart(t *testing.T) {
 	go func() { mdone <- m.Run(ctx) }()
 	defer func() { cancel(); require.NoError(t, <-mdone) }()
 
-	q = startQueue(t, Options{Path: path, Publisher: m, BatchRecords: 64, BatchDelay: 10 * time.Millisecond,
+	q = startQueue(t, Options{Path: path, Link: m, Topic: topics.Events, BatchRecords: 64, BatchDelay: 10 * time.Millisecond,
 		RetryMin: 10 * time.Millisecond, RetryMax: 50 * time.Millisecond})
 	for i := range 1000 {
 		q.Record(aggregate(i))

@@ -1,6 +1,7 @@
 package telemetry
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -251,7 +252,7 @@ func putQuarantine(tx *bolt.Tx, value []byte, maxBytes int64) (int, error) {
 	}
 	var drop [][]byte
 	for k, v := c.First(); k != nil && total > maxBytes; k, v = c.Next() {
-		if bytesEqual(k, newest) {
+		if bytes.Equal(k, newest) {
 			break // always keep the newest
 		}
 		drop = append(drop, k)
@@ -265,8 +266,6 @@ func putQuarantine(tx *bolt.Tx, value []byte, maxBytes int64) (int, error) {
 	}
 	return delta, nil
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // QuarantineEntry is a record set aside for inspection.
 type QuarantineEntry struct {

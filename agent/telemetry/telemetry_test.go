@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -95,6 +96,13 @@ func keysOf(t testing.TB, path string, p protocol.Priority) []uint64 {
 func TestNewNeedsPath(t *testing.T) {
 	_, err := New(Options{})
 	assert.ErrorIs(t, err, ErrNoPath)
+}
+
+func TestLinkNeedsTopic(t *testing.T) {
+	l, err := fleetlink.New(fleetlink.Options{Broker: "tcp://127.0.0.1:1", Fleet: "f", Device: "d"})
+	require.NoError(t, err)
+	_, err = New(Options{Path: "q.db", Link: l})
+	assert.ErrorIs(t, err, ErrNoTopic)
 }
 
 // TestSequenceRisesAcrossRestarts: numbers continue after a restart, and
@@ -380,44 +388,6 @@ func TestCorruptFileMovedAside(t *testing.T) {
 			assert.Empty(t, q.Stats().Warnings)
 			assert.Equal(t, s.Epoch, q.Stats().Epoch)
 		})
-	}
-}
-
-func TestBackoff(t *testing.T) {
-	tests := []struct {
-		name     string
-		rand     func(int64) int64
-		min, max time.Duration
-		want     []time.Duration
-	}{
-		{"lowest draws", func(int64) int64 { return 0 }, 100 * time.Millisecond, time.Second,
-			[]time.Duration{50, 50, 50, 50, 50}},
-		{"highest draws", func(n int64) int64 { return n - 1 }, 100 * time.Millisecond, time.Second,
-			[]time.Duration{100, 200, 400, 800, 1000, 1000}},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			b := newBackoff(tt.min, tt.max, &fakeClock{})
-			b.rand = tt.rand
-			for i, w := range tt.want {
-				if got := b.next(); got != w*time.Millisecond {
-					t.Fatalf("delay %d: got %v, want %v", i, got, w*time.Millisecond)
-				}
-			}
-			b.reset()
-			if got := b.next(); got > tt.min {
-				t.Fatalf("after reset: got %v, want at most %v", got, tt.min)
-			}
-		})
-	}
-}
-
-func TestBackoffWaitEndsWithContext(t *testing.T) {
-	b := newBackoff(time.Hour, time.Hour, nil)
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := b.wait(ctx, nil); err == nil {
-		t.Fatal("wait returned nil on a cancelled context")
 	}
 }
 

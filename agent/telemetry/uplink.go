@@ -5,7 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
+
+	"github.com/outpost-edge/outpost/agent/backoff"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -32,7 +36,7 @@ type batch struct {
 // fails MaxAttempts times is halved until the record that fails is alone, and
 // that record is quarantined, so one bad record never blocks the queue.
 func (q *Queue) uplink(ctx context.Context) {
-	bo := newBackoff(q.opts.RetryMin, q.opts.RetryMax, q.opts.Clock)
+	bo := backoff.New(q.opts.RetryMin, q.opts.RetryMax, q.opts.Clock)
 	limit := q.opts.BatchRecords
 	var suspectEnd uint64 // while > 0, batches stay small until past this seq
 	var attempts int
@@ -42,7 +46,7 @@ func (q *Queue) uplink(ctx context.Context) {
 		b, err := q.readBatch(limit, body[:0], payload[:0])
 		if err != nil {
 			q.log.Error("read batch", "err", err)
-			if bo.wait(ctx, nil) != nil {
+			if bo.Wait(ctx, nil) != nil {
 				return
 			}
 			continue
@@ -82,29 +86,27 @@ func (q *Queue) uplink(ctx context.Context) {
 				// The broker has the records; we will send them again (same
 				// sequence numbers) once the disk lets us delete them.
 				q.log.Error("delete acknowledged records", "err", err)
-				if bo.wait(ctx, nil) != nil {
+				if bo.Wait(ctx, nil) != nil {
 					return
 				}
 				continue
 			}
-			bo.reset()
+			bo.Reset()
 			attempts = 0
 			if suspectEnd != 0 && last >= suspectEnd {
 				suspectEnd, limit = 0, q.opts.BatchRecords
 			}
 			continue
 		}
-		// The publisher may still hold the payload of a failed publish (a
+		// The link may still hold the payload of a failed publish (a
 		// connection being torn down); never reuse that buffer.
 		payload = nil
 		if ctx.Err() != nil {
 			return
 		}
 		var wake <-chan struct{}
-		if errors.Is(err, ErrNotConnected) {
-			if n, ok := q.opts.Publisher.(upNotifier); ok {
-				wake = n.Up()
-			}
+		if errors.Is(err, fleetlink.ErrNotConnected) {
+			wake = q.opts.Link.Up()
 		} else {
 			attempts++
 			q.log.Warn("publish failed", "first_seq", first, "records", len(b.entries), "attempt", attempts, "err", err)
@@ -121,7 +123,7 @@ func (q *Queue) uplink(ctx context.Context) {
 				continue
 			}
 		}
-		if bo.wait(ctx, wake) != nil {
+		if bo.Wait(ctx, wake) != nil {
 			return
 		}
 	}
@@ -132,17 +134,26 @@ func (q *Queue) uplink(ctx context.Context) {
 // duplicate batch.
 const shutdownGrace = 2 * time.Second
 
-// publish calls the Publisher with a context that ends shutdownGrace after
-// ctx does.
+// publish hands payload to the Link with a context that ends shutdownGrace
+// (on the queue's clock) after ctx does.
 func (q *Queue) publish(ctx context.Context, payload []byte) error {
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	defer wg.Wait()
 	defer cancel()
-	stop := context.AfterFunc(ctx, func() {
-		t := time.AfterFunc(shutdownGrace, cancel)
-		context.AfterFunc(pctx, func() { t.Stop() })
+	wg.Go(func() {
+		select {
+		case <-pctx.Done():
+			return
+		case <-ctx.Done():
+		}
+		select {
+		case <-pctx.Done():
+		case <-q.opts.Clock.After(shutdownGrace):
+			cancel()
+		}
 	})
-	defer stop()
-	return q.opts.Publisher.Publish(pctx, payload)
+	return q.opts.Link.Publish(pctx, q.opts.Topic, false, payload)
 }
 
 // readBatch builds the next batch from the head of the queue: records merged

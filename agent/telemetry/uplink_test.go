@@ -2,25 +2,23 @@ package telemetry
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
-// startMQTT runs an MQTT uplink to b for a device named after the test.
-func startMQTT(t testing.TB, b *testbroker.Mosquitto, device string) *MQTT {
+// startMQTT runs a fleet link to b for a device named after the test.
+func startMQTT(t testing.TB, b *testbroker.Mosquitto, device string) *fleetlink.Link {
 	t.Helper()
-	m, err := NewMQTT(MQTTOptions{
-		Broker: b.URL(), ClientID: fmt.Sprintf("%s-%d", device, time.Now().UnixNano()),
-		Fleet: "test", Device: device,
+	m, err := fleetlink.New(fleetlink.Options{
+		Broker: b.URL(), Fleet: "test", Device: device,
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
 		ConnectTimeout: 2 * time.Second, AckTimeout: 5 * time.Second,
 	})
@@ -31,7 +29,7 @@ func startMQTT(t testing.TB, b *testbroker.Mosquitto, device string) *MQTT {
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("MQTT.Run: %v", err)
+			t.Errorf("fleetlink Run: %v", err)
 		}
 	})
 	return m
@@ -52,7 +50,7 @@ func TestDrainInOrderAcrossBrokerRestart(t *testing.T) {
 	col := newCollector(t, b, topics.Events)
 	m := startMQTT(t, b, dev)
 	q := startQueue(t, Options{
-		Path: filepath.Join(t.TempDir(), "q.db"), Publisher: m,
+		Path: filepath.Join(t.TempDir(), "q.db"), Link: m, Topic: m.Topics().Events,
 		BatchRecords: 100, BatchDelay: 20 * time.Millisecond,
 		RetryMin: 10 * time.Millisecond, RetryMax: 100 * time.Millisecond,
 	})
@@ -117,7 +115,7 @@ func TestPoisonRecordQuarantined(t *testing.T) {
 	m := startMQTT(t, b, dev)
 	path := filepath.Join(t.TempDir(), "q.db")
 	q, err := New(Options{
-		Path: path, Publisher: m, BatchRecords: 50, BatchDelay: 10 * time.Millisecond,
+		Path: path, Link: m, Topic: topics.Events, BatchRecords: 50, BatchDelay: 10 * time.Millisecond,
 		MaxAttempts: 2, RetryMin: 5 * time.Millisecond, RetryMax: 20 * time.Millisecond,
 	})
 	require.NoError(t, err)
@@ -167,12 +165,12 @@ func TestPoisonRecordQuarantined(t *testing.T) {
 // slowAck delays what Publish returns, as a PUBACK crossing a slow link
 // would: loopback is too fast to ever catch a batch in flight.
 type slowAck struct {
-	Publisher
+	Link
 	d time.Duration
 }
 
-func (s slowAck) Publish(ctx context.Context, payload []byte) error {
-	if err := s.Publisher.Publish(ctx, payload); err != nil {
+func (s slowAck) Publish(ctx context.Context, topic string, retained bool, payload []byte) error {
+	if err := s.Link.Publish(ctx, topic, retained, payload); err != nil {
 		return err
 	}
 	select {
@@ -193,16 +191,15 @@ func TestCleanRestartsSendNoDuplicates(t *testing.T) {
 	require.NoError(t, err)
 	col := newCollector(t, b, topics.Events)
 	path := filepath.Join(t.TempDir(), "q.db")
-	clientID := fmt.Sprintf("%s-%d", dev, time.Now().UnixNano())
 	var last uint64
 	for round := range 3 {
-		m, err := NewMQTT(MQTTOptions{Broker: b.URL(), ClientID: clientID, Fleet: "test", Device: dev,
+		m, err := fleetlink.New(fleetlink.Options{Broker: b.URL(), Fleet: "test", Device: dev,
 			BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
 		require.NoError(t, err)
 		ctx, cancel := context.WithCancel(context.Background())
 		mdone := make(chan error, 1)
 		go func() { mdone <- m.Run(ctx) }()
-		q, err := New(Options{Path: path, Publisher: slowAck{m, 20 * time.Millisecond}, BatchRecords: 50, BatchDelay: time.Millisecond})
+		q, err := New(Options{Path: path, Link: slowAck{m, 20 * time.Millisecond}, Topic: topics.Events, BatchRecords: 50, BatchDelay: time.Millisecond})
 		require.NoError(t, err)
 		qdone := make(chan error, 1)
 		go func() { qdone <- q.Run(ctx) }()
@@ -220,7 +217,7 @@ func TestCleanRestartsSendNoDuplicates(t *testing.T) {
 	}
 	// A last run drains what is left.
 	m := startMQTT(t, b, dev)
-	q := startQueue(t, Options{Path: path, Publisher: m, BatchDelay: time.Millisecond})
+	q := startQueue(t, Options{Path: path, Link: m, Topic: topics.Events, BatchDelay: time.Millisecond})
 	waitFor(t, "the rest drained", 10*time.Second, func() bool { s := q.Stats(); return s.Epoch != 0 && s.Depth == 0 })
 	require.Equal(t, uint64(6000), last)
 	waitFor(t, "6000 records at the subscriber", 10*time.Second, func() bool {
@@ -244,7 +241,7 @@ func TestGapsMatchDrops(t *testing.T) {
 	col := newCollector(t, b, topics.Events)
 	b.Stop()
 	m := startMQTT(t, b, dev)
-	q := startQueue(t, Options{Path: filepath.Join(t.TempDir(), "q.db"), Publisher: m, MaxBytes: 64 << 10,
+	q := startQueue(t, Options{Path: filepath.Join(t.TempDir(), "q.db"), Link: m, Topic: m.Topics().Events, MaxBytes: 64 << 10,
 		BatchRecords: 100, BatchDelay: 5 * time.Millisecond, RetryMin: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond})
 	var audits []uint64
 	for i := range 3000 {
@@ -279,38 +276,4 @@ func TestGapsMatchDrops(t *testing.T) {
 	for _, a := range audits {
 		assert.True(t, seen[a], "audit record %d lost", a)
 	}
-}
-
-func TestNewMQTTOptions(t *testing.T) {
-	tests := []struct {
-		name string
-		o    MQTTOptions
-		want error
-	}{
-		{"no broker", MQTTOptions{ClientID: "c", Fleet: "f", Device: "d"}, ErrMQTTOptions},
-		{"no client id", MQTTOptions{Broker: "tcp://127.0.0.1:1", Fleet: "f", Device: "d"}, ErrMQTTOptions},
-		{"bad device", MQTTOptions{Broker: "tcp://127.0.0.1:1", ClientID: "c", Fleet: "f", Device: "a/b"}, protocol.ErrBadTopicSegment},
-		{"good", MQTTOptions{Broker: "tcp://127.0.0.1:1", ClientID: "c", Fleet: "f", Device: "d"}, nil},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			m, err := NewMQTT(tt.o)
-			if !errors.Is(err, tt.want) {
-				t.Fatalf("got error %v, want %v", err, tt.want)
-			}
-			if err == nil {
-				assert.Equal(t, "outpost/v1/f/d/events", m.Topics().Events)
-				assert.False(t, m.Connected())
-			}
-		})
-	}
-}
-
-// TestPublishWithoutConnection: Publish before any connection says
-// ErrNotConnected, which the uplink waits on without counting an attempt.
-func TestPublishWithoutConnection(t *testing.T) {
-	m, err := NewMQTT(MQTTOptions{Broker: "tcp://127.0.0.1:1", ClientID: "c", Fleet: "f", Device: "d"})
-	require.NoError(t, err)
-	err = m.Publish(context.Background(), []byte("x"))
-	assert.ErrorIs(t, err, ErrNotConnected)
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/store"
@@ -41,8 +42,12 @@ func Example() {
 	// for every answered inference request.
 	traffic := updater.NewTrafficCounter()
 
+	conn, err := fleetlink.New(fleetlink.Options{Broker: "tcp://127.0.0.1:1883", Fleet: fleet, Device: device, Logger: log})
+	if err != nil {
+		return
+	}
 	var u *updater.Updater
-	link, err := updater.NewLink(updater.LinkOptions{Fleet: fleet, Device: device, Logger: log,
+	link, err := updater.NewLink(updater.LinkOptions{Conn: conn, Fleet: fleet, Device: device, Logger: log,
 		Status: func() protocol.Status {
 			s := protocol.Status{Protocol: protocol.Version, Device: device, AgentVersion: version.Version,
 				Health: protocol.HealthSummary{Status: protocol.HealthOK}, Update: u.UpdateStatus(), Time: time.Now()}
@@ -55,11 +60,6 @@ func Example() {
 			}
 			return s
 		}})
-	if err != nil {
-		return
-	}
-	mq, err := telemetry.NewMQTT(telemetry.MQTTOptions{Broker: "tcp://127.0.0.1:1883", ClientID: device, Fleet: fleet, Device: device,
-		OnConnect: link.OnConnect, Logger: log})
 	if err != nil {
 		return
 	}
@@ -89,6 +89,6 @@ func Example() {
 	prometheus.NewRegistry().MustRegister(u.Collector())
 
 	go q.Run(ctx)
-	go mq.Run(ctx)
+	go conn.Run(ctx)
 	go u.Run(ctx)
 }

@@ -9,29 +9,50 @@ import (
 	"sync"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
-// LinkOptions configure a Link. Fleet and Device are required.
+// Conn is the device's fleet connection as the updater's Link uses it;
+// fleetlink.Link implements it, and the daemon hands the one connection to
+// both the Link and telemetry. Its methods are safe for concurrent use.
+type Conn interface {
+	// Handle routes every message arriving on topic to h, from the first
+	// connection on, including what the broker delivers right after CONNACK
+	// (commands queued in the persistent session); it must be called before
+	// the connection runs, and returns an error after. h must not block.
+	Handle(topic string, h func(payload []byte)) error
+	// Publish sends payload on topic with QoS 1 and returns nil once the
+	// broker acknowledged it. An error wrapping fleetlink.ErrNotConnected
+	// means nothing was sent. It returns soon after ctx is done.
+	Publish(ctx context.Context, topic string, retained bool, payload []byte) error
+	// Up returns a channel that is closed when the next connection is up,
+	// its subscriptions in place.
+	Up() <-chan struct{}
+}
+
+// LinkOptions configure a Link. Conn, Fleet and Device are required.
 type LinkOptions struct {
+	// Conn is the device's fleet connection.
+	Conn          Conn
 	Fleet, Device string
 	// Status, if set, builds the device's status; the link publishes it
-	// (retained) after every connection and after every ack.
+	// (retained) after every connection (Run), after every ack, and when
+	// PublishStatus is called.
 	Status func() protocol.Status
 	// Buffer is how many received chunks may wait for the downloader
 	// (default 64); more are dropped and asked for again.
 	Buffer int
-	// Timeout bounds a subscribe or publish (default 10 s).
+	// Timeout bounds a publish (default 10 s).
 	Timeout time.Duration
 	Logger  *slog.Logger
 }
 
-// Link is the updater's side of the MQTT connection the telemetry uplink
-// owns: hand its OnConnect to telemetry.MQTTOptions.OnConnect and it
-// subscribes to the device's cmd and chunk topics on every connection. It is
-// the updater's ChunkSource (requests on artifacts/req, chunks from the chunk
-// topic) and Reporter (acks on the ack topic, then the status).
+// Link is the updater's side of the device's fleet connection: it receives
+// the device's cmd and chunk topics through Conn, and is the updater's
+// ChunkSource (requests on artifacts/req, chunks from the chunk topic) and
+// Reporter (acks on the ack topic, then the status). Run follows the
+// connection: after every one it publishes the status and signals
+// Connected.
 //
 // Methods are safe for concurrent use. Message handlers never block on the
 // updater: commands go to the handler set with SetCommandHandler (which
@@ -41,17 +62,25 @@ type Link struct {
 	topics protocol.Topics
 	log    *slog.Logger
 	chunks chan Chunk
+	// up is Conn's Up channel, taken by NewLink, before the connection runs,
+	// so Run cannot miss the first connection.
+	up <-chan struct{}
+	// connected receives after every connection (Connected).
+	connected chan struct{}
 
-	mu      sync.Mutex // guards client, handler
-	client  mqtt.Client
+	mu      sync.Mutex // guards handler
 	handler func([]byte) error
 }
 
-// NewLink checks opts.
+// NewLink checks opts and registers the link's handlers on opts.Conn, so
+// call it before the connection runs.
 func NewLink(opts LinkOptions) (*Link, error) {
+	if opts.Conn == nil {
+		return nil, fmt.Errorf("%w: link without a connection", ErrOptions)
+	}
 	topics, err := protocol.DeviceTopics(opts.Fleet, opts.Device)
 	if err != nil {
-		return nil, fmt.Errorf("updater: mqtt: %w", err)
+		return nil, fmt.Errorf("updater: link: %w", err)
 	}
 	if opts.Buffer <= 0 {
 		opts.Buffer = 64
@@ -62,44 +91,53 @@ func NewLink(opts LinkOptions) (*Link, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-mqtt"), chunks: make(chan Chunk, opts.Buffer)}, nil
+	l := &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-link"), chunks: make(chan Chunk, opts.Buffer),
+		up: opts.Conn.Up(), connected: make(chan struct{}, 1)}
+	if err := opts.Conn.Handle(topics.Cmd, l.onCommand); err != nil {
+		return nil, fmt.Errorf("updater: link: %w", err)
+	}
+	if err := opts.Conn.Handle(topics.Chunk, l.onChunk); err != nil {
+		return nil, fmt.Errorf("updater: link: %w", err)
+	}
+	return l, nil
 }
 
 // SetCommandHandler sets what receives cmd-topic payloads
-// (Updater.HandleCommand); set it before the first connection.
+// (Updater.HandleCommand); set it before the connection runs.
 func (l *Link) SetCommandHandler(h func(payload []byte) error) {
 	l.mu.Lock()
 	l.handler = h
 	l.mu.Unlock()
 }
 
-// Routes are the link's handlers by topic; pass them as
-// telemetry.MQTTOptions.Routes so commands the broker queued for the
-// persistent session while the device was away are not dropped before
-// OnConnect subscribes.
-func (l *Link) Routes() map[string]mqtt.MessageHandler {
-	return map[string]mqtt.MessageHandler{
-		l.topics.Cmd:   func(_ mqtt.Client, m mqtt.Message) { l.onCommand(m.Payload()) },
-		l.topics.Chunk: func(_ mqtt.Client, m mqtt.Message) { l.onChunk(m.Payload()) },
+// Run publishes the status after every connection of Conn (once the
+// subscriptions and "online" are in place) and signals Connected, until ctx
+// is done; it returns nil. Call it once.
+func (l *Link) Run(ctx context.Context) error {
+	up := l.up
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-up:
+		}
+		// Connections between the close and this call coalesce into one.
+		up = l.opts.Conn.Up()
+		select {
+		case l.connected <- struct{}{}:
+		default:
+		}
+		if err := l.PublishStatus(ctx); err != nil && ctx.Err() == nil {
+			l.log.Warn("status after connecting", "err", err)
+		}
 	}
 }
 
-// OnConnect subscribes to the cmd and chunk topics on c and publishes the
-// status; pass it as telemetry.MQTTOptions.OnConnect.
-func (l *Link) OnConnect(c mqtt.Client) {
-	l.mu.Lock()
-	l.client = c
-	l.mu.Unlock()
-	for topic, h := range l.Routes() {
-		t := c.Subscribe(topic, 1, h)
-		if !t.WaitTimeout(l.opts.Timeout) || t.Error() != nil {
-			l.log.Warn("subscribe", "topic", topic, "err", t.Error())
-		}
-	}
-	if err := l.publishStatus(c); err != nil {
-		l.log.Warn("status", "err", err)
-	}
-}
+// Connected receives a value after every connection (several may coalesce
+// into one) while Run runs, so a download in progress asks for its missing
+// chunks at once: requests sent before may have been lost with the old
+// connection.
+func (l *Link) Connected() <-chan struct{} { return l.connected }
 
 func (l *Link) onCommand(p []byte) {
 	l.mu.Lock()
@@ -133,41 +171,20 @@ func (l *Link) onChunk(p []byte) {
 	}
 }
 
-func (l *Link) conn() (mqtt.Client, error) {
-	l.mu.Lock()
-	c := l.client
-	l.mu.Unlock()
-	if c == nil || !c.IsConnectionOpen() {
-		return nil, ErrNotConnected
-	}
-	return c, nil
-}
-
-func (l *Link) publish(ctx context.Context, c mqtt.Client, topic string, retained bool, payload []byte) error {
-	t := c.Publish(topic, 1, retained, payload)
-	timer := time.NewTimer(l.opts.Timeout)
-	defer timer.Stop()
-	select {
-	case <-t.Done():
-		return t.Error()
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-timer.C:
-		return fmt.Errorf("updater: mqtt: publish on %s timed out", topic)
-	}
+// publish publishes through Conn for at most Timeout.
+func (l *Link) publish(ctx context.Context, topic string, retained bool, payload []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, l.opts.Timeout)
+	defer cancel()
+	return l.opts.Conn.Publish(ctx, topic, retained, payload)
 }
 
 // Request implements ChunkSource.
 func (l *Link) Request(ctx context.Context, r ChunkRequest) error {
-	c, err := l.conn()
-	if err != nil {
-		return err
-	}
 	b, err := json.Marshal(protocol.ChunkRequest{Device: l.opts.Device, SHA256: r.Artifact, First: int64(r.First), Count: min(r.Count, protocol.MaxChunkWindow)})
 	if err != nil {
 		return err
 	}
-	return l.publish(ctx, c, l.topics.ArtifactsReq, false, b)
+	return l.publish(ctx, l.topics.ArtifactsReq, false, b)
 }
 
 // Chunks implements ChunkSource.
@@ -175,10 +192,6 @@ func (l *Link) Chunks() <-chan Chunk { return l.chunks }
 
 // Report implements Reporter: the ack, then the status.
 func (l *Link) Report(ctx context.Context, a protocol.Ack) error {
-	c, err := l.conn()
-	if err != nil {
-		return err
-	}
 	if err := a.Validate(); err != nil {
 		return err
 	}
@@ -186,23 +199,16 @@ func (l *Link) Report(ctx context.Context, a protocol.Ack) error {
 	if err != nil {
 		return err
 	}
-	if err := l.publish(ctx, c, l.topics.Ack, false, b); err != nil {
+	if err := l.publish(ctx, l.topics.Ack, false, b); err != nil {
 		return err
 	}
-	return l.publishStatus(c)
+	return l.PublishStatus(ctx)
 }
 
-// PublishStatus publishes the status now (after a change the updater does
-// not know of: a model loaded by hand, new labels).
-func (l *Link) PublishStatus() error {
-	c, err := l.conn()
-	if err != nil {
-		return err
-	}
-	return l.publishStatus(c)
-}
-
-func (l *Link) publishStatus(c mqtt.Client) error {
+// PublishStatus publishes the status now, retained: after a change the
+// updater does not know of (a model loaded by hand, new labels), or on a
+// timer so the fleet sees counters move.
+func (l *Link) PublishStatus(ctx context.Context) error {
 	if l.opts.Status == nil {
 		return nil
 	}
@@ -210,5 +216,5 @@ func (l *Link) publishStatus(c mqtt.Client) error {
 	if err != nil {
 		return err
 	}
-	return l.publish(context.Background(), c, l.topics.Status, true, b)
+	return l.publish(ctx, l.topics.Status, true, b)
 }

@@ -14,7 +14,7 @@ import (
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
-	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/protocol"
@@ -141,7 +141,7 @@ func (s *chunkServer) publish(topic string, b []byte) {
 }
 
 // TestMQTTUpdateSurvivesBrokerRestart runs an update over the embedded
-// broker with the telemetry uplink's connection, as the daemon wires it:
+// broker through the device's fleet link, as the daemon wires it:
 // the command comes on the cmd topic, chunks on the chunk topic, acks and
 // the status go back. The broker is killed in the middle of the transfer;
 // the download resumes from the first missing chunk, never from zero.
@@ -151,10 +151,10 @@ func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 	cs := newChunkServer(t, b1)
 	cs.limit.Store(25) // the link dies after 25 of 67 chunks
 
-	link, err := NewLink(LinkOptions{Fleet: testFleetName, Device: testDevice, Timeout: 2 * time.Second})
+	mq, err := fleetlink.New(fleetlink.Options{Broker: "tcp://" + cs.addr, Fleet: testFleetName, Device: testDevice,
+		BackoffMin: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond, KeepAlive: 2 * time.Second})
 	require.NoError(t, err)
-	mq, err := telemetry.NewMQTT(telemetry.MQTTOptions{Broker: "tcp://" + cs.addr, ClientID: testDevice, Fleet: testFleetName, Device: testDevice,
-		OnConnect: link.OnConnect, BackoffMin: 100 * time.Millisecond, BackoffMax: 500 * time.Millisecond, KeepAlive: 2 * time.Second})
+	link, err := NewLink(LinkOptions{Conn: mq, Fleet: testFleetName, Device: testDevice, Timeout: 2 * time.Second})
 	require.NoError(t, err)
 	d := newDevice(t, t.TempDir(), f, link, func(o *Options) { o.Reporter = link; o.ChunkTimeout = time.Second })
 	link.opts.Status = func() protocol.Status {
@@ -163,9 +163,10 @@ func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 	}
 	link.SetCommandHandler(d.u.HandleCommand)
 	ctx, cancel := context.WithCancel(context.Background())
-	mqDone := make(chan error, 1)
+	mqDone, linkDone := make(chan error, 1), make(chan error, 1)
 	go func() { mqDone <- mq.Run(ctx) }()
-	defer func() { cancel(); <-mqDone }()
+	go func() { linkDone <- link.Run(ctx) }()
+	defer func() { cancel(); <-mqDone; <-linkDone }()
 	require.Eventually(t, mq.Connected, 10*time.Second, 10*time.Millisecond)
 	d.start(t)
 

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/backoff"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
 )
@@ -16,6 +17,7 @@ import (
 // telemetry kept both, so none is lost to a crash) and the ack to the
 // Reporter (once, best effort).
 func (u *Updater) drainOutbox(ctx context.Context, wake <-chan struct{}) {
+	bo := backoff.New(outboxRetryMin, outboxRetryMax, nil)
 	for {
 		k, e, err := u.firstOutbox()
 		if err != nil {
@@ -34,13 +36,12 @@ func (u *Updater) drainOutbox(ctx context.Context, wake <-chan struct{}) {
 				return
 			}
 			u.log.Warn("telemetry refused an update record, retrying", "err", err)
-			select {
-			case <-ctx.Done():
+			if bo.Wait(ctx, nil) != nil {
 				return
-			case <-time.After(time.Second):
 			}
 			continue
 		}
+		bo.Reset()
 		if err := u.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketOutbox).Delete(k) }); err != nil {
 			u.log.Error("outbox", "err", err)
 		}

@@ -59,6 +59,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/audit"
+	"github.com/outpost-edge/outpost/agent/backoff"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/internal/crashpoint"
 	"github.com/outpost-edge/outpost/models/trust"
@@ -86,8 +87,6 @@ var (
 	ErrChunk = errors.New("updater: bad chunk")
 	// ErrNoSource: an install needs a ChunkSource and there is none.
 	ErrNoSource = errors.New("updater: no chunk source")
-	// ErrNotConnected: the MQTT link has no connection now.
-	ErrNotConnected = errors.New("updater: mqtt: not connected")
 )
 
 // Activator makes a model version the one served, without failing a request
@@ -385,10 +384,12 @@ func (u *Updater) runJob(ctx context.Context, j *Job) {
 		u.cur = nil
 		u.mu.Unlock()
 	}()
+	bo := backoff.New(stepRetryMin, stepRetryMax, nil)
 	for !j.State.Terminal() && ctx.Err() == nil {
 		u.setCur(j)
 		err := u.step(jctx, j)
 		if err == nil {
+			bo.Reset()
 			continue
 		}
 		if ctx.Err() != nil {
@@ -402,14 +403,21 @@ func (u *Updater) runJob(ctx context.Context, j *Job) {
 			return
 		}
 		u.log.Error("update step", "state", j.State, "model", j.Model, "err", err)
-		select {
-		case <-ctx.Done():
+		if bo.Wait(ctx, nil) != nil {
 			return
-		case <-time.After(5 * time.Second):
 		}
 	}
 	u.setCur(j)
 }
+
+// stepRetryMin and stepRetryMax bound the jittered backoff between attempts
+// at a step that failed (a broken disk, a link that is down), and
+// outboxRetryMin and outboxRetryMax the one between deliveries of a report
+// that telemetry refused.
+const (
+	stepRetryMin, stepRetryMax     = time.Second, time.Minute
+	outboxRetryMin, outboxRetryMax = 200 * time.Millisecond, 30 * time.Second
+)
 
 func (u *Updater) setCur(j *Job) {
 	c := *j

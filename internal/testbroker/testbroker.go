@@ -45,18 +45,28 @@ func FreeAddr(t testing.TB) string {
 // back, with no sessions: they lived in memory.
 func Start(t testing.TB, addr string) (srv *mochi.Server, stop func()) {
 	t.Helper()
+	srv, stop, err := Serve(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(stop)
+	return srv, stop
+}
+
+// Serve is Start for callers without a testing.TB (a TestMain, for the
+// package examples): the caller stops the broker.
+func Serve(addr string) (srv *mochi.Server, stop func(), err error) {
 	srv = mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := srv.AddHook(new(allowAll), nil); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	if err := srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	if err := srv.Serve(); err != nil {
-		t.Fatal(err)
+		return nil, nil, err
 	}
 	var once sync.Once
 	stop = func() { once.Do(func() { srv.Close() }) }
-	t.Cleanup(stop)
-	return srv, stop
+	return srv, stop, nil
 }

@@ -1,0 +1,338 @@
+// Package fleetlink owns the device's one MQTT connection to the fleet's
+// broker. Telemetry's uplink and the updater use it through small interfaces
+// of their own; only the daemon wires them together.
+//
+// The connection is a persistent session whose client id is the device id,
+// so the broker keeps the device's subscriptions and queues commands while it
+// is away. Because the broker delivers that queue right after CONNACK, before
+// any SUBSCRIBE could be sent, handlers are registered with Handle before Run
+// and installed on every client before it connects; after every connection
+// the link subscribes to their topics, then publishes "online" (retained) on
+// the state topic, with "offline" as the last will. It reconnects with
+// jittered backoff (package backoff). Every connection uses a fresh paho
+// client and in-memory store, so paho never replays an old publish on its
+// own: the callers decide what to send again.
+package fleetlink
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/agent/backoff"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// Errors of this package; callers test with errors.Is.
+var (
+	// ErrNotConnected is wrapped by Publish when nothing was sent because
+	// the link has no connection. Callers wait (WaitUp, Up) and try again
+	// without counting it as a failed attempt.
+	ErrNotConnected = errors.New("fleetlink: not connected")
+	// ErrOptions is returned by New when the broker is missing or the fleet
+	// or device name cannot be a topic level.
+	ErrOptions = errors.New("fleetlink: bad options")
+	// ErrStarted is returned by Handle once Run has started: a handler
+	// added later would miss what the broker delivers right after CONNACK.
+	ErrStarted = errors.New("fleetlink: handler added after Run started")
+	// errConnLost is returned when the connection dropped while a token was
+	// pending: the message may or may not have arrived.
+	errConnLost = errors.New("fleetlink: connection lost")
+	// errTimeout is returned when a token did not complete in time.
+	errTimeout = errors.New("fleetlink: timed out")
+)
+
+// Options configure a Link. Broker, Fleet and Device are required; every
+// other zero value works.
+type Options struct {
+	// Broker is the broker URL, "tcp://host:1883" or "ssl://host:8883".
+	Broker string
+	// Fleet and Device name the topics (protocol.DeviceTopics). Device is
+	// also the MQTT client id: stable across restarts, so the persistent
+	// session survives them (docs/PROTOCOL.md).
+	Fleet, Device string
+
+	Username, Password string
+	TLSConfig          *tls.Config
+
+	// ConnectTimeout bounds one connection attempt, subscriptions included.
+	// Default 10 s.
+	ConnectTimeout time.Duration
+	// AckTimeout bounds the wait for a PUBACK on a live connection; a publish
+	// that waits longer drops the connection. Default 30 s.
+	AckTimeout time.Duration
+	// KeepAlive is the MQTT keep-alive. Default 30 s.
+	KeepAlive time.Duration
+	// BackoffMin and BackoffMax bound the jittered reconnect backoff.
+	// Defaults 500 ms and 2 min.
+	BackoffMin, BackoffMax time.Duration
+
+	// Logger receives the link's logs. Nil means silent.
+	Logger *slog.Logger
+	// Clock times the backoff and the waits; nil means the real clock.
+	Clock backoff.Clock
+}
+
+// Link is the device's connection to the fleet. Its methods are safe for
+// concurrent use; Run is called once.
+type Link struct {
+	opts   Options
+	topics protocol.Topics
+	log    *slog.Logger
+
+	// mu guards the fields below.
+	mu       sync.Mutex
+	handlers map[string]func([]byte) // by topic; fixed once started
+	started  bool
+	conn     *conn         // the live connection, or nil
+	up       chan struct{} // closed (and replaced) when a connection comes up
+}
+
+// conn is one connection; lost is closed when it ends.
+type conn struct {
+	client mqtt.Client
+	lost   chan struct{}
+	once   sync.Once
+}
+
+// markLost closes lost once; paho calls it on a dropped connection, and we
+// call it when we drop the connection ourselves (paho does not report that).
+func (c *conn) markLost() { c.once.Do(func() { close(c.lost) }) }
+
+// New checks opts and returns a link; Run connects it.
+func New(opts Options) (*Link, error) {
+	if opts.Broker == "" {
+		return nil, fmt.Errorf("%w: no broker", ErrOptions)
+	}
+	topics, err := protocol.DeviceTopics(opts.Fleet, opts.Device)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrOptions, err)
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 10 * time.Second
+	}
+	if opts.AckTimeout <= 0 {
+		opts.AckTimeout = 30 * time.Second
+	}
+	if opts.KeepAlive <= 0 {
+		opts.KeepAlive = 30 * time.Second
+	}
+	if opts.BackoffMin <= 0 {
+		opts.BackoffMin = 500 * time.Millisecond
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = 2 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Clock == nil {
+		opts.Clock = backoff.RealClock{}
+	}
+	return &Link{
+		opts:     opts,
+		topics:   topics,
+		log:      opts.Logger.With("component", "fleetlink"),
+		handlers: map[string]func([]byte){},
+		up:       make(chan struct{}),
+	}, nil
+}
+
+// Topics returns the device's topics.
+func (l *Link) Topics() protocol.Topics { return l.topics }
+
+// ClientID is the MQTT client id: the device id.
+func (l *Link) ClientID() string { return l.opts.Device }
+
+// Handle routes the messages arriving on topic (QoS 1; no wildcards needed)
+// to h, from the first connection on. It must be called before Run; later it
+// returns ErrStarted. h runs on the connection's delivery goroutine, one
+// message at a time, and must not block: hand the payload on and return.
+// The payload is h's to keep.
+func (l *Link) Handle(topic string, h func(payload []byte)) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.started {
+		return fmt.Errorf("%w: %s", ErrStarted, topic)
+	}
+	l.handlers[topic] = h
+	return nil
+}
+
+// Connected reports whether a connection is up now.
+func (l *Link) Connected() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conn != nil
+}
+
+// Up returns a channel that is closed when the next connection comes up
+// (subscribed, "online" published).
+func (l *Link) Up() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.up
+}
+
+// WaitUp returns nil once a connection is up (at once if one is), or
+// ctx.Err().
+func (l *Link) WaitUp(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		c, up := l.conn, l.up
+		l.mu.Unlock()
+		if c != nil {
+			return nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Run keeps a connection up until ctx is done, then publishes "offline" and
+// disconnects. It returns nil once disconnected.
+func (l *Link) Run(ctx context.Context) error {
+	l.mu.Lock()
+	l.started = true
+	l.mu.Unlock()
+	bo := backoff.New(l.opts.BackoffMin, l.opts.BackoffMax, l.opts.Clock)
+	for {
+		c, err := l.connect(ctx)
+		if err == nil {
+			since := l.opts.Clock.Now()
+			l.mu.Lock()
+			l.conn = c
+			close(l.up)
+			l.up = make(chan struct{})
+			l.mu.Unlock()
+			select {
+			case <-c.lost:
+				l.log.Warn("connection lost")
+			case <-ctx.Done():
+			}
+			l.mu.Lock()
+			l.conn = nil
+			l.mu.Unlock()
+			if ctx.Err() != nil {
+				t := c.client.Publish(l.topics.State, 1, true, protocol.StateOffline)
+				t.WaitTimeout(time.Second)
+				c.client.Disconnect(250)
+				return nil
+			}
+			c.client.Disconnect(0)
+			// Back off from scratch only after a connection that held; one
+			// the broker drops at once (a duplicate client id, an ACL) keeps
+			// the delay growing.
+			if l.opts.Clock.Now().Sub(since) >= stableConnection {
+				bo.Reset()
+			}
+		} else if ctx.Err() == nil {
+			l.log.Warn("connect failed", "broker", l.opts.Broker, "err", err)
+		}
+		if bo.Wait(ctx, nil) != nil {
+			return nil
+		}
+	}
+}
+
+// stableConnection is how long a connection must last for the reconnect
+// backoff to start again from its minimum.
+const stableConnection = 30 * time.Second
+
+func (l *Link) connect(ctx context.Context) (*conn, error) {
+	c := &conn{lost: make(chan struct{})}
+	o := mqtt.NewClientOptions().
+		AddBroker(l.opts.Broker).
+		SetClientID(l.opts.Device).
+		SetUsername(l.opts.Username).
+		SetPassword(l.opts.Password).
+		SetCleanSession(false).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
+		SetConnectTimeout(l.opts.ConnectTimeout).
+		SetKeepAlive(l.opts.KeepAlive).
+		SetWriteTimeout(l.opts.AckTimeout).
+		SetStore(mqtt.NewMemoryStore()).
+		SetWill(l.topics.State, protocol.StateOffline, 1, true).
+		SetConnectionLostHandler(func(mqtt.Client, error) { c.markLost() })
+	if l.opts.TLSConfig != nil {
+		o.SetTLSConfig(l.opts.TLSConfig)
+	}
+	c.client = mqtt.NewClient(o)
+	l.mu.Lock()
+	routes := make(map[string]mqtt.MessageHandler, len(l.handlers))
+	for topic, h := range l.handlers {
+		routes[topic] = func(_ mqtt.Client, m mqtt.Message) { h(m.Payload()) }
+	}
+	l.mu.Unlock()
+	for topic, h := range routes {
+		c.client.AddRoute(topic, h)
+	}
+	fail := func(what string, err error) (*conn, error) {
+		c.client.Disconnect(0)
+		return nil, fmt.Errorf("fleetlink: %s: %w", what, err)
+	}
+	if err := l.wait(ctx, c.client.Connect(), l.opts.ConnectTimeout+time.Second, nil); err != nil {
+		return fail("connect "+l.opts.Broker, err)
+	}
+	for topic, h := range routes {
+		if err := l.wait(ctx, c.client.Subscribe(topic, 1, h), l.opts.ConnectTimeout, c.lost); err != nil {
+			return fail("subscribe "+topic, err)
+		}
+	}
+	if err := l.wait(ctx, c.client.Publish(l.topics.State, 1, true, protocol.StateOnline), l.opts.AckTimeout, c.lost); err != nil {
+		return fail("publish state", err)
+	}
+	l.log.Info("connected", "broker", l.opts.Broker, "client_id", l.opts.Device)
+	return c, nil
+}
+
+// wait waits for t, ctx, the timeout on the link's clock, or lost.
+func (l *Link) wait(ctx context.Context, t mqtt.Token, timeout time.Duration, lost <-chan struct{}) error {
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-l.opts.Clock.After(timeout):
+		return errTimeout
+	case <-lost:
+		return errConnLost
+	}
+}
+
+// Publish sends payload on topic with QoS 1 and returns nil once the broker
+// acknowledged it (PUBACK). An error wrapping ErrNotConnected means nothing
+// was sent; any other error means the payload may or may not have reached the
+// broker. If no PUBACK comes within AckTimeout, or the broker refuses, the
+// connection is dropped so the next attempt starts on a fresh one. Publish
+// returns soon after ctx is done.
+func (l *Link) Publish(ctx context.Context, topic string, retained bool, payload []byte) error {
+	l.mu.Lock()
+	c := l.conn
+	l.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("fleetlink: publish on %s: %w", topic, ErrNotConnected)
+	}
+	err := l.wait(ctx, c.client.Publish(topic, 1, retained, payload), l.opts.AckTimeout, c.lost)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, mqtt.ErrNotConnected) {
+		return fmt.Errorf("fleetlink: publish on %s: %w", topic, ErrNotConnected)
+	}
+	if ctx.Err() == nil && !errors.Is(err, errConnLost) {
+		// Stuck or refused: drop the connection so Run starts a new one.
+		c.client.Disconnect(0)
+		c.markLost()
+	}
+	return fmt.Errorf("fleetlink: publish on %s: %w", topic, err)
+}
