@@ -289,7 +289,9 @@ func newDevice(t testing.TB, dir string, f *testFleet, src ChunkSource, mod func
 			return err
 		}),
 		Runtime: runtimeForTests(), Traffic: d.traffic, AgentVersion: "1.0.0",
-		Probation: 300 * time.Millisecond, MinRequests: 5, ChunkTimeout: time.Second, Logger: testLogger(t)}
+		// Without traffic probation ends at its maximum, unverified.
+		Probation: 300 * time.Millisecond, ProbationMax: 300 * time.Millisecond, MinRequests: 5,
+		ChunkTimeout: time.Second, Logger: testLogger(t)}
 	if mod != nil {
 		mod(&opts)
 	}

@@ -118,11 +118,21 @@ type Reporter interface {
 	Report(ctx context.Context, a protocol.Ack) error
 }
 
+// Probation defaults (Options.ProbationMinRequests, Options.ProbationMax).
+const (
+	DefaultProbationMinRequests = 20
+	DefaultProbationMax         = 15 * time.Minute
+)
+
 func (j *Job) ack(detail string) protocol.Ack {
 	a := protocol.Ack{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model, Version: j.Version,
 		State: j.State, Total: j.Length, Detail: detail, Time: j.Updated}
 	if j.ChunkSize > 0 {
 		a.Progress = min(int64(j.Done)*int64(j.ChunkSize), j.Length)
+	}
+	if j.State == Probation || j.State == Committed {
+		a.Requests = int64(j.Seen.Requests)
+		a.Verified = j.State == Committed && j.Verified
 	}
 	if j.State == Failed || j.State == RollingBack || j.State == RolledBack {
 		a.Error = j.Error
@@ -157,10 +167,19 @@ type Options struct {
 	Fleet, Device string
 	// AgentVersion is checked against a manifest's minimum agent version.
 	AgentVersion string
-	// Probation is how long a new version is watched (default 1 min).
-	Probation time.Duration
+	// Probation is the least time a new version is watched (default 1
+	// min). Probation then lasts until the version has served
+	// ProbationMinRequests requests (default 20), which commits it
+	// verified, or until ProbationMax has passed since activation (default
+	// 15 min; never less than Probation), which commits it unverified. An
+	// install command's protocol.Probation overrides the last two.
+	Probation            time.Duration
+	ProbationMinRequests uint64
+	ProbationMax         time.Duration
 	// MaxErrorRatio fails probation when errors/requests exceeds it, once
-	// MinRequests were seen (defaults 0.05 and 20).
+	// MinRequests were seen, or ProbationMinRequests if fewer (defaults
+	// 0.05 and 20): a verified commit is always one whose error ratio was
+	// judged.
 	MaxErrorRatio float64
 	MinRequests   uint64
 	// MaxLatency fails probation when the mean latency exceeds it (0: no
@@ -193,6 +212,9 @@ type Updater struct {
 	work    string
 	crash   string
 	metrics *metrics
+
+	// probationBase is used by the Run goroutine only.
+	probationBase probationBase
 
 	wake       chan struct{} // a command was queued
 	outboxWake chan struct{} // reports were queued
@@ -229,6 +251,12 @@ func New(opts Options) (*Updater, error) {
 	}
 	if opts.Probation <= 0 {
 		opts.Probation = time.Minute
+	}
+	if opts.ProbationMinRequests == 0 {
+		opts.ProbationMinRequests = DefaultProbationMinRequests
+	}
+	if opts.ProbationMax <= 0 {
+		opts.ProbationMax = DefaultProbationMax
 	}
 	if opts.MaxErrorRatio <= 0 {
 		opts.MaxErrorRatio = 0.05
@@ -532,5 +560,5 @@ func (u *Updater) UpdateStatus() *protocol.UpdateStatus {
 	}
 	a := j.ack("")
 	return &protocol.UpdateStatus{CommandID: a.CommandID, RolloutID: a.RolloutID, Model: a.Model, Version: a.Version,
-		State: a.State, Progress: a.Progress, Total: a.Total, Error: a.Error, Time: a.Time}
+		State: a.State, Progress: a.Progress, Total: a.Total, Error: a.Error, Requests: a.Requests, Verified: a.Verified, Time: a.Time}
 }
