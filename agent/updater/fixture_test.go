@@ -179,7 +179,10 @@ type memSource struct {
 	blocked   atomic.Bool // the link is down: chunks are lost
 	flaky     atomic.Bool // every fifth chunk sent is lost, every seventh corrupted
 	sent      atomic.Int64
-	wg        sync.WaitGroup
+	// limit, when positive, is the first chunk index never sent: the
+	// transfer stalls there.
+	limit atomic.Int64
+	wg    sync.WaitGroup
 }
 
 func newMemSource(arts ...[]byte) *memSource {
@@ -214,7 +217,7 @@ func (s *memSource) Request(ctx context.Context, r ChunkRequest) error {
 		defer s.wg.Done()
 		for i := r.First; i < r.First+r.Count; i++ {
 			lo := i * r.ChunkSize
-			if lo >= len(a) {
+			if lo >= len(a) || s.limit.Load() > 0 && int64(i) >= s.limit.Load() {
 				return
 			}
 			d := a[lo:min(lo+r.ChunkSize, len(a))]

@@ -41,6 +41,8 @@ type Link struct {
 	topics protocol.Topics
 	log    *slog.Logger
 	chunks chan Chunk
+	// connected receives after every connection (ConnectNotifier).
+	connected chan struct{}
 
 	mu      sync.Mutex // guards client, handler
 	client  mqtt.Client
@@ -62,7 +64,8 @@ func NewLink(opts LinkOptions) (*Link, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-mqtt"), chunks: make(chan Chunk, opts.Buffer)}, nil
+	return &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-mqtt"), chunks: make(chan Chunk, opts.Buffer),
+		connected: make(chan struct{}, 1)}, nil
 }
 
 // SetCommandHandler sets what receives cmd-topic payloads
@@ -99,7 +102,15 @@ func (l *Link) OnConnect(c mqtt.Client) {
 	if err := l.publishStatus(c); err != nil {
 		l.log.Warn("status", "err", err)
 	}
+	select {
+	case l.connected <- struct{}{}:
+	default:
+	}
 }
+
+// Connected implements ConnectNotifier: a download in progress asks for its
+// missing chunks as soon as the subscriptions are in place.
+func (l *Link) Connected() <-chan struct{} { return l.connected }
 
 func (l *Link) onCommand(p []byte) {
 	l.mu.Lock()
