@@ -119,9 +119,9 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 
 	window := u.opts.Window
 	step := max(1, (total*progressStep+99)/100) // chunks between progress acks
-	held := map[int][]byte{} // received ahead of j.Done, within the window
-	requested := j.Done      // chunks [j.Done, requested) were asked for
-	durable := j.Done        // chunks synced and recorded
+	held := map[int][]byte{}                    // received ahead of j.Done, within the window
+	requested := j.Done                         // chunks [j.Done, requested) were asked for
+	durable := j.Done                           // chunks synced and recorded
 	syncs, start0 := 0, j.Done
 	lastReport, lastReportAt := j.Done, time.Now()
 	crashed := false

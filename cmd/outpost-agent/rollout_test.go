@@ -119,7 +119,7 @@ func newDevice(t *testing.T, f *fleetProc, name string) device {
 	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, `
 data_dir: %s
 workers: 1
-fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, probation: 1s, status_interval: 1s}
+fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, probation: 1s, probation_max: 2s, status_interval: 1s}
 `, data, f.mqtt, name), 0o644))
 	return device{name: name, config: cfg}
 }
