@@ -148,6 +148,11 @@ func TestProbationSurvivesRestart(t *testing.T) {
 	d.start(t)
 	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
 	require.Eventually(t, func() bool { j, _ := d.u.Job(); return j != nil && j.State == Probation }, 30*time.Second, 5*time.Millisecond)
+	// Each state's ack goes out when it is entered, not when the job ends.
+	require.Eventually(t, func() bool {
+		s := rec.states("c1")
+		return len(s) > 0 && s[len(s)-1] == Probation
+	}, 30*time.Second, 5*time.Millisecond, "no probation ack while in probation")
 	for range 20 {
 		d.traffic.Observe("face", 1, false, time.Millisecond)
 	}

@@ -216,6 +216,9 @@ func (u *Updater) transition(j *Job, to State, detail string, extra ...func(*bol
 		*j = prev
 		return err
 	}
+	// The reports go out now, not when the job ends: a probation can last
+	// minutes, and the fleet waits for its ack.
+	u.poke(u.outboxWake)
 	u.metrics.transition(to)
 	u.log.Info("update", "state", to, "model", j.Model, "version", j.Version, "rollout", j.RolloutID, "detail", detail)
 	u.crashAt("updater-" + string(to))

@@ -113,6 +113,14 @@ type device struct {
 
 func newDevice(t *testing.T, f *fleetProc, name string) device {
 	t.Helper()
+	// Nobody sends these devices requests: probation ends at its maximum.
+	return newDeviceProbation(t, f, name, "probation: 1s, probation_max: 2s")
+}
+
+// newDeviceProbation is newDevice with the probation keys of agent.yaml's
+// fleet section.
+func newDeviceProbation(t *testing.T, f *fleetProc, name, probation string) device {
+	t.Helper()
 	data := filepath.Join(t.TempDir(), "data")
 	require.NoError(t, os.MkdirAll(data, 0o755))
 	copyFile(t, filepath.Join(f.keys, "root.json"), filepath.Join(data, "root.json"))
@@ -120,8 +128,8 @@ func newDevice(t *testing.T, f *fleetProc, name string) device {
 	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, `
 data_dir: %s
 workers: 1
-fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, probation: 1s, probation_max: 2s, status_interval: 1s}
-`, data, f.mqtt, name), 0o644))
+fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, %s, status_interval: 1s}
+`, data, f.mqtt, name, probation), 0o644))
 	return device{name: name, config: cfg}
 }
 
@@ -363,7 +371,7 @@ func TestDownloadPromisesThroughMosquitto(t *testing.T) {
 	// device is killed.
 	f := startFleet(t, b, mq.URL(), "artifacts: {chunk_size: 16384, bytes_per_second: 32768}\n")
 	w := watch(t, mq.URL(), "outpost/v1/acme/gw-0/ack", "outpost/v1/acme/gw-0/state", "outpost/v1/acme/artifacts/req")
-	dev := newDevice(t, f, "gw-0")
+	dev := newDeviceProbation(t, f, "gw-0", "probation: 1s, probation_min_requests: 5, probation_max: 10m")
 	agent := startServe(t, b.agent, "--config", dev.config)
 	poll(t, func() bool {
 		return strings.Contains(f.cli(t, "devices", "list"), "gw-0")
@@ -437,7 +445,41 @@ func TestDownloadPromisesThroughMosquitto(t *testing.T) {
 	// timeout (10 s), its first request having gone nowhere.
 	wait := first.at.Sub(online)
 	require.Less(t, wait, 10*time.Second, "the restarted device waited %s before asking", wait)
+
+	// Probation needs 5 requests: once it began, clients send them, one at
+	// a time, until the committed ack (at most 600 requests).
+	var committed struct {
+		State    string `json:"state"`
+		Verified bool   `json:"verified"`
+		Requests int64  `json:"probation_requests"`
+	}
+	reached := func(state string) func() bool {
+		return func() bool {
+			acks, _ := w.since(mark, "outpost/v1/acme/gw-0/ack")
+			for _, m := range acks {
+				if json.Unmarshal(m.payload, &committed) == nil && committed.State == state {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	// The probation ack comes while probation lasts, not with the commit.
+	poll(t, reached("probation"), 120*time.Second, "no probation ack")
+	done := reached("committed")
+	sent := 0
+	for ; sent < 600 && !done(); sent++ {
+		resp, err := http.Post(agent.url+"/v2/models/face/infer", "application/json", strings.NewReader(faceJSON))
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+	}
+	poll(t, done, 30*time.Second, "no committed ack")
+	assert.True(t, committed.Verified, "committed without verification after %d requests", sent)
+	assert.GreaterOrEqual(t, committed.Requests, int64(5))
 	status := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
 	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
+	t.Logf("committed verified after %d probation requests (%d sent)", committed.Requests, sent)
 	t.Logf("killed with %d bytes acked; after the restart it asked from chunk %d, %s after coming online", held, req.First, wait.Round(time.Millisecond))
 }
