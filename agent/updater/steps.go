@@ -264,6 +264,7 @@ func (u *Updater) stepProbation(ctx context.Context, j *Job) error {
 			if err := u.saveProgress(j); err != nil {
 				return err
 			}
+			u.setCur(j) // the status shows the requests seen
 			lastSave = time.Now()
 		}
 		wait := tick

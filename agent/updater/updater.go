@@ -9,8 +9,10 @@
 //
 //   - Download fetches the artifact in chunks through a ChunkSource, each
 //     chunk checked against its hash and appended to a partial file; progress
-//     is durable, so a dropped link or a restart resumes from the last good
-//     chunk. Memory stays at one window of chunks.
+//     is made durable by group commit (every chunk, for any artifact size),
+//     acked about every 10%, and a dropped link, a reconnection or a restart
+//     resumes from the first chunk not held. Memory stays at one window of
+//     chunks.
 //   - Verify builds a bundle directory (roots, release, model) and runs
 //     models/bundle.Verify against the device's trust anchor: signatures,
 //     expiry, digest, length, minimum agent version. It fails closed.
@@ -21,8 +23,11 @@
 //     release is a signed rollback instruction) and swaps the model in
 //     through an Activator, the daemon's serving registry.
 //   - Probation watches the new version's error ratio and latency through a
-//     TrafficSource; then commit, or store.Rollback and swap the old version
-//     back.
+//     TrafficSource, and needs evidence: it commits once the version served
+//     its minimum of requests (a verified commit) or, without them, at its
+//     maximum time (an unverified commit, said so in the ack, the status and
+//     the audit trail); or it rolls back with store.Rollback and swaps the
+//     old version back. The counts survive a restart (Job.Seen).
 //
 // Commands come from the fleet over MQTT (Link, HandleCommand), verified
 // with protocol.VerifyCommand and refused when replayed; install, rollback
