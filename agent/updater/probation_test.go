@@ -170,9 +170,10 @@ func TestProbationSurvivesRestart(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, Probation, j.State, "committed with 29 of 30 requests")
 	require.Equal(t, 1, j.Boots)
-	st := d.u.UpdateStatus()
-	require.Equal(t, Probation, st.State)
-	require.Equal(t, int64(29), st.Requests, "the status shows the requests seen so far")
+	require.Eventually(t, func() bool {
+		st := d.u.UpdateStatus()
+		return st.State == Probation && st.Requests == 29
+	}, 30*time.Second, 5*time.Millisecond, "the status does not show the requests seen so far")
 	d.traffic.Observe("face", 1, false, time.Millisecond)
 	j = d.waitJob(t, "c1")
 	require.Equal(t, Committed, j.State, j.Error)
