@@ -161,7 +161,8 @@ type Options struct {
 	Activator Activator
 	// Runtime loads models for validation.
 	Runtime Runtime
-	// Traffic feeds probation; without it probation only waits.
+	// Traffic feeds probation; without it no version is ever verified:
+	// probation commits unverified at its maximum.
 	Traffic TrafficSource
 	// Telemetry receives an update and an audit record per transition.
 	Telemetry Emitter
