@@ -23,6 +23,10 @@ const (
 	DefaultMaxBodyBytes   = 64 << 20
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultDrainTimeout   = 10 * time.Second
+
+	DefaultProbation            = time.Minute
+	DefaultProbationMinRequests = 20
+	DefaultProbationMax         = 15 * time.Minute
 )
 
 // Config is the agent's configuration.
@@ -92,9 +96,15 @@ type Fleet struct {
 	// from `outpost-fleet keys init`); updates and commands verify
 	// against it. Default DATA_DIR/root.json.
 	Root string `yaml:"root"`
-	// Probation is how long a newly activated model is watched before it
-	// is committed (default 1 min).
-	Probation time.Duration `yaml:"probation"`
+	// Probation is the least time a newly activated model is watched
+	// before it is committed (default 1 min). Probation then goes on until
+	// the model served ProbationMinRequests requests (default 20), a
+	// verified commit, or until ProbationMax passed since activation
+	// (default 15 min), a commit the fleet is told was not verified. A
+	// rollout may override the last two per install.
+	Probation            time.Duration `yaml:"probation"`
+	ProbationMinRequests int64         `yaml:"probation_min_requests"`
+	ProbationMax         time.Duration `yaml:"probation_max"`
 	// StatusInterval is how often the retained status is refreshed when
 	// nothing else changed it (default 1 min).
 	StatusInterval time.Duration `yaml:"status_interval"`
@@ -178,7 +188,14 @@ func (c Config) WithDefaults() Config {
 		c.Fleet.Root = filepath.Join(c.DataDir, "root.json")
 	}
 	if c.Fleet.Probation <= 0 {
-		c.Fleet.Probation = time.Minute
+		c.Fleet.Probation = DefaultProbation
+	}
+	// Negative values are left for Validate to refuse.
+	if c.Fleet.ProbationMinRequests == 0 {
+		c.Fleet.ProbationMinRequests = DefaultProbationMinRequests
+	}
+	if c.Fleet.ProbationMax == 0 {
+		c.Fleet.ProbationMax = max(DefaultProbationMax, c.Fleet.Probation)
 	}
 	if c.Fleet.StatusInterval <= 0 {
 		c.Fleet.StatusInterval = time.Minute
@@ -247,6 +264,12 @@ func (c Config) Validate() error {
 	}
 	if c.Telemetry.MaxBytes < 0 || c.Telemetry.AggregateInterval < 0 || c.Telemetry.HealthInterval < 0 || c.Fleet.Probation < 0 {
 		errs = append(errs, "telemetry sizes and intervals and fleet.probation must not be negative")
+	}
+	if c.Fleet.ProbationMinRequests < 0 || c.Fleet.ProbationMax < 0 {
+		errs = append(errs, "fleet.probation_min_requests and fleet.probation_max must not be negative")
+	}
+	if c.Fleet.ProbationMax > 0 && c.Fleet.ProbationMax < c.Fleet.Probation {
+		errs = append(errs, fmt.Sprintf("fleet.probation_max %s is shorter than fleet.probation %s", c.Fleet.ProbationMax, c.Fleet.Probation))
 	}
 	if c.API.RateLimit < 0 || c.API.RateBurst < 0 {
 		errs = append(errs, "api.rate_limit and api.rate_burst must not be negative")

@@ -58,6 +58,8 @@ telemetry:
 	assert.Equal(t, host, c.Fleet.Device, "device id defaults to the host name")
 	assert.Equal(t, "/var/lib/outpost/root.json", c.Fleet.Root)
 	assert.Equal(t, time.Minute, c.Fleet.Probation)
+	assert.Equal(t, int64(DefaultProbationMinRequests), c.Fleet.ProbationMinRequests)
+	assert.Equal(t, DefaultProbationMax, c.Fleet.ProbationMax)
 	assert.Equal(t, "north", c.Fleet.Labels["site"])
 	assert.Equal(t, 0.5, c.Telemetry.SampleRate)
 }
@@ -123,4 +125,33 @@ func FuzzParse(f *testing.F) {
 		}
 		_ = c.WithDefaults().Validate()
 	})
+}
+
+// TestProbationSettings: the probation keys parse, a long least time
+// raises the default maximum with it, and a maximum shorter than the least
+// time is refused.
+func TestProbationSettings(t *testing.T) {
+	for _, tc := range []struct {
+		yaml    string
+		minReq  int64
+		most    time.Duration
+		wantErr string
+	}{
+		{"fleet: {probation: 30s, probation_min_requests: 100, probation_max: 1h}", 100, time.Hour, ""},
+		{"fleet: {probation: 30m}", DefaultProbationMinRequests, 30 * time.Minute, ""},
+		{"fleet: {probation: 10m, probation_max: 5m}", 0, 0, "shorter than fleet.probation"},
+		{"fleet: {probation_min_requests: -1}", 0, 0, "must not be negative"},
+	} {
+		c, err := Parse([]byte(tc.yaml))
+		require.NoError(t, err, tc.yaml)
+		c = c.WithDefaults()
+		err = c.Validate()
+		if tc.wantErr != "" {
+			require.ErrorContains(t, err, tc.wantErr, tc.yaml)
+			continue
+		}
+		require.NoError(t, err, tc.yaml)
+		assert.Equal(t, tc.minReq, c.Fleet.ProbationMinRequests, tc.yaml)
+		assert.Equal(t, tc.most, c.Fleet.ProbationMax, tc.yaml)
+	}
 }

@@ -62,6 +62,8 @@ func (a *Agent) newUpdater(cfg config.Config, rt runtime.Options, reg *prometheu
 		Device:       cfg.Fleet.Device,
 		Logger:       log,
 	}
+	// WithDefaults made both positive.
+	opts.ProbationMinRequests, opts.ProbationMax = uint64(cfg.Fleet.ProbationMinRequests), cfg.Fleet.ProbationMax
 	if a.queue != nil { // a nil *Queue in the interface would look like an emitter
 		opts.Telemetry = a.queue
 	}

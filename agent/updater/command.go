@@ -358,6 +358,9 @@ func (u *Updater) planInstall(j *Job, q queued) (State, string) {
 	in := q.Cmd.Install
 	j.SHA256, j.Length, j.ChunkSize = in.Artifact.SHA256, in.Artifact.Length, in.Artifact.ChunkSize
 	j.Release, j.Roots = in.Release, q.Roots
+	if in.Probation != nil {
+		j.Policy = *in.Probation
+	}
 	anchor, err := u.anchor()
 	if err != nil {
 		return Failed, err.Error()

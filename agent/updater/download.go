@@ -50,12 +50,33 @@ type Chunk struct {
 
 func (u *Updater) partialPath(j *Job) string { return filepath.Join(u.jobDir(j), "model.partial") }
 
-// persistEvery bounds the bytes written between two durable progress marks:
-// what a crash can cost.
-const persistEvery = 256 << 10
+// ConnectNotifier may be implemented by a ChunkSource whose link drops and
+// comes back (the MQTT link): Connected's channel receives a value after
+// every connection (it may coalesce several), so that a download asks for
+// its missing chunks at once rather than after Options.ChunkTimeout.
+// Requests made while the link was down are lost.
+type ConnectNotifier interface {
+	Connected() <-chan struct{}
+}
+
+// Progress acks go out during a download every progressStep of the
+// artifact or progressEvery, whichever comes first.
+const (
+	progressStep  = 10 // percent
+	progressEvery = 5 * time.Second
+)
 
 // stepDownload fetches the rest of j's artifact, resuming after j.Done
 // chunks, and moves j to verifying. Memory is one window of chunks.
+//
+// Chunks are written in order, so the partial file is always a prefix of
+// the artifact; one that arrives ahead of a gap waits in memory (at most a
+// window). Progress is made durable by group commit: after a chunk is
+// written, once no further chunk is waiting in the source's buffer (or a
+// window or a tenth of the artifact was written since the last sync), the
+// file is synced and j.Done saved. A crash loses only the chunks of the
+// group being written then, never a chunk reported in an ack or the
+// status.
 func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 	src := u.opts.Source
 	if src == nil {
@@ -93,13 +114,22 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 	if j.Done > 0 {
 		u.log.Info("resuming download", "model", j.Model, "version", j.Version, "chunk", j.Done, "of", total)
 	}
+	var connected <-chan struct{}
+	if cn, ok := src.(ConnectNotifier); ok {
+		connected = cn.Connected()
+	}
 
 	window := u.opts.Window
-	held := map[int][]byte{} // received ahead of j.Done, within the window
-	requested := j.Done      // chunks [j.Done, requested) were asked for
-	unsynced := 0
+	step := max(1, (total*progressStep+99)/100) // chunks between progress acks
+	held := map[int][]byte{}                    // received ahead of j.Done, within the window
+	requested := j.Done                         // chunks [j.Done, requested) were asked for
+	durable := j.Done                           // chunks synced and recorded
+	syncs, start0 := 0, j.Done
 	lastReport, lastReportAt := j.Done, time.Now()
 	crashed := false
+	// retry is how soon a request that could not be sent is tried again:
+	// short at first, so a link that is coming up is used at once.
+	retry := 100 * time.Millisecond
 	ask := func(from int) error {
 		// Never past the window: chunks beyond it would be dropped.
 		n := min(j.Done+window, total) - from
@@ -113,15 +143,17 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 		if err := f.Sync(); err != nil {
 			return fmt.Errorf("updater: download: %w", err)
 		}
-		unsynced = 0
 		if err := u.saveProgress(j); err != nil {
 			return err
 		}
+		durable = j.Done
+		syncs++
 		if !crashed && j.Done*2 >= total {
 			crashed = true
 			u.crashAt("updater-chunk")
 		}
-		if j.Done-lastReport >= max(1, total/10) || time.Since(lastReportAt) >= 5*time.Second {
+		u.setCur(j)
+		if j.Done < total && (j.Done-lastReport >= step || time.Since(lastReportAt) >= progressEvery) {
 			lastReport, lastReportAt = j.Done, time.Now()
 			u.report(ctx, j.ack(""))
 		}
@@ -133,6 +165,12 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-connected:
+			// A new connection: what was asked before may be lost. Ask
+			// again from the first chunk not held, at once.
+			requested = j.Done
+			retry = 100 * time.Millisecond
+			timer.Reset(0)
 		case <-timer.C:
 			// Nothing came for a while (or this is the start): ask again
 			// for the first gap only, up to the next chunk held.
@@ -144,8 +182,14 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 				n = min(window, total-j.Done)
 			}
 			if err := src.Request(ctx, ChunkRequest{Artifact: j.SHA256, ChunkSize: j.ChunkSize, First: j.Done, Count: n}); err != nil {
-				u.log.Debug("chunk request", "err", err) // offline: asked again after the timeout
+				// Offline: try again soon; the link's Connected, if it
+				// has one, says when.
+				u.log.Debug("chunk request", "err", err)
+				timer.Reset(min(retry, u.opts.ChunkTimeout))
+				retry = min(2*retry, u.opts.ChunkTimeout)
+				continue
 			}
+			retry = 100 * time.Millisecond
 			requested = max(requested, j.Done+n)
 			timer.Reset(u.opts.ChunkTimeout)
 		case c := <-src.Chunks():
@@ -174,11 +218,12 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 				}
 				u.metrics.bytes.Add(float64(len(b)))
 				j.Done++
-				unsynced += len(b)
-				if unsynced >= persistEvery || j.Done == total {
-					if err := persist(); err != nil {
-						return err
-					}
+			}
+			// Group commit: sync once nothing else is waiting, and at
+			// least every window or progress step.
+			if j.Done > durable && (len(src.Chunks()) == 0 || j.Done-durable >= min(window, step) || j.Done == total) {
+				if err := persist(); err != nil {
+					return err
 				}
 			}
 			timer.Reset(u.opts.ChunkTimeout)
@@ -198,6 +243,7 @@ func (u *Updater) stepDownload(ctx context.Context, j *Job) error {
 	if err := atomicfile.SyncDir(u.jobDir(j)); err != nil {
 		return fmt.Errorf("updater: download: %w", err)
 	}
+	u.log.Info("download complete", "model", j.Model, "version", j.Version, "chunks", total-start0, "syncs", syncs)
 	return u.transition(j, Verifying, fmt.Sprintf("%d bytes in %d chunks", j.Length, total))
 }
 

@@ -179,7 +179,10 @@ type memSource struct {
 	blocked   atomic.Bool // the link is down: chunks are lost
 	flaky     atomic.Bool // every fifth chunk sent is lost, every seventh corrupted
 	sent      atomic.Int64
-	wg        sync.WaitGroup
+	// limit, when positive, is the first chunk index never sent: the
+	// transfer stalls there.
+	limit atomic.Int64
+	wg    sync.WaitGroup
 }
 
 func newMemSource(arts ...[]byte) *memSource {
@@ -214,7 +217,7 @@ func (s *memSource) Request(ctx context.Context, r ChunkRequest) error {
 		defer s.wg.Done()
 		for i := r.First; i < r.First+r.Count; i++ {
 			lo := i * r.ChunkSize
-			if lo >= len(a) {
+			if lo >= len(a) || s.limit.Load() > 0 && int64(i) >= s.limit.Load() {
 				return
 			}
 			d := a[lo:min(lo+r.ChunkSize, len(a))]
@@ -289,7 +292,9 @@ func newDevice(t testing.TB, dir string, f *testFleet, src ChunkSource, mod func
 			return err
 		}),
 		Runtime: runtimeForTests(), Traffic: d.traffic, AgentVersion: "1.0.0",
-		Probation: 300 * time.Millisecond, MinRequests: 5, ChunkTimeout: time.Second, Logger: testLogger(t)}
+		// Without traffic probation ends at its maximum, unverified.
+		Probation: 300 * time.Millisecond, ProbationMax: 300 * time.Millisecond, MinRequests: 5,
+		ChunkTimeout: time.Second, Logger: testLogger(t)}
 	if mod != nil {
 		mod(&opts)
 	}

@@ -156,7 +156,9 @@ func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 	require.NoError(t, err)
 	link, err := NewLink(LinkOptions{Conn: mq, Fleet: testFleetName, Device: testDevice, Timeout: 2 * time.Second})
 	require.NoError(t, err)
-	d := newDevice(t, t.TempDir(), f, link, func(o *Options) { o.Reporter = link; o.ChunkTimeout = time.Second })
+	// A chunk timeout longer than the test: after the broker comes back,
+	// only the link's Connected signal makes the device ask again.
+	d := newDevice(t, t.TempDir(), f, link, func(o *Options) { o.Reporter = link; o.ChunkTimeout = time.Hour })
 	link.opts.Status = func() protocol.Status {
 		return protocol.Status{Protocol: protocol.Version, Device: testDevice, AgentVersion: "1.0.0", Update: d.u.UpdateStatus(),
 			Health: protocol.HealthSummary{Status: protocol.HealthOK}, Time: time.Now()}
@@ -210,6 +212,15 @@ func TestMQTTUpdateSurvivesBrokerRestart(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { return lastAck() == Committed }, 10*time.Second, 10*time.Millisecond)
 	cs.mu.Lock()
+	// Progress acks came during the download, rising, before verifying.
+	var progress []int64
+	for _, a := range cs.acks {
+		if a.CommandID == "c1" && a.State == Downloading && a.Progress > 0 {
+			progress = append(progress, a.Progress)
+		}
+	}
+	require.GreaterOrEqual(t, len(progress), 3, "progress acks: %v", progress)
+	require.IsIncreasing(t, progress)
 	st, err := protocol.ParseStatus(cs.status)
 	require.NoError(t, err)
 	require.NotNil(t, st.Update)

@@ -103,6 +103,16 @@ type Job struct {
 	// starts that found the job in probation.
 	ProbationStart time.Time `json:"probation_start,omitzero"`
 	Boots          int       `json:"boots,omitempty"`
+	// Policy is the install command's probation override (zero fields:
+	// the device's setting).
+	Policy protocol.Probation `json:"probation_policy,omitzero"`
+	// Seen is the new version's traffic during probation, as last saved:
+	// the traffic counters live in the process, so what earlier processes
+	// counted is carried here (saved about every second while it changes,
+	// and when Run stops).
+	Seen TrafficStats `json:"probation_seen,omitzero"`
+	// Verified: the commit came after Seen.Requests reached the minimum.
+	Verified bool `json:"verified,omitempty"`
 
 	// Error says why the job failed or was rolled back.
 	Error   string    `json:"error,omitempty"`
@@ -206,6 +216,9 @@ func (u *Updater) transition(j *Job, to State, detail string, extra ...func(*bol
 		*j = prev
 		return err
 	}
+	// The reports go out now, not when the job ends: a probation can last
+	// minutes, and the fleet waits for its ack.
+	u.poke(u.outboxWake)
 	u.metrics.transition(to)
 	u.log.Info("update", "state", to, "model", j.Model, "version", j.Version, "rollout", j.RolloutID, "detail", detail)
 	u.crashAt("updater-" + string(to))
@@ -215,10 +228,12 @@ func (u *Updater) transition(j *Job, to State, detail string, extra ...func(*bol
 // commit writes j, its audit record and its reports in one transaction.
 func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) error {
 	outcome := "ok"
-	switch j.State {
-	case Failed:
+	switch {
+	case j.State == Committed && !j.ProbationStart.IsZero() && !j.Verified:
+		outcome = "unverified"
+	case j.State == Failed:
 		outcome = "failed"
-	case RollingBack, RolledBack:
+	case j.State == RollingBack || j.State == RolledBack:
 		outcome = "rolled_back"
 	}
 	rec := audit.Record{Time: j.Updated, Actor: "updater", Action: "update." + string(j.State), Outcome: outcome,

@@ -137,6 +137,8 @@ func (u *Updater) stepActivate(ctx context.Context, j *Job) error {
 	if e.Manifest.SHA256 != j.SHA256 {
 		return u.transition(j, RollingBack, fmt.Sprintf("store serves sha256 %s, not the installed %s", e.Manifest.SHA256, j.SHA256))
 	}
+	// Probation counts every request the version serves from the swap on.
+	u.probationBase = probationBase{seq: j.Seq, raw: u.traffic(j)}
 	start := time.Now()
 	if err := u.opts.Activator.Activate(ctx, j.Model, j.Version, data); err != nil {
 		if ctx.Err() != nil {
@@ -146,6 +148,7 @@ func (u *Updater) stepActivate(ctx context.Context, j *Job) error {
 	}
 	j.ProbationStart = u.now()
 	j.Boots = 0
+	j.Seen, j.Verified = TrafficStats{}, false
 	return u.transition(j, Probation, fmt.Sprintf("serving, swapped in %s", time.Since(start).Round(time.Millisecond)))
 }
 
@@ -181,43 +184,116 @@ func (u *Updater) rollback(ctx context.Context, j *Job) error {
 	return u.transition(j, RolledBack, fmt.Sprintf("v%d serves again: %s", e.Manifest.Version, j.Error))
 }
 
-// stepProbation watches the new version's traffic until the probation time
-// is over, then commits it, or rolls it back as soon as it misbehaves.
+// probationPolicy is what j's probation needs: the least time, the
+// requests that verify the version, and the longest time.
+func (u *Updater) probationPolicy(j *Job) (least time.Duration, minRequests uint64, most time.Duration) {
+	least, minRequests, most = u.opts.Probation, u.opts.ProbationMinRequests, u.opts.ProbationMax
+	if j.Policy.MinRequests > 0 {
+		minRequests = uint64(j.Policy.MinRequests)
+	}
+	if j.Policy.MaxSeconds > 0 {
+		most = time.Duration(j.Policy.MaxSeconds) * time.Second
+	}
+	return least, minRequests, max(most, least)
+}
+
+// traffic returns j's version's traffic counters in this process.
+func (u *Updater) traffic(j *Job) TrafficStats {
+	if u.opts.Traffic == nil {
+		return TrafficStats{}
+	}
+	return u.opts.Traffic.Traffic(j.Model, j.Version)
+}
+
+// probationBase is a job's traffic counters in this process as of the
+// last time Job.Seen took them in.
+type probationBase struct {
+	seq uint64
+	raw TrafficStats
+}
+
+// seenSaveEvery is how often probation saves the traffic it counted while
+// it changes: what a crash can make it forget.
+const seenSaveEvery = time.Second
+
+// stepProbation watches the new version's traffic and rolls it back as
+// soon as it misbehaves. It commits it once the least probation time has
+// passed and the version served its minimum of requests (verified), or
+// once the longest time has passed without them (unverified). Times run
+// from activation on the device's clock, so time the agent was down counts;
+// requests are counted in this process and added to what earlier processes
+// saved in j.Seen.
 func (u *Updater) stepProbation(ctx context.Context, j *Job) error {
 	if j.Boots >= u.opts.MaxProbationBoots {
 		return u.transition(j, RollingBack, fmt.Sprintf("%v: the agent started %d times during probation", ErrProbation, j.Boots))
 	}
-	dur := u.opts.Probation
-	deadline := j.ProbationStart.Add(dur)
+	least, minReq, most := u.probationPolicy(j)
+	traffic := func() TrafficStats { return u.traffic(j) }
+	// j.Seen holds everything counted up to base. In a process that did
+	// not activate the version, its counters started at zero after
+	// everything j.Seen holds.
 	var base TrafficStats
-	if u.opts.Traffic != nil {
-		base = u.opts.Traffic.Traffic(j.Model, j.Version)
+	if u.probationBase.seq == j.Seq {
+		base = u.probationBase.raw
 	}
-	tick := min(time.Second, max(dur/10, 10*time.Millisecond))
+	lastSave := time.Now()
+	tick := min(time.Second, max(least/10, 10*time.Millisecond))
 	for {
-		left := deadline.Sub(u.now())
-		var s TrafficStats
-		if u.opts.Traffic != nil {
-			s = u.opts.Traffic.Traffic(j.Model, j.Version).Sub(base)
-		}
-		if err := u.judge(s); err != nil {
+		raw := traffic()
+		s := j.Seen.Add(raw.Sub(base))
+		elapsed := u.now().Sub(j.ProbationStart)
+		if err := u.judge(s, min(u.opts.MinRequests, minReq)); err != nil {
+			j.Seen = s
 			return u.transition(j, RollingBack, err.Error())
 		}
-		if left <= 0 {
+		switch {
+		case elapsed >= least && s.Requests >= minReq:
+			j.Seen, j.Verified = s, true
 			u.cleanup()
-			return u.transition(j, Committed, "probation passed: "+s.String())
+			return u.transition(j, Committed, fmt.Sprintf("probation passed, verified: %s in %s (minimum %d requests)", s, elapsed.Round(time.Second), minReq))
+		case elapsed >= most:
+			j.Seen, j.Verified = s, false
+			u.cleanup()
+			u.log.Warn("committed without enough traffic to verify the new version", "model", j.Model, "version", j.Version,
+				"requests", s.Requests, "min_requests", minReq, "probation_max", most)
+			return u.transition(j, Committed, fmt.Sprintf("committed unverified: probation ended at its maximum of %s with %d of the %d requests that verify a version (%s)",
+				most, s.Requests, minReq, s))
 		}
+		if s != j.Seen && time.Since(lastSave) >= seenSaveEvery {
+			j.Seen, base = s, raw
+			u.probationBase = probationBase{seq: j.Seq, raw: raw}
+			if err := u.saveProgress(j); err != nil {
+				return err
+			}
+			u.setCur(j) // the status shows the requests seen
+			lastSave = time.Now()
+		}
+		wait := tick
+		if elapsed < least {
+			wait = min(wait, least-elapsed)
+		}
+		wait = min(wait, most-elapsed)
 		select {
 		case <-ctx.Done():
+			// A clean stop keeps every request counted.
+			raw := traffic()
+			if s := j.Seen.Add(raw.Sub(base)); s != j.Seen {
+				j.Seen = s
+				u.probationBase = probationBase{seq: j.Seq, raw: raw}
+				if err := u.saveProgress(j); err != nil {
+					u.log.Warn("saving probation traffic", "err", err)
+				}
+			}
 			return ctx.Err()
-		case <-time.After(min(tick, left)):
+		case <-time.After(max(wait, time.Millisecond)):
 		}
 	}
 }
 
-// judge fails probation traffic that is too often wrong or too slow.
-func (u *Updater) judge(s TrafficStats) error {
-	if s.Requests < u.opts.MinRequests {
+// judge fails probation traffic that is too often wrong or too slow, once
+// it holds at least minRequests requests.
+func (u *Updater) judge(s TrafficStats, minRequests uint64) error {
+	if s.Requests < max(minRequests, 1) {
 		return nil
 	}
 	if ratio := float64(s.Errors) / float64(s.Requests); ratio > u.opts.MaxErrorRatio {

@@ -15,12 +15,17 @@ type TrafficSource interface {
 
 // TrafficStats are cumulative request counters of one model version.
 type TrafficStats struct {
-	Requests uint64
+	Requests uint64 `json:"requests,omitempty"`
 	// Errors counts requests the model failed to answer (the daemon's 5xx,
 	// not bad input from clients).
-	Errors uint64
+	Errors uint64 `json:"errors,omitempty"`
 	// Latency is the sum of the requests' latencies.
-	Latency time.Duration
+	Latency time.Duration `json:"latency_ns,omitempty"`
+}
+
+// Add returns the sum of s and o.
+func (s TrafficStats) Add(o TrafficStats) TrafficStats {
+	return TrafficStats{Requests: s.Requests + o.Requests, Errors: s.Errors + o.Errors, Latency: s.Latency + o.Latency}
 }
 
 // Sub returns the change from base to s.

@@ -61,11 +61,37 @@ func TestTrafficStats(t *testing.T) {
 	// Counters that started again (a new process) are taken as they are.
 	require.Equal(t, uint64(1), TrafficStats{Requests: 1}.Sub(TrafficStats{Requests: 5}).Requests)
 
-	u := &Updater{opts: Options{MaxErrorRatio: 0.1, MinRequests: 10, MaxLatency: 50 * time.Millisecond}}
-	require.NoError(t, u.judge(TrafficStats{Requests: 9, Errors: 9}), "too few requests to judge")
-	require.ErrorIs(t, u.judge(TrafficStats{Requests: 10, Errors: 2}), ErrProbation)
-	require.NoError(t, u.judge(TrafficStats{Requests: 10, Errors: 1, Latency: 100 * time.Millisecond}))
-	require.ErrorIs(t, u.judge(TrafficStats{Requests: 10, Latency: time.Second}), ErrProbation)
+	u := &Updater{opts: Options{MaxErrorRatio: 0.1, MaxLatency: 50 * time.Millisecond}}
+	require.NoError(t, u.judge(TrafficStats{Requests: 9, Errors: 9}, 10), "too few requests to judge")
+	require.ErrorIs(t, u.judge(TrafficStats{Requests: 10, Errors: 2}, 10), ErrProbation)
+	require.NoError(t, u.judge(TrafficStats{Requests: 10, Errors: 1, Latency: 100 * time.Millisecond}, 10))
+	require.ErrorIs(t, u.judge(TrafficStats{Requests: 10, Latency: time.Second}, 10), ErrProbation)
+	require.NoError(t, u.judge(TrafficStats{}, 0), "no traffic is nothing to judge")
+	require.Equal(t, TrafficStats{Requests: 3, Errors: 1, Latency: 3}, TrafficStats{Requests: 1, Latency: 1}.Add(TrafficStats{Requests: 2, Errors: 1, Latency: 2}))
+}
+
+// TestProbationPolicy: an install's probation override replaces the
+// device's settings field by field, and the longest probation is never
+// shorter than the least.
+func TestProbationPolicy(t *testing.T) {
+	u := &Updater{opts: Options{Probation: time.Minute, ProbationMinRequests: 20, ProbationMax: 15 * time.Minute}}
+	for _, tc := range []struct {
+		name   string
+		policy protocol.Probation
+		minReq uint64
+		most   time.Duration
+	}{
+		{"device settings", protocol.Probation{}, 20, 15 * time.Minute},
+		{"requests only", protocol.Probation{MinRequests: 500}, 500, 15 * time.Minute},
+		{"max only", protocol.Probation{MaxSeconds: 3600}, 20, time.Hour},
+		{"both", protocol.Probation{MinRequests: 1, MaxSeconds: 120}, 1, 2 * time.Minute},
+		{"max below the least time", protocol.Probation{MaxSeconds: 10}, 20, time.Minute},
+	} {
+		least, minReq, most := u.probationPolicy(&Job{Policy: tc.policy})
+		if least != time.Minute || minReq != tc.minReq || most != tc.most {
+			t.Errorf("%s: got %s, %d, %s; want 1m0s, %d, %s", tc.name, least, minReq, most, tc.minReq, tc.most)
+		}
+	}
 }
 
 func TestRealValues(t *testing.T) {

@@ -9,8 +9,10 @@
 //
 //   - Download fetches the artifact in chunks through a ChunkSource, each
 //     chunk checked against its hash and appended to a partial file; progress
-//     is durable, so a dropped link or a restart resumes from the last good
-//     chunk. Memory stays at one window of chunks.
+//     is made durable by group commit (every chunk, for any artifact size),
+//     acked about every 10%, and a dropped link, a reconnection or a restart
+//     resumes from the first chunk not held. Memory stays at one window of
+//     chunks.
 //   - Verify builds a bundle directory (roots, release, model) and runs
 //     models/bundle.Verify against the device's trust anchor: signatures,
 //     expiry, digest, length, minimum agent version. It fails closed.
@@ -21,8 +23,11 @@
 //     release is a signed rollback instruction) and swaps the model in
 //     through an Activator, the daemon's serving registry.
 //   - Probation watches the new version's error ratio and latency through a
-//     TrafficSource; then commit, or store.Rollback and swap the old version
-//     back.
+//     TrafficSource, and needs evidence: it commits once the version served
+//     its minimum of requests (a verified commit) or, without them, at its
+//     maximum time (an unverified commit, said so in the ack, the status and
+//     the audit trail); or it rolls back with store.Rollback and swaps the
+//     old version back. The counts survive a restart (Job.Seen).
 //
 // Commands come from the fleet over MQTT (Link, HandleCommand), verified
 // with protocol.VerifyCommand and refused when replayed; install, rollback
@@ -118,11 +123,21 @@ type Reporter interface {
 	Report(ctx context.Context, a protocol.Ack) error
 }
 
+// Probation defaults (Options.ProbationMinRequests, Options.ProbationMax).
+const (
+	DefaultProbationMinRequests = 20
+	DefaultProbationMax         = 15 * time.Minute
+)
+
 func (j *Job) ack(detail string) protocol.Ack {
 	a := protocol.Ack{CommandID: j.CommandID, RolloutID: j.RolloutID, Model: j.Model, Version: j.Version,
 		State: j.State, Total: j.Length, Detail: detail, Time: j.Updated}
 	if j.ChunkSize > 0 {
 		a.Progress = min(int64(j.Done)*int64(j.ChunkSize), j.Length)
+	}
+	if j.State == Probation || j.State == Committed {
+		a.Requests = int64(j.Seen.Requests)
+		a.Verified = j.State == Committed && j.Verified
 	}
 	if j.State == Failed || j.State == RollingBack || j.State == RolledBack {
 		a.Error = j.Error
@@ -146,7 +161,8 @@ type Options struct {
 	Activator Activator
 	// Runtime loads models for validation.
 	Runtime Runtime
-	// Traffic feeds probation; without it probation only waits.
+	// Traffic feeds probation; without it no version is ever verified:
+	// probation commits unverified at its maximum.
 	Traffic TrafficSource
 	// Telemetry receives an update and an audit record per transition.
 	Telemetry Emitter
@@ -157,10 +173,19 @@ type Options struct {
 	Fleet, Device string
 	// AgentVersion is checked against a manifest's minimum agent version.
 	AgentVersion string
-	// Probation is how long a new version is watched (default 1 min).
-	Probation time.Duration
+	// Probation is the least time a new version is watched (default 1
+	// min). Probation then lasts until the version has served
+	// ProbationMinRequests requests (default 20), which commits it
+	// verified, or until ProbationMax has passed since activation (default
+	// 15 min; never less than Probation), which commits it unverified. An
+	// install command's protocol.Probation overrides the last two.
+	Probation            time.Duration
+	ProbationMinRequests uint64
+	ProbationMax         time.Duration
 	// MaxErrorRatio fails probation when errors/requests exceeds it, once
-	// MinRequests were seen (defaults 0.05 and 20).
+	// MinRequests were seen, or ProbationMinRequests if fewer (defaults
+	// 0.05 and 20): a verified commit is always one whose error ratio was
+	// judged.
 	MaxErrorRatio float64
 	MinRequests   uint64
 	// MaxLatency fails probation when the mean latency exceeds it (0: no
@@ -192,6 +217,9 @@ type Updater struct {
 	db      *bolt.DB
 	work    string
 	metrics *metrics
+
+	// probationBase is used by the Run goroutine only.
+	probationBase probationBase
 
 	wake       chan struct{} // a command was queued
 	outboxWake chan struct{} // reports were queued
@@ -228,6 +256,12 @@ func New(opts Options) (*Updater, error) {
 	}
 	if opts.Probation <= 0 {
 		opts.Probation = time.Minute
+	}
+	if opts.ProbationMinRequests == 0 {
+		opts.ProbationMinRequests = DefaultProbationMinRequests
+	}
+	if opts.ProbationMax <= 0 {
+		opts.ProbationMax = DefaultProbationMax
 	}
 	if opts.MaxErrorRatio <= 0 {
 		opts.MaxErrorRatio = 0.05
@@ -535,5 +569,5 @@ func (u *Updater) UpdateStatus() *protocol.UpdateStatus {
 	}
 	a := j.ack("")
 	return &protocol.UpdateStatus{CommandID: a.CommandID, RolloutID: a.RolloutID, Model: a.Model, Version: a.Version,
-		State: a.State, Progress: a.Progress, Total: a.Total, Error: a.Error, Time: a.Time}
+		State: a.State, Progress: a.Progress, Total: a.Total, Error: a.Error, Requests: a.Requests, Verified: a.Verified, Time: a.Time}
 }

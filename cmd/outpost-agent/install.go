@@ -25,6 +25,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	rootPath := fs.String("root", "", "trusted root.json (required until the data dir holds a root)")
 	dataDir := fs.String("data-dir", "", "the agent's data directory (required)")
 	verbose := fs.Bool("v", false, "log store events to stderr")
+	clock := testClock(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: outpost-agent install --root ROOT.json --data-dir DIR BUNDLE\n\nVerifies the bundle, then installs it as the current model, refusing rollbacks.")
 		fs.PrintDefaults()
@@ -49,7 +50,11 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	v, err := bundle.Verify(pos[0], anchor, bundle.Options{AgentVersion: version.Version})
+	now, err := clock()
+	if err != nil {
+		return err
+	}
+	v, err := bundle.Verify(pos[0], anchor, bundle.Options{Now: now, AgentVersion: version.Version})
 	if err != nil {
 		return refused(err)
 	}

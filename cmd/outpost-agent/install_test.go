@@ -20,8 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// bins are the real binaries, built once per test run, with the crash points
-// (internal/crashpoint) the crash tests need.
+// bins are the real binaries, built once per test run with the outposttest
+// tag: the crash points (internal/crashpoint) and --test-now (testclock_on.go).
 type bins struct{ agent, fleet string }
 
 func build(t *testing.T) bins {
@@ -158,12 +158,19 @@ func TestCommands(t *testing.T) {
 	require.Equal(t, int64(2), requireLoadable(t, data, 2))
 
 	// Freeze: once the release expired it cannot be installed, but the model
-	// already installed keeps being served.
-	expiring := export("face", 3, testmodel.FaceShort, "--expires", "3s")
+	// already installed keeps being served. The agent's clock is moved past
+	// the expiry (--test-now, test builds only) instead of waiting for it.
+	expiring := export("face", 3, testmodel.FaceShort, "--expires", "1h")
 	r := run(t, nil, b.agent, "install", "--root", root, "--data-dir", data, expiring)
 	require.Equal(t, 0, r.code, r.stderr)
-	time.Sleep(3100 * time.Millisecond)
 	r = run(t, nil, b.agent, "verify", "--root", root, expiring)
+	require.Equal(t, 0, r.code, "valid until it expires: %s", r.stderr)
+	later := time.Now().Add(2 * time.Hour).UTC().Format(time.RFC3339)
+	r = run(t, nil, b.agent, "verify", "--root", root, "--test-now", later, expiring)
+	require.Equal(t, 1, r.code)
+	require.Contains(t, r.stderr, "refused: signed metadata expired")
+	data2 := t.TempDir()
+	r = run(t, nil, b.agent, "install", "--root", root, "--data-dir", data2, "--test-now", later, expiring)
 	require.Equal(t, 1, r.code)
 	require.Contains(t, r.stderr, "refused: signed metadata expired")
 	require.Equal(t, int64(3), requireLoadable(t, data, 3), "an expired release must not stop serving")

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -112,6 +113,14 @@ type device struct {
 
 func newDevice(t *testing.T, f *fleetProc, name string) device {
 	t.Helper()
+	// Nobody sends these devices requests: probation ends at its maximum.
+	return newDeviceProbation(t, f, name, "probation: 1s, probation_max: 2s")
+}
+
+// newDeviceProbation is newDevice with the probation keys of agent.yaml's
+// fleet section.
+func newDeviceProbation(t *testing.T, f *fleetProc, name, probation string) device {
+	t.Helper()
 	data := filepath.Join(t.TempDir(), "data")
 	require.NoError(t, os.MkdirAll(data, 0o755))
 	copyFile(t, filepath.Join(f.keys, "root.json"), filepath.Join(data, "root.json"))
@@ -119,8 +128,8 @@ func newDevice(t *testing.T, f *fleetProc, name string) device {
 	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, `
 data_dir: %s
 workers: 1
-fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, probation: 1s, status_interval: 1s}
-`, data, f.mqtt, name), 0o644))
+fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, %s, status_interval: 1s}
+`, data, f.mqtt, name, probation), 0o644))
 	return device{name: name, config: cfg}
 }
 
@@ -280,4 +289,197 @@ func TestFleetRolloutThroughMosquittoRestart(t *testing.T) {
 	status := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
 	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
 	assert.Contains(t, status, "committed 2 of 2", status)
+}
+
+// watched is one message a test subscriber saw, with when it arrived.
+type watched struct {
+	topic   string
+	payload []byte
+	at      time.Time
+}
+
+// watcher records what the real agent publishes on the broker: acks,
+// chunk requests and its state, as an outside observer (a plain MQTT
+// client) sees them.
+type watcher struct {
+	mu   sync.Mutex // guards msgs
+	msgs []watched
+}
+
+func watch(t *testing.T, broker string, filters ...string) *watcher {
+	t.Helper()
+	w := &watcher{}
+	o := mqtt.NewClientOptions().AddBroker(broker).SetClientID("test-watcher").SetCleanSession(true).SetAutoReconnect(true)
+	c := mqtt.NewClient(o)
+	tok := c.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second), "watcher connect timed out")
+	require.NoError(t, tok.Error())
+	t.Cleanup(func() { c.Disconnect(100) })
+	for _, f := range filters {
+		tok := c.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) {
+			w.mu.Lock()
+			w.msgs = append(w.msgs, watched{topic: m.Topic(), payload: append([]byte(nil), m.Payload()...), at: time.Now()})
+			w.mu.Unlock()
+		})
+		require.True(t, tok.WaitTimeout(10*time.Second), "subscribe %s timed out", f)
+		require.NoError(t, tok.Error())
+	}
+	return w
+}
+
+// since returns the messages on topic from index from on, and the count of
+// every message so far.
+func (w *watcher) since(from int, topic string) ([]watched, int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []watched
+	for _, m := range w.msgs[min(from, len(w.msgs)):] {
+		if m.topic == topic {
+			out = append(out, m)
+		}
+	}
+	return out, len(w.msgs)
+}
+
+// poll checks cond in the test's goroutine (it may use require) every
+// 10 ms until it holds, failing after timeout.
+func poll(t *testing.T, cond func() bool, timeout time.Duration, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %s: %s", timeout, msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The download promises of docs/PROTOCOL.md, seen from the broker with the
+// real agent and controller on a real Mosquitto, for a model smaller than
+// any batch of progress marks (225 KiB in 16 KiB chunks): progress acks
+// come during the download; a device killed (SIGKILL) half way asks, as
+// soon as it is connected again, for the chunks after those its last
+// progress ack reported, never from chunk 0; and the rollout completes.
+func TestDownloadPromisesThroughMosquitto(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end rollout: several processes")
+	}
+	b := build(t)
+	mq := testbroker.StartMosquitto(t, "")
+	const chunk = 16384
+	// Slow chunks (2 a second), so the transfer is still going when the
+	// device is killed.
+	f := startFleet(t, b, mq.URL(), "artifacts: {chunk_size: 16384, bytes_per_second: 32768}\n")
+	w := watch(t, mq.URL(), "outpost/v1/acme/gw-0/ack", "outpost/v1/acme/gw-0/state", "outpost/v1/acme/artifacts/req")
+	dev := newDeviceProbation(t, f, "gw-0", "probation: 1s, probation_min_requests: 5, probation_max: 10m")
+	agent := startServe(t, b.agent, "--config", dev.config)
+	poll(t, func() bool {
+		return strings.Contains(f.cli(t, "devices", "list"), "gw-0")
+	}, 60*time.Second, "the device never registered")
+	model := testModel(t, "face_detection_short_range.tflite")
+	st, err := os.Stat(model)
+	require.NoError(t, err)
+	require.Less(t, st.Size(), int64(256<<10))
+	f.cli(t, "models", "push", "--keys", f.keys, "--name", "face", "--version", "1", model)
+	out := f.cli(t, "rollout", "create", "--model", "face", "--version", "1", "--waves", "100")
+	id := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]
+
+	// Progress acks while downloading; kill the device once one says at
+	// least 3 chunks are held.
+	var held int64
+	poll(t, func() bool {
+		acks, _ := w.since(0, "outpost/v1/acme/gw-0/ack")
+		for _, m := range acks {
+			var a struct {
+				State    string `json:"state"`
+				Progress int64  `json:"progress_bytes"`
+			}
+			if json.Unmarshal(m.payload, &a) == nil && a.State == "downloading" && a.Progress >= 3*chunk {
+				held = a.Progress
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, "no progress ack during the download")
+	// The controller's admin API shows the progress too.
+	poll(t, func() bool {
+		var devs []struct {
+			State    string `json:"state"`
+			Progress int64  `json:"progress_bytes"`
+		}
+		return getJSON(t, f.admin+"/v1/rollouts/"+id+"/devices", &devs) == 200 && len(devs) == 1 && devs[0].Progress > 0
+	}, 30*time.Second, "the controller never saw download progress")
+	require.NoError(t, agent.cmd.Process.Kill())
+	<-agent.exited
+	_, mark := w.since(0, "")
+
+	agent = startServe(t, b.agent, "--config", dev.config)
+	var online time.Time
+	poll(t, func() bool {
+		states, _ := w.since(mark, "outpost/v1/acme/gw-0/state")
+		for _, m := range states {
+			if string(m.payload) == "online" {
+				online = m.at
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, "the restarted device never came online")
+	var first watched
+	var req struct {
+		Device string `json:"device"`
+		First  int64  `json:"first"`
+	}
+	poll(t, func() bool {
+		reqs, _ := w.since(mark, "outpost/v1/acme/artifacts/req")
+		for _, m := range reqs {
+			if json.Unmarshal(m.payload, &req) == nil && req.Device == "gw-0" {
+				first = m
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, "the restarted device never asked for chunks")
+	require.GreaterOrEqual(t, req.First*chunk, held, "asked from chunk %d after a progress ack of %d bytes", req.First, held)
+	// Before this version a restarted device asked only after its chunk
+	// timeout (10 s), its first request having gone nowhere.
+	wait := first.at.Sub(online)
+	require.Less(t, wait, 10*time.Second, "the restarted device waited %s before asking", wait)
+
+	// Probation needs 5 requests: once it began, clients send them, one at
+	// a time, until the committed ack (at most 600 requests).
+	var committed struct {
+		State    string `json:"state"`
+		Verified bool   `json:"verified"`
+		Requests int64  `json:"probation_requests"`
+	}
+	reached := func(state string) func() bool {
+		return func() bool {
+			acks, _ := w.since(mark, "outpost/v1/acme/gw-0/ack")
+			for _, m := range acks {
+				if json.Unmarshal(m.payload, &committed) == nil && committed.State == state {
+					return true
+				}
+			}
+			return false
+		}
+	}
+	// The probation ack comes while probation lasts, not with the commit.
+	poll(t, reached("probation"), 120*time.Second, "no probation ack")
+	done := reached("committed")
+	sent := 0
+	for ; sent < 600 && !done(); sent++ {
+		resp, err := http.Post(agent.url+"/v2/models/face/infer", "application/json", strings.NewReader(faceJSON))
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		require.Equal(t, 200, resp.StatusCode)
+	}
+	poll(t, done, 30*time.Second, "no committed ack")
+	assert.True(t, committed.Verified, "committed without verification after %d requests", sent)
+	assert.GreaterOrEqual(t, committed.Requests, int64(5))
+	status := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
+	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
+	t.Logf("committed verified after %d probation requests (%d sent)", committed.Requests, sent)
+	t.Logf("killed with %d bytes acked; after the restart it asked from chunk %d, %s after coming online", held, req.First, wait.Round(time.Millisecond))
 }

@@ -26,6 +26,7 @@ var verifyCommand = subcommand.Command{
 func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("verify", stderr)
 	rootPath := fs.String("root", "", "trusted root.json the device was provisioned with (required)")
+	clock := testClock(fs)
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "usage: outpost-agent verify --root ROOT.json BUNDLE\n\nExits 0 only for a bundle whose signatures, expiry and model bytes check out.")
 		fs.PrintDefaults()
@@ -42,7 +43,11 @@ func runVerify(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	v, err := bundle.Verify(pos[0], anchor, bundle.Options{AgentVersion: version.Version})
+	now, err := clock()
+	if err != nil {
+		return err
+	}
+	v, err := bundle.Verify(pos[0], anchor, bundle.Options{Now: now, AgentVersion: version.Version})
 	if err != nil {
 		return refused(err)
 	}
