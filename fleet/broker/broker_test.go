@@ -15,6 +15,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 )
 
 func run(t *testing.T, opts Options) *Broker {
@@ -90,5 +91,47 @@ func TestTLS(t *testing.T) {
 	}
 	if err := dial("tcp://"+b.Addr(), "z", "", nil); err == nil {
 		t.Fatal("plain TCP connected to a TLS listener")
+	}
+}
+
+// TestSlowSubscriber: a controller that stops reading while devices publish
+// a backlog several times the broker's bounds loses nothing: the publishers
+// wait, unacknowledged, until it reads again. With flow control off the same
+// run loses messages (mochi drops what exceeds its bounds after the PUBACK),
+// which shows that the check can fail.
+func TestSlowSubscriber(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		maxPending int
+	}{
+		{"flow control", 0},
+		{"flow control off", -1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := run(t, Options{MaxPending: tc.maxPending})
+			held := func(acked int) bool { return b.Stats().Stalled > 0 }
+			if tc.maxPending < 0 {
+				held = func(acked int) bool { return acked == 4*5000 }
+			}
+			res := testbroker.SlowSubscriber(t, b.URL(), testbroker.SlowOptions{Publishers: 4, Messages: 5000, Held: held})
+			st := b.Stats()
+			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates; held after %v, done after %v; broker: %+v",
+				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
+			if tc.maxPending < 0 {
+				if res.Lost() == 0 || st.Dropped == 0 {
+					t.Fatalf("without flow control nothing was lost (lost %d, broker dropped %d): the run no longer exceeds mochi's bounds", res.Lost(), st.Dropped)
+				}
+				return
+			}
+			if res.Lost() != 0 || res.Acked != res.Sent {
+				t.Errorf("got %d of %d acknowledged messages at the subscriber, want all %d sent", res.Received, res.Acked, res.Sent)
+			}
+			if st.Dropped != 0 {
+				t.Errorf("broker dropped %d messages, want 0", st.Dropped)
+			}
+			if st.Stalls == 0 {
+				t.Error("no publish waited: the backlog never reached the bound")
+			}
+		})
 	}
 }
