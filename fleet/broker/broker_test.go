@@ -103,20 +103,27 @@ func TestSlowSubscriber(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		maxPending int
+		maxStall   time.Duration
 	}{
-		{"flow control", 0},
-		{"flow control off", -1},
+		{"flow control", 0, 0},
+		// The subscriber stays still past MaxStall: publishers are
+		// disconnected unacknowledged and publish again once back.
+		{"stuck past max stall", 0, 200 * time.Millisecond},
+		{"flow control off", -1, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := run(t, Options{MaxPending: tc.maxPending})
+			b := run(t, Options{MaxPending: tc.maxPending, MaxStall: tc.maxStall})
 			held := func(acked int) bool { return b.Stats().Stalled > 0 }
+			if tc.maxStall > 0 {
+				held = func(acked int) bool { return b.Stats().Disconnects > 0 }
+			}
 			if tc.maxPending < 0 {
 				held = func(acked int) bool { return acked == 4*5000 }
 			}
 			res := testbroker.SlowSubscriber(t, b.URL(), testbroker.SlowOptions{Publishers: 4, Messages: 5000, Held: held})
 			st := b.Stats()
-			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates; held after %v, done after %v; broker: %+v",
-				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
+			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates, %d publishes retried; held after %v, done after %v; broker: %+v",
+				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Retried, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
 			if tc.maxPending < 0 {
 				if res.Lost() == 0 || st.Dropped == 0 {
 					t.Fatalf("without flow control nothing was lost (lost %d, broker dropped %d): the run no longer exceeds mochi's bounds", res.Lost(), st.Dropped)
@@ -131,6 +138,9 @@ func TestSlowSubscriber(t *testing.T) {
 			}
 			if st.Stalls == 0 {
 				t.Error("no publish waited: the backlog never reached the bound")
+			}
+			if tc.maxStall > 0 && st.Disconnects == 0 {
+				t.Error("no publisher was disconnected after MaxStall")
 			}
 		})
 	}
