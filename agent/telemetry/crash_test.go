@@ -24,6 +24,7 @@ import (
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 )
 
 // The crash tests run the real queue and uplink in a child process: this test
@@ -256,16 +257,20 @@ func crashLoops(t *testing.T) int {
 // TestCrashLoop SIGKILLs the agent's queue and uplink again and again, during
 // heavy appends (link up and link down) and during a drain, then lets a last
 // run drain everything. Every record the child reported kept must reach the
-// subscriber, new sequence numbers in rising order, unless the device
-// reported it evicted: the appends can outrun the uplink by more than the
-// queue's byte bound on a fast machine, and the queue then evicts the oldest
-// samples, counted in every batch. Nothing may expire or be quarantined, the
+// subscriber, new sequence numbers in rising order, with no gap at all, the
 // broker must drop nothing, and the file must hold nothing afterwards.
 //
-// The wait for the last arrivals lasts as long as they keep coming (the
-// subscriber may be far behind after millions of records), and a failure
-// says where records went missing: dropped by the device, by the broker, or
-// in between.
+// The appends outrun the uplink: left alone, the backlog grows by every loop
+// until the queue reaches its byte bound (64 MiB, some 400,000 of these
+// records, reached in about 30 loops here) and evicts the oldest samples, as
+// designed. So whenever the backlog passes half the bound, a catch-up run
+// drains it, unkilled. OUTPOST_CRASH_MAX_BYTES=N instead bounds the queue to
+// N bytes and runs no catch-up, to crash amid evictions: then a kept record
+// may be missing if the device reported it evicted.
+//
+// The wait for the last arrivals lasts as long as they keep coming, and a
+// failure says where records went missing: dropped by the device, by the
+// broker, or in between.
 func TestCrashLoop(t *testing.T) {
 	b := startBroker(t, "sys_interval 1")
 	dev := deviceName(t)
@@ -275,9 +280,13 @@ func TestCrashLoop(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "q.db")
 	up := []string{"HELPER_BROKER=" + b.URL(), "HELPER_DEVICE=" + dev, fmt.Sprintf("HELPER_CLIENT=%s-%d", dev, time.Now().UnixNano())}
 	down := []string{"HELPER_BROKER=tcp://127.0.0.1:1", "HELPER_DEVICE=" + dev, "HELPER_CLIENT=down"}
-	if s := os.Getenv("OUTPOST_CRASH_MAX_BYTES"); s != "" {
+	evicting := os.Getenv("OUTPOST_CRASH_MAX_BYTES") != ""
+	if evicting {
+		s := os.Getenv("OUTPOST_CRASH_MAX_BYTES")
 		up, down = append(up, "HELPER_MAX_BYTES="+s), append(down, "HELPER_MAX_BYTES="+s)
 	}
+	const catchUpBytes = 32 << 20 // half the queue's default bound
+	catchUps := 0
 
 	var epoch, kept uint64
 	note := func(c *child) {
@@ -310,8 +319,16 @@ func TestCrashLoop(t *testing.T) {
 		time.Sleep(time.Duration(100+rand.IntN(150)) * time.Millisecond)
 		c.kill()
 		note(c)
+		if n, bytes := queued(t, path); !evicting && bytes > catchUpBytes {
+			c = startChild(t, "final", path, up...)
+			c.wait(t, 90*time.Second)
+			note(c)
+			catchUps++
+			t.Logf("loop %d/%d: caught up a backlog of %d records (%.1f MiB)", i+1, loops, n, float64(bytes)/(1<<20))
+		}
 		t.Logf("loop %d/%d: %d records kept so far", i+1, loops, kept)
 	}
+	backlog, backlogBytes := queued(t, path)
 	c := startChild(t, "final", path, up...)
 	c.wait(t, 90*time.Second)
 	note(c)
@@ -328,7 +345,10 @@ func TestCrashLoop(t *testing.T) {
 	err = tal.waitProgress(30*time.Second, 10*time.Minute, func() bool {
 		got, drops = tal.delivered(epoch, kept)
 		missing = kept - got
-		return missing <= drops[protocol.DropEvicted]
+		if evicting {
+			return missing <= drops[protocol.DropEvicted]
+		}
+		return missing == 0
 	})
 	brokerDropped := tal.brokerDropped()
 	if err != nil {
@@ -339,6 +359,9 @@ func TestCrashLoop(t *testing.T) {
 	bad, disorder := tal.problems()
 	require.Empty(t, bad, "undecodable batches")
 	require.Empty(t, disorder, "new sequence numbers out of order")
+	if !evicting {
+		assert.Zero(t, drops[protocol.DropEvicted], "evicted records")
+	}
 	assert.Zero(t, drops[protocol.DropExpired], "expired records")
 	assert.Zero(t, drops[protocol.DropQuarantined], "quarantined records")
 	assert.Equal(t, "0", brokerDropped, "Mosquitto's $SYS/broker/publish/messages/dropped")
@@ -346,9 +369,31 @@ func TestCrashLoop(t *testing.T) {
 		assert.Empty(t, keysOf(t, path, protocol.Priority(p)), "records left in bucket %d", p)
 	}
 	arrivals, distinct := tal.counts(epoch)
-	t.Logf("%d loops in %v: %d records kept, %d delivered (%d evicted by the device, %d missing), %d arrivals (%d duplicates); the last arrived %v after the final drain; backpressure drops %d; broker dropped %s",
+	t.Logf("%d loops in %v: %d records kept, %d delivered (%d evicted by the device, %d missing), %d arrivals (%d duplicates); %d catch-up drains; backlog before the final drain %d records, %.1f MiB; the last arrived %v after the final drain; backpressure drops %d; broker dropped %s",
 		loops, drained.Sub(start).Round(time.Second), kept, got, drops[protocol.DropEvicted], missing, arrivals, arrivals-distinct,
-		tal.lastArrival().Sub(drained).Round(time.Millisecond), drops[protocol.DropBackpressure], brokerDropped)
+		catchUps, backlog, float64(backlogBytes)/(1<<20), tal.lastArrival().Sub(drained).Round(time.Millisecond), drops[protocol.DropBackpressure], brokerDropped)
+}
+
+// queued counts the records in the queue file and their bytes as the queue
+// counts them against MaxBytes.
+func queued(t testing.TB, path string) (n int, bytes int64) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+		for _, name := range bucketByPrio {
+			if b := tx.Bucket(name); b != nil {
+				_ = b.ForEach(func(_, v []byte) error {
+					n++
+					bytes += int64(len(v) + recordOverhead)
+					return nil
+				})
+			}
+		}
+		return nil
+	}))
+	return n, bytes
 }
 
 // tally subscribes to a device's events topic and counts what arrives in
