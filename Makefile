@@ -54,10 +54,12 @@ bench: setup
 
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of
-# records through a real Mosquitto), and every crash point of the updater.
+# records through a real Mosquitto), again with a 1 MB queue bound so the
+# kills land amid evictions, and every crash point of the updater.
 CRASH_LOOPS ?= 100
 test-crashloop: setup
 	OUTPOST_CRASH_LOOPS=$(CRASH_LOOPS) $(GO) test -count 1 -timeout 60m -run '^TestCrashLoop$$' -v ./agent/telemetry/
+	OUTPOST_CRASH_LOOPS=$(CRASH_LOOPS) OUTPOST_CRASH_MAX_BYTES=1000000 $(GO) test -count 1 -timeout 60m -run '^TestCrashLoop$$' -v ./agent/telemetry/
 	OUTPOST_CRASH_LOOPS=$(CRASH_LOOPS) $(GO) test -count 1 -race -timeout 120m -run '^TestCrash$$' ./agent/updater/
 
 # test-stress: make test STRESS_RUNS times in a row while make bench loops
