@@ -183,7 +183,17 @@ func (f *flow) OnPublished(cl *mochi.Client, pk packets.Packet) {
 	}
 }
 
-func (f *flow) OnQosComplete(*mochi.Client, packets.Packet) { f.wake() }
+// OnQosComplete wakes the waiting publishers once a client's outstanding
+// messages fall an eighth below the bound, rather than at every PUBACK: the
+// waiters then find room for a batch of publishes at once.
+func (f *flow) OnQosComplete(cl *mochi.Client, _ packets.Packet) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.waiting > 0 && cl.State.Inflight.Len()+f.reserved[cl.ID] <= f.limit-f.limit/8 {
+		close(f.room)
+		f.room = make(chan struct{})
+	}
+}
 
 func (f *flow) OnQosDropped(*mochi.Client, packets.Packet) { f.wake() }
 
