@@ -145,3 +145,70 @@ func TestSlowSubscriber(t *testing.T) {
 		})
 	}
 }
+
+// TestOfflineSession: a persistent session that went offline holds
+// publishers back while it may still come back (the controller
+// reconnecting), and no longer once its grace is over, so an abandoned
+// session cannot stop a fleet's traffic.
+func TestOfflineSession(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		stall bool
+	}{
+		{"within grace", time.Hour, true},
+		{"past grace", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const limit, n = 64, 4 * 64
+			b := run(t, Options{MaxPending: limit, MaxStall: 300 * time.Millisecond})
+			b.flow.grace = tc.grace
+			sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("gone").SetCleanSession(false))
+			if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("connect: %v", tok.Error())
+			}
+			if tok := sub.Subscribe("f/+/events", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("subscribe: %v", tok.Error())
+			}
+			sub.Disconnect(100)
+			gone, _ := b.srv.Clients.Get("gone")
+			for deadline := time.Now().Add(10 * time.Second); gone == nil || !gone.Closed(); {
+				if time.Now().After(deadline) {
+					t.Fatal("the subscriber's session did not go offline")
+				}
+				time.Sleep(10 * time.Millisecond)
+				gone, _ = b.srv.Clients.Get("gone")
+			}
+
+			// No automatic reconnection, as on the agent: paho completes a
+			// pending token without error when it sends its message again
+			// after reconnecting, PUBACK or not.
+			pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("dev").SetCleanSession(false).
+				SetAutoReconnect(false))
+			if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("connect: %v", tok.Error())
+			}
+			defer pub.Disconnect(100)
+			acked := 0
+			for i := range n {
+				tok := pub.Publish("f/dev/events", 1, false, []byte{byte(i)})
+				if tok.WaitTimeout(2*time.Second) && tok.Error() == nil {
+					acked++
+				} else if tc.stall {
+					break
+				}
+			}
+			st := b.Stats()
+			t.Logf("%d of %d publishes acknowledged; broker: %+v", acked, n, st)
+			if tc.stall {
+				if acked != limit || st.Disconnects == 0 {
+					t.Errorf("got %d of %d acknowledged and %d publishers disconnected, want %d and the publisher disconnected", acked, n, st.Disconnects, limit)
+				}
+				return
+			}
+			if acked != n || st.Stalls != 0 {
+				t.Errorf("got %d of %d acknowledged and %d stalls, want all and none", acked, n, st.Stalls)
+			}
+		})
+	}
+}

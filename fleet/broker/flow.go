@@ -26,13 +26,16 @@ import (
 // devices' disks, where the queue is bounded and durable, rather than in the
 // broker's memory. A publisher that has waited maxStall is disconnected
 // without a PUBACK; it reconnects and publishes again, so nothing is lost
-// even when a subscriber is stuck (an offline persistent session counts:
-// its messages wait in memory too).
+// even when a subscriber is stuck. A persistent session that went offline
+// counts for offlineGrace (the controller reconnecting); after that it no
+// longer holds publishers back, and mochi drops what exceeds its bounds, so
+// an abandoned session cannot stop a fleet's traffic for good.
 type flow struct {
 	mochi.HookBase
 	srv      *mochi.Server
 	limit    int
 	maxStall time.Duration
+	grace    time.Duration // offlineGrace; shorter in tests
 	closed   chan struct{} // closed when the server stops
 
 	mu       sync.Mutex
@@ -45,11 +48,15 @@ type flow struct {
 	disconnects atomic.Uint64 // publishers disconnected after maxStall
 }
 
+// offlineGrace is how long after a subscriber disconnected its persistent
+// session still holds publishers back.
+const offlineGrace = time.Minute
+
 // errStalled is the stop cause of a publisher disconnected after maxStall.
 var errStalled = errors.New("broker: a subscriber of this topic is too far behind")
 
 func newFlow(limit int, maxStall time.Duration) *flow {
-	return &flow{limit: limit, maxStall: maxStall, closed: make(chan struct{}),
+	return &flow{limit: limit, maxStall: maxStall, grace: offlineGrace, closed: make(chan struct{}),
 		reserved: map[string]int{}, held: map[string][]string{}, room: make(chan struct{})}
 }
 
@@ -141,6 +148,9 @@ func (f *flow) admit(publisher, topic string) ([]string, bool) {
 		}
 		sub, ok := f.srv.Clients.Get(id)
 		if !ok {
+			continue
+		}
+		if sub.Closed() && sub.StopTime() > 0 && time.Since(time.Unix(sub.StopTime(), 0)) > f.grace {
 			continue
 		}
 		if sub.State.Inflight.Len()+f.reserved[id] >= f.limit {
