@@ -353,6 +353,9 @@ func TestCrashLoop(t *testing.T) {
 		}
 		return missing == 0
 	})
+	// Mosquitto publishes its counters every sys_interval (1 s), so this
+	// one may lag the last second.
+	waitFor(t, "Mosquitto's $SYS/broker/publish/messages/dropped", 5*time.Second, func() bool { return tal.brokerDropped() != "" })
 	brokerDropped := tal.brokerDropped()
 	if err != nil {
 		t.Fatalf("%v: %d of %d kept records never reached the subscriber; the device reported %d evicted, %d expired, %d quarantined; Mosquitto reported %s publishes dropped (%s)",
