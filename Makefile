@@ -28,7 +28,7 @@ BENCHTIME ?= 1x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X github.com/outpost-edge/outpost/agent/version.Version=$(VERSION)
 
-.PHONY: all setup build test vet bench run demo fuzz clean env
+.PHONY: all setup build test vet bench run demo fuzz clean env test-crashloop test-stress
 
 all: build
 
@@ -49,12 +49,37 @@ vet: setup
 	@# Everything outside the TFLite binding and its users builds without cgo.
 	CGO_ENABLED=0 $(GO) vet $$($(GO) list -f '{{if not (or .CgoFiles (eq .ImportPath "github.com/mattn/go-tflite"))}}{{$$d := .Deps}}{{.ImportPath}} {{join $$d " "}}{{end}}' ./... | grep -v 'mattn/go-tflite\|/agent/runtime' | cut -d' ' -f1)
 
+# TEST_PKGS and BENCH_PKGS narrow make test and make bench (default all).
+TEST_PKGS  ?= ./...
+BENCH_PKGS ?= ./...
+
 test: setup
-	$(GO) test -race -tags '$(TEST_TAGS)' -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) ./...
+	$(GO) test -race -tags '$(TEST_TAGS)' -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) $(TEST_PKGS)
 
 # bench prints the comparable figures: ratios measured back to back in one run.
 bench: setup
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m ./...
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
+
+# test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
+# telemetry queue and uplink SIGKILLed amid appends and drains (millions of
+# records through a real Mosquitto), again with a 1 MB queue bound so the
+# kills land amid evictions, and every crash point of the updater.
+CRASH_LOOPS ?= 100
+test-crashloop: setup
+	OUTPOST_CRASH_LOOPS=$(CRASH_LOOPS) $(GO) test -tags '$(TEST_TAGS)' -count 1 -timeout 60m -run '^TestCrashLoop$$' -v ./agent/telemetry/
+	OUTPOST_CRASH_LOOPS=$(CRASH_LOOPS) OUTPOST_CRASH_MAX_BYTES=1000000 $(GO) test -tags '$(TEST_TAGS)' -count 1 -timeout 60m -run '^TestCrashLoop$$' -v ./agent/telemetry/
+	OUTPOST_CRASH_LOOPS=$(CRASH_LOOPS) $(GO) test -tags '$(TEST_TAGS)' -count 1 -race -timeout 120m -run '^TestCrash$$' ./agent/updater/
+
+# test-stress: make test STRESS_RUNS times in a row while make bench loops
+# beside it; stops at the first failure and keeps that run's log in
+# STRESS_DIR (it says which file). STRESS_TEST and STRESS_BENCH name the
+# targets, e.g. make test-stress STRESS_RUNS=1 TEST_PKGS=./protocol/.
+STRESS_RUNS  ?= 10
+STRESS_TEST  ?= test
+STRESS_BENCH ?= bench
+STRESS_DIR   ?= $(ROOT)/stress-logs
+test-stress: setup
+	@MAKE='$(MAKE)' $(ROOT)/scripts/stress.sh $(STRESS_RUNS) $(STRESS_TEST) $(STRESS_BENCH) $(STRESS_DIR)
 
 # demo: a fleet controller and one agent on this machine; a signed model is
 # pushed, rolled out and asked for a prediction, then everything stops.

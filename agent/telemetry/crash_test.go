@@ -25,6 +25,7 @@ import (
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	bolt "go.etcd.io/bbolt"
 )
 
 // The crash tests run the real queue and uplink in a child process: this test
@@ -85,7 +86,10 @@ func runHelper(mode string) int {
 			return 1
 		}
 	}
-	q, err := New(Options{Path: path, Link: link, Topic: topic, BatchDelay: 5 * time.Millisecond,
+	// HELPER_MAX_BYTES bounds the queue (default 64 MiB): a small bound makes
+	// the crash loop evict.
+	maxBytes, _ := strconv.ParseInt(os.Getenv("HELPER_MAX_BYTES"), 10, 64)
+	q, err := New(Options{Path: path, Link: link, Topic: topic, BatchDelay: 5 * time.Millisecond, MaxBytes: maxBytes,
 		RetryMin: 5 * time.Millisecond, RetryMax: 50 * time.Millisecond})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -255,17 +259,39 @@ func crashLoops(t *testing.T) int {
 // TestCrashLoop SIGKILLs the agent's queue and uplink again and again, during
 // heavy appends (link up and link down) and during a drain, then lets a last
 // run drain everything. Every record the child reported kept must reach the
-// subscriber, new sequence numbers in rising order, with no gap at all (no
-// sequenced drops happen here), and the file must hold nothing afterwards.
+// subscriber, new sequence numbers in rising order, with no gap at all, the
+// broker must drop nothing, and the file must hold nothing afterwards.
+//
+// The appends outrun the uplink: left alone, the backlog grows by every loop
+// until the queue reaches its byte bound (64 MiB, some 400,000 of these
+// records, reached in about 30 loops here) and evicts the oldest samples, as
+// designed. So whenever the backlog passes a quarter of the bound, a
+// catch-up run drains it, unkilled. OUTPOST_CRASH_MAX_BYTES=N instead bounds
+// the queue to N bytes and runs no catch-up, to crash amid evictions: then a
+// kept record may be missing if the device reported it evicted.
+//
+// The wait for the last arrivals lasts as long as they keep coming, and a
+// failure says where records went missing: dropped by the device, by the
+// broker, or in between.
 func TestCrashLoop(t *testing.T) {
-	b := startBroker(t, "")
+	b := startBroker(t, "sys_interval 1")
 	dev := deviceName(t)
 	topics, err := protocol.DeviceTopics("test", dev)
 	require.NoError(t, err)
-	col := newCollector(t, b, topics.Events)
+	tal := newTally(t, b.URL(), topics.Events)
 	path := filepath.Join(t.TempDir(), "q.db")
-	up := []string{"HELPER_BROKER=" + b.URL(), "HELPER_DEVICE=" + dev, fmt.Sprintf("HELPER_CLIENT=%s-%d", dev, time.Now().UnixNano())}
-	down := []string{"HELPER_BROKER=tcp://127.0.0.1:1", "HELPER_DEVICE=" + dev, "HELPER_CLIENT=down"}
+	up := []string{"HELPER_BROKER=" + b.URL(), "HELPER_DEVICE=" + dev}
+	down := []string{"HELPER_BROKER=tcp://127.0.0.1:1", "HELPER_DEVICE=" + dev}
+	evicting := os.Getenv("OUTPOST_CRASH_MAX_BYTES") != ""
+	if evicting {
+		s := os.Getenv("OUTPOST_CRASH_MAX_BYTES")
+		up, down = append(up, "HELPER_MAX_BYTES="+s), append(down, "HELPER_MAX_BYTES="+s)
+	}
+	// A quarter of the queue's default bound: a loop adds well under the
+	// other three quarters, even on a fast machine (about 11 MiB a loop
+	// here).
+	const catchUpBytes = 16 << 20
+	catchUps := 0
 
 	var epoch, kept uint64
 	note := func(c *child) {
@@ -280,6 +306,7 @@ func TestCrashLoop(t *testing.T) {
 		require.GreaterOrEqual(t, last, kept, "kept sequence went backwards")
 		kept = last
 	}
+	start := time.Now()
 	loops := crashLoops(t)
 	for i := range loops {
 		// Heavy appends with the link up: kill amid commits, publishes and deletes.
@@ -297,8 +324,16 @@ func TestCrashLoop(t *testing.T) {
 		time.Sleep(time.Duration(100+rand.IntN(150)) * time.Millisecond)
 		c.kill()
 		note(c)
+		if n, bytes := queued(t, path); !evicting && bytes > catchUpBytes {
+			c = startChild(t, "final", path, up...)
+			c.wait(t, 90*time.Second)
+			note(c)
+			catchUps++
+			t.Logf("loop %d/%d: caught up a backlog of %d records (%.1f MiB)", i+1, loops, n, float64(bytes)/(1<<20))
+		}
 		t.Logf("loop %d/%d: %d records kept so far", i+1, loops, kept)
 	}
+	backlog, backlogBytes := queued(t, path)
 	c := startChild(t, "final", path, up...)
 	c.wait(t, 90*time.Second)
 	note(c)
@@ -306,33 +341,238 @@ func TestCrashLoop(t *testing.T) {
 	require.Len(t, stats, 5, "final stats line")
 	assert.Equal(t, uint64(0), stats[2], "final depth")
 	require.Greater(t, kept, uint64(0))
+	drained := time.Now()
 
-	waitFor(t, "every kept record at the subscriber", 30*time.Second, func() bool {
-		a, _, _ := col.snapshot()
-		n := 0
-		seen := map[uint64]bool{}
-		for _, x := range a {
-			if x.epoch == epoch && x.seq <= kept && !seen[x.seq] {
-				seen[x.seq] = true
-				n++
-			}
+	// Everything is acknowledged by the broker now; wait for the subscriber
+	// while it makes progress.
+	var got, missing uint64
+	var drops protocol.DropCounts
+	err = tal.waitProgress(30*time.Second, 10*time.Minute, func() bool {
+		got, drops = tal.delivered(epoch, kept)
+		missing = kept - got
+		if evicting {
+			return missing <= drops[protocol.DropEvicted]
 		}
-		return uint64(n) == kept
+		return missing == 0
 	})
-	arrivals, drops, bad := col.snapshot()
-	require.Empty(t, bad, "undecodable batches")
-	assert.Zero(t, drops[epoch].Sequenced(), "no sequenced drops expected: %v", drops[epoch])
-	seen := checkDelivery(t, arrivals, drops[epoch], epoch)
-	for s := uint64(1); s <= kept; s++ {
-		if !seen[s] {
-			t.Fatalf("kept record %d never arrived", s)
+	// Mosquitto publishes its counters every sys_interval (1 s), so this
+	// one may lag the last second.
+	waitFor(t, "Mosquitto's $SYS/broker/publish/messages/dropped", 5*time.Second, func() bool { return tal.brokerDropped() != "" })
+	brokerDropped := tal.brokerDropped()
+	if err != nil {
+		where := "between broker and subscriber, though the broker counted no drop"
+		switch {
+		case brokerDropped != "0":
+			where = "dropped by the broker"
+		case drops.Sequenced() > 0:
+			where = "dropped by the device"
 		}
+		t.Fatalf("%v: %d of %d kept records never reached the subscriber (%s); the device reported %d evicted, %d expired, %d quarantined; Mosquitto reported %s publishes dropped",
+			err, missing, kept, where, drops[protocol.DropEvicted], drops[protocol.DropExpired], drops[protocol.DropQuarantined], brokerDropped)
 	}
+	bad, disorder := tal.problems()
+	require.Empty(t, bad, "undecodable batches")
+	require.Empty(t, disorder, "new sequence numbers out of order")
+	if !evicting {
+		assert.Zero(t, drops[protocol.DropEvicted], "evicted records")
+	}
+	assert.Zero(t, drops[protocol.DropExpired], "expired records")
+	assert.Zero(t, drops[protocol.DropQuarantined], "quarantined records")
+	assert.Equal(t, "0", brokerDropped, "Mosquitto's $SYS/broker/publish/messages/dropped")
 	for p := range 3 {
 		assert.Empty(t, keysOf(t, path, protocol.Priority(p)), "records left in bucket %d", p)
 	}
-	t.Logf("%d loops, %d records kept and delivered, %d arrivals (%d duplicates), backpressure drops %d",
-		loops, kept, len(arrivals), len(arrivals)-len(seen), drops[epoch][protocol.DropBackpressure])
+	arrivals, distinct := tal.counts(epoch)
+	t.Logf("%d loops in %v: %d records kept, %d delivered (%d evicted by the device, %d missing), %d arrivals (%d duplicates); %d catch-up drains; backlog before the final drain %d records, %.1f MiB; the last arrived %v after the final drain; backpressure drops %d; broker dropped %s",
+		loops, drained.Sub(start).Round(time.Second), kept, got, drops[protocol.DropEvicted], missing, arrivals, arrivals-distinct,
+		catchUps, backlog, float64(backlogBytes)/(1<<20), tal.lastArrival().Sub(drained).Round(time.Millisecond), drops[protocol.DropBackpressure], brokerDropped)
+}
+
+// queued counts the records in the queue file and their bytes as the queue
+// counts them against MaxBytes.
+func queued(t testing.TB, path string) (n int, bytes int64) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
+	require.NoError(t, err)
+	defer db.Close()
+	require.NoError(t, db.View(func(tx *bolt.Tx) error {
+		for _, name := range bucketByPrio {
+			if b := tx.Bucket(name); b != nil {
+				_ = b.ForEach(func(_, v []byte) error {
+					n++
+					bytes += int64(len(v) + recordOverhead)
+					return nil
+				})
+			}
+		}
+		return nil
+	}))
+	return n, bytes
+}
+
+// tally subscribes to a device's events topic and counts what arrives in
+// constant memory per record (a bit per sequence number), so a crash loop of
+// millions of records is checked as cheaply as a short one. New sequence
+// numbers must arrive in rising order within an epoch.
+type tally struct {
+	client mqtt.Client
+
+	mu       sync.Mutex
+	epochs   map[uint64]*epochTally
+	bad      []error
+	disorder []string
+	last     time.Time // of the last arrival
+	sysDrop  string    // Mosquitto's $SYS/broker/publish/messages/dropped
+}
+
+type epochTally struct {
+	seen     []uint64 // bit per sequence number
+	distinct uint64
+	arrivals uint64
+	top      uint64
+	drops    protocol.DropCounts // highest counters seen
+}
+
+func newTally(t testing.TB, url, topic string) *tally {
+	t.Helper()
+	tl := &tally{epochs: map[uint64]*epochTally{}}
+	subscribed := make(chan struct{})
+	var once sync.Once
+	o := mqtt.NewClientOptions().AddBroker(url).
+		SetClientID(fmt.Sprintf("tally-%d", time.Now().UnixNano())).
+		SetCleanSession(false).SetAutoReconnect(true).SetResumeSubs(true).
+		SetMaxReconnectInterval(200 * time.Millisecond).SetConnectRetryInterval(100 * time.Millisecond).
+		SetOnConnectHandler(func(cl mqtt.Client) {
+			tok := cl.SubscribeMultiple(map[string]byte{topic: 1, "$SYS/broker/publish/messages/dropped": 0}, tl.handle)
+			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				once.Do(func() { close(subscribed) })
+			}
+		})
+	tl.client = mqtt.NewClient(o)
+	if tok := tl.client.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("tally connect: %v", tok.Error())
+	}
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("tally did not subscribe")
+	}
+	t.Cleanup(func() { tl.client.Disconnect(100) })
+	return tl
+}
+
+func (tl *tally) handle(_ mqtt.Client, msg mqtt.Message) {
+	if strings.HasPrefix(msg.Topic(), "$SYS/") {
+		tl.mu.Lock()
+		tl.sysDrop = string(msg.Payload())
+		tl.mu.Unlock()
+		return
+	}
+	b, err := protocol.DecodeBatch(msg.Payload())
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	tl.last = time.Now()
+	if err != nil {
+		tl.bad = append(tl.bad, err)
+		return
+	}
+	e := tl.epochs[b.Epoch]
+	if e == nil {
+		e = &epochTally{}
+		tl.epochs[b.Epoch] = e
+	}
+	for i := range e.drops {
+		e.drops[i] = max(e.drops[i], b.Drops[i])
+	}
+	for _, en := range b.Entries {
+		if _, err := protocol.DecodeRecord(en.Body); err != nil {
+			tl.bad = append(tl.bad, err)
+		}
+		e.arrivals++
+		w := en.Seq / 64
+		for uint64(len(e.seen)) <= w {
+			e.seen = append(e.seen, 0)
+		}
+		if e.seen[w]&(1<<(en.Seq%64)) != 0 {
+			continue // a duplicate
+		}
+		e.seen[w] |= 1 << (en.Seq % 64)
+		e.distinct++
+		if en.Seq < e.top && len(tl.disorder) < 10 {
+			tl.disorder = append(tl.disorder, fmt.Sprintf("sequence %d arrived new after %d", en.Seq, e.top))
+		}
+		e.top = max(e.top, en.Seq)
+	}
+}
+
+// delivered returns how many of the sequence numbers 1..kept of epoch
+// arrived, and the epoch's drop counters.
+func (tl *tally) delivered(epoch, kept uint64) (uint64, protocol.DropCounts) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	e := tl.epochs[epoch]
+	if e == nil {
+		return 0, protocol.DropCounts{}
+	}
+	if e.top <= kept {
+		return e.distinct, e.drops
+	}
+	var n uint64
+	for s := uint64(1); s <= kept; s++ {
+		if s/64 < uint64(len(e.seen)) && e.seen[s/64]&(1<<(s%64)) != 0 {
+			n++
+		}
+	}
+	return n, e.drops
+}
+
+// waitProgress waits until done, for as long as records keep arriving: it
+// fails after idle without an arrival, or after most in all.
+func (tl *tally) waitProgress(idle, most time.Duration, done func() bool) error {
+	start := time.Now()
+	for !done() {
+		tl.mu.Lock()
+		last := tl.last
+		tl.mu.Unlock()
+		if last.Before(start) {
+			last = start
+		}
+		switch {
+		case time.Since(last) > idle:
+			return fmt.Errorf("nothing arrived for %v", idle)
+		case time.Since(start) > most:
+			return fmt.Errorf("still arriving after %v", most)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func (tl *tally) problems() (bad []error, disorder []string) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return append([]error(nil), tl.bad...), append([]string(nil), tl.disorder...)
+}
+
+func (tl *tally) counts(epoch uint64) (arrivals, distinct uint64) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	if e := tl.epochs[epoch]; e != nil {
+		return e.arrivals, e.distinct
+	}
+	return 0, 0
+}
+
+func (tl *tally) lastArrival() time.Time {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.last
+}
+
+func (tl *tally) brokerDropped() string {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	return tl.sysDrop
 }
 
 // TestDiskFull runs appends under a file size limit, as on a full disk:
@@ -391,7 +631,7 @@ func TestStateTopic(t *testing.T) {
 	next(protocol.StateOffline)
 
 	path := filepath.Join(t.TempDir(), "q.db")
-	c := startChild(t, "drain", path, "HELPER_BROKER="+b.URL(), "HELPER_DEVICE="+dev, "HELPER_CLIENT="+dev)
+	c := startChild(t, "drain", path, "HELPER_BROKER="+b.URL(), "HELPER_DEVICE="+dev)
 	next(protocol.StateOnline)
 	c.kill()
 	next(protocol.StateOffline) // the broker's last will

@@ -4,6 +4,10 @@
 // name and password. Sessions and retained messages live in memory: after a
 // restart devices reconnect, publish their retained status again and
 // re-subscribe, which is what the protocol expects of them anyway.
+//
+// A subscriber that falls behind (the controller, busy writing its registry)
+// loses nothing: publishers wait for it before the broker acknowledges them
+// (see flow.go and the broker section of docs/PROTOCOL.md).
 package broker
 
 import (
@@ -13,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	mochi "github.com/mochi-mqtt/server/v2"
@@ -37,13 +42,32 @@ type Options struct {
 	// MaxPacket bounds a packet in bytes; 0 means 16 MiB (a command with
 	// golden vectors and a few roots fits with room).
 	MaxPacket uint32
-	Logger    *slog.Logger
+	// MaxPending bounds the QoS 1 messages outstanding to one subscriber
+	// (sent or waiting to be sent, not yet acknowledged). A publish to a
+	// topic with a subscriber at the bound waits, unacknowledged, until the
+	// subscriber catches up. 0 means DefaultMaxPending; negative turns flow
+	// control off, and mochi then drops what exceeds its own bounds.
+	MaxPending int
+	// MaxStall is how long a publisher waits for a subscriber to catch up
+	// before its connection is closed (without a PUBACK, so it publishes
+	// again after reconnecting). 0 means DefaultMaxStall.
+	MaxStall time.Duration
+	Logger   *slog.Logger
 }
+
+// Flow control defaults. A subscriber's outstanding messages are held in
+// memory: at most DefaultMaxPending times the message size (telemetry
+// batches are at most 256 KiB, typically a few KiB).
+const (
+	DefaultMaxPending = 4096
+	DefaultMaxStall   = 20 * time.Second
+)
 
 // Broker is an embedded MQTT broker.
 type Broker struct {
 	srv  *mochi.Server
 	ln   *listeners.TCP
+	flow *flow // nil when flow control is off
 	log  *slog.Logger
 	opts Options
 }
@@ -60,8 +84,22 @@ func New(opts Options) (*Broker, error) {
 	if opts.MaxPacket == 0 {
 		opts.MaxPacket = 16 << 20
 	}
+	if opts.MaxPending == 0 {
+		opts.MaxPending = DefaultMaxPending
+	}
+	if opts.MaxStall <= 0 {
+		opts.MaxStall = DefaultMaxStall
+	}
 	caps := mochi.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = opts.MaxPacket
+	if opts.MaxPending > 0 {
+		// mochi drops beyond these; flow control keeps well below them
+		// (messages the flow does not see, QoS 0 and last wills, use the
+		// rest). The pending-writes queue costs 8 bytes a slot per client.
+		opts.MaxPending = min(opts.MaxPending, 32<<10)
+		caps.MaximumInflight = uint16(min(2*opts.MaxPending, 65535))
+		caps.MaximumClientWritesPending = int32(2 * opts.MaxPending)
+	}
 	srv := mochi.New(&mochi.Options{
 		Capabilities: caps,
 		Logger:       opts.Logger.With("component", "mqtt"),
@@ -72,11 +110,45 @@ func New(opts Options) (*Broker, error) {
 	if err := srv.AddHook(&authHook{users: opts.Users}, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
+	var fl *flow
+	if opts.MaxPending > 0 {
+		fl = newFlow(opts.MaxPending, opts.MaxStall)
+		fl.srv = srv
+		if err := srv.AddHook(fl, nil); err != nil {
+			return nil, fmt.Errorf("broker: %w", err)
+		}
+	}
 	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Addr, TLSConfig: opts.TLS})
 	if err := srv.AddListener(ln); err != nil {
 		return nil, fmt.Errorf("broker: listen %s: %w", opts.Addr, err)
 	}
-	return &Broker{srv: srv, ln: ln, log: opts.Logger, opts: opts}, nil
+	return &Broker{srv: srv, ln: ln, flow: fl, log: opts.Logger, opts: opts}, nil
+}
+
+// Stats are the broker's flow-control and loss counters.
+type Stats struct {
+	// Stalls counts publishes that waited for a subscriber to catch up;
+	// Stalled is how many are waiting now.
+	Stalls  uint64 `json:"stalls"`
+	Stalled int    `json:"stalled"`
+	// Disconnects counts publishers disconnected after MaxStall.
+	Disconnects uint64 `json:"disconnects"`
+	// Dropped counts messages mochi dropped for a subscriber over its
+	// bounds (pending writes or inflight). With flow control on it stays 0
+	// for QoS 1 publishes.
+	Dropped uint64 `json:"dropped"`
+}
+
+// Stats returns the counters.
+func (b *Broker) Stats() Stats {
+	s := Stats{Dropped: uint64(atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped))}
+	if f := b.flow; f != nil {
+		s.Stalls, s.Disconnects = f.stalls.Load(), f.disconnects.Load()
+		f.mu.Lock()
+		s.Stalled = f.waiting
+		f.mu.Unlock()
+	}
+	return s
 }
 
 // Addr is the address the broker listens on.

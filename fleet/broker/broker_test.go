@@ -15,6 +15,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 )
 
 func run(t *testing.T, opts Options) *Broker {
@@ -90,5 +91,124 @@ func TestTLS(t *testing.T) {
 	}
 	if err := dial("tcp://"+b.Addr(), "z", "", nil); err == nil {
 		t.Fatal("plain TCP connected to a TLS listener")
+	}
+}
+
+// TestSlowSubscriber: a controller that stops reading while devices publish
+// a backlog several times the broker's bounds loses nothing: the publishers
+// wait, unacknowledged, until it reads again. With flow control off the same
+// run loses messages (mochi drops what exceeds its bounds after the PUBACK),
+// which shows that the check can fail.
+func TestSlowSubscriber(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		maxPending int
+		maxStall   time.Duration
+	}{
+		{"flow control", 0, 0},
+		// The subscriber stays still past MaxStall: publishers are
+		// disconnected unacknowledged and publish again once back.
+		{"stuck past max stall", 0, 200 * time.Millisecond},
+		{"flow control off", -1, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := run(t, Options{MaxPending: tc.maxPending, MaxStall: tc.maxStall})
+			held := func(acked int) bool { return b.Stats().Stalled > 0 }
+			if tc.maxStall > 0 {
+				held = func(acked int) bool { return b.Stats().Disconnects > 0 }
+			}
+			if tc.maxPending < 0 {
+				held = func(acked int) bool { return acked == 4*5000 }
+			}
+			res := testbroker.SlowSubscriber(t, b.URL(), testbroker.SlowOptions{Publishers: 4, Messages: 5000, Held: held})
+			st := b.Stats()
+			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates, %d publishes retried; held after %v, done after %v; broker: %+v",
+				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Retried, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
+			if tc.maxPending < 0 {
+				if res.Lost() == 0 || st.Dropped == 0 {
+					t.Fatalf("without flow control nothing was lost (lost %d, broker dropped %d): the run no longer exceeds mochi's bounds", res.Lost(), st.Dropped)
+				}
+				return
+			}
+			if res.Lost() != 0 || res.Acked != res.Sent {
+				t.Errorf("got %d of %d acknowledged messages at the subscriber, want all %d sent", res.Received, res.Acked, res.Sent)
+			}
+			if st.Dropped != 0 {
+				t.Errorf("broker dropped %d messages, want 0", st.Dropped)
+			}
+			if st.Stalls == 0 {
+				t.Error("no publish waited: the backlog never reached the bound")
+			}
+			if tc.maxStall > 0 && st.Disconnects == 0 {
+				t.Error("no publisher was disconnected after MaxStall")
+			}
+		})
+	}
+}
+
+// TestOfflineSession: a persistent session that went offline holds
+// publishers back while it may still come back (the controller
+// reconnecting), and no longer once its grace is over, so an abandoned
+// session cannot stop a fleet's traffic.
+func TestOfflineSession(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		grace time.Duration
+		stall bool
+	}{
+		{"within grace", time.Hour, true},
+		{"past grace", 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const limit, n = 64, 4 * 64
+			b := run(t, Options{MaxPending: limit, MaxStall: 300 * time.Millisecond})
+			b.flow.grace = tc.grace
+			sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("gone").SetCleanSession(false))
+			if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("connect: %v", tok.Error())
+			}
+			if tok := sub.Subscribe("f/+/events", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("subscribe: %v", tok.Error())
+			}
+			sub.Disconnect(100)
+			gone, _ := b.srv.Clients.Get("gone")
+			for deadline := time.Now().Add(10 * time.Second); gone == nil || !gone.Closed(); {
+				if time.Now().After(deadline) {
+					t.Fatal("the subscriber's session did not go offline")
+				}
+				time.Sleep(10 * time.Millisecond)
+				gone, _ = b.srv.Clients.Get("gone")
+			}
+
+			// No automatic reconnection, as on the agent: paho completes a
+			// pending token without error when it sends its message again
+			// after reconnecting, PUBACK or not.
+			pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(b.URL()).SetClientID("dev").SetCleanSession(false).
+				SetAutoReconnect(false))
+			if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+				t.Fatalf("connect: %v", tok.Error())
+			}
+			defer pub.Disconnect(100)
+			acked := 0
+			for i := range n {
+				tok := pub.Publish("f/dev/events", 1, false, []byte{byte(i)})
+				if tok.WaitTimeout(2*time.Second) && tok.Error() == nil {
+					acked++
+				} else if tc.stall {
+					break
+				}
+			}
+			st := b.Stats()
+			t.Logf("%d of %d publishes acknowledged; broker: %+v", acked, n, st)
+			if tc.stall {
+				if acked != limit || st.Disconnects == 0 {
+					t.Errorf("got %d of %d acknowledged and %d publishers disconnected, want %d and the publisher disconnected", acked, n, st.Disconnects, limit)
+				}
+				return
+			}
+			if acked != n || st.Stalls != 0 {
+				t.Errorf("got %d of %d acknowledged and %d stalls, want all and none", acked, n, st.Stalls)
+			}
+		})
 	}
 }

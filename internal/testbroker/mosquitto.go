@@ -42,7 +42,34 @@ type Mosquitto struct {
 	cmd  *exec.Cmd
 }
 
-// StartMosquitto starts Mosquitto with extra config lines appended.
+// ShippedConfig is the Mosquitto configuration Outpost documents for a
+// fleet, packaging/mosquitto/outpost.conf; every test Mosquitto runs with it.
+func ShippedConfig(t testing.TB) string {
+	t.Helper()
+	dir, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			break
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			t.Fatal("testbroker: go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "packaging", "mosquitto", "outpost.conf"))
+	if err != nil {
+		t.Fatalf("testbroker: %v", err)
+	}
+	return string(b)
+}
+
+// StartMosquitto starts Mosquitto with the shipped configuration (see
+// ShippedConfig) and extra config lines appended; a later line overrides an
+// earlier one.
 func StartMosquitto(t testing.TB, extra string) *Mosquitto {
 	t.Helper()
 	bin := mosquittoPath(t)
@@ -55,7 +82,7 @@ func StartMosquitto(t testing.TB, extra string) *Mosquitto {
 		extra = "user root\n" + extra
 	}
 	conf := filepath.Join(dir, "mosquitto.conf")
-	text := fmt.Sprintf("listener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest none\n%s\n", port, dir, extra)
+	text := fmt.Sprintf("%s\nlistener %s 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location %s/\nlog_dest none\n%s\n", ShippedConfig(t), port, dir, extra)
 	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}

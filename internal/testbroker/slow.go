@@ -1,0 +1,223 @@
+package testbroker
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+)
+
+// SlowOptions shape a slow-subscriber run; zero fields take the defaults.
+type SlowOptions struct {
+	// Publishers clients publish Messages QoS 1 messages each, of Size
+	// bytes, as fast as the broker takes them. Defaults 4, 5000, 200.
+	Publishers, Messages, Size int
+	// Held reports, given how many publishes the broker has acknowledged,
+	// that the broker is holding the backlog (publishers stalled, or every
+	// publish acknowledged). The subscriber reads nothing until then.
+	Held func(acked int) bool
+	// Timeout bounds each phase of the run. Default 60 s.
+	Timeout time.Duration
+}
+
+// SlowResult are the figures of a slow-subscriber run.
+type SlowResult struct {
+	Sent, Acked int // messages published, and acknowledged by the broker
+	Retried     int // publishes that failed and were made again
+	Received    int // distinct messages the subscriber got
+	Duplicates  int
+	Held        time.Duration // from the first publish until Held was true
+	Elapsed     time.Duration // from the first publish until the end marker arrived
+}
+
+// Lost is how many acknowledged messages never reached the subscriber.
+func (r SlowResult) Lost() int { return r.Acked - r.Received }
+
+// SlowSubscriber runs, on the broker at url, a subscriber with a persistent
+// session (as the fleet controller has) that stops reading while publishers
+// send it a backlog, then reads again; it returns what arrived. It ends with
+// an end marker each publisher sends after all its acknowledged messages:
+// the broker delivers one subscriber's messages from one publisher in order,
+// so once a marker has arrived everything that ever will has. Every phase is
+// bounded by Timeout, and it fails t only on a phase that timed out.
+func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
+	t.Helper()
+	if o.Publishers <= 0 {
+		o.Publishers = 4
+	}
+	if o.Messages <= 0 {
+		o.Messages = 5000
+	}
+	if o.Size < 8 {
+		o.Size = 200
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 60 * time.Second
+	}
+	id := fmt.Sprintf("%d", time.Now().UnixNano())
+	topic := func(p int) string { return fmt.Sprintf("slow-%s/pub-%d/events", id, p) }
+	const marker = ^uint64(0)
+
+	var (
+		mu       sync.Mutex
+		seen     = make([]bool, o.Publishers*o.Messages)
+		received int
+		dups     int
+		markers  = map[int]bool{}
+	)
+	gate := make(chan struct{})
+	handle := func(_ mqtt.Client, m mqtt.Message) {
+		<-gate
+		p := m.Payload()
+		if len(p) < 8 {
+			return
+		}
+		n := binary.BigEndian.Uint64(p)
+		mu.Lock()
+		defer mu.Unlock()
+		if n>>32 == marker>>32 {
+			markers[int(n&0xffffffff)] = true
+			return
+		}
+		i := int(n>>32)*o.Messages + int(n&0xffffffff)
+		if i >= len(seen) {
+			return
+		}
+		if seen[i] {
+			dups++
+			return
+		}
+		seen[i] = true
+		received++
+	}
+	subscribed := make(chan struct{})
+	var once sync.Once
+	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("slow-sub-" + id).
+		SetCleanSession(false).SetOrderMatters(true).SetKeepAlive(60 * time.Second).
+		SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
+		SetOnConnectHandler(func(cl mqtt.Client) {
+			tok := cl.Subscribe(fmt.Sprintf("slow-%s/+/events", id), 1, handle)
+			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+				once.Do(func() { close(subscribed) })
+			}
+		}))
+	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("testbroker: subscriber connect: %v", tok.Error())
+	}
+	opened := false
+	open := func() {
+		if !opened {
+			opened = true
+			close(gate)
+		}
+	}
+	defer func() { open(); sub.Disconnect(100) }()
+	select {
+	case <-subscribed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("testbroker: subscriber did not subscribe")
+	}
+
+	pubs := make([]mqtt.Client, o.Publishers)
+	for p := range pubs {
+		pubs[p] = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("slow-pub-%s-%d", id, p)).
+			SetCleanSession(false).SetKeepAlive(60 * time.Second).
+			SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond))
+		if tok := pubs[p].Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("testbroker: publisher connect: %v", tok.Error())
+		}
+		defer pubs[p].Disconnect(100)
+	}
+
+	start := time.Now()
+	var acked, failed, retried atomic.Int64
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	for p, c := range pubs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			msg := func(i int) []byte {
+				b := make([]byte, o.Size)
+				binary.BigEndian.PutUint64(b, uint64(p)<<32|uint64(i))
+				return b
+			}
+			toks := make([]mqtt.Token, o.Messages)
+			for i := range toks {
+				toks[i] = c.Publish(topic(p), 1, false, msg(i))
+			}
+			// A publish that fails (its connection closed under it) is
+			// made again, as the agent's uplink does: what counts is the
+			// broker's acknowledgement.
+			deadline := time.Now().Add(o.Timeout)
+			for i := 0; i < len(toks); {
+				tok := toks[i]
+				if !tok.WaitTimeout(time.Until(deadline)) {
+					failed.Add(int64(len(toks) - i))
+					return
+				}
+				if err := tok.Error(); err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					retried.Add(1)
+					toks[i] = c.Publish(topic(p), 1, false, msg(i))
+					continue
+				}
+				acked.Add(1)
+				i++
+			}
+		}()
+	}
+	res := SlowResult{Sent: o.Publishers * o.Messages}
+	deadline := time.Now().Add(o.Timeout)
+	for o.Held != nil && !o.Held(int(acked.Load())) {
+		if time.Now().After(deadline) {
+			t.Fatalf("testbroker: the broker did not hold the backlog within %v (%d of %d acknowledged)", o.Timeout, acked.Load(), res.Sent)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	res.Held = time.Since(start)
+	open()
+	wg.Wait() // bounded by Timeout
+	res.Acked, res.Retried = int(acked.Load()), int(retried.Load())
+	if failed.Load() > 0 {
+		t.Fatalf("testbroker: %d of %d publishes not acknowledged within %v (%d retried; first error: %v)", failed.Load(), res.Sent, o.Timeout, retried.Load(), firstErr.Load())
+	}
+
+	// End markers, again until one from every publisher arrived.
+	deadline = time.Now().Add(o.Timeout)
+	for k := 0; ; k++ {
+		mu.Lock()
+		all := len(markers) == o.Publishers
+		mu.Unlock()
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("testbroker: end markers did not arrive within %v", o.Timeout)
+		}
+		for p, c := range pubs {
+			b := make([]byte, 8)
+			binary.BigEndian.PutUint64(b, marker&^0xffffffff|uint64(p))
+			c.Publish(topic(p), 1, false, b).WaitTimeout(time.Second)
+		}
+		wait := time.Now().Add(time.Second)
+		for time.Now().Before(wait) {
+			mu.Lock()
+			all = len(markers) == o.Publishers
+			mu.Unlock()
+			if all {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	res.Elapsed = time.Since(start)
+	mu.Lock()
+	res.Received, res.Duplicates = received, dups
+	mu.Unlock()
+	return res
+}
