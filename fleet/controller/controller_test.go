@@ -416,4 +416,5 @@ func TestControllerRestartResumesRollout(t *testing.T) {
 	if got, off := running(ds, n, "face", 1); got != n {
 		t.Fatalf("%d of %d on v1 after the restart; not: %s", got, n, off)
 	}
+	checkEvidence(t, f2, ro.ID)
 }
