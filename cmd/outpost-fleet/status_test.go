@@ -16,7 +16,7 @@ import (
 func TestPrintReportsShowsGates(t *testing.T) {
 	at := time.Date(2026, 11, 30, 1, 0, 0, 0, time.UTC)
 	rep := rollout.Report{
-		Rollout: registry.Rollout{ID: "r-1", Model: "face", Version: 2, Waves: []int{34, 100}, State: registry.RolloutRunning,
+		Rollout: registry.Rollout{ID: "r-1", Model: "face", Version: 2, Waves: []int{34, 100}, Wave: 1, State: registry.RolloutRunning,
 			WaveTimeout: time.Hour, OnWaveTimeout: registry.WaveTimeoutHalt,
 			Decisions: []registry.Decision{{Time: at.Add(-time.Hour), Wave: 0, Action: "timeout-continue", Detail: "wave 1 timed out after 1h0m0s, continuing"}}},
 		Waves: []rollout.WaveReport{
@@ -30,7 +30,7 @@ func TestPrintReportsShowsGates(t *testing.T) {
 	printReports(&b, []rollout.Report{rep})
 	out := b.String()
 	for _, want := range []string{
-		"committed 2 of 5 (1 verified)",
+		"wave 2/2  committed 2 of 5 (1 verified)",
 		"wave 2 waits: 2 of 3 devices offline, 0 of 1 successes needed (times out at 2026-11-30T01:00:00Z: halt)",
 		"VERIFIED", "UNVERIFIED", "OFFLINE", "timed out", "waiting", "1/1", "0/1",
 		"wave 1 timeout-continue: wave 1 timed out after 1h0m0s, continuing",
