@@ -56,6 +56,17 @@ BENCH_PKGS ?= ./...
 test: setup
 	$(GO) test -race -tags '$(TEST_TAGS)' -timeout $(TEST_TIMEOUT) $(GOFLAGS_TEST) $(TEST_PKGS)
 
+# test-gates: the rollout evidence gates 50 times over (-race): the engine's
+# gate tests, then the controller's broker-restart (embedded and Mosquitto),
+# controller-restart, require-verified and admin drain tests. `make test`
+# runs each once.
+GATE_TESTS_UNIT := TestGate|TestCanaryNeverEmpty|TestLateJoinerPlacement|TestWaveTimeout|TestRequireVerified
+GATE_TESTS_FLEET := TestBrokerRestartHoldsCanary|TestControllerRestartHoldsCanary|TestChunkTransferResumesAfterBrokerRestart|TestRequireVerifiedThroughBroker|TestAdminDrainsPushOnShutdown
+.PHONY: test-gates
+test-gates: setup
+	$(GO) test -race -count=50 -timeout 20m -run '$(GATE_TESTS_UNIT)' ./fleet/rollout/
+	$(GO) test -race -count=50 -timeout 120m -run '$(GATE_TESTS_FLEET)' ./fleet/controller/
+
 # bench prints the comparable figures: ratios measured back to back in one run.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)

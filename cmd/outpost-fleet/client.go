@@ -244,10 +244,21 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	selector := fs.String("selector", "", "device labels to match, k=v,k2=v2 (default: every device)")
 	waves := fs.String("waves", "10,50,100", "cumulative percentages of the devices per wave, ending at 100")
 	ratio := fs.Float64("max-failure-ratio", 0.1, "a wave with more failures than this share of its devices halts and rolls back")
-	minOK := fs.Int("min-successes", 1, "successes a wave needs before the next starts")
+	minOK := fs.Int("min-successes", 1, "commits a wave needs from its own devices before the next starts (a smaller wave needs all its devices)")
 	bake := fs.Duration("bake", 0, "how long a finished wave is watched before the next starts")
+	verified := fs.Bool("require-verified", false, "count only verified commits (probation saw its minimum requests) as successes")
+	probMin := fs.Int64("probation-min-requests", 0, "requests the new version must serve in probation for a verified commit (default: the device's setting)")
+	probMax := fs.Duration("probation-max", 0, "longest probation when the traffic does not come, whole seconds (default: the device's setting)")
+	waveTimeout := fs.Duration("wave-timeout", 0, "how long a wave may wait for its evidence (default: forever)")
+	onTimeout := fs.String("on-wave-timeout", "", "what a wave timeout does: halt (default) or continue")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
+	}
+	if *onTimeout != "" && *waveTimeout <= 0 {
+		return subcommand.UsageError("--on-wave-timeout needs --wave-timeout")
+	}
+	if *probMin < 0 || *probMax < 0 || *probMax%time.Second != 0 {
+		return subcommand.UsageError("--probation-min-requests must be positive and --probation-max whole seconds")
 	}
 	if *name == "" || *ver < 1 {
 		fs.Usage()
@@ -269,11 +280,25 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	if *bake > 0 {
 		req.Bake = bake.String()
 	}
+	req.RequireVerified, req.ProbationMinRequests, req.OnWaveTimeout = *verified, *probMin, *onTimeout
+	if *probMax > 0 {
+		req.ProbationMax = probMax.String()
+	}
+	if *waveTimeout > 0 {
+		req.WaveTimeout = waveTimeout.String()
+	}
 	var rep rollout.Report
 	if err := newAPIClient(*api).json(ctx, http.MethodPost, "/v1/rollouts", req, &rep); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "rollout %s: %s v%d, waves %v\n", rep.ID, rep.Model, rep.Version, rep.Rollout.Waves)
+	fmt.Fprintf(stdout, "rollout %s: %s v%d, waves %v", rep.ID, rep.Model, rep.Version, rep.Rollout.Waves)
+	if rep.WaveTimeout > 0 {
+		fmt.Fprintf(stdout, ", wave timeout %s (%s)", rep.WaveTimeout, rep.OnWaveTimeout)
+	}
+	if rep.RequireVerified {
+		fmt.Fprint(stdout, ", verified commits only")
+	}
+	fmt.Fprintln(stdout)
 	return nil
 }
 
@@ -326,25 +351,38 @@ func printReports(w io.Writer, reps []rollout.Report) {
 		return
 	}
 	for _, r := range reps {
-		fmt.Fprintf(w, "%s  %s v%d  %s  wave %d/%d  committed %d of %d", r.ID, r.Model, r.Version, r.State, r.Rollout.Wave+1, len(r.Rollout.Waves), r.Committed, r.Devices)
+		fmt.Fprintf(w, "%s  %s v%d  %s  wave %d/%d  committed %d of %d (%d verified)", r.ID, r.Model, r.Version, r.State,
+			r.Rollout.Wave+1, len(r.Rollout.Waves), r.Committed, r.Devices, r.Verified)
 		if r.Reason != "" {
 			fmt.Fprintf(w, "  (%s)", r.Reason)
 		}
 		fmt.Fprintln(w)
+		if r.Waiting != "" {
+			fmt.Fprintf(w, "  %s", r.Waiting)
+			if !r.TimeoutAt.IsZero() {
+				fmt.Fprintf(w, " (times out at %s: %s)", r.TimeoutAt.Format(time.RFC3339), r.OnWaveTimeout)
+			}
+			fmt.Fprintln(w)
+		}
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprint(tw, "  WAVE\tDEVICES")
+		fmt.Fprint(tw, "  WAVE\tGATE\tDEVICES")
 		for _, c := range categories {
 			fmt.Fprint(tw, "\t"+strings.ToUpper(c))
 		}
-		fmt.Fprintln(tw)
+		fmt.Fprint(tw, "\tVERIFIED\tUNVERIFIED\tOFFLINE\tSUCCESSES\n")
 		for i, wv := range r.Waves {
-			fmt.Fprintf(tw, "  %d (%d%%)\t%d", i+1, wv.Percent, wv.Devices)
+			fmt.Fprintf(tw, "  %d (%d%%)\t%s\t%d", i+1, wv.Percent, wv.Gate, wv.Devices)
 			for _, c := range categories {
 				fmt.Fprintf(tw, "\t%d", wv.Counts[c])
 			}
-			fmt.Fprintln(tw)
+			fmt.Fprintf(tw, "\t%d\t%d\t%d\t%d/%d\n", wv.Verified, wv.Unverified, wv.Offline, wv.Successes, wv.Needed)
 		}
 		tw.Flush()
+		for _, d := range r.Decisions {
+			if d.Detail != "" {
+				fmt.Fprintf(w, "  %s wave %d %s: %s\n", d.Time.Format(time.RFC3339), d.Wave+1, d.Action, d.Detail)
+			}
+		}
 	}
 }
 

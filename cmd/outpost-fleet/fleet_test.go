@@ -178,7 +178,15 @@ func TestServeAndClientCommands(t *testing.T) {
 		}
 	}
 
-	out = cli(t, bin, 0, "rollout", "create", "--admin", admin, "--model", "face", "--version", "2", "--waves", "50,100", "--bake", "1h")
+	if !strings.Contains(out, "GATE") || !strings.Contains(out, "VERIFIED") || !strings.Contains(out, "passed") {
+		t.Fatalf("rollout status shows no gates or verified commits:\n%s", out)
+	}
+	cli(t, bin, 2, "rollout", "create", "--admin", admin, "--model", "face", "--version", "2", "--on-wave-timeout", "continue")
+	out = cli(t, bin, 0, "rollout", "create", "--admin", admin, "--model", "face", "--version", "2", "--waves", "50,100", "--bake", "1h",
+		"--require-verified", "--probation-min-requests", "10", "--probation-max", "30s", "--wave-timeout", "1h", "--on-wave-timeout", "continue")
+	if !strings.Contains(out, "wave timeout 1h0m0s (continue)") || !strings.Contains(out, "verified commits only") {
+		t.Fatalf("rollout create with gates: %q", out)
+	}
 	id2 := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]
 	if out := cli(t, bin, 0, "rollout", "pause", "--admin", admin, id2); !strings.Contains(out, "paused") {
 		t.Fatalf("pause: %q", out)

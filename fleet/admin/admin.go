@@ -21,6 +21,7 @@ import (
 	"github.com/outpost-edge/outpost/models/dsse"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // DefaultAddr is where the admin API listens unless told.
@@ -45,9 +46,12 @@ type Options struct {
 	// ChunkSize for pushed artifacts; 0 means registry.DefaultChunkSize.
 	ChunkSize int
 	// Stats, if set, is served at GET /v1/stats.
-	Stats  func() any
-	Logger *slog.Logger
-	Now    func() time.Time
+	Stats func() any
+	// DrainTimeout bounds the wait for requests in flight at shutdown (a
+	// model push of up to MaxModelSize among them); 0 means 2 minutes.
+	DrainTimeout time.Duration
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // Server is the admin API.
@@ -72,6 +76,9 @@ func New(opts Options) (*Server, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = 2 * time.Minute
+	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
@@ -87,12 +94,15 @@ func (s *Server) Addr() string { return s.ln.Addr().String() }
 // Handler returns the API's handler.
 func (s *Server) Handler() http.Handler { return s.mux }
 
-// Run serves until ctx is cancelled, then shuts down within 5 s.
+// Run serves until ctx is cancelled, then stops accepting, lets requests in
+// flight (a model push still uploading) finish within DrainTimeout, and
+// returns nil on a clean drain. Requests do not see ctx's cancellation: the
+// caller keeps what they use (the registry) open until Run returns.
 func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
 		Handler:           s.mux,
 		ReadHeaderTimeout: 10 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return ctx },
+		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
@@ -103,15 +113,31 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("admin: %w", err)
 	case <-ctx.Done():
 	}
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	drain, cancel := context.WithTimeout(context.Background(), s.opts.DrainTimeout)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return fmt.Errorf("admin: shutdown: %w", err)
+	err := srv.Shutdown(drain)
+	if serr := <-errc; serr != nil && !errors.Is(serr, http.ErrServerClosed) {
+		return fmt.Errorf("admin: %w", serr)
 	}
-	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return fmt.Errorf("admin: %w", err)
+	if err != nil {
+		srv.Close()
+		return fmt.Errorf("admin: drain: %w", err)
 	}
-	return ctx.Err()
+	return nil
+}
+
+// ctxReader stops reading once ctx is done: a push whose client went away
+// (or whose server gave up draining) ends instead of reading on.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
 }
 
 func (s *Server) routes() {
@@ -202,7 +228,7 @@ func (s *Server) pushModel(w http.ResponseWriter, r *http.Request) {
 				writeError(w, http.StatusBadRequest, errors.New("the release part must come before the model part"))
 				return
 			}
-			mv, err := s.opts.Registry.PutModel(s.opts.Root, release, p, s.opts.ChunkSize, s.opts.Now())
+			mv, err := s.opts.Registry.PutModel(s.opts.Root, release, ctxReader{r.Context(), p}, s.opts.ChunkSize, s.opts.Now())
 			if err != nil {
 				writeError(w, statusOf(err), err)
 				return
@@ -245,6 +271,18 @@ type RolloutRequest struct {
 	MinSuccesses    int      `json:"min_successes,omitempty"`
 	// Bake is a Go duration ("5m"); empty means none.
 	Bake string `json:"bake,omitempty"`
+	// RequireVerified counts only verified commits as a wave's successes.
+	RequireVerified bool `json:"require_verified,omitempty"`
+	// ProbationMinRequests and ProbationMax (a Go duration, whole
+	// seconds) go into every install command, overriding the devices' own
+	// probation; zero and empty keep the devices' settings.
+	ProbationMinRequests int64  `json:"probation_min_requests,omitempty"`
+	ProbationMax         string `json:"probation_max,omitempty"`
+	// WaveTimeout (a Go duration) ends a wave's wait for evidence as
+	// OnWaveTimeout says ("halt", the default, or "continue"); empty waits
+	// forever.
+	WaveTimeout   string `json:"wave_timeout,omitempty"`
+	OnWaveTimeout string `json:"on_wave_timeout,omitempty"`
 }
 
 func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
@@ -254,7 +292,7 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec := rollout.Spec{Model: req.Model, Version: req.Version, Selector: req.Selector, Waves: req.Waves,
-		MaxFailureRatio: -1, MinSuccesses: req.MinSuccesses}
+		MaxFailureRatio: -1, MinSuccesses: req.MinSuccesses, RequireVerified: req.RequireVerified, OnWaveTimeout: req.OnWaveTimeout}
 	if req.MaxFailureRatio != nil {
 		spec.MaxFailureRatio = *req.MaxFailureRatio
 		if spec.MaxFailureRatio < 0 {
@@ -269,6 +307,25 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		spec.Bake = d
+	}
+	if req.WaveTimeout != "" {
+		d, err := time.ParseDuration(req.WaveTimeout)
+		if err != nil || d <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("wave_timeout %q: want a positive duration", req.WaveTimeout))
+			return
+		}
+		spec.WaveTimeout = d
+	}
+	if req.ProbationMinRequests != 0 || req.ProbationMax != "" {
+		spec.Probation = &protocol.Probation{MinRequests: req.ProbationMinRequests}
+		if req.ProbationMax != "" {
+			d, err := time.ParseDuration(req.ProbationMax)
+			if err != nil || d < time.Second || d%time.Second != 0 {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("probation_max %q: want whole seconds, at least 1s", req.ProbationMax))
+				return
+			}
+			spec.Probation.MaxSeconds = int64(d / time.Second)
+		}
 	}
 	ro, err := s.opts.Engine.Create(spec)
 	if err != nil {

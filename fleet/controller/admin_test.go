@@ -3,16 +3,10 @@ package controller_test
 import (
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"io"
 	"mime/multipart"
-	"net"
 	"net/http"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -142,60 +137,10 @@ func TestAdminAPI(t *testing.T) {
 	}
 }
 
-// mosquitto runs a real Mosquitto on a free loopback port. It fails the
-// test when the binary is missing under CI=true and skips otherwise.
-func mosquitto(t *testing.T) string {
-	t.Helper()
-	bin := "/usr/sbin/mosquitto"
-	if p, err := exec.LookPath("mosquitto"); err == nil {
-		bin = p
-	}
-	if _, err := os.Stat(bin); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("mosquitto not installed; make setup installs it")
-		}
-		t.Skip("mosquitto not installed")
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	port := l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	dir := t.TempDir()
-	extra := ""
-	if os.Geteuid() == 0 {
-		extra = "user root\n"
-	}
-	conf := filepath.Join(dir, "mosquitto.conf")
-	text := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\nmax_inflight_messages 0\nlog_dest none\n%s", port, extra)
-	if err := os.WriteFile(conf, []byte(text), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = cmd.Process.Signal(syscall.SIGKILL); _ = cmd.Wait() })
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return "tcp://" + addr
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mosquitto did not come up: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestRolloutThroughMosquitto: the controller and devices on a real
 // Mosquitto, with a validation failure that is stopped and rolled back.
 func TestRolloutThroughMosquitto(t *testing.T) {
-	url := mosquitto(t)
+	url := testbroker.StartMosquitto(t, "").URL()
 	f := startFleet(t, controller.Options{Broker: url})
 	f.push("face", 1, 100<<10, 16<<10)
 	f.push("face", 2, 100<<10, 16<<10)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/fleet/keyring"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -61,20 +62,22 @@ func TestRolloutCompletes(t *testing.T) {
 	if rep.Committed != n || rep.Devices != n {
 		t.Fatalf("report: %d committed of %d devices, want %d", rep.Committed, rep.Devices, n)
 	}
+	// Waves hold ceil(p% of n) devices, cumulative, in cohort order.
 	as, err := f.c.Registry().Assignments(ro.ID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, a := range as {
-		c := rollout.Cohort(ro.ID, a.Device)
+	sort.Slice(as, func(i, j int) bool { return rollout.Cohort(ro.ID, as[i].Device) < rollout.Cohort(ro.ID, as[j].Device) })
+	for i, a := range as {
 		want := 0
-		for want < len(ro.Waves)-1 && c >= float64(ro.Waves[want]) {
+		for i >= rollout.Quota(ro.Waves[want], n) {
 			want++
 		}
 		if a.Wave != want {
-			t.Errorf("%s: got wave %d, want %d for cohort %.2f", a.Device, a.Wave, want, c)
+			t.Errorf("%s (cohort rank %d): got wave %d, want %d", a.Device, i, a.Wave, want)
 		}
 	}
+	checkEvidence(t, f, ro.ID)
 	for i := range n {
 		if c := ds.get(i).Counters(); c.Rejected != 0 || c.BadChunks != 0 {
 			t.Errorf("%s: %d commands refused, %d bad chunks", devName(i), c.Rejected, c.BadChunks)
@@ -183,7 +186,7 @@ func TestOfflineCatchUpPauseAbort(t *testing.T) {
 		t.Fatal(err)
 	}
 	wave1, _ := f.c.Registry().Assignments(ro3.ID)
-	time.Sleep(500 * time.Millisecond)
+	f.waitSteps(3) // steps run with the rollout paused
 	if as, _ := f.c.Registry().Assignments(ro3.ID); len(as) != len(wave1) {
 		t.Fatalf("paused rollout assigned %d more devices", len(as)-len(wave1))
 	}
@@ -220,7 +223,8 @@ func TestOfflineCatchUpPauseAbort(t *testing.T) {
 
 // TestChunkTransferResumesAfterBrokerRestart: the broker dies in the middle
 // of a paced transfer and comes back on the same port; the device resumes
-// from the first chunk it lacks, not from zero, and the rollout completes.
+// from the first chunk it lacks, not from zero, and the rollout completes
+// only once the device committed (the outage is no evidence).
 func TestChunkTransferResumesAfterBrokerRestart(t *testing.T) {
 	b, err := broker.New(broker.Options{Addr: "127.0.0.1:0"})
 	if err != nil {
@@ -250,20 +254,32 @@ func TestChunkTransferResumesAfterBrokerRestart(t *testing.T) {
 	if before >= chunks {
 		t.Fatalf("transfer finished (%d chunks) before the broker stopped; slow it down", before)
 	}
-	time.Sleep(time.Second)
+	// The outage: the device has noticed it lost the broker.
+	eventually(t, 30*time.Second, "device disconnected", func() (bool, string) {
+		return !ds.get(0).Connected(), "still connected"
+	})
+	if r, _ := f.c.Registry().Rollout(ro.ID); r.State != registry.RolloutRunning {
+		t.Fatalf("rollout %s during the outage, with no device committed", r.State)
+	}
 	b2, err := broker.New(broker.Options{Addr: addr})
 	if err != nil {
 		t.Fatal(err)
 	}
 	b2ctx, b2stop := context.WithCancel(context.Background())
-	defer func() { b2stop() }()
-	go func() { _ = b2.Run(b2ctx) }()
+	b2done := make(chan error, 1)
+	go func() { b2done <- b2.Run(b2ctx) }()
+	defer func() {
+		f.stop() // before the broker goes
+		b2stop()
+		<-b2done
+	}()
 
 	f.waitRollout(ro.ID, registry.RolloutCompleted, 120*time.Second)
 	c := ds.get(0).Counters()
 	if ds.get(0).Running("face") != 1 {
-		t.Fatal("device did not install v1")
+		t.Fatal("rollout completed but the device did not install v1")
 	}
+	checkEvidence(t, f, ro.ID)
 	resumed := false
 	for _, first := range c.FirstAfterReconnect {
 		if first > 0 {
@@ -276,7 +292,6 @@ func TestChunkTransferResumesAfterBrokerRestart(t *testing.T) {
 	if c.Chunks >= 2*chunks {
 		t.Fatalf("received %d chunks for a %d-chunk artifact: restarted from zero", c.Chunks, chunks)
 	}
-	f.stop() // before the broker goes
 }
 
 // TestCommandsRefusedWhenNotSigned: a device ignores a command signed by a
@@ -401,4 +416,5 @@ func TestControllerRestartResumesRollout(t *testing.T) {
 	if got, off := running(ds, n, "face", 1); got != n {
 		t.Fatalf("%d of %d on v1 after the restart; not: %s", got, n, off)
 	}
+	checkEvidence(t, f2, ro.ID)
 }

@@ -261,6 +261,40 @@ func (f *fleet) waitRollout(id string, state registry.RolloutState, wait time.Du
 	})
 }
 
+// waitSteps waits until the rollout engine has completed n more passes.
+func (f *fleet) waitSteps(n uint64) {
+	f.t.Helper()
+	from := f.c.Engine().Steps()
+	eventually(f.t, 30*time.Second, fmt.Sprintf("%d rollout steps", n), func() (bool, string) {
+		got := f.c.Engine().Steps() - from
+		return got >= n, fmt.Sprintf("%d steps", got)
+	})
+}
+
+// checkEvidence checks every gate decision of a rollout that passed or
+// completed a wave: each had the successes it needed, at least one, so no
+// wave passed on silence.
+func checkEvidence(t testing.TB, f *fleet, id string) {
+	t.Helper()
+	r, err := f.c.Registry().Rollout(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	passed := 0
+	for _, d := range r.Decisions {
+		if d.Action != "passed" && d.Action != "completed" {
+			continue
+		}
+		passed++
+		if d.Needed < 1 && d.Devices > 0 || d.Successes < d.Needed {
+			t.Errorf("wave %d %s on %d of %d needed successes (%d devices)", d.Wave+1, d.Action, d.Successes, d.Needed, d.Devices)
+		}
+	}
+	if r.State == registry.RolloutCompleted && passed != len(r.Waves) {
+		t.Errorf("completed rollout has %d pass decisions for %d waves: %+v", passed, len(r.Waves), r.Decisions)
+	}
+}
+
 var _ = protocol.Version
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

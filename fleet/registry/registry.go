@@ -419,9 +419,21 @@ type Rollout struct {
 	// MaxFailureRatio: more failures than this share of a wave's devices
 	// halts the rollout.
 	MaxFailureRatio float64 `json:"max_failure_ratio"`
-	// MinSuccesses a wave needs before the next starts (capped at the
-	// wave's size).
+	// MinSuccesses a wave needs before the next starts: commits by the
+	// wave's own devices (verified ones with RequireVerified). A wave with
+	// fewer devices needs all of them.
 	MinSuccesses int `json:"min_successes"`
+	// RequireVerified counts only verified commits (probation saw its
+	// minimum requests) as successes.
+	RequireVerified bool `json:"require_verified,omitempty"`
+	// Probation, when set, is sent in every install command and overrides
+	// the devices' own probation settings.
+	Probation *protocol.Probation `json:"probation,omitempty"`
+	// WaveTimeout, when positive, is how long a wave may wait for its
+	// evidence; OnWaveTimeout (WaveTimeoutHalt or WaveTimeoutContinue) says
+	// what happens then. Zero waits forever.
+	WaveTimeout   time.Duration `json:"wave_timeout,omitempty"`
+	OnWaveTimeout string        `json:"on_wave_timeout,omitempty"`
 	// Bake is how long a finished wave is watched before the next starts.
 	Bake    time.Duration `json:"bake"`
 	State   RolloutState  `json:"state"`
@@ -432,7 +444,35 @@ type Rollout struct {
 	// WaveDone is when the current wave's devices all finished; zero while
 	// they have not.
 	WaveDone time.Time `json:"wave_done,omitzero"`
-	Finished time.Time `json:"finished,omitzero"`
+	// WaveStarted is when the current wave started (zero in rollouts stored
+	// before it existed: Created stands in).
+	WaveStarted time.Time `json:"wave_started,omitzero"`
+	Finished    time.Time `json:"finished,omitzero"`
+	// Decisions are the gate's decisions so far, oldest first, with the
+	// evidence each one was taken on.
+	Decisions []Decision `json:"decisions,omitempty"`
+}
+
+// What happens when a wave times out.
+const (
+	WaveTimeoutHalt     = "halt"
+	WaveTimeoutContinue = "continue"
+)
+
+// Decision is one gate decision: a wave passed, timed out or failed.
+type Decision struct {
+	Time time.Time `json:"time"`
+	// Wave is the index of the wave decided on.
+	Wave int `json:"wave"`
+	// Action: "passed", "completed", "timeout-continue", "timeout-halt",
+	// "failed".
+	Action string `json:"action"`
+	// Successes and Needed are the evidence at the time: the wave's
+	// successes and the successes it needed; Devices its devices.
+	Successes int    `json:"successes"`
+	Needed    int    `json:"needed"`
+	Devices   int    `json:"devices"`
+	Detail    string `json:"detail,omitempty"`
 }
 
 // PutRollout stores r (new or changed).
@@ -513,6 +553,11 @@ type Assignment struct {
 	Progress int64                `json:"progress_bytes,omitempty"`
 	Total    int64                `json:"total_bytes,omitempty"`
 	Error    string               `json:"error,omitempty"`
+	// Requests is how many requests probation saw (as the device last
+	// reported); Verified is set when the device committed after probation
+	// saw its minimum requests.
+	Requests int64 `json:"probation_requests,omitempty"`
+	Verified bool  `json:"verified,omitempty"`
 	// Activated is set once the device reported an activated state, so a
 	// rollback is owed if the rollout is undone.
 	Activated bool      `json:"activated,omitempty"`

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -52,6 +53,17 @@ func TestCohortDeterministicAndProportional(t *testing.T) {
 	if same == n {
 		t.Fatal("two rollouts put every device in the same wave")
 	}
+}
+
+// waveOf returns the index of the first wave above cohort c: where a device
+// would land if waves were cut by cohort value rather than by count.
+func waveOf(waves []int, c float64) int {
+	for i, p := range waves {
+		if c < float64(p) {
+			return i
+		}
+	}
+	return len(waves) - 1
 }
 
 func TestParseSelector(t *testing.T) {
@@ -261,29 +273,274 @@ func TestGateMinSuccesses(t *testing.T) {
 	}
 }
 
-// A wave whose devices are all offline does not hold the rollout: its
-// devices catch up when they return.
-func TestGateOfflineWaveDoesNotHold(t *testing.T) {
+// setOnline marks devices online or offline, as their state messages do.
+func (f *gateFixture) setOnline(online bool, devices ...string) {
+	f.t.Helper()
+	for _, d := range devices {
+		if _, err := f.reg.UpdateDevice(d, func(x *registry.Device) { x.Online = online }); err != nil {
+			f.t.Fatal(err)
+		}
+	}
+}
+
+func deviceIDs(as []registry.Assignment) []string {
+	var out []string
+	for _, a := range as {
+		out = append(out, a.Device)
+	}
+	return out
+}
+
+// A wave whose devices all go offline is not passed by their silence: it
+// waits, says so, and passes once a returning device commits.
+func TestGateOfflineWaveWaits(t *testing.T) {
 	f := newGateFixture(t, 20)
-	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{50, 100}, MaxFailureRatio: 0.1})
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{10, 100}, MaxFailureRatio: 0.1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	f.step()
 	wave1, _ := f.reg.Assignments(ro.ID)
-	for _, a := range wave1 {
-		if _, err := f.reg.UpdateDevice(a.Device, func(d *registry.Device) { d.Online = false }); err != nil {
+	if len(wave1) != 2 {
+		t.Fatalf("wave 1 of 10%% of 20 devices holds %d, want 2", len(wave1))
+	}
+	// One device downloads, then the whole wave drops off (a broker restart
+	// publishes every last will).
+	f.eng.HandleAck(wave1[0].Device, &protocol.Ack{CommandID: wave1[0].CommandID, RolloutID: ro.ID, State: protocol.UpdateDownloading, Time: f.clock()})
+	f.setOnline(false, deviceIDs(wave1)...)
+	for range 5 {
+		f.advance(time.Hour)
+		f.step()
+	}
+	if r := f.rollout(ro.ID); r.Wave != 0 || r.State != registry.RolloutRunning || !r.WaveDone.IsZero() {
+		t.Fatalf("an all-offline wave passed: wave %d state %s done %v", r.Wave+1, r.State, r.WaveDone)
+	}
+	if as, _ := f.reg.Assignments(ro.ID); len(as) != 2 {
+		t.Fatalf("a waiting wave 1 let %d devices in", len(as))
+	}
+	rep, err := f.eng.Status(ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "wave 1 waits: 2 of 2 devices offline, 0 of 1 successes needed"; rep.Waiting != want {
+		t.Fatalf("got waiting %q, want %q", rep.Waiting, want)
+	}
+	if g := rep.Waves[0]; g.Gate != GateWaiting || g.Offline != 2 {
+		t.Fatalf("wave 1 report %+v, want waiting with 2 offline", g)
+	}
+	// One device returns and commits; the other stays away and does not
+	// hold the wave.
+	f.setOnline(true, wave1[0].Device)
+	f.eng.HandleAck(wave1[0].Device, &protocol.Ack{CommandID: wave1[0].CommandID, RolloutID: ro.ID, State: protocol.UpdateCommitted, Time: f.clock()})
+	f.step()
+	f.step()
+	r := f.rollout(ro.ID)
+	if r.Wave != 1 {
+		t.Fatalf("wave 1 with its success did not pass: %+v", r)
+	}
+	if len(r.Decisions) != 1 || r.Decisions[0].Action != "passed" || r.Decisions[0].Successes != 1 || r.Decisions[0].Needed != 1 {
+		t.Fatalf("decisions %+v, want wave 1 passed on 1 of 1 successes", r.Decisions)
+	}
+}
+
+// The canary wave is never empty while there are devices: ceil(p% of n),
+// taken in cohort order.
+func TestCanaryNeverEmpty(t *testing.T) {
+	f := newGateFixture(t, 3)
+	for i := range 60 {
+		ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{34, 100}})
+		if err != nil {
 			t.Fatal(err)
 		}
+		f.step()
+		as, _ := f.reg.Assignments(ro.ID)
+		if want := Quota(34, 3); len(as) != want {
+			t.Fatalf("rollout %d (%s): wave 1 holds %d devices, want %d", i, ro.ID, len(as), want)
+		}
+		// The ones taken are the lowest cohorts.
+		taken := map[string]bool{}
+		worst := 0.0
+		for _, a := range as {
+			taken[a.Device] = true
+			worst = max(worst, Cohort(ro.ID, a.Device))
+		}
+		for d := range 3 {
+			id := fmt.Sprintf("gw-%02d", d)
+			if !taken[id] && Cohort(ro.ID, id) < worst {
+				t.Fatalf("rollout %s: %s (cohort %.2f) left out for a device of cohort %.2f", ro.ID, id, Cohort(ro.ID, id), worst)
+			}
+		}
 	}
-	f.step() // wave 1 done: nobody can answer
-	f.step() // wave 2 starts
-	if r := f.rollout(ro.ID); r.Wave != 1 {
-		t.Fatalf("an all-offline wave held the rollout: %+v", r)
+	for _, c := range []struct{ p, n, want int }{{34, 3, 2}, {10, 3, 1}, {1, 1, 1}, {10, 0, 0}, {10, 100, 10}, {10, 101, 11}, {100, 7, 7}} {
+		if got := Quota(c.p, c.n); got != c.want {
+			t.Errorf("Quota(%d, %d) = %d, want %d", c.p, c.n, got, c.want)
+		}
+	}
+}
+
+// A device that joins during wave 1 goes to wave 1 only while its quota has
+// room; waves fill in cohort order and earlier waves keep their devices.
+func TestLateJoinerPlacement(t *testing.T) {
+	f := newGateFixture(t, 10)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{10, 50, 100}})
+	if err != nil {
+		t.Fatal(err)
 	}
 	f.step()
-	if as, _ := f.reg.Assignments(ro.ID); len(as) != 20 {
-		t.Fatalf("wave 2 assigned %d of 20 devices (wave 1 had %d)", len(as), len(wave1))
+	if as, _ := f.reg.Assignments(ro.ID); len(as) != 1 {
+		t.Fatalf("wave 1 of 10%% of 10 holds %d", len(as))
+	}
+	// An 11th device: ceil(10% of 11) = 2, so wave 1 takes one more.
+	f.setOnline(true, "gw-10")
+	f.step()
+	as, _ := f.reg.Assignments(ro.ID)
+	if len(as) != 2 {
+		t.Fatalf("wave 1 of 10%% of 11 holds %d, want 2", len(as))
+	}
+	f.answer(ro.ID, func(string) protocol.UpdateState { return protocol.UpdateCommitted })
+	f.step()
+	f.step()
+	f.step()
+	if r := f.rollout(ro.ID); r.Wave != 1 {
+		t.Fatalf("wave 1 did not pass: %+v", r)
+	}
+	as, _ = f.reg.Assignments(ro.ID)
+	waves := map[int]int{}
+	for _, a := range as {
+		waves[a.Wave]++
+	}
+	if waves[0] != 2 || waves[1] != Quota(50, 11)-2 {
+		t.Fatalf("devices per wave %v, want 2 then %d", waves, Quota(50, 11)-2)
+	}
+}
+
+// Without a timeout a wave waits forever; with one it halts (rolling back
+// what it touched) or continues as told, and says so.
+func TestWaveTimeout(t *testing.T) {
+	for _, action := range []string{"", registry.WaveTimeoutHalt, registry.WaveTimeoutContinue} {
+		t.Run("on="+action, func(t *testing.T) {
+			f := newGateFixture(t, 10)
+			ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{20, 100}, WaveTimeout: 30 * time.Minute, OnWaveTimeout: action})
+			if err != nil {
+				t.Fatal(err)
+			}
+			f.step()
+			wave1, _ := f.reg.Assignments(ro.ID)
+			first := wave1[0].Device
+			f.answer(ro.ID, func(d string) protocol.UpdateState {
+				if d == first {
+					return protocol.UpdateCommitted
+				}
+				return protocol.UpdateDownloading
+			})
+			f.setOnline(false, deviceIDs(wave1)[1:]...)
+			f.eng.Kick()
+			// MinSuccesses 2: one commit is not enough.
+			_, _ = f.reg.UpdateRollout(ro.ID, func(r *registry.Rollout) error { r.MinSuccesses = 2; return nil })
+			f.advance(29 * time.Minute)
+			f.step()
+			if r := f.rollout(ro.ID); r.State != registry.RolloutRunning || r.Wave != 0 {
+				t.Fatalf("before the timeout: %s wave %d", r.State, r.Wave+1)
+			}
+			rep, _ := f.eng.Status(ro.ID)
+			if rep.TimeoutAt.IsZero() || !strings.Contains(rep.Waiting, "1 of 2 devices offline") {
+				t.Fatalf("report before the timeout: waiting %q, timeout at %v", rep.Waiting, rep.TimeoutAt)
+			}
+			f.advance(time.Minute)
+			f.step()
+			r := f.rollout(ro.ID)
+			if len(r.Decisions) != 1 || r.Decisions[0].Successes != 1 || r.Decisions[0].Needed != 2 {
+				t.Fatalf("decisions %+v, want one timeout on 1 of 2 successes", r.Decisions)
+			}
+			if action == registry.WaveTimeoutContinue {
+				if r.State != registry.RolloutRunning || r.Wave != 1 || r.Decisions[0].Action != "timeout-continue" {
+					t.Fatalf("continue: %s wave %d, decision %+v", r.State, r.Wave+1, r.Decisions[0])
+				}
+				rep, _ := f.eng.Status(ro.ID)
+				if rep.Waves[0].Gate != GateTimedOut {
+					t.Fatalf("wave 1 gate %q, want %q", rep.Waves[0].Gate, GateTimedOut)
+				}
+				return
+			}
+			if r.State != registry.RolloutHalted || r.Decisions[0].Action != "timeout-halt" || !strings.Contains(r.Reason, "timed out after 30m0s") {
+				t.Fatalf("halt: %s (%q), decision %+v", r.State, r.Reason, r.Decisions[0])
+			}
+			f.step() // undo
+			if rb := f.rec.last(first, protocol.CommandRollback); rb == nil {
+				t.Fatalf("%s committed before the halt and got no rollback", first)
+			}
+		})
+	}
+	// No timeout: waits on.
+	f := newGateFixture(t, 10)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{20, 100}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step()
+	wave1, _ := f.reg.Assignments(ro.ID)
+	f.setOnline(false, deviceIDs(wave1)...)
+	f.advance(90 * 24 * time.Hour)
+	f.step()
+	if r := f.rollout(ro.ID); r.State != registry.RolloutRunning || r.Wave != 0 || len(r.Decisions) != 0 {
+		t.Fatalf("without a timeout: %s wave %d %+v", r.State, r.Wave+1, r.Decisions)
+	}
+	for _, bad := range []Spec{{OnWaveTimeout: "continue"}, {WaveTimeout: time.Minute, OnWaveTimeout: "skip"}, {WaveTimeout: -time.Second}} {
+		bad.Model, bad.Version = "face", 2
+		if _, err := f.eng.Create(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%+v: got %v, want ErrInvalid", bad, err)
+		}
+	}
+}
+
+// With RequireVerified an unverified commit neither passes nor fails a wave;
+// the probation policy goes out in every install.
+func TestRequireVerified(t *testing.T) {
+	f := newGateFixture(t, 10)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{10, 100}, RequireVerified: true,
+		Probation: &protocol.Probation{MinRequests: 50, MaxSeconds: 600}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step()
+	wave1, _ := f.reg.Assignments(ro.ID)
+	dev := wave1[0].Device
+	in := f.rec.last(dev, protocol.CommandInstall)
+	if in == nil || in.Install.Probation == nil || in.Install.Probation.MinRequests != 50 || in.Install.Probation.MaxSeconds != 600 {
+		t.Fatalf("install without the rollout's probation: %+v", in)
+	}
+	ack := func(st protocol.UpdateState, requests int64, verified bool) {
+		f.eng.HandleAck(dev, &protocol.Ack{CommandID: wave1[0].CommandID, RolloutID: ro.ID, State: st, Requests: requests, Verified: verified, Time: f.clock()})
+		f.advance(time.Second)
+	}
+	ack(protocol.UpdateCommitted, 7, false)
+	f.step()
+	f.step()
+	r := f.rollout(ro.ID)
+	if r.Wave != 0 || r.State != registry.RolloutRunning {
+		t.Fatalf("an unverified commit passed the wave: %s wave %d", r.State, r.Wave+1)
+	}
+	rep, _ := f.eng.Status(ro.ID)
+	if !strings.Contains(rep.Waiting, "1 committed (unverified)") || rep.Waves[0].Unverified != 1 || rep.Waves[0].Verified != 0 {
+		t.Fatalf("report: waiting %q, wave %+v", rep.Waiting, rep.Waves[0])
+	}
+	if as, _ := f.reg.Assignments(ro.ID); as[0].Requests != 7 || as[0].Verified {
+		t.Fatalf("assignment records %d requests, verified %v", as[0].Requests, as[0].Verified)
+	}
+	// The device's status later says verified (the same command).
+	f.eng.HandleStatus(dev, &protocol.UpdateStatus{CommandID: wave1[0].CommandID, RolloutID: ro.ID, Model: "face", Version: 2,
+		State: protocol.UpdateCommitted, Requests: 55, Verified: true, Time: f.clock()})
+	f.step()
+	f.step()
+	if r := f.rollout(ro.ID); r.Wave != 1 {
+		t.Fatalf("a verified commit did not pass the wave: %+v", r)
+	}
+	rep, _ = f.eng.Status(ro.ID)
+	if rep.Waves[0].Verified != 1 || rep.Verified != 1 {
+		t.Fatalf("report after verification: %+v", rep.Waves[0])
+	}
+	if _, err := f.eng.Create(Spec{Model: "face", Version: 2, Probation: &protocol.Probation{MinRequests: -1}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("negative probation: %v", err)
 	}
 }
 
@@ -390,4 +647,19 @@ func TestSelectorAndSupersede(t *testing.T) {
 		}
 	}
 	_ = ro2
+}
+
+// BenchmarkPlaceWave: ranking 5000 unassigned devices by cohort to fill a
+// wave, the placement work of a step that starts a wave.
+func BenchmarkPlaceWave(b *testing.B) {
+	devs := make([]*registry.Device, 5000)
+	for i := range devs {
+		devs[i] = &registry.Device{ID: fmt.Sprintf("gw-%05d", i)}
+	}
+	b.ResetTimer()
+	for range b.N {
+		if got := byCohort("r-bench", devs, Quota(10, len(devs))); len(got) != 500 {
+			b.Fatalf("placed %d", len(got))
+		}
+	}
 }

@@ -47,7 +47,15 @@ type Options struct {
 	// version, make the install fail at validating (golden outputs differ)
 	// or roll back after activation (probation error rate).
 	FailValidation, FailProbation func(model string, version int64) bool
-	Logger                        *slog.Logger
+	// Unverified, when it returns true for a model version, makes the
+	// commit unverified (probation ended without its minimum requests).
+	// Otherwise a commit is verified, having served the install's
+	// Probation.MinRequests (or ProbationRequests when the install sets
+	// none).
+	Unverified func(model string, version int64) bool
+	// ProbationRequests a version serves in probation; 0 means 100.
+	ProbationRequests int64
+	Logger            *slog.Logger
 }
 
 // Counters of one simulated device.
@@ -78,9 +86,8 @@ type Agent struct {
 }
 
 type event struct {
-	topic     string
-	payload   []byte
-	reconnect bool
+	topic   string
+	payload []byte
 }
 
 // New checks the options.
@@ -97,6 +104,9 @@ func New(opts Options) (*Agent, error) {
 	}
 	if opts.RetryAfter <= 0 {
 		opts.RetryAfter = 2 * time.Second
+	}
+	if opts.ProbationRequests <= 0 {
+		opts.ProbationRequests = 100
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -136,20 +146,62 @@ func (a *Agent) Counters() Counters {
 		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), FirstAfterReconnect: firsts}
 }
 
+// Connected reports whether the device has a live connection.
+func (a *Agent) Connected() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.client != nil && a.client.IsConnectionOpen()
+}
+
 // Run connects (with a persistent session and a last will) and plays the
 // device until ctx is cancelled; then it publishes "offline" and leaves.
+// It reconnects on its own, with a fresh paho client each time, and
+// publishes only once a connection is complete: paho's own reconnect
+// replays its store while an OnConnect handler may already publish, a data
+// race on the replayed packets (the real agent's link does the same).
 func (a *Agent) Run(ctx context.Context) error {
+	var dl *download
+	for {
+		cl, lost, err := a.connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			a.log.Debug("connect", "err", err)
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		if dl != nil {
+			first := dl.firstMissing()
+			a.mu.Lock()
+			a.firsts = append(a.firsts, first)
+			a.mu.Unlock()
+			a.request(cl, dl, first)
+		}
+		dl = a.session(ctx, cl, lost, dl)
+		if ctx.Err() != nil {
+			cl.Publish(a.topics.State, 1, true, protocol.StateOffline).WaitTimeout(2 * time.Second)
+			cl.Disconnect(200)
+			return ctx.Err()
+		}
+		cl.Disconnect(0)
+	}
+}
+
+// connect makes one connection: subscribed, "online" and status published.
+func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, error) {
+	lost := make(chan struct{})
+	var once sync.Once
 	o := mqtt.NewClientOptions().AddBroker(a.opts.Broker).SetClientID(a.opts.Device).
-		SetCleanSession(false).SetAutoReconnect(true).SetConnectRetry(true).
-		SetConnectRetryInterval(200*time.Millisecond).SetMaxReconnectInterval(time.Second).
-		SetKeepAlive(10*time.Second).
+		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(5*time.Second).SetKeepAlive(10*time.Second).
+		SetStore(mqtt.NewMemoryStore()).
 		SetWill(a.topics.State, protocol.StateOffline, 1, true).
-		SetOnConnectHandler(func(cl mqtt.Client) {
-			cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: 1}, nil).WaitTimeout(10 * time.Second)
-			cl.Publish(a.topics.State, 1, true, protocol.StateOnline)
-			a.publishStatus(cl)
-			a.events <- event{reconnect: true}
-		})
+		SetConnectionLostHandler(func(mqtt.Client, error) { once.Do(func() { close(lost) }) })
 	handler := func(_ mqtt.Client, m mqtt.Message) {
 		select {
 		case a.events <- event{topic: m.Topic(), payload: m.Payload()}:
@@ -158,42 +210,50 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	o.SetDefaultPublishHandler(handler)
 	cl := mqtt.NewClient(o)
+	// Routes before CONNECT: the broker delivers what it queued for the
+	// session right after CONNACK.
 	cl.AddRoute(a.topics.Cmd, handler)
 	cl.AddRoute(a.topics.Chunk, handler)
 	a.mu.Lock()
 	a.client = cl
 	a.mu.Unlock()
-	t := cl.Connect()
-	select {
-	case <-t.Done():
-		if t.Error() != nil {
-			return fmt.Errorf("simdevice %s: connect: %w", a.opts.Device, t.Error())
+	wait := func(t mqtt.Token) error {
+		select {
+		case <-t.Done():
+			return t.Error()
+		case <-lost:
+			return errors.New("connection lost")
+		case <-ctx.Done():
+			return ctx.Err()
 		}
-	case <-ctx.Done():
-		cl.Disconnect(0)
-		return ctx.Err()
 	}
-	defer func() {
-		cl.Publish(a.topics.State, 1, true, protocol.StateOffline).WaitTimeout(2 * time.Second)
-		cl.Disconnect(200)
-	}()
+	err := wait(cl.Connect())
+	if err == nil {
+		err = wait(cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: 1}, nil))
+	}
+	if err == nil {
+		err = wait(cl.Publish(a.topics.State, 1, true, protocol.StateOnline))
+	}
+	if err != nil {
+		cl.Disconnect(0)
+		return nil, nil, fmt.Errorf("simdevice %s: connect: %w", a.opts.Device, err)
+	}
+	a.publishStatus(cl)
+	return cl, lost, nil
+}
+
+// session plays the device on one connection until it is lost or ctx ends.
+func (a *Agent) session(ctx context.Context, cl mqtt.Client, lost <-chan struct{}, dl *download) *download {
 	tick := time.NewTicker(a.opts.RetryAfter / 2)
 	defer tick.Stop()
-	var dl *download
 	for {
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return dl
+		case <-lost:
+			return dl
 		case ev := <-a.events:
 			switch {
-			case ev.reconnect:
-				if dl != nil {
-					first := dl.firstMissing()
-					a.mu.Lock()
-					a.firsts = append(a.firsts, first)
-					a.mu.Unlock()
-					a.request(cl, dl, first)
-				}
 			case ev.topic == a.topics.Cmd:
 				dl = a.onCommand(cl, dl, ev.payload)
 			case ev.topic == a.topics.Chunk:
@@ -385,7 +445,14 @@ func (a *Agent) finish(cl mqtt.Client, dl *download) {
 		a.publishStatus(cl)
 		return
 	}
-	a.ack(cl, cmd, protocol.UpdateCommitted, dl.art.Length, "", "")
+	requests, verified := a.opts.ProbationRequests, true
+	if p := in.Probation; p != nil && p.MinRequests > 0 {
+		requests = p.MinRequests
+	}
+	if f := a.opts.Unverified; f != nil && f(in.Model, in.Version) {
+		requests, verified = requests/2, false
+	}
+	a.commit(cl, cmd, dl.art.Length, requests, verified)
 	a.final(cmd.RolloutID, protocol.UpdateCommitted)
 	a.publishStatus(cl)
 }
@@ -419,7 +486,17 @@ func (a *Agent) request(cl mqtt.Client, dl *download, first int64) {
 }
 
 func (a *Agent) ack(cl mqtt.Client, c *protocol.Command, st protocol.UpdateState, progress int64, errText, detail string) {
-	ack := protocol.Ack{CommandID: c.ID, RolloutID: c.RolloutID, State: st, Progress: progress, Error: errText, Detail: detail, Time: time.Now().UTC()}
+	a.send(cl, c, protocol.Ack{CommandID: c.ID, RolloutID: c.RolloutID, State: st, Progress: progress, Error: errText, Detail: detail, Time: time.Now().UTC()})
+}
+
+// commit acks a commit with what probation saw.
+func (a *Agent) commit(cl mqtt.Client, c *protocol.Command, progress, requests int64, verified bool) {
+	a.send(cl, c, protocol.Ack{CommandID: c.ID, RolloutID: c.RolloutID, State: protocol.UpdateCommitted, Progress: progress,
+		Requests: requests, Verified: verified, Time: time.Now().UTC()})
+}
+
+func (a *Agent) send(cl mqtt.Client, c *protocol.Command, ack protocol.Ack) {
+	st, progress, errText := ack.State, ack.Progress, ack.Error
 	switch {
 	case c.Install != nil:
 		ack.Model, ack.Version, ack.Total = c.Install.Model, c.Install.Version, c.Install.Artifact.Length
@@ -430,7 +507,7 @@ func (a *Agent) ack(cl mqtt.Client, c *protocol.Command, st protocol.UpdateState
 	a.acks.Add(1)
 	a.mu.Lock()
 	a.update = &protocol.UpdateStatus{CommandID: c.ID, RolloutID: c.RolloutID, Model: ack.Model, Version: ack.Version,
-		State: st, Progress: progress, Total: ack.Total, Error: errText, Time: ack.Time}
+		State: st, Progress: progress, Total: ack.Total, Error: errText, Requests: ack.Requests, Verified: ack.Verified, Time: ack.Time}
 	a.mu.Unlock()
 	cl.Publish(a.topics.Ack, 1, false, b)
 }
