@@ -103,7 +103,9 @@ type Install struct {
 	// Probation, when set, overrides the device's own probation settings
 	// for this install (a rollout's --probation-min-requests and
 	// --probation-max). Zero fields keep the device's setting. Added in
-	// protocol 1 without a version change: older agents ignore it.
+	// protocol 1 without a version change: the controller sends it only
+	// when a rollout sets it, because commands decode strictly and an agent
+	// older than the field refuses such an install as malformed.
 	Probation *Probation `json:"probation,omitempty"`
 }
 
