@@ -11,7 +11,9 @@ bin=${1:-$root/bin}
 model=${2:-$root/.deps/models/face_detection_short_range.tflite}
 work=$(mktemp -d)
 pids=()
+client=
 cleanup() {
+  [[ -n $client ]] && kill "$client" 2>/dev/null
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
@@ -63,19 +65,29 @@ done
 step "sign and push face v1 ($(basename "$model"))"
 "$bin/outpost-fleet" models push --admin "$admin" --keys "$work/keys" --name face --version 1 "$model"
 
-step "roll it out"
-out=$("$bin/outpost-fleet" rollout create --admin "$admin" --model face --version 1 --waves 100)
-echo "$out"
-id=$(grep -oE 'r-[0-9a-f]+' <<<"$out" | head -1)
-"$bin/outpost-fleet" rollout status --admin "$admin" --watch --interval 500ms "$id"
-
-step "a prediction from the agent (v2 JSON, an image of 0.5s)"
+step "roll it out while a client sends requests (probation commits a version once it served enough traffic)"
 body=$work/request.json
 {
   printf '{"inputs":[{"name":"input","datatype":"FP32","shape":[1,128,128,3],"data":['
   for _ in $(seq 49151); do printf '0.5,'; done
   printf '0.5]}]}'
 } >"$body"
+(
+  while :; do
+    curl -s -o /dev/null -X POST -H 'Content-Type: application/json' --data-binary @"$body" "$agent/v2/models/face/infer" || true
+    sleep 0.05
+  done
+) &
+client=$!
+out=$("$bin/outpost-fleet" rollout create --admin "$admin" --model face --version 1 --waves 100)
+echo "$out"
+id=$(grep -oE 'r-[0-9a-f]+' <<<"$out" | head -1)
+"$bin/outpost-fleet" rollout status --admin "$admin" --watch --interval 500ms "$id"
+kill "$client" 2>/dev/null || true
+wait "$client" 2>/dev/null || true
+client=
+
+step "a prediction from the agent (v2 JSON, an image of 0.5s)"
 answer=$(curl -sS -X POST -H 'Content-Type: application/json' --data-binary @"$body" "$agent/v2/models/face/infer")
 grep -oE '"model_name":"[^"]*"|"model_version":"[^"]*"|"model_digest":"[^"]*"' <<<"$answer" | tr '\n' ' '
 echo
