@@ -66,7 +66,7 @@ const (
 // Broker is an embedded MQTT broker.
 type Broker struct {
 	srv  *mochi.Server
-	ln   *listeners.TCP
+	ln   *drainListener
 	flow *flow // nil when flow control is off
 	log  *slog.Logger
 	opts Options
@@ -118,7 +118,7 @@ func New(opts Options) (*Broker, error) {
 			return nil, fmt.Errorf("broker: %w", err)
 		}
 	}
-	ln := listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Addr, TLSConfig: opts.TLS})
+	ln := newDrainListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.Addr, TLSConfig: opts.TLS}))
 	if err := srv.AddListener(ln); err != nil {
 		return nil, fmt.Errorf("broker: listen %s: %w", opts.Addr, err)
 	}
