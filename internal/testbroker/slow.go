@@ -122,25 +122,45 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 		t.Fatal("testbroker: subscriber did not subscribe")
 	}
 
+	// Publishers behave as the agent's fleet link does: a fresh client per
+	// connection and no automatic reconnect, so a publish whose connection
+	// closed under it fails and is made again. (paho's own reconnect
+	// resends a pending publish itself and can complete its token without
+	// the broker's PUBACK: a publisher counting on that would count
+	// messages the broker never took.)
+	dialPub := func(p int) (mqtt.Client, error) {
+		c := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("slow-pub-%s-%d", id, p)).
+			SetCleanSession(true).SetKeepAlive(60 * time.Second).SetAutoReconnect(false))
+		tok := c.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			return nil, fmt.Errorf("connect timed out")
+		}
+		return c, tok.Error()
+	}
 	pubs := make([]mqtt.Client, o.Publishers)
 	for p := range pubs {
-		pubs[p] = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(fmt.Sprintf("slow-pub-%s-%d", id, p)).
-			SetCleanSession(false).SetKeepAlive(60 * time.Second).
-			SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond))
-		if tok := pubs[p].Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			t.Fatalf("testbroker: publisher connect: %v", tok.Error())
+		c, err := dialPub(p)
+		if err != nil {
+			t.Fatalf("testbroker: publisher connect: %v", err)
 		}
-		defer pubs[p].Disconnect(100)
+		pubs[p] = c
 	}
+	defer func() {
+		for _, c := range pubs {
+			c.Disconnect(100)
+		}
+	}()
 
 	start := time.Now()
 	var acked, failed, retried atomic.Int64
 	var firstErr atomic.Value
 	var wg sync.WaitGroup
-	for p, c := range pubs {
+	for p := range pubs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			c := pubs[p]
+			defer func() { pubs[p] = c }() // read after wg.Wait
 			msg := func(i int) []byte {
 				b := make([]byte, o.Size)
 				binary.BigEndian.PutUint64(b, uint64(p)<<32|uint64(i))
@@ -162,6 +182,23 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 				}
 				if err := tok.Error(); err != nil {
 					firstErr.CompareAndSwap(nil, err.Error())
+					if !c.IsConnectionOpen() {
+						// Every pending publish died with the connection:
+						// connect anew and make them all again, in order.
+						for time.Now().Before(deadline) {
+							nc, err := dialPub(p)
+							if err == nil {
+								c = nc
+								break
+							}
+							time.Sleep(50 * time.Millisecond)
+						}
+						for j := i; j < len(toks); j++ {
+							retried.Add(1)
+							toks[j] = c.Publish(topic(p), 1, false, msg(j))
+						}
+						continue
+					}
 					retried.Add(1)
 					toks[i] = c.Publish(topic(p), 1, false, msg(i))
 					continue
