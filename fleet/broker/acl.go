@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -95,6 +96,10 @@ type authHook struct {
 	creds      Credentials
 	controller string // the controller's secret, for this process only
 	log        *slog.Logger
+	// sealed latches once the store holds a credential: enrolments are
+	// never deleted (revoked ones stay), so the broker never reopens, and
+	// the ACL check on every message need not ask the store again.
+	sealed atomic.Bool
 }
 
 func (*authHook) ID() string { return "outpost-auth" }
@@ -114,7 +119,13 @@ func (h *authHook) locked() bool {
 	if h.creds == nil {
 		return false
 	}
+	if h.sealed.Load() {
+		return true
+	}
 	enrolled, err := h.creds.AnyCredential()
+	if enrolled {
+		h.sealed.Store(true)
+	}
 	return err != nil || enrolled // a store that cannot answer fails closed
 }
 
