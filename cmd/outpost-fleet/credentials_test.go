@@ -187,3 +187,54 @@ func TestBrokerACLCommand(t *testing.T) {
 		t.Error("a fleet name with a slash was accepted")
 	}
 }
+
+// TestServeLegacyUsers: fleet.yaml's plain mqtt.users still lock the
+// embedded broker, with a warning, and the controller itself gets in without
+// a login of its own in the file: the admin API answers (it used to hang).
+func TestServeLegacyUsers(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	cli(t, bin, 0, "keys", "init", "--dir", keys)
+	cfg := filepath.Join(dir, "fleet.yaml")
+	if err := os.WriteFile(cfg, []byte("fleet: acme\nmqtt:\n  users: {gw-1: s3cret}\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
+	srv := exec.Command(bin, "serve", "--config", cfg, "--keys", keys, "--data-dir", filepath.Join(dir, "data"),
+		"--listen-mqtt", mqttAddr, "--admin", adminAddr)
+	var logs lockedBuffer
+	srv.Stdout, srv.Stderr = &logs, &logs
+	if err := srv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- srv.Wait() }()
+	t.Cleanup(func() {
+		_ = srv.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("serve output:\n%s", logs.String())
+		}
+	})
+	waitHTTP(t, "http://"+adminAddr+"/v1/health")
+	cli(t, bin, 0, "devices", "list", "--admin", "http://"+adminAddr)
+	if !strings.Contains(logs.String(), "mqtt.users holds plain passwords") {
+		t.Error("serve did not warn about mqtt.users")
+	}
+	url := "tcp://" + mqttAddr
+	if c, _, err := mqttLogin(url, "gw-1", "s3cret"); err != nil {
+		t.Errorf("gw-1 with its mqtt.users password: %v", err)
+	} else {
+		c.Disconnect(100)
+	}
+	for _, l := range [][2]string{{"gw-1", "wrong"}, {"anon", ""}} {
+		if c, _, err := mqttLogin(url, l[0], l[1]); err == nil {
+			c.Disconnect(100)
+			t.Errorf("%s with password %q connected", l[0], l[1])
+		}
+	}
+}
