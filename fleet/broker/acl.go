@@ -95,6 +95,7 @@ type authHook struct {
 	users      map[string]string
 	creds      Credentials
 	controller string // the controller's secret, for this process only
+	srv        *mochi.Server
 	log        *slog.Logger
 	// sealed latches once the store holds a credential: enrolments are
 	// never deleted (revoked ones stay), so the broker never reopens, and
@@ -105,7 +106,26 @@ type authHook struct {
 func (*authHook) ID() string { return "outpost-auth" }
 
 func (*authHook) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck || b == mochi.OnSessionEstablished
+}
+
+// OnSessionEstablished checks a device's credential once more, now that the
+// client is listed: a revocation stored between the login check and the
+// listing finds no client to disconnect (Broker.Disconnect), so the client
+// must find the revocation here. Either order cuts it off.
+func (h *authHook) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	user := string(cl.Properties.Username)
+	if cl.Net.Inline || user == ControllerUser || h.creds == nil || !h.locked() {
+		return
+	}
+	if _, legacy := h.users[user]; legacy {
+		return
+	}
+	if _, ok, err := h.creds.CredentialHash(user); ok && err == nil {
+		return
+	}
+	h.log.Warn("mqtt session closed: credential revoked during login", "user", user)
+	_ = h.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
 }
 
 // locked reports whether logins and ACLs are enforced now.

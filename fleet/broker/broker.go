@@ -131,7 +131,7 @@ func New(opts Options) (*Broker, error) {
 		ClientNetReadBufferSize:  64 << 10,
 	})
 	auth := &authHook{fleet: opts.Fleet, open: opts.Open, users: opts.Users, creds: opts.Credentials,
-		controller: secret, log: opts.Logger.With("component", "mqtt-auth")}
+		controller: secret, srv: srv, log: opts.Logger.With("component", "mqtt-auth")}
 	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
