@@ -137,7 +137,7 @@ func testConfinement(t *testing.T, url string, ctl, gw1 login, subackGranted boo
 
 // enrolled opens a registry in a temporary directory with gw-1 and gw-2
 // enrolled, and returns it with their secrets.
-func enrolled(t *testing.T) (*registry.Registry, map[string]string) {
+func enrolled(t testing.TB) (*registry.Registry, map[string]string) {
 	t.Helper()
 	reg, err := registry.Open(t.TempDir(), registry.Options{})
 	if err != nil {
