@@ -43,14 +43,18 @@ echo "$line"
 mqtt=$(sed -E 's/.*mqtt (tcp:[^,]+),.*/\1/' <<<"$line")
 admin=$(sed -E 's/.*admin (http:[^ ]+).*/\1/' <<<"$line")
 
-step "one agent (device gw-demo), no model yet"
+step "enrol device gw-demo (its broker credential; from now on the broker confines every device to its own topics)"
 mkdir -p "$work/agent"
+"$bin/outpost-fleet" devices enroll --admin "$admin" --out "$work/agent/broker.password" gw-demo
+
+step "one agent (device gw-demo), no model yet"
 cp "$work/keys/root.json" "$work/agent/root.json"
 cat >"$work/agent.yaml" <<YAML
 listen: 127.0.0.1:0
 data_dir: $work/agent
 workers: 1
-fleet: {broker: "$mqtt", name: demo, device: gw-demo, labels: {site: demo}, probation: 2s, status_interval: 1s}
+fleet: {broker: "$mqtt", name: demo, device: gw-demo, username: gw-demo, password_file: $work/agent/broker.password,
+        labels: {site: demo}, probation: 2s, status_interval: 1s}
 YAML
 "$bin/outpost-agent" serve --config "$work/agent.yaml" --log-level warn >"$work/agent.log" 2>&1 &
 pids+=($!)

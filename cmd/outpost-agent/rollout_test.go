@@ -24,6 +24,9 @@ import (
 // fleetProc is a running `outpost-fleet serve` with its embedded broker.
 type fleetProc struct {
 	bin, keys, admin, mqtt string
+	// embedded: the controller runs its own broker, and devices are
+	// enrolled (the broker then confines each to its own topics).
+	embedded bool
 }
 
 // syncBuffer is a bytes.Buffer safe for a process writing while a test reads.
@@ -62,6 +65,7 @@ func startFleet(t *testing.T, b bins, broker, extraYAML string) *fleetProc {
 		args = append(args, "--broker", broker)
 	} else {
 		f.mqtt = testbroker.FreeAddr(t)
+		f.embedded = true
 		args = append(args, "--listen-mqtt", f.mqtt)
 	}
 	cmd := exec.Command(b.fleet, args...)
@@ -125,11 +129,17 @@ func newDeviceProbation(t *testing.T, f *fleetProc, name, probation string) devi
 	require.NoError(t, os.MkdirAll(data, 0o755))
 	copyFile(t, filepath.Join(f.keys, "root.json"), filepath.Join(data, "root.json"))
 	cfg := filepath.Join(filepath.Dir(data), "agent.yaml")
+	login := ""
+	if f.embedded {
+		pw := filepath.Join(filepath.Dir(data), "broker.password")
+		f.cli(t, "devices", "enroll", "--out", pw, name)
+		login = fmt.Sprintf("username: %s, password_file: %s, ", name, pw)
+	}
 	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, `
 data_dir: %s
 workers: 1
-fleet: {broker: "tcp://%s", name: acme, device: %s, labels: {site: north}, %s, status_interval: 1s}
-`, data, f.mqtt, name, probation), 0o644))
+fleet: {broker: "tcp://%s", name: acme, device: %s, %slabels: {site: north}, %s, status_interval: 1s}
+`, data, f.mqtt, name, login, probation), 0o644))
 	return device{name: name, config: cfg}
 }
 

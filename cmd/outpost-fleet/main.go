@@ -3,10 +3,13 @@
 //	outpost-fleet keys init --dir KEYS
 //	outpost-fleet keys rotate --dir KEYS --role targets|root
 //	outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite
-//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--keys KEYS] [--fleet NAME]
+//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--keys KEYS] [--fleet NAME] [--open-broker]
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
 //	outpost-fleet devices list
+//	outpost-fleet devices enroll [--out PASSWORD_FILE] [--replace] NAME
+//	outpost-fleet devices revoke NAME
+//	outpost-fleet broker acl [--fleet NAME] [--out FILE]
 //	outpost-fleet rollout create --model N --version V [--selector k=v,...] [--waves 10,50,100] [--max-failure-ratio 0.1] [--bake 5m]
 //	outpost-fleet rollout status [--watch] [ID]
 //	outpost-fleet rollout pause|resume|abort ID
@@ -32,6 +35,9 @@ var program = subcommand.Program{
 		modelsPushCommand,
 		modelsListCommand,
 		devicesListCommand,
+		devicesEnrollCommand,
+		devicesRevokeCommand,
+		brokerACLCommand,
 		rolloutCreateCommand,
 		rolloutStatusCommand,
 		rolloutPauseCommand,

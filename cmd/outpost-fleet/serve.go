@@ -35,12 +35,15 @@ type fleetConfig struct {
 	Admin      string `yaml:"admin"`
 	LogLevel   string `yaml:"log_level"`
 	MQTT       struct {
-		Username   string            `yaml:"username"`
-		Password   string            `yaml:"password"`
-		Users      map[string]string `yaml:"users"`
-		TLSCert    string            `yaml:"tls_cert"`
-		TLSKey     string            `yaml:"tls_key"`
-		ShareGroup string            `yaml:"share_group"`
+		Username string            `yaml:"username"`
+		Password string            `yaml:"password"`
+		Users    map[string]string `yaml:"users"`
+		// OpenBroker: see --open-broker.
+		OpenBroker     bool          `yaml:"open_broker"`
+		ConnectTimeout time.Duration `yaml:"connect_timeout"`
+		TLSCert        string        `yaml:"tls_cert"`
+		TLSKey         string        `yaml:"tls_key"`
+		ShareGroup     string        `yaml:"share_group"`
 	} `yaml:"mqtt"`
 	Artifacts struct {
 		ChunkSize      int   `yaml:"chunk_size"`
@@ -78,6 +81,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "", "registry and artifacts directory (default outpost-fleet-data)")
 	keys := fs.String("keys", "", "keys directory made by keys init (required here or in the config)")
 	fleetName := fs.String("fleet", "", "fleet name, the <fleet> of every topic (default \"default\")")
+	openBroker := fs.Bool("open-broker", false, "let any client use any topic of the embedded broker, enrolled devices or not (insecure: demos on loopback only)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -104,7 +108,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts := controller.Options{
 		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Keys: cfg.Keys, Broker: cfg.Broker, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
-		BrokerUsers: cfg.MQTT.Users, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
+		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
 		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
 		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, Logger: log,
 	}

@@ -45,6 +45,12 @@ type Options struct {
 	Root *trust.Root
 	// ChunkSize for pushed artifacts; 0 means registry.DefaultChunkSize.
 	ChunkSize int
+	// Fleet names the fleet (default "default"); enrolled device names
+	// must fit its topics.
+	Fleet string
+	// Disconnect, if set, cuts off a device whose credential is revoked
+	// or replaced (the embedded broker).
+	Disconnect Disconnecter
 	// Stats, if set, is served at GET /v1/stats.
 	Stats func() any
 	// DrainTimeout bounds the wait for requests in flight at shutdown (a
@@ -75,6 +81,9 @@ func New(opts Options) (*Server, error) {
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
+	}
+	if opts.Fleet == "" {
+		opts.Fleet = "default"
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 2 * time.Minute
@@ -148,6 +157,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/models", s.pushModel)
 	s.mux.HandleFunc("GET /v1/devices", s.listDevices)
 	s.mux.HandleFunc("GET /v1/devices/{id}", s.getDevice)
+	s.mux.HandleFunc("POST /v1/devices/{id}/credential", s.enroll)
+	s.mux.HandleFunc("DELETE /v1/devices/{id}/credential", s.revoke)
 	s.mux.HandleFunc("GET /v1/rollouts", s.listRollouts)
 	s.mux.HandleFunc("POST /v1/rollouts", s.createRollout)
 	s.mux.HandleFunc("GET /v1/rollouts/{id}", s.getRollout)

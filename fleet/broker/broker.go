@@ -1,7 +1,9 @@
 // Package broker runs the fleet's embedded MQTT broker (mochi-mqtt), so one
 // `outpost-fleet serve` gives a working fleet without an external broker.
-// It listens on TCP, optionally with TLS, and optionally requires a user
-// name and password. Sessions and retained messages live in memory: after a
+// It listens on TCP, optionally with TLS. Once a device is enrolled it
+// requires a login and confines every device to its own topics (acl.go and
+// docs/SECURITY.md); the controller logs in with a secret that lives only in
+// this process's memory (ControllerPassword). Sessions and retained messages live in memory: after a
 // restart devices reconnect, publish their retained status again and
 // re-subscribe, which is what the protocol expects of them anyway.
 //
@@ -12,7 +14,6 @@ package broker
 
 import (
 	"context"
-	"crypto/subtle"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // DefaultAddr is where the embedded broker listens unless told.
@@ -35,10 +37,20 @@ type Options struct {
 	Addr string
 	// TLS, when set, makes the listener speak TLS only.
 	TLS *tls.Config
-	// Users maps user names to passwords. When non-empty, a client must
-	// present one of them; when empty, anyone may connect (fit only for a
-	// loopback address or a closed network).
+	// Fleet is the fleet whose device topics the ACLs allow (default
+	// "default").
+	Fleet string
+	// Credentials, when set, holds the devices' hashed credentials: once
+	// it holds one, every device must log in and is confined to its own
+	// topics.
+	Credentials Credentials
+	// Users maps user names (device ids) to plain passwords: the legacy
+	// mqtt.users of fleet.yaml. When non-empty, the broker is locked as
+	// with Credentials, and these users are devices under the same ACLs.
 	Users map[string]string
+	// Open lets anyone connect and use any topic, whatever Credentials
+	// and Users hold: today's demos, fit only for a loopback address.
+	Open bool
 	// MaxPacket bounds a packet in bytes; 0 means 16 MiB (a command with
 	// golden vectors and a few roots fits with room).
 	MaxPacket uint32
@@ -66,6 +78,7 @@ const (
 // Broker is an embedded MQTT broker.
 type Broker struct {
 	srv  *mochi.Server
+	auth *authHook
 	ln   *drainListener
 	flow *flow // nil when flow control is off
 	log  *slog.Logger
@@ -80,6 +93,16 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Fleet == "" {
+		opts.Fleet = "default"
+	}
+	if _, err := protocol.ArtifactsReqTopic(opts.Fleet); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	secret, err := NewSecret()
+	if err != nil {
+		return nil, err
 	}
 	if opts.MaxPacket == 0 {
 		opts.MaxPacket = 16 << 20
@@ -107,7 +130,9 @@ func New(opts Options) (*Broker, error) {
 		ClientNetWriteBufferSize: 64 << 10,
 		ClientNetReadBufferSize:  64 << 10,
 	})
-	if err := srv.AddHook(&authHook{users: opts.Users}, nil); err != nil {
+	auth := &authHook{fleet: opts.Fleet, open: opts.Open, users: opts.Users, creds: opts.Credentials,
+		controller: secret, srv: srv, log: opts.Logger.With("component", "mqtt-auth")}
+	if err := srv.AddHook(auth, nil); err != nil {
 		return nil, fmt.Errorf("broker: %w", err)
 	}
 	var fl *flow
@@ -122,7 +147,25 @@ func New(opts Options) (*Broker, error) {
 	if err := srv.AddListener(ln); err != nil {
 		return nil, fmt.Errorf("broker: listen %s: %w", opts.Addr, err)
 	}
-	return &Broker{srv: srv, ln: ln, flow: fl, log: opts.Logger, opts: opts}, nil
+	return &Broker{srv: srv, auth: auth, ln: ln, flow: fl, log: opts.Logger, opts: opts}, nil
+}
+
+// ControllerPassword is the password of ControllerUser on this broker: a
+// random secret made by New, never written anywhere, so the controller in
+// this process is the only client that can log in as the controller.
+func (b *Broker) ControllerPassword() string { return b.auth.controller }
+
+// Disconnect closes the connection of device, if connected, as after its
+// credential was revoked: it cannot log in again without a credential.
+// It reports whether a connection was closed.
+func (b *Broker) Disconnect(device string) bool {
+	cl, ok := b.srv.Clients.Get(device)
+	if !ok || cl.Net.Inline || string(cl.Properties.Username) == ControllerUser || cl.Closed() {
+		return false
+	}
+	_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+	b.log.Info("device disconnected", "device", device)
+	return true
 }
 
 // Stats are the broker's flow-control and loss counters.
@@ -167,7 +210,16 @@ func (b *Broker) Run(ctx context.Context) error {
 	if err := b.srv.Serve(); err != nil {
 		return fmt.Errorf("broker: serve: %w", err)
 	}
-	b.log.Info("mqtt broker listening", "addr", b.Addr(), "tls", b.opts.TLS != nil, "auth", len(b.opts.Users) > 0)
+	switch {
+	case b.opts.Open:
+		b.log.Warn("mqtt broker is OPEN: any client may connect and use any topic (insecure, for demos on loopback only)", "addr", b.Addr())
+	case !b.auth.locked():
+		b.log.Warn("mqtt broker is open until the first device is enrolled (outpost-fleet devices enroll NAME)", "addr", b.Addr())
+	}
+	if len(b.opts.Users) > 0 {
+		b.log.Warn("mqtt.users holds plain passwords in fleet.yaml: enrol the devices (outpost-fleet devices enroll NAME) and remove it", "users", len(b.opts.Users))
+	}
+	b.log.Info("mqtt broker listening", "addr", b.Addr(), "tls", b.opts.TLS != nil, "locked", b.auth.locked())
 	<-ctx.Done()
 	done := make(chan error, 1)
 	go func() { done <- b.srv.Close() }()
@@ -181,27 +233,3 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	return ctx.Err()
 }
-
-// authHook checks user names and passwords, and allows every topic to a
-// client that connected. Per-device topic ACLs belong on an external broker
-// (Mosquitto's acl_file with %c patterns, for example).
-type authHook struct {
-	mochi.HookBase
-	users map[string]string
-}
-
-func (*authHook) ID() string { return "outpost-auth" }
-
-func (*authHook) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-
-func (h *authHook) OnConnectAuthenticate(_ *mochi.Client, pk packets.Packet) bool {
-	if len(h.users) == 0 {
-		return true
-	}
-	want, ok := h.users[string(pk.Connect.Username)]
-	return ok && subtle.ConstantTimeCompare([]byte(want), pk.Connect.Password) == 1
-}
-
-func (*authHook) OnACLCheck(*mochi.Client, string, bool) bool { return true }

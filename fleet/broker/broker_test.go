@@ -38,7 +38,11 @@ func run(t *testing.T, opts Options) *Broker {
 }
 
 func dial(url, user, pass string, tc *tls.Config) error {
-	o := mqtt.NewClientOptions().AddBroker(url).SetClientID("c-" + user).SetUsername(user).SetPassword(pass).SetConnectTimeout(5 * time.Second)
+	id := user // a device's client id is its user name
+	if id == "" {
+		id = "anonymous"
+	}
+	o := mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetUsername(user).SetPassword(pass).SetConnectTimeout(5 * time.Second)
 	if tc != nil {
 		o.SetTLSConfig(tc)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/artifacts"
 	"github.com/outpost-edge/outpost/fleet/broker"
@@ -41,13 +42,24 @@ type Options struct {
 	ListenMQTT string
 	// BrokerTLS, when set, makes the embedded broker speak TLS.
 	BrokerTLS *tls.Config
-	// BrokerUsers are the embedded broker's user names and passwords; empty
-	// allows anyone.
+	// BrokerUsers are legacy plain device passwords for the embedded
+	// broker (fleet.yaml's mqtt.users); the registry's credentials
+	// (devices enroll) replace them. Either locks the broker.
 	BrokerUsers map[string]string
-	// Username and Password are the controller's own MQTT credentials;
-	// ClientTLS its TLS settings for an external broker.
+	// OpenBroker lets any client use any topic of the embedded broker,
+	// whatever is enrolled: for demos on loopback only. Without it the
+	// embedded broker is open only until the first device is enrolled.
+	OpenBroker bool
+	// Username and Password are the controller's own MQTT credentials on
+	// an external broker. On the embedded broker the controller logs in
+	// as broker.ControllerUser with a secret made at start and kept in
+	// memory, and these are ignored. ClientTLS is the client's TLS.
 	Username, Password string
-	ClientTLS          *tls.Config
+	// ConnectTimeout bounds the first connection to the broker: a broker
+	// that cannot be reached within it, or that refuses the controller's
+	// login at all, is an error from Run. 0 means 30 seconds.
+	ConnectTimeout time.Duration
+	ClientTLS      *tls.Config
 	// ClientID defaults to "outpost-fleet-<fleet>".
 	ClientID string
 	// ShareGroup, when set, subscribes to telemetry and chunk requests
@@ -103,7 +115,10 @@ func New(opts Options) (*Controller, error) {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	if opts.ClientID == "" {
-		opts.ClientID = "outpost-fleet-" + opts.Fleet
+		opts.ClientID = broker.ControllerUser + "-" + opts.Fleet
+	}
+	if opts.ConnectTimeout <= 0 {
+		opts.ConnectTimeout = 30 * time.Second
 	}
 	c := &Controller{opts: opts, log: opts.Logger, started: time.Now(), ready: make(chan struct{})}
 	var err error
@@ -125,11 +140,16 @@ func New(opts Options) (*Controller, error) {
 	}
 	c.url = opts.Broker
 	if c.url == "" {
-		if c.brk, err = broker.New(broker.Options{Addr: opts.ListenMQTT, TLS: opts.BrokerTLS, Users: opts.BrokerUsers,
+		if c.brk, err = broker.New(broker.Options{Addr: opts.ListenMQTT, TLS: opts.BrokerTLS, Fleet: opts.Fleet,
+			Credentials: c.reg, Users: opts.BrokerUsers, Open: opts.OpenBroker,
 			Logger: opts.Logger.With("component", "broker")}); err != nil {
 			return fail(err)
 		}
 		c.url = c.brk.URL()
+		if opts.Username != "" {
+			c.log.Warn("mqtt.username is for an external broker; on the embedded one the controller logs in with a secret of this process")
+		}
+		c.opts.Username, c.opts.Password = broker.ControllerUser, c.brk.ControllerPassword()
 	}
 	if c.art, err = artifacts.New(artifacts.Options{Fleet: opts.Fleet, Publisher: c, Catalog: catalog{c.reg},
 		BytesPerSecond: opts.BytesPerSecond, Logger: opts.Logger.With("component", "artifacts")}); err != nil {
@@ -139,7 +159,12 @@ func New(opts Options) (*Controller, error) {
 		ResendAfter: opts.ResendAfter, Tick: opts.Tick, Logger: opts.Logger.With("component", "rollout")}); err != nil {
 		return fail(err)
 	}
+	var disc admin.Disconnecter
+	if c.brk != nil {
+		disc = c.brk
+	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
+		Fleet: opts.Fleet, Disconnect: disc,
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
 		return fail(err)
 	}
@@ -255,8 +280,7 @@ func (c *Controller) connect(ctx context.Context) error {
 		// workers (see dispatch), which keep each device's order.
 		SetOrderMatters(true).
 		SetAutoReconnect(true).
-		SetConnectRetry(true).
-		SetConnectRetryInterval(time.Second).
+		SetConnectTimeout(min(10*time.Second, c.opts.ConnectTimeout)).
 		SetMaxReconnectInterval(10 * time.Second).
 		SetKeepAlive(30 * time.Second).
 		SetOnConnectHandler(c.subscribe).
@@ -268,18 +292,59 @@ func (c *Controller) connect(ctx context.Context) error {
 	c.mu.Lock()
 	c.client = cl
 	c.mu.Unlock()
-	t := cl.Connect()
-	select {
-	case <-t.Done():
-		if t.Error() != nil {
-			return fmt.Errorf("controller: mqtt connect %s: %w", c.url, t.Error())
-		}
-	case <-ctx.Done():
-		cl.Disconnect(0)
-		return ctx.Err()
+	if err := c.firstConnect(ctx, cl); err != nil {
+		return err
 	}
 	c.log.Info("controller connected", "broker", c.url, "fleet", c.opts.Fleet)
 	return nil
+}
+
+// firstConnect connects cl, trying again while the broker cannot be
+// reached, for at most ConnectTimeout. A broker that answers and refuses the
+// login is an error at once: it will not change its mind, and a controller
+// waiting for it would serve an admin API that never answers.
+func (c *Controller) firstConnect(ctx context.Context, cl mqtt.Client) error {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
+	defer cancel()
+	for {
+		t := cl.Connect()
+		select {
+		case <-t.Done():
+		case <-ctx.Done():
+			cl.Disconnect(0)
+			if context.Cause(ctx) == context.DeadlineExceeded {
+				return fmt.Errorf("controller: mqtt broker %s: not reached within %s", c.url, c.opts.ConnectTimeout)
+			}
+			return ctx.Err()
+		}
+		err := t.Error()
+		if err == nil {
+			return nil
+		}
+		if refused(err) {
+			return fmt.Errorf("controller: mqtt broker %s refused the controller's login (user %q): %w", c.url, c.opts.Username, err)
+		}
+		c.log.Warn("mqtt connect", "broker", c.url, "err", err)
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+			if context.Cause(ctx) == context.DeadlineExceeded {
+				return fmt.Errorf("controller: mqtt broker %s: not reached within %s: %w", c.url, c.opts.ConnectTimeout, err)
+			}
+			return ctx.Err()
+		}
+	}
+}
+
+// refused reports whether err is a CONNACK refusing the login.
+func refused(err error) bool {
+	for _, e := range []error{packets.ErrorRefusedBadUsernameOrPassword, packets.ErrorRefusedNotAuthorised,
+		packets.ErrorRefusedIDRejected, packets.ErrorRefusedBadProtocolVersion} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
 }
 
 func (c *Controller) subscribe(cl mqtt.Client) {

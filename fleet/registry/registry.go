@@ -1,7 +1,8 @@
 // Package registry is the fleet controller's durable state in one bbolt file:
 // model versions (signed release and a blob file per artifact), devices
 // (labels, models, update state, telemetry counters), rollouts and each
-// rollout's per-device assignments.
+// rollout's per-device assignments, and the devices' broker credentials
+// (hashes only, see credentials.go).
 //
 //	DATA/registry.db            the bbolt file
 //	DATA/blobs/<sha256>         model artifacts, written once, verified
@@ -44,6 +45,7 @@ var (
 	bRollouts    = []byte("rollouts")
 	bAssignments = []byte("assignments")
 	bTelemetry   = []byte("telemetry")
+	bCredentials = []byte("credentials")
 )
 
 // Options for Open; the zero value works.
@@ -74,7 +76,7 @@ func Open(dir string, opts Options) (*Registry, error) {
 	// serial callers (the rollout engine) from waiting the default 10 ms.
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bModels, bDevices, bRollouts, bAssignments, bTelemetry} {
+		for _, b := range [][]byte{bModels, bDevices, bRollouts, bAssignments, bTelemetry, bCredentials} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
