@@ -89,6 +89,19 @@ func TestBootstrapLoopbackOnly(t *testing.T) {
 	if got := do("127.0.0.1:5000", "GET", "/v1/models", "", ""); got != 401 {
 		t.Fatalf("loopback without a token once one exists: got %d, want 401", got)
 	}
+	// A restarted server over the same registry is out of bootstrap too.
+	s2, err := New(Options{Addr: "127.0.0.1:0", Registry: s.opts.Registry, Engine: s.opts.Engine, Root: s.opts.Root})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s2.ln.Close()
+	req := httptest.NewRequest("GET", "/v1/models", nil)
+	req.RemoteAddr = "127.0.0.1:5000"
+	w := httptest.NewRecorder()
+	s2.Handler().ServeHTTP(w, req)
+	if w.Code != 401 {
+		t.Fatalf("after a restart with a token stored, loopback without one: got %d, want 401", w.Code)
+	}
 	recs, err := s.opts.Registry.Audit(time.Time{}, 0)
 	if err != nil || len(recs) != 1 || recs[0].Actor != ActorLocal || recs[0].Status != 201 || recs[0].Remote != "127.0.0.1" {
 		t.Fatalf("audit: got %+v, %v; want one record by local", recs, err)
