@@ -22,6 +22,7 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/internal/ratelimit"
 	"github.com/outpost-edge/outpost/models/dsse"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
@@ -78,7 +79,7 @@ type Server struct {
 	ln      net.Listener
 	mux     *http.ServeMux
 	handler http.Handler
-	fails   *failLimiter
+	fails   *ratelimit.PerKey
 	// locked is set once a token is known to exist: bootstrap is over.
 	locked atomic.Bool
 }
@@ -114,7 +115,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
 	s := &Server{opts: opts, log: opts.Logger, ln: ln, mux: http.NewServeMux(),
-		fails: newFailLimiter(opts.FailedAuthRate, opts.FailedAuthBurst, opts.Now)}
+		fails: ratelimit.New(opts.FailedAuthRate, opts.FailedAuthBurst, opts.Now)}
 	s.routes()
 	s.handler = s.withAuth(s.mux)
 	return s, nil

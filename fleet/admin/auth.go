@@ -14,10 +14,9 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
-	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/internal/ratelimit"
 )
 
 // Role is what a token may do. Each role can do everything the one before
@@ -244,7 +243,7 @@ func (s *Server) withAuth(next http.Handler) http.Handler {
 			return
 		}
 		if a == nil {
-			if wait, ok := s.fails.allow(clientKey(r)); !ok {
+			if wait, ok := s.fails.Allow(ratelimit.ClientKey(r)); !ok {
 				w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
 				writeError(w, http.StatusTooManyRequests, errors.New("too many failed authentications, retry later"))
 				return
@@ -267,69 +266,8 @@ func (s *Server) withAuth(next http.Handler) http.Handler {
 			sw.status = http.StatusOK
 		}
 		if _, err := s.opts.Registry.AppendAudit(registry.AuditRecord{Time: s.opts.Now(), Actor: a.ID, ActorName: a.Name,
-			Role: string(a.Role), Remote: clientKey(r), Method: r.Method, Path: r.URL.Path, Status: sw.status}); err != nil {
+			Role: string(a.Role), Remote: ratelimit.ClientKey(r), Method: r.Method, Path: r.URL.Path, Status: sw.status}); err != nil {
 			s.log.Error("admin api: audit", "err", err, "actor", a.ID, "method", r.Method, "path", r.URL.Path)
 		}
 	})
-}
-
-// clientKey is the client's address without the port.
-func clientKey(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
-}
-
-// failLimiter is a token bucket per client address for failed
-// authentications: burst failures at once, then one per 1/rate seconds.
-// Idle buckets are dropped, so a scan of many addresses cannot grow it
-// without bound.
-type failLimiter struct {
-	rate  float64 // tokens per second
-	burst float64
-	now   func() time.Time
-
-	mu      sync.Mutex // guards buckets and lastGC
-	buckets map[string]*failBucket
-	lastGC  time.Time
-}
-
-type failBucket struct {
-	tokens float64
-	last   time.Time
-}
-
-func newFailLimiter(rate float64, burst int, now func() time.Time) *failLimiter {
-	return &failLimiter{rate: rate, burst: float64(max(1, burst)), now: now, buckets: map[string]*failBucket{}}
-}
-
-// allow takes a token from key's bucket; when there is none it says how
-// long until there is one.
-func (l *failLimiter) allow(key string) (time.Duration, bool) {
-	now := l.now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	idle := time.Duration(l.burst / l.rate * float64(time.Second))
-	if now.Sub(l.lastGC) > idle {
-		for k, b := range l.buckets {
-			if now.Sub(b.last) > idle {
-				delete(l.buckets, k)
-			}
-		}
-		l.lastGC = now
-	}
-	b := l.buckets[key]
-	if b == nil {
-		b = &failBucket{tokens: l.burst, last: now}
-		l.buckets[key] = b
-	}
-	b.tokens = min(l.burst, b.tokens+now.Sub(b.last).Seconds()*l.rate)
-	b.last = now
-	if b.tokens < 1 {
-		return time.Duration((1 - b.tokens) / l.rate * float64(time.Second)), false
-	}
-	b.tokens--
-	return 0, true
 }

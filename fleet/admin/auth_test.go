@@ -148,40 +148,6 @@ func FuzzParseToken(f *testing.F) {
 	})
 }
 
-// TestFailLimiter: burst failures pass, the next waits 1/rate, refills
-// follow the clock, addresses are separate.
-func TestFailLimiter(t *testing.T) {
-	now := time.Date(2026, 11, 30, 0, 0, 0, 0, time.UTC)
-	l := newFailLimiter(0.5, 3, func() time.Time { return now })
-	for i := range 3 {
-		if _, ok := l.allow("a"); !ok {
-			t.Fatalf("failure %d refused within the burst", i+1)
-		}
-	}
-	wait, ok := l.allow("a")
-	if ok || wait != 2*time.Second {
-		t.Fatalf("past the burst: got %v, %v; want refused, wait 2s", wait, ok)
-	}
-	if _, ok := l.allow("b"); !ok {
-		t.Fatal("another address was limited")
-	}
-	now = now.Add(2 * time.Second)
-	if _, ok := l.allow("a"); !ok {
-		t.Fatal("not refilled after 1/rate")
-	}
-	if _, ok := l.allow("a"); ok {
-		t.Fatal("refilled more than one")
-	}
-	now = now.Add(time.Hour)
-	l.allow("c") // collects idle buckets
-	l.mu.Lock()
-	n := len(l.buckets)
-	l.mu.Unlock()
-	if n != 1 {
-		t.Fatalf("got %d buckets after an hour idle, want 1", n)
-	}
-}
-
 // TestRequiredRoles pins the route table of roles.
 func TestRequiredRoles(t *testing.T) {
 	tests := []struct {
