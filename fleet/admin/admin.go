@@ -138,12 +138,21 @@ func (s *Server) logMode() {
 	if boot {
 		s.log.Info("admin api in bootstrap mode: no token exists, requests without one are accepted from loopback only (actor local); create one with outpost-fleet tokens create")
 	}
-	if !isLoopback(s.Addr()) && s.opts.TLS == nil {
-		if boot {
-			s.log.Warn("ADMIN API EXPOSED: it listens on a non-loopback address without TLS and no token exists; create a token and configure admin_tls", "addr", s.Addr())
-		} else {
-			s.log.Warn("ADMIN API WITHOUT TLS on a non-loopback address: tokens travel in clear; configure admin_tls", "addr", s.Addr())
-		}
+	if w := exposure(s.Addr(), s.opts.TLS != nil, boot); w != "" {
+		s.log.Warn(w, "addr", s.Addr())
+	}
+}
+
+// exposure is the warning for an API listening on addr, or "" when it is
+// on loopback or speaks TLS.
+func exposure(addr string, tlsOn, boot bool) string {
+	switch {
+	case isLoopback(addr) || tlsOn:
+		return ""
+	case boot:
+		return "ADMIN API EXPOSED: it listens on a non-loopback address without TLS and no token exists; create a token and configure admin_tls"
+	default:
+		return "ADMIN API WITHOUT TLS on a non-loopback address: tokens travel in clear; configure admin_tls"
 	}
 }
 

@@ -176,3 +176,26 @@ func TestRequiredRoles(t *testing.T) {
 		}
 	}
 }
+
+// TestExposure: a non-loopback address without TLS is warned about, louder
+// while no token exists; loopback or TLS are not.
+func TestExposure(t *testing.T) {
+	tests := []struct {
+		addr      string
+		tls, boot bool
+		want      string
+	}{
+		{"127.0.0.1:8490", false, true, ""},
+		{"[::1]:8490", false, true, ""},
+		{"0.0.0.0:8490", false, true, "ADMIN API EXPOSED"},
+		{"[::]:8490", false, false, "ADMIN API WITHOUT TLS"},
+		{"192.0.2.7:8490", false, false, "ADMIN API WITHOUT TLS"},
+		{"192.0.2.7:8490", true, true, ""},
+	}
+	for _, tt := range tests {
+		got := exposure(tt.addr, tt.tls, tt.boot)
+		if (tt.want == "") != (got == "") || !strings.HasPrefix(got, tt.want) {
+			t.Errorf("exposure(%s, tls %v, bootstrap %v): got %q, want %q...", tt.addr, tt.tls, tt.boot, got, tt.want)
+		}
+	}
+}
