@@ -1,15 +1,12 @@
 package registry
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/hashchain"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -17,7 +14,9 @@ import (
 // predecessor's hash, or the stored head.
 var ErrTampered = errors.New("registry: audit log tampered with")
 
-var keyAuditHead = []byte("head")
+// auditChain is the audit log: records and head (internal/hashchain, the
+// same chain as the device's audit trail).
+var auditChain = hashchain.Chain{Records: bAudit, Meta: bAuditMeta}
 
 // AuditRecord is one change made through the admin API: who (Actor, the
 // token id, or "local" in bootstrap mode, and ActorName), what (Method and
@@ -41,12 +40,7 @@ type AuditRecord struct {
 	Hash string `json:"hash,omitempty"`
 }
 
-type auditHead struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
-
-func auditKey(seq uint64) []byte { return binary.BigEndian.AppendUint64(nil, seq) }
+func auditKey(seq uint64) []byte { return hashchain.Key(seq) }
 
 // AppendAudit adds rec at the end of the fleet audit log, filling Seq, Prev
 // and (if zero) Time, and returns the stored record with its Hash.
@@ -57,24 +51,12 @@ func (r *Registry) AppendAudit(rec AuditRecord) (*AuditRecord, error) {
 	rec.Time = rec.Time.UTC()
 	rec.Hash = ""
 	err := r.db.Update(func(tx *bolt.Tx) error {
-		b, meta := tx.Bucket(bAudit), tx.Bucket(bAuditMeta)
-		var h auditHead
-		if p := meta.Get(keyAuditHead); p != nil {
-			if err := json.Unmarshal(p, &h); err != nil {
-				return err
-			}
-		}
-		rec.Seq, rec.Prev = h.Seq+1, h.Hash
-		p, err := json.Marshal(&rec)
-		if err != nil {
-			return err
-		}
-		sum := sha256.Sum256(p)
-		rec.Hash = hex.EncodeToString(sum[:])
-		if err := b.Put(auditKey(rec.Seq), p); err != nil {
-			return err
-		}
-		return putJSON(meta, keyAuditHead, auditHead{Seq: rec.Seq, Hash: rec.Hash})
+		_, hash, err := auditChain.Append(tx, func(seq uint64, prev string) ([]byte, error) {
+			rec.Seq, rec.Prev = seq, prev
+			return json.Marshal(&rec)
+		})
+		rec.Hash = hash
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: append audit: %w", err)
@@ -96,8 +78,7 @@ func (r *Registry) Audit(since time.Time, limit int) ([]AuditRecord, error) {
 			if rec.Time.Before(since) {
 				continue
 			}
-			sum := sha256.Sum256(v)
-			rec.Hash = hex.EncodeToString(sum[:])
+			rec.Hash = hashchain.Hash(v)
 			out = append(out, rec)
 			if limit > 0 && len(out) == limit {
 				break
@@ -117,37 +98,19 @@ func (r *Registry) Audit(since time.Time, limit int) ([]AuditRecord, error) {
 // ErrTampered naming the first bad record. Like any hash chain it cannot
 // see the whole log rewritten from some record on, head included.
 func (r *Registry) VerifyAudit() (int, error) {
-	n := 0
+	var n int
 	err := r.db.View(func(tx *bolt.Tx) error {
-		var prev string
-		var seq uint64
-		c := tx.Bucket(bAudit).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
+		var err error
+		n, err = auditChain.Verify(tx, func(v []byte) (uint64, string, error) {
 			var rec AuditRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return fmt.Errorf("%w: record %x: %v", ErrTampered, k, err)
-			}
-			if rec.Seq != seq+1 || !bytes.Equal(k, auditKey(rec.Seq)) {
-				return fmt.Errorf("%w: record %d follows %d", ErrTampered, rec.Seq, seq)
-			}
-			if rec.Prev != prev {
-				return fmt.Errorf("%w: record %d does not follow the hash of record %d", ErrTampered, rec.Seq, seq)
-			}
-			sum := sha256.Sum256(v)
-			prev, seq = hex.EncodeToString(sum[:]), rec.Seq
-			n++
-		}
-		var h auditHead
-		if p := tx.Bucket(bAuditMeta).Get(keyAuditHead); p != nil {
-			if err := json.Unmarshal(p, &h); err != nil {
-				return fmt.Errorf("%w: head: %v", ErrTampered, err)
-			}
-		}
-		if h.Seq != seq || h.Hash != prev {
-			return fmt.Errorf("%w: the head names record %d, the log ends at %d", ErrTampered, h.Seq, seq)
-		}
-		return nil
+			err := json.Unmarshal(v, &rec)
+			return rec.Seq, rec.Prev, err
+		})
+		return err
 	})
+	if errors.Is(err, hashchain.ErrTampered) {
+		return n, fmt.Errorf("registry: verify audit: %w: %w", ErrTampered, err)
+	}
 	if err != nil {
 		return n, fmt.Errorf("registry: verify audit: %w", err)
 	}
