@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # demo.sh shows Outpost end to end on this machine, in a temporary directory:
-# a fleet controller with its embedded MQTT broker, one agent provisioned
+# a fleet controller with its embedded MQTT broker, admin API tokens (an
+# admin and an operator) and the audit log, one agent provisioned
 # with the fleet's root, a signed model pushed and rolled out, a prediction
 # answered by the rolled-out version, then everything shut down.
 #
@@ -43,6 +44,17 @@ echo "$line"
 mqtt=$(sed -E 's/.*mqtt (tcp:[^,]+),.*/\1/' <<<"$line")
 admin=$(sed -E 's/.*admin (http:[^ ]+).*/\1/' <<<"$line")
 
+step "admin tokens (a fresh controller takes calls without a token from loopback only until the first token exists)"
+OUTPOST_TOKEN=$("$bin/outpost-fleet" tokens create --admin "$admin" --role admin --name demo-admin)
+export OUTPOST_TOKEN
+# The operator's token goes with --token, which wins over OUTPOST_TOKEN.
+operator=$("$bin/outpost-fleet" tokens create --admin "$admin" --role operator --name demo-ci)
+"$bin/outpost-fleet" tokens list --admin "$admin"
+if "$bin/outpost-fleet" devices list --admin "$admin" --token "opt_0000000000000000_wrong" 2>/dev/null; then
+  echo "demo: a wrong token was accepted" >&2; exit 1
+fi
+echo "a wrong token is refused (401)"
+
 step "enrol device gw-demo (its broker credential; from now on the broker confines every device to its own topics)"
 mkdir -p "$work/agent"
 "$bin/outpost-fleet" devices enroll --admin "$admin" --out "$work/agent/broker.password" gw-demo
@@ -67,7 +79,7 @@ done
 "$bin/outpost-fleet" devices list --admin "$admin"
 
 step "sign and push face v1 ($(basename "$model"))"
-"$bin/outpost-fleet" models push --admin "$admin" --keys "$work/keys" --name face --version 1 "$model"
+"$bin/outpost-fleet" models push --admin "$admin" --token "$operator" --keys "$work/keys" --name face --version 1 "$model"
 
 step "roll it out while a client sends requests (probation commits a version once it served enough traffic)"
 body=$work/request.json
@@ -83,7 +95,7 @@ body=$work/request.json
   done
 ) &
 client=$!
-out=$("$bin/outpost-fleet" rollout create --admin "$admin" --model face --version 1 --waves 100)
+out=$("$bin/outpost-fleet" rollout create --admin "$admin" --token "$operator" --model face --version 1 --waves 100)
 echo "$out"
 id=$(grep -oE 'r-[0-9a-f]+' <<<"$out" | head -1)
 "$bin/outpost-fleet" rollout status --admin "$admin" --watch --interval 500ms "$id"
@@ -97,6 +109,9 @@ grep -oE '"model_name":"[^"]*"|"model_version":"[^"]*"|"model_digest":"[^"]*"' <
 echo
 grep -oE '"name":"[^"]*","datatype":"[^"]*","shape":\[[0-9,]*\]' <<<"$answer" | sed 's/^/  output /'
 grep -q '"model_version":"1"' <<<"$answer" || { echo "demo: unexpected answer: ${answer:0:300}" >&2; exit 1; }
+
+step "the fleet audit log: who changed what, and how it ended (hash-chained)"
+"$bin/outpost-fleet" audit --admin "$admin"
 
 step "shutting down"
 kill -TERM "${pids[@]}"

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/internal/ratelimit"
 )
 
 // Backend runs the served models; serving.Registry implements it. Safe for
@@ -89,7 +90,7 @@ type Server struct {
 	ln      net.Listener
 	srv     *http.Server
 	metrics *metrics
-	limiter *rateLimiter
+	limiter *ratelimit.PerKey
 	started time.Time
 
 	ready    atomic.Bool
@@ -131,7 +132,7 @@ func New(opts Options) (*Server, error) {
 	s := &Server{opts: opts, log: log, ln: ln, started: time.Now()}
 	s.metrics = newMetrics(opts.Registry, opts.Backend)
 	if opts.RateLimit > 0 {
-		s.limiter = newRateLimiter(opts.RateLimit, opts.RateBurst)
+		s.limiter = ratelimit.New(opts.RateLimit, opts.RateBurst, nil)
 	}
 	s.srv = &http.Server{
 		Handler:           s.handler(),

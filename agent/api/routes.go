@@ -2,9 +2,12 @@ package api
 
 import (
 	"crypto/subtle"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/outpost-edge/outpost/internal/ratelimit"
 )
 
 // route is a parsed request path.
@@ -127,10 +130,12 @@ func (s *Server) handler() http.Handler {
 		// Health probes pass freely. Everything else is rate limited
 		// before the token is checked, so guessing tokens is limited too.
 		if probe := rt.kind == "live" || rt.kind == "ready"; !probe {
-			if s.limiter != nil && !s.limiter.allow(clientKey(r)) {
-				w.Header().Set("Retry-After", "1")
-				writeError(w, http.StatusTooManyRequests, "rate limit exceeded for this client")
-				return
+			if s.limiter != nil {
+				if wait, ok := s.limiter.Allow(ratelimit.ClientKey(r)); !ok {
+					w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
+					writeError(w, http.StatusTooManyRequests, "rate limit exceeded for this client")
+					return
+				}
 			}
 			if !s.authorized(r) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="outpost"`)

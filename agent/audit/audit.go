@@ -16,14 +16,12 @@ package audit
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/hashchain"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -37,7 +35,7 @@ var (
 var (
 	bucketRecords = []byte("audit")
 	bucketMeta    = []byte("audit-meta")
-	keyHead       = []byte("head")
+	keyHead       = []byte("head") // where hashchain keeps the head in bucketMeta
 )
 
 // Record is what happened. The caller fills it; Append adds the sequence
@@ -73,64 +71,42 @@ type Entry struct {
 	Hash string `json:"-"`
 }
 
-type head struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+// chain is where the trail lives: the records and the head.
+var chain = hashchain.Chain{Records: bucketRecords, Meta: bucketMeta}
 
 // Init creates the buckets in tx; call it once when opening the database.
 func Init(tx *bolt.Tx) error {
-	for _, b := range [][]byte{bucketRecords, bucketMeta} {
-		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-			return fmt.Errorf("audit: init: %w", err)
-		}
+	if err := chain.Init(tx); err != nil {
+		return fmt.Errorf("audit: %w", err)
 	}
 	return nil
 }
 
-func seqKey(n uint64) []byte { return binary.BigEndian.AppendUint64(nil, n) }
+func seqKey(n uint64) []byte { return hashchain.Key(n) }
 
-func readHead(tx *bolt.Tx) (head, error) {
-	var h head
-	m := tx.Bucket(bucketMeta)
-	if m == nil {
-		return h, fmt.Errorf("audit: not initialised")
+// chainErr turns the chain's errors into this package's.
+func chainErr(err error) error {
+	if errors.Is(err, hashchain.ErrTampered) {
+		return fmt.Errorf("%w: %w", ErrTampered, err)
 	}
-	if b := m.Get(keyHead); b != nil {
-		if err := json.Unmarshal(b, &h); err != nil {
-			return h, fmt.Errorf("%w: head: %v", ErrTampered, err)
-		}
-	}
-	return h, nil
+	return fmt.Errorf("audit: %w", err)
 }
 
 // AppendTx appends r inside tx and returns the stored entry. It does not
 // read the chain back: Verify does that.
 func AppendTx(tx *bolt.Tx, r Record) (Entry, error) {
-	h, err := readHead(tx)
-	if err != nil {
-		return Entry{}, err
-	}
-	r.Seq = h.Seq + 1
-	r.Prev = h.Hash
 	if r.Time.IsZero() {
 		r.Time = time.Now()
 	}
 	r.Time = r.Time.UTC()
-	b, err := json.Marshal(r)
+	_, hash, err := chain.Append(tx, func(seq uint64, prev string) ([]byte, error) {
+		r.Seq, r.Prev = seq, prev
+		return json.Marshal(r)
+	})
 	if err != nil {
-		return Entry{}, fmt.Errorf("audit: append: %w", err)
+		return Entry{}, chainErr(err)
 	}
-	sum := sha256.Sum256(b)
-	e := Entry{Record: r, Hash: hex.EncodeToString(sum[:])}
-	if err := tx.Bucket(bucketRecords).Put(seqKey(r.Seq), b); err != nil {
-		return Entry{}, fmt.Errorf("audit: append: %w", err)
-	}
-	hb, _ := json.Marshal(head{Seq: r.Seq, Hash: e.Hash})
-	if err := tx.Bucket(bucketMeta).Put(keyHead, hb); err != nil {
-		return Entry{}, fmt.Errorf("audit: append: %w", err)
-	}
-	return e, nil
+	return Entry{Record: r, Hash: hash}, nil
 }
 
 // Append appends r in a transaction of its own.
@@ -147,34 +123,12 @@ func Append(db *bolt.DB, r Record) (Entry, error) {
 // VerifyTx walks the whole chain in tx and returns the number of records. An
 // error wrapping ErrTampered names the first record that does not fit.
 func VerifyTx(tx *bolt.Tx) (int, error) {
-	h, err := readHead(tx)
-	if err != nil {
-		return 0, err
-	}
-	c := tx.Bucket(bucketRecords).Cursor()
-	var (
-		n    int
-		prev string
-		want uint64 = 1
-	)
-	for k, v := c.First(); k != nil; k, v = c.Next() {
+	n, err := chain.Verify(tx, func(v []byte) (uint64, string, error) {
 		r, err := decode(v)
-		if err != nil {
-			return n, fmt.Errorf("%w: record %d: %v", ErrTampered, want, err)
-		}
-		switch {
-		case len(k) != 8 || binary.BigEndian.Uint64(k) != want || r.Seq != want:
-			return n, fmt.Errorf("%w: record %d: out of sequence", ErrTampered, want)
-		case r.Prev != prev:
-			return n, fmt.Errorf("%w: record %d: does not follow record %d", ErrTampered, want, want-1)
-		}
-		sum := sha256.Sum256(v)
-		prev = hex.EncodeToString(sum[:])
-		want++
-		n++
-	}
-	if uint64(n) != h.Seq || prev != h.Hash {
-		return n, fmt.Errorf("%w: %d records end in %.12s, head says %d ending in %.12s", ErrTampered, n, prev, h.Seq, h.Hash)
+		return r.Seq, r.Prev, err
+	})
+	if err != nil {
+		return n, chainErr(err)
 	}
 	return n, nil
 }
@@ -213,8 +167,7 @@ func List(db *bolt.DB, after uint64, limit int) ([]Entry, error) {
 			if err != nil {
 				return fmt.Errorf("%w: record %x: %v", ErrTampered, k, err)
 			}
-			sum := sha256.Sum256(v)
-			out = append(out, Entry{Record: r, Hash: hex.EncodeToString(sum[:])})
+			out = append(out, Entry{Record: r, Hash: hashchain.Hash(v)})
 		}
 		return nil
 	})

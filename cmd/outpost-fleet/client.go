@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -48,12 +50,66 @@ var (
 
 // apiClient talks to the admin API.
 type apiClient struct {
-	base string
-	http *http.Client
+	base  string
+	token string
+	http  *http.Client
+	// err, if set, is returned by every call: a token file or CA that
+	// could not be read.
+	err error
 }
 
-func newAPIClient(base string) *apiClient {
-	return &apiClient{base: strings.TrimRight(base, "/"), http: &http.Client{Timeout: 10 * time.Minute}}
+// adminFlags are the flags every client command shares.
+type adminFlags struct {
+	url, token, tokenFile, ca string
+}
+
+func adminFlag(fs *flag.FlagSet) *adminFlags {
+	var a adminFlags
+	fs.StringVar(&a.url, "admin", defaultAdminURL, "admin API URL of the controller (https:// when it serves TLS)")
+	fs.StringVar(&a.token, "token", "", "admin API token (default: $OUTPOST_TOKEN, then --token-file)")
+	fs.StringVar(&a.tokenFile, "token-file", "", "file holding the admin API token")
+	fs.StringVar(&a.ca, "ca", "", "PEM file of the CA that signed the admin API's certificate (default: $OUTPOST_CA, then the system's roots)")
+	return &a
+}
+
+// client builds the API client: the token from --token, else
+// $OUTPOST_TOKEN, else --token-file (none: no Authorization header, which
+// only a controller in bootstrap mode accepts, from loopback); the CA from
+// --ca, else $OUTPOST_CA.
+func (a *adminFlags) client() *apiClient {
+	c := &apiClient{base: strings.TrimRight(a.url, "/"), http: &http.Client{Timeout: 10 * time.Minute}}
+	c.token = a.token
+	if c.token == "" {
+		c.token = os.Getenv("OUTPOST_TOKEN")
+	}
+	if c.token == "" && a.tokenFile != "" {
+		b, err := os.ReadFile(a.tokenFile)
+		if err != nil {
+			c.err = fmt.Errorf("token file: %w", err)
+			return c
+		}
+		c.token = strings.TrimSpace(string(b))
+	}
+	ca := a.ca
+	if ca == "" {
+		ca = os.Getenv("OUTPOST_CA")
+	}
+	if ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			c.err = fmt.Errorf("ca: %w", err)
+			return c
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			c.err = fmt.Errorf("ca: %s holds no PEM certificate", ca)
+			return c
+		}
+		tr := http.DefaultTransport.(*http.Transport).Clone()
+		tr.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+		c.http.Transport = tr
+	}
+	return c
 }
 
 // apiError is an error the API answered with.
@@ -65,12 +121,18 @@ type apiError struct {
 func (e *apiError) Error() string { return fmt.Sprintf("admin api: %d: %s", e.status, e.msg) }
 
 func (c *apiClient) do(ctx context.Context, method, path, ctype string, body io.Reader, out any) error {
+	if c.err != nil {
+		return c.err
+	}
 	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
 	if err != nil {
 		return err
 	}
 	if ctype != "" {
 		req.Header.Set("Content-Type", ctype)
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -108,10 +170,6 @@ func (c *apiClient) json(ctx context.Context, method, path string, in, out any) 
 		body, ctype = bytes.NewReader(b), "application/json"
 	}
 	return c.do(ctx, method, path, ctype, body, out)
-}
-
-func adminFlag(fs *flag.FlagSet) *string {
-	return fs.String("admin", defaultAdminURL, "admin API URL of the controller")
 }
 
 // runModelsPush signs like models export (the same fleet/export code writes
@@ -180,7 +238,7 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		pw.CloseWithError(err)
 	}()
 	var info admin.ModelInfo
-	if err := newAPIClient(*api).do(ctx, http.MethodPost, "/v1/models", mw.FormDataContentType(), pr, &info); err != nil {
+	if err := api.client().do(ctx, http.MethodPost, "/v1/models", mw.FormDataContentType(), pr, &info); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "pushed %s v%d sha256:%s %d bytes (release serial %d, expires %s)\n",
@@ -195,7 +253,7 @@ func runModelsList(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	var ms []admin.ModelInfo
-	if err := newAPIClient(*api).json(ctx, http.MethodGet, "/v1/models", nil, &ms); err != nil {
+	if err := api.client().json(ctx, http.MethodGet, "/v1/models", nil, &ms); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -213,7 +271,7 @@ func runDevicesList(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	var ds []registry.Device
-	if err := newAPIClient(*api).json(ctx, http.MethodGet, "/v1/devices", nil, &ds); err != nil {
+	if err := api.client().json(ctx, http.MethodGet, "/v1/devices", nil, &ds); err != nil {
 		return err
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
@@ -288,7 +346,7 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 		req.WaveTimeout = waveTimeout.String()
 	}
 	var rep rollout.Report
-	if err := newAPIClient(*api).json(ctx, http.MethodPost, "/v1/rollouts", req, &rep); err != nil {
+	if err := api.client().json(ctx, http.MethodPost, "/v1/rollouts", req, &rep); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "rollout %s: %s v%d, waves %v", rep.ID, rep.Model, rep.Version, rep.Rollout.Waves)
@@ -314,7 +372,7 @@ func runRolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writ
 	if len(pos) > 1 {
 		return subcommand.UsageError("at most one rollout id")
 	}
-	c := newAPIClient(*api)
+	c := api.client()
 	for {
 		var reps []rollout.Report
 		if len(pos) == 1 {
@@ -404,7 +462,7 @@ func rolloutAction(action string) func(ctx context.Context, args []string, stdou
 			body = map[string]string{"reason": *reason}
 		}
 		var rep rollout.Report
-		if err := newAPIClient(*api).json(ctx, http.MethodPost, "/v1/rollouts/"+pos[0]+"/"+action, body, &rep); err != nil {
+		if err := api.client().json(ctx, http.MethodPost, "/v1/rollouts/"+pos[0]+"/"+action, body, &rep); err != nil {
 			var ae *apiError
 			if errors.As(err, &ae) && ae.status == http.StatusNotFound {
 				return fmt.Errorf("no rollout %s", pos[0])

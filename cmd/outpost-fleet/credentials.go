@@ -36,7 +36,7 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 		return subcommand.UsageError("one device name is required")
 	}
 	var cred admin.Credential
-	if err := newAPIClient(*api).json(ctx, http.MethodPost, "/v1/devices/"+pos[0]+"/credential", admin.EnrollRequest{Replace: *replace}, &cred); err != nil {
+	if err := api.client().json(ctx, http.MethodPost, "/v1/devices/"+pos[0]+"/credential", admin.EnrollRequest{Replace: *replace}, &cred); err != nil {
 		return err
 	}
 	if *out == "" {
@@ -62,7 +62,7 @@ func runDevicesRevoke(ctx context.Context, args []string, stdout, stderr io.Writ
 		return subcommand.UsageError("one device name is required")
 	}
 	var res admin.RevokeResult
-	if err := newAPIClient(*api).json(ctx, http.MethodDelete, "/v1/devices/"+pos[0]+"/credential", nil, &res); err != nil {
+	if err := api.client().json(ctx, http.MethodDelete, "/v1/devices/"+pos[0]+"/credential", nil, &res); err != nil {
 		var ae *apiError
 		if errors.As(err, &ae) && ae.status == http.StatusNotFound {
 			return fmt.Errorf("device %s holds no credential", pos[0])

@@ -3,7 +3,7 @@
 //	outpost-fleet keys init --dir KEYS
 //	outpost-fleet keys rotate --dir KEYS --role targets|root
 //	outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite
-//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--keys KEYS] [--fleet NAME] [--open-broker]
+//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--keys KEYS] [--fleet NAME] [--open-broker] [--admin-cert FILE --admin-key FILE]
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
 //	outpost-fleet devices list
@@ -13,9 +13,15 @@
 //	outpost-fleet rollout create --model N --version V [--selector k=v,...] [--waves 10,50,100] [--max-failure-ratio 0.1] [--bake 5m]
 //	outpost-fleet rollout status [--watch] [ID]
 //	outpost-fleet rollout pause|resume|abort ID
+//	outpost-fleet tokens create --role viewer|operator|admin [--name N]
+//	outpost-fleet tokens list
+//	outpost-fleet tokens revoke ID
+//	outpost-fleet audit [--since T] [--limit N] [-o json]
 //
-// The client commands (models push/list, devices, rollout) talk to the
-// admin API of a running serve (--admin, default http://127.0.0.1:8490).
+// The client commands (models push/list, devices, rollout, tokens, audit)
+// talk to the admin API of a running serve (--admin, default
+// http://127.0.0.1:8490) with the token of --token, else $OUTPOST_TOKEN,
+// else --token-file; --ca (or $OUTPOST_CA) trusts a private CA for https.
 package main
 
 import (
@@ -43,6 +49,10 @@ var program = subcommand.Program{
 		rolloutPauseCommand,
 		rolloutResumeCommand,
 		rolloutAbortCommand,
+		tokensCreateCommand,
+		tokensListCommand,
+		tokensRevokeCommand,
+		auditCommand,
 	},
 }
 

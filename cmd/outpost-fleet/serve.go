@@ -33,8 +33,13 @@ type fleetConfig struct {
 	Broker     string `yaml:"broker"`
 	ListenMQTT string `yaml:"listen_mqtt"`
 	Admin      string `yaml:"admin"`
-	LogLevel   string `yaml:"log_level"`
-	MQTT       struct {
+	// AdminTLS serves the admin API over TLS; see --admin-cert.
+	AdminTLS struct {
+		Cert string `yaml:"cert"`
+		Key  string `yaml:"key"`
+	} `yaml:"admin_tls"`
+	LogLevel string `yaml:"log_level"`
+	MQTT     struct {
 		Username string            `yaml:"username"`
 		Password string            `yaml:"password"`
 		Users    map[string]string `yaml:"users"`
@@ -81,6 +86,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	dataDir := fs.String("data-dir", "", "registry and artifacts directory (default outpost-fleet-data)")
 	keys := fs.String("keys", "", "keys directory made by keys init (required here or in the config)")
 	fleetName := fs.String("fleet", "", "fleet name, the <fleet> of every topic (default \"default\")")
+	adminCert := fs.String("admin-cert", "", "serve the admin API over TLS with this PEM certificate (chain) (admin_tls.cert)")
+	adminKey := fs.String("admin-key", "", "the PEM key of --admin-cert (admin_tls.key)")
 	openBroker := fs.Bool("open-broker", false, "let any client use any topic of the embedded broker, enrolled devices or not (insecure: demos on loopback only)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
@@ -92,7 +99,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, o := range []struct {
 		flag string
 		dst  *string
-	}{{*brokerURL, &cfg.Broker}, {*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet}} {
+	}{{*brokerURL, &cfg.Broker}, {*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
+		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}} {
 		if o.flag != "" {
 			*o.dst = o.flag
 		}
@@ -133,10 +141,22 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			},
 		}
 	}
+	scheme := "http"
+	if (cfg.AdminTLS.Cert == "") != (cfg.AdminTLS.Key == "") {
+		return subcommand.UsageError("admin_tls: cert and key go together (--admin-cert, --admin-key)")
+	}
+	if cfg.AdminTLS.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.AdminTLS.Cert, cfg.AdminTLS.Key)
+		if err != nil {
+			return fmt.Errorf("admin tls: %w", err)
+		}
+		opts.AdminTLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		scheme = "https"
+	}
 	c, err := controller.New(opts)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "outpost-fleet: fleet %s, mqtt %s, admin http://%s\n", cfg.Fleet, c.BrokerURL(), c.AdminAddr())
+	fmt.Fprintf(stdout, "outpost-fleet: fleet %s, mqtt %s, admin %s://%s\n", cfg.Fleet, c.BrokerURL(), scheme, c.AdminAddr())
 	return c.Run(ctx)
 }

@@ -1,10 +1,13 @@
 // Package admin is the fleet controller's JSON admin API (default
-// 127.0.0.1:8490): models, devices and rollouts. The outpost-fleet client
-// commands talk to it; docs/API.md ("Fleet admin API") describes it.
+// 127.0.0.1:8490): models, devices and rollouts, behind bearer tokens with
+// roles (auth.go), optionally over TLS, every change recorded in the
+// registry's audit log. The outpost-fleet client commands talk to it;
+// docs/API.md ("Fleet admin API") describes it.
 package admin
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,10 +17,12 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/internal/ratelimit"
 	"github.com/outpost-edge/outpost/models/dsse"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
@@ -53,6 +58,13 @@ type Options struct {
 	Disconnect Disconnecter
 	// Stats, if set, is served at GET /v1/stats.
 	Stats func() any
+	// TLS, if set, serves the API over TLS (its Certificates).
+	TLS *tls.Config
+	// FailedAuthBurst failed authentications are let through (401) per
+	// client address before the rest get 429, refilled at FailedAuthRate
+	// per second. 0 means 10 and 10 a minute.
+	FailedAuthBurst int
+	FailedAuthRate  float64
 	// DrainTimeout bounds the wait for requests in flight at shutdown (a
 	// model push of up to MaxModelSize among them); 0 means 2 minutes.
 	DrainTimeout time.Duration
@@ -62,10 +74,14 @@ type Options struct {
 
 // Server is the admin API.
 type Server struct {
-	opts Options
-	log  *slog.Logger
-	ln   net.Listener
-	mux  *http.ServeMux
+	opts    Options
+	log     *slog.Logger
+	ln      net.Listener
+	mux     *http.ServeMux
+	handler http.Handler
+	fails   *ratelimit.PerKey
+	// locked is set once a token is known to exist: bootstrap is over.
+	locked atomic.Bool
 }
 
 // New opens the listener (so Addr is known before Run).
@@ -88,20 +104,57 @@ func New(opts Options) (*Server, error) {
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = 2 * time.Minute
 	}
+	if opts.FailedAuthBurst <= 0 {
+		opts.FailedAuthBurst = 10
+	}
+	if opts.FailedAuthRate <= 0 {
+		opts.FailedAuthRate = 10.0 / 60
+	}
 	ln, err := net.Listen("tcp", opts.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("admin: %w", err)
 	}
-	s := &Server{opts: opts, log: opts.Logger, ln: ln, mux: http.NewServeMux()}
+	s := &Server{opts: opts, log: opts.Logger, ln: ln, mux: http.NewServeMux(),
+		fails: ratelimit.New(opts.FailedAuthRate, opts.FailedAuthBurst, opts.Now)}
 	s.routes()
+	s.handler = s.withAuth(s.mux)
 	return s, nil
 }
 
 // Addr is the listening address.
 func (s *Server) Addr() string { return s.ln.Addr().String() }
 
-// Handler returns the API's handler.
-func (s *Server) Handler() http.Handler { return s.mux }
+// Handler returns the API's handler, auth included.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// logMode says at start whether the API is in bootstrap mode and warns
+// when it is reachable from the network in clear.
+func (s *Server) logMode() {
+	boot, err := s.bootstrap()
+	if err != nil {
+		s.log.Error("admin api: cannot read tokens", "err", err)
+		return
+	}
+	if boot {
+		s.log.Info("admin api in bootstrap mode: no token exists, requests without one are accepted from loopback only (actor local); create one with outpost-fleet tokens create")
+	}
+	if w := exposure(s.Addr(), s.opts.TLS != nil, boot); w != "" {
+		s.log.Warn(w, "addr", s.Addr())
+	}
+}
+
+// exposure is the warning for an API listening on addr, or "" when it is
+// on loopback or speaks TLS.
+func exposure(addr string, tlsOn, boot bool) string {
+	switch {
+	case isLoopback(addr) || tlsOn:
+		return ""
+	case boot:
+		return "ADMIN API EXPOSED: it listens on a non-loopback address without TLS and no token exists; create a token and configure admin_tls"
+	default:
+		return "ADMIN API WITHOUT TLS on a non-loopback address: tokens travel in clear; configure admin_tls"
+	}
+}
 
 // Run serves until ctx is cancelled, then stops accepting, lets requests in
 // flight (a model push still uploading) finish within DrainTimeout, and
@@ -109,14 +162,22 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // caller keeps what they use (the registry) open until Run returns.
 func (s *Server) Run(ctx context.Context) error {
 	srv := &http.Server{
-		Handler:           s.mux,
+		Handler:           s.handler,
+		TLSConfig:         s.opts.TLS,
 		ReadHeaderTimeout: 10 * time.Second,
 		BaseContext:       func(net.Listener) context.Context { return context.WithoutCancel(ctx) },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(s.ln) }()
-	s.log.Info("admin api listening", "addr", s.Addr())
+	go func() {
+		if s.opts.TLS != nil {
+			errc <- srv.ServeTLS(s.ln, "", "")
+			return
+		}
+		errc <- srv.Serve(s.ln)
+	}()
+	s.log.Info("admin api listening", "addr", s.Addr(), "tls", s.opts.TLS != nil)
+	s.logMode()
 	select {
 	case err := <-errc:
 		return fmt.Errorf("admin: %w", err)
@@ -164,6 +225,10 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/rollouts/{id}", s.getRollout)
 	s.mux.HandleFunc("GET /v1/rollouts/{id}/devices", s.rolloutDevices)
 	s.mux.HandleFunc("POST /v1/rollouts/{id}/{action}", s.rolloutAction)
+	s.mux.HandleFunc("POST /v1/tokens", s.createToken)
+	s.mux.HandleFunc("GET /v1/tokens", s.listTokens)
+	s.mux.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
+	s.mux.HandleFunc("GET /v1/audit", s.getAudit)
 	s.mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.Stats == nil {
 			writeError(w, http.StatusNotFound, errors.New("no stats"))

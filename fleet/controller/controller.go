@@ -67,8 +67,10 @@ type Options struct {
 	// load (each needs the same blobs). Rollouts, devices and acks stay
 	// whole in every process; run rollouts from one of them.
 	ShareGroup string
-	// Admin is the admin API address (default 127.0.0.1:8490).
-	Admin string
+	// Admin is the admin API address (default 127.0.0.1:8490); AdminTLS,
+	// if set, serves it over TLS.
+	Admin    string
+	AdminTLS *tls.Config
 	// ChunkSize of pushed artifacts; BytesPerSecond paces chunk traffic.
 	ChunkSize      int
 	BytesPerSecond int64
@@ -164,7 +166,7 @@ func New(opts Options) (*Controller, error) {
 		disc = c.brk
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
-		Fleet: opts.Fleet, Disconnect: disc,
+		Fleet: opts.Fleet, Disconnect: disc, TLS: opts.AdminTLS,
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
 		return fail(err)
 	}

@@ -1,8 +1,9 @@
 // Package registry is the fleet controller's durable state in one bbolt file:
 // model versions (signed release and a blob file per artifact), devices
 // (labels, models, update state, telemetry counters), rollouts and each
-// rollout's per-device assignments, and the devices' broker credentials
-// (hashes only, see credentials.go).
+// rollout's per-device assignments, the devices' broker credentials
+// (hashes only, see credentials.go), admin API tokens (hashes only,
+// tokens.go) and the hash-chained audit log of admin changes (audit.go).
 //
 //	DATA/registry.db            the bbolt file
 //	DATA/blobs/<sha256>         model artifacts, written once, verified
@@ -46,6 +47,9 @@ var (
 	bAssignments = []byte("assignments")
 	bTelemetry   = []byte("telemetry")
 	bCredentials = []byte("credentials")
+	bTokens      = []byte("tokens")
+	bAudit       = []byte("audit")
+	bAuditMeta   = []byte("audit-meta")
 )
 
 // Options for Open; the zero value works.
@@ -76,7 +80,7 @@ func Open(dir string, opts Options) (*Registry, error) {
 	// serial callers (the rollout engine) from waiting the default 10 ms.
 	db.MaxBatchDelay = 2 * time.Millisecond
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bModels, bDevices, bRollouts, bAssignments, bTelemetry, bCredentials} {
+		for _, b := range [][]byte{bModels, bDevices, bRollouts, bAssignments, bTelemetry, bCredentials, bTokens, bAudit, bAuditMeta} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
