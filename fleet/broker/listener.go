@@ -3,6 +3,7 @@ package broker
 import (
 	"net"
 	"sync"
+	"time"
 
 	"github.com/mochi-mqtt/server/v2/listeners"
 )
@@ -50,9 +51,14 @@ func (d *drainListener) Serve(establish listeners.EstablishFn) {
 	})
 }
 
+// drainWait bounds how long Close waits for the handlers. A handler still
+// running after it is left to mochi's own wait, as without this wrapper: the
+// wait must never be what holds a shutdown.
+const drainWait = 2 * time.Second
+
 // Close stops accepting, lets mochi close the clients it knows (closeClients),
 // closes the connections still in their handshake, and returns once every
-// handler has returned.
+// handler has returned, or after drainWait.
 func (d *drainListener) Close(closeClients listeners.CloseFn) {
 	d.mu.Lock()
 	d.closing = true
@@ -63,7 +69,14 @@ func (d *drainListener) Close(closeClients listeners.CloseFn) {
 	for c := range d.conns {
 		c.Close()
 	}
-	for len(d.conns) > 0 {
+	deadline := time.Now().Add(drainWait)
+	t := time.AfterFunc(drainWait, func() {
+		d.mu.Lock()
+		d.idle.Broadcast()
+		d.mu.Unlock()
+	})
+	defer t.Stop()
+	for len(d.conns) > 0 && time.Now().Before(deadline) {
 		d.idle.Wait()
 	}
 }
