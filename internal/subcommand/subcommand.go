@@ -103,7 +103,7 @@ func (p *Program) PrintUsage(w io.Writer) {
 	}
 	width := 10
 	for _, c := range p.Commands {
-		width = max(width, len(c.Name))
+		width = max(width, len(c.Name)+2)
 	}
 	fmt.Fprintf(w, "usage: %s %s [flags]\n\ncommands:\n", p.Name, arg)
 	for _, c := range p.Commands {
