@@ -432,6 +432,20 @@ func (s *Store) SaveRoot(r *trust.Root) error {
 	return s.writeAtomic(s.path("root.json"), r.Raw, "root")
 }
 
+// ReplaceRoot stores r as the trust anchor whatever the stored root is, an
+// older version included: only for an operator moving the device to another
+// fleet (outpost-agent enroll --force). Updates go through SaveRoot.
+func (s *Store) ReplaceRoot(r *trust.Root) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlock, err := s.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return s.writeAtomic(s.path("root.json"), r.Raw, "root")
+}
+
 // writeBlob copies the checked model bytes to blobs/sha256/HEX.
 func (s *Store) writeBlob(m manifest.Manifest, r io.Reader) error {
 	err := atomicfile.Write(s.blobPath(m.SHA256), s.atomicOptions("blob", 0o444), func(w io.Writer) error {
