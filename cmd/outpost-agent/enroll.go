@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"syscall"
 
 	"github.com/outpost-edge/outpost/agent/config"
 	"github.com/outpost-edge/outpost/agent/store"
@@ -85,6 +86,7 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 
+	existed := listTree(data)
 	st, err := store.Open(data, store.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
@@ -94,6 +96,12 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	if err := writeCredential(pwPath, b.Password); err != nil {
+		return err
+	}
+	// Run as root for an agent that runs as its own user (the package's
+	// outpost): what enroll wrote in the data dir goes to the data dir's
+	// owner, or the agent could not read its own password.
+	if err := matchOwner(data, existed, filepath.Join(data, "root.json"), filepath.Dir(pwPath), pwPath); err != nil {
 		return err
 	}
 	if err := writeFleetSection(*cfgPath, doc, data, pwPath, b.Fleet); err != nil {
@@ -203,6 +211,51 @@ func writeCredential(path, password string) error {
 		return fmt.Errorf("enroll: %w", err)
 	}
 	return nil
+}
+
+// listTree returns the paths under dir (none if it does not exist).
+func listTree(dir string) map[string]bool {
+	seen := map[string]bool{}
+	_ = filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err == nil {
+			seen[p] = true
+		}
+		return nil
+	})
+	return seen
+}
+
+// matchOwner gives the owner of dir to what enroll wrote there: paths, and
+// whatever under dir is not in existed (the store's directories). It does
+// so only as root; other users cannot give files away.
+func matchOwner(dir string, existed map[string]bool, paths ...string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("enroll: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid == 0 {
+		return nil
+	}
+	mine := map[string]bool{}
+	for _, p := range paths {
+		mine[p] = true
+	}
+	return filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return fmt.Errorf("enroll: %w", err)
+		}
+		if p == dir || (existed[p] && !mine[p]) {
+			return nil
+		}
+		if err := os.Lchown(p, int(st.Uid), int(st.Gid)); err != nil {
+			return fmt.Errorf("enroll: %w", err)
+		}
+		return nil
+	})
 }
 
 // writeFleetSection sets data_dir (when missing) and the fleet keys the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,6 +171,34 @@ func TestEnrollInstalls(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "gw-1", cfg.Fleet.Device)
 	assert.Equal(t, data2, cfg.DataDir)
+}
+
+// TestEnrollOwner: run as root into a data dir another user owns (the
+// package's outpost user), enroll gives that user the root, the password
+// and its directory, so the agent running as it can read them.
+func TestEnrollOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to own files as another user")
+	}
+	data := filepath.Join(t.TempDir(), "data")
+	require.NoError(t, os.MkdirAll(data, 0o755))
+	const uid, gid = 65534, 65534
+	require.NoError(t, os.Chown(data, uid, gid))
+	code, out := enroll(testBundle(t, testRoot(t), "gw-1"), "--data-dir", data)
+	require.Equal(t, 0, code, out)
+	require.NoError(t, os.Remove(filepath.Join(data, "agent.yaml")))
+	require.NoError(t, os.WriteFile(filepath.Join(data, "mine"), nil, 0o600)) // not enroll's: stays root's
+	code, out = enroll(testBundle(t, testRoot(t), "gw-1"), "--data-dir", data, "--force")
+	require.Equal(t, 0, code, out)
+	for _, p := range []string{"root.json", "fleet", "fleet/password", "blobs", "tmp"} {
+		fi, err := os.Stat(filepath.Join(data, p))
+		require.NoError(t, err)
+		st := fi.Sys().(*syscall.Stat_t)
+		assert.Equal(t, [2]uint32{uid, gid}, [2]uint32{st.Uid, st.Gid}, p)
+	}
+	fi, err := os.Stat(filepath.Join(data, "mine"))
+	require.NoError(t, err)
+	assert.Zero(t, fi.Sys().(*syscall.Stat_t).Uid, "a file enroll did not write changed owner")
 }
 
 // TestEnrollEndToEnd is enrolment from the outside: the real controller
