@@ -86,6 +86,11 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 		}
 	}
 
+	// The new config is made and checked before anything is written.
+	newCfg, err := fleetSection(*cfgPath, doc, data, pwPath, b.Fleet)
+	if err != nil {
+		return err
+	}
 	existed := listTree(data)
 	st, err := store.Open(data, store.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
@@ -104,7 +109,7 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err := matchOwner(data, existed, filepath.Join(data, "root.json"), filepath.Dir(pwPath), pwPath); err != nil {
 		return err
 	}
-	if err := writeFleetSection(*cfgPath, doc, data, pwPath, b.Fleet); err != nil {
+	if err := writeConfig(*cfgPath, newCfg); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "enrolled %s in fleet %s (broker %s): root v%d in %s, broker password %s (0600), config %s\n",
@@ -258,11 +263,10 @@ func matchOwner(dir string, existed map[string]bool, paths ...string) error {
 	})
 }
 
-// writeFleetSection sets data_dir (when missing) and the fleet keys the
-// bundle carries in doc, leaving every other key and comment as it was,
-// checks the result as the agent would and writes it atomically (the
-// config's mode kept, 0644 for a new one: it holds no secret).
-func writeFleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f enrolment.Fleet) error {
+// fleetSection sets data_dir (when missing) and the fleet keys the bundle
+// carries in doc, leaving every other key and comment as it was, and
+// checks the result as the agent would.
+func fleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f enrolment.Fleet) ([]byte, error) {
 	if doc.Kind == 0 {
 		doc.Kind = yaml.DocumentNode
 	}
@@ -271,7 +275,7 @@ func writeFleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f en
 	}
 	top := doc.Content[0]
 	if top.Kind != yaml.MappingNode {
-		return fmt.Errorf("enroll: %s is not a YAML mapping", path)
+		return nil, fmt.Errorf("enroll: %s is not a YAML mapping", path)
 	}
 	if mapGet(top, "data_dir") == nil {
 		mapSet(top, "data_dir", scalar(dataDir))
@@ -300,18 +304,24 @@ func writeFleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f en
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)
 	if err := enc.Encode(doc); err != nil {
-		return fmt.Errorf("enroll: %s: %w", path, err)
+		return nil, fmt.Errorf("enroll: %s: %w", path, err)
 	}
 	if err := enc.Close(); err != nil {
-		return fmt.Errorf("enroll: %s: %w", path, err)
+		return nil, fmt.Errorf("enroll: %s: %w", path, err)
 	}
 	cfg, err := config.Parse(buf.Bytes())
 	if err == nil {
 		err = cfg.WithDefaults().Validate()
 	}
 	if err != nil {
-		return fmt.Errorf("enroll: the updated %s would not load: %w", path, err)
+		return nil, fmt.Errorf("enroll: the updated %s would not load: %w", path, err)
 	}
+	return buf.Bytes(), nil
+}
+
+// writeConfig replaces the config atomically, keeping its mode (0644 for a
+// new one: it holds no secret).
+func writeConfig(path string, b []byte) error {
 	perm := os.FileMode(0o644)
 	if fi, err := os.Stat(path); err == nil {
 		perm = fi.Mode().Perm()
@@ -319,7 +329,7 @@ func writeFleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f en
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
-	if err := atomicfile.WriteFile(path, buf.Bytes(), atomicfile.Options{Perm: perm}); err != nil {
+	if err := atomicfile.WriteFile(path, b, atomicfile.Options{Perm: perm}); err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
 	return nil

@@ -163,6 +163,16 @@ func TestEnrollInstalls(t *testing.T) {
 	assert.Equal(t, 1, code, out)
 	assert.Contains(t, out, "data_dir")
 
+	// A config that would not load: refused before anything is written.
+	broken := filepath.Join(t.TempDir(), "agent.yaml")
+	require.NoError(t, os.WriteFile(broken, []byte("delegates: [{kind: bogus}]\n"), 0o644))
+	data3 := filepath.Join(t.TempDir(), "data")
+	code, out = enroll(bundle, "--data-dir", data3, "--config", broken)
+	assert.Equal(t, 1, code, out)
+	assert.Contains(t, out, "would not load")
+	_, err = os.Stat(data3)
+	assert.True(t, os.IsNotExist(err), "a refused enrolment created the data dir")
+
 	// Without --config the config is DATA_DIR/agent.yaml.
 	data2 := filepath.Join(t.TempDir(), "data")
 	code, out = enroll(bundle, "--data-dir", data2)
