@@ -231,18 +231,25 @@ func TestEnrollEndToEnd(t *testing.T) {
 	require.Equal(t, 1, r.code, "a second enrolment without --force: %s", r.stdout+r.stderr)
 
 	startServeWait(t, b.agent, nil, "/v2/health/live", "--config", cfgPath)
-	online := func(want string) func() bool {
+	// online reports whether devices list shows gw-e2e with ONLINE want
+	// and the line holding every one of also (its labels arrive with its
+	// status, which may come after its online state).
+	online := func(want string, also ...string) func() bool {
 		return func() bool {
 			for _, line := range strings.Split(f.cli(t, "devices", "list"), "\n") {
 				if fs := strings.Fields(line); len(fs) >= 2 && fs[0] == "gw-e2e" {
+					for _, a := range also {
+						if !strings.Contains(line, a) {
+							return false
+						}
+					}
 					return fs[1] == want
 				}
 			}
 			return false
 		}
 	}
-	poll(t, online("true"), 60*time.Second, "the enrolled agent never showed up online")
-	assert.Contains(t, f.cli(t, "devices", "list"), "site=north")
+	poll(t, online("true", "site=north"), 60*time.Second, "the enrolled agent never showed up online with its labels")
 
 	f.cli(t, "devices", "revoke", "gw-e2e")
 	poll(t, online("false"), 60*time.Second, "the revoked agent is still listed online")
