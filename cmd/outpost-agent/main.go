@@ -1,6 +1,7 @@
 // Command outpost-agent is the Outpost device daemon and its local tools.
 //
 //	outpost-agent inspect MODEL [--json]
+//	outpost-agent enroll BUNDLE --data-dir DIR [--config agent.yaml] [--force]
 //
 // Each subcommand lives in its own file and is listed in program below;
 // internal/subcommand runs them.
@@ -21,6 +22,7 @@ var program = subcommand.Program{
 		inspectCommand,
 		verifyCommand, installCommand,
 		serveCommand,
+		enrollCommand,
 	},
 }
 
