@@ -85,27 +85,27 @@ type Observation struct {
 // Options configure a stream. Broker, Topic, Model, ResultTopic and
 // Backend are required.
 type Options struct {
-	Name          string
-	Broker        string // tcp://host:port or ssl://host:port
-	Topic         string
-	QoS           byte // 0 or 1
-	ClientID      string
-	Username      string
-	Password      string
-	Decoder       string     // raw, json or image
-	PixelRange    [2]float32 // image decoder, FP32 inputs; zero value means [0, 1]
-	WindowSize    int        // elements; 0: no window
-	WindowHop     int
-	Model         string
-	ResultTopic   string
-	Queue         int   // messages; default 8
-	QueueBytes    int64 // default 16 MiB
-	DropNewest    bool  // overflow policy; default drop the oldest
-	MaxMessage    int64 // bytes; default 4 MiB (never above QueueBytes)
-	Backend       Backend
-	Observer      Observer // nil: none
-	Logger        *slog.Logger
-	ConnectRetry  time.Duration // the longest wait between reconnects; default 10 s
+	Name           string
+	Broker         string // tcp://host:port or ssl://host:port
+	Topic          string
+	QoS            byte // 0 or 1
+	ClientID       string
+	Username       string
+	Password       string
+	Decoder        string     // raw, json or image
+	PixelRange     [2]float32 // image decoder, FP32 inputs; zero value means [0, 1]
+	WindowSize     int        // elements; 0: no window
+	WindowHop      int
+	Model          string
+	ResultTopic    string
+	Queue          int   // messages; default 8
+	QueueBytes     int64 // default 16 MiB
+	DropNewest     bool  // overflow policy; default drop the oldest
+	MaxMessage     int64 // bytes; default 4 MiB (never above QueueBytes)
+	Backend        Backend
+	Observer       Observer // nil: none
+	Logger         *slog.Logger
+	ConnectRetry   time.Duration // the longest wait between reconnects; default 10 s
 	PublishTimeout time.Duration // how long a result may wait for the broker; default 10 s
 }
 
