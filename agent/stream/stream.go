@@ -85,28 +85,27 @@ type Observation struct {
 // Options configure a stream. Broker, Topic, Model, ResultTopic and
 // Backend are required.
 type Options struct {
-	Name           string
-	Broker         string // tcp://host:port or ssl://host:port
-	Topic          string
-	QoS            byte // 0 or 1
-	ClientID       string
-	Username       string
-	Password       string
-	Decoder        string     // raw, json or image
-	PixelRange     [2]float32 // image decoder, FP32 inputs; zero value means [0, 1]
-	WindowSize     int        // elements; 0: no window
-	WindowHop      int
-	Model          string
-	ResultTopic    string
-	Queue          int   // messages; default 8
-	QueueBytes     int64 // default 16 MiB
-	DropNewest     bool  // overflow policy; default drop the oldest
-	MaxMessage     int64 // bytes; default 4 MiB (never above QueueBytes)
-	Backend        Backend
-	Observer       Observer // nil: none
-	Logger         *slog.Logger
-	ConnectRetry   time.Duration // the longest wait between reconnects; default 10 s
-	PublishTimeout time.Duration // how long a result may wait for the broker; default 10 s
+	Name         string
+	Broker       string // tcp://host:port or ssl://host:port
+	Topic        string
+	QoS          byte // 0 or 1
+	ClientID     string
+	Username     string
+	Password     string
+	Decoder      string     // raw, json or image
+	PixelRange   [2]float32 // image decoder, FP32 inputs; zero value means [0, 1]
+	WindowSize   int        // elements; 0: no window
+	WindowHop    int
+	Model        string
+	ResultTopic  string
+	Queue        int   // messages; default 8
+	QueueBytes   int64 // default 16 MiB
+	DropNewest   bool  // overflow policy; default drop the oldest
+	MaxMessage   int64 // bytes; default 4 MiB (never above QueueBytes)
+	Backend      Backend
+	Observer     Observer // nil: none
+	Logger       *slog.Logger
+	ConnectRetry time.Duration // the longest wait between reconnects; default 10 s
 }
 
 // Stream is one running stream. Its methods are safe for concurrent use;
@@ -169,9 +168,6 @@ func New(opts Options) (*Stream, error) {
 	if opts.ConnectRetry <= 0 {
 		opts.ConnectRetry = 10 * time.Second
 	}
-	if opts.PublishTimeout <= 0 {
-		opts.PublishTimeout = 10 * time.Second
-	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -204,12 +200,15 @@ func (s *Stream) Run(ctx context.Context) error {
 		SetOrderMatters(true). // the callback runs in order, and only enqueues
 		SetDefaultPublishHandler(func(_ mqtt.Client, m mqtt.Message) { s.receive(m.Payload()) })
 	co.SetOnConnectHandler(func(c mqtt.Client) {
+		// paho runs this on a goroutine of its own, so it may wait. A
+		// persistent session keeps the subscription; subscribing again
+		// covers a broker that lost its sessions.
+		tok := c.Subscribe(s.opts.Topic, s.opts.QoS, nil)
+		if !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
+			s.log.Error("stream subscribe failed; messages come only if the broker kept the session", "topic", s.opts.Topic, "err", tok.Error())
+		}
 		s.connected.Store(true)
-		s.log.Info("stream connected", "broker", s.opts.Broker, "topic", s.opts.Topic)
-		// A persistent session keeps the subscription; subscribing again
-		// covers a broker that lost it. The token is not waited on here:
-		// this callback runs on paho's connection goroutine.
-		c.Subscribe(s.opts.Topic, s.opts.QoS, nil)
+		s.log.Info("stream subscribed", "broker", s.opts.Broker, "topic", s.opts.Topic)
 	})
 	co.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		s.connected.Store(false)
@@ -296,18 +295,18 @@ func (w *worker) handle(ctx context.Context, m message) {
 	}
 	e, err := s.opts.Backend.Lookup(s.opts.Model, 0)
 	if err != nil {
-		w.fail(strconv.FormatUint(m.seq, 10), catalog.Entry{}, 0, err)
+		w.fail(ctx, strconv.FormatUint(m.seq, 10), catalog.Entry{}, 0, err)
 		return
 	}
 	elems, err := s.dec.elements(m.payload, e)
 	if err != nil {
-		w.fail(strconv.FormatUint(m.seq, 10), e, 0, err)
+		w.fail(ctx, strconv.FormatUint(m.seq, 10), e, 0, err)
 		return
 	}
 	in := e.Inputs[0]
 	n, _ := tensor.NumElements(in.Shape)
 	if n != s.opts.WindowSize {
-		w.fail(strconv.FormatUint(m.seq, 10), e, 0, fmt.Errorf("%w: window size %d, input %q of %s takes %d elements", ErrUnsupportedModel, s.opts.WindowSize, in.Name, e.Name, n))
+		w.fail(ctx, strconv.FormatUint(m.seq, 10), e, 0, fmt.Errorf("%w: window size %d, input %q of %s takes %d elements", ErrUnsupportedModel, s.opts.WindowSize, in.Name, e.Name, n))
 		return
 	}
 	// A window never spans a gap (a dropped or bad message) nor two
@@ -357,7 +356,7 @@ func (w *worker) infer(ctx context.Context, id string, prepare func(catalog.Entr
 	})
 	latency := time.Since(start)
 	if err != nil {
-		w.fail(id, e, latency, err)
+		w.fail(ctx, id, e, latency, err)
 		return
 	}
 	r := &w.resp
@@ -368,7 +367,7 @@ func (w *worker) infer(ctx context.Context, id string, prepare func(catalog.Entr
 	}
 	w.out, _ = oip.AppendResponse(w.out[:0], r)
 	s.results.Add(1)
-	w.publish(w.out)
+	w.publish(ctx, w.out)
 	if s.opts.Observer != nil {
 		o := Observation{Stream: s.opts.Name, Model: e, Latency: latency, Inputs: w.inTensors[:0]}
 		for i, in := range used.Inputs {
@@ -383,7 +382,7 @@ func (w *worker) infer(ctx context.Context, id string, prepare func(catalog.Entr
 
 // fail counts err, logs it, and publishes it as the result for id:
 // {"id": ..., "error": ...}.
-func (w *worker) fail(id string, e catalog.Entry, latency time.Duration, err error) {
+func (w *worker) fail(ctx context.Context, id string, e catalog.Entry, latency time.Duration, err error) {
 	s := w.s
 	code := errorCode(err)
 	s.mu.Lock()
@@ -401,7 +400,7 @@ func (w *worker) fail(id string, e catalog.Entry, latency time.Duration, err err
 	w.out = append(w.out, `,"error":`...)
 	w.out = strconv.AppendQuote(w.out, err.Error())
 	w.out = append(w.out, '}')
-	w.publish(w.out)
+	w.publish(ctx, w.out)
 }
 
 // errorCode is the short code an error is counted by.
@@ -419,16 +418,18 @@ func errorCode(err error) string {
 	return "internal"
 }
 
-// publish sends a result. paho copies the payload. With QoS 1 it waits for
-// the broker's acknowledgement (a loopback round trip), so a broker that
-// is down holds the worker, and the queue's policy drops what arrives
-// meanwhile: memory stays bounded however long the broker is away.
-func (w *worker) publish(payload []byte) {
+// publish sends a result; paho copies the payload. It waits for the
+// broker to take it (a PUBACK for QoS 1, a loopback round trip), so while
+// the broker is away the worker waits for it to come back (paho keeps the
+// result and sends it on reconnection) and the queue's policy applies to
+// whatever arrives meanwhile: memory stays bounded however long it is away.
+func (w *worker) publish(ctx context.Context, payload []byte) {
 	s := w.s
 	tok := w.client.Publish(s.opts.ResultTopic, s.opts.QoS, false, payload)
-	if !tok.WaitTimeout(s.opts.PublishTimeout) {
+	select {
+	case <-tok.Done():
+	case <-ctx.Done():
 		s.pubErrors.Add(1)
-		s.log.Warn("stream result not acknowledged in time", "topic", s.opts.ResultTopic, "timeout", s.opts.PublishTimeout)
 		return
 	}
 	if err := tok.Error(); err != nil {
