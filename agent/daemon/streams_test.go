@@ -10,12 +10,19 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/config"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
+	"github.com/outpost-edge/outpost/agent/stream"
+	"github.com/outpost-edge/outpost/agent/telemetry"
+	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/internal/testbroker"
+	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -101,4 +108,82 @@ func TestAgentStream(t *testing.T) {
 	require.Eventually(t, func() bool { return metric(`outpost_stream_results_total{stream="cam"} 1`) },
 		10*time.Second, 20*time.Millisecond)
 	assert.True(t, metric(`outpost_stream_dropped_total{reason="queue_full",stream="cam"} 0`))
+}
+
+// TestStreamTelemetry: a stream's inferences and drops reach the fleet as
+// the model's aggregates (drops as errors coded stream_dropped) through the
+// real queue, fleet link and Mosquitto; probation counts only inferences.
+func TestStreamTelemetry(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
+	require.NoError(t, err)
+	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
+		Link: link, Topic: link.Topics().Events, AggregateInterval: 100 * time.Millisecond, SampleRate: -1})
+	require.NoError(t, err)
+
+	var mu sync.Mutex
+	var aggs []protocol.Record
+	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL()).SetClientID("fleet"))
+	tok := cl.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	defer cl.Disconnect(100)
+	tok = cl.Subscribe(link.Topics().Events, 1, func(_ mqtt.Client, m mqtt.Message) {
+		b, err := protocol.DecodeBatch(m.Payload())
+		if err != nil {
+			t.Errorf("bad batch: %v", err)
+			return
+		}
+		for _, e := range b.Entries {
+			r, err := protocol.DecodeRecord(e.Body)
+			if err == nil && r.Kind == protocol.KindAggregate {
+				mu.Lock()
+				aggs = append(aggs, r)
+				mu.Unlock()
+			}
+		}
+	})
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = link.Run(ctx) })
+	wg.Go(func() { _ = q.Run(ctx) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	traffic := updater.NewTrafficCounter()
+	obs := streamTelemetry{traffic: traffic, q: q}
+	model := catalog.Entry{Name: "hand", Version: 3, Digest: "sha256:abc"}
+	obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Latency: time.Millisecond})
+	for range 5 {
+		obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Code: "dropped"})
+	}
+	obs.ObserveStream(stream.Observation{Stream: "cam", Code: "dropped"}) // no model served: not accounted
+
+	var requests, errs, dropped uint64
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		requests, errs, dropped = 0, 0, 0
+		for _, r := range aggs {
+			if r.Model.Name != "hand" || r.Model.Version != "3" {
+				continue
+			}
+			requests += r.Aggregate.Requests
+			errs += r.Aggregate.Errors
+			for _, c := range r.Aggregate.ErrorsByCode {
+				if c.Code == "stream_dropped" {
+					dropped += c.Count
+				}
+			}
+		}
+		return requests == 6
+	}, 20*time.Second, 20*time.Millisecond, "aggregates: requests %d", requests)
+	assert.Equal(t, uint64(5), errs)
+	assert.Equal(t, uint64(5), dropped)
+	assert.Equal(t, uint64(1), traffic.Traffic("hand", 3).Requests, "probation counts the inference, not the drops")
 }
