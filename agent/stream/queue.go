@@ -35,17 +35,21 @@ func newQueue(maxLen int, maxBytes int64, dropOldest bool) *queue {
 
 // push adds m and returns how many messages were dropped to respect the
 // bounds (m itself included, under drop_newest or when it alone is larger
-// than maxBytes). It never blocks.
-func (q *queue) push(m message) (dropped int) {
+// than maxBytes), or 1 and closed once the queue is closed. It never
+// blocks.
+func (q *queue) push(m message) (dropped int, closed bool) {
 	size := int64(len(m.payload))
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.closed || size > q.maxBytes {
-		return 1
+	if q.closed {
+		return 1, true
+	}
+	if size > q.maxBytes {
+		return 1, false
 	}
 	for q.n == q.maxLen || q.bytes+size > q.maxBytes {
 		if !q.dropOldest {
-			return 1
+			return 1, false
 		}
 		q.take()
 		dropped++
@@ -55,7 +59,7 @@ func (q *queue) push(m message) (dropped int) {
 	q.bytes += size
 	q.peak = max(q.peak, q.bytes)
 	q.signal()
-	return dropped
+	return dropped, false
 }
 
 // take removes the head; q.mu is held and q.n > 0.

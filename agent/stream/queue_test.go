@@ -50,7 +50,11 @@ func TestQueuePolicies(t *testing.T) {
 			q := newQueue(tt.maxLen, tt.maxBytes, tt.dropOldest)
 			drops := 0
 			for i, n := range tt.sizes {
-				drops += q.push(msg(uint64(i+1), n))
+				d, closed := q.push(msg(uint64(i+1), n))
+				if closed {
+					t.Fatal("push reported a closed queue")
+				}
+				drops += d
 				if _, b, _ := q.depth(); b > tt.maxBytes {
 					t.Fatalf("after push %d: %d bytes held, bound %d", i+1, b, tt.maxBytes)
 				}
@@ -78,8 +82,8 @@ func TestQueueCloseDropsWaiting(t *testing.T) {
 	if n := q.close(); n != 2 {
 		t.Errorf("close dropped %d, want 2", n)
 	}
-	if d := q.push(msg(3, 1)); d != 1 {
-		t.Errorf("push after close: %d dropped, want 1", d)
+	if d, closed := q.push(msg(3, 1)); d != 1 || !closed {
+		t.Errorf("push after close: %d dropped, closed %v; want 1, true", d, closed)
 	}
 	if _, ok := q.pop(make(chan struct{})); ok {
 		t.Error("pop after close returned a message")

@@ -217,19 +217,29 @@ func (s *Stream) Run(ctx context.Context) error {
 	client := mqtt.NewClient(co)
 	client.Connect() // with ConnectRetry it keeps trying in the background
 
+	// The worker stops taking messages when ctx ends, and finishes the one
+	// in hand (its inference and the publication of the result) within
+	// shutdownGrace; only then is the connection closed.
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
 	var wg sync.WaitGroup
-	wg.Go(func() { s.work(ctx, client) })
+	wg.Go(func() { s.work(workCtx, ctx.Done(), client) })
 	<-ctx.Done()
-	// Stop taking messages first, then let the worker finish the message
-	// in hand; what still waits in the queue is dropped and counted.
+	grace := time.AfterFunc(shutdownGrace, cancelWork)
+	wg.Wait()
+	grace.Stop()
 	client.Disconnect(250)
 	s.connected.Store(false)
-	wg.Wait()
+	// What still waits in the queue is dropped and counted.
 	if n := s.q.close(); n > 0 {
 		s.drop("shutdown", n)
 	}
 	return nil
 }
+
+// shutdownGrace bounds how long a stopping stream waits for the message in
+// hand.
+const shutdownGrace = 2 * time.Second
 
 // receive runs on paho's delivery goroutine: number the message, queue it,
 // never block.
@@ -239,7 +249,11 @@ func (s *Stream) receive(payload []byte) {
 		s.drop("too_large", 1)
 		return
 	}
-	if n := s.q.push(message{seq: seq, payload: payload}); n > 0 {
+	n, closed := s.q.push(message{seq: seq, payload: payload})
+	switch {
+	case closed:
+		s.drop("shutdown", n)
+	case n > 0:
 		s.drop("queue_full", n)
 	}
 }
@@ -256,11 +270,12 @@ func (s *Stream) drop(reason string, n int) {
 	}
 }
 
-// work handles queued messages one at a time, in order, until ctx is done.
-func (s *Stream) work(ctx context.Context, client mqtt.Client) {
+// work handles queued messages one at a time, in order, until stop is
+// closed; ctx bounds the handling of each.
+func (s *Stream) work(ctx context.Context, stop <-chan struct{}, client mqtt.Client) {
 	w := &worker{s: s, client: client}
 	for {
-		m, ok := s.q.pop(ctx.Done())
+		m, ok := s.q.pop(stop)
 		if !ok {
 			return
 		}
