@@ -502,3 +502,47 @@ func TestStreamWindow(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamDropNewest: under drop_newest a burst keeps its beginning. The
+// first frame always finds room, so it is always answered; whatever the
+// machine's speed, every frame is answered or counted as dropped, and the
+// answers come in order.
+func TestStreamDropNewest(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, _ := registry(t, hand)
+	s, err := New(Options{Name: "burst", Broker: mq.URL(), Topic: "b/in", Decoder: "image",
+		Model: "m", ResultTopic: "b/out", Backend: reg, QoS: 1, Queue: 2, DropNewest: true})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "b/out")
+	run(t, s)
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "burster")
+	const n = 40
+	toks := make([]mqtt.Token, n)
+	for i := range n {
+		toks[i] = pub.Publish("b/in", 1, false, frame(t, i))
+	}
+	for _, tok := range toks {
+		require.True(t, tok.WaitTimeout(10*time.Second))
+		require.NoError(t, tok.Error())
+	}
+	var st Stats
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st = s.Stats()
+		if st.Received == n && st.Results+st.Dropped["queue_full"] == n && st.Published == st.Results {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "frames not accounted for: %+v", st)
+		time.Sleep(10 * time.Millisecond)
+	}
+	rs := res.waitFor(t, 30*time.Second, "every result", func(rs []result) bool { return uint64(len(rs)) == st.Results })
+	assert.Equal(t, "1", rs[0].ID, "the first frame of the burst is answered")
+	var last uint64
+	for _, r := range rs {
+		seq := r.seq(t)
+		require.Greater(t, seq, last, "in order, none twice")
+		last = seq
+	}
+	t.Logf("burst of %d: %d answered, %d dropped", n, st.Results, st.Dropped["queue_full"])
+}
