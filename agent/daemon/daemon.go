@@ -24,6 +24,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/sdnotify"
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/agent/stream"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/agent/version"
@@ -42,6 +43,7 @@ type Agent struct {
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
 	ulink    *updater.Link    // nil without a fleet or a data dir
 	updater  *updater.Updater // nil when ulink is
+	streams  []*stream.Stream
 
 	started       time.Time
 	counter       *requestCounter
@@ -105,6 +107,12 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	}
 	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
 		return nil, err
+	}
+	if a.streams, err = newStreams(cfg, a.registry, a.counter.traffic, a.queue, log); err != nil {
+		return nil, err
+	}
+	if len(a.streams) > 0 {
+		reg.MustRegister(stream.Collector(a.streams...))
 	}
 	a.api, err = api.New(api.Options{
 		Listen:         cfg.Listen,
@@ -172,6 +180,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { errc <- a.api.Run(ctx) }()
 
 	a.reload(ctx, "")
+	// Streams start once the models are loaded, and stop before the
+	// registry closes.
+	stopStreams := a.runStreams(ctx)
 	a.log.Info("serving", "listen", a.Addr(), "models", len(a.registry.List()), "version", version.Version)
 	// systemd (Type=notify) learns we serve once the first load is done,
 	// whatever its outcome: a broken model file must not fail the unit.
@@ -201,11 +212,13 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.reload(ctx, "")
 		case err := <-errc: // the API stopped: drained after ctx ended, or failed
 			sdnotify.Stopping()
+			stopStreams()
 			a.registry.Close()
 			return err
 		case <-ctx.Done():
 			sdnotify.Stopping()
 			err := <-errc // the API drains first
+			stopStreams()
 			a.registry.Close()
 			return err
 		}
