@@ -20,7 +20,7 @@ var program = subcommand.Program{
 	Commands: []subcommand.Command{
 		inspectCommand,
 		verifyCommand, installCommand,
-		serveCommand,
+		serveCommand, batchCommand,
 	},
 }
 
