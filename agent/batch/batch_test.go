@@ -233,7 +233,7 @@ func TestJSONL(t *testing.T) {
 	img := image(5)
 	var b bytes.Buffer
 	b.Write(v2Request("first", tensor.FP32, []int{1, 128, 128, 3}, img)) // line 1
-	b.WriteString("\n\n   \n")                                         // lines 2-3 blank
+	b.WriteString("\n\n   \n")                                           // lines 2-3 blank
 	b.WriteString("{not json\n")                                         // line 4
 	b.Write(v2Request("", tensor.FP32, []int{1, 128, 128, 4}, img))      // line 5: data fits no shape
 	b.WriteString("\r\n")
