@@ -46,6 +46,7 @@ package batch
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -88,6 +89,11 @@ type Options struct {
 	// encoding; default twice the model's interpreters, so every
 	// interpreter has the next item ready when it finishes one.
 	Workers int
+	// RawOutputs writes each output's data as "b64": the base64 of its
+	// little-endian bytes, instead of "data": a JSON array of numbers.
+	// Encoding is then about 30 times cheaper, which matters for models with
+	// large outputs (face detection: 15,232 floats per item).
+	RawOutputs bool
 	// MaxItemBytes bounds one item (a file or a line); default 64 MiB.
 	MaxItemBytes int
 	// SyncEvery is how often records are flushed and fsynced; default 1 s.
@@ -424,9 +430,50 @@ func (w *worker) run(ctx context.Context, it *item, line []byte) (result, error)
 	w.resp.Outputs = append(w.resp.Outputs, w.outs...)
 	line = appendHead(line, it)
 	line = append(line, `"result":`...)
-	line, _ = oip.AppendResponse(line, &w.resp)
+	if w.r.opts.RawOutputs {
+		line = appendRaw(line, &w.resp)
+	} else {
+		line, _ = oip.AppendResponse(line, &w.resp)
+	}
 	res.line = append(line, "}\n"...)
 	return res, nil
+}
+
+// appendRaw appends r as AppendResponse does, except that each output's
+// data is "b64": the standard base64 of its little-endian bytes.
+func appendRaw(dst []byte, r *oip.Response) []byte {
+	dst = append(dst, `{"model_name":`...)
+	dst = tensorjson.AppendString(dst, []byte(r.ModelName))
+	dst = append(dst, `,"model_version":`...)
+	dst = tensorjson.AppendString(dst, []byte(r.ModelVersion))
+	if r.ID != "" {
+		dst = append(dst, `,"id":`...)
+		dst = tensorjson.AppendString(dst, []byte(r.ID))
+	}
+	dst = append(dst, `,"parameters":{"model_digest":`...)
+	dst = tensorjson.AppendString(dst, []byte(r.ModelDigest))
+	dst = append(dst, `},"outputs":[`...)
+	for k := range r.Outputs {
+		t := &r.Outputs[k].Tensor
+		if k > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, `{"name":`...)
+		dst = tensorjson.AppendString(dst, []byte(t.Name))
+		dst = append(dst, `,"datatype":`...)
+		dst = tensorjson.AppendString(dst, []byte(t.DataType))
+		dst = append(dst, `,"shape":[`...)
+		for j, d := range t.Shape {
+			if j > 0 {
+				dst = append(dst, ',')
+			}
+			dst = strconv.AppendInt(dst, int64(d), 10)
+		}
+		dst = append(dst, `],"b64":"`...)
+		dst = base64.StdEncoding.AppendEncode(dst, t.Data)
+		dst = append(dst, `"}`...)
+	}
+	return append(dst, "]}"...)
 }
 
 // appendHead appends `{"index":N,"key":"K",` to dst.

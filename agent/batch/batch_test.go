@@ -451,3 +451,44 @@ func TestProgressOutput(t *testing.T) {
 		}
 	}
 }
+
+func TestRawOutputs(t *testing.T) {
+	reg := newRegistry(t)
+	dir := t.TempDir()
+	in, out := filepath.Join(dir, "in.npy"), filepath.Join(dir, "out.jsonl")
+	writeRows(t, in, 3)
+	r, err := New(Options{Backend: reg, Model: face, Input: in, Output: out, RawOutputs: true})
+	require.NoError(t, err)
+	require.NoError(t, r.Run(context.Background()))
+	b, err := os.ReadFile(out)
+	require.NoError(t, err)
+	lines := bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n"))
+	require.Len(t, lines, 3)
+	for i, l := range lines {
+		var rec struct {
+			Index  int `json:"index"`
+			Result struct {
+				ModelName string `json:"model_name"`
+				Outputs   []struct {
+					Name     string `json:"name"`
+					DataType string `json:"datatype"`
+					Shape    []int  `json:"shape"`
+					B64      []byte `json:"b64"` // encoding/json decodes base64
+				} `json:"outputs"`
+			} `json:"result"`
+		}
+		require.NoError(t, json.Unmarshal(l, &rec))
+		require.Equal(t, i, rec.Index)
+		require.Equal(t, face, rec.Result.ModelName)
+		want := direct(t, reg, image(i%7))
+		require.Len(t, rec.Result.Outputs, 2)
+		for k, o := range rec.Result.Outputs {
+			require.Equal(t, "FP32", o.DataType)
+			got := make([]float32, len(o.B64)/4)
+			for j := range got {
+				got[j] = math.Float32frombits(binary.LittleEndian.Uint32(o.B64[4*j:]))
+			}
+			require.Equal(t, want[k], got, "record %d output %s", i, o.Name)
+		}
+	}
+}

@@ -31,6 +31,7 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	input := fs.String("input", "", "a directory of .json/.npy/.bin items, a .jsonl file or an .npy file")
 	output := fs.String("output", "", "results file, one JSON line per item in input order")
 	resume := fs.Bool("resume", false, "continue an interrupted run's output")
+	raw := fs.Bool("raw-outputs", false, `write each output's data as "b64" (base64 of its little-endian bytes) instead of a JSON array`)
 	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
 	workers := fs.Int("workers", 0, "interpreters (default: one per core)")
 	progressMode := fs.String("progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
@@ -76,7 +77,7 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	r, err := batch.New(batch.Options{
-		Backend: reg, Model: name, Input: *input, Output: *output, Resume: *resume,
+		Backend: reg, Model: name, Input: *input, Output: *output, Resume: *resume, RawOutputs: *raw,
 		Progress: progress, Terminal: terminal, ProgressEvery: *every, Logger: log,
 	})
 	if err != nil {
