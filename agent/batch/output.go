@@ -2,12 +2,14 @@ package batch
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/atomicfile"
@@ -105,9 +107,9 @@ func (o *output) syncer() {
 
 // recordHead is the part of a record resume checks.
 type recordHead struct {
-	Index *int    `json:"index"`
-	Key   *string `json:"key"`
-	Error *string `json:"error"`
+	Index int
+	Key   string
+	Error bool // an error record
 }
 
 // scanRecords reads the records from the start of f and returns the length
@@ -139,25 +141,45 @@ func scanRecords(f *os.File, rec *recovered) (int64, error) {
 		}
 		n := len(rec.keys)
 		h, ok := parseHead(line)
-		if !ok || *h.Index != n {
+		if !ok || h.Index != n {
 			return keep, nil
 		}
-		rec.keys = append(rec.keys, *h.Key)
-		if h.Error != nil {
+		rec.keys = append(rec.keys, h.Key)
+		if h.Error {
 			rec.errors++
 		}
 		keep += int64(len(line))
 	}
 }
 
-// parseHead decodes a record line; ok is false unless the whole line is
-// valid JSON carrying an index and a key.
+// parseHead checks a record line; ok is false unless the whole line is
+// valid JSON that starts as the writer starts records:
+// {"index":N,"key":"K", then "result" or "error". Only the head is decoded.
 func parseHead(line []byte) (recordHead, bool) {
 	var h recordHead
-	if !json.Valid(line) || json.Unmarshal(line, &h) != nil || h.Index == nil || h.Key == nil {
+	if !json.Valid(line) {
 		return h, false
 	}
-	return h, true
+	d := json.NewDecoder(bytes.NewReader(line))
+	d.UseNumber()
+	var toks [6]json.Token
+	for i := range toks {
+		t, err := d.Token()
+		if err != nil {
+			return h, false
+		}
+		toks[i] = t
+	}
+	n, ok := toks[2].(json.Number)
+	key, kok := toks[4].(string)
+	if toks[0] != json.Delim('{') || toks[1] != "index" || !ok || toks[3] != "key" || !kok {
+		return h, false
+	}
+	i, err := strconv.Atoi(string(n))
+	if err != nil || (toks[5] != "result" && toks[5] != "error") {
+		return h, false
+	}
+	return recordHead{Index: i, Key: key, Error: toks[5] == "error"}, true
 }
 
 // write appends one record (which ends in '\n'); every syncEvery the
