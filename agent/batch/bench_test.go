@@ -2,6 +2,8 @@ package batch
 
 import (
 	"context"
+	"encoding/binary"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
@@ -11,6 +13,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/oip"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/tensor"
@@ -168,4 +171,30 @@ func median(v []float64) float64 {
 	s := append([]float64(nil), v...)
 	sort.Float64s(s)
 	return s[len(s)/2]
+}
+
+// BenchmarkEncodeOutputs compares the two ways a record carries the face
+// detection model's outputs (15,232 floats): JSON numbers and base64.
+func BenchmarkEncodeOutputs(b *testing.B) {
+	data := make([]byte, 4*(896*16+896))
+	for i := 0; i < len(data); i += 4 {
+		binary.LittleEndian.PutUint32(data[i:], math.Float32bits(float32(math.Sin(float64(i)))*30))
+	}
+	resp := &oip.Response{ModelName: "face", ModelVersion: "1", ModelDigest: "sha256:00", Outputs: []oip.Output{
+		{Tensor: tensor.Tensor{Name: "regressors", DataType: tensor.FP32, Shape: []int{1, 896, 16}, Data: data[:4*896*16]}},
+		{Tensor: tensor.Tensor{Name: "classificators", DataType: tensor.FP32, Shape: []int{1, 896, 1}, Data: data[4*896*16:]}},
+	}}
+	var buf []byte
+	b.Run("json", func(b *testing.B) {
+		for b.Loop() {
+			buf, _ = oip.AppendResponse(buf[:0], resp)
+		}
+		b.ReportMetric(float64(len(buf)), "bytes/record")
+	})
+	b.Run("b64", func(b *testing.B) {
+		for b.Loop() {
+			buf = appendRaw(buf[:0], resp)
+		}
+		b.ReportMetric(float64(len(buf)), "bytes/record")
+	})
 }
