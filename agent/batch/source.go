@@ -360,5 +360,3 @@ func (s *npyRows) Next(buf []byte) (item, error) {
 	return it, nil
 }
 
-// rowShape is the shape of one row of the .npy input.
-func (s *npyRows) rowShape() (tensor.DataType, []int) { return s.hdr.DataType, s.hdr.Shape[1:] }
