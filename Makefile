@@ -72,11 +72,12 @@ bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
 # bench-batch: batch throughput against the bare pool on the same model
-# (BenchmarkBatchVsPool, ratios batch/pool and batch/pool-cpu) and the cost
+# (BenchmarkBatchVsPool in process, BenchmarkBatchBinary through the real
+# binary: ratios batch/pool and batch/pool-cpu) and the cost
 # of the two output encodings; make bench runs them too.
 .PHONY: bench-batch
 bench-batch: setup
-	$(GO) test -run '^$$' -bench 'BatchVsPool|EncodeOutputs' -benchmem -benchtime $(BENCHTIME) -timeout 30m ./agent/batch/
+	$(GO) test -run '^$$' -bench 'BatchVsPool|BatchBinary|EncodeOutputs' -benchmem -benchtime $(BENCHTIME) -timeout 30m ./agent/batch/
 
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of

@@ -7,8 +7,11 @@ import (
 	"encoding/binary"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
+	"strconv"
 	"sync"
 	"syscall"
 	"testing"
@@ -199,4 +202,77 @@ func BenchmarkEncodeOutputs(b *testing.B) {
 		}
 		b.ReportMetric(float64(len(buf)), "bytes/record")
 	})
+}
+
+// BenchmarkBatchBinary is BenchmarkBatchVsPool through the real binary:
+// `outpost-agent batch --raw-outputs` in its own process against the bare
+// pool in this one, alternating. binary/pool uses the items/s the binary
+// reports for its run (after loading the model); binary-wall/pool counts
+// the whole process, start and model load included; binary/pool-cpu
+// compares CPU seconds per item (the child's rusage against ours).
+func BenchmarkBatchBinary(b *testing.B) {
+	bin := filepath.Join(b.TempDir(), "outpost-agent")
+	if msg, err := exec.Command("go", "build", "-o", bin, "../../cmd/outpost-agent").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, msg)
+	}
+	const model, rows = testmodel.FaceShort, 300
+	reg := serving.New(serving.Options{})
+	defer reg.Close()
+	e, err := reg.LoadFile(context.Background(), model, 1, testmodel.Path(b, model))
+	if err != nil {
+		b.Fatal(err)
+	}
+	size, _ := e.Inputs[0].ByteSize()
+	data := make([]byte, rows*size)
+	for i := 3; i < len(data); i += 4 {
+		data[i-3], data[i] = byte(i), 0x3f
+	}
+	dir := b.TempDir()
+	npy := filepath.Join(dir, "in.npy")
+	if err := os.WriteFile(npy, appendNpy(nil, tensor.FP32, []int{rows, 128, 128, 3}, data), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.jsonl")
+	rate := regexp.MustCompile(`; ([0-9.]+) items/s`)
+	binRun := func() (wall, cpu time.Duration, itemsPerSec float64) {
+		os.Remove(out)
+		cmd := exec.Command(bin, "batch", "--model", testmodel.Path(b, model), "--input", npy, "--output", out,
+			"--raw-outputs", "--progress", "none", "--log-level", "warn")
+		start := time.Now()
+		msg, err := cmd.CombinedOutput()
+		wall = time.Since(start)
+		if err != nil {
+			b.Fatalf("%v\n%s", err, msg)
+		}
+		m := rate.FindSubmatch(msg)
+		if m == nil {
+			b.Fatalf("no items/s in %s", msg)
+		}
+		itemsPerSec, _ = strconv.ParseFloat(string(m[1]), 64)
+		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), itemsPerSec
+	}
+	poolRun := func() time.Duration { return bare(b, reg, model, data, size, 2*e.Workers) }
+	const rounds = 3
+	b.ResetTimer()
+	for range b.N {
+		var ratios, wallRatios, cpuRatios []float64
+		for i := range rounds {
+			var tp, cp, tw, cb time.Duration
+			var ips float64
+			if i%2 == 0 {
+				tp, cp = withCPU(poolRun)
+				tw, cb, ips = binRun()
+			} else {
+				tw, cb, ips = binRun()
+				tp, cp = withCPU(poolRun)
+			}
+			pool := float64(rows) / tp.Seconds()
+			ratios = append(ratios, ips/pool)
+			wallRatios = append(wallRatios, tp.Seconds()/tw.Seconds())
+			cpuRatios = append(cpuRatios, cp.Seconds()/cb.Seconds())
+		}
+		b.ReportMetric(median(ratios), "binary/pool")
+		b.ReportMetric(median(wallRatios), "binary-wall/pool")
+		b.ReportMetric(median(cpuRatios), "binary/pool-cpu")
+	}
 }
