@@ -359,4 +359,3 @@ func (s *npyRows) Next(buf []byte) (item, error) {
 	s.next++
 	return it, nil
 }
-
