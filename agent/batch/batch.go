@@ -244,6 +244,9 @@ func (r *Runner) Run(ctx context.Context) error {
 			defer workers.Done()
 			w := worker{r: r}
 			for it := range items {
+				if ctx.Err() != nil {
+					return // stopping: what is queued is left for a resume
+				}
 				var line []byte
 				select {
 				case line = <-freeLines:
