@@ -85,6 +85,9 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	err = r.Run(ctx)
 	s := r.Stats()
+	if s.Total == 0 && err != nil {
+		return err // it never started: no summary to give
+	}
 	fmt.Fprintf(stderr, "outpost-agent: batch: %d items written (%d errors), %d already in the output, %d in the input; %.1f items/s\n",
 		s.Done, s.Errors, s.Skipped, s.Total, s.ItemsPerSecond())
 	if errors.Is(err, context.Canceled) {
