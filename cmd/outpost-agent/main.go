@@ -21,7 +21,7 @@ var program = subcommand.Program{
 	Commands: []subcommand.Command{
 		inspectCommand,
 		verifyCommand, installCommand,
-		serveCommand,
+		serveCommand, batchCommand,
 		enrollCommand,
 	},
 }
