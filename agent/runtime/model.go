@@ -155,7 +155,7 @@ type Model struct {
 	pool      chan worker
 	all       []worker
 	maxQueue  int64
-	waiting  atomic.Int64
+	waiting   atomic.Int64
 
 	// life is held for reading by every call in progress and for writing by
 	// Close, so the C memory is freed only once no call can touch it.

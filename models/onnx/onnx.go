@@ -75,15 +75,15 @@ const (
 	valueName = 1
 	valueType = 2
 
-	typeTensor   = 1
-	tensorElem   = 1
-	tensorShape  = 2
-	shapeDim     = 1
-	dimValue     = 1
-	dimParam     = 2
-	maxTensors   = 4096
-	maxDims      = 64
-	maxOpsets    = 256
+	typeTensor  = 1
+	tensorElem  = 1
+	tensorShape = 2
+	shapeDim    = 1
+	dimValue    = 1
+	dimParam    = 2
+	maxTensors  = 4096
+	maxDims     = 64
+	maxOpsets   = 256
 )
 
 // Read extracts the signature from a .onnx file's bytes. The graph's inputs
