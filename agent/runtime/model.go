@@ -333,6 +333,10 @@ func (m *Model) Outputs() []tensor.Info { return m.outputs }
 // Format says which runtime runs the model.
 func (m *Model) Format() Format { return m.format }
 
+// RuntimeName is the runtime as a signed manifest names it: "tflite" or
+// "onnx".
+func (m *Model) RuntimeName() string { return string(m.format) }
+
 // WarmInputs returns inputs for a warm-up run: each exactly its size, filled
 // from Options.Inputs for ONNX models, zeros otherwise. Do not modify.
 func (m *Model) WarmInputs() [][]byte {
