@@ -176,4 +176,3 @@ func vadInfer(t *testing.T, url string, frame, state []float32) (float64, []floa
 	require.Len(t, next, 256)
 	return got.Outputs[0].Data[0], next
 }
-
