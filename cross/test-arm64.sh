@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # test-arm64.sh runs the agent's runtime and API tests built for linux/arm64
-# under qemu user emulation, with the real arm64 TFLite library and models,
-# and checks that arm64 computes the same outputs as amd64:
+# under qemu user emulation, with the real arm64 TFLite and ONNX Runtime
+# libraries and models, and checks that arm64 computes the same outputs as
+# amd64:
 #
 #  1. cross/outputs runs natively and writes an amd64 reference;
 #  2. the same program built for arm64 runs under qemu, checks its pool
 #     against the bare C API there, and compares with the reference;
-#  3. a focused set of runtime and API tests runs under qemu via go test -exec.
+#  3. a focused set of runtime and API tests runs under qemu via go test -exec,
+#     among them Silero VAD through ONNX Runtime compared bit for bit with a
+#     C program on the ONNX Runtime C API, itself cross-compiled and run under
+#     qemu.
 #
 # Emulation is 40 to 500 times slower than native: the set stays small, and
 # nothing here reads speed from it.
@@ -19,7 +23,7 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Tests that load real models on the target; the long ones (leak cycles,
 # swap and queue timing under load) stay on native CI.
-RUNTIME_TESTS=${RUNTIME_TESTS:-'^(TestGoTFLiteLayout|TestDescribe|TestBadModels|TestMatchesBareCAPI|TestDelegatePlugins|TestParseDelegate|TestInvokeChecksInputs|TestConcurrentInvoke|TestClose|TestErrorsAreSentinels)$'}
+RUNTIME_TESTS=${RUNTIME_TESTS:-'^(TestGoTFLiteLayout|TestDescribe|TestBadModels|TestMatchesBareCAPI|TestDelegatePlugins|TestParseDelegate|TestInvokeChecksInputs|TestConcurrentInvoke|TestClose|TestErrorsAreSentinels|TestDetect|TestONNXRuntimeVersion|TestONNXDescribe|TestSileroStateful|TestSileroMatchesCAPI|TestTinyONNX|TestBadONNX|TestExecutionProviderChain)$'}
 API_TESTS=${API_TESTS:-'^(TestV2JSONInfer|TestV2BinaryInfer|TestTFServingPredict|TestMetadataAndHealth|TestBadRequests)$'}
 
 step() { echo "== test-arm64: $*"; }
@@ -40,6 +44,10 @@ step "amd64 reference outputs (native)"
 
 eval "$(cross/env.sh arm64 tree)"
 export OUTPOST_TEST_CC=$CC
+# The ONNX reference program is an arm64 executable too: it runs through
+# qemu, and is compiled against the C API header onnxruntime_go vendors.
+export OUTPOST_TEST_EXEC=$qemu
+export OUTPOST_ORT_HEADERS=$(go list -m -f '{{.Dir}}' github.com/yalue/onnxruntime_go)
 
 step "arm64 outputs under qemu, compared with amd64"
 go build -p 1 -o "$tmp/outputs-arm64" ./cross/outputs
