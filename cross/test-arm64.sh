@@ -23,16 +23,18 @@ trap 'rm -rf "$tmp"' EXIT
 
 # Tests that load real models on the target; the long ones (leak cycles,
 # swap and queue timing under load) stay on native CI.
-RUNTIME_TESTS=${RUNTIME_TESTS:-'^(TestGoTFLiteLayout|TestDescribe|TestBadModels|TestMatchesBareCAPI|TestDelegatePlugins|TestParseDelegate|TestInvokeChecksInputs|TestConcurrentInvoke|TestClose|TestErrorsAreSentinels|TestDetect|TestONNXRuntimeVersion|TestONNXDescribe|TestSileroStateful|TestSileroMatchesCAPI|TestTinyONNX|TestBadONNX|TestExecutionProviderChain)$'}
+RUNTIME_TESTS=${RUNTIME_TESTS:-'^(TestGoTFLiteLayout|TestDescribe|TestBadModels|TestMatchesBareCAPI|TestDelegatePlugins|TestParseDelegate|TestInvokeChecksInputs|TestConcurrentInvoke|TestClose|TestErrorsAreSentinels|TestDetect)$'}
+# The ONNX Runtime tests run through cross/qemu-ort.sh (see there why).
+ONNX_TESTS=${ONNX_TESTS:-'^(TestONNXRuntimeVersion|TestONNXDescribe|TestSileroStateful|TestSileroMatchesCAPI|TestSileroConcurrent|TestTinyONNX|TestBadONNX|TestExecutionProviderChain|TestSlotSwapsRuntimes)$'}
 API_TESTS=${API_TESTS:-'^(TestV2JSONInfer|TestV2BinaryInfer|TestTFServingPredict|TestMetadataAndHealth|TestBadRequests)$'}
 
 step() { echo "== test-arm64: $*"; }
 
-# gotest PKG RUN runs the tests of PKG matching RUN under qemu; it prints a
-# line per test, and the whole log when something fails.
+# gotest PKG RUN [EXEC] runs the tests of PKG matching RUN under qemu (or
+# EXEC); it prints a line per test, and the whole log when something fails.
 gotest() {
-  local log=$tmp/$(basename "$1").log
-  if go test -p 1 -count=1 -short -timeout 30m -exec "$qemu" -run "$2" -v "$1" >"$log" 2>&1; then
+  local log=$tmp/$(basename "$1")-$RANDOM.log
+  if go test -p 1 -count=1 -short -timeout 30m -exec "${3:-$qemu}" -run "$2" -v "$1" >"$log" 2>&1; then
     grep -E '^(--- |ok )' "$log"
   else
     cat "$log"; echo "test-arm64: $1 failed" >&2; return 1
@@ -56,6 +58,15 @@ $qemu "$tmp/outputs-arm64" -models "$OUTPOST_MODELS" -compare "$tmp/ref-amd64.js
 
 step "agent/runtime tests under qemu"
 gotest ./agent/runtime "$RUNTIME_TESTS"
+
+step "agent/runtime ONNX Runtime tests under qemu (Silero VAD against the C API reference)"
+if [[ $(id -u) -eq 0 ]] && unshare -m true 2>/dev/null; then
+  # The test binary runs in qemu-ort.sh's namespace; the C reference it
+  # starts inherits it and goes through plain qemu.
+  gotest ./agent/runtime "$ONNX_TESTS" "$root/cross/qemu-ort.sh"
+else
+  echo "test-arm64: SKIPPED the ONNX Runtime tests: they need root for a private mount namespace (cross/qemu-ort.sh)" >&2
+fi
 
 step "agent/api tests under qemu"
 gotest ./agent/api "$API_TESTS"

@@ -352,3 +352,53 @@ func TestSlotSwapsRuntimes(t *testing.T) {
 	_, err = tf.InvokeFunc(context.Background(), [][]byte{make([]byte, tf.InputSizes()[0])}, func(int, []byte) error { return nil }, len(tf.Outputs()))
 	assert.ErrorIs(t, err, ErrClosed)
 }
+
+// RSS stays flat over repeated ONNX load/run/free cycles (session, worker
+// mappings, per-run scalars). A leak of the model bytes alone would add
+// 2.3 MB per cycle.
+func TestONNXNoLeakOverLoadCycles(t *testing.T) {
+	cycles := 60
+	if testing.Short() {
+		cycles = 30
+	}
+	data := readModel(t, testmodel.SileroVAD)
+	frame := sileroFrames(6)[5]
+	sr := make([]byte, 8)
+	binary.LittleEndian.PutUint64(sr, 16000)
+	cycle := func() {
+		m, err := Load(data, Options{Workers: 2, Inputs: sileroInputs})
+		require.NoError(t, err)
+		require.NoError(t, m.Invoke(context.Background(), [][]byte{frame, make([]byte, 1024), sr}, outBufs(m)))
+		require.NoError(t, m.Close())
+	}
+	for range cycles / 2 {
+		cycle()
+	}
+	mid := rssBytes(t)
+	for range cycles / 2 {
+		cycle()
+	}
+	grew := rssBytes(t) - mid
+	t.Logf("RSS grew %d KB over the last %d of %d ONNX load/unload cycles", grew/1024, cycles/2, cycles)
+	require.Less(t, grew, int64(16<<20), "RSS grew %d KB over %d cycles", grew/1024, cycles/2)
+}
+
+// BenchmarkSileroFrame: one 32 ms frame (512 samples at 16 kHz) through the
+// pool with the state fed back; us/frame against the 32 ms of audio it
+// covers says how much of a core a live stream takes.
+func BenchmarkSileroFrame(b *testing.B) {
+	m := loadSilero(b, 1)
+	frames := sileroFrames(32)
+	state := make([]byte, 1024)
+	sr := make([]byte, 8)
+	binary.LittleEndian.PutUint64(sr, 16000)
+	out := outBufs(m)
+	b.ResetTimer()
+	for i := range b.N {
+		if err := m.Invoke(context.Background(), [][]byte{frames[i%len(frames)], state, sr}, out); err != nil {
+			b.Fatal(err)
+		}
+		copy(state, out[1])
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "us/frame")
+}
