@@ -61,6 +61,8 @@ gotest ./agent/runtime "$RUNTIME_TESTS"
 
 step "agent/runtime ONNX Runtime tests under qemu (Silero VAD against the C API reference)"
 if [[ $(id -u) -eq 0 ]] && unshare -m true 2>/dev/null; then
+  ( eval "$(cross/env.sh amd64 tree)"; go run -p 1 ./cross/outputs -onnx -models "$OUTPOST_MODELS" -write "$tmp/ref-onnx-amd64.json" )
+  "$root/cross/qemu-ort.sh" "$tmp/outputs-arm64" -onnx -models "$OUTPOST_MODELS" -compare "$tmp/ref-onnx-amd64.json"
   # The test binary runs in qemu-ort.sh's namespace; the C reference it
   # starts inherits it and goes through plain qemu.
   gotest ./agent/runtime "$ONNX_TESTS" "$root/cross/qemu-ort.sh"

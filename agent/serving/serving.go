@@ -90,7 +90,7 @@ func (r *Registry) Load(ctx context.Context, name string, version int64, data []
 	rep := m.Delegate()
 	e := catalog.Entry{
 		Name: name, Version: version, Digest: digest,
-		Inputs: m.Inputs(), Outputs: m.Outputs(),
+		Inputs: m.Inputs(), Outputs: m.Outputs(), Runtime: m.RuntimeName(),
 		Delegate: rep.Delegate, DelegatedNodes: rep.DelegatedNodes, TotalNodes: rep.TotalNodes,
 		Workers: m.Workers(), Source: source, LoadedAt: time.Now(),
 	}

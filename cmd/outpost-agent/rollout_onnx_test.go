@@ -73,6 +73,7 @@ func TestFleetRolloutONNX(t *testing.T) {
 	meta, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	assert.Contains(t, string(meta), `"shape":[1,512]`)
+	assert.Contains(t, string(meta), `"platform":"onnxruntime_onnx"`)
 
 	// Both runtimes answer side by side.
 	resp, err = http.Post(agent.url+"/v2/models/face/infer", "application/json", strings.NewReader(faceJSON))
