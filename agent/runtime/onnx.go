@@ -1,6 +1,7 @@
 package runtime
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,7 +22,8 @@ import (
 // input and output tensors bound to memory outside the Go heap, so ONNX
 // Runtime reads and writes buffers the garbage collector knows nothing of.
 // Scalar (rank 0) inputs are the exception: the binding makes them only from
-// a value, so they are created per call from the input's bytes.
+// a value, so a worker makes one from the input's bytes and keeps it until
+// the bytes change.
 //
 // onnxruntime_go v1.27.0 asks the library for ORT_API_VERSION 24 (ONNX
 // Runtime 1.24's C API); the 1.30 library serves every older version of the
@@ -466,17 +468,21 @@ func scalar(t onnxTensor, b []byte) (ort.Value, error) {
 }
 
 // onnxWorker is one set of bound tensors. Its input and output buffers are
-// one anonymous mapping; scalar inputs are copied into a fresh value per run.
+// one anonymous mapping; scalar inputs are values of their own.
 type onnxWorker struct {
 	sess    *ort.DynamicAdvancedSession
 	mem     []byte
 	ins     []onnxTensor
 	inBufs  [][]byte
 	outBufs [][]byte
-	inVals  []ort.Value // nil for scalars, made per run
+	inVals  []ort.Value // nil for scalars, see scalars
 	outVals []ort.Value
-	runIns  []ort.Value // reused argument slices
-	runOuts []ort.Value
+	// scalars holds the value made for each scalar input and the bytes it
+	// was made from; nil for other inputs.
+	scalars     []ort.Value
+	scalarBytes [][]byte
+	runIns      []ort.Value // reused argument slices
+	runOuts     []ort.Value
 }
 
 func newONNXWorker(sess *ort.DynamicAdvancedSession, ins, outs []onnxTensor) (*onnxWorker, error) {
@@ -518,6 +524,8 @@ func newONNXWorker(sess *ort.DynamicAdvancedSession, ins, outs []onnxTensor) (*o
 	}
 	w.runIns = make([]ort.Value, len(ins))
 	w.runOuts = make([]ort.Value, len(outs))
+	w.scalars = make([]ort.Value, len(ins))
+	w.scalarBytes = make([][]byte, len(ins))
 	return w, nil
 }
 
@@ -530,12 +538,20 @@ func (w *onnxWorker) run() error {
 		if v != nil {
 			continue
 		}
-		s, err := scalar(w.ins[i], w.inBufs[i])
-		if err != nil {
-			return fmt.Errorf("input %q: %v", w.ins[i].info.Name, err)
+		// A scalar is usually the same from call to call (a sample rate):
+		// keep the value until its bytes change.
+		if w.scalars[i] == nil || !bytes.Equal(w.scalarBytes[i], w.inBufs[i]) {
+			s, err := scalar(w.ins[i], w.inBufs[i])
+			if err != nil {
+				return fmt.Errorf("input %q: %v", w.ins[i].info.Name, err)
+			}
+			if w.scalars[i] != nil {
+				w.scalars[i].Destroy()
+			}
+			w.scalars[i] = s
+			w.scalarBytes[i] = append(w.scalarBytes[i][:0], w.inBufs[i]...)
 		}
-		defer s.Destroy()
-		w.runIns[i] = s
+		w.runIns[i] = w.scalars[i]
 	}
 	copy(w.runOuts, w.outVals)
 	if err := w.sess.Run(w.runIns, w.runOuts); err != nil {
@@ -545,12 +561,12 @@ func (w *onnxWorker) run() error {
 }
 
 func (w *onnxWorker) free() {
-	for _, v := range append(append([]ort.Value(nil), w.inVals...), w.outVals...) {
+	for _, v := range append(append(append([]ort.Value(nil), w.inVals...), w.outVals...), w.scalars...) {
 		if v != nil {
 			v.Destroy()
 		}
 	}
-	w.inVals, w.outVals = nil, nil
+	w.inVals, w.outVals, w.scalars = nil, nil, nil
 	if w.mem != nil {
 		syscall.Munmap(w.mem)
 		w.mem = nil

@@ -162,6 +162,17 @@ func TestSileroStateful(t *testing.T) {
 	binary.LittleEndian.PutUint64(sr, 16000)
 	require.NoError(t, m.Invoke(context.Background(), [][]byte{frames[6], make([]byte, 1024), sr}, fresh))
 	assert.NotEqual(t, got[6*(4+1024):6*(4+1024)+4], fresh[0], "frame 6 after history vs from a zero state")
+
+	// The worker keeps the sample-rate scalar between calls: a new value is
+	// used (8 kHz wants 256-sample frames, so 512 fails inside the model),
+	// and going back gives the 16 kHz answer again.
+	sr8k := make([]byte, 8)
+	binary.LittleEndian.PutUint64(sr8k, 8000)
+	err := m.Invoke(context.Background(), [][]byte{frames[6], make([]byte, 1024), sr8k}, outBufs(m))
+	assert.Error(t, err, "512 samples at 8 kHz")
+	again := outBufs(m)
+	require.NoError(t, m.Invoke(context.Background(), [][]byte{frames[6], make([]byte, 1024), sr}, again))
+	assert.Equal(t, fresh, again)
 }
 
 // TestSileroMatchesCAPI: the pool's outputs equal, bit for bit, a small C
