@@ -1,6 +1,6 @@
 // Command outpost-agent is the Outpost device daemon and its local tools.
 //
-//	outpost-agent inspect MODEL.tflite|MODEL.onnx [--json] [--input NAME=SHAPE[@WARM]]
+//	outpost-agent inspect MODEL [--json]
 //
 // Each subcommand lives in its own file and is listed in program below;
 // internal/subcommand runs them.
