@@ -413,3 +413,33 @@ func BenchmarkSileroFrame(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "us/frame")
 }
+
+// Without the ONNX Runtime library an ONNX load fails with an error that
+// names the library, and TFLite models load and run as before. The library
+// is opened once per process, so the check runs in a child process.
+func TestONNXRuntimeMissing(t *testing.T) {
+	if os.Getenv("OUTPOST_TEST_ORT_MISSING") == "1" {
+		_, err := Load(testmodel.TinyONNX(13), Options{Workers: 1})
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "runtime: onnx runtime /nonexistent/libonnxruntime.so.1")
+		_, err = Load(testmodel.TinyONNX(13), Options{Workers: 1})
+		assert.Error(t, err, "the second load fails the same way")
+		tf, err := Load(readModel(t, "face_detection_short_range.tflite"), Options{Workers: 1})
+		require.NoError(t, err)
+		defer tf.Close()
+		require.NoError(t, tf.Invoke(context.Background(), inputsFor(tf, 0), outBufs(tf)))
+		return
+	}
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	args := []string{"-test.run", "^TestONNXRuntimeMissing$", "-test.v"}
+	cmd := exec.Command(exe, args...)
+	if q := os.Getenv("OUTPOST_TEST_EXEC"); q != "" {
+		f := strings.Fields(q)
+		cmd = exec.Command(f[0], append(append(f[1:], exe), args...)...)
+	}
+	cmd.Env = append(os.Environ(), "OUTPOST_TEST_ORT_MISSING=1", "OUTPOST_ONNXRUNTIME_LIB=/nonexistent/libonnxruntime.so.1")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "child:\n%s", out)
+	assert.Contains(t, string(out), "--- PASS: TestONNXRuntimeMissing")
+}
