@@ -9,13 +9,16 @@ ROOT  := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 DEPS  := $(ROOT)/.deps
 GOARCH_HOST := $(shell go env GOARCH)
 TFLITE_LIB  := $(DEPS)/tflite/linux_$(GOARCH_HOST)
+ORT_LIB     := $(DEPS)/onnxruntime/linux_$(GOARCH_HOST)
 MODELS      := $(DEPS)/models
 
 # cgo finds the TFLite headers (the package's and our own two) and the library;
 # the rpath lets test binaries and bin/ run in place without LD_LIBRARY_PATH.
+# ONNX Runtime is opened with dlopen at first use, found through the same
+# rpath (its second entry), so nothing links against it.
 export CGO_ENABLED := 1
 export CGO_CFLAGS  := -O2 -I$(ROOT)/agent/runtime/include -I$(DEPS)/tflite/include
-export CGO_LDFLAGS := -L$(TFLITE_LIB) -Wl,-rpath,$(TFLITE_LIB)
+export CGO_LDFLAGS := -L$(TFLITE_LIB) -Wl,-rpath,$(TFLITE_LIB) -Wl,-rpath,$(ORT_LIB)
 export OUTPOST_MODELS := $(MODELS)
 
 GO        ?= go

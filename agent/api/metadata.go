@@ -45,6 +45,14 @@ func v2Tensors(ts []tensor.Info) []v2Tensor {
 	return out
 }
 
+// platform names the runtime as KServe and Triton do.
+func platform(runtime string) string {
+	if runtime == "onnx" {
+		return "onnxruntime_onnx"
+	}
+	return "tensorflow_lite"
+}
+
 func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
@@ -54,7 +62,7 @@ func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"name":     e.Name,
 		"versions": []string{strconv.FormatInt(e.Version, 10)},
-		"platform": "tensorflow_lite",
+		"platform": platform(e.Runtime),
 		"inputs":   v2Tensors(e.Inputs),
 		"outputs":  v2Tensors(e.Outputs),
 		"parameters": map[string]any{

@@ -41,9 +41,15 @@ type Config struct {
 	Threads int `yaml:"threads"`
 	Workers int `yaml:"workers"`
 	Queue   int `yaml:"queue"`
-	// Delegates is the fallback chain; empty means [xnnpack]. Plain CPU
-	// always ends it.
+	// Delegates is the fallback chain; empty means [xnnpack] for TFLite
+	// models and CPU for ONNX ones. Plain CPU always ends it. cuda and
+	// tensorrt are ONNX Runtime execution providers (TFLite models skip
+	// them); external and xnnpack are TFLite delegates (ONNX models skip
+	// them).
 	Delegates []Delegate `yaml:"delegates"`
+	// Inputs fixes, by input name, the served shape of ONNX inputs with open
+	// dimensions and the value of their warm-up run (docs/RUNTIMES.md).
+	Inputs map[string]Input `yaml:"inputs"`
 	// Models are served from files; models installed in DataDir's store are
 	// served as well.
 	Models    []Model   `yaml:"models"`
@@ -114,9 +120,16 @@ type Fleet struct {
 
 // Delegate is one link of the delegate chain.
 type Delegate struct {
-	Kind    string            `yaml:"kind"` // external, xnnpack or cpu
+	Kind    string            `yaml:"kind"` // external, xnnpack, cpu, cuda or tensorrt
 	Path    string            `yaml:"path,omitempty"`
 	Options map[string]string `yaml:"options,omitempty"`
+}
+
+// Input fixes one ONNX input: Shape replaces its open dimensions (others
+// stay 1), Warm is the value of every element in the warm-up run.
+type Input struct {
+	Shape []int   `yaml:"shape"`
+	Warm  float64 `yaml:"warm"`
 }
 
 // Model is a model served from a file.
@@ -236,13 +249,13 @@ func (c Config) Validate() error {
 	}
 	for i, d := range c.Delegates {
 		switch d.Kind {
-		case "xnnpack", "cpu":
+		case "xnnpack", "cpu", "cuda", "tensorrt":
 		case "external":
 			if d.Path == "" {
 				errs = append(errs, fmt.Sprintf("delegates[%d]: external needs a path", i))
 			}
 		default:
-			errs = append(errs, fmt.Sprintf("delegates[%d]: unknown kind %q (want external, xnnpack or cpu)", i, d.Kind))
+			errs = append(errs, fmt.Sprintf("delegates[%d]: unknown kind %q (want external, xnnpack, cpu, cuda or tensorrt)", i, d.Kind))
 		}
 	}
 	if c.Threads < 0 || c.Workers < 0 {
