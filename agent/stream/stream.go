@@ -67,15 +67,20 @@ type Observer interface {
 	ObserveStream(o Observation)
 }
 
-// Observation is one inference of a stream or one dropped message.
+// Observation is one inference of a stream, or messages it dropped.
 type Observation struct {
 	Stream string
 	// Model is the instance that ran, or for a drop the one serving then
 	// (empty when none is).
-	Model   catalog.Entry
+	Model catalog.Entry
+	// Dropped, when not 0, makes this a drop: that many messages were
+	// dropped unread (the overflow policy, the size limit, shutdown) and
+	// the model never saw them; the other fields but Stream and Model are
+	// zero.
+	Dropped int
 	Latency time.Duration
-	// Code is empty on success, else "dropped" (the overflow policy or the
-	// size limit), "bad_input", "model_not_found", "overload", "internal".
+	// Code is empty on success, else "bad_input", "model_not_found",
+	// "overload", "canceled", "internal".
 	Code string
 	// Inputs are the model's inputs for a successful inference, valid only
 	// during the call.
@@ -264,9 +269,7 @@ func (s *Stream) drop(reason string, n int) {
 	s.mu.Unlock()
 	if s.opts.Observer != nil {
 		e, _ := s.opts.Backend.Lookup(s.opts.Model, 0)
-		for range n {
-			s.opts.Observer.ObserveStream(Observation{Stream: s.opts.Name, Model: e, Code: "dropped"})
-		}
+		s.opts.Observer.ObserveStream(Observation{Stream: s.opts.Name, Model: e, Dropped: n})
 	}
 }
 
