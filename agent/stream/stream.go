@@ -420,6 +420,13 @@ func (s *Stream) drop(reason string, n int) {
 func (s *Stream) work(ctx context.Context, stop <-chan struct{}) {
 	w := &worker{s: s}
 	for {
+		// pop prefers a waiting message to a closed stop: look first, so
+		// the worker takes no new message once the stream stops.
+		select {
+		case <-stop:
+			return
+		default:
+		}
 		m, ok := s.q.pop(stop)
 		if !ok {
 			return

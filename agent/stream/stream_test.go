@@ -85,10 +85,11 @@ func (r result) seq(t testing.TB) uint64 {
 
 // collector subscribes to a result topic and keeps what arrives.
 type sink struct {
-	mu  sync.Mutex
-	got []result
-	bad []string
-	ch  chan struct{} // poked on every result
+	mu       sync.Mutex
+	got      []result
+	bad      []string
+	retained int           // results that came with the retain flag
+	ch       chan struct{} // poked on every result
 }
 
 func collect(t testing.TB, broker, topic string) *sink {
@@ -98,6 +99,9 @@ func collect(t testing.TB, broker, topic string) *sink {
 	tok := cl.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
 		var r result
 		c.mu.Lock()
+		if m.Retained() {
+			c.retained++
+		}
 		if err := json.Unmarshal(m.Payload(), &r); err != nil {
 			c.bad = append(c.bad, string(m.Payload()))
 		} else {
@@ -223,6 +227,120 @@ func TestStreamImageResults(t *testing.T) {
 	assert.Equal(t, uint64(7), st.Received)
 	assert.Equal(t, uint64(6), st.Results)
 	assert.Equal(t, uint64(1), st.Errors["bad_input"])
+	res.mu.Lock()
+	assert.Zero(t, res.retained, "results are not retained")
+	res.mu.Unlock()
+	// A late subscriber gets nothing: nothing was retained on the broker.
+	late := collect(t, mq.URL(), "cam/results")
+	publish(t, pub, "cam/frames", 1, frame(t, 10))
+	rs = late.waitFor(t, 30*time.Second, "the next result", func(rs []result) bool { return len(rs) >= 1 })
+	assert.Equal(t, "8", rs[0].ID, "the late subscriber's first result is the next one")
+}
+
+// TestStreamSwapResize: an update to a model with another input size
+// (hand, 224x224, to face detection, 128x128) applies from the next message
+// on, and the image decoder resizes the frames for the new model.
+func TestStreamSwapResize(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, hdata := registry(t, hand)
+	fdata, err := os.ReadFile(modelPath(t, face))
+	require.NoError(t, err)
+	s, err := New(Options{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
+		Model: "m", ResultTopic: "cam/results", Backend: reg, QoS: 1})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "cam/results")
+	run(t, s)
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "camera")
+	publish(t, pub, "cam/frames", 1, frame(t, 0))
+	res.waitFor(t, 30*time.Second, "result 1", func(rs []result) bool { return len(rs) == 1 })
+	_, err = reg.Load(context.Background(), "m", 2, fdata, "update")
+	require.NoError(t, err)
+	publish(t, pub, "cam/frames", 1, frame(t, 0))
+	rs := res.waitFor(t, 30*time.Second, "result 2", func(rs []result) bool { return len(rs) == 2 })
+	require.Empty(t, rs[0].Error)
+	require.Empty(t, rs[1].Error)
+	assert.Equal(t, "1", rs[0].ModelVersion)
+	assert.Equal(t, serving.Digest(hdata), rs[0].Parameters.Digest)
+	assert.Equal(t, "2", rs[1].ModelVersion)
+	assert.Equal(t, serving.Digest(fdata), rs[1].Parameters.Digest)
+	names := func(r result) []string {
+		var out []string
+		for _, o := range r.Outputs {
+			out = append(out, o.Name)
+		}
+		return out
+	}
+	assert.NotEqual(t, names(rs[0]), names(rs[1]), "the new model's outputs")
+	assert.Equal(t, []int{1, 896, 16}, rs[1].Outputs[0].Shape, "face detection's regressors")
+}
+
+// gate holds the inferences of a real registry until released, so a test
+// knows a message is in hand; it changes no result.
+type gate struct {
+	*serving.Registry
+	entered chan struct{} // gets a token when an inference is held
+	release chan struct{} // closed to let them run
+}
+
+func (g *gate) Infer(ctx context.Context, name string, version int64,
+	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
+) (catalog.Entry, catalog.Timing, error) {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+	}
+	return g.Registry.Infer(ctx, name, version, prepare, emit)
+}
+
+// TestStreamStopDrops: a stream that stops finishes the message in hand
+// and publishes its result; the messages waiting in its queue are counted
+// as shutdown drops, and stay unanswered.
+func TestStreamStopDrops(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, _ := registry(t, hand)
+	g := &gate{Registry: reg, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	s, err := New(Options{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
+		Model: "m", ResultTopic: "cam/results", Backend: g, QoS: 1})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "cam/results")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "camera")
+	for i := range 3 {
+		publish(t, pub, "cam/frames", 1, frame(t, i))
+	}
+	select {
+	case <-g.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no inference started")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.Stats().Received < 3 {
+		require.True(t, time.Now().Before(deadline), "3 messages not received")
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	close(g.release)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("stream did not stop")
+	}
+	st := s.Stats()
+	assert.Equal(t, uint64(1), st.Results, "the message in hand is finished")
+	assert.Equal(t, uint64(1), st.Published, "and its result published")
+	assert.Equal(t, uint64(2), st.Dropped["shutdown"], "the waiting ones are counted")
+	rs := res.waitFor(t, 30*time.Second, "result 1", func(rs []result) bool { return len(rs) >= 1 })
+	assert.Equal(t, "1", rs[0].ID)
 }
 
 // noisy is a w x h frame of pseudo-random pixels: it compresses badly, so
