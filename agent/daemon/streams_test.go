@@ -172,7 +172,7 @@ func TestAgentStreamDropsTelemetry(t *testing.T) {
 		Workers:   1,
 		Models:    []config.Model{{Name: "hand", Path: model}},
 		Fleet:     config.Fleet{Broker: mq.URL(), Name: "acme", Device: "gw-1"},
-		Telemetry: config.Telemetry{AggregateInterval: 100 * time.Millisecond, SampleRate: -1},
+		Telemetry: config.Telemetry{AggregateInterval: 100 * time.Millisecond, SampleRate: 1},
 		Streams: []config.Stream{{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
 			Model: "hand", ResultTopic: "cam/hands", MaxMessageBytes: 4096}},
 	}
@@ -225,6 +225,8 @@ func TestAgentStreamDropsTelemetry(t *testing.T) {
 		got = aggs.sum("hand", "1")
 		return got.requests == 2 && got.dropped == 3
 	}, 20*time.Second, 20*time.Millisecond, "aggregates: %+v", &got)
+	assert.Equal(t, uint64(1), got.sampled, "the frame's inputs reach the drift statistics (every request sampled)")
+	got.sampled = 0
 	assert.Equal(t, aggSum{requests: 2, errors: 1, dropped: 3, byCode: map[string]uint64{"bad_input": 1}}, got)
 	assert.Equal(t, uint64(3), a.streams[0].Stats().Dropped["too_large"])
 }
@@ -233,6 +235,9 @@ func TestAgentStreamDropsTelemetry(t *testing.T) {
 type aggSum struct {
 	requests, errors, dropped uint64
 	byCode                    map[string]uint64
+	// sampled counts the input statistics' values over 224*224*3, the
+	// hand model's input: the requests whose inputs were summarised.
+	sampled uint64
 }
 
 // aggregates collects the aggregate records a subscriber on the events
@@ -255,6 +260,9 @@ func (a *aggregates) sum(name, version string) aggSum {
 		s.dropped += r.Aggregate.StreamDropped
 		for _, c := range r.Aggregate.ErrorsByCode {
 			s.byCode[c.Code] += c.Count
+		}
+		for _, in := range r.Aggregate.Inputs {
+			s.sampled += in.Count / (224 * 224 * 3)
 		}
 	}
 	return s
