@@ -197,3 +197,106 @@ func waitStats(t *testing.T, s *Stream, what string, cond func(Stats) bool) Stat
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// manualClock is a backoff.Clock that moves only when the test says.
+type manualClock struct {
+	mu     sync.Mutex // guards the fields below
+	now    time.Time
+	timers []*manualTimer
+	added  chan struct{} // gets a token when a timer is added
+}
+
+type manualTimer struct {
+	at    time.Time
+	d     time.Duration
+	ch    chan time.Time
+	fired bool
+}
+
+func newManualClock() *manualClock {
+	return &manualClock{now: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), added: make(chan struct{}, 1)}
+}
+
+func (c *manualClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.now
+}
+
+func (c *manualClock) After(d time.Duration) <-chan time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	tm := &manualTimer{at: c.now.Add(d), d: d, ch: make(chan time.Time, 1)}
+	c.timers = append(c.timers, tm)
+	select {
+	case c.added <- struct{}{}:
+	default:
+	}
+	return tm.ch
+}
+
+// pending waits for a timer of at most limit that has not fired, and
+// returns its duration.
+func (c *manualClock) pending(t *testing.T, limit time.Duration) time.Duration {
+	t.Helper()
+	deadline := time.After(30 * time.Second)
+	for {
+		c.mu.Lock()
+		for _, tm := range c.timers {
+			if !tm.fired && tm.d <= limit {
+				c.mu.Unlock()
+				return tm.d
+			}
+		}
+		c.mu.Unlock()
+		select {
+		case <-c.added:
+		case <-deadline:
+			t.Fatalf("no timer of at most %v within 30 s", limit)
+		}
+	}
+}
+
+// advance moves the clock by d and fires the timers due.
+func (c *manualClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for _, tm := range c.timers {
+		if !tm.fired && !tm.at.After(c.now) {
+			tm.fired = true
+			tm.ch <- c.now
+		}
+	}
+}
+
+// TestStreamReconnectBackoff: while the broker is down the stream tries
+// again after jittered, growing delays on its clock (here one the test
+// moves), bounded by ConnectRetry; it connects only when its clock lets it
+// try again.
+func TestStreamReconnectBackoff(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	mq.Stop()
+	reg, _ := registry(t, hand)
+	clk := newManualClock()
+	const retry = 4 * time.Second
+	s, err := New(Options{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
+		Model: "m", ResultTopic: "cam/results", Backend: reg, QoS: 1,
+		ConnectRetry: retry, ConnectTimeout: time.Minute, Clock: clk})
+	require.NoError(t, err)
+	run(t, s)
+	var delays []time.Duration
+	for i := range 6 {
+		d := clk.pending(t, retry) // the connect and subscribe timeouts are a minute
+		delays = append(delays, d)
+		assert.GreaterOrEqual(t, d, 250*time.Millisecond, "delay %d", i)
+		assert.LessOrEqual(t, d, min(500*time.Millisecond<<i, retry), "delay %d", i)
+		clk.advance(d)
+	}
+	t.Logf("delays while the broker was down: %v", delays)
+	mq.Start()
+	d := clk.pending(t, retry)
+	assert.False(t, s.Stats().Connected, "no attempt before the clock says so")
+	clk.advance(d)
+	waitConnected(t, s)
+}
