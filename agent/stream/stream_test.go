@@ -576,7 +576,8 @@ func TestStreamWindow(t *testing.T) {
 	reg, _ := registry(t, face)
 	const size, hop = 128 * 128 * 3, 128 * 128
 	s, err := New(Options{Name: "series", Broker: mq.URL(), Topic: "s/in", Decoder: "raw",
-		WindowSize: size, WindowHop: hop, Model: "m", ResultTopic: "s/out", Backend: reg, QoS: 1, Queue: 64})
+		WindowSize: size, WindowHop: hop, Model: "m", ResultTopic: "s/out", Backend: reg, QoS: 1, Queue: 64,
+		MaxMessage: hop * 4})
 	require.NoError(t, err)
 	res := collect(t, mq.URL(), "s/out")
 	run(t, s)
@@ -624,6 +625,17 @@ func TestStreamWindow(t *testing.T) {
 			t.Fatalf("output element %d: got %v, want %v", i, got[i], first[i])
 		}
 	}
+
+	// A dropped message (10: over MaxMessage) is a gap too: 11 and 12 do
+	// not complete a window with 8 and 9, 13 completes one of 11 to 13.
+	publish(t, pub, "s/in", 1, append(chunk(10), 0, 0, 0, 0))
+	for k := 11; k <= 13; k++ {
+		publish(t, pub, "s/in", 1, chunk(k))
+	}
+	rs = res.waitFor(t, 30*time.Second, "a sixth result", func(rs []result) bool { return len(rs) == 6 })
+	assert.Equal(t, "13:5", rs[5].ID)
+	assert.Empty(t, rs[5].Error)
+	assert.Equal(t, uint64(1), s.Stats().Dropped["too_large"])
 }
 
 // TestStreamDropNewest: under drop_newest a burst keeps its beginning. The
