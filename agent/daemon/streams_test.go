@@ -108,6 +108,8 @@ func TestAgentStream(t *testing.T) {
 	require.Eventually(t, func() bool { return metric(`outpost_stream_results_total{stream="cam"} 1`) },
 		10*time.Second, 20*time.Millisecond)
 	assert.True(t, metric(`outpost_stream_dropped_total{reason="queue_full",stream="cam"} 0`))
+	assert.True(t, metric(`outpost_stream_republished_total{stream="cam"} 0`))
+	assert.True(t, metric(`outpost_stream_publish_errors_total{stream="cam"} 0`))
 }
 
 // TestStreamTelemetry: through the real queue, fleet link and Mosquitto,

@@ -638,6 +638,61 @@ func TestStreamWindow(t *testing.T) {
 	assert.Equal(t, uint64(1), s.Stats().Dropped["too_large"])
 }
 
+// TestStreamJSON runs the face model over Open Inference Protocol request
+// bodies: the result equals one inference of the same input, and a body
+// naming an input the model does not have is answered with an error.
+func TestStreamJSON(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, _ := registry(t, face)
+	s, err := New(Options{Name: "j", Broker: mq.URL(), Topic: "j/in", Decoder: "json",
+		Model: "m", ResultTopic: "j/out", Backend: reg, QoS: 1})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "j/out")
+	run(t, s)
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "sensor")
+	e, err := reg.Lookup("m", 0)
+	require.NoError(t, err)
+	in := e.Inputs[0]
+	vs := make([]float32, 128*128*3)
+	for i := range vs {
+		vs[i] = float32(i%251)/125.5 - 1
+	}
+	body := func(name string) []byte {
+		b, err := json.Marshal(map[string]any{"inputs": []map[string]any{{
+			"name": name, "datatype": "FP32", "shape": []int{1, 128, 128, 3}, "data": vs}}})
+		require.NoError(t, err)
+		return b
+	}
+	publish(t, pub, "j/in", 1, body(in.Name))
+	publish(t, pub, "j/in", 1, body("no_such_input"))
+	rs := res.waitFor(t, 30*time.Second, "2 results", func(rs []result) bool { return len(rs) == 2 })
+	require.Empty(t, rs[0].Error)
+	assert.Equal(t, "1", rs[0].ID)
+	assert.Equal(t, "2", rs[1].ID)
+	assert.NotEmpty(t, rs[1].Error)
+	assert.Equal(t, uint64(1), s.Stats().Errors["bad_input"])
+
+	var want []float32
+	_, _, err = reg.Infer(context.Background(), "m", 0, func(catalog.Entry) ([][]byte, error) { return [][]byte{f32(vs...)}, nil },
+		func(i int, d []byte) error {
+			if i == 0 {
+				for j := 0; j+4 <= len(d); j += 4 {
+					want = append(want, math.Float32frombits(binary.LittleEndian.Uint32(d[j:])))
+				}
+			}
+			return nil
+		})
+	require.NoError(t, err)
+	got := rs[0].Outputs[0].Data
+	require.Len(t, got, len(want))
+	for i := range want {
+		if float32(got[i]) != want[i] {
+			t.Fatalf("output element %d: got %v, want %v", i, got[i], want[i])
+		}
+	}
+}
+
 // TestStreamDropNewest: under drop_newest a burst keeps its beginning. The
 // first frame always finds room, so it is always answered; whatever the
 // machine's speed, every frame is answered or counted as dropped, and the
