@@ -159,10 +159,10 @@ func TestStreamRepublish(t *testing.T) {
 	waitStats(t, s, "result 2 computed", func(st Stats) bool { return st.Results == 2 })
 	assert.False(t, has("2")(res.results()), "the broker cannot have result 2 yet")
 	px.cut()
-	rs := res.waitFor(t, 30*time.Second, "result 2, published again", has("2"))
+	res.waitFor(t, 30*time.Second, "result 2, published again", has("2"))
 	// The broker never got the stream's PUBACK for frame 2 either, so its
 	// session delivers it again: the same frame answered as message 3.
-	rs = res.waitFor(t, 30*time.Second, "frame 2 delivered again as 3", has("3"))
+	rs := res.waitFor(t, 30*time.Second, "frame 2 delivered again as 3", has("3"))
 	for _, r := range rs {
 		assert.Empty(t, r.Error)
 	}
