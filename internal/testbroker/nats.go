@@ -1,8 +1,10 @@
 package testbroker
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -47,17 +49,18 @@ type NATSCluster struct {
 
 // natsNode is one nats-server process.
 type natsNode struct {
-	name, conf, mqtt string
-	logs             *os.File
-	mu               sync.Mutex // guards cmd
-	cmd              *exec.Cmd
-	exited           chan struct{} // closed when cmd has been waited for
+	name, conf, mqtt, monitor string
+	logs                      *os.File
+	mu                        sync.Mutex // guards cmd
+	cmd                       *exec.Cmd
+	exited                    chan struct{} // closed when cmd has been waited for
 }
 
 // NATSConfig is the configuration of node i (named n<i+1>) of a cluster:
 // the one the harness runs, documented in docs/SCALE.md. routes are the
 // cluster addresses of every node (a node ignores its own).
-func NATSConfig(i int, client, mqttAddr, cluster, store string, routes []string) string {
+// monitor is the HTTP monitoring address (/connz, /jsz, /healthz).
+func NATSConfig(i int, client, mqttAddr, cluster, monitor, store string, routes []string) string {
 	var r []string
 	for _, a := range routes {
 		r = append(r, "nats-route://"+a)
@@ -68,6 +71,7 @@ func NATSConfig(i int, client, mqttAddr, cluster, store string, routes []string)
 	return fmt.Sprintf(`server_name: n%d
 host: %s
 port: %s
+http: %s
 jetstream {
   store_dir: %q
   max_memory_store: 64MB
@@ -90,7 +94,7 @@ mqtt {
   # How long a QoS 1 delivery waits for its PUBACK before it is sent again.
   ack_wait: 10s
 }
-`, i+1, host, port, store, chost, cport, strings.Join(r, ", "), mhost, mport)
+`, i+1, host, port, monitor, store, chost, cport, strings.Join(r, ", "), mhost, mport)
 }
 
 // StartNATSCluster starts n nodes (at least 3 for JetStream's quorum to
@@ -100,11 +104,11 @@ func StartNATSCluster(t testing.TB, n int) *NATSCluster {
 	t.Helper()
 	bin := natsPath(t)
 	dir := t.TempDir()
-	type ports struct{ client, mqtt, cluster string }
+	type ports struct{ client, mqtt, cluster, monitor string }
 	ps := make([]ports, n)
 	var routes []string
 	for i := range ps {
-		ps[i] = ports{FreeAddr(t), FreeAddr(t), FreeAddr(t)}
+		ps[i] = ports{FreeAddr(t), FreeAddr(t), FreeAddr(t), FreeAddr(t)}
 		routes = append(routes, ps[i].cluster)
 	}
 	c := &NATSCluster{t: t, bin: bin}
@@ -120,14 +124,14 @@ func StartNATSCluster(t testing.TB, n int) *NATSCluster {
 			}
 		}
 		conf := filepath.Join(dir, fmt.Sprintf("n%d.conf", i+1))
-		if err := os.WriteFile(conf, []byte(NATSConfig(i, p.client, p.mqtt, p.cluster, store, others)), 0o600); err != nil {
+		if err := os.WriteFile(conf, []byte(NATSConfig(i, p.client, p.mqtt, p.cluster, p.monitor, store, others)), 0o600); err != nil {
 			t.Fatal(err)
 		}
 		logs, err := os.Create(filepath.Join(dir, fmt.Sprintf("n%d.log", i+1)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("n%d", i+1), conf: conf, mqtt: p.mqtt, logs: logs})
+		c.nodes = append(c.nodes, &natsNode{name: fmt.Sprintf("n%d", i+1), conf: conf, mqtt: p.mqtt, monitor: p.monitor, logs: logs})
 	}
 	t.Cleanup(func() {
 		for i := range c.nodes {
@@ -176,6 +180,41 @@ func (c *NATSCluster) Node(url string) int {
 	for i := range c.nodes {
 		if c.URL(i) == url {
 			return i
+		}
+	}
+	return -1
+}
+
+// ClientNode returns the index of the live node an MQTT client with this
+// client id is connected to now, from the nodes' monitoring endpoints, or
+// -1 when none has it.
+func (c *NATSCluster) ClientNode(clientID string) int {
+	for i, nd := range c.nodes {
+		nd.mu.Lock()
+		up := nd.cmd != nil
+		nd.mu.Unlock()
+		if !up {
+			continue
+		}
+		cl := http.Client{Timeout: 2 * time.Second}
+		resp, err := cl.Get("http://" + nd.monitor + "/connz?limit=1024")
+		if err != nil {
+			continue
+		}
+		var connz struct {
+			Conns []struct {
+				MQTTClient string `json:"mqtt_client"`
+			} `json:"connections"`
+		}
+		err = json.NewDecoder(resp.Body).Decode(&connz)
+		resp.Body.Close()
+		if err != nil {
+			continue
+		}
+		for _, cn := range connz.Conns {
+			if cn.MQTTClient == clientID {
+				return i
+			}
 		}
 	}
 	return -1

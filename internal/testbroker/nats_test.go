@@ -55,6 +55,9 @@ func TestNATSClusterSessionSurvivesNodeKill(t *testing.T) {
 	control := &sub{seen: map[string]bool{}}
 	p := dial(c.URL(0), "persistent", false, persistent)
 	q := dial(c.URL(0), "control", true, control)
+	if got := c.ClientNode("persistent"); got != 0 {
+		t.Fatalf("ClientNode: got node %d, want 0", got)
+	}
 	c.Kill(0)
 	p.Disconnect(0)
 	q.Disconnect(0)
