@@ -41,8 +41,9 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	nats := testbroker.StartNATSCluster(t, 3)
 	b := build(t)
 	urls := nats.URLs()
-	// Small, slow chunks, so the transfer is still going when the node dies.
-	f := startFleet(t, b, strings.Join(urls, ","), "artifacts: {chunk_size: 16384, bytes_per_second: 131072}\n")
+	// Small, slow chunks, so the transfer is still going when the node dies
+	// (slower with more kills: about 8 s of transfer per kill).
+	f := startFleet(t, b, strings.Join(urls, ","), fmt.Sprintf("artifacts: {chunk_size: 16384, bytes_per_second: %d}\n", 131072/kills))
 	dev := newClusterDevice(t, f, "gw-0", urls)
 	agent := startServe(t, b.agent, "--config", dev.config)
 	poll(t, func() bool {
@@ -88,12 +89,13 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	for k := range kills {
 		var node int
 		poll(t, func() bool { node = nats.ClientNode("gw-0"); return node >= 0 }, 60*time.Second, "the agent is on no node")
-		t.Logf("kill %d: SIGKILL node n%d, the agent's", k+1, node+1)
+		t.Logf("kill %d: SIGKILL node n%d, the agent's (the controller's: n%d)", k+1, node+1, nats.ClientNode("outpost-fleet-acme")+1)
 		killedAt = time.Now()
 		nats.Kill(node)
 		var moved int
 		poll(t, func() bool { moved = nats.ClientNode("gw-0"); return moved >= 0 }, 90*time.Second, "the agent never connected to another node")
 		t.Logf("the agent is on n%d %v after the kill", moved+1, time.Since(killedAt).Round(time.Millisecond))
+		poll(t, func() bool { return nats.ClientNode("outpost-fleet-acme") >= 0 }, 90*time.Second, "the controller is on no node")
 		if k+1 < kills {
 			// The dead node comes back before the next kill, so a
 			// majority of the cluster stays up.
