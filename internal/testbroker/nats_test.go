@@ -2,6 +2,7 @@ package testbroker
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 // check can fail.
 func TestNATSClusterSessionSurvivesNodeKill(t *testing.T) {
 	c := StartNATSCluster(t, 3)
+	noSharedSubscriptions(t, c.URL(2))
 	const topic, n = "outpost/v1/test/dev/cmd", 20
 	type sub struct {
 		mu   sync.Mutex
@@ -101,5 +103,41 @@ func TestNATSClusterSessionSurvivesNodeKill(t *testing.T) {
 	defer control.mu.Unlock()
 	if len(control.seen) != 0 {
 		t.Errorf("the clean session got %d messages published while it was away, want 0", len(control.seen))
+	}
+}
+
+// noSharedSubscriptions: NATS's MQTT grants a $share/<group>/ subscription
+// and delivers nothing to it, so a controller with mqtt.share_group on NATS
+// would get no telemetry at all (docs/SCALE.md).
+func noSharedSubscriptions(t *testing.T, url string) {
+	t.Helper()
+	dial := func(id string) mqtt.Client {
+		cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID(id).SetAutoReconnect(false))
+		if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("connect %s: %v", id, tok.Error())
+		}
+		t.Cleanup(func() { cl.Disconnect(50) })
+		return cl
+	}
+	shared, plain := make(chan string, 4), make(chan string, 4)
+	for f, c := range map[string]chan string{"$share/g/share/+/events": shared, "share/+/events": plain} {
+		tok := dial("sub-"+strings.ReplaceAll(f, "/", "-")).Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { c <- m.Topic() })
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", f, tok.Error())
+		}
+	}
+	cl := dial("share-pub")
+	if tok := cl.Publish("share/d/events", 1, false, []byte("x")); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("publish: %v", tok.Error())
+	}
+	select {
+	case <-plain: // the plain subscription got it, so the shared one had its chance
+	case <-time.After(10 * time.Second):
+		t.Fatal("the plain subscription got nothing")
+	}
+	select {
+	case got := <-shared:
+		t.Errorf("the $share subscription got %s: NATS has shared subscriptions now, docs/SCALE.md must say so", got)
+	case <-time.After(500 * time.Millisecond):
 	}
 }
