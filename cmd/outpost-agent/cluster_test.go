@@ -133,9 +133,16 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 			Last       time.Time `json:"last"`
 		} `json:"telemetry"`
 	}
-	poll(t, func() bool {
-		return getJSON(t, f.admin+"/v1/devices/gw-0", &d) == 200 && float64(d.Telemetry.MaxSeq) == lastSeq
-	}, 60*time.Second, fmt.Sprintf("the controller never saw sequence %v", lastSeq))
+	deadline := time.Now().Add(60 * time.Second)
+	for getJSON(t, f.admin+"/v1/devices/gw-0", &d) != 200 || float64(d.Telemetry.MaxSeq) != lastSeq {
+		if time.Now().After(deadline) {
+			for i := range 3 {
+				t.Logf("n%d consumers: %s", i+1, nats.Monitor(i, "/jsz?acc=%24G&consumers=true"))
+			}
+			t.Fatalf("the controller never saw sequence %v: %+v", lastSeq, d.Telemetry)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	tel := d.Telemetry
 	t.Logf("%d requests (%d failed); agent's last sequence %v; controller: %d records, max sequence %d, %d duplicates dropped, drops %v",
 		requests, failures, lastSeq, tel.Records, tel.MaxSeq, tel.Duplicates, tel.Drops)

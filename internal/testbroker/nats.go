@@ -3,6 +3,7 @@ package testbroker
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -218,6 +219,19 @@ func (c *NATSCluster) ClientNode(clientID string) int {
 		}
 	}
 	return -1
+}
+
+// Monitor returns the body of a monitoring endpoint of node i (path such
+// as "/jsz?consumers=true"), or the error, for a failing test's log.
+func (c *NATSCluster) Monitor(i int, path string) string {
+	cl := http.Client{Timeout: 2 * time.Second}
+	resp, err := cl.Get("http://" + c.nodes[i].monitor + path)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // Start runs node i (again, after Kill, with its JetStream store kept) and
