@@ -70,6 +70,16 @@ test-gates: setup
 	$(GO) test -race -count=50 -timeout 20m -run '$(GATE_TESTS_UNIT)' ./fleet/rollout/
 	$(GO) test -race -count=50 -timeout 120m -run '$(GATE_TESTS_FLEET)' ./fleet/controller/
 
+# test-nats: the clustered broker, heavier: the 3-node NATS cluster tests,
+# then the rollout through it with NATS_KILLS node kills (the node the agent
+# is on each time, the dead one restarted in between), NATS_COUNT times.
+NATS_KILLS ?= 3
+NATS_COUNT ?= 3
+.PHONY: test-nats
+test-nats: setup
+	CI=true $(GO) test -race -count=1 -timeout 10m -run 'TestNATS' -v ./internal/testbroker/
+	CI=true OUTPOST_NATS_KILLS=$(NATS_KILLS) $(GO) test -race -count=$(NATS_COUNT) -timeout 60m -run '^TestFleetRolloutThroughNATSNodeKill$$' -v ./cmd/outpost-agent/
+
 # bench prints the comparable figures: ratios measured back to back in one run.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)

@@ -84,9 +84,13 @@ type Telemetry struct {
 
 // Fleet is the link to the controller.
 type Fleet struct {
-	// Broker is tcp://host:port or ssl://host:port; empty runs without a
-	// fleet.
+	// Broker is tcp://host:port or ssl://host:port; empty, with no
+	// Brokers either, runs without a fleet.
 	Broker string `yaml:"broker"`
+	// Brokers are the nodes of a clustered broker (sharing sessions), as
+	// URLs like Broker's; the agent fails over between them, in order,
+	// after Broker if that is set too (docs/PROTOCOL.md).
+	Brokers []string `yaml:"brokers"`
 	// Name is the fleet; Device this device's id (default: the host
 	// name). Both are one MQTT topic level.
 	Name   string            `yaml:"name"`
@@ -117,6 +121,9 @@ type Fleet struct {
 	// nothing else changed it (default 1 min).
 	StatusInterval time.Duration `yaml:"status_interval"`
 }
+
+// Linked reports whether a broker is configured: Broker or Brokers.
+func (f Fleet) Linked() bool { return f.Broker != "" || len(f.Brokers) > 0 }
 
 // Delegate is one link of the delegate chain.
 type Delegate struct {
@@ -196,7 +203,7 @@ func (c Config) WithDefaults() Config {
 	if c.API.DrainTimeout <= 0 {
 		c.API.DrainTimeout = DefaultDrainTimeout
 	}
-	if c.Fleet.Broker != "" && c.Fleet.Device == "" {
+	if c.Fleet.Linked() && c.Fleet.Device == "" {
 		c.Fleet.Device, _ = os.Hostname()
 	}
 	if c.Fleet.Root == "" && c.DataDir != "" {
@@ -261,9 +268,14 @@ func (c Config) Validate() error {
 	if c.Threads < 0 || c.Workers < 0 {
 		errs = append(errs, "threads and workers must not be negative")
 	}
-	if c.Fleet.Broker != "" {
-		if !strings.HasPrefix(c.Fleet.Broker, "tcp://") && !strings.HasPrefix(c.Fleet.Broker, "ssl://") {
-			errs = append(errs, fmt.Sprintf("fleet.broker %q: want tcp://host:port or ssl://host:port", c.Fleet.Broker))
+	if c.Fleet.Linked() {
+		if b := c.Fleet.Broker; b != "" && !strings.HasPrefix(b, "tcp://") && !strings.HasPrefix(b, "ssl://") {
+			errs = append(errs, fmt.Sprintf("fleet.broker %q: want tcp://host:port or ssl://host:port", b))
+		}
+		for i, b := range c.Fleet.Brokers {
+			if !strings.HasPrefix(b, "tcp://") && !strings.HasPrefix(b, "ssl://") {
+				errs = append(errs, fmt.Sprintf("fleet.brokers[%d] %q: want tcp://host:port or ssl://host:port", i, b))
+			}
 		}
 		if c.Fleet.Name == "" {
 			errs = append(errs, "fleet.name is required with fleet.broker")
