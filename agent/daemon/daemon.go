@@ -73,7 +73,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		a.models[m.Name] = m
 	}
 	if cfg.DataDir != "" {
-		st, err := store.Open(filepath.Join(cfg.DataDir, "store"), store.Options{Logger: log})
+		st, err := store.OpenDataDir(cfg.DataDir, store.Options{Logger: log})
 		if err != nil {
 			return nil, err
 		}

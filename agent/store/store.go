@@ -60,6 +60,10 @@ var (
 	ErrCorrupt = errors.New("store: stored model does not match its manifest")
 	// ErrRootVersion: SaveRoot was given a root older than the stored one.
 	ErrRootVersion = errors.New("store: root older than the stored one")
+	// ErrOldLayout: OpenDataDir found models installed directly in the data
+	// dir, where outpost-agent install and enroll put the store before they
+	// used DirIn; the agent never served them.
+	ErrOldLayout = errors.New("store: models in the data dir's old layout")
 )
 
 // CrashPoints are the places where a crash test can kill an Install,

@@ -109,7 +109,7 @@ func loadBatchModel(ctx context.Context, reg *registry.Registry, model, dataDir 
 	} else if dataDir == "" || strings.ContainsRune(model, os.PathSeparator) {
 		return "", fmt.Errorf("batch: --model %s: %w (a name needs --data-dir)", model, err)
 	}
-	st, err := store.Open(filepath.Join(dataDir, "store"), store.Options{Logger: log})
+	st, err := store.OpenDataDir(dataDir, store.Options{Logger: log})
 	if err != nil {
 		return "", err
 	}

@@ -150,7 +150,7 @@ func TestBatchModelFromStore(t *testing.T) {
 	keys, export := fleetDir(t, b)
 	bundleDir := export("face", 3, testmodel.FaceShort)
 	data := t.TempDir()
-	r := run(t, nil, b.agent, "install", "--root", filepath.Join(keys, "root.json"), "--data-dir", filepath.Join(data, "store"), bundleDir)
+	r := run(t, nil, b.agent, "install", "--root", filepath.Join(keys, "root.json"), "--data-dir", data, bundleDir)
 	require.Equal(t, 0, r.code, r.stderr)
 
 	in := filepath.Join(t.TempDir(), "in.npy")

@@ -35,8 +35,9 @@ const (
 	credentialFile = "password"
 )
 
-// runEnroll installs a bundle: the root into the store (DATA_DIR/root.json),
-// the password into DATA_DIR/fleet/password (0600, directory 0700), then
+// runEnroll installs a bundle: the root into the store (DATA_DIR/store/root.json,
+// the anchor the agent reads first) and the provisioned root file (fleet.root,
+// default DATA_DIR/root.json), the password into DATA_DIR/fleet/password (0600, directory 0700), then
 // the config's fleet section, last, so that a config naming the fleet
 // always finds both in place. Each file is replaced atomically.
 func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error {
@@ -91,12 +92,16 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 	if err != nil {
 		return err
 	}
+	provisioned, err := provisionedRoot(newCfg)
+	if err != nil {
+		return err
+	}
 	existed := listTree(data)
-	st, err := store.Open(data, store.Options{Logger: slog.New(slog.DiscardHandler)})
+	st, err := store.OpenDataDir(data, store.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		return fmt.Errorf("enroll: %w", err)
 	}
-	root, err := installRoot(st, b.Root, *force)
+	root, err := installRoot(st, provisioned, b.Root, *force)
 	if err != nil {
 		return err
 	}
@@ -106,14 +111,14 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 	// Run as root for an agent that runs as its own user (the package's
 	// outpost): what enroll wrote in the data dir goes to the data dir's
 	// owner, or the agent could not read its own password.
-	if err := matchOwner(data, existed, filepath.Join(data, "root.json"), filepath.Dir(pwPath), pwPath); err != nil {
+	if err := matchOwner(data, existed, filepath.Join(store.DirIn(data), "root.json"), provisioned, filepath.Dir(pwPath), pwPath); err != nil {
 		return err
 	}
 	if err := writeConfig(*cfgPath, newCfg); err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "enrolled %s in fleet %s (broker %s): root v%d in %s, broker password %s (0600), config %s\n",
-		b.Fleet.Device, b.Fleet.Name, b.Fleet.Broker, root.Doc.Version, data, pwPath, *cfgPath)
+	fmt.Fprintf(stdout, "enrolled %s in fleet %s (broker %s): root v%d in %s and %s, broker password %s (0600), config %s\n",
+		b.Fleet.Device, b.Fleet.Name, b.Fleet.Broker, root.Doc.Version, store.DirIn(data), provisioned, pwPath, *cfgPath)
 	fmt.Fprintf(stdout, "start the agent with: outpost-agent serve --config %s; then delete %s (it holds the password)\n", *cfgPath, pos[0])
 	return nil
 }
@@ -158,48 +163,63 @@ func readAgentConfig(path string) (*yaml.Node, config.Config, error) {
 	return &doc, cfg, nil
 }
 
-// installRoot makes the bundle's root the device's trust anchor. The same
-// root, or an older one of the same fleet (the device already followed a
-// rotation), leaves the stored root as it is; any other stored root is
-// replaced only with force.
-func installRoot(st *store.Store, raw []byte, force bool) (*trust.Root, error) {
+// installRoot makes the bundle's root the device's trust anchor: the
+// store's root, which the updater consults first (agent/updater anchor),
+// and then the provisioned file (fleet.root), so the two agree. The root
+// the device trusts now is the store's, or the provisioned file if the
+// store holds none. The same root, or an older one of the same fleet (the
+// device already followed a rotation), keeps that root; the next root of
+// it is taken; any other root is taken only with force.
+func installRoot(st *store.Store, provisioned string, raw []byte, force bool) (*trust.Root, error) {
 	root, err := trust.LoadRoot(raw)
 	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
-	stored, err := st.Root()
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-	case err != nil:
+	current, err := st.Root()
+	if errors.Is(err, store.ErrNotFound) {
+		if current, err = os.ReadFile(provisioned); errors.Is(err, fs.ErrNotExist) {
+			current, err = nil, nil
+		}
+	}
+	if err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
-	case bytes.Equal(stored, raw):
-		return root, nil
-	default:
-		old, lerr := trust.LoadRoot(stored)
-		if lerr == nil && old.Doc.Version > root.Doc.Version {
-			if _, cerr := root.Chain([][]byte{stored}); cerr == nil {
-				return old, nil // a newer root of this fleet, reached by rotation
-			}
-		}
-		if lerr == nil && old.Doc.Version < root.Doc.Version {
-			if _, cerr := old.Chain([][]byte{raw}); cerr == nil {
-				break // the next root of the stored one: SaveRoot takes it
-			}
-		}
-		if !force {
+	}
+	keep, replace := root, false
+	if current != nil && !bytes.Equal(current, raw) {
+		old, lerr := trust.LoadRoot(current)
+		switch {
+		case lerr == nil && old.Doc.Version > root.Doc.Version && chains(root, current):
+			keep = old // a newer root of this fleet, reached by rotation
+		case lerr == nil && old.Doc.Version < root.Doc.Version && chains(old, raw):
+			// the next root of the trusted one: SaveRoot takes it
+		case !force:
 			return nil, errors.New("enroll: the data dir trusts another root than the bundle's (another fleet, or a root the bundle does not follow from); --force replaces it")
+		default:
+			// The store never goes back to an older or unrelated root by
+			// itself: the operator said so.
+			replace = true
 		}
-		// The store never goes back to an older or unrelated root by
-		// itself: the operator said so.
-		if err := st.ReplaceRoot(root); err != nil {
-			return nil, fmt.Errorf("enroll: %w", err)
-		}
-		return root, nil
 	}
-	if err := st.SaveRoot(root); err != nil {
+	save := st.SaveRoot
+	if replace {
+		save = st.ReplaceRoot
+	}
+	if err := save(keep); err != nil {
 		return nil, fmt.Errorf("enroll: %w", err)
 	}
-	return root, nil
+	if err := os.MkdirAll(filepath.Dir(provisioned), 0o755); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	if err := atomicfile.WriteFile(provisioned, keep.Raw, atomicfile.Options{Perm: 0o644}); err != nil {
+		return nil, fmt.Errorf("enroll: %w", err)
+	}
+	return keep, nil
+}
+
+// chains reports whether next follows from r by signed rotation.
+func chains(r *trust.Root, next []byte) bool {
+	_, err := r.Chain([][]byte{next})
+	return err == nil
 }
 
 // writeCredential writes the password file (0600) in its own directory
@@ -317,6 +337,20 @@ func fleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f enrolme
 		return nil, fmt.Errorf("enroll: the updated %s would not load: %w", path, err)
 	}
 	return buf.Bytes(), nil
+}
+
+// provisionedRoot returns the fleet.root of config b, the file the agent
+// reads its trust root from while the store holds none.
+func provisionedRoot(b []byte) (string, error) {
+	cfg, err := config.Parse(b)
+	if err != nil {
+		return "", fmt.Errorf("enroll: %w", err)
+	}
+	p, err := filepath.Abs(cfg.WithDefaults().Fleet.Root)
+	if err != nil {
+		return "", fmt.Errorf("enroll: %w", err)
+	}
+	return p, nil
 }
 
 // writeConfig replaces the config atomically, keeping its mode (0644 for a

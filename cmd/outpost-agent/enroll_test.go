@@ -107,9 +107,11 @@ func TestEnrollInstalls(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	assert.Contains(t, out, "enrolled gw-1 in fleet acme")
 
-	root, err := os.ReadFile(filepath.Join(data, "root.json"))
-	require.NoError(t, err)
-	assert.Equal(t, rootRaw, root)
+	for _, p := range []string{filepath.Join(data, "root.json"), filepath.Join(data, "store", "root.json")} {
+		root, err := os.ReadFile(p)
+		require.NoError(t, err)
+		assert.Equal(t, rootRaw, root, p)
+	}
 	pw := filepath.Join(data, "fleet", "password")
 	b, err := os.ReadFile(pw)
 	require.NoError(t, err)
@@ -155,8 +157,10 @@ func TestEnrollInstalls(t *testing.T) {
 	assert.Contains(t, out, "another root")
 	code, out = enroll(foreign, "--data-dir", data, "--config", fresh, "--force")
 	require.Equal(t, 0, code, out)
-	root, _ = os.ReadFile(filepath.Join(data, "root.json"))
-	assert.NotEqual(t, rootRaw, root)
+	for _, p := range []string{filepath.Join(data, "root.json"), filepath.Join(data, "store", "root.json")} {
+		root, _ := os.ReadFile(p)
+		assert.NotEqual(t, rootRaw, root, p)
+	}
 
 	// A config that names another data dir.
 	code, out = enroll(bundle, "--data-dir", filepath.Join(dir, "elsewhere"), "--config", cfgPath, "--force")
@@ -200,7 +204,7 @@ func TestEnrollOwner(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(data, "mine"), nil, 0o600)) // not enroll's: stays root's
 	code, out = enroll(testBundle(t, testRoot(t), "gw-1"), "--data-dir", data, "--force")
 	require.Equal(t, 0, code, out)
-	for _, p := range []string{"root.json", "fleet", "fleet/password", "blobs", "tmp"} {
+	for _, p := range []string{"root.json", "fleet", "fleet/password", "store", "store/root.json", "store/blobs", "store/tmp"} {
 		fi, err := os.Stat(filepath.Join(data, p))
 		require.NoError(t, err)
 		st := fi.Sys().(*syscall.Stat_t)

@@ -42,7 +42,7 @@ func runInstall(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *verbose {
 		log = slog.New(slog.NewTextHandler(stderr, nil))
 	}
-	st, err := store.Open(*dataDir, store.Options{Logger: log})
+	st, err := store.OpenDataDir(*dataDir, store.Options{Logger: log})
 	if err != nil {
 		return err
 	}
