@@ -110,7 +110,7 @@ func SchemaVersion() int {
 const migrationLock = 0x6f7574706f7374
 
 // migrate applies the engine's schema steps above the store's version, up
-// to target (0: all), each in its own transaction together with its row in
+// to target (-1: all), each in its own transaction together with its row in
 // schema_migrations. A store newer than this build is an error: an older
 // binary must not write to a schema it does not know.
 func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
@@ -118,7 +118,7 @@ func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
 	if err != nil {
 		return err
 	}
-	if target == 0 {
+	if target < 0 {
 		target = len(ms)
 	}
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied BIGINT NOT NULL)`); err != nil {

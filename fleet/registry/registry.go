@@ -114,7 +114,7 @@ func Open(dir string, opts Options) (*Registry, error) {
 		r.file = store
 	}
 	ctx := context.Background()
-	if err := migrate(ctx, w, eng, 0); err != nil {
+	if err := migrate(ctx, w, eng, -1); err != nil {
 		r.Close()
 		return nil, err
 	}
