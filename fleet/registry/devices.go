@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/outpost-edge/outpost/protocol"
@@ -147,97 +148,183 @@ func (r *Registry) Devices() ([]Device, error) {
 }
 
 // telemetryRows is how many records one INSERT carries.
-const telemetryRows = 200
+const telemetryRows = 500
 
 // RecordBatch stores a decoded telemetry batch from device and counts it,
-// in one transaction, and returns how many of its records were new.
-// Records are unique by (device, epoch, sequence) in the store, so a
-// record delivered twice, to one replica or to two, is stored and counted
-// once. The protocol guarantees that a sequence number not seen before is
-// higher than all seen in the epoch, so records at or below the device's
-// highest are known duplicates and not even offered to the store.
+// and returns how many of its records were new. Records are unique by
+// (device, epoch, sequence) in the store, so a record delivered twice, to
+// one replica or to two, is stored and counted once. The protocol
+// guarantees that a sequence number not seen before is higher than all
+// seen in the epoch, so records at or below the device's highest are known
+// duplicates and not even offered to the store.
+//
+// Group commit: batches that arrive while another caller's transaction is
+// committing are stored together in the next transaction, one sync for
+// all of them; a lone caller commits at once. If a group's transaction
+// fails, its batches are stored one by one, so one bad batch fails only
+// its own caller.
 func (r *Registry) RecordBatch(device string, b *protocol.Batch, now time.Time) (int, error) {
-	fresh := 0
+	it := &ingestItem{device: device, b: b, now: now, done: make(chan struct{}), lead: make(chan struct{})}
+	r.ingest.mu.Lock()
+	r.ingest.pending = append(r.ingest.pending, it)
+	lead := !r.ingest.active
+	r.ingest.active = true
+	r.ingest.mu.Unlock()
+	if lead {
+		r.commitIngest()
+	}
+	select {
+	case <-it.done:
+	case <-it.lead:
+		r.commitIngest()
+		<-it.done
+	}
+	if it.err != nil {
+		return 0, fmt.Errorf("registry: telemetry of %s: %w", device, it.err)
+	}
+	return it.fresh, nil
+}
+
+// maxIngestGroup bounds the batches of one group transaction.
+const maxIngestGroup = 64
+
+// ingestQueue is RecordBatch's group commit: the pending batches and
+// whether a caller is committing (the leader). The leader commits the
+// pending batches (its own first among them), then hands the lead to the
+// caller of the oldest batch still pending, or ends it.
+type ingestQueue struct {
+	mu      sync.Mutex // guards the fields below
+	pending []*ingestItem
+	active  bool
+}
+
+type ingestItem struct {
+	device string
+	b      *protocol.Batch
+	now    time.Time
+	fresh  int
+	err    error
+	done   chan struct{} // closed when fresh and err are set
+	lead   chan struct{} // closed when this caller is to lead the next group
+}
+
+func (r *Registry) commitIngest() {
+	q := &r.ingest
+	q.mu.Lock()
+	n := min(len(q.pending), maxIngestGroup)
+	group := q.pending[:n:n]
+	q.pending = q.pending[n:]
+	q.mu.Unlock()
+
 	err := r.write(func(tx *sql.Tx) error {
-		fresh = 0
-		d, err := r.lockDevice(tx, device)
+		for _, it := range group {
+			if err := r.recordBatch(tx, it); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil && len(group) > 1 {
+		for _, it := range group {
+			it.err = r.write(func(tx *sql.Tx) error { return r.recordBatch(tx, it) })
+		}
+	} else {
+		for _, it := range group {
+			it.err = err
+		}
+	}
+	for _, it := range group {
+		close(it.done)
+	}
+
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if len(q.pending) == 0 {
+		q.active = false
+		return
+	}
+	close(q.pending[0].lead)
+}
+
+// recordBatch stores one batch inside tx and sets it.fresh.
+func (r *Registry) recordBatch(tx *sql.Tx, it *ingestItem) error {
+	device, b, now := it.device, it.b, it.now
+	fresh := 0
+	d, err := r.lockDevice(tx, device)
+	if err != nil {
+		return err
+	}
+	t := &d.Telemetry
+	if t.Epoch != b.Epoch {
+		t.Epoch, t.MaxSeq, t.Drops = b.Epoch, 0, nil
+	}
+	t.Batches++
+	t.Last = now.UTC()
+	var offer []protocol.Entry
+	kinds := map[uint64]string{}
+	for _, e := range b.Entries {
+		if e.Seq <= t.MaxSeq {
+			continue
+		}
+		offer = append(offer, e)
+		if k, _, err := protocol.PeekRecord(e.Body); err == nil {
+			kinds[e.Seq] = k.String()
+		}
+	}
+	for len(offer) > 0 {
+		n := min(len(offer), telemetryRows)
+		seqs, err := r.insertTelemetry(tx, device, b.Epoch, offer[:n], kinds, now)
 		if err != nil {
 			return err
 		}
-		t := &d.Telemetry
-		if t.Epoch != b.Epoch {
-			t.Epoch, t.MaxSeq, t.Drops = b.Epoch, 0, nil
-		}
-		t.Batches++
-		t.Last = now.UTC()
-		var offer []protocol.Entry
-		kinds := map[uint64]string{}
-		for _, e := range b.Entries {
-			if e.Seq <= t.MaxSeq {
-				continue
-			}
-			offer = append(offer, e)
-			if k, _, err := protocol.PeekRecord(e.Body); err == nil {
-				kinds[e.Seq] = k.String()
-			}
-		}
-		for len(offer) > 0 {
-			n := min(len(offer), telemetryRows)
-			seqs, err := r.insertTelemetry(tx, device, b.Epoch, offer[:n], kinds, now)
-			if err != nil {
-				return err
-			}
-			offer = offer[n:]
-			for _, seq := range seqs {
-				fresh++
-				t.MaxSeq = max(t.MaxSeq, seq)
-				if k, ok := kinds[seq]; ok {
-					if t.ByKind == nil {
-						t.ByKind = map[string]uint64{}
-					}
-					t.ByKind[k]++
+		offer = offer[n:]
+		for _, seq := range seqs {
+			fresh++
+			t.MaxSeq = max(t.MaxSeq, seq)
+			if k, ok := kinds[seq]; ok {
+				if t.ByKind == nil {
+					t.ByKind = map[string]uint64{}
 				}
+				t.ByKind[k]++
 			}
 		}
-		t.Records += uint64(fresh)
-		t.Duplicates += uint64(len(b.Entries) - fresh)
-		for reason, c := range b.Drops {
-			if c == 0 {
-				continue
-			}
-			if t.Drops == nil {
-				t.Drops = map[string]uint64{}
-			}
-			name := protocol.DropReason(reason).String()
-			t.Drops[name] = max(t.Drops[name], c)
-		}
-		return r.saveDevice(tx, d)
-	})
-	if err != nil {
-		return 0, fmt.Errorf("registry: telemetry of %s: %w", device, err)
 	}
-	return fresh, nil
+	t.Records += uint64(fresh)
+	t.Duplicates += uint64(len(b.Entries) - fresh)
+	for reason, c := range b.Drops {
+		if c == 0 {
+			continue
+		}
+		if t.Drops == nil {
+			t.Drops = map[string]uint64{}
+		}
+		name := protocol.DropReason(reason).String()
+		t.Drops[name] = max(t.Drops[name], c)
+	}
+	it.fresh = fresh
+	return r.saveDevice(tx, d)
 }
 
 // insertTelemetry inserts es and returns the sequence numbers that were
-// new (RETURNING gives only the rows inserted).
+// new (RETURNING gives only the rows inserted). Full chunks go through a
+// statement prepared once (parsing a statement of telemetryRows rows costs
+// as much as running it).
 func (r *Registry) insertTelemetry(tx *sql.Tx, device string, epoch uint64, es []protocol.Entry, kinds map[uint64]string, now time.Time) ([]uint64, error) {
-	var sb strings.Builder
-	sb.WriteString(`INSERT INTO telemetry (device, epoch, seq, kind, received, body) VALUES `)
 	args := make([]any, 0, 6*len(es))
-	for i, e := range es {
-		if i > 0 {
-			sb.WriteString(", ")
-		}
-		sb.WriteString("(?, ?, ?, ?, ?, ?)")
+	for _, e := range es {
 		body := e.Body
 		if body == nil {
 			body = []byte{}
 		}
 		args = append(args, device, int64(epoch), int64(e.Seq), kinds[e.Seq], now.UnixNano(), body)
 	}
-	sb.WriteString(` ON CONFLICT (device, epoch, seq) DO NOTHING RETURNING seq`)
-	rows, err := tx.Query(r.eng.rebind(sb.String()), args...)
+	var rows *sql.Rows
+	var err error
+	if len(es) == telemetryRows {
+		rows, err = tx.Stmt(r.telStmt).Query(args...)
+	} else {
+		rows, err = tx.Query(r.eng.rebind(telemetryInsert(len(es))), args...)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -251,4 +338,17 @@ func (r *Registry) insertTelemetry(tx *sql.Tx, device string, epoch uint64, es [
 		out = append(out, uint64(s))
 	}
 	return out, rows.Err()
+}
+
+func telemetryInsert(n int) string {
+	var sb strings.Builder
+	sb.WriteString(`INSERT INTO telemetry (device, epoch, seq, kind, received, body) VALUES `)
+	for i := range n {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("(?, ?, ?, ?, ?, ?)")
+	}
+	sb.WriteString(` ON CONFLICT (device, epoch, seq) DO NOTHING RETURNING seq`)
+	return sb.String()
 }

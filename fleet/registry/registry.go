@@ -89,6 +89,10 @@ type Registry struct {
 	r    *sql.DB // reads (the same pool on PostgreSQL)
 	qc   queryCache
 	log  *slog.Logger
+	// telStmt is insertTelemetry's full chunk, prepared in Open (not
+	// later: inside a transaction SQLite's one write connection is taken).
+	telStmt *sql.Stmt
+	ingest  ingestQueue
 }
 
 // Open opens the store selected by opts.Store, migrating its schema to
@@ -118,6 +122,10 @@ func Open(dir string, opts Options) (*Registry, error) {
 		r.Close()
 		return nil, err
 	}
+	if r.telStmt, err = w.PrepareContext(ctx, eng.rebind(telemetryInsert(telemetryRows))); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("registry: prepare: %w", err)
+	}
 	if err := r.importBolt(ctx); err != nil {
 		r.Close()
 		return nil, err
@@ -127,6 +135,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 
 // Close closes the store.
 func (r *Registry) Close() error {
+	if r.telStmt != nil {
+		r.telStmt.Close()
+	}
 	err := r.w.Close()
 	if r.r != r.w {
 		err = errors.Join(err, r.r.Close())

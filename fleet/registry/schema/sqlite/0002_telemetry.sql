@@ -8,5 +8,5 @@ CREATE TABLE telemetry (
 	received INTEGER NOT NULL,
 	body     BLOB    NOT NULL,
 	PRIMARY KEY (device, epoch, seq)
-);
+) WITHOUT ROWID;
 CREATE INDEX telemetry_received ON telemetry (received);
