@@ -68,8 +68,14 @@ test-gates: setup
 	$(GO) test -race -count=50 -timeout 120m -run '$(GATE_TESTS_FLEET)' ./fleet/controller/
 
 # bench prints the comparable figures: ratios measured back to back in one run.
+# The fleet store's telemetry ingest (records/s, target 50k/s embedded) is
+# fleet/registry's BenchmarkTelemetryIngest; bench-store runs only it.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
+
+.PHONY: bench-store
+bench-store: setup
+	$(GO) test -run '^$$' -bench TelemetryIngest -benchtime 3x -timeout 30m ./fleet/registry/
 
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of
