@@ -81,6 +81,8 @@ test-nats: setup
 	CI=true OUTPOST_NATS_KILLS=$(NATS_KILLS) $(GO) test -race -count=$(NATS_COUNT) -timeout 60m -run '^TestFleetRolloutThroughNATSNodeKill$$' -v ./cmd/outpost-agent/
 
 # bench prints the comparable figures: ratios measured back to back in one run.
+# The fleet store's telemetry ingest (records/s, target 50k/s embedded) is
+# fleet/registry's BenchmarkTelemetryIngest; bench-store runs only it.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
@@ -91,6 +93,10 @@ bench: setup
 .PHONY: bench-batch
 bench-batch: setup
 	$(GO) test -run '^$$' -bench 'BatchVsPool|BatchBinary|EncodeOutputs' -benchmem -benchtime $(BENCHTIME) -timeout 30m ./agent/batch/
+
+.PHONY: bench-store
+bench-store: setup
+	$(GO) test -run '^$$' -bench TelemetryIngest -benchtime 3x -timeout 30m ./fleet/registry/
 
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of

@@ -13,10 +13,13 @@ declare -A pkgs=(
   [mosquitto_sub]=mosquitto-clients
   [nats-server]=nats-server
   [curl]=curl
+  # The store's contract tests start their own PostgreSQL (internal/testpg).
+  [pg_ctl]=postgresql
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
-  if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]]; then
+  # Debian keeps the server's tools (initdb, pg_ctl) in /usr/lib/postgresql/<version>/bin.
+  if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! -x /usr/sbin/$cmd ]] && ! compgen -G "/usr/lib/postgresql/*/bin/$cmd" >/dev/null; then
     missing+=("${pkgs[$cmd]}")
   fi
 done
@@ -29,9 +32,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The Debian packages start a system broker on :1883 (and nats-server on
-  # :4222); tests start their own on free ports, so leave the system ones as
-  # the admin configured them.
+  # The Debian packages start a system broker on :1883, nats-server on :4222
+  # and a PostgreSQL on :5432; tests start their own on free ports, so leave
+  # the system ones as the admin configured them.
 fi
 
 "$here/fetch-deps.sh"

@@ -77,8 +77,11 @@ func TestEnrollAndRevoke(t *testing.T) {
 	if out := cli(t, bin, 0, "devices", "enroll", "--admin", admin, "gw-2"); !strings.Contains(out, "shown once") {
 		t.Fatalf("enroll to stdout: %q", out)
 	}
-	if data, err := os.ReadFile(filepath.Join(dir, "data", "registry.db")); err != nil || bytes.Contains(data, []byte(secret)) {
-		t.Fatalf("the registry holds the secret itself (read error %v)", err)
+	// The store's file and its write-ahead log (where fresh writes are).
+	for _, f := range []string{"fleet.db", "fleet.db-wal"} {
+		if data, err := os.ReadFile(filepath.Join(dir, "data", f)); err != nil || bytes.Contains(data, []byte(secret)) {
+			t.Fatalf("the store's %s holds the secret itself (read error %v)", f, err)
+		}
 	}
 
 	if c, _, err := mqttLogin(url, "anon", ""); err == nil {

@@ -3,7 +3,8 @@
 //	outpost-fleet keys init --dir KEYS
 //	outpost-fleet keys rotate --dir KEYS --role targets|root
 //	outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite
-//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--keys KEYS] [--fleet NAME] [--open-broker] [--admin-cert FILE --admin-key FILE]
+//	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--store postgres://...] [--keys KEYS] [--fleet NAME] [--open-broker] [--admin-cert FILE --admin-key FILE]
+//	outpost-fleet backup --out FILE [--config fleet.yaml] [--data-dir DIR]
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
 //	outpost-fleet devices list
@@ -38,6 +39,7 @@ var program = subcommand.Program{
 		keysRotateCommand,
 		modelsExportCommand,
 		serveCommand,
+		backupCommand,
 		modelsPushCommand,
 		modelsListCommand,
 		devicesListCommand,

@@ -30,8 +30,11 @@ var serveCommand = subcommand.Command{
 type fleetConfig struct {
 	Fleet   string `yaml:"fleet"`
 	DataDir string `yaml:"data_dir"`
-	Keys    string `yaml:"keys"`
-	Broker  string `yaml:"broker"`
+	// Store is the registry's engine: a postgres:// URL, or empty for the
+	// embedded SQLite store in the data dir (docs/STORE.md).
+	Store  string `yaml:"store"`
+	Keys   string `yaml:"keys"`
+	Broker string `yaml:"broker"`
 	// Brokers are the nodes of a clustered broker, after Broker.
 	Brokers    []string `yaml:"brokers"`
 	ListenMQTT string   `yaml:"listen_mqtt"`
@@ -87,6 +90,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	listenMQTT := fs.String("listen-mqtt", "", "embedded broker address (default "+broker.DefaultAddr+")")
 	adminAddr := fs.String("admin", "", "admin API address (default "+admin.DefaultAddr+")")
 	dataDir := fs.String("data-dir", "", "registry and artifacts directory (default outpost-fleet-data)")
+	store := fs.String("store", "", "the store: postgres://user@host/db, or empty for the embedded SQLite file in the data dir (store:)")
 	keys := fs.String("keys", "", "keys directory made by keys init (required here or in the config)")
 	fleetName := fs.String("fleet", "", "fleet name, the <fleet> of every topic (default \"default\")")
 	adminCert := fs.String("admin-cert", "", "serve the admin API over TLS with this PEM certificate (chain) (admin_tls.cert)")
@@ -102,7 +106,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, o := range []struct {
 		flag string
 		dst  *string
-	}{{*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
+	}{{*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*store, &cfg.Store}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
 		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}} {
 		if o.flag != "" {
 			*o.dst = o.flag
@@ -125,7 +129,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts := controller.Options{
-		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Keys: cfg.Keys, Broker: cfg.Broker, Brokers: cfg.Brokers, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
+		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Store: cfg.Store, Keys: cfg.Keys, Broker: cfg.Broker, Brokers: cfg.Brokers, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
 		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
 		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
 		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, Logger: log,

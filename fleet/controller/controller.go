@@ -35,6 +35,9 @@ import (
 type Options struct {
 	Fleet   string
 	DataDir string
+	// Store selects the registry's engine (registry.Options.Store): a
+	// postgres:// URL, or empty for the embedded store in DataDir.
+	Store string
 	// Keys is the keys directory (keyring): its root verifies pushed
 	// releases and its command-role keys sign commands.
 	Keys string
@@ -141,7 +144,7 @@ func New(opts Options) (*Controller, error) {
 	if c.roots, err = c.keys.Roots(); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
-	if c.reg, err = registry.Open(opts.DataDir, registry.Options{Logger: opts.Logger.With("component", "registry")}); err != nil {
+	if c.reg, err = registry.Open(opts.DataDir, registry.Options{Store: opts.Store, Logger: opts.Logger.With("component", "registry")}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	fail := func(err error) (*Controller, error) {

@@ -1,22 +1,18 @@
 package registry
 
 import (
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
 	"github.com/outpost-edge/outpost/internal/hashchain"
-	bolt "go.etcd.io/bbolt"
 )
 
 // ErrTampered: an audit record does not match its sequence number, its
 // predecessor's hash, or the stored head.
 var ErrTampered = errors.New("registry: audit log tampered with")
-
-// auditChain is the audit log: records and head (internal/hashchain, the
-// same chain as the device's audit trail).
-var auditChain = hashchain.Chain{Records: bAudit, Meta: bAuditMeta}
 
 // AuditRecord is one change made through the admin API: who (Actor, the
 // token id, or "local" in bootstrap mode, and ActorName), what (Method and
@@ -40,23 +36,44 @@ type AuditRecord struct {
 	Hash string `json:"hash,omitempty"`
 }
 
-func auditKey(seq uint64) []byte { return hashchain.Key(seq) }
+// auditHead is the chain's head in meta: the last record's number and
+// hash (the same JSON as internal/hashchain's head, so an imported bbolt
+// head is stored as it was).
+type auditHead struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+const metaAuditHead = "audit_head"
 
 // AppendAudit adds rec at the end of the fleet audit log, filling Seq, Prev
-// and (if zero) Time, and returns the stored record with its Hash.
+// and (if zero) Time, and returns the stored record with its Hash. The
+// head's row is held for the transaction, so replicas append in turn.
 func (r *Registry) AppendAudit(rec AuditRecord) (*AuditRecord, error) {
 	if rec.Time.IsZero() {
 		rec.Time = time.Now()
 	}
 	rec.Time = rec.Time.UTC()
-	rec.Hash = ""
-	err := r.db.Update(func(tx *bolt.Tx) error {
-		_, hash, err := auditChain.Append(tx, func(seq uint64, prev string) ([]byte, error) {
-			rec.Seq, rec.Prev = seq, prev
-			return json.Marshal(&rec)
-		})
-		rec.Hash = hash
-		return err
+	err := r.write(func(tx *sql.Tx) error {
+		var hb []byte
+		if err := tx.QueryRow(r.q(`SELECT value FROM meta WHERE key = ?`+r.eng.forUpdate), metaAuditHead).Scan(&hb); err != nil {
+			return fmt.Errorf("head: %w", err)
+		}
+		var h auditHead
+		if err := json.Unmarshal(hb, &h); err != nil {
+			return fmt.Errorf("%w: head: %v", ErrTampered, err)
+		}
+		rec.Hash = ""
+		rec.Seq, rec.Prev = h.Seq+1, h.Hash
+		doc, err := json.Marshal(&rec)
+		if err != nil {
+			return err
+		}
+		rec.Hash = hashchain.Hash(doc)
+		if _, err := r.exec(tx, `INSERT INTO audit (seq, time, doc) VALUES (?, ?, ?)`, int64(rec.Seq), ts(rec.Time), doc); err != nil {
+			return err
+		}
+		return r.putMeta(tx, metaAuditHead, auditHead{Seq: rec.Seq, Hash: rec.Hash})
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: append audit: %w", err)
@@ -64,29 +81,46 @@ func (r *Registry) AppendAudit(rec AuditRecord) (*AuditRecord, error) {
 	return &rec, nil
 }
 
+func (r *Registry) putMeta(tx *sql.Tx, key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	_, err = r.exec(tx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, b)
+	return err
+}
+
 // Audit returns up to limit records (0: all) at or after since, oldest
 // first, each with its Hash.
 func (r *Registry) Audit(since time.Time, limit int) ([]AuditRecord, error) {
-	out := []AuditRecord{}
-	err := r.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bAudit).Cursor()
-		for k, v := c.First(); k != nil; k, v = c.Next() {
-			var rec AuditRecord
-			if err := json.Unmarshal(v, &rec); err != nil {
-				return err
-			}
-			if rec.Time.Before(since) {
-				continue
-			}
-			rec.Hash = hashchain.Hash(v)
-			out = append(out, rec)
-			if limit > 0 && len(out) == limit {
-				break
-			}
-		}
-		return nil
-	})
+	q := `SELECT doc FROM audit WHERE time >= ? ORDER BY seq`
+	args := []any{since.UnixNano()}
+	if since.IsZero() {
+		args[0] = int64(-1 << 63)
+	}
+	if limit > 0 {
+		q += ` LIMIT ?`
+		args = append(args, limit)
+	}
+	rows, err := r.r.Query(r.q(q), args...)
 	if err != nil {
+		return nil, fmt.Errorf("registry: audit: %w", err)
+	}
+	defer rows.Close()
+	out := []AuditRecord{}
+	for rows.Next() {
+		var doc []byte
+		if err := rows.Scan(&doc); err != nil {
+			return nil, fmt.Errorf("registry: audit: %w", err)
+		}
+		var rec AuditRecord
+		if err := json.Unmarshal(doc, &rec); err != nil {
+			return nil, fmt.Errorf("registry: audit: %w", err)
+		}
+		rec.Hash = hashchain.Hash(doc)
+		out = append(out, rec)
+	}
+	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("registry: audit: %w", err)
 	}
 	return out, nil
@@ -98,21 +132,66 @@ func (r *Registry) Audit(since time.Time, limit int) ([]AuditRecord, error) {
 // ErrTampered naming the first bad record. Like any hash chain it cannot
 // see the whole log rewritten from some record on, head included.
 func (r *Registry) VerifyAudit() (int, error) {
-	var n int
-	err := r.db.View(func(tx *bolt.Tx) error {
-		var err error
-		n, err = auditChain.Verify(tx, func(v []byte) (uint64, string, error) {
-			var rec AuditRecord
-			err := json.Unmarshal(v, &rec)
-			return rec.Seq, rec.Prev, err
-		})
-		return err
-	})
-	if errors.Is(err, hashchain.ErrTampered) {
-		return n, fmt.Errorf("registry: verify audit: %w: %w", ErrTampered, err)
+	n, err := r.verifyAudit()
+	if errors.Is(err, ErrTampered) {
+		return n, fmt.Errorf("registry: verify audit: %w", err)
 	}
 	if err != nil {
 		return n, fmt.Errorf("registry: verify audit: %w", err)
+	}
+	return n, nil
+}
+
+func (r *Registry) verifyAudit() (int, error) {
+	// One read transaction: the head and the records as of one moment.
+	tx, err := r.r.Begin()
+	if err != nil {
+		return 0, err
+	}
+	defer tx.Rollback() //nolint:errcheck // read only
+	var hb []byte
+	if err := tx.QueryRow(r.q(`SELECT value FROM meta WHERE key = ?`), metaAuditHead).Scan(&hb); err != nil {
+		return 0, fmt.Errorf("head: %w", err)
+	}
+	var h auditHead
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return 0, fmt.Errorf("%w: head: %v", ErrTampered, err)
+	}
+	rows, err := tx.Query(`SELECT seq, doc FROM audit ORDER BY seq`)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	var (
+		n    int
+		prev string
+		want uint64 = 1
+	)
+	for rows.Next() {
+		var key int64
+		var doc []byte
+		if err := rows.Scan(&key, &doc); err != nil {
+			return n, err
+		}
+		var rec AuditRecord
+		if err := json.Unmarshal(doc, &rec); err != nil {
+			return n, fmt.Errorf("%w: record %d: %v", ErrTampered, want, err)
+		}
+		switch {
+		case uint64(key) != want || rec.Seq != want:
+			return n, fmt.Errorf("%w: record %d: out of sequence", ErrTampered, want)
+		case rec.Prev != prev:
+			return n, fmt.Errorf("%w: record %d: does not name its predecessor's hash", ErrTampered, want)
+		}
+		prev = hashchain.Hash(doc)
+		n++
+		want++
+	}
+	if err := rows.Err(); err != nil {
+		return n, err
+	}
+	if h.Seq != uint64(n) || h.Hash != prev {
+		return n, fmt.Errorf("%w: head names record %d, the log ends at %d", ErrTampered, h.Seq, n)
 	}
 	return n, nil
 }

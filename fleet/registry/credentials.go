@@ -1,11 +1,10 @@
 package registry
 
 import (
-	"encoding/json"
+	"database/sql"
+	"errors"
 	"fmt"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Credential is a device's broker credential as kept at rest: the hash of
@@ -20,12 +19,18 @@ type Credential struct {
 	Revoked *time.Time `json:"revoked,omitempty"`
 }
 
+func (r *Registry) putCredential(tx *sql.Tx, c *Credential) error {
+	_, err := r.exec(tx, `INSERT INTO credentials (device, hash, created, revoked) VALUES (?, ?, ?, ?)
+		ON CONFLICT (device) DO UPDATE SET hash = excluded.hash, created = excluded.created, revoked = excluded.revoked`,
+		c.Device, c.Hash, ts(c.Created), tsPtr(c.Revoked))
+	return err
+}
+
 // PutCredential stores device's credential hash, replacing (and so
 // invalidating) any earlier one, revoked or not.
 func (r *Registry) PutCredential(device string, hash []byte, now time.Time) error {
 	c := Credential{Device: device, Hash: hash, Created: now.UTC()}
-	err := r.db.Update(func(tx *bolt.Tx) error { return putJSON(tx.Bucket(bCredentials), []byte(device), &c) })
-	if err != nil {
+	if err := r.write(func(tx *sql.Tx) error { return r.putCredential(tx, &c) }); err != nil {
 		return fmt.Errorf("registry: put credential %s: %w", device, err)
 	}
 	return nil
@@ -34,18 +39,15 @@ func (r *Registry) PutCredential(device string, hash []byte, now time.Time) erro
 // RevokeCredential marks device's credential revoked; ErrNotFound when the
 // device has none. Revoking twice keeps the first time.
 func (r *Registry) RevokeCredential(device string, now time.Time) error {
-	err := r.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bCredentials)
-		var c Credential
-		if err := getJSON(b, []byte(device), &c); err != nil {
+	err := r.write(func(tx *sql.Tx) error {
+		res, err := r.exec(tx, `UPDATE credentials SET revoked = CASE WHEN revoked = 0 THEN ? ELSE revoked END WHERE device = ?`, ts(now.UTC()), device)
+		if err != nil {
 			return err
 		}
-		if c.Revoked != nil {
-			return nil
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return errors.Join(ErrNotFound, err)
 		}
-		t := now.UTC()
-		c.Revoked = &t
-		return putJSON(b, []byte(device), &c)
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("registry: revoke credential %s: %w", device, err)
@@ -57,43 +59,37 @@ func (r *Registry) RevokeCredential(device string, now time.Time) error {
 // ErrNotFound when it has none.
 func (r *Registry) Credential(device string) (*Credential, error) {
 	var c Credential
-	if err := r.db.View(func(tx *bolt.Tx) error { return getJSON(tx.Bucket(bCredentials), []byte(device), &c) }); err != nil {
-		return nil, fmt.Errorf("registry: credential %s: %w", device, err)
+	var created, revoked int64
+	err := r.r.QueryRow(r.q(`SELECT device, hash, created, revoked FROM credentials WHERE device = ?`), device).Scan(&c.Device, &c.Hash, &created, &revoked)
+	if err != nil {
+		return nil, fmt.Errorf("registry: credential %s: %w", device, notFound(err))
 	}
+	c.Created, c.Revoked = fromTS(created), fromTSPtr(revoked)
 	return &c, nil
 }
 
 // CredentialHash returns the hash of device's live credential; ok is false
 // when it has none or it was revoked (broker.Credentials).
 func (r *Registry) CredentialHash(device string) (hash []byte, ok bool, err error) {
-	err = r.db.View(func(tx *bolt.Tx) error {
-		p := tx.Bucket(bCredentials).Get([]byte(device))
-		if p == nil {
-			return nil
-		}
-		var c Credential
-		if err := json.Unmarshal(p, &c); err != nil {
-			return err
-		}
-		if c.Revoked == nil {
-			hash, ok = c.Hash, true
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, false, fmt.Errorf("registry: credential %s: %w", device, err)
+	c, err := r.Credential(device)
+	if errors.Is(err, ErrNotFound) {
+		return nil, false, nil
 	}
-	return hash, ok, nil
+	if err != nil {
+		return nil, false, err
+	}
+	if c.Revoked != nil {
+		return nil, false, nil
+	}
+	return c.Hash, true, nil
 }
 
 // AnyCredential reports whether any device was ever enrolled (revoked
 // credentials count) (broker.Credentials).
 func (r *Registry) AnyCredential() (bool, error) {
-	var found bool
-	err := r.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bCredentials).Cursor().First()
-		found = k != nil
-		return nil
-	})
-	return found, err
+	var n int
+	if err := r.r.QueryRow(`SELECT count(*) FROM (SELECT 1 FROM credentials LIMIT 1) c`).Scan(&n); err != nil {
+		return false, fmt.Errorf("registry: credentials: %w", err)
+	}
+	return n > 0, nil
 }

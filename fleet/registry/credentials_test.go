@@ -7,9 +7,11 @@ import (
 	"time"
 )
 
-func TestCredentials(t *testing.T) {
-	dir := t.TempDir()
-	r, err := Open(dir, Options{})
+func TestCredentials(t *testing.T) { eachEngine(t, testCredentials) }
+
+func testCredentials(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	r, err := Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +39,7 @@ func TestCredentials(t *testing.T) {
 	}
 	// Revocation survives a reopen, and the fleet stays enrolled.
 	r.Close()
-	if r, err = Open(dir, Options{}); err != nil {
+	if r, err = Open(tg.dir, tg.opts); err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()

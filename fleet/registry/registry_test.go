@@ -29,9 +29,11 @@ func signed(t *testing.T, k *keyring.Keyring, name string, version int64, model 
 	return rel
 }
 
-func TestPutModel(t *testing.T) {
-	dir := t.TempDir()
-	r, err := Open(dir, Options{})
+func TestPutModel(t *testing.T) { eachEngine(t, testPutModel) }
+
+func testPutModel(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	r, err := Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +83,7 @@ func TestPutModel(t *testing.T) {
 	if len(ms) != 1 {
 		t.Fatalf("got %d model versions after refused pushes, want 1", len(ms))
 	}
-	ents, _ := os.ReadDir(dir + "/blobs")
+	ents, _ := os.ReadDir(tg.dir + "/blobs")
 	if len(ents) != 1 {
 		t.Fatalf("got %d files in blobs, want 1 (refused pushes leave nothing)", len(ents))
 	}
@@ -94,7 +96,7 @@ func TestPutModel(t *testing.T) {
 
 	// Everything survives a reopen.
 	r.Close()
-	r, err = Open(dir, Options{})
+	r, err = Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,8 +106,11 @@ func TestPutModel(t *testing.T) {
 	}
 }
 
-func TestTelemetryDedup(t *testing.T) {
-	r, err := Open(t.TempDir(), Options{})
+func TestTelemetryDedup(t *testing.T) { eachEngine(t, testTelemetryDedup) }
+
+func testTelemetryDedup(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	r, err := Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,8 +151,11 @@ func TestTelemetryDedup(t *testing.T) {
 	}
 }
 
-func TestAssignments(t *testing.T) {
-	r, err := Open(t.TempDir(), Options{})
+func TestAssignments(t *testing.T) { eachEngine(t, testAssignments) }
+
+func testAssignments(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	r, err := Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}

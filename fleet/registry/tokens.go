@@ -1,12 +1,10 @@
 package registry
 
 import (
-	"encoding/json"
+	"database/sql"
+	"errors"
 	"fmt"
-	"sort"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
 // Token is an admin API token as kept at rest: its public id, the hash of
@@ -23,67 +21,70 @@ type Token struct {
 	Revoked *time.Time `json:"revoked,omitempty"`
 }
 
+func (r *Registry) insertToken(tx *sql.Tx, t *Token) error {
+	res, err := r.exec(tx, `INSERT INTO tokens (id, name, role, hash, created, revoked) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		t.ID, t.Name, t.Role, t.Hash, ts(t.Created), tsPtr(t.Revoked))
+	if err != nil {
+		return err
+	}
+	if n, err := res.RowsAffected(); err != nil || n == 0 {
+		return errors.Join(ErrExists, err)
+	}
+	return nil
+}
+
 // PutToken stores a new token; ErrExists if its id is taken.
 func (r *Registry) PutToken(t Token) error {
 	t.Created = t.Created.UTC()
-	err := r.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bTokens)
-		if b.Get([]byte(t.ID)) != nil {
-			return ErrExists
-		}
-		return putJSON(b, []byte(t.ID), &t)
-	})
-	if err != nil {
+	if err := r.write(func(tx *sql.Tx) error { return r.insertToken(tx, &t) }); err != nil {
 		return fmt.Errorf("registry: put token %s: %w", t.ID, err)
 	}
 	return nil
 }
 
+const tokenCols = `id, name, role, hash, created, revoked`
+
+func scanToken(s scanner) (*Token, error) {
+	var t Token
+	var created, revoked int64
+	if err := s.Scan(&t.ID, &t.Name, &t.Role, &t.Hash, &created, &revoked); err != nil {
+		return nil, notFound(err)
+	}
+	t.Created, t.Revoked = fromTS(created), fromTSPtr(revoked)
+	return &t, nil
+}
+
 // Token returns the token with this id, revoked or not; ErrNotFound when
 // there is none.
 func (r *Registry) Token(id string) (*Token, error) {
-	var t Token
-	if err := r.db.View(func(tx *bolt.Tx) error { return getJSON(tx.Bucket(bTokens), []byte(id), &t) }); err != nil {
+	t, err := scanToken(r.r.QueryRow(r.q(`SELECT `+tokenCols+` FROM tokens WHERE id = ?`), id))
+	if err != nil {
 		return nil, fmt.Errorf("registry: token %s: %w", id, err)
 	}
-	return &t, nil
+	return t, nil
 }
 
 // Tokens lists every token, revoked ones included, oldest first.
 func (r *Registry) Tokens() ([]Token, error) {
-	var out []Token
-	err := r.db.View(func(tx *bolt.Tx) error {
-		return tx.Bucket(bTokens).ForEach(func(_, v []byte) error {
-			var t Token
-			if err := json.Unmarshal(v, &t); err != nil {
-				return err
-			}
-			out = append(out, t)
-			return nil
-		})
-	})
+	out, err := queryAll(r.r, `SELECT `+tokenCols+` FROM tokens ORDER BY created, id`, nil, scanToken)
 	if err != nil {
 		return nil, fmt.Errorf("registry: tokens: %w", err)
 	}
-	sort.SliceStable(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
 	return out, nil
 }
 
 // RevokeToken marks the token revoked; ErrNotFound when there is none.
 // Revoking twice keeps the first time.
 func (r *Registry) RevokeToken(id string, now time.Time) error {
-	err := r.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bTokens)
-		var t Token
-		if err := getJSON(b, []byte(id), &t); err != nil {
+	err := r.write(func(tx *sql.Tx) error {
+		res, err := r.exec(tx, `UPDATE tokens SET revoked = CASE WHEN revoked = 0 THEN ? ELSE revoked END WHERE id = ?`, ts(now.UTC()), id)
+		if err != nil {
 			return err
 		}
-		if t.Revoked != nil {
-			return nil
+		if n, err := res.RowsAffected(); err != nil || n == 0 {
+			return errors.Join(ErrNotFound, err)
 		}
-		n := now.UTC()
-		t.Revoked = &n
-		return putJSON(b, []byte(id), &t)
+		return nil
 	})
 	if err != nil {
 		return fmt.Errorf("registry: revoke token %s: %w", id, err)
@@ -93,14 +94,9 @@ func (r *Registry) RevokeToken(id string, now time.Time) error {
 
 // AnyToken reports whether a token was ever created (revoked ones count).
 func (r *Registry) AnyToken() (bool, error) {
-	var found bool
-	err := r.db.View(func(tx *bolt.Tx) error {
-		k, _ := tx.Bucket(bTokens).Cursor().First()
-		found = k != nil
-		return nil
-	})
-	if err != nil {
+	var n int
+	if err := r.r.QueryRow(`SELECT count(*) FROM (SELECT 1 FROM tokens LIMIT 1) t`).Scan(&n); err != nil {
 		return false, fmt.Errorf("registry: tokens: %w", err)
 	}
-	return found, nil
+	return n > 0, nil
 }

@@ -6,13 +6,13 @@ import (
 	"errors"
 	"testing"
 	"time"
-
-	bolt "go.etcd.io/bbolt"
 )
 
-func TestTokens(t *testing.T) {
-	dir := t.TempDir()
-	r, err := Open(dir, Options{})
+func TestTokens(t *testing.T) { eachEngine(t, testTokens) }
+
+func testTokens(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	r, err := Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,7 +43,7 @@ func TestTokens(t *testing.T) {
 		t.Fatalf("revoking twice: %v", err)
 	}
 	r.Close()
-	if r, err = Open(dir, Options{}); err != nil {
+	if r, err = Open(tg.dir, tg.opts); err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
@@ -74,8 +74,11 @@ func appendN(t *testing.T, r *Registry, n int, t0 time.Time) {
 	}
 }
 
-func TestAuditChain(t *testing.T) {
-	r, err := Open(t.TempDir(), Options{})
+func TestAuditChain(t *testing.T) { eachEngine(t, testAuditChain) }
+
+func testAuditChain(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	r, err := Open(tg.dir, tg.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,49 +108,59 @@ func TestAuditChain(t *testing.T) {
 	}
 }
 
-// TestAuditTampering edits the bbolt file the way someone with write
+// TestAuditTampering edits the store the way someone with write
 // access to it would, and VerifyAudit finds each edit.
-func TestAuditTampering(t *testing.T) {
+func TestAuditTampering(t *testing.T) { eachEngine(t, testAuditTampering) }
+
+func testAuditTampering(t *testing.T, newTarget func(*testing.T) target) {
 	t0 := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	doc := func(r *Registry, seq int) []byte {
+		var b []byte
+		if err := r.w.QueryRow(r.q(`SELECT doc FROM audit WHERE seq = ?`), seq).Scan(&b); err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	set := func(r *Registry, seq int, b []byte) error {
+		_, err := r.w.Exec(r.q(`UPDATE audit SET doc = ? WHERE seq = ?`), b, seq)
+		return err
+	}
 	tests := []struct {
 		name   string
-		tamper func(tx *bolt.Tx) error
+		tamper func(r *Registry) error
 	}{
-		{"status edited", func(tx *bolt.Tx) error {
-			b := tx.Bucket(bAudit)
+		{"status edited", func(r *Registry) error {
 			var rec AuditRecord
-			if err := json.Unmarshal(b.Get(auditKey(2)), &rec); err != nil {
+			if err := json.Unmarshal(doc(r, 2), &rec); err != nil {
 				return err
 			}
 			rec.Status = 403
 			p, _ := json.Marshal(&rec)
-			return b.Put(auditKey(2), p)
+			return set(r, 2, p)
 		}},
-		{"actor edited", func(tx *bolt.Tx) error {
-			b := tx.Bucket(bAudit)
-			p := bytes.Replace(b.Get(auditKey(3)), []byte("aaaaaaaaaaaaaaaa"), []byte("local"), 1)
-			return b.Put(auditKey(3), p)
+		{"actor edited", func(r *Registry) error {
+			return set(r, 3, bytes.Replace(doc(r, 3), []byte("aaaaaaaaaaaaaaaa"), []byte("local"), 1))
 		}},
-		{"record deleted", func(tx *bolt.Tx) error { return tx.Bucket(bAudit).Delete(auditKey(2)) }},
-		{"last record deleted", func(tx *bolt.Tx) error { return tx.Bucket(bAudit).Delete(auditKey(4)) }},
-		{"records swapped", func(tx *bolt.Tx) error {
-			b := tx.Bucket(bAudit)
-			p2, p3 := append([]byte(nil), b.Get(auditKey(2))...), append([]byte(nil), b.Get(auditKey(3))...)
-			if err := b.Put(auditKey(2), p3); err != nil {
+		{"record deleted", func(r *Registry) error { _, err := r.w.Exec(`DELETE FROM audit WHERE seq = 2`); return err }},
+		{"last record deleted", func(r *Registry) error { _, err := r.w.Exec(`DELETE FROM audit WHERE seq = 4`); return err }},
+		{"records swapped", func(r *Registry) error {
+			p2, p3 := doc(r, 2), doc(r, 3)
+			if err := set(r, 2, p3); err != nil {
 				return err
 			}
-			return b.Put(auditKey(3), p2)
+			return set(r, 3, p2)
 		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := Open(t.TempDir(), Options{})
+			tg := newTarget(t)
+			r, err := Open(tg.dir, tg.opts)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer r.Close()
 			appendN(t, r, 4, t0)
-			if err := r.db.Update(tt.tamper); err != nil {
+			if err := tt.tamper(r); err != nil {
 				t.Fatal(err)
 			}
 			if _, err := r.VerifyAudit(); !errors.Is(err, ErrTampered) {
