@@ -27,6 +27,27 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// startAgent runs an agent on cfg until the test ends, and checks that it stops
+// cleanly then.
+func startAgent(t *testing.T, cfg config.Config) *Agent {
+	t.Helper()
+	a, err := New(cfg, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(20 * time.Second):
+			t.Error("agent did not stop")
+		}
+	})
+	return a
+}
+
 // TestAgentStream runs the agent with a configured stream on a real
 // Mosquitto: a PNG frame published on the topic comes back as a result
 // from the served model, and /metrics counts it.
@@ -46,20 +67,7 @@ func TestAgentStream(t *testing.T) {
 		Streams: []config.Stream{{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
 			Model: "hand", ResultTopic: "cam/hands"}},
 	}
-	a, err := New(cfg, nil)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("agent did not stop")
-		}
-	})
+	a := startAgent(t, cfg)
 	base := "http://" + a.Addr()
 	metric := func(want string) bool {
 		resp, err := http.Get(base + "/metrics")
@@ -178,20 +186,7 @@ func TestAgentStreamDropsTelemetry(t *testing.T) {
 		Streams: []config.Stream{{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
 			Model: "hand", ResultTopic: "cam/hands", MaxMessageBytes: 4096}},
 	}
-	a, err := New(cfg, nil)
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("agent did not stop")
-		}
-	})
+	a := startAgent(t, cfg)
 
 	results := make(chan []byte, 8)
 	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL()).SetClientID("camera"))

@@ -40,10 +40,10 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
-	"github.com/outpost-edge/outpost/agent/backoff"
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/oip"
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/internal/backoff"
 )
 
 // Errors of this package; callers test with errors.Is.

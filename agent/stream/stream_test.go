@@ -607,17 +607,7 @@ func TestStreamWindow(t *testing.T) {
 
 	// Window 4:2 holds chunks 2, 3 and 4: the same as inferring them at once.
 	want := append(append(chunk(2), chunk(3)...), chunk(4)...)
-	var first []float32
-	_, _, err = reg.Infer(context.Background(), "m", 0, func(catalog.Entry) ([][]byte, error) { return [][]byte{want}, nil },
-		func(i int, d []byte) error {
-			if i == 0 {
-				for j := 0; j+4 <= len(d); j += 4 {
-					first = append(first, math.Float32frombits(binary.LittleEndian.Uint32(d[j:])))
-				}
-			}
-			return nil
-		})
-	require.NoError(t, err)
+	first := direct(t, reg, want)
 	got := rs[1].Outputs[0].Data
 	require.Len(t, got, len(first))
 	for i := range first {
@@ -636,6 +626,24 @@ func TestStreamWindow(t *testing.T) {
 	assert.Equal(t, "13:5", rs[5].ID)
 	assert.Empty(t, rs[5].Error)
 	assert.Equal(t, uint64(1), s.Stats().Dropped["too_large"])
+}
+
+// direct is the first output of model m in reg for input in, inferred at
+// once rather than through a stream: what a stream's result must equal.
+func direct(t testing.TB, reg *serving.Registry, in []byte) []float32 {
+	t.Helper()
+	var out []float32
+	_, _, err := reg.Infer(context.Background(), "m", 0, func(catalog.Entry) ([][]byte, error) { return [][]byte{in}, nil },
+		func(i int, d []byte) error {
+			if i == 0 {
+				for j := 0; j+4 <= len(d); j += 4 {
+					out = append(out, math.Float32frombits(binary.LittleEndian.Uint32(d[j:])))
+				}
+			}
+			return nil
+		})
+	require.NoError(t, err)
+	return out
 }
 
 // TestStreamJSON runs the face model over Open Inference Protocol request
@@ -673,17 +681,7 @@ func TestStreamJSON(t *testing.T) {
 	assert.NotEmpty(t, rs[1].Error)
 	assert.Equal(t, uint64(1), s.Stats().Errors["bad_input"])
 
-	var want []float32
-	_, _, err = reg.Infer(context.Background(), "m", 0, func(catalog.Entry) ([][]byte, error) { return [][]byte{f32(vs...)}, nil },
-		func(i int, d []byte) error {
-			if i == 0 {
-				for j := 0; j+4 <= len(d); j += 4 {
-					want = append(want, math.Float32frombits(binary.LittleEndian.Uint32(d[j:])))
-				}
-			}
-			return nil
-		})
-	require.NoError(t, err)
+	want := direct(t, reg, f32(vs...))
 	got := rs[0].Outputs[0].Data
 	require.Len(t, got, len(want))
 	for i := range want {

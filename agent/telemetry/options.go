@@ -5,7 +5,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/backoff"
+	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/protocol"
 )
 

@@ -8,8 +8,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/backoff"
 	"github.com/outpost-edge/outpost/agent/fleetlink"
+	"github.com/outpost-edge/outpost/internal/backoff"
 
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/backoff"
+	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
 )

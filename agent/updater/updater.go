@@ -64,8 +64,8 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/audit"
-	"github.com/outpost-edge/outpost/agent/backoff"
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/internal/crashpoint"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 
 	"github.com/outpost-edge/outpost/agent/config"
@@ -79,8 +80,8 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	pwPath := filepath.Join(data, credentialDir, credentialFile)
 	if !*force {
-		if cfg.Fleet.Broker != "" {
-			return fmt.Errorf("enroll: %s already joins fleet %q as %q (broker %s); --force replaces the enrolment", *cfgPath, cfg.Fleet.Name, cfg.Fleet.Device, cfg.Fleet.Broker)
+		if cfg.Fleet.Linked() {
+			return fmt.Errorf("enroll: %s already joins fleet %q as %q (broker %s); --force replaces the enrolment", *cfgPath, cfg.Fleet.Name, cfg.Fleet.Device, strings.TrimPrefix(strings.Join(append([]string{cfg.Fleet.Broker}, cfg.Fleet.Brokers...), ","), ","))
 		}
 		if _, err := os.Stat(pwPath); err == nil {
 			return fmt.Errorf("enroll: %s holds a broker password from an earlier enrolment; --force replaces it", pwPath)
@@ -118,7 +119,7 @@ func runEnroll(_ context.Context, args []string, stdout, stderr io.Writer) error
 		return err
 	}
 	fmt.Fprintf(stdout, "enrolled %s in fleet %s (broker %s): root v%d in %s and %s, broker password %s (0600), config %s\n",
-		b.Fleet.Device, b.Fleet.Name, b.Fleet.Broker, root.Doc.Version, store.DirIn(data), provisioned, pwPath, *cfgPath)
+		b.Fleet.Device, b.Fleet.Name, strings.Join(b.Fleet.BrokerList(), ","), root.Doc.Version, store.DirIn(data), provisioned, pwPath, *cfgPath)
 	fmt.Fprintf(stdout, "start the agent with: outpost-agent serve --config %s; then delete %s (it holds the password)\n", *cfgPath, pos[0])
 	return nil
 }
@@ -305,7 +306,20 @@ func fleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f enrolme
 		fleet = &yaml.Node{Kind: yaml.MappingNode}
 		mapSet(top, "fleet", fleet)
 	}
-	for _, kv := range [][2]string{{"broker", f.Broker}, {"name", f.Name}, {"device", f.Device}, {"username", f.Username}, {"password_file", pwPath}} {
+	// One broker is fleet.broker, a cluster's nodes fleet.brokers; never
+	// both, or the first node would be tried twice.
+	if list := f.BrokerList(); len(list) > 1 {
+		seq := &yaml.Node{Kind: yaml.SequenceNode, Style: yaml.FlowStyle}
+		for _, u := range list {
+			seq.Content = append(seq.Content, scalar(u))
+		}
+		mapDelete(fleet, "broker")
+		mapSet(fleet, "brokers", seq)
+	} else {
+		mapDelete(fleet, "brokers")
+		mapSet(fleet, "broker", scalar(f.Broker))
+	}
+	for _, kv := range [][2]string{{"name", f.Name}, {"device", f.Device}, {"username", f.Username}, {"password_file", pwPath}} {
 		mapSet(fleet, kv[0], scalar(kv[1]))
 	}
 	if len(f.Labels) > 0 {
@@ -381,6 +395,16 @@ func mapGet(m *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return nil
+}
+
+// mapDelete removes key and its value from mapping m, if there.
+func mapDelete(m *yaml.Node, key string) {
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			m.Content = append(m.Content[:i], m.Content[i+2:]...)
+			return
+		}
+	}
 }
 
 // mapSet replaces the value of key in mapping m, or appends the pair.

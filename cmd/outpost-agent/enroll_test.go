@@ -37,12 +37,20 @@ func testRoot(t *testing.T) []byte {
 // returns its path.
 func testBundle(t *testing.T, root []byte, device string) string {
 	t.Helper()
-	b, err := enrolment.Bundle{
+	return testClusterBundle(t, root, device, "tcp://fleet.example:1883")
+}
+
+// testClusterBundle is testBundle naming the brokers given.
+func testClusterBundle(t *testing.T, root []byte, device string, brokers ...string) string {
+	t.Helper()
+	bundle := enrolment.Bundle{
 		Created:  time.Now().UTC(),
-		Fleet:    enrolment.Fleet{Broker: "tcp://fleet.example:1883", Name: "acme", Device: device, Username: device, Labels: map[string]string{"site": "north"}},
+		Fleet:    enrolment.Fleet{Name: "acme", Device: device, Username: device, Labels: map[string]string{"site": "north"}},
 		Root:     root,
 		Password: "pw-" + device,
-	}.Marshal()
+	}
+	bundle.Fleet.SetBrokers(brokers)
+	b, err := bundle.Marshal()
 	require.NoError(t, err)
 	path := filepath.Join(t.TempDir(), device+".bundle")
 	require.NoError(t, os.WriteFile(path, b, 0o600))
@@ -147,6 +155,27 @@ func TestEnrollInstalls(t *testing.T) {
 	assert.Equal(t, "gw-2", cfg.Fleet.Device)
 	b, _ = os.ReadFile(pw)
 	assert.Equal(t, "pw-gw-2\n", string(b))
+
+	// A cluster's bundle writes fleet.brokers in place of fleet.broker, and
+	// a one-broker bundle the other way round.
+	nodes := []string{"tcp://n1.example:1883", "ssl://n2.example:8883"}
+	code, out = enroll(testClusterBundle(t, rootRaw, "gw-2", nodes...), "--data-dir", data, "--config", cfgPath, "--force")
+	require.Equal(t, 0, code, out)
+	assert.Contains(t, out, "broker tcp://n1.example:1883,ssl://n2.example:8883")
+	cfg, err = config.Load(cfgPath)
+	require.NoError(t, err)
+	assert.Equal(t, "", cfg.Fleet.Broker)
+	assert.Equal(t, nodes, cfg.Fleet.Brokers)
+	require.NoError(t, cfg.WithDefaults().Validate())
+	code, out = enroll(other, "--data-dir", data, "--config", cfgPath)
+	assert.Equal(t, 1, code, out)
+	assert.Contains(t, out, "already joins", "a config with only fleet.brokers counts as enrolled")
+	code, out = enroll(other, "--data-dir", data, "--config", cfgPath, "--force")
+	require.Equal(t, 0, code, out)
+	cfg, err = config.Load(cfgPath)
+	require.NoError(t, err)
+	assert.Equal(t, "tcp://fleet.example:1883", cfg.Fleet.Broker)
+	assert.Empty(t, cfg.Fleet.Brokers)
 
 	// Another fleet's root: refused even into a fresh config, replaced with --force.
 	foreign := testBundle(t, testRoot(t), "gw-3")

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/admin"
@@ -33,11 +35,11 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	api := adminFlag(fs)
 	bundleOut := fs.String("bundle", "", "write the device's bootstrap bundle to this file (mode 0600; it holds the password): outpost-agent enroll installs it")
 	labels := fs.String("labels", "", "the device's labels in the bundle, k=v,k2=v2 (rollout selectors match them)")
-	brokerURL := fs.String("broker", "", "broker URL the device dials, written into the bundle (default: the controller's own broker URL)")
+	brokerURL := fs.String("broker", "", "broker URL the device dials, or the nodes of a clustered broker separated by commas, written into the bundle (default: the controller's own brokers)")
 	out := fs.String("out", "", "write only the password to this file (mode 0600), the agent's fleet.password_file; default: print it")
 	replace := fs.Bool("replace", false, "replace the device's credential if it has one (the old one stops working)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL]] [--out PASSWORD_FILE] [--replace]")
+		fmt.Fprintln(stderr, "usage: outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL[,URL...]]] [--out PASSWORD_FILE] [--replace]")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -55,8 +57,18 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	if (*labels != "" || *brokerURL != "") && *bundleOut == "" {
 		return subcommand.UsageError("--labels and --broker go into the bundle: give --bundle FILE")
 	}
-	if u, err := url.Parse(*brokerURL); *brokerURL != "" && (err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl") || u.Host == "") {
-		return subcommand.UsageError(fmt.Sprintf("--broker %q: want tcp://host:port or ssl://host:port", *brokerURL))
+	var brokers []string
+	if *brokerURL != "" {
+		for _, b := range strings.Split(*brokerURL, ",") {
+			b = strings.TrimSpace(b)
+			if u, err := url.Parse(b); err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl") || u.Host == "" {
+				return subcommand.UsageError(fmt.Sprintf("--broker %q: want tcp://host:port or ssl://host:port", b))
+			}
+			if slices.Contains(brokers, b) {
+				return subcommand.UsageError(fmt.Sprintf("--broker: %s is named twice", b))
+			}
+			brokers = append(brokers, b)
+		}
 	}
 	var cred admin.Credential
 	if err := api.client().json(ctx, http.MethodPost, "/v1/devices/"+pos[0]+"/credential", admin.EnrollRequest{Replace: *replace}, &cred); err != nil {
@@ -65,7 +77,7 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	if *bundleOut != "" {
 		// The credential exists now: a bundle that cannot be written is
 		// reported with the way out (enroll again with --replace).
-		if err := writeBundle(*bundleOut, cred, lbls, *brokerURL, stderr); err != nil {
+		if err := writeBundle(*bundleOut, cred, lbls, brokers, stderr); err != nil {
 			return fmt.Errorf("devices enroll: %s holds a new credential but %w; run again with --replace", cred.Device, err)
 		}
 		fmt.Fprintf(stdout, "device %s enrolled in fleet %s: bundle %s (mode 0600) holds its broker password; copy it to the device, run outpost-agent enroll %s --data-dir DIR there, then delete it\n",
@@ -83,27 +95,34 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	return nil
 }
 
-// writeBundle writes the enrolment bundle of cred (mode 0600). The broker is
-// brokerURL if given, else the controller's; one only this machine can
+// writeBundle writes the enrolment bundle of cred (mode 0600). The brokers
+// are the ones given, else the controller's; one only this machine can
 // reach draws a warning.
-func writeBundle(path string, cred admin.Credential, labels map[string]string, brokerURL string, stderr io.Writer) error {
-	if brokerURL == "" {
-		brokerURL = cred.Broker
-		if u, err := url.Parse(brokerURL); err == nil {
-			if ip := net.ParseIP(u.Hostname()); u.Hostname() == "localhost" || (ip != nil && (ip.IsLoopback() || ip.IsUnspecified())) {
-				fmt.Fprintf(stderr, "warning: the bundle names broker %s, which a device elsewhere cannot reach; give --broker tcp://HOST:PORT\n", brokerURL)
+func writeBundle(path string, cred admin.Credential, labels map[string]string, brokers []string, stderr io.Writer) error {
+	if len(brokers) == 0 {
+		brokers = cred.Brokers
+		if len(brokers) == 0 {
+			brokers = []string{cred.Broker}
+		}
+		for _, b := range brokers {
+			if u, err := url.Parse(b); err == nil {
+				if ip := net.ParseIP(u.Hostname()); u.Hostname() == "localhost" || (ip != nil && (ip.IsLoopback() || ip.IsUnspecified())) {
+					fmt.Fprintf(stderr, "warning: the bundle names broker %s, which a device elsewhere cannot reach; give --broker tcp://HOST:PORT\n", b)
+				}
 			}
 		}
 	}
 	if len(labels) == 0 {
 		labels = nil
 	}
-	b, err := enrolment.Bundle{
+	bundle := enrolment.Bundle{
 		Created:  time.Now().UTC().Truncate(time.Second),
-		Fleet:    enrolment.Fleet{Broker: brokerURL, Name: cred.Fleet, Device: cred.Device, Username: cred.Username, Labels: labels},
+		Fleet:    enrolment.Fleet{Name: cred.Fleet, Device: cred.Device, Username: cred.Username, Labels: labels},
 		Root:     cred.Root,
 		Password: cred.Password,
-	}.Marshal()
+	}
+	bundle.Fleet.SetBrokers(brokers)
+	b, err := bundle.Marshal()
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -196,7 +197,7 @@ func TestServeLegacyUsers(t *testing.T) {
 // agent's parser accepts, with the fleet, the device, its labels, the
 // fleet's root and a password that logs the device in; the broker is the
 // controller's (with a warning that it is loopback) unless --broker names
-// another; after devices revoke the bundle's password is refused.
+// another, or the nodes of a cluster; after devices revoke the bundle's password is refused.
 func TestEnrollBundle(t *testing.T) {
 	bin, err := buildOnce()
 	if err != nil {
@@ -246,6 +247,17 @@ func TestEnrollBundle(t *testing.T) {
 		t.Fatal(err)
 	} else if b2, err := enrolment.Parse(data); err != nil || b2.Fleet.Broker != "ssl://fleet.example:8883" || b2.Fleet.Labels != nil {
 		t.Fatalf("bundle with --broker: %+v, %v", b2, err)
+	}
+
+	// A clustered broker: --broker takes the nodes, in order, as serve does.
+	cluster := filepath.Join(dir, "gw-3.bundle")
+	cli(t, bin, 2, "devices", "enroll", "--admin", srv.admin, "--bundle", cluster, "--broker", "tcp://a.example:1883,tcp://a.example:1883", "gw-3")
+	cliEnv(t, bin, nil, 0, "devices", "enroll", "--admin", srv.admin, "--bundle", cluster, "--replace", "--broker", "tcp://a.example:1883, tcp://b.example:1883,ssl://c.example:8883", "gw-3")
+	want := []string{"tcp://a.example:1883", "tcp://b.example:1883", "ssl://c.example:8883"}
+	if data, err := os.ReadFile(cluster); err != nil {
+		t.Fatal(err)
+	} else if b3, err := enrolment.Parse(data); err != nil || b3.Fleet.Broker != want[0] || !slices.Equal(b3.Fleet.BrokerList(), want) {
+		t.Fatalf("bundle with --broker a,b,c: %+v, %v; want brokers %q", b3, err, want)
 	}
 
 	url := "tcp://" + srv.mqtt

@@ -55,6 +55,9 @@ type Options struct {
 	Fleet string
 	// Broker is the MQTT broker URL enrolments name (Credential.Broker).
 	Broker string
+	// Brokers are more broker URLs after Broker, the other nodes of a
+	// clustered broker, in the order devices try them (Credential.Brokers).
+	Brokers []string
 	// Disconnect, if set, cuts off a device whose credential is revoked
 	// or replaced (the embedded broker).
 	Disconnect Disconnecter

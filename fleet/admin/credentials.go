@@ -35,6 +35,10 @@ type Credential struct {
 	// Broker is the broker URL the controller knows (Options.Broker); the
 	// client may have to name one devices can reach instead.
 	Broker string `json:"broker,omitempty"`
+	// Brokers, for a clustered broker, is every node's URL in order,
+	// Broker first (Options.Broker then Options.Brokers); absent for one
+	// broker, as in an enrolment bundle.
+	Brokers []string `json:"brokers,omitempty"`
 	// Root is the fleet's newest root.json, exact bytes (base64 in JSON).
 	Root []byte `json:"root"`
 }
@@ -80,8 +84,12 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		s.opts.Disconnect.Disconnect(id) // its old credential no longer holds
 	}
 	s.log.Info("device enrolled", "device", id, "replace", req.Replace)
-	writeJSON(w, http.StatusCreated, Credential{Device: id, Username: id, Password: secret,
-		Fleet: s.opts.Fleet, Broker: s.opts.Broker, Root: s.opts.Root.Raw})
+	cred := Credential{Device: id, Username: id, Password: secret,
+		Fleet: s.opts.Fleet, Broker: s.opts.Broker, Root: s.opts.Root.Raw}
+	if len(s.opts.Brokers) > 0 {
+		cred.Brokers = append([]string{s.opts.Broker}, s.opts.Brokers...)
+	}
+	writeJSON(w, http.StatusCreated, cred)
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {

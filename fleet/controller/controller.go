@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"runtime"
 	"slices"
 	"strings"
@@ -28,6 +27,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -181,7 +181,7 @@ func New(opts Options) (*Controller, error) {
 		disc = c.brk
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
-		Fleet: opts.Fleet, Broker: c.urls[0], Disconnect: disc, TLS: opts.AdminTLS,
+		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS,
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
 		return fail(err)
 	}
@@ -378,7 +378,7 @@ func (c *Controller) connectFirst(ctx context.Context) (next int, err error) {
 // keepConnected makes a new connection whenever the current one ends, until
 // ctx is done; next is the broker to try first.
 func (c *Controller) keepConnected(ctx context.Context, next int) error {
-	delay := time.Duration(0)
+	bo := backoff.New(100*time.Millisecond, 5*time.Second, nil)
 	for {
 		c.mu.Lock()
 		m := c.conn
@@ -398,7 +398,7 @@ func (c *Controller) keepConnected(ctx context.Context, next int) error {
 			// One the broker drops at once (a second controller with the
 			// same client id, an ACL) must not make a busy loop.
 			if short = time.Since(m.since) < stableConnection; !short {
-				delay = 0
+				bo.Reset()
 			}
 		}
 		// The next broker at once after a connection that held; after a
@@ -406,11 +406,7 @@ func (c *Controller) keepConnected(ctx context.Context, next int) error {
 		// jittered wait.
 		for i := 0; ; i++ {
 			if (i == 0 && short) || (i > 0 && i%len(c.urls) == 0) {
-				delay = min(max(2*delay, 100*time.Millisecond), 5*time.Second)
-				wait := delay/2 + rand.N(delay/2+1)
-				select {
-				case <-time.After(wait):
-				case <-ctx.Done():
+				if bo.Wait(ctx, nil) != nil {
 					return nil
 				}
 			}

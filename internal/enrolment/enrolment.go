@@ -10,12 +10,17 @@
 //	  "created": "2026-11-30T01:00:00Z",
 //	  "fleet": {                            the agent config's fleet section
 //	    "broker": "tcp://fleet.example:1883",
+//	    "brokers": ["tcp://fleet.example:1883", "tcp://fleet2.example:1883"],
 //	    "name": "acme", "device": "gw-1", "username": "gw-1",
 //	    "labels": {"site": "north"}
 //	  },
 //	  "root": "<base64 of root.json>",      the fleet's trust root, exact bytes
 //	  "password": "..."                     the device's broker password (secret)
 //	}
+//
+// "brokers" is there only when the fleet's broker is a cluster of several
+// nodes; "broker" is then the first of them. A bundle naming one broker has
+// no "brokers", so agents older than the list still read it.
 //
 // It holds a secret: writers create it with mode 0600, and readers should
 // not leave it lying around once installed.
@@ -66,11 +71,36 @@ type Bundle struct {
 // Fleet is what the agent's fleet config section takes from the bundle.
 type Fleet struct {
 	// Broker is tcp://host:port or ssl://host:port.
-	Broker   string            `json:"broker"`
+	Broker string `json:"broker"`
+	// Brokers, when the broker is a cluster, are its nodes in the order the
+	// device tries them, Broker first; absent for a single broker. Use
+	// SetBrokers and BrokerList rather than the two fields.
+	Brokers  []string          `json:"brokers,omitempty"`
 	Name     string            `json:"name"`
 	Device   string            `json:"device"`
 	Username string            `json:"username"`
 	Labels   map[string]string `json:"labels,omitempty"`
+}
+
+// SetBrokers names the brokers the device dials, in order: Broker is the
+// first, Brokers the whole list if it has more than one.
+func (f *Fleet) SetBrokers(urls []string) {
+	f.Broker, f.Brokers = "", nil
+	if len(urls) > 0 {
+		f.Broker = urls[0]
+	}
+	if len(urls) > 1 {
+		f.Brokers = append([]string(nil), urls...)
+	}
+}
+
+// BrokerList is the brokers the device dials, in order: Brokers, or Broker
+// alone in a bundle without a list.
+func (f Fleet) BrokerList() []string {
+	if len(f.Brokers) > 0 {
+		return f.Brokers
+	}
+	return []string{f.Broker}
 }
 
 // Marshal validates b and encodes it, Format set to Version.
@@ -159,8 +189,21 @@ func (b *Bundle) Validate() error {
 		errs = append(errs, fmt.Sprintf("format %d, want %d", b.Format, Version))
 	}
 	f := b.Fleet
-	if u, err := url.Parse(f.Broker); err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl") || u.Host == "" {
+	if !brokerURL(f.Broker) {
 		errs = append(errs, fmt.Sprintf("fleet.broker %q: want tcp://host:port or ssl://host:port", f.Broker))
+	}
+	if len(f.Brokers) > 0 && f.Brokers[0] != f.Broker {
+		errs = append(errs, fmt.Sprintf("fleet.brokers starts with %q, not fleet.broker %q", f.Brokers[0], f.Broker))
+	}
+	seen := make(map[string]bool, len(f.Brokers))
+	for i, u := range f.Brokers {
+		switch {
+		case !brokerURL(u):
+			errs = append(errs, fmt.Sprintf("fleet.brokers[%d] %q: want tcp://host:port or ssl://host:port", i, u))
+		case seen[u]:
+			errs = append(errs, fmt.Sprintf("fleet.brokers[%d] %q: named twice", i, u))
+		}
+		seen[u] = true
 	}
 	if _, err := protocol.DeviceTopics(f.Name, f.Device); err != nil {
 		errs = append(errs, fmt.Sprintf("fleet.name %q, fleet.device %q: %v", f.Name, f.Device, err))
@@ -185,6 +228,12 @@ func (b *Bundle) Validate() error {
 		return fmt.Errorf("%w: %s", ErrInvalid, strings.Join(errs, "; "))
 	}
 	return nil
+}
+
+// brokerURL reports whether s is tcp://host:port or ssl://host:port.
+func brokerURL(s string) bool {
+	u, err := url.Parse(s)
+	return err == nil && (u.Scheme == "tcp" || u.Scheme == "ssl") && u.Host != ""
 }
 
 // printable reports whether s is visible ASCII without spaces: it goes into

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,59 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+// validCluster is validBundle naming the three nodes of a broker cluster.
+func validCluster(t testing.TB) Bundle {
+	t.Helper()
+	b := validBundle(t)
+	b.Fleet.SetBrokers([]string{"tcp://fleet.example:1883", "tcp://n2.example:1883", "tcp://n3.example:1883"})
+	return b
+}
+
+// TestBrokerList: a bundle names one broker as before (no "brokers", so
+// older agents read it) or a cluster's nodes in order, and either kind
+// reads back as the list the device dials.
+func TestBrokerList(t *testing.T) {
+	for _, tt := range []struct {
+		name        string
+		set         []string
+		wantBrokers bool // a "brokers" field in the document
+		want        []string
+	}{
+		{"one broker", []string{"tcp://fleet.example:1883"}, false, []string{"tcp://fleet.example:1883"}},
+		{"a cluster", []string{"ssl://a.example:8883", "ssl://b.example:8883"}, true, []string{"ssl://a.example:8883", "ssl://b.example:8883"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := validBundle(t)
+			b.Fleet.SetBrokers(tt.set)
+			data, err := b.Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := bytes.Contains(data, []byte(`"brokers"`)); got != tt.wantBrokers {
+				t.Errorf("got a brokers field %v, want %v:\n%s", got, tt.wantBrokers, data)
+			}
+			got, err := Parse(data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.Fleet.BrokerList(), tt.want) || got.Fleet.Broker != tt.want[0] {
+				t.Fatalf("got broker %q, list %q, want %q", got.Fleet.Broker, got.Fleet.BrokerList(), tt.want)
+			}
+		})
+	}
+	// A bundle written before the list existed: only "broker".
+	old := []byte(`{"outpost_enrolment": 1, "created": "2026-11-30T01:00:00Z",
+		"fleet": {"broker": "tcp://fleet.example:1883", "name": "acme", "device": "gw-1", "username": "gw-1"},
+		"root": "` + base64.StdEncoding.EncodeToString(validBundle(t).Root) + `", "password": "pw"}`)
+	got, err := Parse(old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"tcp://fleet.example:1883"}; !slices.Equal(got.Fleet.BrokerList(), want) {
+		t.Fatalf("got %q, want %q", got.Fleet.BrokerList(), want)
+	}
+}
+
 // badBundles are documents Parse must refuse, with the error each gets.
 func badBundles(t testing.TB) []struct {
 	name string
@@ -58,6 +112,17 @@ func badBundles(t testing.TB) []struct {
 			t.Fatalf("%q is not in the bundle", old)
 		}
 		return bytes.Replace(good, []byte(old), []byte(new), 1)
+	}
+	cl := validCluster(t)
+	clusterDoc, err := cl.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := func(old, new string) []byte {
+		if !bytes.Contains(clusterDoc, []byte(old)) {
+			t.Fatalf("%q is not in the bundle", old)
+		}
+		return bytes.Replace(clusterDoc, []byte(old), []byte(new), 1)
 	}
 	badRoot := Bundle{Created: b.Created, Fleet: b.Fleet, Root: append([]byte(nil), b.Root...), Password: b.Password, Format: Version}
 	badRoot.Root[len(badRoot.Root)/2] ^= 0x20
@@ -89,6 +154,12 @@ func badBundles(t testing.TB) []struct {
 		{"root not base64", replace(`"root": "`, `"root": "!!`), ErrInvalid},
 		{"no root", replace(`"root": "`+base64.StdEncoding.EncodeToString(b.Root)+`"`, `"root": ""`), ErrInvalid},
 		{"root with a forged byte", mustJSON(t, badRoot), ErrInvalid},
+		{"brokers not starting with broker", cluster(`"brokers": [
+      "tcp://fleet.example:1883"`, `"brokers": [
+      "tcp://other.example:1883"`), ErrInvalid},
+		{"broker twice in brokers", cluster(`"tcp://n2.example:1883"`, `"tcp://fleet.example:1883"`), ErrInvalid},
+		{"http node in brokers", cluster(`"tcp://n3.example:1883"`, `"http://n3.example:1883"`), ErrInvalid},
+		{"brokers as a string", cluster(`"brokers": [`, `"brokers": "x", "y": [`), ErrInvalid},
 		{"too big", append([]byte("{"), bytes.Repeat([]byte(" "), MaxSize)...), ErrNotBundle},
 	}
 }
@@ -135,6 +206,12 @@ func FuzzParse(f *testing.F) {
 		f.Fatal(err)
 	}
 	f.Add(good)
+	cl := validCluster(f)
+	clusterDoc, err := cl.Marshal()
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(clusterDoc)
 	for _, tt := range badBundles(f) {
 		f.Add(tt.data)
 	}

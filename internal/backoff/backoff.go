@@ -1,7 +1,8 @@
-// Package backoff computes jittered, exponentially growing delays for the
-// agent's reconnect and retry loops (the fleet link, the telemetry uplink, the
-// updater), and waits them out on an injectable clock so tests need not
-// sleep.
+// Package backoff computes jittered, exponentially growing delays for
+// reconnect and retry loops (the agent's fleet link, streams, telemetry uplink
+// and updater; the fleet controller's broker connection), and waits them out
+// on an injectable clock so tests need not sleep. It lives in internal/ because
+// both sides use it and the agent and the fleet may not import each other.
 package backoff
 
 import (
