@@ -255,19 +255,8 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 		h.Set("Inference-Header-Content-Length", strconv.Itoa(hdrLen))
 	}
 	h.Set("Content-Length", strconv.Itoa(len(c.resp)))
-	sendFlushed(w, c.resp)
-}
-
-// sendFlushed writes a 200 with body and flushes it to the connection, so
-// the client has its answer before the deferred metrics, Observer and pool
-// work run (net/http would otherwise hold the last buffered bytes until the
-// handler returns).
-func sendFlushed(w http.ResponseWriter, body []byte) {
 	w.WriteHeader(http.StatusOK)
-	w.Write(body)
-	if f, ok := w.(http.Flusher); ok {
-		f.Flush()
-	}
+	w.Write(c.resp)
 }
 
 func hasOutput(e catalog.Entry, name string) bool {
@@ -319,5 +308,6 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 	// TF Serving has no place for these in its body.
 	h.Set("Outpost-Model-Version", strconv.FormatInt(entry.Version, 10))
 	h.Set("Outpost-Model-Digest", entry.Digest)
-	sendFlushed(w, c.resp)
+	w.WriteHeader(http.StatusOK)
+	w.Write(c.resp)
 }
