@@ -86,6 +86,16 @@ test-nats: setup
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
+# bench-overhead: the agent's own overhead as a user sees it
+# (BenchmarkOverheadBinary: the real binary, a floor server process and a
+# bare C API invoke, interleaved; (agent - bare) / floor, default workers and
+# workers 1), requests/s of the real binary with 1 and 2 workers
+# (BenchmarkThroughputBinary) and the in-process BenchmarkPredictOverhead;
+# make bench runs them too. Each run is bounded (400 triplets or 60 s).
+.PHONY: bench-overhead
+bench-overhead: setup
+	$(GO) test -run '^$$' -bench 'OverheadBinary|ThroughputBinary|PredictOverhead' -benchtime $(BENCHTIME) -count 3 -timeout 30m ./agent/api/
+
 # bench-batch: batch throughput against the bare pool on the same model
 # (BenchmarkBatchVsPool in process, BenchmarkBatchBinary through the real
 # binary: ratios batch/pool and batch/pool-cpu) and the cost

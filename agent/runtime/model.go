@@ -22,7 +22,6 @@ import (
 	goruntime "runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/outpost-edge/outpost/agent/tensor"
 )
@@ -152,10 +151,8 @@ type Model struct {
 	warm      [][]byte
 	report    DelegateReport
 	freeModel func()
-	pool      chan worker
+	pool      *pool
 	all       []worker
-	maxQueue  int64
-	waiting   atomic.Int64
 
 	// life is held for reading by every call in progress and for writing by
 	// Close, so the C memory is freed only once no call can touch it.
@@ -205,11 +202,7 @@ func Load(data []byte, opts Options) (*Model, error) {
 		report:    l.report,
 		freeModel: l.freeModel,
 		all:       l.workers,
-		pool:      make(chan worker, len(l.workers)),
-		maxQueue:  int64(opts.MaxQueue),
-	}
-	for _, w := range m.all {
-		m.pool <- w
+		pool:      newPool(l.workers, opts.MaxQueue),
 	}
 	return m, nil
 }
@@ -357,7 +350,7 @@ func (m *Model) Delegate() DelegateReport { return m.report }
 func (m *Model) Workers() int { return len(m.all) }
 
 // Waiting is the number of callers queued for an interpreter.
-func (m *Model) Waiting() int { return int(m.waiting.Load()) }
+func (m *Model) Waiting() int { return m.pool.waiting() }
 
 // Invoke copies the inputs into an interpreter, runs the model, and copies
 // the outputs into out. Each in[i] must hold exactly the bytes of input i in
@@ -394,11 +387,11 @@ func (m *Model) InvokeFunc(ctx context.Context, in [][]byte, emit func(i int, da
 		return tm, ErrClosed
 	}
 	start := nanotime()
-	p, err := m.acquire(ctx)
+	p, err := m.pool.get(ctx)
 	if err != nil {
 		return tm, err
 	}
-	defer func() { m.pool <- p }()
+	defer m.pool.put(p)
 	got := nanotime()
 	tm.Queue = got - start
 	for i, b := range in {
@@ -418,25 +411,6 @@ func (m *Model) InvokeFunc(ctx context.Context, in [][]byte, emit func(i int, da
 		}
 	}
 	return tm, nil
-}
-
-func (m *Model) acquire(ctx context.Context) (worker, error) {
-	select {
-	case p := <-m.pool:
-		return p, nil
-	default:
-	}
-	if m.waiting.Add(1) > m.maxQueue {
-		m.waiting.Add(-1)
-		return nil, ErrOverloaded
-	}
-	defer m.waiting.Add(-1)
-	select {
-	case p := <-m.pool:
-		return p, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
 }
 
 // OutputSizes returns the byte size of each output tensor. Do not modify.

@@ -1,0 +1,319 @@
+//go:build cgo
+
+package api
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/runtime"
+)
+
+// process is a child process that printed "PREFIX: listening on ADDR".
+type process struct {
+	url    string
+	cmd    *exec.Cmd
+	reaped chan struct{}
+}
+
+// startProcess runs bin with args and waits (at most 60 s) for its
+// "listening on" line. Cleanup kills it and waits for it to be reaped.
+func startProcess(b *testing.B, bin string, args ...string) *process {
+	b.Helper()
+	cmd := exec.Command(bin, args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &process{cmd: cmd, reaped: make(chan struct{})}
+	addr := make(chan string, 1)
+	var tail strings.Builder // the output, kept for a failure message
+	var tailMu sync.Mutex
+	go func() { // reads stderr to its end, then reaps
+		defer close(p.reaped)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			if _, a, ok := strings.Cut(line, ": listening on "); ok {
+				select {
+				case addr <- a:
+				default:
+				}
+			}
+			tailMu.Lock()
+			if tail.Len() < 16<<10 {
+				tail.WriteString(line + "\n")
+			}
+			tailMu.Unlock()
+		}
+		cmd.Wait()
+	}()
+	b.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.reaped
+	})
+	select {
+	case a := <-addr:
+		p.url = "http://" + a
+		return p
+	case <-p.reaped:
+	case <-time.After(60 * time.Second):
+	}
+	tailMu.Lock()
+	defer tailMu.Unlock()
+	b.Fatalf("%s did not start listening:\n%s", filepath.Base(bin), tail.String())
+	return nil
+}
+
+// waitReady polls the agent's readiness (at most 60 s): it listens before
+// its models are loaded.
+func waitReady(b *testing.B, url string) {
+	b.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(url + "/v2/health/ready")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("agent at %s not ready after 60 s (last: %v)", url, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a child process: no event to wait on
+	}
+}
+
+// buildBinaries builds outpost-agent and the floor server into dir.
+func buildBinaries(b *testing.B, dir string) (agentBin, floorBin string) {
+	b.Helper()
+	agentBin, floorBin = filepath.Join(dir, "outpost-agent"), filepath.Join(dir, "floor")
+	for _, c := range [][2]string{{agentBin, "../../cmd/outpost-agent"}, {floorBin, "./testdata/floor"}} {
+		if msg, err := exec.Command("go", "build", "-o", c[0], c[1]).CombinedOutput(); err != nil {
+			b.Fatalf("go build %s: %v\n%s", c[1], err, msg)
+		}
+	}
+	return agentBin, floorBin
+}
+
+// timedPost is post with its wall time; it fails on anything but 200.
+func timedPost(client *http.Client, url string, body []byte, hdr map[string]string) (time.Duration, error) {
+	start := time.Now()
+	code, _ := post(client, url, body, hdr)
+	d := time.Since(start)
+	if code != http.StatusOK {
+		return d, fmt.Errorf("%s answered %d", url, code)
+	}
+	return d, nil
+}
+
+func quantile(v []float64, q float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[int(q*float64(len(s)-1))]
+}
+
+// BenchmarkOverheadBinary is the agent's overhead as a user sees it: the
+// real outpost-agent binary in its own process serving
+// face_detection_short_range, a server that runs no inference in its own
+// process answering the agent's very response bytes (the transport floor,
+// testdata/floor), and a bare TFLite C API invoke of the same model and
+// input (runtime.Baseline, XNNPACK, one thread). One client thread, binary
+// tensors, interleaved request by request with the order rotated. Per
+// triplet, overhead = (agent - bare) / floor; reported as the median
+// (overhead/floor) and p90 over triplets, beside the medians of each leg
+// and median(agent - bare) / median(floor), which one slow invoke moves less.
+// Sub-benchmarks: the default workers (one per core) and workers 1.
+//
+// Bounded: at most 400 triplets or 60 s per run, loopback only.
+func BenchmarkOverheadBinary(b *testing.B) {
+	path := modelPath(b, face)
+	dir := b.TempDir()
+	agentBin, floorBin := buildBinaries(b, dir)
+	body, hdr := binaryRequest(b, input(0))
+	bare, err := runtime.NewBaseline(path, 1, true)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { bare.Close() })
+	if err := bare.SetInput(0, le(input(0))); err != nil {
+		b.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"workers=default", nil},
+		{"workers=1", []string{"--workers", "1"}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", b.TempDir(),
+				"--model", path, "--name", "face"}, tc.args...)
+			agent := startProcess(b, agentBin, args...)
+			waitReady(b, agent.url)
+			agentURL := agent.url + "/v2/models/face/infer"
+			floorURL := startFloor(b, floorBin, agentURL, body, hdr)
+			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+			b.Cleanup(client.CloseIdleConnections)
+			for range 100 { // warm connections, caches and XNNPACK
+				bare.Run()
+				if _, err := timedPost(client, floorURL, body, hdr); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := timedPost(client, agentURL, body, hdr); err != nil {
+					b.Fatal(err)
+				}
+			}
+			const triplets, budget = 400, 60 * time.Second
+			b.ResetTimer()
+			for range b.N {
+				var ta, tb, tc, ratios, extra []float64
+				deadline := time.Now().Add(budget)
+				for i := 0; i < triplets && time.Now().Before(deadline); i++ {
+					var da, db, dc time.Duration
+					var err error
+					for k := range 3 { // rotate the order: no leg always follows the same one
+						switch (i + k) % 3 {
+						case 0:
+							s := time.Now()
+							bare.Run()
+							da = time.Since(s)
+						case 1:
+							db, err = timedPost(client, floorURL, body, hdr)
+						case 2:
+							dc, err = timedPost(client, agentURL, body, hdr)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+					}
+					ta, tb, tc = append(ta, us(da)), append(tb, us(db)), append(tc, us(dc))
+					ratios = append(ratios, float64(dc-da)/float64(db))
+					extra = append(extra, us(dc-da))
+				}
+				b.ReportMetric(quantile(ta, 0.5), "bare-µs")
+				b.ReportMetric(quantile(tb, 0.5), "floor-µs")
+				b.ReportMetric(quantile(tc, 0.5), "agent-µs")
+				b.ReportMetric(quantile(ratios, 0.5), "overhead/floor")
+				b.ReportMetric(quantile(ratios, 0.9), "p90-overhead/floor")
+				// Less sensitive to one slow invoke: median(agent - bare) / median(floor).
+				b.ReportMetric(quantile(extra, 0.5)/quantile(tb, 0.5), "med-extra/med-floor")
+				b.ReportMetric(float64(len(ratios)), "triplets")
+			}
+		})
+	}
+}
+
+func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// startFloor asks the agent once for its answer to body and starts the
+// floor server answering those bytes with the same headers.
+func startFloor(b *testing.B, floorBin, agentURL string, body []byte, hdr map[string]string) string {
+	b.Helper()
+	req, _ := http.NewRequest("POST", agentURL, strings.NewReader(string(body)))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	got, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusOK {
+		b.Fatalf("agent answered %d: %v %s", resp.StatusCode, err, got)
+	}
+	file := filepath.Join(b.TempDir(), "response")
+	if err := os.WriteFile(file, got, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	floor := startProcess(b, floorBin, file, resp.Header.Get("Content-Type"), resp.Header.Get("Inference-Header-Content-Length"))
+	return floor.url + "/v2/models/face/infer"
+}
+
+// BenchmarkThroughputBinary is requests/s of the real binary with 1 and 2
+// workers: 4 client goroutines on kept-alive connections, the two agent
+// processes alternating in 3 rounds of 4x60 requests (each round at most
+// 30 s), medians reported. With 2 cores the client, the HTTP server and the
+// interpreters share the CPUs, which is what limits 2 workers.
+func BenchmarkThroughputBinary(b *testing.B) {
+	path := modelPath(b, face)
+	agentBin, _ := buildBinaries(b, b.TempDir())
+	body, hdr := binaryRequest(b, input(0))
+	urls := map[int]string{}
+	for _, w := range []int{1, 2} {
+		p := startProcess(b, agentBin, "serve", "--listen", "127.0.0.1:0", "--data-dir", b.TempDir(),
+			"--model", path, "--name", "face", "--workers", fmt.Sprint(w))
+		waitReady(b, p.url)
+		urls[w] = p.url + "/v2/models/face/infer"
+	}
+	round := func(url string) (float64, error) {
+		const clients, perClient = 4, 60
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: clients}}
+		defer client.CloseIdleConnections()
+		var wg sync.WaitGroup
+		var ok, failed atomic.Int64
+		start := time.Now()
+		for range clients {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for range perClient {
+					if ctx.Err() != nil {
+						return
+					}
+					if _, err := timedPost(client, url, body, hdr); err != nil {
+						failed.Add(1)
+						continue
+					}
+					ok.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if n := failed.Load(); n > 0 {
+			return 0, fmt.Errorf("%d requests failed", n)
+		}
+		return float64(ok.Load()) / time.Since(start).Seconds(), nil
+	}
+	for _, u := range urls { // warm
+		if _, err := round(u); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		rates := map[int][]float64{}
+		for range 3 {
+			for _, w := range []int{1, 2} {
+				r, err := round(urls[w])
+				if err != nil {
+					b.Fatal(err)
+				}
+				rates[w] = append(rates[w], r)
+			}
+		}
+		r1, r2 := quantile(rates[1], 0.5), quantile(rates[2], 0.5)
+		b.ReportMetric(r1, "req/s-1-worker")
+		b.ReportMetric(r2, "req/s-2-workers")
+		b.ReportMetric(r2/r1, "speedup")
+	}
+}

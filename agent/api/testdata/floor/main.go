@@ -1,0 +1,65 @@
+// Command floor is the transport floor of BenchmarkOverheadBinary: a
+// net/http server in its own process that reads each request body and
+// answers with fixed bytes and headers (the agent's own answer to the same
+// request), running no inference. It prints "floor: listening on ADDR" and
+// serves until killed.
+//
+// Usage: floor RESPONSE_FILE CONTENT_TYPE INFERENCE_HEADER_LENGTH
+package main
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "floor:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	if len(args) != 3 {
+		return fmt.Errorf("usage: floor RESPONSE_FILE CONTENT_TYPE INFERENCE_HEADER_LENGTH")
+	}
+	resp, err := os.ReadFile(args[0])
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "floor: listening on %s\n", ln.Addr())
+	ctype, hdrLen, size := args[1], args[2], strconv.Itoa(len(resp))
+	bufs := sync.Pool{New: func() any { return new([]byte) }}
+	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Read the body as the agent does: into a pooled buffer of its size.
+		b := bufs.Get().(*[]byte)
+		defer bufs.Put(b)
+		n := int(max(r.ContentLength, 0))
+		if cap(*b) < n {
+			*b = make([]byte, n)
+		}
+		if _, err := io.ReadFull(r.Body, (*b)[:n]); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		h := w.Header()
+		h.Set("Content-Type", ctype)
+		if hdrLen != "" {
+			h.Set("Inference-Header-Content-Length", hdrLen)
+		}
+		h.Set("Content-Length", size)
+		w.WriteHeader(http.StatusOK)
+		w.Write(resp)
+	})}
+	return srv.Serve(ln)
+}
