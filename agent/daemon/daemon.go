@@ -181,6 +181,13 @@ func (a *Agent) Addr() string { return a.api.Addr().String() }
 func (a *Agent) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// SIGHUP is caught before the first load can mark the API ready: one
+	// sent as soon as the agent answers ready must reload, not kill the
+	// process (or vanish, when started with SIGHUP ignored). One arriving
+	// during the first load waits in the channel and reloads after it.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 	// Telemetry outlives the API's drain, so the last requests are counted,
 	// and stops when Run returns.
 	stopTelemetry := a.runTelemetry()
@@ -207,9 +214,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		watchdog = t.C
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-watchdog:

@@ -5,8 +5,10 @@ package telemetry
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -47,7 +49,8 @@ func TestMain(m *testing.M) {
 //	final   drain, print the final stats and exit 0 once the queue is empty
 //	diskfull  append under a small file size limit, then print the stats
 //
-// It prints "C <epoch> <last kept seq>" whenever the kept sequence grows:
+// It prints "R" once its queue file is open (made and initialized if it was
+// not there), and "C <epoch> <last kept seq>" whenever the kept sequence grows:
 // everything up to that number is committed, so the parent may hold the
 // queue to it after a SIGKILL.
 func runHelper(mode string) int {
@@ -95,6 +98,7 @@ func runHelper(mode string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	fmt.Println("R")
 	wg.Add(1)
 	go func() { defer wg.Done(); _ = q.Run(ctx) }()
 
@@ -181,8 +185,10 @@ type child struct {
 	cmd   *exec.Cmd
 	mu    sync.Mutex
 	epoch uint64
-	last  uint64   // highest kept sequence number it reported
-	stats []uint64 // its "S" line, if any
+	last  uint64        // highest kept sequence number it reported
+	stats []uint64      // its "S" line, if any
+	ready chan struct{} // closed at its "R" line
+	moved chan struct{} // a token after each "C" line
 	done  chan struct{}
 }
 
@@ -195,7 +201,7 @@ func startChild(t *testing.T, mode, path string, env ...string) *child {
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	c := &child{cmd: cmd, done: make(chan struct{})}
+	c := &child{cmd: cmd, ready: make(chan struct{}), moved: make(chan struct{}, 1), done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
 		sc := bufio.NewScanner(stdout)
@@ -210,14 +216,64 @@ func startChild(t *testing.T, mode, path string, env ...string) *child {
 			switch {
 			case f[0] == "C" && len(nums) == 2:
 				c.epoch, c.last = nums[0], max(c.last, nums[1])
+				select {
+				case c.moved <- struct{}{}:
+				default:
+				}
 			case f[0] == "S":
 				c.stats = nums
+			case f[0] == "R":
+				close(c.ready)
 			}
 			c.mu.Unlock()
 		}
 		_, _ = io.Copy(io.Discard, stdout)
 	}()
 	return c
+}
+
+// waitReady waits until the child has its queue file open, up to d. On a
+// loaded machine starting the race-built binary alone can take longer than
+// the crash loop's kill delays, so those count from here (or from the first
+// commit, waitCommit): killing children that never reached their queue
+// would prove nothing.
+func (c *child) waitReady(t *testing.T, d time.Duration) {
+	t.Helper()
+	start := time.Now()
+	select {
+	case <-c.ready:
+	case <-c.done:
+		c.kill()
+		t.Fatalf("helper exited before it opened its queue: %v", c.cmd.ProcessState)
+	case <-time.After(d):
+		c.kill()
+		t.Fatalf("helper did not open its queue within %v", d)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Logf("helper took %v to open its queue", took.Round(time.Millisecond))
+	}
+}
+
+// waitCommit waits until the child reports a kept sequence number above
+// seq, up to d, so a kill that follows lands amid its appends however slowly
+// it started.
+func (c *child) waitCommit(t *testing.T, seq uint64, d time.Duration) {
+	t.Helper()
+	timeout := time.After(d)
+	for {
+		if _, last, _ := c.report(); last > seq {
+			return
+		}
+		select {
+		case <-c.moved:
+		case <-c.done:
+			c.kill()
+			t.Fatalf("helper exited before it committed a record: %v", c.cmd.ProcessState)
+		case <-timeout:
+			c.kill()
+			t.Fatalf("helper committed no record within %v", d)
+		}
+	}
 }
 
 // kill SIGKILLs the child and waits for it.
@@ -309,22 +365,38 @@ func TestCrashLoop(t *testing.T) {
 	start := time.Now()
 	loops := crashLoops(t)
 	for i := range loops {
+		if i == 0 {
+			// A crash while the agent starts, before or while it makes
+			// the queue file: the next start must take whatever is left.
+			c := startChild(t, "append", path, up...)
+			time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
+			c.kill()
+			note(c)
+		}
 		// Heavy appends with the link up: kill amid commits, publishes and deletes.
 		c := startChild(t, "append", path, up...)
+		c.waitCommit(t, kept, time.Minute)
 		time.Sleep(time.Duration(150+rand.IntN(250)) * time.Millisecond)
 		c.kill()
 		note(c)
 		// Heavy appends with the link down build a backlog...
 		c = startChild(t, "append", path, down...)
+		c.waitCommit(t, kept, time.Minute)
 		time.Sleep(time.Duration(150+rand.IntN(250)) * time.Millisecond)
 		c.kill()
 		note(c)
 		// ...which a drain-only run starts sending, and is killed amid it.
 		c = startChild(t, "drain", path, up...)
+		c.waitReady(t, time.Minute)
 		time.Sleep(time.Duration(100+rand.IntN(150)) * time.Millisecond)
 		c.kill()
 		note(c)
-		if n, bytes := queued(t, path); !evicting && bytes > catchUpBytes {
+		n, bytes, made := queued(t, path)
+		if !made {
+			require.Zero(t, kept, "no queue file, though a child reported records kept")
+			t.Logf("loop %d/%d: every child died before it made the queue file", i+1, loops)
+		}
+		if !evicting && bytes > catchUpBytes {
 			c = startChild(t, "final", path, up...)
 			c.wait(t, 90*time.Second)
 			note(c)
@@ -333,7 +405,7 @@ func TestCrashLoop(t *testing.T) {
 		}
 		t.Logf("loop %d/%d: %d records kept so far", i+1, loops, kept)
 	}
-	backlog, backlogBytes := queued(t, path)
+	backlog, backlogBytes, _ := queued(t, path)
 	c := startChild(t, "final", path, up...)
 	c.wait(t, 90*time.Second)
 	note(c)
@@ -390,8 +462,18 @@ func TestCrashLoop(t *testing.T) {
 
 // queued counts the records in the queue file and their bytes as the queue
 // counts them against MaxBytes.
-func queued(t testing.TB, path string) (n int, bytes int64) {
+//
+// A child killed before it created the file, or before bbolt wrote the
+// file's first pages (an empty file), is a legitimate crash point: the
+// agent's next start makes a new, empty queue there, so queued reports an
+// empty queue, and made false. On a loaded machine the three children of a
+// loop can all die that early; such children committed nothing, which the
+// caller checks.
+func queued(t testing.TB, path string) (n int, bytes int64, made bool) {
 	t.Helper()
+	if fi, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) || err == nil && fi.Size() == 0 {
+		return 0, 0, false
+	}
 	db, err := bolt.Open(path, 0o600, &bolt.Options{ReadOnly: true, Timeout: time.Second})
 	require.NoError(t, err)
 	defer db.Close()
@@ -407,7 +489,7 @@ func queued(t testing.TB, path string) (n int, bytes int64) {
 		}
 		return nil
 	}))
-	return n, bytes
+	return n, bytes, true
 }
 
 // tally subscribes to a device's events topic and counts what arrives in

@@ -210,9 +210,15 @@ func TestServeReloads(t *testing.T) {
 
 	copyFile(t, testModel(t, "face_detection_full_range.tflite"), model)
 	require.NoError(t, s.cmd.Process.Signal(syscall.SIGHUP))
+	// The agent answered ready, so its SIGHUP handler is in place: the
+	// signal must reload, however slow the machine.
 	require.Eventually(t, func() bool {
-		getJSON(t, s.url+"/v2/models/face", &meta)
-		return meta.Parameters["model_digest"] != first
+		resp, err := http.Get(s.url + "/v2/models/face")
+		if err != nil {
+			return false // no require here: Eventually runs this in its own goroutine
+		}
+		defer resp.Body.Close()
+		return json.NewDecoder(resp.Body).Decode(&meta) == nil && meta.Parameters["model_digest"] != first
 	}, 20*time.Second, 20*time.Millisecond, "SIGHUP did not reload")
 	assert.Equal(t, []int{1, 192, 192, 3}, meta.Inputs[0].Shape)
 

@@ -108,14 +108,32 @@ func TestSlowSubscriber(t *testing.T) {
 		name       string
 		maxPending int
 		maxStall   time.Duration
+		keepAlive  time.Duration
+		drop       bool
 	}{
-		{"flow control", 0, 0},
+		{"flow control", 0, 0, 0, false},
 		// The subscriber stays still past MaxStall: publishers are
 		// disconnected unacknowledged and publish again once back.
-		{"stuck past max stall", 0, 200 * time.Millisecond},
-		{"flow control off", -1, 0},
+		{"stuck past max stall", 0, 200 * time.Millisecond, 0, false},
+		// The held phase outlasts the keepalive, as on a loaded machine:
+		// the subscriber's connection drops while the broker holds
+		// messages for it, and its session is taken over by the next
+		// connection while publishers wait for room.
+		{"subscriber reconnects", 0, 0, time.Second, true},
+		{"flow control off", -1, 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			if tc.drop {
+				// Reproduces the stress failure without load, and fails:
+				// with flow control on, all 20,000 publishes acknowledged and
+				// 278 received (end markers never arrive). Candidate causes,
+				// not yet proven: mochi's takeover copies the old client's
+				// inflight, clears it (which wakes our waiting publishers)
+				// and lists the new client only afterwards, so messages
+				// handed over in between go to the dropped old client; and
+				// the copied inflight may not be resent to the new client.
+				t.Skip("acknowledged messages lost when the subscriber's session is taken over; see the comment above")
+			}
 			b := run(t, Options{MaxPending: tc.maxPending, MaxStall: tc.maxStall})
 			held := func(acked int) bool { return b.Stats().Stalled > 0 }
 			if tc.maxStall > 0 {
@@ -124,10 +142,11 @@ func TestSlowSubscriber(t *testing.T) {
 			if tc.maxPending < 0 {
 				held = func(acked int) bool { return acked == 4*5000 }
 			}
-			res := testbroker.SlowSubscriber(t, b.URL(), testbroker.SlowOptions{Publishers: 4, Messages: 5000, Held: held})
+			res := testbroker.SlowSubscriber(t, b.URL(), testbroker.SlowOptions{Publishers: 4, Messages: 5000, Held: held,
+				KeepAlive: tc.keepAlive, Drop: tc.drop})
 			st := b.Stats()
-			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates, %d publishes retried; held after %v, done after %v; broker: %+v",
-				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Retried, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
+			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates, %d publishes retried, %d subscriber reconnections; held after %v, done after %v; broker: %+v",
+				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Retried, res.Reconnects, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
 			if tc.maxPending < 0 {
 				if res.Lost() == 0 || st.Dropped == 0 {
 					t.Fatalf("without flow control nothing was lost (lost %d, broker dropped %d): the run no longer exceeds mochi's bounds", res.Lost(), st.Dropped)
@@ -139,6 +158,9 @@ func TestSlowSubscriber(t *testing.T) {
 			}
 			if st.Dropped != 0 {
 				t.Errorf("broker dropped %d messages, want 0", st.Dropped)
+			}
+			if tc.drop && res.Reconnects == 0 {
+				t.Error("the subscriber did not reconnect: its session was never taken over")
 			}
 			if st.Stalls == 0 {
 				t.Error("no publish waited: the backlog never reached the bound")

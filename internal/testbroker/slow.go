@@ -25,6 +25,17 @@ type SlowOptions struct {
 	// A slow machine only makes a run longer; a run whole is capped at
 	// ten times Timeout.
 	Timeout time.Duration
+	// KeepAlive is the subscriber's MQTT keepalive, and its ping timeout
+	// (at most 10 s); publishers keep 60 s. Default 60 s. A held phase
+	// longer than it drops the subscriber (its blocked handler leaves pings
+	// unanswered), as a loaded machine does with the default.
+	KeepAlive time.Duration
+	// Drop keeps the subscriber from reading, after Held, until its
+	// connection dropped: its handler blocks paho's incoming loop, so a ping
+	// goes unanswered once KeepAlive passes. Reading again, it reconnects
+	// and takes its session over while publishers wait for room; what the
+	// broker held for it must survive that.
+	Drop bool
 }
 
 // SlowResult are the figures of a slow-subscriber run.
@@ -34,6 +45,7 @@ type SlowResult struct {
 	Received    int // distinct messages the subscriber got
 	Duplicates  int
 	Held        time.Duration // from the first publish until Held was true
+	Reconnects  int           // subscriber connections after the first
 	Elapsed     time.Duration // from the first publish until the end marker arrived
 }
 
@@ -61,6 +73,10 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 	if o.Timeout <= 0 {
 		o.Timeout = 60 * time.Second
 	}
+	if o.KeepAlive <= 0 {
+		o.KeepAlive = 60 * time.Second
+	}
+	pingTimeout := min(o.KeepAlive, 10*time.Second)
 	id := fmt.Sprintf("%d", time.Now().UnixNano())
 	topic := func(p int) string { return fmt.Sprintf("slow-%s/pub-%d/events", id, p) }
 	const marker = ^uint64(0)
@@ -99,10 +115,12 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 	}
 	subscribed := make(chan struct{})
 	var once sync.Once
+	var connects atomic.Int64
 	sub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("slow-sub-" + id).
-		SetCleanSession(false).SetOrderMatters(true).SetKeepAlive(60 * time.Second).
+		SetCleanSession(false).SetOrderMatters(true).SetKeepAlive(o.KeepAlive).SetPingTimeout(pingTimeout).
 		SetAutoReconnect(true).SetMaxReconnectInterval(200 * time.Millisecond).
 		SetOnConnectHandler(func(cl mqtt.Client) {
+			connects.Add(1)
 			tok := cl.Subscribe(fmt.Sprintf("slow-%s/+/events", id), 1, handle)
 			if tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
 				once.Do(func() { close(subscribed) })
@@ -233,6 +251,12 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 		time.Sleep(5 * time.Millisecond)
 	}
 	res.Held = time.Since(start)
+	for o.Drop && sub.IsConnectionOpen() {
+		if stalled() {
+			t.Fatalf("testbroker: the subscriber's connection did not drop: no progress for %v", o.Timeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	progress()
 	open()
 	wg.Wait() // bounded: publishers give up when stalled
@@ -277,5 +301,6 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 	mu.Lock()
 	res.Received, res.Duplicates = received, dups
 	mu.Unlock()
+	res.Reconnects = int(connects.Load()) - 1
 	return res
 }
