@@ -26,7 +26,7 @@ TEST_TAGS ?= outposttest
 TEST_TIMEOUT ?= 20m
 BENCHTIME ?= 1x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X github.com/outpost-edge/outpost/agent/version.Version=$(VERSION)
+LDFLAGS   := -s -w -X github.com/outpost-edge/outpost/agent/version.Version=$(VERSION) -X github.com/outpost-edge/outpost/internal/buildinfo.Version=$(VERSION)
 
 .PHONY: all setup build test vet bench run demo fuzz clean env test-crashloop test-stress
 
