@@ -16,7 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/internal/subcommand"
-	"go.yaml.in/yaml/v3"
+	"github.com/outpost-edge/outpost/internal/yamlconf"
 )
 
 var serveCommand = subcommand.Command{
@@ -69,10 +69,8 @@ func loadFleetConfig(path string) (*fleetConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && err != io.EOF {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := yamlconf.Decode(path, b, cfg); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }
