@@ -249,30 +249,43 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 func runModelsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("models list", stderr)
 	api := adminFlag(fs)
+	out := subcommand.OutputFlag(fs)
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if err := out.Check(); err != nil {
 		return err
 	}
 	var ms []admin.ModelInfo
 	if err := api.client().json(ctx, http.MethodGet, "/v1/models", nil, &ms); err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tVERSION\tSHA256\tBYTES\tEXPIRES")
-	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%d\t%.16s\t%d\t%s\n", m.Name, m.Version, m.SHA256, m.Length, m.Expires.Format(time.RFC3339))
-	}
-	return tw.Flush()
+	return out.Write(stdout, ms, func() error {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tVERSION\tSHA256\tBYTES\tEXPIRES")
+		for _, m := range ms {
+			fmt.Fprintf(tw, "%s\t%d\t%.16s\t%d\t%s\n", m.Name, m.Version, m.SHA256, m.Length, m.Expires.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	})
 }
 
 func runDevicesList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("devices list", stderr)
 	api := adminFlag(fs)
+	out := subcommand.OutputFlag(fs)
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if err := out.Check(); err != nil {
 		return err
 	}
 	var ds []registry.Device
 	if err := api.client().json(ctx, http.MethodGet, "/v1/devices", nil, &ds); err != nil {
 		return err
+	}
+	if out.JSON() {
+		return out.Write(stdout, ds, nil)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tONLINE\tAGENT\tMODELS\tUPDATE\tLABELS")
