@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
 	"path/filepath"
 	"strings"
 
@@ -30,7 +29,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
 	workers := fs.Int("workers", 0, "interpreters per model (default: one per core)")
 	tokenFile := fs.String("token-file", "", "require this bearer token on the API")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFlags := subcommand.LogFlag(fs)
 	var chain delegateFlag
 	fs.Var(&chain, "delegate", "delegate chain link: xnnpack, cpu or external:/path/plugin.so[,key=value...] (repeatable)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
@@ -39,15 +38,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		return subcommand.UsageError("unexpected argument " + fs.Arg(0))
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return subcommand.UsageError("bad --log-level: " + err.Error())
+	log, err := logFlags.Logger(stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
 	var cfg config.Config
 	if *cfgPath != "" {
-		var err error
 		if cfg, err = config.Load(*cfgPath); err != nil {
 			return err
 		}

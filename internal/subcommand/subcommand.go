@@ -22,6 +22,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"slices"
@@ -288,4 +289,35 @@ func (o *Output) Write(w io.Writer, v any, table func() error) error {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
+}
+
+// LogFlags are --log-level and --log-format, for commands that log.
+type LogFlags struct{ Level, Format string }
+
+// LogFlag adds --log-level and --log-format to fs with the given defaults
+// ("" means info and text).
+func LogFlag(fs *flag.FlagSet) *LogFlags {
+	l := &LogFlags{}
+	fs.StringVar(&l.Level, "log-level", "", "debug, info, warn or error (default info)")
+	fs.StringVar(&l.Format, "log-format", "", "text (key=value lines) or json (one object a line) (default text)")
+	return l
+}
+
+// Logger returns a logger writing to w; a bad level or format is a
+// UsageError.
+func (l *LogFlags) Logger(w io.Writer) (*slog.Logger, error) {
+	var level slog.Level
+	if l.Level != "" {
+		if err := level.UnmarshalText([]byte(l.Level)); err != nil {
+			return nil, UsageError(fmt.Sprintf("--log-level %q: want debug, info, warn or error", l.Level))
+		}
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	switch l.Format {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, UsageError(fmt.Sprintf("--log-format %q: want text or json", l.Format))
 }
