@@ -40,7 +40,7 @@ type fleetConfig struct {
 	// LogLevel and LogFormat: see --log-level and --log-format.
 	LogLevel  string `yaml:"log_level"`
 	LogFormat string `yaml:"log_format"`
-	MQTT     struct {
+	MQTT      struct {
 		Username string            `yaml:"username"`
 		Password string            `yaml:"password"`
 		Users    map[string]string `yaml:"users"`
