@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -30,12 +32,13 @@ type inspectReport struct {
 
 func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("inspect", stderr)
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := fs.Bool("json", false, "print JSON (as -o json)")
+	out := subcommand.OutputFlag(fs)
 	threads := fs.Int("threads", 1, "threads for the interpreter and XNNPACK")
 	var chain delegateFlag
 	fs.Var(&chain, "delegate", "delegate chain link, in order: xnnpack, cpu or external:/path/plugin.so[,key=value...] (repeatable; default xnnpack)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite [--json] [--delegate ...] [--threads N]")
+		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite [-o json] [--delegate ...] [--threads N]")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -45,6 +48,21 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(pos) != 1 {
 		fs.Usage()
 		return subcommand.UsageError("expected exactly one model path")
+	}
+	if err := out.Check(); err != nil {
+		return err
+	}
+	// The library's INFO lines are dropped; its warnings and errors are
+	// shown with our name on them.
+	if stderr == os.Stderr {
+		if route, err := routeStderr(); err == nil {
+			route.Forward(func(level slog.Level, msg string) {
+				if level > slog.LevelInfo {
+					fmt.Fprintf(route.Orig, "outpost-agent inspect: tflite: %s\n", msg)
+				}
+			})
+			defer route.Close()
+		}
 	}
 	m, err := runtime.LoadFile(pos[0], runtime.Options{Workers: 1, Threads: *threads, Delegates: chain.specs})
 	if err != nil {
@@ -58,7 +76,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		Outputs:  m.Outputs(),
 		Delegate: m.Delegate(),
 	}
-	if *asJSON {
+	if *asJSON || out.JSON() {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -38,9 +40,25 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		return subcommand.UsageError("unexpected argument " + fs.Arg(0))
 	}
-	log, err := logFlags.Logger(stderr)
+	logOut := stderr
+	var route *stderrRoute
+	if stderr == os.Stderr {
+		// The TFLite library's own lines go through the logger (stderr_linux.go).
+		var err error
+		if route, err = routeStderr(); err == nil {
+			defer route.Close()
+			logOut = route.Orig
+		} else {
+			route = nil
+		}
+	}
+	log, err := logFlags.Logger(logOut)
 	if err != nil {
 		return err
+	}
+	if route != nil {
+		tlog := log.With("component", "tflite")
+		route.Forward(func(level slog.Level, msg string) { tlog.Log(context.Background(), level, msg) })
 	}
 
 	var cfg config.Config
@@ -83,7 +101,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "outpost-agent: listening on %s\n", a.Addr())
+	if logFlags.Format == "json" {
+		// Every line on stderr is JSON for the log shipper.
+		log.Info("listening", "addr", a.Addr())
+	} else {
+		fmt.Fprintf(logOut, "outpost-agent: listening on %s\n", a.Addr())
+	}
 	return a.Run(ctx)
 }
 
