@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"os"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -63,6 +64,27 @@ func TestHelpVersionAndBadFlags(t *testing.T) {
 	for _, want := range []string{"outpost-fleet v1.2.3\n", "commit:     abc123", "build tags: netgo"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("release version: %q lacks %q", stdout, want)
+		}
+	}
+}
+
+// TestPackagedConfig: the fleet.yaml the packages install loads, and says
+// what the systemd unit expects.
+func TestPackagedConfig(t *testing.T) {
+	cfg, err := loadFleetConfig("../../packaging/fleet.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Keys != "/var/lib/outpost-fleet/keys" || cfg.DataDir != "/var/lib/outpost-fleet/data" || cfg.LogFormat != "text" {
+		t.Fatalf("packaged config: %+v", cfg)
+	}
+	unit, err := os.ReadFile("../../packaging/outpost-fleet.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"ConditionPathExists=" + cfg.Keys, "ExecStart=/usr/bin/outpost-fleet serve --config /etc/outpost/fleet.yaml", "StateDirectory=outpost-fleet"} {
+		if !strings.Contains(string(unit), want) {
+			t.Errorf("outpost-fleet.service lacks %q", want)
 		}
 	}
 }
