@@ -201,7 +201,7 @@ func TestServeUsage(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve"}, 2, "--keys"},
-		{[]string{"serve", "--keys", dir, "--config", bad}, 2, "brokr"},
+		{[]string{"serve", "--keys", dir, "--config", bad}, 2, `bad.yaml:2: unknown key "brokr"`},
 		{[]string{"serve", "--keys", dir, "--config", filepath.Join(dir, "missing.yaml")}, 2, "missing.yaml"},
 		{[]string{"rollout", "create", "--model", "m", "--version", "1", "--waves", "ten"}, 2, "--waves"},
 		{[]string{"rollout", "create", "--model", "m", "--version", "1", "--selector", "site"}, 2, "selector"},
