@@ -29,7 +29,8 @@ TEST_TAGS ?= outposttest
 TEST_TIMEOUT ?= 20m
 BENCHTIME ?= 1x
 VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
-LDFLAGS   := -s -w -X github.com/outpost-edge/outpost/agent/version.Version=$(VERSION)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS   := -s -w -X github.com/outpost-edge/outpost/agent/version.Version=$(VERSION) -X github.com/outpost-edge/outpost/internal/buildinfo.Version=$(VERSION) -X github.com/outpost-edge/outpost/internal/buildinfo.Commit=$(COMMIT)
 
 .PHONY: all setup build test vet bench run demo fuzz clean env test-crashloop test-stress
 

@@ -12,7 +12,7 @@ eval "$(cross/env.sh "$arch" release)"
 out=bin/linux_$arch
 mkdir -p "$out"
 version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
-ldflags="-s -w -X github.com/outpost-edge/outpost/agent/version.Version=$version"
+ldflags="-s -w -X github.com/outpost-edge/outpost/agent/version.Version=$version -X github.com/outpost-edge/outpost/internal/buildinfo.Version=$version -X github.com/outpost-edge/outpost/internal/buildinfo.Commit=$(git rev-parse HEAD 2>/dev/null)"
 
 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" -o "$out/outpost-agent" ./cmd/outpost-agent
 CGO_ENABLED=0 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" -o "$out/outpost-fleet" ./cmd/outpost-fleet

@@ -130,7 +130,7 @@ func New(opts Options) (*Server, error) {
 		return nil, fmt.Errorf("api: listen %s: %w", opts.Listen, err)
 	}
 	s := &Server{opts: opts, log: log, ln: ln, started: time.Now()}
-	s.metrics = newMetrics(opts.Registry, opts.Backend)
+	s.metrics = newMetrics(opts.Registry, opts.Backend, opts.Version)
 	if opts.RateLimit > 0 {
 		s.limiter = ratelimit.New(opts.RateLimit, opts.RateBurst, nil)
 	}

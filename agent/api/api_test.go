@@ -485,8 +485,10 @@ func TestMetrics(t *testing.T) {
 	assert.Contains(t, m, `outpost_requests_total{code="400",model="face",protocol="v2",version="1"} 1`)
 	// Unknown names share one series: clients cannot grow the label set.
 	assert.Contains(t, m, `outpost_requests_total{code="404",model="",protocol="v2",version=""} 2`)
-	assert.Contains(t, m, `outpost_request_duration_seconds_count{model="face",phase="invoke"} 3`)
-	assert.Contains(t, m, `outpost_request_duration_seconds_count{model="face",phase="queue"} 3`)
+	assert.Contains(t, m, `outpost_request_duration_seconds_count{model="face",version="1"} 3`)
+	assert.Contains(t, m, `outpost_inference_phase_seconds_count{model="face",phase="invoke",version="1"} 3`)
+	assert.Contains(t, m, `outpost_inference_phase_seconds_count{model="face",phase="queue",version="1"} 3`)
+	assert.NotContains(t, m, `phase="total"`)
 	assert.Contains(t, m, `outpost_model_info{delegate="xnnpack",digest="sha256:`)
 	assert.Contains(t, m, "outpost_inflight_requests 0")
 }

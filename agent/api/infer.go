@@ -51,8 +51,12 @@ func putCall(c *call) {
 	calls.Put(c)
 }
 
-// readBody reads the whole body into c.body, bounded by MaxBodyBytes.
+// readBody reads the whole body into c.body, bounded by MaxBodyBytes, and
+// decompressed when it is gzip (gzip.go).
 func (s *Server) readBody(w http.ResponseWriter, r *http.Request, c *call) error {
+	if enc := r.Header.Get("Content-Encoding"); enc != "" && !strings.EqualFold(enc, "identity") {
+		return s.readGzipBody(w, r, c, enc)
+	}
 	if r.ContentLength > s.opts.MaxBodyBytes {
 		return &http.MaxBytesError{Limit: s.opts.MaxBodyBytes}
 	}
@@ -68,6 +72,11 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, c *call) error
 		}
 		return nil
 	}
+	return s.readAll(body, c)
+}
+
+// readAll reads body to its end into c.body, reusing its buffer.
+func (s *Server) readAll(body io.Reader, c *call) error {
 	buf := c.body[:0]
 	for {
 		if len(buf) == cap(buf) {

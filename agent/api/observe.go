@@ -53,9 +53,9 @@ func (s *Server) observe(protocol string, rt route, c *call, e catalog.Entry, co
 	}
 	s.metrics.requests.WithLabelValues(e.Name, version, protocol, strconv.Itoa(code)).Inc()
 	if code == http.StatusOK {
-		s.metrics.latency.WithLabelValues(e.Name, "queue").Observe(tm.Queue.Seconds())
-		s.metrics.latency.WithLabelValues(e.Name, "invoke").Observe(tm.Invoke.Seconds())
-		s.metrics.latency.WithLabelValues(e.Name, "total").Observe(total.Seconds())
+		s.metrics.duration.WithLabelValues(e.Name, version).Observe(total.Seconds())
+		s.metrics.phases.WithLabelValues(e.Name, version, "queue").Observe(tm.Queue.Seconds())
+		s.metrics.phases.WithLabelValues(e.Name, version, "invoke").Observe(tm.Invoke.Seconds())
 	}
 	if s.opts.Observer == nil {
 		return

@@ -43,6 +43,8 @@ func statusFor(err error) int {
 	switch {
 	case errors.As(err, &mbe):
 		return http.StatusRequestEntityTooLarge
+	case errors.Is(err, errUnsupportedEncoding):
+		return http.StatusUnsupportedMediaType
 	case errors.Is(err, catalog.ErrModelNotFound), errors.Is(err, catalog.ErrVersionNotFound):
 		return http.StatusNotFound
 	case errors.Is(err, errBadRequest), errors.Is(err, catalog.ErrBadInput),

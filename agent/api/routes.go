@@ -76,6 +76,9 @@ func parseRoute(path string) (route, bool) {
 		if r.model == "" {
 			return route{}, false
 		}
+		if n := len(parts); n > 0 && parts[n-1] == "metadata" && r.action == "status" {
+			r.action, parts = "metadata", parts[:n-1]
+		}
 		if len(parts) == 2 && parts[0] == "versions" {
 			v, ok := parseVersion(parts[1])
 			if !ok {
@@ -105,7 +108,7 @@ var methods = map[string]string{
 }
 
 func (s *Server) handler() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return s.logged(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rt, ok := parseRoute(r.URL.Path)
 		if !ok {
 			writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path)
@@ -127,10 +130,12 @@ func (s *Server) handler() http.Handler {
 			writeError(w, http.StatusMethodNotAllowed, r.Method+" is not allowed here; use "+want)
 			return
 		}
-		// Health probes pass freely. Everything else is rate limited
-		// before the token is checked, so guessing tokens is limited too.
+		// Health probes pass freely. Everything else needs the token; all
+		// but /metrics is rate limited before the token is checked, so
+		// guessing tokens is limited too. /metrics is not: every local
+		// scraper shares one loopback address, and a scrape is cheap.
 		if probe := rt.kind == "live" || rt.kind == "ready"; !probe {
-			if s.limiter != nil {
+			if s.limiter != nil && rt.kind != "metrics" {
 				if wait, ok := s.limiter.Allow(ratelimit.ClientKey(r)); !ok {
 					w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(wait.Seconds())))))
 					writeError(w, http.StatusTooManyRequests, "rate limit exceeded for this client")
@@ -166,13 +171,16 @@ func (s *Server) handler() http.Handler {
 				s.infer(w, r, rt)
 			}
 		case "v1":
-			if rt.action == "predict" {
+			switch rt.action {
+			case "predict":
 				s.predict(w, r, rt)
-			} else {
+			case "metadata":
+				s.tfsMetadata(w, rt)
+			default:
 				s.tfsStatus(w, rt)
 			}
 		}
-	})
+	}))
 }
 
 func (s *Server) authorized(r *http.Request) bool {

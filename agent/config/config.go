@@ -4,17 +4,15 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/yamlconf"
 	"github.com/outpost-edge/outpost/protocol"
-	"go.yaml.in/yaml/v3"
 )
 
 // Defaults.
@@ -167,21 +165,20 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	c, err := Parse(b)
-	if err != nil {
-		return Config{}, fmt.Errorf("config: %s: %w", path, err)
+	var c Config
+	if err := yamlconf.Decode(path, b, &c); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
 	}
 	return c, nil
 }
 
-// Parse decodes YAML. It does not apply defaults or validate.
+// Parse decodes YAML. It does not apply defaults or validate. Its errors
+// name the line and the key ("agent.yaml:3: unknown key "thread"").
 func Parse(b []byte) (Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
 	// An empty file is an empty config.
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, err
+	if err := yamlconf.Decode("agent.yaml", b, &c); err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
 	}
 	return c, nil
 }

@@ -91,7 +91,7 @@ func TestEmptyFile(t *testing.T) {
 
 func TestRejects(t *testing.T) {
 	for _, tc := range []struct{ yaml, want string }{
-		{"listne: x", "field listne not found"},
+		{"listne: x", `agent.yaml:1: unknown key "listne"`},
 		{"models: [{path: a.tflite}]", "name is required"},
 		{"models: [{name: 'a/b', path: x}]", "may use only"},
 		{"models: [{name: a, path: x}, {name: a, path: y}]", "used twice"},
@@ -100,7 +100,9 @@ func TestRejects(t *testing.T) {
 		{"delegates: [{kind: gpu}]", "unknown kind"},
 		{"delegates: [{kind: external}]", "needs a path"},
 		{"workers: -1", "must not be negative"},
-		{"threads: [1]", "cannot unmarshal"},
+		{"threads: [1]", "agent.yaml:1: a list is not an integer"},
+		{"listen: x\nthread: 3", `agent.yaml:2: unknown key "thread"`},
+		{"api: {request_timeout: soon}", `agent.yaml:1: "soon" is not a duration`},
 		{"data_dir: /d\nfleet: {broker: 'mqtt://x:1883', name: f}", "want tcp://host:port"},
 		{"data_dir: /d\nfleet: {broker: 'tcp://x:1883'}", "fleet.name is required"},
 		{"fleet: {broker: 'tcp://x:1883', name: f}", "data_dir is required"},
@@ -132,7 +134,10 @@ func TestLoad(t *testing.T) {
 	require.NoError(t, os.WriteFile(p, []byte("listen: [\n"), 0o644))
 	_, err = Load(p)
 	require.Error(t, err)
-	assert.True(t, strings.HasPrefix(err.Error(), "config: "+p), err.Error())
+	assert.True(t, strings.HasPrefix(err.Error(), "config: "+p+":1: "), err.Error())
+	require.NoError(t, os.WriteFile(p, []byte("listen: x\nthreads: 2\nthread: 3\n"), 0o644))
+	_, err = Load(p)
+	assert.EqualError(t, err, "config: "+p+`:3: unknown key "thread"`)
 }
 
 func FuzzParse(f *testing.F) {

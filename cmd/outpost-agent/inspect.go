@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sort"
 	"strconv"
@@ -50,14 +51,15 @@ type onnxReport struct {
 
 func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("inspect", stderr)
-	asJSON := fs.Bool("json", false, "print JSON")
+	asJSON := fs.Bool("json", false, "print JSON (as -o json)")
+	out := subcommand.OutputFlag(fs)
 	threads := fs.Int("threads", 1, "threads for the interpreter and XNNPACK")
 	var chain delegateFlag
 	fs.Var(&chain, "delegate", "delegate chain link, in order: xnnpack, cpu, external:/path/plugin.so[,key=value...], cuda[:key=value,...] or tensorrt[:key=value,...] (repeatable; default xnnpack for TFLite, cpu for ONNX)")
 	inputs := inputFlag{}
 	fs.Var(inputs, "input", "ONNX input to fix, NAME=D,D,...[@WARM] (its served shape, and the value of the warm-up run), e.g. input=1,512 or sr=@16000 (repeatable)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite|MODEL.onnx [--json] [--delegate ...] [--threads N] [--input NAME=SHAPE[@WARM] ...]")
+		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite|MODEL.onnx [-o json] [--delegate ...] [--threads N] [--input NAME=SHAPE[@WARM] ...]")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -67,6 +69,21 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if len(pos) != 1 {
 		fs.Usage()
 		return subcommand.UsageError("expected exactly one model path")
+	}
+	if err := out.Check(); err != nil {
+		return err
+	}
+	// The library's INFO lines are dropped; its warnings and errors are
+	// shown with our name on them.
+	if stderr == os.Stderr {
+		if route, err := routeStderr(); err == nil {
+			route.Forward(func(level slog.Level, msg string) {
+				if level > slog.LevelInfo {
+					fmt.Fprintf(route.Orig, "outpost-agent inspect: tflite: %s\n", msg)
+				}
+			})
+			defer route.Close()
+		}
 	}
 	data, err := os.ReadFile(pos[0])
 	if err != nil {
@@ -101,7 +118,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	} else {
 		rep.Runtime = "tflite " + runtime.Version()
 	}
-	if *asJSON {
+	if *asJSON || out.JSON() {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)

@@ -101,13 +101,21 @@ func (f *fleetProc) cli(t *testing.T, args ...string) string {
 }
 
 // rollout creates a rollout and follows it with status --watch until it
-// ends; it returns the rollout's id and the last status.
+// ends (exit 0 when it completed, 1 when it halted or was aborted); it
+// returns the rollout's id and its final status table.
 func (f *fleetProc) rollout(t *testing.T, args ...string) (string, string) {
 	t.Helper()
 	out := f.cli(t, append([]string{"rollout", "create"}, args...)...)
 	id := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)
 	require.NotNil(t, id, "rollout create said %q", out)
-	return id[1], f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id[1])
+	r := run(t, nil, f.bin, "rollout", "status", "--watch", "--interval", "200ms", id[1], "--admin", f.admin)
+	status := f.cli(t, "rollout", "status", id[1])
+	want := 1
+	if strings.Contains(status, " completed ") {
+		want = 0
+	}
+	require.Equal(t, want, r.code, "rollout status --watch:\n%s%s\nfinal status:\n%s", r.stdout, r.stderr, status)
+	return id[1], status
 }
 
 // device is a real outpost-agent provisioned for the fleet.
@@ -300,8 +308,9 @@ func TestFleetRolloutThroughMosquittoRestart(t *testing.T) {
 	mq.Kill()
 	time.Sleep(time.Second)
 	mq.Start()
-	status := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
-	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
+	watch := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
+	assert.Contains(t, watch, "completed", "rollout %s:\n%s", id, watch)
+	status := f.cli(t, "rollout", "status", id)
 	assert.Contains(t, status, "committed 2 of 2", status)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 
@@ -30,7 +31,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
 	workers := fs.Int("workers", 0, "interpreters per model (default: one per core)")
 	tokenFile := fs.String("token-file", "", "require this bearer token on the API")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error")
+	logFlags := subcommand.LogFlag(fs)
 	var chain delegateFlag
 	fs.Var(&chain, "delegate", "delegate chain link: xnnpack, cpu or external:/path/plugin.so[,key=value...] (repeatable)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
@@ -39,15 +40,29 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if fs.NArg() > 0 {
 		return subcommand.UsageError("unexpected argument " + fs.Arg(0))
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
-		return subcommand.UsageError("bad --log-level: " + err.Error())
+	logOut := stderr
+	var route *stderrRoute
+	if stderr == os.Stderr {
+		// The TFLite library's own lines go through the logger (stderr_linux.go).
+		var err error
+		if route, err = routeStderr(); err == nil {
+			defer route.Close()
+			logOut = route.Orig
+		} else {
+			route = nil
+		}
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log, err := logFlags.Logger(logOut)
+	if err != nil {
+		return err
+	}
+	if route != nil {
+		tlog := log.With("component", "tflite")
+		route.Forward(func(level slog.Level, msg string) { tlog.Log(context.Background(), level, msg) })
+	}
 
 	var cfg config.Config
 	if *cfgPath != "" {
-		var err error
 		if cfg, err = config.Load(*cfgPath); err != nil {
 			return err
 		}
@@ -86,7 +101,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "outpost-agent: listening on %s\n", a.Addr())
+	if logFlags.Format == "json" {
+		// Every line on stderr is JSON for the log shipper.
+		log.Info("listening", "addr", a.Addr())
+	} else {
+		fmt.Fprintf(logOut, "outpost-agent: listening on %s\n", a.Addr())
+	}
 	return a.Run(ctx)
 }
 

@@ -216,9 +216,21 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	defer model.Close()
+	st, err := model.Stat()
+	if err != nil {
+		return err
+	}
+	var src io.Reader = model
+	var bar *progress
+	if isTerminal(stderr) {
+		bar = &progress{w: stderr, label: fmt.Sprintf("uploading %s v%d", *name, *ver), total: st.Size()}
+		src = io.TeeReader(model, bar)
+	}
 	pr, pw := io.Pipe()
 	mw := multipart.NewWriter(pw)
+	written := make(chan struct{})
 	go func() {
+		defer close(written)
 		err := func() error {
 			w, err := mw.CreateFormFile("release", bundle.ReleaseFile)
 			if err == nil {
@@ -228,7 +240,7 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 				w, err = mw.CreateFormFile("model", bundle.ModelFile)
 			}
 			if err == nil {
-				_, err = io.Copy(w, model)
+				_, err = io.Copy(w, src)
 			}
 			if err == nil {
 				err = mw.Close()
@@ -238,7 +250,11 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		pw.CloseWithError(err)
 	}()
 	var info admin.ModelInfo
-	if err := api.client().do(ctx, http.MethodPost, "/v1/models", mw.FormDataContentType(), pr, &info); err != nil {
+	err = api.client().do(ctx, http.MethodPost, "/v1/models", mw.FormDataContentType(), pr, &info)
+	pr.CloseWithError(errors.New("upload ended")) // unblocks the writer if the request ended early
+	<-written
+	bar.done()
+	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "pushed %s v%d sha256:%s %d bytes (release serial %d, expires %s)\n",
@@ -249,30 +265,43 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 func runModelsList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("models list", stderr)
 	api := adminFlag(fs)
+	out := subcommand.OutputFlag(fs)
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if err := out.Check(); err != nil {
 		return err
 	}
 	var ms []admin.ModelInfo
 	if err := api.client().json(ctx, http.MethodGet, "/v1/models", nil, &ms); err != nil {
 		return err
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tVERSION\tSHA256\tBYTES\tEXPIRES")
-	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%d\t%.16s\t%d\t%s\n", m.Name, m.Version, m.SHA256, m.Length, m.Expires.Format(time.RFC3339))
-	}
-	return tw.Flush()
+	return out.Write(stdout, ms, func() error {
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tVERSION\tSHA256\tBYTES\tEXPIRES")
+		for _, m := range ms {
+			fmt.Fprintf(tw, "%s\t%d\t%.16s\t%d\t%s\n", m.Name, m.Version, m.SHA256, m.Length, m.Expires.Format(time.RFC3339))
+		}
+		return tw.Flush()
+	})
 }
 
 func runDevicesList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("devices list", stderr)
 	api := adminFlag(fs)
+	out := subcommand.OutputFlag(fs)
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if err := out.Check(); err != nil {
 		return err
 	}
 	var ds []registry.Device
 	if err := api.client().json(ctx, http.MethodGet, "/v1/devices", nil, &ds); err != nil {
 		return err
+	}
+	if out.JSON() {
+		return out.Write(stdout, ds, nil)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "DEVICE\tONLINE\tAGENT\tMODELS\tUPDATE\tLABELS")
@@ -360,47 +389,6 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	return nil
 }
 
-func runRolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("rollout status", stderr)
-	api := adminFlag(fs)
-	watch := fs.Bool("watch", false, "refresh every --interval until the rollout ends (or Ctrl-C)")
-	interval := fs.Duration("interval", 2*time.Second, "refresh interval with --watch")
-	pos, err := subcommand.ParseInterspersed(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 1 {
-		return subcommand.UsageError("at most one rollout id")
-	}
-	c := api.client()
-	for {
-		var reps []rollout.Report
-		if len(pos) == 1 {
-			var rep rollout.Report
-			if err := c.json(ctx, http.MethodGet, "/v1/rollouts/"+pos[0], nil, &rep); err != nil {
-				return err
-			}
-			reps = []rollout.Report{rep}
-		} else if err := c.json(ctx, http.MethodGet, "/v1/rollouts", nil, &reps); err != nil {
-			return err
-		}
-		printReports(stdout, reps)
-		active := false
-		for _, r := range reps {
-			active = active || r.State == registry.RolloutRunning || r.State == registry.RolloutPaused
-		}
-		if !*watch || !active {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(*interval):
-		}
-		fmt.Fprintln(stdout)
-	}
-}
-
 var categories = []string{rollout.CatPending, rollout.CatDownloading, rollout.CatValidating, rollout.CatActive, rollout.CatFailed, rollout.CatRolledBack}
 
 func printReports(w io.Writer, reps []rollout.Report) {
@@ -409,8 +397,8 @@ func printReports(w io.Writer, reps []rollout.Report) {
 		return
 	}
 	for _, r := range reps {
-		fmt.Fprintf(w, "%s  %s v%d  %s  wave %d/%d  committed %d of %d (%d verified)", r.ID, r.Model, r.Version, r.State,
-			r.Rollout.Wave+1, len(r.Rollout.Waves), r.Committed, r.Devices, r.Verified)
+		fmt.Fprintf(w, "%s  %s v%d  %s  wave %d/%d  committed %d of %d (%d verified)  moved %s", r.ID, r.Model, r.Version, r.State,
+			r.Rollout.Wave+1, len(r.Rollout.Waves), r.Committed, r.Devices, r.Verified, humanBytes(r.BytesMoved))
 		if r.Reason != "" {
 			fmt.Fprintf(w, "  (%s)", r.Reason)
 		}

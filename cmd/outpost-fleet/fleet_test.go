@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -13,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/models/testmodel"
 )
@@ -93,10 +96,29 @@ func TestServeAndClientCommands(t *testing.T) {
 	if id == nil {
 		t.Fatalf("rollout create output %q", out)
 	}
-	out = cli(t, bin, 0, "rollout", "status", "--admin", admin, "--watch", "--interval", "200ms", id[1])
-	if !strings.Contains(out, "completed") || !strings.Contains(out, "committed 3 of 3") {
+	// Not on a terminal, --watch prints a line per change, never the
+	// table, and ends with the completed rollout: exit 0.
+	out, _ = cliEnv(t, bin, nil, 0, "rollout", "status", "--admin", admin, "--watch", "--interval", "200ms", id[1])
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	last := lines[len(lines)-1]
+	if !strings.Contains(last, "completed") || !strings.Contains(last, "committed 3/3") || strings.Contains(last, "moved 0 B") || strings.Contains(out, "GATE") {
 		t.Fatalf("rollout status --watch ended with:\n%s", out)
 	}
+	for i := 1; i < len(lines); i++ {
+		if _, a, _ := strings.Cut(lines[i-1], " "); strings.HasSuffix(lines[i], a) {
+			t.Fatalf("rollout status --watch printed a line that did not change:\n%s", out)
+		}
+	}
+	var rep rollout.Report
+	if err := json.Unmarshal([]byte(cli(t, bin, 0, "rollout", "status", "--admin", admin, "-o", "json", id[1])), &rep); err != nil ||
+		rep.State != registry.RolloutCompleted || rep.BytesMoved < 3*modelSize(t, model) {
+		t.Fatalf("rollout status -o json: %+v, %v", rep, err)
+	}
+	// On a terminal (script(1) gives the command one) it draws the table.
+	if out := onTerminal(t, bin, "rollout", "status", "--admin", admin, "--watch", id[1]); !strings.Contains(out, "GATE") || !strings.Contains(out, "completed") {
+		t.Fatalf("rollout status --watch on a terminal: %q", out)
+	}
+	out = cli(t, bin, 0, "rollout", "status", "--admin", admin, id[1])
 	for _, a := range agents {
 		if a.Running("face") != 1 {
 			t.Fatalf("a device runs face v%d after the rollout", a.Running("face"))
@@ -123,6 +145,30 @@ func TestServeAndClientCommands(t *testing.T) {
 		t.Fatalf("abort: %q", out)
 	}
 	cli(t, bin, 1, "rollout", "resume", "--admin", admin, id2)
+	if out := cli(t, bin, 1, "rollout", "status", "--admin", admin, "--watch", id2); !strings.Contains(out, "rollout "+id2+" aborted: test") {
+		t.Fatalf("rollout status --watch of an aborted rollout: %q", out)
+	}
+	// -o json on the lists.
+	var ms []map[string]any
+	if err := json.Unmarshal([]byte(cli(t, bin, 0, "models", "list", "--admin", admin, "-o", "json")), &ms); err != nil || len(ms) != 2 {
+		t.Fatalf("models list -o json: %+v, %v", ms, err)
+	}
+	var ds []registry.Device
+	if err := json.Unmarshal([]byte(cli(t, bin, 0, "devices", "list", "--admin", admin, "-o", "json")), &ds); err != nil || len(ds) != 3 {
+		t.Fatalf("devices list -o json: %+v, %v", ds, err)
+	}
+	var reps []rollout.Report
+	if err := json.Unmarshal([]byte(cli(t, bin, 0, "rollout", "status", "--admin", admin, "-o", "json")), &reps); err != nil || len(reps) != 2 {
+		t.Fatalf("rollout status -o json: %+v, %v", reps, err)
+	}
+	cli(t, bin, 2, "devices", "list", "--admin", admin, "-o", "yaml")
+
+	// On a terminal models push draws its progress.
+	out = onTerminal(t, bin, "models", "push", "--admin", admin, "--keys", keys, "--name", "face", "--version", "3", model)
+	if !strings.Contains(out, "uploading face v3: ") || !strings.Contains(out, "(100%)") || !strings.Contains(out, "pushed face v3") {
+		t.Fatalf("models push on a terminal: %q", out)
+	}
+
 	cli(t, bin, 1, "rollout", "pause", "--admin", admin, "r-nope")
 	if out := cli(t, bin, 0, "rollout", "status", "--admin", admin); !strings.Contains(out, id[1]) || !strings.Contains(out, "superseded") || !strings.Contains(out, "aborted") {
 		t.Fatalf("rollout status:\n%s", out)
@@ -155,7 +201,7 @@ func TestServeUsage(t *testing.T) {
 		want string
 	}{
 		{[]string{"serve"}, 2, "--keys"},
-		{[]string{"serve", "--keys", dir, "--config", bad}, 2, "brokr"},
+		{[]string{"serve", "--keys", dir, "--config", bad}, 2, `bad.yaml:2: unknown key "brokr"`},
 		{[]string{"serve", "--keys", dir, "--config", filepath.Join(dir, "missing.yaml")}, 2, "missing.yaml"},
 		{[]string{"rollout", "create", "--model", "m", "--version", "1", "--waves", "ten"}, 2, "--waves"},
 		{[]string{"rollout", "create", "--model", "m", "--version", "1", "--selector", "site"}, 2, "selector"},
@@ -173,4 +219,35 @@ func TestServeUsage(t *testing.T) {
 	if err != nil || cfg.Fleet != "acme" || cfg.Artifacts.ChunkSize != 1024 || cfg.Rollouts.CommandTTL != 2*time.Hour || cfg.Admin != "127.0.0.1:8490" {
 		t.Fatalf("config %+v, %v", cfg, err)
 	}
+}
+
+func modelSize(t *testing.T, path string) int64 {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
+// onTerminal runs the binary under script(1), which gives it a terminal,
+// and returns what it wrote there; the command must succeed.
+func onTerminal(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	if _, err := exec.LookPath("script"); err != nil {
+		t.Skip("script(1) from util-linux is not installed")
+	}
+	quoted := []string{bin}
+	for _, a := range args {
+		quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "script", "-qefc", strings.Join(quoted, " "), "/dev/null")
+	cmd.Env = append(os.Environ(), "TERM=xterm")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v on a terminal: %v\n%s", args, err, out)
+	}
+	return string(out)
 }

@@ -29,11 +29,13 @@ import (
 	"flag"
 	"io"
 
+	"github.com/outpost-edge/outpost/internal/buildinfo"
 	"github.com/outpost-edge/outpost/internal/subcommand"
 )
 
 var program = subcommand.Program{
-	Name: "outpost-fleet",
+	Name:    "outpost-fleet",
+	Version: buildinfo.Version,
 	Commands: []subcommand.Command{
 		keysInitCommand,
 		keysRotateCommand,

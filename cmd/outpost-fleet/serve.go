@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"os"
 	"strings"
 	"time"
@@ -17,7 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/internal/subcommand"
-	"go.yaml.in/yaml/v3"
+	"github.com/outpost-edge/outpost/internal/yamlconf"
 )
 
 var serveCommand = subcommand.Command{
@@ -44,8 +43,10 @@ type fleetConfig struct {
 		Cert string `yaml:"cert"`
 		Key  string `yaml:"key"`
 	} `yaml:"admin_tls"`
-	LogLevel string `yaml:"log_level"`
-	MQTT     struct {
+	// LogLevel and LogFormat: see --log-level and --log-format.
+	LogLevel  string `yaml:"log_level"`
+	LogFormat string `yaml:"log_format"`
+	MQTT      struct {
 		Username string            `yaml:"username"`
 		Password string            `yaml:"password"`
 		Users    map[string]string `yaml:"users"`
@@ -75,10 +76,8 @@ func loadFleetConfig(path string) (*fleetConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(cfg); err != nil && err != io.EOF {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := yamlconf.Decode(path, b, cfg); err != nil {
+		return nil, err
 	}
 	return cfg, nil
 }
@@ -95,6 +94,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fleetName := fs.String("fleet", "", "fleet name, the <fleet> of every topic (default \"default\")")
 	adminCert := fs.String("admin-cert", "", "serve the admin API over TLS with this PEM certificate (chain) (admin_tls.cert)")
 	adminKey := fs.String("admin-key", "", "the PEM key of --admin-cert (admin_tls.key)")
+	logFlags := subcommand.LogFlag(fs)
 	openBroker := fs.Bool("open-broker", false, "let any client use any topic of the embedded broker, enrolled devices or not (insecure: demos on loopback only)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
@@ -123,11 +123,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fs.Usage()
 		return subcommand.UsageError("--keys (or keys: in the config) is required")
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
-		return subcommand.UsageError("log_level: " + err.Error())
+	setIf(&cfg.LogLevel, logFlags.Level)
+	setIf(&cfg.LogFormat, logFlags.Format)
+	log, err := (&subcommand.LogFlags{Level: cfg.LogLevel, Format: cfg.LogFormat}).Logger(stderr)
+	if err != nil {
+		return err
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts := controller.Options{
 		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Store: cfg.Store, Keys: cfg.Keys, Broker: cfg.Broker, Brokers: cfg.Brokers, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
 		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
@@ -173,4 +174,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "outpost-fleet: fleet %s, mqtt %s, admin %s://%s\n", cfg.Fleet, c.BrokerURL(), scheme, c.AdminAddr())
 	return c.Run(ctx)
+}
+
+func setIf(dst *string, v string) {
+	if v != "" {
+		*dst = v
+	}
 }

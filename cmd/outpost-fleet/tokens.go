@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -51,12 +50,19 @@ func runTokensCreate(ctx context.Context, args []string, stdout, stderr io.Write
 func runTokensList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("tokens list", stderr)
 	api := adminFlag(fs)
+	out := subcommand.OutputFlag(fs)
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if err := out.Check(); err != nil {
 		return err
 	}
 	var ts []admin.TokenInfo
 	if err := api.client().json(ctx, http.MethodGet, "/v1/tokens", nil, &ts); err != nil {
 		return err
+	}
+	if out.JSON() {
+		return out.Write(stdout, ts, nil)
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "ID\tNAME\tROLE\tCREATED\tREVOKED")
@@ -100,8 +106,11 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	api := adminFlag(fs)
 	since := fs.String("since", "", "only records from this time on: RFC 3339, or a duration back from now (1h)")
 	limit := fs.Int("limit", 0, "at most this many records (0: all)")
-	output := fs.String("o", "table", "table or json")
+	output := subcommand.OutputFlag(fs)
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
+		return err
+	}
+	if err := output.Check(); err != nil {
 		return err
 	}
 	q := url.Values{}
@@ -117,9 +126,6 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *limit > 0 {
 		q.Set("limit", strconv.Itoa(*limit))
 	}
-	if *output != "table" && *output != "json" {
-		return subcommand.UsageError("-o: want table or json")
-	}
 	path := "/v1/audit"
 	if len(q) > 0 {
 		path += "?" + q.Encode()
@@ -128,10 +134,8 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := api.client().json(ctx, http.MethodGet, path, nil, &page); err != nil {
 		return err
 	}
-	if *output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(page); err != nil {
+	if output.JSON() {
+		if err := output.Write(stdout, page, nil); err != nil {
 			return err
 		}
 	} else {
@@ -147,7 +151,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if !page.Verified {
 		return fmt.Errorf("audit chain broken: %s", page.ChainError)
 	}
-	if *output == "table" {
+	if !output.JSON() {
 		fmt.Fprintf(stdout, "chain verified: %d records\n", page.Count)
 	}
 	return nil

@@ -868,6 +868,9 @@ type Report struct {
 	Waiting string `json:"waiting,omitempty"`
 	// TimeoutAt is when the current wave times out, if it can.
 	TimeoutAt time.Time `json:"timeout_at,omitzero"`
+	// BytesMoved is how much of the artifact the devices hold, as they
+	// last acked (a device past its download counts its whole artifact).
+	BytesMoved int64 `json:"bytes_moved"`
 }
 
 // WaveReport counts one wave's devices by category, with its gate.
@@ -939,6 +942,10 @@ func (e *Engine) Status(id string) (*Report, error) {
 		}
 		rep.Waves = append(rep.Waves, wr)
 	}
+	var length int64 // of the artifact, which a device past its download holds
+	if mv, err := e.reg.Model(ro.Model, ro.Version); err == nil {
+		length = mv.Length
+	}
 	sort.Slice(as, func(i, j int) bool { return as[i].Device < as[j].Device })
 	for _, a := range as {
 		if a.Wave < 0 || a.Wave >= len(rep.Waves) {
@@ -947,6 +954,11 @@ func (e *Engine) Status(id string) (*Report, error) {
 		w := &rep.Waves[a.Wave]
 		w.Devices++
 		w.Counts[Category(a.State)]++
+		moved := a.Progress
+		if c := Category(a.State); c == CatValidating || c == CatActive {
+			moved = max(moved, a.Total, length)
+		}
+		rep.BytesMoved += moved
 		if a.State == protocol.UpdateCommitted {
 			rep.Committed++
 			if a.Verified {

@@ -43,8 +43,13 @@ func TestDispatch(t *testing.T) {
 		out, err string
 	}{
 		{args: nil, code: 2, err: "usage: prog GROUP COMMAND [flags]"},
-		{args: []string{"--help"}, code: 2, err: "keys rotate"},
-		{args: []string{"version"}, code: 0, out: "prog v1.2.3\n"},
+		{args: []string{"--help"}, code: 0, out: "keys rotate"},
+		{args: []string{"-h"}, code: 0, out: "usage: prog GROUP COMMAND [flags]"},
+		{args: []string{"help"}, code: 0, out: "keys rotate"},
+		{args: []string{"help", "keys", "rotate"}, code: 0, out: "Usage of prog keys rotate"},
+		{args: []string{"version", "-o", "json"}, code: 0, out: `"version": "v1.2.3"`},
+		{args: []string{"version", "-o", "yaml"}, code: 2, err: `-o "yaml": want table or json`},
+		{args: []string{"version"}, code: 0, out: "prog v1.2.3\n  commit:"},
 		{args: []string{"serve", "--x", "y"}, code: 0, ran: []string{"serve", "--x", "y"}},
 		{args: []string{"keys", "init", "a"}, code: 2, ran: []string{"keys init", "a"}, err: "prog keys init: --dir is required\n"},
 		{args: []string{"keys"}, code: 2, err: `prog: unknown command "keys"`},
@@ -52,8 +57,10 @@ func TestDispatch(t *testing.T) {
 		{args: []string{"broken"}, code: 1, ran: []string{"broken"}, err: "prog broken: disk on fire\n"},
 		{args: []string{"stopped"}, code: 0, ran: []string{"stopped"}},
 		{args: []string{"keys", "rotate", "a", "--dir", "d", "b"}, code: 0, out: "d [a b]\n"},
-		{args: []string{"keys", "rotate", "--nope"}, code: 1, err: "flag provided but not defined: -nope"},
-		{args: []string{"keys", "rotate", "-h"}, code: 2, err: "Usage of prog keys rotate"},
+		{args: []string{"keys", "rotate", "--nope"}, code: 2, err: "prog keys rotate: flag provided but not defined: -nope (see prog keys rotate -h)\n"},
+		{args: []string{"keys", "rotate", "--dir"}, code: 2, err: "flag needs an argument: -dir"},
+		{args: []string{"keys", "rotate", "-h"}, code: 0, out: "Usage of prog keys rotate"},
+		{args: []string{"keys", "rotate", "a", "--help"}, code: 0, out: "-dir string"},
 	} {
 		got = nil
 		var stdout, stderr strings.Builder
@@ -62,6 +69,13 @@ func TestDispatch(t *testing.T) {
 		require.Equal(t, tc.ran, got, "args %q: command run", tc.args)
 		require.Contains(t, stdout.String(), tc.out, "args %q: stdout", tc.args)
 		require.Contains(t, stderr.String(), tc.err, "args %q: stderr", tc.args)
+		if tc.code == 0 {
+			require.Empty(t, stderr.String(), "args %q: stderr on success", tc.args)
+		}
+		if tc.code == 2 && strings.Contains(tc.err, "flag ") {
+			// One error, not the error and then the whole usage.
+			require.Equal(t, 1, strings.Count(stderr.String(), "\n"), "args %q: stderr %q", tc.args, stderr.String())
+		}
 	}
 }
 
