@@ -113,6 +113,30 @@ fuzz: setup
 	  done; \
 	done
 
+# proto regenerates the gRPC code (agent/grpcapi/inferencepb) from its
+# .proto with Debian's protoc and the protoc-gen-go(-grpc) pinned as go.mod
+# tools; proto-check fails when the committed code is not what proto makes.
+PROTO_DIR := agent/grpcapi/inferencepb
+PROTO_SRC := $(PROTO_DIR)/grpc_predict_v2.proto
+.PHONY: proto proto-check
+proto:
+	@$(MAKE) -s --no-print-directory proto-gen PROTO_OUT=$(ROOT)/$(PROTO_DIR)
+proto-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && \
+	  $(MAKE) -s --no-print-directory proto-gen PROTO_OUT=$$tmp && \
+	  for f in $$tmp/*.go; do \
+	    diff -u $(ROOT)/$(PROTO_DIR)/$$(basename $$f) $$f || { echo "proto-check: $(PROTO_DIR) is stale: run make proto"; exit 1; }; \
+	  done && echo "proto-check: $(PROTO_DIR) is up to date"
+.PHONY: proto-gen
+proto-gen:
+	@command -v protoc >/dev/null || { echo "proto: protoc is missing (make setup installs protobuf-compiler)"; exit 1; }
+	protoc -I $(ROOT)/$(PROTO_DIR) \
+	  --plugin=protoc-gen-go=$$($(GO) tool -n protoc-gen-go) \
+	  --plugin=protoc-gen-go-grpc=$$($(GO) tool -n protoc-gen-go-grpc) \
+	  --go_out=$(PROTO_OUT) --go_opt=paths=source_relative \
+	  --go-grpc_out=$(PROTO_OUT) --go-grpc_opt=paths=source_relative \
+	  $(ROOT)/$(PROTO_SRC)
+
 # env prints the cgo settings for use outside make: eval "$$(make -s env)"
 env:
 	@echo 'export CGO_ENABLED=1'

@@ -12,6 +12,7 @@ declare -A pkgs=(
   [mosquitto]=mosquitto
   [mosquitto_sub]=mosquitto-clients
   [curl]=curl
+  [protoc]=protobuf-compiler
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
