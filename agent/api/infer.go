@@ -195,7 +195,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	var tm catalog.Timing
 	code, err := func() (int, error) {
 		if err := s.readBody(w, r, c); err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		hdrLen := -1
 		if h := r.Header.Get("Inference-Header-Content-Length"); h != "" {
@@ -219,7 +219,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 			return nil
 		})
 		if err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		return http.StatusOK, nil
 	}()
@@ -280,7 +280,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 	var row bool
 	code, err := func() (int, error) {
 		if err := s.readBody(w, r, c); err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		var err error
 		var pred tfserving.Predict
@@ -292,7 +292,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 			return err
 		})
 		if err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		return http.StatusOK, nil
 	}()

@@ -48,13 +48,13 @@ func v2Tensors(ts []tensor.Info) []v2Tensor {
 func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"name":     e.Name,
 		"versions": []string{strconv.FormatInt(e.Version, 10)},
-		"platform": "tensorflow_lite",
+		"platform": Platform(e),
 		"inputs":   v2Tensors(e.Inputs),
 		"outputs":  v2Tensors(e.Outputs),
 		"parameters": map[string]any{
@@ -71,7 +71,7 @@ func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 func (s *Server) modelReady(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"name": e.Name, "version": strconv.FormatInt(e.Version, 10), "ready": true})
@@ -81,7 +81,7 @@ func (s *Server) modelReady(w http.ResponseWriter, rt route) {
 func (s *Server) tfsStatus(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{

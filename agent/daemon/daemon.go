@@ -20,6 +20,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/config"
 	"github.com/outpost-edge/outpost/agent/fleetlink"
+	"github.com/outpost-edge/outpost/agent/grpcapi"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/sdnotify"
 	"github.com/outpost-edge/outpost/agent/serving"
@@ -37,6 +38,7 @@ type Agent struct {
 	log      *slog.Logger
 	registry *serving.Registry
 	api      *api.Server
+	grpc     *grpcapi.Server  // nil unless grpc is on in the config
 	store    *store.Store     // nil without a data dir
 	link     *fleetlink.Link  // the device's one MQTT connection; nil without a fleet
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
@@ -124,6 +126,20 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.GRPC.On() {
+		a.grpc, err = grpcapi.New(grpcapi.Options{
+			Listen:               cfg.GRPC.Listen,
+			API:                  a.api,
+			MaxMessageBytes:      int(min(cfg.API.MaxBodyBytes, 1<<31-1)),
+			MaxConcurrentStreams: cfg.GRPC.MaxConcurrentStreams,
+			DrainTimeout:         cfg.API.DrainTimeout,
+			Version:              version.Version,
+			Logger:               log.With("component", "grpc"),
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -158,6 +174,14 @@ func readSecret(what, path string) (string, error) {
 // Addr is where the API listens.
 func (a *Agent) Addr() string { return a.api.Addr().String() }
 
+// GRPCAddr is where the gRPC listener listens; "" when it is off.
+func (a *Agent) GRPCAddr() string {
+	if a.grpc == nil {
+		return ""
+	}
+	return a.grpc.Addr().String()
+}
+
 // Run loads the configured models, marks the API ready, and serves until
 // ctx is cancelled; SIGHUP reloads the models. A model that fails to load is
 // logged and skipped, so one bad file does not take the others down.
@@ -168,11 +192,29 @@ func (a *Agent) Run(ctx context.Context) error {
 	// and stops when Run returns.
 	stopTelemetry := a.runTelemetry()
 	defer stopTelemetry()
-	errc := make(chan error, 1)
+	// The listeners: each reports once, when it has drained or failed.
+	errc := make(chan error, 2)
+	servers := 1
 	go func() { errc <- a.api.Run(ctx) }()
+	if a.grpc != nil {
+		servers++
+		go func() { errc <- a.grpc.Run(ctx) }()
+	}
+	// stop waits for the listeners still running (they drain once ctx is
+	// cancelled), then unloads the models.
+	stop := func(err error) error {
+		sdnotify.Stopping()
+		cancel()
+		errs := []error{err}
+		for range servers - 1 {
+			errs = append(errs, <-errc)
+		}
+		a.registry.Close()
+		return errors.Join(errs...)
+	}
 
 	a.reload(ctx, "")
-	a.log.Info("serving", "listen", a.Addr(), "models", len(a.registry.List()), "version", version.Version)
+	a.log.Info("serving", "listen", a.Addr(), "grpc", a.GRPCAddr(), "models", len(a.registry.List()), "version", version.Version)
 	// systemd (Type=notify) learns we serve once the first load is done,
 	// whatever its outcome: a broken model file must not fail the unit.
 	if err := sdnotify.Ready(); err != nil {
@@ -199,15 +241,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-hup:
 			a.log.Info("SIGHUP: reloading models")
 			a.reload(ctx, "")
-		case err := <-errc: // the API stopped: drained after ctx ended, or failed
-			sdnotify.Stopping()
-			a.registry.Close()
-			return err
+		case err := <-errc: // a listener stopped: drained after ctx ended, or failed
+			return stop(err)
 		case <-ctx.Done():
-			sdnotify.Stopping()
-			err := <-errc // the API drains first
-			a.registry.Close()
-			return err
+			return stop(<-errc) // the listeners drain first
 		}
 	}
 }
