@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -20,7 +21,6 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/config"
 	"github.com/outpost-edge/outpost/agent/fleetlink"
-	"github.com/outpost-edge/outpost/agent/grpcapi"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/sdnotify"
 	"github.com/outpost-edge/outpost/agent/serving"
@@ -38,7 +38,7 @@ type Agent struct {
 	log      *slog.Logger
 	registry *serving.Registry
 	api      *api.Server
-	grpc     *grpcapi.Server  // nil unless grpc is on in the config
+	grpc     listener         // nil unless grpc is on in the config
 	store    *store.Store     // nil without a data dir
 	link     *fleetlink.Link  // the device's one MQTT connection; nil without a fleet
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
@@ -127,16 +127,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	if cfg.GRPC.On() {
-		a.grpc, err = grpcapi.New(grpcapi.Options{
-			Listen:               cfg.GRPC.Listen,
-			API:                  a.api,
-			MaxMessageBytes:      int(min(cfg.API.MaxBodyBytes, 1<<31-1)),
-			MaxConcurrentStreams: cfg.GRPC.MaxConcurrentStreams,
-			DrainTimeout:         cfg.API.DrainTimeout,
-			Version:              version.Version,
-			Logger:               log.With("component", "grpc"),
-		})
-		if err != nil {
+		if a.grpc, err = newGRPC(cfg, a.api, log.With("component", "grpc")); err != nil {
 			return nil, err
 		}
 	}
@@ -169,6 +160,13 @@ func readSecret(what, path string) (string, error) {
 		return "", fmt.Errorf("%s: %s is empty", what, path)
 	}
 	return s, nil
+}
+
+// listener is an optional server beside the HTTP API (the gRPC one).
+type listener interface {
+	// Run serves until ctx is cancelled, drains, and returns nil then.
+	Run(ctx context.Context) error
+	Addr() net.Addr
 }
 
 // Addr is where the API listens.
@@ -213,6 +211,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return errors.Join(errs...)
 	}
 
+	// SIGHUP is caught before the first load: a model can be served (and a
+	// reload asked for) before the rest have loaded, and an uncaught SIGHUP
+	// would end the process.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
 	a.reload(ctx, "")
 	a.log.Info("serving", "listen", a.Addr(), "grpc", a.GRPCAddr(), "models", len(a.registry.List()), "version", version.Version)
 	// systemd (Type=notify) learns we serve once the first load is done,
@@ -229,9 +234,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		watchdog = t.C
 	}
 
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
 	for {
 		select {
 		case <-watchdog:
