@@ -373,3 +373,16 @@ func TestGRPCOverloadIsUnavailable(t *testing.T) {
 	assert.Zero(t, other.Load())
 	t.Logf("%d answered, %d turned away", ok.Load(), busy.Load())
 }
+
+// Release builds (-tags grpcnotrace, as make build, cross/build.sh and
+// goreleaser build the agent) carry no html/template: gRPC's tracing would
+// bring it in, and with it the linker keeps every exported method (3 MB).
+func TestReleaseBuildHasNoTemplates(t *testing.T) {
+	for tags, want := range map[string]bool{"grpcnotrace": false, "": true} {
+		out, err := exec.Command("go", "list", "-deps", "-tags", tags, ".").CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		deps := "\n" + string(out)
+		assert.Equal(t, want, strings.Contains(deps, "\nhtml/template\n"), "tags %q: html/template among the deps", tags)
+		assert.Equal(t, want, strings.Contains(deps, "\ngolang.org/x/net/trace\n"), "tags %q: x/net/trace among the deps", tags)
+	}
+}
