@@ -45,13 +45,16 @@ RELEASE_TAGS ?= grpcnotrace
 build: setup
 	$(GO) build -trimpath -tags '$(RELEASE_TAGS)' -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-# vet: go.mod and go.sum tidy, go vet (with and without the test tags),
-# staticcheck (a go.mod tool: no separate install), and a CGO_ENABLED=0 pass.
+# vet: go.mod and go.sum tidy, go vet (with and without the test tags, and
+# without gRPC), staticcheck (a go.mod tool: no separate install), the
+# generated gRPC code up to date, and a CGO_ENABLED=0 pass.
 vet: setup
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(GO) vet -tags '$(TEST_TAGS)' ./...
 	$(GO) tool staticcheck ./...
+	$(GO) vet -tags nogrpc ./agent/daemon/ ./cmd/outpost-agent/
+	@$(MAKE) -s --no-print-directory proto-check
 	@# Everything outside the TFLite binding and its users builds without cgo.
 	CGO_ENABLED=0 $(GO) vet $$($(GO) list -f '{{if not (or .CgoFiles (eq .ImportPath "github.com/mattn/go-tflite"))}}{{$$d := .Deps}}{{.ImportPath}} {{join $$d " "}}{{end}}' ./... | grep -v 'mattn/go-tflite\|/agent/runtime' | cut -d' ' -f1)
 
