@@ -80,6 +80,14 @@ test-gates: setup
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
+# bench-batch: batch throughput against the bare pool on the same model
+# (BenchmarkBatchVsPool in process, BenchmarkBatchBinary through the real
+# binary: ratios batch/pool and batch/pool-cpu) and the cost
+# of the two output encodings; make bench runs them too.
+.PHONY: bench-batch
+bench-batch: setup
+	$(GO) test -run '^$$' -bench 'BatchVsPool|BatchBinary|EncodeOutputs' -benchmem -benchtime $(BENCHTIME) -timeout 30m ./agent/batch/
+
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of
 # records through a real Mosquitto), again with a 1 MB queue bound so the

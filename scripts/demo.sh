@@ -55,19 +55,17 @@ if "$bin/outpost-fleet" devices list --admin "$admin" --token "opt_0000000000000
 fi
 echo "a wrong token is refused (401)"
 
-step "enrol device gw-demo (its broker credential; from now on the broker confines every device to its own topics)"
-mkdir -p "$work/agent"
-"$bin/outpost-fleet" devices enroll --admin "$admin" --out "$work/agent/broker.password" gw-demo
+step "enrol device gw-demo: a bootstrap bundle (fleet section, root.json, broker password); from now on the broker confines every device to its own topics"
+"$bin/outpost-fleet" devices enroll --admin "$admin" --bundle "$work/gw-demo.bundle" --labels site=demo --broker "$mqtt" gw-demo
 
-step "one agent (device gw-demo), no model yet"
-cp "$work/keys/root.json" "$work/agent/root.json"
+step "one agent (device gw-demo), no model yet, enrolled from the bundle"
 cat >"$work/agent.yaml" <<YAML
 listen: 127.0.0.1:0
-data_dir: $work/agent
 workers: 1
-fleet: {broker: "$mqtt", name: demo, device: gw-demo, username: gw-demo, password_file: $work/agent/broker.password,
-        labels: {site: demo}, probation: 2s, status_interval: 1s}
+fleet: {probation: 2s, status_interval: 1s}
 YAML
+"$bin/outpost-agent" enroll "$work/gw-demo.bundle" --data-dir "$work/agent" --config "$work/agent.yaml"
+rm "$work/gw-demo.bundle"
 "$bin/outpost-agent" serve --config "$work/agent.yaml" --log-level warn >"$work/agent.log" 2>&1 &
 pids+=($!)
 agent=http://$(wait_line "$work/agent.log" '^outpost-agent: listening on' | sed 's/.*listening on //')

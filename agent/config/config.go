@@ -55,6 +55,8 @@ type Config struct {
 	// broker; without a broker the agent runs alone (telemetry is kept on
 	// disk, bounded, and never sent).
 	Fleet Fleet `yaml:"fleet"`
+	// Streams feed models from local MQTT topics (docs/MODES.md).
+	Streams []Stream `yaml:"streams"`
 }
 
 // Telemetry configures the on-device queue (docs/PROTOCOL.md). It runs
@@ -227,6 +229,9 @@ func (c Config) WithDefaults() Config {
 			c.Models[i].Version = 1
 		}
 	}
+	for i := range c.Streams {
+		c.Streams[i] = streamDefaults(c.Streams[i])
+	}
 	return c
 }
 
@@ -296,6 +301,7 @@ func (c Config) Validate() error {
 	if c.API.RateLimit < 0 || c.API.RateBurst < 0 {
 		errs = append(errs, "api.rate_limit and api.rate_burst must not be negative")
 	}
+	errs = append(errs, validateStreams(c.Streams)...)
 	if len(errs) > 0 {
 		return errors.New("config: " + strings.Join(errs, "; "))
 	}

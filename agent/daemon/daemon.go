@@ -25,6 +25,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/sdnotify"
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/store"
+	"github.com/outpost-edge/outpost/agent/stream"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/updater"
 	"github.com/outpost-edge/outpost/agent/version"
@@ -44,6 +45,7 @@ type Agent struct {
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
 	ulink    *updater.Link    // nil without a fleet or a data dir
 	updater  *updater.Updater // nil when ulink is
+	streams  []*stream.Stream
 
 	started       time.Time
 	counter       *requestCounter
@@ -107,6 +109,12 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	}
 	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
 		return nil, err
+	}
+	if a.streams, err = newStreams(cfg, a.registry, a.counter.traffic, a.queue, log); err != nil {
+		return nil, err
+	}
+	if len(a.streams) > 0 {
+		reg.MustRegister(stream.Collector(a.streams...))
 	}
 	a.api, err = api.New(api.Options{
 		Listen:         cfg.Listen,
@@ -198,19 +206,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		servers++
 		go func() { errc <- a.grpc.Run(ctx) }()
 	}
-	// stop waits for the listeners still running (they drain once ctx is
-	// cancelled), then unloads the models.
-	stop := func(err error) error {
-		sdnotify.Stopping()
-		cancel()
-		errs := []error{err}
-		for range servers - 1 {
-			errs = append(errs, <-errc)
-		}
-		a.registry.Close()
-		return errors.Join(errs...)
-	}
-
 	// SIGHUP is caught before the first load: a model can be served (and a
 	// reload asked for) before the rest have loaded, and an uncaught SIGHUP
 	// would end the process.
@@ -219,6 +214,22 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer signal.Stop(hup)
 
 	a.reload(ctx, "")
+	// Streams start once the models are loaded, and stop before the
+	// registry closes.
+	stopStreams := a.runStreams(ctx)
+	// stop waits for the listeners still running (they drain once ctx is
+	// cancelled), stops the streams, then unloads the models.
+	stop := func(err error) error {
+		sdnotify.Stopping()
+		cancel()
+		errs := []error{err}
+		for range servers - 1 {
+			errs = append(errs, <-errc)
+		}
+		stopStreams()
+		a.registry.Close()
+		return errors.Join(errs...)
+	}
 	a.log.Info("serving", "listen", a.Addr(), "grpc", a.GRPCAddr(), "models", len(a.registry.List()), "version", version.Version)
 	// systemd (Type=notify) learns we serve once the first load is done,
 	// whatever its outcome: a broken model file must not fail the unit.

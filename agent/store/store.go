@@ -411,7 +411,14 @@ func (s *Store) Root() ([]byte, error) {
 // SaveRoot stores r as the device's trust anchor unless the stored root is
 // newer (ErrRootVersion). Once a device has seen root N it never again
 // trusts keys that root N revoked.
-func (s *Store) SaveRoot(r *trust.Root) error {
+func (s *Store) SaveRoot(r *trust.Root) error { return s.saveRoot(r, false) }
+
+// ReplaceRoot stores r as the trust anchor whatever the stored root is, an
+// older version included: only for an operator moving the device to another
+// fleet (outpost-agent enroll --force). Updates go through SaveRoot.
+func (s *Store) ReplaceRoot(r *trust.Root) error { return s.saveRoot(r, true) }
+
+func (s *Store) saveRoot(r *trust.Root, replace bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	unlock, err := s.lock()
@@ -419,7 +426,7 @@ func (s *Store) SaveRoot(r *trust.Root) error {
 		return err
 	}
 	defer unlock()
-	if b, err := s.Root(); err == nil {
+	if b, err := s.Root(); err == nil && !replace {
 		if old, err := trust.LoadRoot(b); err == nil {
 			if old.Doc.Version > r.Doc.Version {
 				return fmt.Errorf("%w: v%d stored, v%d given", ErrRootVersion, old.Doc.Version, r.Doc.Version)

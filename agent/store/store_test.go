@@ -208,6 +208,11 @@ func TestSaveRootNeverGoesBack(t *testing.T) {
 	b, err := s.Root()
 	require.NoError(t, err)
 	require.Equal(t, roots[2].Raw, b)
+	// Only an operator's ReplaceRoot goes back.
+	require.NoError(t, s.ReplaceRoot(roots[0]))
+	b, err = s.Root()
+	require.NoError(t, err)
+	require.Equal(t, roots[0].Raw, b)
 }
 
 // testRoots returns root versions 1..n signed with one fixed root key.

@@ -1,6 +1,7 @@
 // Command outpost-agent is the Outpost device daemon and its local tools.
 //
 //	outpost-agent inspect MODEL [--json]
+//	outpost-agent enroll BUNDLE --data-dir DIR [--config agent.yaml] [--force]
 //
 // Each subcommand lives in its own file and is listed in program below;
 // internal/subcommand runs them.
@@ -20,7 +21,8 @@ var program = subcommand.Program{
 	Commands: []subcommand.Command{
 		inspectCommand,
 		verifyCommand, installCommand,
-		serveCommand,
+		serveCommand, batchCommand,
+		enrollCommand,
 	},
 }
 

@@ -5,17 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"path/filepath"
+	"time"
 
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/broker"
+	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/internal/atomicfile"
+	"github.com/outpost-edge/outpost/internal/enrolment"
 	"github.com/outpost-edge/outpost/internal/subcommand"
 )
 
 var (
 	devicesEnrollCommand = subcommand.Command{Name: "devices enroll",
-		Summary: "mint a device's broker credential (its MQTT password, shown once)", Run: runDevicesEnroll}
+		Summary: "mint a device's broker credential and write its bootstrap bundle (--bundle)", Run: runDevicesEnroll}
 	devicesRevokeCommand = subcommand.Command{Name: "devices revoke",
 		Summary: "revoke a device's broker credential and cut its connection", Run: runDevicesRevoke}
 	brokerACLCommand = subcommand.Command{Name: "broker acl",
@@ -25,8 +31,15 @@ var (
 func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("devices enroll", stderr)
 	api := adminFlag(fs)
-	out := fs.String("out", "", "write the password to this file (mode 0600), the agent's fleet.password_file; default: print it")
+	bundleOut := fs.String("bundle", "", "write the device's bootstrap bundle to this file (mode 0600; it holds the password): outpost-agent enroll installs it")
+	labels := fs.String("labels", "", "the device's labels in the bundle, k=v,k2=v2 (rollout selectors match them)")
+	brokerURL := fs.String("broker", "", "broker URL the device dials, written into the bundle (default: the controller's own broker URL)")
+	out := fs.String("out", "", "write only the password to this file (mode 0600), the agent's fleet.password_file; default: print it")
 	replace := fs.Bool("replace", false, "replace the device's credential if it has one (the old one stops working)")
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL]] [--out PASSWORD_FILE] [--replace]")
+		fs.PrintDefaults()
+	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
 	if err != nil {
 		return err
@@ -35,19 +48,66 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 		fs.Usage()
 		return subcommand.UsageError("one device name is required")
 	}
+	lbls, err := rollout.ParseSelector(*labels)
+	if err != nil {
+		return subcommand.UsageError("--labels: " + err.Error())
+	}
+	if (*labels != "" || *brokerURL != "") && *bundleOut == "" {
+		return subcommand.UsageError("--labels and --broker go into the bundle: give --bundle FILE")
+	}
+	if u, err := url.Parse(*brokerURL); *brokerURL != "" && (err != nil || (u.Scheme != "tcp" && u.Scheme != "ssl") || u.Host == "") {
+		return subcommand.UsageError(fmt.Sprintf("--broker %q: want tcp://host:port or ssl://host:port", *brokerURL))
+	}
 	var cred admin.Credential
 	if err := api.client().json(ctx, http.MethodPost, "/v1/devices/"+pos[0]+"/credential", admin.EnrollRequest{Replace: *replace}, &cred); err != nil {
 		return err
 	}
-	if *out == "" {
+	if *bundleOut != "" {
+		// The credential exists now: a bundle that cannot be written is
+		// reported with the way out (enroll again with --replace).
+		if err := writeBundle(*bundleOut, cred, lbls, *brokerURL, stderr); err != nil {
+			return fmt.Errorf("devices enroll: %s holds a new credential but %w; run again with --replace", cred.Device, err)
+		}
+		fmt.Fprintf(stdout, "device %s enrolled in fleet %s: bundle %s (mode 0600) holds its broker password; copy it to the device, run outpost-agent enroll %s --data-dir DIR there, then delete it\n",
+			cred.Device, cred.Fleet, *bundleOut, filepath.Base(*bundleOut))
+	}
+	if *out != "" {
+		if err := atomicfile.WriteFile(*out, []byte(cred.Password+"\n"), atomicfile.Options{Perm: 0o600}); err != nil {
+			return fmt.Errorf("devices enroll: %w", err)
+		}
+		fmt.Fprintf(stdout, "device %s enrolled: fleet.username %s, fleet.password_file %s\n", cred.Device, cred.Username, *out)
+	}
+	if *bundleOut == "" && *out == "" {
 		fmt.Fprintf(stdout, "device %s enrolled: fleet.username %s, password (shown once):\n%s\n", cred.Device, cred.Username, cred.Password)
-		return nil
 	}
-	if err := atomicfile.WriteFile(*out, []byte(cred.Password+"\n"), atomicfile.Options{Perm: 0o600}); err != nil {
-		return fmt.Errorf("devices enroll: %w", err)
-	}
-	fmt.Fprintf(stdout, "device %s enrolled: fleet.username %s, fleet.password_file %s\n", cred.Device, cred.Username, *out)
 	return nil
+}
+
+// writeBundle writes the enrolment bundle of cred (mode 0600). The broker is
+// brokerURL if given, else the controller's; one only this machine can
+// reach draws a warning.
+func writeBundle(path string, cred admin.Credential, labels map[string]string, brokerURL string, stderr io.Writer) error {
+	if brokerURL == "" {
+		brokerURL = cred.Broker
+		if u, err := url.Parse(brokerURL); err == nil {
+			if ip := net.ParseIP(u.Hostname()); u.Hostname() == "localhost" || (ip != nil && (ip.IsLoopback() || ip.IsUnspecified())) {
+				fmt.Fprintf(stderr, "warning: the bundle names broker %s, which a device elsewhere cannot reach; give --broker tcp://HOST:PORT\n", brokerURL)
+			}
+		}
+	}
+	if len(labels) == 0 {
+		labels = nil
+	}
+	b, err := enrolment.Bundle{
+		Created:  time.Now().UTC().Truncate(time.Second),
+		Fleet:    enrolment.Fleet{Broker: brokerURL, Name: cred.Fleet, Device: cred.Device, Username: cred.Username, Labels: labels},
+		Root:     cred.Root,
+		Password: cred.Password,
+	}.Marshal()
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFile(path, b, atomicfile.Options{Perm: 0o600})
 }
 
 func runDevicesRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -4,14 +4,13 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/internal/enrolment"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 )
 
@@ -41,29 +40,9 @@ func TestEnrollAndRevoke(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	cli(t, bin, 0, "keys", "init", "--dir", keys)
-	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
-	admin := "http://" + adminAddr
-	srv := exec.Command(bin, "serve", "--keys", keys, "--data-dir", filepath.Join(dir, "data"), "--fleet", "acme",
-		"--listen-mqtt", mqttAddr, "--admin", adminAddr)
-	var logs lockedBuffer
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		_ = srv.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("serve output:\n%s", logs.String())
-		}
-	})
-	waitHTTP(t, admin+"/v1/health")
-	url := "tcp://" + mqttAddr
+	srv := startServe(t, bin, serveOptions{Fleet: "acme"})
+	admin, logs, dir := srv.admin, srv.logs, srv.dir
+	url := "tcp://" + srv.mqtt
 
 	// Nothing enrolled: the broker is open, and says so.
 	if c, _, err := mqttLogin(url, "early", ""); err != nil {
@@ -129,17 +108,8 @@ func TestEnrollAndRevoke(t *testing.T) {
 	// The controller is still connected: devices list answers.
 	cli(t, bin, 0, "devices", "list", "--admin", admin)
 
-	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case err := <-exited:
-		exited <- err
-		if err != nil {
-			t.Fatalf("serve exited with %v after SIGTERM", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop after SIGTERM")
+	if err := srv.stop(t); err != nil {
+		t.Fatalf("serve exited with %v after SIGTERM", err)
 	}
 }
 
@@ -196,36 +166,16 @@ func TestServeLegacyUsers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	cli(t, bin, 0, "keys", "init", "--dir", keys)
-	cfg := filepath.Join(dir, "fleet.yaml")
+	cfg := filepath.Join(t.TempDir(), "fleet.yaml")
 	if err := os.WriteFile(cfg, []byte("fleet: acme\nmqtt:\n  users: {gw-1: s3cret}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
-	srv := exec.Command(bin, "serve", "--config", cfg, "--keys", keys, "--data-dir", filepath.Join(dir, "data"),
-		"--listen-mqtt", mqttAddr, "--admin", adminAddr)
-	var logs lockedBuffer
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		_ = srv.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("serve output:\n%s", logs.String())
-		}
-	})
-	waitHTTP(t, "http://"+adminAddr+"/v1/health")
-	cli(t, bin, 0, "devices", "list", "--admin", "http://"+adminAddr)
-	if !strings.Contains(logs.String(), "mqtt.users holds plain passwords") {
+	srv := startServe(t, bin, serveOptions{Args: []string{"--config", cfg}})
+	cli(t, bin, 0, "devices", "list", "--admin", srv.admin)
+	if !strings.Contains(srv.logs.String(), "mqtt.users holds plain passwords") {
 		t.Error("serve did not warn about mqtt.users")
 	}
-	url := "tcp://" + mqttAddr
+	url := "tcp://" + srv.mqtt
 	if c, _, err := mqttLogin(url, "gw-1", "s3cret"); err != nil {
 		t.Errorf("gw-1 with its mqtt.users password: %v", err)
 	} else {
@@ -236,5 +186,79 @@ func TestServeLegacyUsers(t *testing.T) {
 			c.Disconnect(100)
 			t.Errorf("%s with password %q connected", l[0], l[1])
 		}
+	}
+}
+
+// TestEnrollBundle: devices enroll --bundle writes a bundle (mode 0600) the
+// agent's parser accepts, with the fleet, the device, its labels, the
+// fleet's root and a password that logs the device in; the broker is the
+// controller's (with a warning that it is loopback) unless --broker names
+// another; after devices revoke the bundle's password is refused.
+func TestEnrollBundle(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startServe(t, bin, serveOptions{Fleet: "acme"})
+	dir := t.TempDir()
+	path := filepath.Join(dir, "gw-1.bundle")
+	cli(t, bin, 2, "devices", "enroll", "--admin", srv.admin, "--labels", "site=north", "gw-1")
+	cli(t, bin, 2, "devices", "enroll", "--admin", srv.admin, "--bundle", path, "--broker", "http://x", "gw-1")
+	cli(t, bin, 2, "devices", "enroll", "--admin", srv.admin, "--bundle", path, "--labels", "site", "gw-1")
+	if _, err := os.Stat(path); !os.IsNotExist(err) {
+		t.Fatalf("a refused enrolment wrote a bundle (stat: %v)", err)
+	}
+	stdout, stderr := cliEnv(t, bin, nil, 0, "devices", "enroll", "--admin", srv.admin, "--bundle", path, "--labels", "site=north,tier=2", "gw-1")
+	if !strings.Contains(stdout, "mode 0600") || !strings.Contains(stdout, "password") || !strings.Contains(stderr, "cannot reach") {
+		t.Fatalf("enroll --bundle: stdout %q, stderr %q", stdout, stderr)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("bundle mode %v, want 0600", fi.Mode().Perm())
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := enrolment.Parse(data)
+	if err != nil {
+		t.Fatalf("the bundle written does not parse: %v", err)
+	}
+	f := b.Fleet
+	if f.Name != "acme" || f.Device != "gw-1" || f.Username != "gw-1" || f.Broker != "tcp://"+srv.mqtt ||
+		f.Labels["site"] != "north" || f.Labels["tier"] != "2" || !bytes.Equal(b.Root, srv.keys.Root().Raw) {
+		t.Fatalf("bundle fleet %+v, root %d bytes (want %d)", f, len(b.Root), len(srv.keys.Root().Raw))
+	}
+
+	// --broker names the broker devices dial, without a warning.
+	other := filepath.Join(dir, "gw-2.bundle")
+	_, stderr = cliEnv(t, bin, nil, 0, "devices", "enroll", "--admin", srv.admin, "--bundle", other, "--broker", "ssl://fleet.example:8883", "gw-2")
+	if strings.Contains(stderr, "cannot reach") {
+		t.Errorf("a warning with --broker: %q", stderr)
+	}
+	if data, err := os.ReadFile(other); err != nil {
+		t.Fatal(err)
+	} else if b2, err := enrolment.Parse(data); err != nil || b2.Fleet.Broker != "ssl://fleet.example:8883" || b2.Fleet.Labels != nil {
+		t.Fatalf("bundle with --broker: %+v, %v", b2, err)
+	}
+
+	url := "tcp://" + srv.mqtt
+	c, lost, err := mqttLogin(url, "gw-1", b.Password)
+	if err != nil {
+		t.Fatalf("gw-1 with the bundle's password: %v", err)
+	}
+	defer c.Disconnect(0)
+	cli(t, bin, 0, "devices", "revoke", "--admin", srv.admin, "gw-1")
+	select {
+	case <-lost:
+	case <-time.After(20 * time.Second):
+		t.Fatal("gw-1 still connected after its revocation")
+	}
+	if c, _, err := mqttLogin(url, "gw-1", b.Password); err == nil {
+		c.Disconnect(100)
+		t.Fatal("the revoked bundle's password logged in")
 	}
 }

@@ -3,21 +3,16 @@ package main
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
-	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/models/testmodel"
 )
@@ -38,53 +33,6 @@ func TestFleetSplit(t *testing.T) {
 	}
 }
 
-// buildBinary builds outpost-fleet once per test binary.
-var buildOnce = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "outpost-fleet-bin-*")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "outpost-fleet")
-	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("go build: %v\n%s", err, out)
-	}
-	return bin, nil
-})
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// cli runs the binary and returns its stdout, failing the test on a
-// non-zero exit unless wantCode says otherwise.
-func cli(t *testing.T, bin string, wantCode int, args ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	if code != wantCode {
-		t.Fatalf("outpost-fleet %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, stdout.String(), stderr.String())
-	}
-	return stdout.String() + stderr.String()
-}
-
 // TestServeAndClientCommands runs the real binary: serve with its embedded
 // broker, models push of a real model, models list, a rollout to three
 // simulated devices followed with rollout status --watch, then pause,
@@ -94,31 +42,12 @@ func TestServeAndClientCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	cli(t, bin, 0, "keys", "init", "--dir", keys)
-	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
-	admin := "http://" + adminAddr
-	cfg := filepath.Join(dir, "fleet.yaml")
+	cfg := filepath.Join(t.TempDir(), "fleet.yaml")
 	if err := os.WriteFile(cfg, []byte("fleet: acme\nlog_level: debug\nartifacts:\n  chunk_size: 32768\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	srv := exec.Command(bin, "serve", "--config", cfg, "--keys", keys, "--data-dir", filepath.Join(dir, "data"),
-		"--listen-mqtt", mqttAddr, "--admin", adminAddr)
-	var logs lockedBuffer
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		_ = srv.Process.Kill()
-		if t.Failed() {
-			t.Logf("serve output:\n%s", logs.String())
-		}
-	})
-	waitHTTP(t, admin+"/v1/health")
+	srv := startServe(t, bin, serveOptions{Args: []string{"--config", cfg}})
+	admin, keys, mqttAddr, k := srv.admin, srv.keys.Dir(), srv.mqtt, srv.keys
 
 	model := testmodel.Path(t, testmodel.FaceShort)
 	out := cli(t, bin, 0, "models", "push", "--admin", admin, "--keys", keys, "--name", "face", "--version", "1", model)
@@ -137,10 +66,6 @@ func TestServeAndClientCommands(t *testing.T) {
 	}
 
 	// Three simulated devices on the binary's embedded broker.
-	k, err := keyring.Open(keys, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	var agents []*simdevice.Agent
@@ -213,53 +138,9 @@ func TestServeAndClientCommands(t *testing.T) {
 		}
 	}
 
-	if err := srv.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
+	if err := srv.stop(t); err != nil {
+		t.Fatalf("serve exited with %v after SIGTERM", err)
 	}
-	select {
-	case err := <-exited:
-		if err != nil {
-			t.Fatalf("serve exited with %v after SIGTERM", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("serve did not stop after SIGTERM")
-	}
-}
-
-func waitHTTP(t testing.TB, url string) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s did not answer: %v", url, err)
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
-
-// lockedBuffer collects a subprocess's output safely.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func TestServeUsage(t *testing.T) {

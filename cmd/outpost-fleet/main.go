@@ -7,7 +7,7 @@
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
 //	outpost-fleet devices list
-//	outpost-fleet devices enroll [--out PASSWORD_FILE] [--replace] NAME
+//	outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL]] [--out PASSWORD_FILE] [--replace]
 //	outpost-fleet devices revoke NAME
 //	outpost-fleet broker acl [--fleet NAME] [--out FILE]
 //	outpost-fleet rollout create --model N --version V [--selector k=v,...] [--waves 10,50,100] [--max-failure-ratio 0.1] [--bake 5m]

@@ -12,8 +12,6 @@ import (
 	"mime/multipart"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,7 +19,6 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/controller"
-	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/models/manifest"
 )
@@ -51,29 +48,8 @@ func runScale(tb testing.TB, n, modelBytes int) scaleResult {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	dir := tb.TempDir()
-	keys := filepath.Join(dir, "keys")
-	k, err := keyring.Init(keys, keyring.Options{})
-	if err != nil {
-		tb.Fatal(err)
-	}
-	mqttAddr, adminAddr := freeAddr(tb), freeAddr(tb)
-	admin := "http://" + adminAddr
-	srv := exec.Command(bin, "serve", "--keys", keys, "--data-dir", filepath.Join(dir, "data"), "--fleet", "scale",
-		"--listen-mqtt", mqttAddr, "--admin", adminAddr)
-	var logs lockedBuffer
-	srv.Stdout, srv.Stderr = &logs, &logs
-	if err := srv.Start(); err != nil {
-		tb.Fatal(err)
-	}
-	defer func() {
-		_ = srv.Process.Kill()
-		_ = srv.Wait()
-		if tb.Failed() {
-			tb.Logf("serve output:\n%s", logs.String())
-		}
-	}()
-	waitHTTP(tb, admin+"/v1/health")
+	srv := startServe(tb, bin, serveOptions{Fleet: "scale"})
+	admin, mqttAddr, k := srv.admin, srv.mqtt, srv.keys
 
 	// A random "model": the controller checks the signed manifest, not TFLite.
 	model := make([]byte, modelBytes)
@@ -155,7 +131,7 @@ func runScale(tb testing.TB, n, modelBytes int) scaleResult {
 	getJSON(tb, admin+"/v1/stats", &after)
 	res.messages = after.MessagesIn + after.MessagesOut - before.MessagesIn - before.MessagesOut
 	res.heap, res.chunks, res.bytes = after.HeapBytes, after.Artifacts.Chunks, after.Artifacts.Bytes
-	res.peakRSS, res.rss = procMem(tb, srv.Process.Pid)
+	res.peakRSS, res.rss = procMem(tb, srv.cmd.Process.Pid)
 	return res
 }
 

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -11,12 +9,10 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"errors"
 	"math/big"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -24,63 +20,6 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/admin"
 )
-
-// startServe runs serve with a fresh keys and data directory plus args and
-// returns the admin address and the server's output.
-func startServe(t *testing.T, bin string, args ...string) (string, *lockedBuffer) {
-	t.Helper()
-	dir := t.TempDir()
-	keys := filepath.Join(dir, "keys")
-	cli(t, bin, 0, "keys", "init", "--dir", keys)
-	adminAddr := freeAddr(t)
-	srv := exec.Command(bin, append([]string{"serve", "--keys", keys, "--data-dir", filepath.Join(dir, "data"),
-		"--listen-mqtt", "127.0.0.1:0", "--admin", adminAddr}, args...)...)
-	logs := &lockedBuffer{}
-	srv.Stdout, srv.Stderr = logs, logs
-	if err := srv.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- srv.Wait() }()
-	t.Cleanup(func() {
-		_ = srv.Process.Kill()
-		<-exited
-		if t.Failed() {
-			t.Logf("serve output:\n%s", logs.String())
-		}
-	})
-	return adminAddr, logs
-}
-
-// cliEnv runs the binary with extra environment variables (and without
-// OUTPOST_TOKEN and OUTPOST_CA from the test's own) and returns its stdout
-// and stderr apart.
-func cliEnv(t *testing.T, bin string, env []string, wantCode int, args ...string) (string, string) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bin, args...)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "OUTPOST_TOKEN=") && !strings.HasPrefix(kv, "OUTPOST_CA=") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, env...)
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		t.Fatal(err)
-	}
-	if code != wantCode {
-		t.Fatalf("outpost-fleet %s: exit %d, want %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, wantCode, stdout.String(), stderr.String())
-	}
-	return stdout.String(), stderr.String()
-}
 
 // TestTokensCommands runs the real binary: a fresh serve in bootstrap mode
 // (said in its log), tokens create from loopback without a token, then
@@ -93,10 +32,9 @@ func TestTokensCommands(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	adminAddr, logs := startServe(t, bin)
-	api := "http://" + adminAddr
-	waitHTTP(t, api+"/v1/health")
-	if !strings.Contains(logs.String(), "bootstrap mode") {
+	srv := startServe(t, bin, serveOptions{})
+	api := srv.admin
+	if !strings.Contains(srv.logs.String(), "bootstrap mode") {
 		t.Error("serve did not log that it is in bootstrap mode")
 	}
 	rootTok, errOut := cliEnv(t, bin, nil, 0, "tokens", "create", "--admin", api, "--role", "admin", "--name", "root")
@@ -236,7 +174,8 @@ func TestAdminTLS(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte("admin_tls:\n  cert: "+certFile+"\n  key: "+keyFile+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	adminAddr, logs := startServe(t, bin, "--config", cfg)
+	srv := startServe(t, bin, serveOptions{Args: []string{"--config", cfg}, NoWait: true})
+	adminAddr, logs := srv.adminAddr(), srv.logs
 	api := "https://" + adminAddr
 
 	pem, err := os.ReadFile(caFile)

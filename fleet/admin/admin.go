@@ -53,6 +53,8 @@ type Options struct {
 	// Fleet names the fleet (default "default"); enrolled device names
 	// must fit its topics.
 	Fleet string
+	// Broker is the MQTT broker URL enrolments name (Credential.Broker).
+	Broker string
 	// Disconnect, if set, cuts off a device whose credential is revoked
 	// or replaced (the embedded broker).
 	Disconnect Disconnecter

@@ -24,12 +24,19 @@ type EnrollRequest struct {
 }
 
 // Credential is the answer to an enrolment: the device's MQTT user name
-// (its id) and password. The password is shown this once; the controller
-// keeps only its hash.
+// (its id) and password, and what else a bootstrap bundle needs (the fleet
+// name, the broker devices reach, the trust root). The password is shown
+// this once; the controller keeps only its hash.
 type Credential struct {
 	Device   string `json:"device"`
 	Username string `json:"username"`
 	Password string `json:"password"`
+	Fleet    string `json:"fleet"`
+	// Broker is the broker URL the controller knows (Options.Broker); the
+	// client may have to name one devices can reach instead.
+	Broker string `json:"broker,omitempty"`
+	// Root is the fleet's newest root.json, exact bytes (base64 in JSON).
+	Root []byte `json:"root"`
 }
 
 // RevokeResult is the answer to DELETE /v1/devices/{id}/credential.
@@ -73,7 +80,8 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 		s.opts.Disconnect.Disconnect(id) // its old credential no longer holds
 	}
 	s.log.Info("device enrolled", "device", id, "replace", req.Replace)
-	writeJSON(w, http.StatusCreated, Credential{Device: id, Username: id, Password: secret})
+	writeJSON(w, http.StatusCreated, Credential{Device: id, Username: id, Password: secret,
+		Fleet: s.opts.Fleet, Broker: s.opts.Broker, Root: s.opts.Root.Raw})
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request) {

@@ -166,7 +166,7 @@ func New(opts Options) (*Controller, error) {
 		disc = c.brk
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
-		Fleet: opts.Fleet, Disconnect: disc, TLS: opts.AdminTLS,
+		Fleet: opts.Fleet, Broker: c.url, Disconnect: disc, TLS: opts.AdminTLS,
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
 		return fail(err)
 	}

@@ -1,0 +1,278 @@
+//go:build cgo
+
+package batch
+
+import (
+	"context"
+	"encoding/binary"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/oip"
+	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/agent/serving"
+	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/models/testmodel"
+)
+
+// BenchmarkBatchVsPool measures batch throughput (an .npy file in, a
+// results file out, records encoded as JSON and synced) against the bare
+// throughput of the same interpreter pool (the same rows already in memory,
+// outputs discarded, twice as many callers as interpreters so none idles),
+// in rounds that alternate which goes first so both see the same machine.
+// It reports the median of the per-round ratios batch/pool; the goal is at
+// least 0.95.
+func BenchmarkBatchVsPool(b *testing.B) {
+	for _, tc := range []struct {
+		model string
+		raw   bool
+		rows  int
+	}{
+		{testmodel.FaceShort, false, 200},
+		{testmodel.FaceShort, true, 200},
+		{testmodel.Hand, false, 100},
+	} {
+		name := tc.model + "/json"
+		if tc.raw {
+			name = tc.model + "/b64"
+		}
+		b.Run(name, func(b *testing.B) {
+			reg := serving.New(serving.Options{Runtime: runtime.Options{}})
+			defer reg.Close()
+			e, err := reg.LoadFile(context.Background(), tc.model, 1, testmodel.Path(b, tc.model))
+			if err != nil {
+				b.Fatal(err)
+			}
+			in := e.Inputs[0]
+			size, _ := in.ByteSize()
+			row := make([]byte, size)
+			for i := range row {
+				row[i] = byte(i * 7)
+			}
+			// Finite FP32 values: every fourth byte small.
+			for i := 3; i < len(row); i += 4 {
+				row[i] = 0x3f
+			}
+			var data []byte
+			for range tc.rows {
+				data = append(data, row...)
+			}
+			dir := b.TempDir()
+			npy := filepath.Join(dir, "in.npy")
+			shape := append([]int{tc.rows}, in.Shape[1:]...)
+			if err := os.WriteFile(npy, appendNpy(nil, tensor.FP32, shape, data), 0o644); err != nil {
+				b.Fatal(err)
+			}
+			out := filepath.Join(dir, "out.jsonl")
+			batchRun := func() time.Duration {
+				os.Remove(out)
+				r, err := New(Options{Backend: reg, Model: tc.model, Input: npy, Output: out, RawOutputs: tc.raw})
+				if err != nil {
+					b.Fatal(err)
+				}
+				start := time.Now()
+				if err := r.Run(context.Background()); err != nil {
+					b.Fatal(err)
+				}
+				return time.Since(start)
+			}
+			poolRun := func() time.Duration {
+				return bare(b, reg, tc.model, data, size, 2*e.Workers)
+			}
+			const rounds = 5
+			b.ResetTimer()
+			for range b.N {
+				var ratios, cpuRatios, pool, batch []float64
+				for i := range rounds {
+					var tp, tb, cp, cb time.Duration
+					if i%2 == 0 {
+						tp, cp = withCPU(poolRun)
+						tb, cb = withCPU(batchRun)
+					} else {
+						tb, cb = withCPU(batchRun)
+						tp, cp = withCPU(poolRun)
+					}
+					pool = append(pool, float64(tc.rows)/tp.Seconds())
+					batch = append(batch, float64(tc.rows)/tb.Seconds())
+					ratios = append(ratios, tp.Seconds()/tb.Seconds())
+					cpuRatios = append(cpuRatios, cp.Seconds()/cb.Seconds())
+				}
+				b.ReportMetric(median(pool), "pool-items/s")
+				b.ReportMetric(median(batch), "batch-items/s")
+				b.ReportMetric(median(ratios), "batch/pool")
+				// On a machine shared with other work the wall-clock ratio
+				// says how much CPU each side got; the ratio of CPU seconds
+				// per item is what batch costs beyond the pool.
+				b.ReportMetric(median(cpuRatios), "batch/pool-cpu")
+			}
+		})
+	}
+}
+
+// bare runs every row of data (each size bytes) through the pool from
+// callers goroutines and returns how long they took. Each row is its own
+// memory, as the batch's rows are.
+func bare(b *testing.B, reg *serving.Registry, model string, data []byte, size, callers int) time.Duration {
+	var wg sync.WaitGroup
+	n := len(data) / size
+	jobs := make(chan []byte, n)
+	for i := range n {
+		jobs <- data[i*size : (i+1)*size]
+	}
+	close(jobs)
+	errs := make(chan error, callers)
+	start := time.Now()
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for row := range jobs {
+				_, _, err := reg.Infer(context.Background(), model, 0,
+					func(catalog.Entry) ([][]byte, error) { return [][]byte{row}, nil },
+					func(int, []byte) error { return nil })
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	d := time.Since(start)
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return d
+}
+
+// withCPU runs f and returns its wall time and the CPU time (user and
+// system) the whole process used meanwhile.
+func withCPU(f func() time.Duration) (wall, cpu time.Duration) {
+	before := processCPU()
+	wall = f()
+	return wall, processCPU() - before
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+func median(v []float64) float64 {
+	s := append([]float64(nil), v...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkEncodeOutputs compares the two ways a record carries the face
+// detection model's outputs (15,232 floats): JSON numbers and base64.
+func BenchmarkEncodeOutputs(b *testing.B) {
+	data := make([]byte, 4*(896*16+896))
+	for i := 0; i < len(data); i += 4 {
+		binary.LittleEndian.PutUint32(data[i:], math.Float32bits(float32(math.Sin(float64(i)))*30))
+	}
+	resp := &oip.Response{ModelName: "face", ModelVersion: "1", ModelDigest: "sha256:00", Outputs: []oip.Output{
+		{Tensor: tensor.Tensor{Name: "regressors", DataType: tensor.FP32, Shape: []int{1, 896, 16}, Data: data[:4*896*16]}},
+		{Tensor: tensor.Tensor{Name: "classificators", DataType: tensor.FP32, Shape: []int{1, 896, 1}, Data: data[4*896*16:]}},
+	}}
+	var buf []byte
+	b.Run("json", func(b *testing.B) {
+		for b.Loop() {
+			buf, _ = oip.AppendResponse(buf[:0], resp)
+		}
+		b.ReportMetric(float64(len(buf)), "bytes/record")
+	})
+	b.Run("b64", func(b *testing.B) {
+		for b.Loop() {
+			buf = appendRaw(buf[:0], resp)
+		}
+		b.ReportMetric(float64(len(buf)), "bytes/record")
+	})
+}
+
+// BenchmarkBatchBinary is BenchmarkBatchVsPool through the real binary:
+// `outpost-agent batch --raw-outputs` in its own process against the bare
+// pool in this one, alternating. binary/pool uses the items/s the binary
+// reports for its run (after loading the model); binary-wall/pool counts
+// the whole process, start and model load included; binary/pool-cpu
+// compares CPU seconds per item (the child's rusage against ours).
+func BenchmarkBatchBinary(b *testing.B) {
+	bin := filepath.Join(b.TempDir(), "outpost-agent")
+	if msg, err := exec.Command("go", "build", "-o", bin, "../../cmd/outpost-agent").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, msg)
+	}
+	const model, rows = testmodel.FaceShort, 300
+	reg := serving.New(serving.Options{})
+	defer reg.Close()
+	e, err := reg.LoadFile(context.Background(), model, 1, testmodel.Path(b, model))
+	if err != nil {
+		b.Fatal(err)
+	}
+	size, _ := e.Inputs[0].ByteSize()
+	data := make([]byte, rows*size)
+	for i := 3; i < len(data); i += 4 {
+		data[i-3], data[i] = byte(i), 0x3f
+	}
+	dir := b.TempDir()
+	npy := filepath.Join(dir, "in.npy")
+	if err := os.WriteFile(npy, appendNpy(nil, tensor.FP32, []int{rows, 128, 128, 3}, data), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(dir, "out.jsonl")
+	rate := regexp.MustCompile(`; ([0-9.]+) items/s`)
+	binRun := func() (wall, cpu time.Duration, itemsPerSec float64) {
+		os.Remove(out)
+		cmd := exec.Command(bin, "batch", "--model", testmodel.Path(b, model), "--input", npy, "--output", out,
+			"--raw-outputs", "--progress", "none", "--log-level", "warn")
+		start := time.Now()
+		msg, err := cmd.CombinedOutput()
+		wall = time.Since(start)
+		if err != nil {
+			b.Fatalf("%v\n%s", err, msg)
+		}
+		m := rate.FindSubmatch(msg)
+		if m == nil {
+			b.Fatalf("no items/s in %s", msg)
+		}
+		itemsPerSec, _ = strconv.ParseFloat(string(m[1]), 64)
+		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), itemsPerSec
+	}
+	poolRun := func() time.Duration { return bare(b, reg, model, data, size, 2*e.Workers) }
+	const rounds = 3
+	b.ResetTimer()
+	for range b.N {
+		var ratios, wallRatios, cpuRatios []float64
+		for i := range rounds {
+			var tp, cp, tw, cb time.Duration
+			var ips float64
+			if i%2 == 0 {
+				tp, cp = withCPU(poolRun)
+				tw, cb, ips = binRun()
+			} else {
+				tw, cb, ips = binRun()
+				tp, cp = withCPU(poolRun)
+			}
+			pool := float64(rows) / tp.Seconds()
+			ratios = append(ratios, ips/pool)
+			wallRatios = append(wallRatios, tp.Seconds()/tw.Seconds())
+			cpuRatios = append(cpuRatios, cp.Seconds()/cb.Seconds())
+		}
+		b.ReportMetric(median(ratios), "binary/pool")
+		b.ReportMetric(median(wallRatios), "binary-wall/pool")
+		b.ReportMetric(median(cpuRatios), "binary/pool-cpu")
+	}
+}
