@@ -9,13 +9,16 @@ ROOT  := $(abspath $(dir $(lastword $(MAKEFILE_LIST))))
 DEPS  := $(ROOT)/.deps
 GOARCH_HOST := $(shell go env GOARCH)
 TFLITE_LIB  := $(DEPS)/tflite/linux_$(GOARCH_HOST)
+ORT_LIB     := $(DEPS)/onnxruntime/linux_$(GOARCH_HOST)
 MODELS      := $(DEPS)/models
 
 # cgo finds the TFLite headers (the package's and our own two) and the library;
 # the rpath lets test binaries and bin/ run in place without LD_LIBRARY_PATH.
+# ONNX Runtime is opened with dlopen at first use, found through the same
+# rpath (its second entry), so nothing links against it.
 export CGO_ENABLED := 1
 export CGO_CFLAGS  := -O2 -I$(ROOT)/agent/runtime/include -I$(DEPS)/tflite/include
-export CGO_LDFLAGS := -L$(TFLITE_LIB) -Wl,-rpath,$(TFLITE_LIB)
+export CGO_LDFLAGS := -L$(TFLITE_LIB) -Wl,-rpath,$(TFLITE_LIB) -Wl,-rpath,$(ORT_LIB)
 export OUTPOST_MODELS := $(MODELS)
 
 GO        ?= go
@@ -75,6 +78,16 @@ GATE_TESTS_FLEET := TestBrokerRestartHoldsCanary|TestControllerRestartHoldsCanar
 test-gates: setup
 	$(GO) test -race -count=50 -timeout 20m -run '$(GATE_TESTS_UNIT)' ./fleet/rollout/
 	$(GO) test -race -count=50 -timeout 120m -run '$(GATE_TESTS_FLEET)' ./fleet/controller/
+
+# test-nats: the clustered broker, heavier: the 3-node NATS cluster tests,
+# then the rollout through it with NATS_KILLS node kills (the node the agent
+# is on each time, the dead one restarted in between), NATS_COUNT times.
+NATS_KILLS ?= 3
+NATS_COUNT ?= 3
+.PHONY: test-nats
+test-nats: setup
+	CI=true $(GO) test -race -count=1 -timeout 10m -run 'TestNATS' -v ./internal/testbroker/
+	CI=true OUTPOST_NATS_KILLS=$(NATS_KILLS) $(GO) test -race -count=$(NATS_COUNT) -timeout 60m -run '^TestFleetRolloutThroughNATSNodeKill$$' -v ./cmd/outpost-agent/
 
 # bench prints the comparable figures: ratios measured back to back in one run.
 bench: setup

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # build.sh ARCH builds outpost-agent (cgo, against the ARCH TFLite library)
-# and outpost-fleet (pure Go) for linux/ARCH into bin/linux_ARCH/, next to a
-# copy of libtensorflowlite_c.so. The agent's rpath is /usr/lib/outpost
+# and outpost-fleet (pure Go) for linux/ARCH into bin/linux_ARCH/, next to
+# copies of libtensorflowlite_c.so and libonnxruntime.so.1. The agent's rpath is /usr/lib/outpost
 # (where the .deb, .rpm and scripts/install.sh install the library), then
 # $ORIGIN, so the directory also runs as it is when copied to a device.
 set -euo pipefail
@@ -18,6 +18,7 @@ ldflags="-s -w -X github.com/outpost-edge/outpost/agent/version.Version=$version
 go build -p "${GO_BUILD_P:-1}" -trimpath -tags grpcnotrace -ldflags "$ldflags" -o "$out/outpost-agent" ./cmd/outpost-agent
 CGO_ENABLED=0 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" -o "$out/outpost-fleet" ./cmd/outpost-fleet
 install -m 0755 ".deps/tflite/linux_$arch/libtensorflowlite_c.so" "$out/"
+install -m 0755 ".deps/onnxruntime/linux_$arch/libonnxruntime.so.1" "$out/"
 
 echo "cross/build: $out"
 file "$out/outpost-agent" "$out/outpost-fleet" 2>/dev/null | sed 's/, BuildID[^,]*//' || ls -l "$out"

@@ -4,10 +4,11 @@
 #
 #   eval "$(cross/env.sh arm64)"
 #
-# RPATH is where the binary looks for libtensorflowlite_c.so at run time:
-# "release" (default) means /usr/lib/outpost, where the packages and
-# scripts/install.sh put it, then the binary's own directory; "tree" means the
-# library in .deps, for test binaries run in place.
+# RPATH is where the binary looks for libtensorflowlite_c.so (linked) and
+# libonnxruntime.so.1 (opened with dlopen on the first ONNX model) at run
+# time: "release" (default) means /usr/lib/outpost, where the packages and
+# scripts/install.sh put them, then the binary's own directory; "tree" means
+# the libraries in .deps, for test binaries run in place.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 arch=${1:?usage: env.sh amd64|arm64 [release|tree]}
@@ -22,9 +23,10 @@ esac
 if [[ $arch == "$(go env GOHOSTARCH)" ]] && ! command -v "$cc" >/dev/null; then cc=gcc; cxx=g++; fi
 
 lib=$root/.deps/tflite/linux_$arch
+ortlib=$root/.deps/onnxruntime/linux_$arch
 case $mode in
   release) rpath='/usr/lib/outpost:$ORIGIN' ;;
-  tree) rpath=$lib ;;
+  tree) rpath=$lib:$ortlib ;;
   *) echo "env.sh: rpath mode must be release or tree" >&2; exit 2 ;;
 esac
 

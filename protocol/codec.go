@@ -77,6 +77,7 @@ func AppendRecord(dst []byte, r *Record) ([]byte, error) {
 			e.f64(in.Mean)
 			e.f64(in.Variance)
 		}
+		e.uv(a.StreamDropped)
 	case r.Kind == KindSample && r.Sample != nil:
 		s := r.Sample
 		e.str(s.RequestID)
@@ -151,6 +152,9 @@ func DecodeRecord(body []byte) (Record, error) {
 				Name: d.str(), Count: d.uv(), NaNs: d.uv(),
 				Min: d.f64(), Max: d.f64(), Mean: d.f64(), Variance: d.f64(),
 			})
+		}
+		if d.more() {
+			a.StreamDropped = d.uv() // added later: absent from older agents' records
 		}
 		r.Aggregate = a
 	case KindSample:
@@ -352,6 +356,10 @@ type decoder struct {
 	b   []byte
 	err error
 }
+
+// more reports whether bytes remain: a field added later to a payload is
+// read only when the sender wrote it.
+func (d *decoder) more() bool { return d.err == nil && len(d.b) > 0 }
 
 func (d *decoder) fail(what string) {
 	if d.err == nil {

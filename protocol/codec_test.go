@@ -18,9 +18,10 @@ func testRecords() []Record {
 	return []Record{
 		{Kind: KindAggregate, Time: t0, Model: model, Aggregate: &Aggregate{
 			Start: t0.Add(-time.Minute), End: t0, Requests: 1200, Errors: 3,
-			ErrorsByCode: []CodeCount{{"bad_input", 2}, {"overload", 1}},
-			Latency:      Histogram{BoundsMicros: []uint64{500, 1000, 5000}, Counts: []uint64{100, 1000, 90, 10}, SumMicros: 987654},
-			Inputs:       []InputStats{{Name: "image", Count: 1200, NaNs: 1, Min: -1, Max: 1, Mean: 0.25, Variance: 0.1}},
+			ErrorsByCode:  []CodeCount{{"bad_input", 2}, {"overload", 1}},
+			Latency:       Histogram{BoundsMicros: []uint64{500, 1000, 5000}, Counts: []uint64{100, 1000, 90, 10}, SumMicros: 987654},
+			Inputs:        []InputStats{{Name: "image", Count: 1200, NaNs: 1, Min: -1, Max: 1, Mean: 0.25, Variance: 0.1}},
+			StreamDropped: 17,
 		}},
 		{Kind: KindSample, Time: t0, Model: model, Sample: &Sample{
 			RequestID: "req-1", Latency: 1500 * time.Microsecond,
@@ -56,6 +57,29 @@ func TestRecordRoundTrip(t *testing.T) {
 			assert.NoError(t, err)
 		})
 	}
+}
+
+// TestAggregateWithoutStreamDropped: an aggregate from an agent older than
+// the stream_dropped field (the payload ends after the inputs) decodes with
+// 0 drops, and a new one's field is the payload's last.
+func TestAggregateWithoutStreamDropped(t *testing.T) {
+	r := testRecords()[0]
+	r.Aggregate.StreamDropped = 0
+	body, err := AppendRecord(nil, &r)
+	require.NoError(t, err)
+	require.Equal(t, byte(0), body[len(body)-1], "stream_dropped 0 is the last byte")
+	old := body[:len(body)-1]
+	got, err := DecodeRecord(old)
+	require.NoError(t, err)
+	assert.Equal(t, r, got)
+
+	r.Aggregate.StreamDropped = 300
+	body, err = AppendRecord(nil, &r)
+	require.NoError(t, err)
+	assert.Equal(t, old, body[:len(old)], "the field is appended, nothing before it moves")
+	got, err = DecodeRecord(body)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(300), got.Aggregate.StreamDropped)
 }
 
 func TestAppendRecordInvalid(t *testing.T) {

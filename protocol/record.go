@@ -101,6 +101,12 @@ type Aggregate struct {
 	Latency      Histogram
 	// Inputs holds per-input statistics for drift monitoring.
 	Inputs []InputStats
+	// StreamDropped counts messages of the agent's streams (docs/MODES.md)
+	// meant for this model that were dropped before it saw them (overflow
+	// policy, size limit, shutdown). They are not requests and not errors:
+	// the model's error ratio is about what it ran. Added after Inputs;
+	// an older agent's record decodes with 0.
+	StreamDropped uint64
 }
 
 // CodeCount is a count for one error code.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# fetch-deps.sh places the pinned TFLite C library, its headers and the test
-# models under DEST (default .deps), as listed in scripts/deps.lock.
+# fetch-deps.sh places the pinned TFLite C library, its headers, the ONNX
+# Runtime library and the test models under DEST (default .deps), as listed in
+# scripts/deps.lock.
 #
 # Each package is fetched with `npm pack` into a temporary directory (never
 # `npm install`, which would try to build a Node addon), the listed files are
@@ -55,4 +56,4 @@ for pkg in "${!want[@]}"; do
     echo "fetch-deps:   $dst ok"
   done <<<"${want[$pkg]}"
 done
-chmod 0755 "$dest"/tflite/linux_*/*.so 2>/dev/null || true
+chmod 0755 "$dest"/tflite/linux_*/*.so "$dest"/onnxruntime/linux_*/*.so.* 2>/dev/null || true

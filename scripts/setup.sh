@@ -11,6 +11,7 @@ declare -A pkgs=(
   [npm]=npm
   [mosquitto]=mosquitto
   [mosquitto_sub]=mosquitto-clients
+  [nats-server]=nats-server
   [curl]=curl
   [protoc]=protobuf-compiler
 )
@@ -29,8 +30,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The Debian package starts a system broker on :1883; tests start their own on
-  # free ports, so leave the system one as the admin configured it.
+  # The Debian packages start a system broker on :1883 (and nats-server on
+  # :4222); tests start their own on free ports, so leave the system ones as
+  # the admin configured them.
 fi
 
 "$here/fetch-deps.sh"

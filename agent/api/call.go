@@ -95,6 +95,3 @@ func (s *Server) Allow(client string) (wait time.Duration, ok bool) {
 	}
 	return s.limiter.Allow(client)
 }
-
-// Platform is the model metadata's platform of a served model.
-func Platform(catalog.Entry) string { return "tensorflow_lite" }

@@ -45,6 +45,16 @@ func v2Tensors(ts []tensor.Info) []v2Tensor {
 	return out
 }
 
+// platform names the runtime as KServe and Triton do.
+// Platform is the model metadata's platform of a served model, for both
+// transports.
+func Platform(e catalog.Entry) string {
+	if e.Runtime == "onnx" {
+		return "onnxruntime_onnx"
+	}
+	return "tensorflow_lite"
+}
+
 func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {

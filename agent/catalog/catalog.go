@@ -31,7 +31,10 @@ type Entry struct {
 	Digest  string        `json:"digest"`
 	Inputs  []tensor.Info `json:"inputs"`
 	Outputs []tensor.Info `json:"outputs"`
-	// Delegate is what runs it: "xnnpack", "cpu" or "external(<path>)",
+	// Runtime is "tflite" or "onnx" (as a signed manifest names it).
+	Runtime string `json:"runtime"`
+	// Delegate is what runs it: "xnnpack", "cpu" or "external(<path>)"
+	// (TFLite), "cpu", "cuda" or "tensorrt" (ONNX Runtime),
 	// with the nodes it took out of the graph's total.
 	Delegate       string    `json:"delegate"`
 	DelegatedNodes int       `json:"delegated_nodes"`

@@ -42,9 +42,15 @@ type Config struct {
 	Threads int `yaml:"threads"`
 	Workers int `yaml:"workers"`
 	Queue   int `yaml:"queue"`
-	// Delegates is the fallback chain; empty means [xnnpack]. Plain CPU
-	// always ends it.
+	// Delegates is the fallback chain; empty means [xnnpack] for TFLite
+	// models and CPU for ONNX ones. Plain CPU always ends it. cuda and
+	// tensorrt are ONNX Runtime execution providers (TFLite models skip
+	// them); external and xnnpack are TFLite delegates (ONNX models skip
+	// them).
 	Delegates []Delegate `yaml:"delegates"`
+	// Inputs fixes, by input name, the served shape of ONNX inputs with open
+	// dimensions and the value of their warm-up run (docs/RUNTIMES.md).
+	Inputs map[string]Input `yaml:"inputs"`
 	// Models are served from files; models installed in DataDir's store are
 	// served as well.
 	Models    []Model   `yaml:"models"`
@@ -80,9 +86,13 @@ type Telemetry struct {
 
 // Fleet is the link to the controller.
 type Fleet struct {
-	// Broker is tcp://host:port or ssl://host:port; empty runs without a
-	// fleet.
+	// Broker is tcp://host:port or ssl://host:port; empty, with no
+	// Brokers either, runs without a fleet.
 	Broker string `yaml:"broker"`
+	// Brokers are the nodes of a clustered broker (sharing sessions), as
+	// URLs like Broker's; the agent fails over between them, in order,
+	// after Broker if that is set too (docs/PROTOCOL.md).
+	Brokers []string `yaml:"brokers"`
 	// Name is the fleet; Device this device's id (default: the host
 	// name). Both are one MQTT topic level.
 	Name   string            `yaml:"name"`
@@ -114,11 +124,21 @@ type Fleet struct {
 	StatusInterval time.Duration `yaml:"status_interval"`
 }
 
+// Linked reports whether a broker is configured: Broker or Brokers.
+func (f Fleet) Linked() bool { return f.Broker != "" || len(f.Brokers) > 0 }
+
 // Delegate is one link of the delegate chain.
 type Delegate struct {
-	Kind    string            `yaml:"kind"` // external, xnnpack or cpu
+	Kind    string            `yaml:"kind"` // external, xnnpack, cpu, cuda or tensorrt
 	Path    string            `yaml:"path,omitempty"`
 	Options map[string]string `yaml:"options,omitempty"`
+}
+
+// Input fixes one ONNX input: Shape replaces its open dimensions (others
+// stay 1), Warm is the value of every element in the warm-up run.
+type Input struct {
+	Shape []int   `yaml:"shape"`
+	Warm  float64 `yaml:"warm"`
 }
 
 // Model is a model served from a file.
@@ -205,7 +225,7 @@ func (c Config) WithDefaults() Config {
 	if c.GRPC.On() && c.GRPC.Listen == "" {
 		c.GRPC.Listen = DefaultGRPCListen
 	}
-	if c.Fleet.Broker != "" && c.Fleet.Device == "" {
+	if c.Fleet.Linked() && c.Fleet.Device == "" {
 		c.Fleet.Device, _ = os.Hostname()
 	}
 	if c.Fleet.Root == "" && c.DataDir != "" {
@@ -258,21 +278,26 @@ func (c Config) Validate() error {
 	}
 	for i, d := range c.Delegates {
 		switch d.Kind {
-		case "xnnpack", "cpu":
+		case "xnnpack", "cpu", "cuda", "tensorrt":
 		case "external":
 			if d.Path == "" {
 				errs = append(errs, fmt.Sprintf("delegates[%d]: external needs a path", i))
 			}
 		default:
-			errs = append(errs, fmt.Sprintf("delegates[%d]: unknown kind %q (want external, xnnpack or cpu)", i, d.Kind))
+			errs = append(errs, fmt.Sprintf("delegates[%d]: unknown kind %q (want external, xnnpack, cpu, cuda or tensorrt)", i, d.Kind))
 		}
 	}
 	if c.Threads < 0 || c.Workers < 0 {
 		errs = append(errs, "threads and workers must not be negative")
 	}
-	if c.Fleet.Broker != "" {
-		if !strings.HasPrefix(c.Fleet.Broker, "tcp://") && !strings.HasPrefix(c.Fleet.Broker, "ssl://") {
-			errs = append(errs, fmt.Sprintf("fleet.broker %q: want tcp://host:port or ssl://host:port", c.Fleet.Broker))
+	if c.Fleet.Linked() {
+		if b := c.Fleet.Broker; b != "" && !strings.HasPrefix(b, "tcp://") && !strings.HasPrefix(b, "ssl://") {
+			errs = append(errs, fmt.Sprintf("fleet.broker %q: want tcp://host:port or ssl://host:port", b))
+		}
+		for i, b := range c.Fleet.Brokers {
+			if !strings.HasPrefix(b, "tcp://") && !strings.HasPrefix(b, "ssl://") {
+				errs = append(errs, fmt.Sprintf("fleet.brokers[%d] %q: want tcp://host:port or ssl://host:port", i, b))
+			}
 		}
 		if c.Fleet.Name == "" {
 			errs = append(errs, "fleet.name is required with fleet.broker")

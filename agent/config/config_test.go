@@ -64,6 +64,25 @@ telemetry:
 	assert.Equal(t, 0.5, c.Telemetry.SampleRate)
 }
 
+// TestFleetBrokers: a list of brokers alone links the agent to a fleet, as
+// the single broker does.
+func TestFleetBrokers(t *testing.T) {
+	c, err := Parse([]byte(`
+data_dir: /var/lib/outpost
+fleet:
+  brokers: [tcp://10.0.0.1:1883, ssl://10.0.0.2:8883]
+  name: acme
+`))
+	require.NoError(t, err)
+	c = c.WithDefaults()
+	require.NoError(t, c.Validate())
+	assert.True(t, c.Fleet.Linked())
+	assert.Equal(t, []string{"tcp://10.0.0.1:1883", "ssl://10.0.0.2:8883"}, c.Fleet.Brokers)
+	host, _ := os.Hostname()
+	assert.Equal(t, host, c.Fleet.Device, "device id defaults to the host name")
+	assert.False(t, Config{}.Fleet.Linked())
+}
+
 func TestEmptyFile(t *testing.T) {
 	c, err := Parse(nil)
 	require.NoError(t, err)
@@ -85,6 +104,8 @@ func TestRejects(t *testing.T) {
 		{"data_dir: /d\nfleet: {broker: 'mqtt://x:1883', name: f}", "want tcp://host:port"},
 		{"data_dir: /d\nfleet: {broker: 'tcp://x:1883'}", "fleet.name is required"},
 		{"fleet: {broker: 'tcp://x:1883', name: f}", "data_dir is required"},
+		{"data_dir: /d\nfleet: {brokers: ['tcp://x:1883', 'x:1884'], name: f}", "fleet.brokers[1]"},
+		{"data_dir: /d\nfleet: {brokers: ['tcp://x:1883']}", "fleet.name is required"},
 		{"fleet: {cert_file: c.pem}", "go together"},
 		{"fleet: {labels: {'a b': x}}", "fleet.labels"},
 		{"fleet: {labels: {site: 'a,b'}}", "fleet.labels"},

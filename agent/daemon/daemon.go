@@ -86,6 +86,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		Threads:   cfg.Threads,
 		MaxQueue:  cfg.Queue,
 		Delegates: chain,
+		Inputs:    inputSpecs(cfg.Inputs),
 		Logger:    log.With("component", "runtime"),
 	}
 	a.registry = serving.New(serving.Options{Runtime: rt, Logger: log.With("component", "serving")})
@@ -140,6 +141,14 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		}
 	}
 	return a, nil
+}
+
+func inputSpecs(in map[string]config.Input) map[string]runtime.InputSpec {
+	out := make(map[string]runtime.InputSpec, len(in))
+	for name, s := range in {
+		out[name] = runtime.InputSpec{Shape: s.Shape, Warm: s.Warm}
+	}
+	return out
 }
 
 func delegateChain(ds []config.Delegate) []runtime.DelegateSpec {

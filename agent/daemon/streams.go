@@ -69,8 +69,9 @@ func (a *Agent) runStreams(ctx context.Context) (stop func()) {
 
 // streamTelemetry accounts a stream's inferences as the API's requests are:
 // in the updater's probation counts and the model's telemetry aggregates.
-// A dropped message counts in the aggregates only, as the error code
-// "stream_dropped": the model never saw it.
+// Dropped messages count in the aggregates' own StreamDropped field only:
+// the model never saw them, so they are neither its requests nor its errors
+// (a fleet gate judging the error ratio must not see them).
 type streamTelemetry struct {
 	traffic *updater.TrafficCounter
 	q       *telemetry.Queue // nil without telemetry
@@ -80,16 +81,17 @@ func (t streamTelemetry) ObserveStream(o stream.Observation) {
 	if o.Model.Name == "" {
 		return // no model served: nothing to account it to
 	}
-	code := o.Code
-	if code == "dropped" {
-		code = "stream_dropped"
-	} else {
-		t.traffic.Observe(o.Model.Name, o.Model.Version, code == "internal", o.Latency)
+	if o.Dropped > 0 {
+		if t.q != nil {
+			t.q.Observe(telemetry.Observation{Model: modelRef(o.Model), StreamDropped: uint64(o.Dropped)})
+		}
+		return
 	}
+	t.traffic.Observe(o.Model.Name, o.Model.Version, o.Code == "internal", o.Latency)
 	if t.q == nil {
 		return
 	}
-	ob := telemetry.Observation{Model: modelRef(o.Model), Latency: o.Latency, ErrCode: code}
+	ob := telemetry.Observation{Model: modelRef(o.Model), Latency: o.Latency, ErrCode: o.Code}
 	if o.Inputs != nil && t.q.ShouldSample() {
 		ob.Inputs = summarize(o.Inputs)
 	}

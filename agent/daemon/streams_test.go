@@ -108,11 +108,15 @@ func TestAgentStream(t *testing.T) {
 	require.Eventually(t, func() bool { return metric(`outpost_stream_results_total{stream="cam"} 1`) },
 		10*time.Second, 20*time.Millisecond)
 	assert.True(t, metric(`outpost_stream_dropped_total{reason="queue_full",stream="cam"} 0`))
+	assert.True(t, metric(`outpost_stream_republished_total{stream="cam"} 0`))
+	assert.True(t, metric(`outpost_stream_publish_errors_total{stream="cam"} 0`))
 }
 
-// TestStreamTelemetry: a stream's inferences and drops reach the fleet as
-// the model's aggregates (drops as errors coded stream_dropped) through the
-// real queue, fleet link and Mosquitto; probation counts only inferences.
+// TestStreamTelemetry: through the real queue, fleet link and Mosquitto,
+// a stream's inferences reach the fleet as the model's requests and errors,
+// and its drops in the aggregate's own StreamDropped field (never as errors);
+// probation counts only inferences; a drop while no model serves is not
+// accounted.
 func TestStreamTelemetry(t *testing.T) {
 	mq := testbroker.StartMosquitto(t, "")
 	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
@@ -120,31 +124,7 @@ func TestStreamTelemetry(t *testing.T) {
 	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
 		Link: link, Topic: link.Topics().Events, AggregateInterval: 100 * time.Millisecond, SampleRate: -1})
 	require.NoError(t, err)
-
-	var mu sync.Mutex
-	var aggs []protocol.Record
-	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL()).SetClientID("fleet"))
-	tok := cl.Connect()
-	require.True(t, tok.WaitTimeout(10*time.Second))
-	require.NoError(t, tok.Error())
-	defer cl.Disconnect(100)
-	tok = cl.Subscribe(link.Topics().Events, 1, func(_ mqtt.Client, m mqtt.Message) {
-		b, err := protocol.DecodeBatch(m.Payload())
-		if err != nil {
-			t.Errorf("bad batch: %v", err)
-			return
-		}
-		for _, e := range b.Entries {
-			r, err := protocol.DecodeRecord(e.Body)
-			if err == nil && r.Kind == protocol.KindAggregate {
-				mu.Lock()
-				aggs = append(aggs, r)
-				mu.Unlock()
-			}
-		}
-	})
-	require.True(t, tok.WaitTimeout(10*time.Second))
-	require.NoError(t, tok.Error())
+	aggs := subscribeAggregates(t, mq.URL(), link.Topics().Events)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -159,31 +139,163 @@ func TestStreamTelemetry(t *testing.T) {
 	obs := streamTelemetry{traffic: traffic, q: q}
 	model := catalog.Entry{Name: "hand", Version: 3, Digest: "sha256:abc"}
 	obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Latency: time.Millisecond})
-	for range 5 {
-		obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Code: "dropped"})
-	}
-	obs.ObserveStream(stream.Observation{Stream: "cam", Code: "dropped"}) // no model served: not accounted
+	obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Latency: time.Millisecond, Code: "bad_input"})
+	obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Dropped: 2})
+	obs.ObserveStream(stream.Observation{Stream: "cam", Model: model, Dropped: 3})
+	obs.ObserveStream(stream.Observation{Stream: "cam", Dropped: 1}) // no model served: not accounted
 
-	var requests, errs, dropped uint64
+	var got aggSum
 	require.Eventually(t, func() bool {
-		mu.Lock()
-		defer mu.Unlock()
-		requests, errs, dropped = 0, 0, 0
-		for _, r := range aggs {
-			if r.Model.Name != "hand" || r.Model.Version != "3" {
-				continue
-			}
-			requests += r.Aggregate.Requests
-			errs += r.Aggregate.Errors
-			for _, c := range r.Aggregate.ErrorsByCode {
-				if c.Code == "stream_dropped" {
-					dropped += c.Count
-				}
+		got = aggs.sum("hand", "3")
+		return got.requests == 2 && got.dropped == 5
+	}, 20*time.Second, 20*time.Millisecond, "aggregates: %+v", &got)
+	assert.Equal(t, aggSum{requests: 2, errors: 1, dropped: 5, byCode: map[string]uint64{"bad_input": 1}}, got)
+	assert.Equal(t, uint64(2), traffic.Traffic("hand", 3).Requests, "probation counts the inferences, not the drops")
+}
+
+// TestAgentStreamDropsTelemetry runs the agent with a fleet and a stream on
+// a real Mosquitto, and watches the events topic as the controller would:
+// messages over the stream's size limit are dropped and arrive as the
+// model's StreamDropped, apart from its requests and errors.
+func TestAgentStreamDropsTelemetry(t *testing.T) {
+	dir := os.Getenv("OUTPOST_MODELS")
+	if dir == "" {
+		dir = filepath.Join("..", "..", ".deps", "models")
+	}
+	model, err := filepath.Abs(filepath.Join(dir, "hand_landmark_lite.tflite"))
+	require.NoError(t, err)
+	mq := testbroker.StartMosquitto(t, "")
+	topics, err := protocol.DeviceTopics("acme", "gw-1")
+	require.NoError(t, err)
+	aggs := subscribeAggregates(t, mq.URL(), topics.Events)
+	cfg := config.Config{
+		Listen:    "127.0.0.1:0",
+		DataDir:   t.TempDir(),
+		Workers:   1,
+		Models:    []config.Model{{Name: "hand", Path: model}},
+		Fleet:     config.Fleet{Broker: mq.URL(), Name: "acme", Device: "gw-1"},
+		Telemetry: config.Telemetry{AggregateInterval: 100 * time.Millisecond, SampleRate: 1},
+		Streams: []config.Stream{{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
+			Model: "hand", ResultTopic: "cam/hands", MaxMessageBytes: 4096}},
+	}
+	a, err := New(cfg, nil)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(20 * time.Second):
+			t.Error("agent did not stop")
+		}
+	})
+
+	results := make(chan []byte, 8)
+	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL()).SetClientID("camera"))
+	tok := cl.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	defer cl.Disconnect(100)
+	tok = cl.Subscribe("cam/hands", 1, func(_ mqtt.Client, m mqtt.Message) { results <- m.Payload() })
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	require.Eventually(t, func() bool { return a.streams[0].Stats().Connected },
+		20*time.Second, 20*time.Millisecond, "the stream subscribes once the model is loaded")
+
+	var frame bytes.Buffer
+	require.NoError(t, png.Encode(&frame, image.NewGray(image.Rect(0, 0, 32, 24))))
+	require.Less(t, frame.Len(), 4096)
+	big := make([]byte, 5000)
+	for _, p := range [][]byte{frame.Bytes(), big, []byte("not an image"), big, big} {
+		tok = cl.Publish("cam/frames", 1, false, p)
+		require.True(t, tok.WaitTimeout(10*time.Second))
+		require.NoError(t, tok.Error())
+	}
+	for i := range 2 { // the frame's result and the bad message's error
+		select {
+		case <-results:
+		case <-time.After(20 * time.Second):
+			t.Fatalf("result %d did not come within 20 s", i+1)
+		}
+	}
+
+	var got aggSum
+	require.Eventually(t, func() bool {
+		got = aggs.sum("hand", "1")
+		return got.requests == 2 && got.dropped == 3
+	}, 20*time.Second, 20*time.Millisecond, "aggregates: %+v", &got)
+	assert.Equal(t, uint64(1), got.sampled, "the frame's inputs reach the drift statistics (every request sampled)")
+	got.sampled = 0
+	assert.Equal(t, aggSum{requests: 2, errors: 1, dropped: 3, byCode: map[string]uint64{"bad_input": 1}}, got)
+	assert.Equal(t, uint64(3), a.streams[0].Stats().Dropped["too_large"])
+}
+
+// aggSum adds up a model's aggregates.
+type aggSum struct {
+	requests, errors, dropped uint64
+	byCode                    map[string]uint64
+	// sampled counts the input statistics' values over 224*224*3, the
+	// hand model's input: the requests whose inputs were summarised.
+	sampled uint64
+}
+
+// aggregates collects the aggregate records a subscriber on the events
+// topic receives.
+type aggregates struct {
+	mu   sync.Mutex
+	recs []protocol.Record
+}
+
+func (a *aggregates) sum(name, version string) aggSum {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := aggSum{byCode: map[string]uint64{}}
+	for _, r := range a.recs {
+		if r.Model.Name != name || r.Model.Version != version {
+			continue
+		}
+		s.requests += r.Aggregate.Requests
+		s.errors += r.Aggregate.Errors
+		s.dropped += r.Aggregate.StreamDropped
+		for _, c := range r.Aggregate.ErrorsByCode {
+			s.byCode[c.Code] += c.Count
+		}
+		for _, in := range r.Aggregate.Inputs {
+			s.sampled += in.Count / (224 * 224 * 3)
+		}
+	}
+	return s
+}
+
+// subscribeAggregates subscribes to topic on the broker at url, as the
+// controller does, and decodes the batches it receives.
+func subscribeAggregates(t *testing.T, url, topic string) *aggregates {
+	t.Helper()
+	aggs := &aggregates{}
+	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("fleet"))
+	tok := cl.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	t.Cleanup(func() { cl.Disconnect(100) })
+	tok = cl.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
+		b, err := protocol.DecodeBatch(m.Payload())
+		if err != nil {
+			t.Errorf("bad batch: %v", err)
+			return
+		}
+		for _, e := range b.Entries {
+			r, err := protocol.DecodeRecord(e.Body)
+			if err == nil && r.Kind == protocol.KindAggregate {
+				aggs.mu.Lock()
+				aggs.recs = append(aggs.recs, r)
+				aggs.mu.Unlock()
 			}
 		}
-		return requests == 6
-	}, 20*time.Second, 20*time.Millisecond, "aggregates: requests %d", requests)
-	assert.Equal(t, uint64(5), errs)
-	assert.Equal(t, uint64(5), dropped)
-	assert.Equal(t, uint64(1), traffic.Traffic("hand", 3).Requests, "probation counts the inference, not the drops")
+	})
+	require.True(t, tok.WaitTimeout(10*time.Second))
+	require.NoError(t, tok.Error())
+	return aggs
 }

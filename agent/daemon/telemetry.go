@@ -23,11 +23,12 @@ import (
 // returns nil without a fleet. Its client id is the device id.
 func newFleetLink(cfg config.Config, log *slog.Logger) (*fleetlink.Link, error) {
 	f := cfg.Fleet
-	if f.Broker == "" {
+	if !f.Linked() {
 		return nil, nil
 	}
 	opts := fleetlink.Options{
 		Broker:   f.Broker,
+		Brokers:  f.Brokers,
 		Fleet:    f.Name,
 		Device:   f.Device,
 		Username: f.Username,

@@ -12,6 +12,15 @@
 // jittered backoff (package backoff). Every connection uses a fresh paho
 // client and in-memory store, so paho never replays an old publish on its
 // own: the callers decide what to send again.
+//
+// With several brokers (the nodes of a clustered broker, which share
+// sessions) the link fails over between them: each connection attempt goes
+// to the next broker of the list, round robin, starting after the one that
+// failed or whose connection ended; the backoff is waited after a connection
+// ends and after every broker of the list failed in turn, not between the
+// brokers of one round. A publish pending when its connection ended fails
+// (it is never acknowledged without the broker's PUBACK), and the caller
+// makes it again on the next connection, whichever broker that is.
 package fleetlink
 
 import (
@@ -20,6 +29,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,8 +45,9 @@ var (
 	// the link has no connection. Callers wait (WaitUp, Up) and try again
 	// without counting it as a failed attempt.
 	ErrNotConnected = errors.New("fleetlink: not connected")
-	// ErrOptions is returned by New when the broker is missing or the fleet
-	// or device name cannot be a topic level.
+	// ErrOptions is returned by New when no broker is given, a broker URL
+	// is not tcp:// or ssl://, or the fleet or device name cannot be a
+	// topic level.
 	ErrOptions = errors.New("fleetlink: bad options")
 	// ErrStarted is returned by Handle once Run has started: a handler
 	// added later would miss what the broker delivers right after CONNACK.
@@ -52,6 +64,10 @@ var (
 type Options struct {
 	// Broker is the broker URL, "tcp://host:1883" or "ssl://host:8883".
 	Broker string
+	// Brokers are more broker URLs, tried after Broker in this order: the
+	// nodes of one clustered broker (they must share sessions, or commands
+	// queued on one node wait until the device comes back to it).
+	Brokers []string
 	// Fleet and Device name the topics (protocol.DeviceTopics). Device is
 	// also the MQTT client id: stable across restarts, so the persistent
 	// session survives them (docs/PROTOCOL.md).
@@ -81,15 +97,17 @@ type Options struct {
 // Link is the device's connection to the fleet. Its methods are safe for
 // concurrent use; Run is called once.
 type Link struct {
-	opts   Options
-	topics protocol.Topics
-	log    *slog.Logger
+	opts    Options
+	brokers []string // Broker then Brokers, without duplicates
+	topics  protocol.Topics
+	log     *slog.Logger
 
 	// mu guards the fields below.
 	mu       sync.Mutex
 	handlers map[string]func([]byte) // by topic; fixed once started
 	started  bool
 	conn     *conn         // the live connection, or nil
+	broker   string        // the live connection's broker URL, or ""
 	up       chan struct{} // closed (and replaced) when a connection comes up
 }
 
@@ -106,7 +124,17 @@ func (c *conn) markLost() { c.once.Do(func() { close(c.lost) }) }
 
 // New checks opts and returns a link; Run connects it.
 func New(opts Options) (*Link, error) {
-	if opts.Broker == "" {
+	var brokers []string
+	for _, b := range append([]string{opts.Broker}, opts.Brokers...) {
+		if b == "" || slices.Contains(brokers, b) {
+			continue
+		}
+		if !strings.HasPrefix(b, "tcp://") && !strings.HasPrefix(b, "ssl://") {
+			return nil, fmt.Errorf("%w: broker %q: want tcp://host:port or ssl://host:port", ErrOptions, b)
+		}
+		brokers = append(brokers, b)
+	}
+	if len(brokers) == 0 {
 		return nil, fmt.Errorf("%w: no broker", ErrOptions)
 	}
 	topics, err := protocol.DeviceTopics(opts.Fleet, opts.Device)
@@ -136,6 +164,7 @@ func New(opts Options) (*Link, error) {
 	}
 	return &Link{
 		opts:     opts,
+		brokers:  brokers,
 		topics:   topics,
 		log:      opts.Logger.With("component", "fleetlink"),
 		handlers: map[string]func([]byte){},
@@ -162,6 +191,14 @@ func (l *Link) Handle(topic string, h func(payload []byte)) error {
 	}
 	l.handlers[topic] = h
 	return nil
+}
+
+// Broker returns the URL of the broker the link is connected to now, or ""
+// when it is not connected.
+func (l *Link) Broker() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.broker
 }
 
 // Connected reports whether a connection is up now.
@@ -204,12 +241,16 @@ func (l *Link) Run(ctx context.Context) error {
 	l.started = true
 	l.mu.Unlock()
 	bo := backoff.New(l.opts.BackoffMin, l.opts.BackoffMax, l.opts.Clock)
+	next, failed := 0, 0 // the broker to try next; brokers failed in a row
 	for {
-		c, err := l.connect(ctx)
+		broker := l.brokers[next]
+		next = (next + 1) % len(l.brokers)
+		c, err := l.connect(ctx, broker)
 		if err == nil {
+			failed = 0
 			since := l.opts.Clock.Now()
 			l.mu.Lock()
-			l.conn = c
+			l.conn, l.broker = c, broker
 			close(l.up)
 			l.up = make(chan struct{})
 			l.mu.Unlock()
@@ -219,7 +260,7 @@ func (l *Link) Run(ctx context.Context) error {
 			case <-ctx.Done():
 			}
 			l.mu.Lock()
-			l.conn = nil
+			l.conn, l.broker = nil, ""
 			l.mu.Unlock()
 			if ctx.Err() != nil {
 				t := c.client.Publish(l.topics.State, 1, true, protocol.StateOffline)
@@ -235,7 +276,13 @@ func (l *Link) Run(ctx context.Context) error {
 				bo.Reset()
 			}
 		} else if ctx.Err() == nil {
-			l.log.Warn("connect failed", "broker", l.opts.Broker, "err", err)
+			l.log.Warn("connect failed", "broker", broker, "err", err)
+			// The next broker of this round at once; the backoff once
+			// all of them failed.
+			if failed++; failed < len(l.brokers) {
+				continue
+			}
+			failed = 0
 		}
 		if bo.Wait(ctx, nil) != nil {
 			return nil
@@ -247,10 +294,10 @@ func (l *Link) Run(ctx context.Context) error {
 // backoff to start again from its minimum.
 const stableConnection = 30 * time.Second
 
-func (l *Link) connect(ctx context.Context) (*conn, error) {
+func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 	c := &conn{lost: make(chan struct{})}
 	o := mqtt.NewClientOptions().
-		AddBroker(l.opts.Broker).
+		AddBroker(broker).
 		SetClientID(l.opts.Device).
 		SetUsername(l.opts.Username).
 		SetPassword(l.opts.Password).
@@ -281,7 +328,7 @@ func (l *Link) connect(ctx context.Context) (*conn, error) {
 		return nil, fmt.Errorf("fleetlink: %s: %w", what, err)
 	}
 	if err := l.wait(ctx, c.client.Connect(), l.opts.ConnectTimeout+time.Second, nil); err != nil {
-		return fail("connect "+l.opts.Broker, err)
+		return fail("connect "+broker, err)
 	}
 	for topic, h := range routes {
 		if err := l.wait(ctx, c.client.Subscribe(topic, 1, h), l.opts.ConnectTimeout, c.lost); err != nil {
@@ -291,7 +338,7 @@ func (l *Link) connect(ctx context.Context) (*conn, error) {
 	if err := l.wait(ctx, c.client.Publish(l.topics.State, 1, true, protocol.StateOnline), l.opts.AckTimeout, c.lost); err != nil {
 		return fail("publish state", err)
 	}
-	l.log.Info("connected", "broker", l.opts.Broker, "client_id", l.opts.Device)
+	l.log.Info("connected", "broker", broker, "client_id", l.opts.Device)
 	return c, nil
 }
 

@@ -74,6 +74,8 @@ func TestNewOptions(t *testing.T) {
 		{"no device", fleetlink.Options{Broker: "tcp://127.0.0.1:1", Fleet: "f"}, fleetlink.ErrOptions},
 		{"bad device", fleetlink.Options{Broker: "tcp://127.0.0.1:1", Fleet: "f", Device: "a/b"}, protocol.ErrBadTopicSegment},
 		{"good", fleetlink.Options{Broker: "tcp://127.0.0.1:1", Fleet: "f", Device: "d"}, nil},
+		{"brokers only", fleetlink.Options{Brokers: []string{"tcp://127.0.0.1:1", "ssl://127.0.0.1:2"}, Fleet: "f", Device: "d"}, nil},
+		{"bad scheme in brokers", fleetlink.Options{Broker: "tcp://127.0.0.1:1", Brokers: []string{"127.0.0.1:2"}, Fleet: "f", Device: "d"}, fleetlink.ErrOptions},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -234,4 +236,62 @@ func TestStateAndResubscribe(t *testing.T) {
 	stop()
 	assert.Equal(t, protocol.StateOffline, state(srv))
 	assert.ErrorIs(t, l.Publish(context.Background(), l.Topics().Ack, false, nil), fleetlink.ErrNotConnected)
+}
+
+// TestFailover: with a list of brokers the link connects to the first that
+// answers, without waiting its backoff between the brokers of one round
+// (the backoff here is far longer than the test's waits); when that broker
+// goes away it fails over to another of the list, subscribes there and
+// publishes, and Broker says where it is.
+func TestFailover(t *testing.T) {
+	a, b := testbroker.FreeAddr(t), testbroker.FreeAddr(t)
+	srvB, stopB := testbroker.Start(t, b) // a is down
+	dev := deviceName(t)
+	l, err := fleetlink.New(fleetlink.Options{Brokers: []string{"tcp://" + a, "tcp://" + b}, Fleet: "acme", Device: dev,
+		BackoffMin: time.Minute, BackoffMax: time.Minute})
+	require.NoError(t, err)
+	got := make(chan string, 16)
+	require.NoError(t, l.Handle(l.Topics().Cmd, func(p []byte) { got <- string(p) }))
+	run(t, l)
+	waitUp(t, l)
+	assert.Equal(t, "tcp://"+b, l.Broker())
+	require.NoError(t, srvB.Publish(l.Topics().Cmd, []byte("on b"), false, 1))
+	select {
+	case cmd := <-got:
+		assert.Equal(t, "on b", cmd)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no command on b")
+	}
+
+	// b dies and a comes up: after one backoff (a minute here, so a
+	// shorter link is made for this half) the link is on a.
+	l2, err := fleetlink.New(fleetlink.Options{Brokers: []string{"tcp://" + b, "tcp://" + a}, Fleet: "acme", Device: dev + "-2",
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 40 * time.Millisecond})
+	require.NoError(t, err)
+	got2 := make(chan string, 16)
+	require.NoError(t, l2.Handle(l2.Topics().Cmd, func(p []byte) { got2 <- string(p) }))
+	run(t, l2)
+	waitUp(t, l2)
+	assert.Equal(t, "tcp://"+b, l2.Broker())
+	up := l2.Up()
+	srvA, _ := testbroker.Start(t, a)
+	stopB()
+	select {
+	case <-up:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the link did not fail over")
+	}
+	assert.Equal(t, "tcp://"+a, l2.Broker())
+	require.NoError(t, srvA.Publish(l2.Topics().Cmd, []byte("on a"), false, 1))
+	select {
+	case cmd := <-got2:
+		assert.Equal(t, "on a", cmd)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no command on a: not subscribed there")
+	}
+	require.NoError(t, l2.Publish(context.Background(), l2.Topics().Ack, false, []byte("{}")))
+	// The first link lost b too, and after a connection ends it waits its
+	// backoff (a minute) before the next round.
+	require.Eventually(t, func() bool { return !l.Connected() }, 10*time.Second, 10*time.Millisecond)
+	assert.Equal(t, "", l.Broker())
 }

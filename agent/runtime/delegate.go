@@ -16,9 +16,21 @@ const (
 	External DelegateKind = "external"
 	// XNNPACK is TFLite's optimized CPU delegate, built into the library.
 	XNNPACK DelegateKind = "xnnpack"
-	// CPU is TFLite's reference kernels with no delegate.
+	// CPU is TFLite's reference kernels with no delegate, or ONNX Runtime's
+	// CPU execution provider.
 	CPU DelegateKind = "cpu"
+	// CUDA is ONNX Runtime's CUDA execution provider (NVIDIA GPUs, Jetson);
+	// Options go to OrtCUDAProviderOptionsV2 ("device_id", ...). TFLite
+	// models skip it.
+	CUDA DelegateKind = "cuda"
+	// TensorRT is ONNX Runtime's TensorRT execution provider (Jetson);
+	// Options go to OrtTensorRTProviderOptionsV2 ("trt_fp16_enable", ...).
+	// TFLite models skip it.
+	TensorRT DelegateKind = "tensorrt"
 )
+
+// onnxOnly reports whether the kind is an ONNX Runtime execution provider.
+func (k DelegateKind) onnxOnly() bool { return k == CUDA || k == TensorRT }
 
 // DelegateSpec is one link of the fallback chain.
 type DelegateSpec struct {
@@ -42,7 +54,7 @@ func (s DelegateSpec) validate() error {
 		if s.Path == "" {
 			return errors.New("external delegate needs a plugin path")
 		}
-	case XNNPACK, CPU:
+	case XNNPACK, CPU, CUDA, TensorRT:
 	default:
 		return fmt.Errorf("unknown delegate kind %q", s.Kind)
 	}
@@ -62,15 +74,21 @@ func (s DelegateSpec) create(threads int) (*countedDelegate, error) {
 	}
 }
 
-// ParseDelegate reads a chain link from its flag form: "xnnpack", "cpu", or
-// "external:/path/lib.so[,key=value...]".
+// ParseDelegate reads a chain link from its flag form: "xnnpack", "cpu",
+// "external:/path/lib.so[,key=value...]", "cuda[:key=value,...]" or
+// "tensorrt[:key=value,...]".
 func ParseDelegate(s string) (DelegateSpec, error) {
 	kind, rest, _ := strings.Cut(s, ":")
 	spec := DelegateSpec{Kind: DelegateKind(strings.ToLower(kind))}
-	if spec.Kind == External {
+	if spec.Kind == External || spec.Kind.onnxOnly() {
 		parts := strings.Split(rest, ",")
-		spec.Path = parts[0]
-		for _, kv := range parts[1:] {
+		if spec.Kind == External {
+			spec.Path = parts[0]
+			parts = parts[1:]
+		} else if rest == "" {
+			parts = nil
+		}
+		for _, kv := range parts {
 			k, v, ok := strings.Cut(kv, "=")
 			if !ok || k == "" {
 				return DelegateSpec{}, fmt.Errorf("runtime: delegate option %q is not key=value", kv)

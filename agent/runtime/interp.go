@@ -132,3 +132,8 @@ func (p *interp) free() {
 	p.errs.free()
 	p.inputs, p.outputs = nil, nil
 }
+
+// The worker methods: an interpreter's buffers are the tensors' own memory.
+func (p *interp) input(i int) []byte  { return p.inputs[i].data }
+func (p *interp) output(i int) []byte { return p.outputs[i].data }
+func (p *interp) run() error          { return p.invoke() }

@@ -1,11 +1,16 @@
-// Package runtime runs TensorFlow Lite models through the TFLite C API: it
-// loads a model from bytes, describes its tensors, keeps a pool of
-// interpreters for concurrent callers, and applies accelerator delegates in a
-// fallback chain (external plugin -> XNNPACK -> plain CPU).
+// Package runtime runs models for the agent: TensorFlow Lite models through
+// the TFLite C API and ONNX models through ONNX Runtime, chosen from the
+// model's bytes. Both sit behind one Model: it describes the tensors, keeps a
+// pool of workers (an interpreter, or a set of bound tensors on a shared ONNX
+// Runtime session) for concurrent callers, and applies accelerators in a
+// fallback chain (TFLite: external plugin -> XNNPACK -> plain CPU; ONNX
+// Runtime: CUDA or TensorRT execution providers -> CPU).
 //
-// This is the only package in Outpost that uses cgo. It links
-// libtensorflowlite_c (2.9, XNNPACK built in) and libexternal_delegate_obj;
-// `make setup` fetches both and the Makefile sets the cgo flags.
+// This and the ONNX Runtime binding it uses are the only cgo in Outpost. It
+// links libtensorflowlite_c (2.9, XNNPACK built in) and
+// libexternal_delegate_obj, and opens libonnxruntime.so.1 (1.30) with dlopen
+// on the first ONNX load; `make setup` fetches them and the Makefile sets the
+// cgo flags and the rpath through which the ONNX Runtime library is found.
 package runtime
 
 import (
@@ -25,7 +30,8 @@ import (
 // Errors callers tell apart with errors.Is.
 var (
 	// ErrInvalidModel: the bytes are not a model this runtime can load
-	// (not a flatbuffer, truncated, unresolved custom op, unsupported type).
+	// (neither a TFLite flatbuffer nor an ONNX model, truncated, unresolved
+	// custom op, unsupported operator set or type).
 	ErrInvalidModel = errors.New("runtime: invalid model")
 	// ErrInput: inputs do not match the model (count, type or size).
 	ErrInput = errors.New("runtime: input does not match the model")
@@ -50,8 +56,66 @@ type Options struct {
 	// Delegates is the fallback chain, tried in order; plain CPU always ends
 	// it. Nil means [XNNPACK]. An empty non-nil slice means plain CPU only.
 	Delegates []DelegateSpec
+	// Inputs fixes, by input name, what ONNX models leave open: the served
+	// shape of an input with open dimensions (open dimensions without an
+	// entry are 1), and the value every element holds in the warm-up run
+	// (default 0). A stateful or branching model such as Silero VAD needs
+	// both (its sample-rate input must be a supported rate). Entries apply
+	// to any ONNX model with an input of that name; TFLite ignores them.
+	Inputs map[string]InputSpec
+	// ONNXRuntimeLib is the path of libonnxruntime.so.1, opened on the first
+	// ONNX load in the process (later values are ignored). Empty means
+	// $OUTPOST_ONNXRUNTIME_LIB, else the name alone, found through the
+	// binary's rpath (/usr/lib/outpost, then the binary's directory).
+	ONNXRuntimeLib string
 	// Logger receives delegate fallbacks; nil is silent.
 	Logger *slog.Logger
+
+	// explicitDelegates is set by withDefaults when Delegates was not nil:
+	// the default chain [XNNPACK] is TFLite's, ONNX models run on CPU.
+	explicitDelegates bool
+}
+
+// InputSpec fixes one input of an ONNX model; see Options.Inputs.
+type InputSpec struct {
+	Shape []int   `json:"shape,omitempty" yaml:"shape,omitempty"`
+	Warm  float64 `json:"warm,omitempty" yaml:"warm,omitempty"`
+}
+
+// Format is the kind of model file, told from its bytes.
+type Format string
+
+const (
+	// TFLite is a TensorFlow Lite flatbuffer ("TFL3" at offset 4).
+	TFLite Format = "tflite"
+	// ONNX is an ONNX ModelProto.
+	ONNX Format = "onnx"
+)
+
+// worker is one unit of the pool: it holds a full set of input and output
+// buffers and runs the model on them. A worker is used by one caller at a
+// time; its buffers stay valid until free.
+type worker interface {
+	// input returns the buffer of input i, exactly the tensor's byte size.
+	input(i int) []byte
+	// run runs the model on whatever the input buffers hold.
+	run() error
+	// output returns the buffer of output i after run.
+	output(i int) []byte
+	free()
+}
+
+// loaded is what a backend hands to Load.
+type loaded struct {
+	format    Format
+	inputs    []tensor.Info
+	outputs   []tensor.Info
+	inSizes   []int
+	outSizes  []int
+	warm      [][]byte // warm-up inputs; nil means zeros
+	report    DelegateReport
+	workers   []worker
+	freeModel func() // after every worker is freed
 }
 
 func (o Options) withDefaults() Options {
@@ -67,6 +131,7 @@ func (o Options) withDefaults() Options {
 	if o.MaxQueue < 0 {
 		o.MaxQueue = 0
 	}
+	o.explicitDelegates = o.Delegates != nil
 	if o.Delegates == nil {
 		o.Delegates = []DelegateSpec{{Kind: XNNPACK}}
 	}
@@ -79,16 +144,18 @@ func (o Options) withDefaults() Options {
 // Model is a loaded model with a pool of interpreters. It is safe for
 // concurrent use; Close waits for calls in progress.
 type Model struct {
-	inputs   []tensor.Info
-	outputs  []tensor.Info
-	inSizes  []int
-	outSizes []int
-	report   DelegateReport
-	cm       *cModel
-	pool     chan *interp
-	all      []*interp
-	maxQueue int64
-	waiting  atomic.Int64
+	format    Format
+	inputs    []tensor.Info
+	outputs   []tensor.Info
+	inSizes   []int
+	outSizes  []int
+	warm      [][]byte
+	report    DelegateReport
+	freeModel func()
+	pool      chan worker
+	all       []worker
+	maxQueue  int64
+	waiting   atomic.Int64
 
 	// life is held for reading by every call in progress and for writing by
 	// Close, so the C memory is freed only once no call can touch it.
@@ -109,10 +176,46 @@ func LoadFile(path string, opts Options) (*Model, error) {
 	return m, nil
 }
 
-// Load builds a model from the bytes of a .tflite file (they are copied), sets
-// up the delegate chain and the interpreter pool, and runs no inference.
+// Load builds a model from the bytes of a .tflite or .onnx file (they are
+// copied), sets up the accelerator chain and the worker pool. A TFLite load
+// runs no inference; an ONNX load runs the model once on the warm-up inputs
+// to learn the shapes of outputs the model leaves open.
 func Load(data []byte, opts Options) (*Model, error) {
 	opts = opts.withDefaults()
+	var l *loaded
+	var err error
+	switch f, derr := Detect(data); f {
+	case TFLite:
+		l, err = loadTFLite(data, opts)
+	case ONNX:
+		l, err = loadONNX(data, opts)
+	default:
+		return nil, fmt.Errorf("%w: %v", ErrInvalidModel, derr)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m := &Model{
+		format:    l.format,
+		inputs:    l.inputs,
+		outputs:   l.outputs,
+		inSizes:   l.inSizes,
+		outSizes:  l.outSizes,
+		warm:      l.warm,
+		report:    l.report,
+		freeModel: l.freeModel,
+		all:       l.workers,
+		pool:      make(chan worker, len(l.workers)),
+		maxQueue:  int64(opts.MaxQueue),
+	}
+	for _, w := range m.all {
+		m.pool <- w
+	}
+	return m, nil
+}
+
+// loadTFLite builds the TFLite interpreters, one per worker.
+func loadTFLite(data []byte, opts Options) (*loaded, error) {
 	cm, err := newCModel(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidModel, err)
@@ -122,32 +225,32 @@ func Load(data []byte, opts Options) (*Model, error) {
 		cm.free()
 		return nil, err
 	}
-	m := &Model{
-		cm:       cm,
-		report:   report,
-		pool:     make(chan *interp, opts.Workers),
-		maxQueue: int64(opts.MaxQueue),
+	l := &loaded{format: TFLite, report: report, freeModel: cm.free}
+	all := []*interp{first}
+	fail := func(err error) (*loaded, error) {
+		for _, p := range all {
+			p.free()
+		}
+		cm.free()
+		return nil, err
 	}
-	m.all = append(m.all, first)
-	for len(m.all) < opts.Workers {
+	for len(all) < opts.Workers {
 		d, err := report.spec.create(opts.Threads)
 		if err != nil {
-			m.freeAll()
-			return nil, fmt.Errorf("runtime: delegate %s for worker %d: %v", report.Delegate, len(m.all), err)
+			return fail(fmt.Errorf("runtime: delegate %s for worker %d: %v", report.Delegate, len(all), err))
 		}
 		p, err := newInterp(cm, opts.Threads, d)
 		if err != nil {
-			m.freeAll()
-			return nil, fmt.Errorf("runtime: interpreter %d: %v", len(m.all), err)
+			return fail(fmt.Errorf("runtime: interpreter %d: %v", len(all), err))
 		}
-		m.all = append(m.all, p)
+		all = append(all, p)
 	}
-	for _, p := range m.all {
-		m.pool <- p
+	for _, p := range all {
+		l.workers = append(l.workers, p)
 	}
-	m.inputs, m.inSizes = infos(first.inputs)
-	m.outputs, m.outSizes = infos(first.outputs)
-	return m, nil
+	l.inputs, l.inSizes = infos(first.inputs)
+	l.outputs, l.outSizes = infos(first.outputs)
+	return l, nil
 }
 
 // firstInterp walks the delegate chain until an interpreter builds, and
@@ -156,6 +259,10 @@ func firstInterp(cm *cModel, opts Options) (*interp, DelegateReport, error) {
 	var rep DelegateReport
 	chain := append(append([]DelegateSpec(nil), opts.Delegates...), DelegateSpec{Kind: CPU})
 	for _, spec := range chain {
+		if spec.Kind.onnxOnly() {
+			rep.Fallbacks = append(rep.Fallbacks, Fallback{Delegate: spec.String(), Reason: "an ONNX Runtime execution provider; it does not run TFLite models"})
+			continue
+		}
 		if err := spec.validate(); err != nil {
 			rep.Fallbacks = append(rep.Fallbacks, Fallback{Delegate: spec.String(), Reason: err.Error()})
 			continue
@@ -223,6 +330,26 @@ func (m *Model) Inputs() []tensor.Info { return m.inputs }
 // Outputs describes the model's output tensors, in order. Do not modify.
 func (m *Model) Outputs() []tensor.Info { return m.outputs }
 
+// Format says which runtime runs the model.
+func (m *Model) Format() Format { return m.format }
+
+// RuntimeName is the runtime as a signed manifest names it: "tflite" or
+// "onnx".
+func (m *Model) RuntimeName() string { return string(m.format) }
+
+// WarmInputs returns inputs for a warm-up run: each exactly its size, filled
+// from Options.Inputs for ONNX models, zeros otherwise. Do not modify.
+func (m *Model) WarmInputs() [][]byte {
+	if m.warm != nil {
+		return m.warm
+	}
+	in := make([][]byte, len(m.inSizes))
+	for i, n := range m.inSizes {
+		in[i] = make([]byte, n)
+	}
+	return in
+}
+
 // Delegate says which delegate runs the model and why others were skipped.
 func (m *Model) Delegate() DelegateReport { return m.report }
 
@@ -275,25 +402,25 @@ func (m *Model) InvokeFunc(ctx context.Context, in [][]byte, emit func(i int, da
 	got := nanotime()
 	tm.Queue = got - start
 	for i, b := range in {
-		dst := p.inputs[i].data
+		dst := p.input(i)
 		if len(b) != len(dst) {
-			return tm, fmt.Errorf("%w: input %d (%s) is %d bytes, want %d", ErrInput, i, p.inputs[i].info.Name, len(b), len(dst))
+			return tm, fmt.Errorf("%w: input %d (%s) is %d bytes, want %d", ErrInput, i, m.inputs[i].Name, len(b), len(dst))
 		}
 		copy(dst, b)
 	}
-	if err := p.invoke(); err != nil {
+	if err := p.run(); err != nil {
 		return tm, fmt.Errorf("runtime: %w", err)
 	}
 	tm.Invoke = nanotime() - got
-	for i := range p.outputs {
-		if err := emit(i, p.outputs[i].data); err != nil {
+	for i := range m.outputs {
+		if err := emit(i, p.output(i)); err != nil {
 			return tm, err
 		}
 	}
 	return tm, nil
 }
 
-func (m *Model) acquire(ctx context.Context) (*interp, error) {
+func (m *Model) acquire(ctx context.Context) (worker, error) {
 	select {
 	case p := <-m.pool:
 		return p, nil
@@ -336,7 +463,7 @@ func (m *Model) freeAll() {
 		p.free()
 	}
 	m.all = nil
-	m.cm.free()
+	m.freeModel()
 }
 
 // Version is the TFLite library version, e.g. "2.9.0".

@@ -296,17 +296,29 @@ func TestPoolQueue(t *testing.T) {
 	}()
 	<-held
 
-	// One caller may wait; it gives up when its context ends.
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	// On failure, let the held call finish so the deferred Close returns.
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+
+	// One caller may wait; it gives up when its context ends. The context
+	// is cancelled only once the caller is seen waiting, so a slow machine
+	// cannot make it give up first.
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	waiter := make(chan error, 1)
 	go func() { waiter <- m.Invoke(ctx, in, outBufs(m)) }()
-	require.Eventually(t, func() bool { return m.Waiting() == 1 }, 5*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return m.Waiting() == 1 }, 30*time.Second, time.Millisecond)
 
 	// A second waiter is over the bound and fails at once.
 	assert.ErrorIs(t, m.Invoke(context.Background(), in, outBufs(m)), ErrOverloaded)
-	assert.ErrorIs(t, <-waiter, context.DeadlineExceeded)
+	cancel()
+	assert.ErrorIs(t, <-waiter, context.Canceled)
 
+	released = true
 	close(release)
 	require.NoError(t, <-done)
 	assert.NoError(t, m.Invoke(context.Background(), in, outBufs(m)), "pool usable after the queue drained")

@@ -90,7 +90,7 @@ func (r *Registry) Load(ctx context.Context, name string, version int64, data []
 	rep := m.Delegate()
 	e := catalog.Entry{
 		Name: name, Version: version, Digest: digest,
-		Inputs: m.Inputs(), Outputs: m.Outputs(),
+		Inputs: m.Inputs(), Outputs: m.Outputs(), Runtime: m.RuntimeName(),
 		Delegate: rep.Delegate, DelegatedNodes: rep.DelegatedNodes, TotalNodes: rep.TotalNodes,
 		Workers: m.Workers(), Source: source, LoadedAt: time.Now(),
 	}
@@ -106,13 +106,11 @@ func (r *Registry) Load(ctx context.Context, name string, version int64, data []
 	return e, nil
 }
 
-// warm runs each interpreter once on zeroed inputs: XNNPACK packs weights on
-// the first run, which must not land on a client's request.
+// warm runs each worker once on the model's warm-up inputs (zeros, or what
+// the configuration says for an ONNX input): XNNPACK packs weights on the
+// first run, which must not land on a client's request.
 func warm(ctx context.Context, m *runtime.Model) error {
-	in := make([][]byte, len(m.InputSizes()))
-	for i, n := range m.InputSizes() {
-		in[i] = make([]byte, n)
-	}
+	in := m.WarmInputs()
 	for range m.Workers() {
 		if _, err := m.InvokeFunc(ctx, in, func(int, []byte) error { return nil }, len(m.Outputs())); err != nil {
 			return err

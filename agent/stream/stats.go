@@ -11,8 +11,14 @@ type Stats struct {
 	Received  uint64 // messages delivered by the broker
 	Results   uint64 // inferences that succeeded
 	Published uint64 // results and errors the broker took
-	// PublishErrors counts results not published (broker down, timeout).
+	// PublishErrors counts results given up: unpublished when the stream
+	// stopped, or after repeated failures on live connections.
 	PublishErrors uint64
+	// Republished counts publications made again on a new connection
+	// because the one they were sent on dropped (or was dropped for want
+	// of a PUBACK) before the broker acknowledged them: the subscriber may
+	// have received those twice, with the same id.
+	Republished uint64
 	// Dropped counts messages dropped unread, by reason: queue_full (the
 	// overflow policy), too_large, shutdown (waiting when the stream
 	// stopped).
@@ -31,7 +37,7 @@ func (s *Stream) Stats() Stats {
 	n, b, peak := s.q.depth()
 	st := Stats{
 		Received: s.seq.Load(), Results: s.results.Load(), Published: s.published.Load(),
-		PublishErrors: s.pubErrors.Load(), Queue: int64(n), QueueBytes: b, QueuePeakBytes: peak,
+		PublishErrors: s.pubErrors.Load(), Republished: s.republished.Load(), Queue: int64(n), QueueBytes: b, QueuePeakBytes: peak,
 		Connected: s.connected.Load(),
 	}
 	s.mu.Lock()
@@ -50,7 +56,9 @@ var (
 	descErrors = prometheus.NewDesc("outpost_stream_errors_total",
 		"Messages or windows that failed, by code.", []string{"stream", "code"}, nil)
 	descPubErrors = prometheus.NewDesc("outpost_stream_publish_errors_total",
-		"Results the broker did not take.", []string{"stream"}, nil)
+		"Results given up unpublished (at stop, or after repeated failures on live connections).", []string{"stream"}, nil)
+	descRepublished = prometheus.NewDesc("outpost_stream_republished_total",
+		"Results published again on a new connection because the broker's acknowledgement did not come on the old one (the subscriber may see them twice).", []string{"stream"}, nil)
 	descQueue = prometheus.NewDesc("outpost_stream_queue_messages",
 		"Messages waiting for inference.", []string{"stream"}, nil)
 	descQueueBytes = prometheus.NewDesc("outpost_stream_queue_bytes",
@@ -68,7 +76,7 @@ func Collector(streams ...*Stream) prometheus.Collector { return collector(strea
 type collector []*Stream
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descReceived, descResults, descDropped, descErrors, descPubErrors, descQueue, descQueueBytes, descConnected} {
+	for _, d := range []*prometheus.Desc{descReceived, descResults, descDropped, descErrors, descPubErrors, descRepublished, descQueue, descQueueBytes, descConnected} {
 		ch <- d
 	}
 }
@@ -82,6 +90,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		counter(descReceived, st.Received)
 		counter(descResults, st.Results)
 		counter(descPubErrors, st.PublishErrors)
+		counter(descRepublished, st.Republished)
 		for _, r := range dropReasons {
 			counter(descDropped, st.Dropped[r], r)
 		}

@@ -85,10 +85,11 @@ func (r result) seq(t testing.TB) uint64 {
 
 // collector subscribes to a result topic and keeps what arrives.
 type sink struct {
-	mu  sync.Mutex
-	got []result
-	bad []string
-	ch  chan struct{} // poked on every result
+	mu       sync.Mutex
+	got      []result
+	bad      []string
+	retained int           // results that came with the retain flag
+	ch       chan struct{} // poked on every result
 }
 
 func collect(t testing.TB, broker, topic string) *sink {
@@ -98,6 +99,9 @@ func collect(t testing.TB, broker, topic string) *sink {
 	tok := cl.Subscribe(topic, 1, func(_ mqtt.Client, m mqtt.Message) {
 		var r result
 		c.mu.Lock()
+		if m.Retained() {
+			c.retained++
+		}
 		if err := json.Unmarshal(m.Payload(), &r); err != nil {
 			c.bad = append(c.bad, string(m.Payload()))
 		} else {
@@ -223,6 +227,120 @@ func TestStreamImageResults(t *testing.T) {
 	assert.Equal(t, uint64(7), st.Received)
 	assert.Equal(t, uint64(6), st.Results)
 	assert.Equal(t, uint64(1), st.Errors["bad_input"])
+	res.mu.Lock()
+	assert.Zero(t, res.retained, "results are not retained")
+	res.mu.Unlock()
+	// A late subscriber gets nothing: nothing was retained on the broker.
+	late := collect(t, mq.URL(), "cam/results")
+	publish(t, pub, "cam/frames", 1, frame(t, 10))
+	rs = late.waitFor(t, 30*time.Second, "the next result", func(rs []result) bool { return len(rs) >= 1 })
+	assert.Equal(t, "8", rs[0].ID, "the late subscriber's first result is the next one")
+}
+
+// TestStreamSwapResize: an update to a model with another input size
+// (hand, 224x224, to face detection, 128x128) applies from the next message
+// on, and the image decoder resizes the frames for the new model.
+func TestStreamSwapResize(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, hdata := registry(t, hand)
+	fdata, err := os.ReadFile(modelPath(t, face))
+	require.NoError(t, err)
+	s, err := New(Options{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
+		Model: "m", ResultTopic: "cam/results", Backend: reg, QoS: 1})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "cam/results")
+	run(t, s)
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "camera")
+	publish(t, pub, "cam/frames", 1, frame(t, 0))
+	res.waitFor(t, 30*time.Second, "result 1", func(rs []result) bool { return len(rs) == 1 })
+	_, err = reg.Load(context.Background(), "m", 2, fdata, "update")
+	require.NoError(t, err)
+	publish(t, pub, "cam/frames", 1, frame(t, 0))
+	rs := res.waitFor(t, 30*time.Second, "result 2", func(rs []result) bool { return len(rs) == 2 })
+	require.Empty(t, rs[0].Error)
+	require.Empty(t, rs[1].Error)
+	assert.Equal(t, "1", rs[0].ModelVersion)
+	assert.Equal(t, serving.Digest(hdata), rs[0].Parameters.Digest)
+	assert.Equal(t, "2", rs[1].ModelVersion)
+	assert.Equal(t, serving.Digest(fdata), rs[1].Parameters.Digest)
+	names := func(r result) []string {
+		var out []string
+		for _, o := range r.Outputs {
+			out = append(out, o.Name)
+		}
+		return out
+	}
+	assert.NotEqual(t, names(rs[0]), names(rs[1]), "the new model's outputs")
+	assert.Equal(t, []int{1, 896, 16}, rs[1].Outputs[0].Shape, "face detection's regressors")
+}
+
+// gate holds the inferences of a real registry until released, so a test
+// knows a message is in hand; it changes no result.
+type gate struct {
+	*serving.Registry
+	entered chan struct{} // gets a token when an inference is held
+	release chan struct{} // closed to let them run
+}
+
+func (g *gate) Infer(ctx context.Context, name string, version int64,
+	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
+) (catalog.Entry, catalog.Timing, error) {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+	}
+	return g.Registry.Infer(ctx, name, version, prepare, emit)
+}
+
+// TestStreamStopDrops: a stream that stops finishes the message in hand
+// and publishes its result; the messages waiting in its queue are counted
+// as shutdown drops, and stay unanswered.
+func TestStreamStopDrops(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, _ := registry(t, hand)
+	g := &gate{Registry: reg, entered: make(chan struct{}, 1), release: make(chan struct{})}
+	s, err := New(Options{Name: "cam", Broker: mq.URL(), Topic: "cam/frames", Decoder: "image",
+		Model: "m", ResultTopic: "cam/results", Backend: g, QoS: 1})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "cam/results")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "camera")
+	for i := range 3 {
+		publish(t, pub, "cam/frames", 1, frame(t, i))
+	}
+	select {
+	case <-g.entered:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no inference started")
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for s.Stats().Received < 3 {
+		require.True(t, time.Now().Before(deadline), "3 messages not received")
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	close(g.release)
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("stream did not stop")
+	}
+	st := s.Stats()
+	assert.Equal(t, uint64(1), st.Results, "the message in hand is finished")
+	assert.Equal(t, uint64(1), st.Published, "and its result published")
+	assert.Equal(t, uint64(2), st.Dropped["shutdown"], "the waiting ones are counted")
+	rs := res.waitFor(t, 30*time.Second, "result 1", func(rs []result) bool { return len(rs) >= 1 })
+	assert.Equal(t, "1", rs[0].ID)
 }
 
 // noisy is a w x h frame of pseudo-random pixels: it compresses badly, so
@@ -383,7 +501,7 @@ func TestStreamOverloadSwap(t *testing.T) {
 
 // TestStreamBrokerRestart: the stream survives Mosquitto stopping and
 // starting again, and its persistent session keeps the messages published
-// while the stream itself was away.
+// while the stream itself was away, across a restart of Mosquitto too.
 func TestStreamBrokerRestart(t *testing.T) {
 	mq := testbroker.StartMosquitto(t, "")
 	reg, _ := registry(t, hand)
@@ -435,11 +553,16 @@ func TestStreamBrokerRestart(t *testing.T) {
 	for i := range 4 {
 		publish(t, pub, "cam/frames", 1, frame(t, 10+i))
 	}
+	// Mosquitto with persistence (as shipped) keeps them across its own
+	// restart too.
+	mq.Stop()
+	mq.Start()
+	res = collect(t, mq.URL(), "cam/results")
 	s2, err := New(opts)
 	require.NoError(t, err)
 	run(t, s2)
-	rs = res.waitFor(t, 30*time.Second, "the 4 messages kept by the session", func(rs []result) bool { return len(rs) == 7 })
-	for i, r := range rs[3:] {
+	rs = res.waitFor(t, 30*time.Second, "the 4 messages kept by the session", func(rs []result) bool { return len(rs) == 4 })
+	for i, r := range rs {
 		assert.Equal(t, strconv.Itoa(1+i), r.ID, "a new stream numbers from 1")
 		assert.Empty(t, r.Error)
 	}
@@ -453,7 +576,8 @@ func TestStreamWindow(t *testing.T) {
 	reg, _ := registry(t, face)
 	const size, hop = 128 * 128 * 3, 128 * 128
 	s, err := New(Options{Name: "series", Broker: mq.URL(), Topic: "s/in", Decoder: "raw",
-		WindowSize: size, WindowHop: hop, Model: "m", ResultTopic: "s/out", Backend: reg, QoS: 1, Queue: 64})
+		WindowSize: size, WindowHop: hop, Model: "m", ResultTopic: "s/out", Backend: reg, QoS: 1, Queue: 64,
+		MaxMessage: hop * 4})
 	require.NoError(t, err)
 	res := collect(t, mq.URL(), "s/out")
 	run(t, s)
@@ -499,6 +623,72 @@ func TestStreamWindow(t *testing.T) {
 	for i := range first {
 		if float32(got[i]) != first[i] {
 			t.Fatalf("output element %d: got %v, want %v", i, got[i], first[i])
+		}
+	}
+
+	// A dropped message (10: over MaxMessage) is a gap too: 11 and 12 do
+	// not complete a window with 8 and 9, 13 completes one of 11 to 13.
+	publish(t, pub, "s/in", 1, append(chunk(10), 0, 0, 0, 0))
+	for k := 11; k <= 13; k++ {
+		publish(t, pub, "s/in", 1, chunk(k))
+	}
+	rs = res.waitFor(t, 30*time.Second, "a sixth result", func(rs []result) bool { return len(rs) == 6 })
+	assert.Equal(t, "13:5", rs[5].ID)
+	assert.Empty(t, rs[5].Error)
+	assert.Equal(t, uint64(1), s.Stats().Dropped["too_large"])
+}
+
+// TestStreamJSON runs the face model over Open Inference Protocol request
+// bodies: the result equals one inference of the same input, and a body
+// naming an input the model does not have is answered with an error.
+func TestStreamJSON(t *testing.T) {
+	mq := testbroker.StartMosquitto(t, "")
+	reg, _ := registry(t, face)
+	s, err := New(Options{Name: "j", Broker: mq.URL(), Topic: "j/in", Decoder: "json",
+		Model: "m", ResultTopic: "j/out", Backend: reg, QoS: 1})
+	require.NoError(t, err)
+	res := collect(t, mq.URL(), "j/out")
+	run(t, s)
+	waitConnected(t, s)
+	pub := client(t, mq.URL(), "sensor")
+	e, err := reg.Lookup("m", 0)
+	require.NoError(t, err)
+	in := e.Inputs[0]
+	vs := make([]float32, 128*128*3)
+	for i := range vs {
+		vs[i] = float32(i%251)/125.5 - 1
+	}
+	body := func(name string) []byte {
+		b, err := json.Marshal(map[string]any{"inputs": []map[string]any{{
+			"name": name, "datatype": "FP32", "shape": []int{1, 128, 128, 3}, "data": vs}}})
+		require.NoError(t, err)
+		return b
+	}
+	publish(t, pub, "j/in", 1, body(in.Name))
+	publish(t, pub, "j/in", 1, body("no_such_input"))
+	rs := res.waitFor(t, 30*time.Second, "2 results", func(rs []result) bool { return len(rs) == 2 })
+	require.Empty(t, rs[0].Error)
+	assert.Equal(t, "1", rs[0].ID)
+	assert.Equal(t, "2", rs[1].ID)
+	assert.NotEmpty(t, rs[1].Error)
+	assert.Equal(t, uint64(1), s.Stats().Errors["bad_input"])
+
+	var want []float32
+	_, _, err = reg.Infer(context.Background(), "m", 0, func(catalog.Entry) ([][]byte, error) { return [][]byte{f32(vs...)}, nil },
+		func(i int, d []byte) error {
+			if i == 0 {
+				for j := 0; j+4 <= len(d); j += 4 {
+					want = append(want, math.Float32frombits(binary.LittleEndian.Uint32(d[j:])))
+				}
+			}
+			return nil
+		})
+	require.NoError(t, err)
+	got := rs[0].Outputs[0].Data
+	require.Len(t, got, len(want))
+	for i := range want {
+		if float32(got[i]) != want[i] {
+			t.Fatalf("output element %d: got %v, want %v", i, got[i], want[i])
 		}
 	}
 }

@@ -24,6 +24,10 @@ type Observation struct {
 	// Inputs summarise the values of each input tensor of the request; nil
 	// if the caller does not track drift.
 	Inputs []InputSummary
+	// StreamDropped, when not 0, makes the observation a count of stream
+	// messages dropped before the model saw them: it goes to the
+	// aggregate's StreamDropped only, never to requests, errors or latency.
+	StreamDropped uint64
 }
 
 // InputSummary accumulates the values of one input tensor. The zero value with
@@ -95,6 +99,7 @@ type aggregator struct {
 
 type modelAgg struct {
 	requests, errors uint64
+	streamDropped    uint64
 	byCode           map[string]uint64
 	counts           []uint64
 	sumMicros        uint64
@@ -114,6 +119,10 @@ func (a *aggregator) observe(o *Observation) {
 	if m == nil {
 		m = &modelAgg{counts: make([]uint64, len(a.bounds)+1)}
 		a.byModel[o.Model] = m
+	}
+	if o.StreamDropped > 0 {
+		m.streamDropped += o.StreamDropped
+		return
 	}
 	m.requests++
 	m.counts[bucket]++
@@ -155,7 +164,7 @@ func (a *aggregator) flush(now time.Time) []protocol.Record {
 	recs := make([]protocol.Record, 0, len(byModel))
 	for ref, m := range byModel {
 		agg := &protocol.Aggregate{
-			Start: start, End: now, Requests: m.requests, Errors: m.errors,
+			Start: start, End: now, Requests: m.requests, Errors: m.errors, StreamDropped: m.streamDropped,
 			Latency: protocol.Histogram{BoundsMicros: a.bounds, Counts: m.counts, SumMicros: m.sumMicros},
 		}
 		for code, n := range m.byCode {

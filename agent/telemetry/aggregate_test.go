@@ -71,6 +71,9 @@ func TestAggregatesWritten(t *testing.T) {
 		q.Observe(o)
 	}
 	q.Observe(Observation{Model: other, Latency: time.Second})
+	// Stream drops count apart: not requests, errors nor latencies.
+	q.Observe(Observation{Model: testModel, StreamDropped: 3})
+	q.Observe(Observation{Model: testModel, StreamDropped: 4, ErrCode: "ignored"})
 	// Advance until the writer, which may not have set its timer yet, fires.
 	waitFor(t, "two aggregates", 5*time.Second, func() bool {
 		clk.Advance(time.Minute)
@@ -91,6 +94,8 @@ func TestAggregatesWritten(t *testing.T) {
 	assert.Equal(t, uint64(10), a.Requests)
 	assert.Equal(t, uint64(2), a.Errors)
 	assert.Equal(t, []protocol.CodeCount{{Code: "bad_input", Count: 2}}, a.ErrorsByCode)
+	assert.Equal(t, uint64(7), a.StreamDropped)
+	assert.Equal(t, uint64(0), byName["other"].StreamDropped)
 	// 0 and 2 ms... 18 ms: 0 is <= 1 ms, 2..10 ms are <= 10 ms, 12..18 above.
 	assert.Equal(t, []uint64{1, 5, 4}, a.Latency.Counts)
 	assert.Equal(t, uint64(90_000), a.Latency.SumMicros)

@@ -62,10 +62,17 @@ func (u *Updater) validate(ctx context.Context, m *manifest.Manifest, data []byt
 	for i, n := range model.OutputSizes() {
 		out[i] = make([]byte, n)
 	}
+	if r, ok := model.(interface{ RuntimeName() string }); ok && r.RuntimeName() != m.RuntimeName() {
+		return "", bad("the manifest says runtime %s, the bytes are a %s model", m.RuntimeName(), r.RuntimeName())
+	}
 	if len(m.Golden) == 0 {
 		in := make([][]byte, len(model.InputSizes()))
 		for i, n := range model.InputSizes() {
 			in[i] = make([]byte, n)
+		}
+		if w, ok := model.(interface{ WarmInputs() [][]byte }); ok {
+			// An ONNX input may need a value other than zero (a sample rate).
+			in = w.WarmInputs()
 		}
 		if err := model.Invoke(ctx, in, out); err != nil {
 			return "", bad("run on zeros: %v", err)

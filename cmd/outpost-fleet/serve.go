@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/admin"
@@ -27,12 +28,14 @@ var serveCommand = subcommand.Command{
 
 // fleetConfig is fleet.yaml. Flags given on the command line win.
 type fleetConfig struct {
-	Fleet      string `yaml:"fleet"`
-	DataDir    string `yaml:"data_dir"`
-	Keys       string `yaml:"keys"`
-	Broker     string `yaml:"broker"`
-	ListenMQTT string `yaml:"listen_mqtt"`
-	Admin      string `yaml:"admin"`
+	Fleet   string `yaml:"fleet"`
+	DataDir string `yaml:"data_dir"`
+	Keys    string `yaml:"keys"`
+	Broker  string `yaml:"broker"`
+	// Brokers are the nodes of a clustered broker, after Broker.
+	Brokers    []string `yaml:"brokers"`
+	ListenMQTT string   `yaml:"listen_mqtt"`
+	Admin      string   `yaml:"admin"`
 	// AdminTLS serves the admin API over TLS; see --admin-cert.
 	AdminTLS struct {
 		Cert string `yaml:"cert"`
@@ -80,7 +83,7 @@ func loadFleetConfig(path string) (*fleetConfig, error) {
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
 	config := fs.String("config", "", "fleet.yaml")
-	brokerURL := fs.String("broker", "", "external MQTT broker (tcp://host:port); default: run the embedded broker")
+	brokerURL := fs.String("broker", "", "external MQTT broker (tcp://host:port), or the nodes of a clustered one separated by commas; default: run the embedded broker")
 	listenMQTT := fs.String("listen-mqtt", "", "embedded broker address (default "+broker.DefaultAddr+")")
 	adminAddr := fs.String("admin", "", "admin API address (default "+admin.DefaultAddr+")")
 	dataDir := fs.String("data-dir", "", "registry and artifacts directory (default outpost-fleet-data)")
@@ -99,10 +102,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	for _, o := range []struct {
 		flag string
 		dst  *string
-	}{{*brokerURL, &cfg.Broker}, {*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
+	}{{*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
 		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}} {
 		if o.flag != "" {
 			*o.dst = o.flag
+		}
+	}
+	if *brokerURL != "" {
+		urls := strings.Split(*brokerURL, ",")
+		cfg.Broker, cfg.Brokers = strings.TrimSpace(urls[0]), nil
+		for _, u := range urls[1:] {
+			cfg.Brokers = append(cfg.Brokers, strings.TrimSpace(u))
 		}
 	}
 	if cfg.Keys == "" {
@@ -115,7 +125,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	opts := controller.Options{
-		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Keys: cfg.Keys, Broker: cfg.Broker, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
+		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Keys: cfg.Keys, Broker: cfg.Broker, Brokers: cfg.Brokers, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
 		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
 		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
 		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, Logger: log,

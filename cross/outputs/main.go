@@ -8,6 +8,7 @@
 //
 //	outputs -models DIR -write ref.json
 //	outputs -models DIR -compare ref.json [-rtol 1e-3 -atol 1e-4]
+//	outputs -onnx ...   (Silero VAD through ONNX Runtime instead)
 //
 // Each model runs through the interpreter pool with XNNPACK and with plain
 // CPU, and through the bare C API; on one architecture the pool must equal
@@ -50,20 +51,29 @@ func main() {
 	compare := flag.String("compare", "", "compare the outputs with this reference file")
 	rtol := flag.Float64("rtol", 1e-3, "relative tolerance across architectures")
 	atol := flag.Float64("atol", 1e-4, "absolute tolerance across architectures")
+	onnxOnly := flag.Bool("onnx", false, "run Silero VAD v5 through ONNX Runtime (frames in order, state fed back) instead of the TFLite models")
 	flag.Parse()
 	if (*write == "") == (*compare == "") {
 		fmt.Fprintln(os.Stderr, "outputs: give exactly one of -write or -compare")
 		os.Exit(2)
 	}
-	if err := run(*dir, *write, *compare, *rtol, *atol); err != nil {
+	if err := run(*dir, *write, *compare, *rtol, *atol, *onnxOnly); err != nil {
 		fmt.Fprintln(os.Stderr, "outputs:", err)
 		os.Exit(1)
 	}
 }
 
-func run(dir, write, compare string, rtol, atol float64) error {
+func run(dir, write, compare string, rtol, atol float64, onnxOnly bool) error {
 	got := reference{Arch: goruntime.GOARCH, Runs: map[string][][]float32{}}
+	if onnxOnly {
+		if err := runSilero(filepath.Join(dir, "silero_vad_v5.onnx"), got.Runs); err != nil {
+			return err
+		}
+	}
 	for _, name := range models {
+		if onnxOnly {
+			break
+		}
 		if err := runModel(filepath.Join(dir, name), name, got.Runs); err != nil {
 			return err
 		}
@@ -131,6 +141,31 @@ func runModel(path, name string, runs map[string][][]float32) error {
 			}
 		}
 		m.Close()
+	}
+	return nil
+}
+
+// runSilero runs 8 frames of a fixed signal through Silero VAD v5 in order,
+// feeding each state output back, and records every frame's outputs.
+func runSilero(path string, runs map[string][][]float32) error {
+	m, err := runtime.LoadFile(path, runtime.Options{Workers: 1, Inputs: map[string]runtime.InputSpec{
+		"input": {Shape: []int{1, 512}}, "state": {Shape: []int{2, 1, 128}}, "sr": {Warm: 16000}}})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	state := make([]byte, 1024)
+	sr := make([]byte, 8)
+	binary.LittleEndian.PutUint64(sr, 16000)
+	for f := range 8 {
+		in := [][]byte{pattern(2048, float64(f)), state, sr}
+		out := [][]byte{make([]byte, 4), make([]byte, 1024)}
+		if err := m.Invoke(context.Background(), in, out); err != nil {
+			return fmt.Errorf("silero frame %d: %w", f, err)
+		}
+		key := fmt.Sprintf("silero_vad_v5.onnx/cpu/frame%d", f)
+		runs[key] = [][]float32{floats(out[0]), floats(out[1])}
+		state = out[1]
 	}
 	return nil
 }

@@ -12,7 +12,10 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,9 +38,13 @@ type Options struct {
 	// Keys is the keys directory (keyring): its root verifies pushed
 	// releases and its command-role keys sign commands.
 	Keys string
-	// Broker is an external broker URL (tcp://host:port, ssl://...); empty
-	// runs the embedded broker on ListenMQTT.
+	// Broker is an external broker URL (tcp://host:port, ssl://...); empty,
+	// with no Brokers either, runs the embedded broker on ListenMQTT.
 	Broker string
+	// Brokers are more external broker URLs, tried after Broker in this
+	// order: the nodes of one clustered broker. The controller fails over
+	// between them.
+	Brokers []string
 	// ListenMQTT is the embedded broker's address (default 127.0.0.1:1883).
 	ListenMQTT string
 	// BrokerTLS, when set, makes the embedded broker speak TLS.
@@ -91,10 +98,11 @@ type Controller struct {
 	art     *artifacts.Server
 	eng     *rollout.Engine
 	adm     *admin.Server
-	url     string
 
-	mu     sync.Mutex // guards client
-	client mqtt.Client
+	urls []string // the brokers, in the order tried
+
+	mu   sync.Mutex // guards conn
+	conn *mqttConn  // the live connection, or nil
 
 	msgsIn, msgsOut, bad atomic.Uint64
 	started              time.Time
@@ -140,14 +148,18 @@ func New(opts Options) (*Controller, error) {
 		c.reg.Close()
 		return nil, fmt.Errorf("controller: %w", err)
 	}
-	c.url = opts.Broker
-	if c.url == "" {
+	for _, u := range append([]string{opts.Broker}, opts.Brokers...) {
+		if u != "" && !slices.Contains(c.urls, u) {
+			c.urls = append(c.urls, u)
+		}
+	}
+	if len(c.urls) == 0 {
 		if c.brk, err = broker.New(broker.Options{Addr: opts.ListenMQTT, TLS: opts.BrokerTLS, Fleet: opts.Fleet,
 			Credentials: c.reg, Users: opts.BrokerUsers, Open: opts.OpenBroker,
 			Logger: opts.Logger.With("component", "broker")}); err != nil {
 			return fail(err)
 		}
-		c.url = c.brk.URL()
+		c.urls = []string{c.brk.URL()}
 		if opts.Username != "" {
 			c.log.Warn("mqtt.username is for an external broker; on the embedded one the controller logs in with a secret of this process")
 		}
@@ -166,15 +178,29 @@ func New(opts Options) (*Controller, error) {
 		disc = c.brk
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
-		Fleet: opts.Fleet, Broker: c.url, Disconnect: disc, TLS: opts.AdminTLS,
+		Fleet: opts.Fleet, Broker: c.urls[0], Disconnect: disc, TLS: opts.AdminTLS,
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
 		return fail(err)
 	}
 	return c, nil
 }
 
-// BrokerURL is the MQTT broker devices and the controller use.
-func (c *Controller) BrokerURL() string { return c.url }
+// BrokerURL is the MQTT broker devices and the controller use: the first
+// of the list with several.
+func (c *Controller) BrokerURL() string { return c.urls[0] }
+
+// BrokerURLs are every broker the controller fails over between.
+func (c *Controller) BrokerURLs() []string { return slices.Clone(c.urls) }
+
+// ConnectedBroker is the broker the controller is connected to now, or "".
+func (c *Controller) ConnectedBroker() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		return ""
+	}
+	return c.conn.broker
+}
 
 // AdminAddr is the admin API's address.
 func (c *Controller) AdminAddr() string { return c.adm.Addr() }
@@ -246,19 +272,24 @@ func (c *Controller) Run(ctx context.Context) error {
 		close(c.stopping)
 		workWG.Wait()
 	}
-	if err := c.connect(ctx); err != nil {
+	next, err := c.connectFirst(ctx)
+	if err != nil {
 		stopWorkers()
 		bcancel()
 		brokerWG.Wait()
 		return err
 	}
+	run("mqtt", func(ctx context.Context) error { return c.keepConnected(ctx, next) })
 	run("artifacts", c.art.Run)
 	run("rollout", c.eng.Run)
 	run("admin", c.adm.Run)
 	<-ctx.Done()
 	wg.Wait()
 	c.mu.Lock()
-	c.client.Disconnect(500)
+	if c.conn != nil {
+		c.conn.client.Disconnect(500)
+		c.conn = nil
+	}
 	c.mu.Unlock()
 	stopWorkers() // a handler still running after Disconnect drops its message
 	bcancel()     // the broker goes last, after the client said goodbye
@@ -269,11 +300,137 @@ func (c *Controller) Run(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// connect starts the MQTT client; it keeps reconnecting on its own and
-// subscribes again after every connection.
-func (c *Controller) connect(ctx context.Context) error {
+// The controller's MQTT connection. paho's own reconnect is not used: it
+// resends a pending publish itself and can complete its token without the
+// broker's PUBACK, so the rollout engine or the artifact server would count
+// a command or a chunk the broker never took. Every connection is a fresh
+// paho client with a fresh in-memory store (as the agent's fleet link does);
+// a publish pending when its connection ends fails, and its caller sends it
+// again. With several brokers (the nodes of a clustered broker) each new
+// connection goes to the next one of the list, round robin.
+
+// ErrNotConnected is wrapped by Publish and Send when nothing was sent
+// because the controller has no broker connection right now.
+var ErrNotConnected = errors.New("controller: not connected to the broker")
+
+// errConnLost: the connection ended while a publish waited for its PUBACK.
+var errConnLost = errors.New("controller: connection lost")
+
+// ackTimeout bounds the wait for a PUBACK on a live connection; a publish
+// that waits longer drops the connection, so the next one starts fresh.
+const ackTimeout = 30 * time.Second
+
+// stableConnection is how long a connection must last for the next one to
+// be tried at once when it ends.
+const stableConnection = 10 * time.Second
+
+// mqttConn is one connection; lost is closed when it ends.
+type mqttConn struct {
+	client mqtt.Client
+	broker string
+	since  time.Time // when it came up
+	lost   chan struct{}
+	once   sync.Once
+}
+
+func (m *mqttConn) markLost() { m.once.Do(func() { close(m.lost) }) }
+
+// connectFirst makes the first connection, trying every broker of the list
+// in turn while none can be reached, for at most ConnectTimeout. A broker
+// that answers and refuses the login is an error at once: it will not change
+// its mind, and a controller waiting for it would serve an admin API that
+// never answers.
+func (c *Controller) connectFirst(ctx context.Context) (next int, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
+	defer cancel()
+	for {
+		for range c.urls {
+			url := c.urls[next]
+			next = (next + 1) % len(c.urls)
+			err = c.dial(ctx, url)
+			if err == nil {
+				return next, nil
+			}
+			if refused(err) {
+				return 0, fmt.Errorf("controller: mqtt broker %s refused the controller's login (user %q): %w", url, c.opts.Username, err)
+			}
+			if ctx.Err() != nil {
+				break
+			}
+			c.log.Warn("mqtt connect", "broker", url, "err", err)
+		}
+		select {
+		case <-time.After(time.Second):
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			if context.Cause(ctx) == context.DeadlineExceeded {
+				return 0, fmt.Errorf("controller: mqtt broker %s: not reached within %s: %w", strings.Join(c.urls, ", "), c.opts.ConnectTimeout, err)
+			}
+			return 0, ctx.Err()
+		}
+	}
+}
+
+// keepConnected makes a new connection whenever the current one ends, until
+// ctx is done; next is the broker to try first.
+func (c *Controller) keepConnected(ctx context.Context, next int) error {
+	delay := time.Duration(0)
+	for {
+		c.mu.Lock()
+		m := c.conn
+		c.mu.Unlock()
+		short := false
+		if m != nil {
+			select {
+			case <-m.lost:
+			case <-ctx.Done():
+				return nil
+			}
+			c.log.Warn("mqtt connection lost", "broker", m.broker)
+			c.mu.Lock()
+			c.conn = nil
+			c.mu.Unlock()
+			m.client.Disconnect(0)
+			// One the broker drops at once (a second controller with the
+			// same client id, an ACL) must not make a busy loop.
+			if short = time.Since(m.since) < stableConnection; !short {
+				delay = 0
+			}
+		}
+		// The next broker at once after a connection that held; after a
+		// short one, and after a failed round of the whole list, a growing
+		// jittered wait.
+		for i := 0; ; i++ {
+			if (i == 0 && short) || (i > 0 && i%len(c.urls) == 0) {
+				delay = min(max(2*delay, 100*time.Millisecond), 5*time.Second)
+				wait := delay/2 + rand.N(delay/2+1)
+				select {
+				case <-time.After(wait):
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			url := c.urls[next]
+			next = (next + 1) % len(c.urls)
+			err := c.dial(ctx, url)
+			if ctx.Err() != nil {
+				return nil
+			}
+			if err == nil {
+				break
+			}
+			c.log.Warn("mqtt connect", "broker", url, "err", err)
+		}
+	}
+}
+
+// dial connects to url with a fresh client, subscribes to the fleet's
+// topics and makes the connection the current one.
+func (c *Controller) dial(ctx context.Context, url string) error {
+	m := &mqttConn{broker: url, lost: make(chan struct{})}
 	o := mqtt.NewClientOptions().
-		AddBroker(c.url).
+		AddBroker(url).
 		SetClientID(c.opts.ClientID).
 		SetUsername(c.opts.Username).
 		SetPassword(c.opts.Password).
@@ -281,60 +438,55 @@ func (c *Controller) connect(ctx context.Context) error {
 		// In order: the handlers only hand messages to the per-device
 		// workers (see dispatch), which keep each device's order.
 		SetOrderMatters(true).
-		SetAutoReconnect(true).
+		SetAutoReconnect(false).
+		SetConnectRetry(false).
 		SetConnectTimeout(min(10*time.Second, c.opts.ConnectTimeout)).
-		SetMaxReconnectInterval(10 * time.Second).
 		SetKeepAlive(30 * time.Second).
-		SetOnConnectHandler(c.subscribe).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.log.Warn("mqtt connection lost", "err", err) })
+		SetWriteTimeout(ackTimeout).
+		SetStore(mqtt.NewMemoryStore()).
+		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
+			c.log.Debug("mqtt connection lost", "broker", url, "err", err)
+			m.markLost()
+		})
 	if c.opts.ClientTLS != nil {
 		o.SetTLSConfig(c.opts.ClientTLS)
 	}
-	cl := mqtt.NewClient(o)
-	c.mu.Lock()
-	c.client = cl
-	c.mu.Unlock()
-	if err := c.firstConnect(ctx, cl); err != nil {
-		return err
+	m.client = mqtt.NewClient(o)
+	// Routes before CONNECT: a persistent session's queue arrives right
+	// after CONNACK, before any SUBSCRIBE.
+	filters := c.routes(m.client)
+	fail := func(what string, err error) error {
+		m.client.Disconnect(0)
+		return fmt.Errorf("%s %s: %w", what, url, err)
 	}
-	c.log.Info("controller connected", "broker", c.url, "fleet", c.opts.Fleet)
+	if err := c.wait(ctx, m.client.Connect(), min(10*time.Second, c.opts.ConnectTimeout)+time.Second, nil); err != nil {
+		return fail("connect", err)
+	}
+	if err := c.wait(ctx, m.client.SubscribeMultiple(filters, nil), ackTimeout, m.lost); err != nil {
+		return fail("subscribe", err)
+	}
+	m.since = time.Now()
+	c.mu.Lock()
+	c.conn = m
+	c.mu.Unlock()
+	c.log.Info("controller connected", "broker", url, "fleet", c.opts.Fleet, "filters", len(filters))
+	c.readyOnce.Do(func() { close(c.ready) })
 	return nil
 }
 
-// firstConnect connects cl, trying again while the broker cannot be
-// reached, for at most ConnectTimeout. A broker that answers and refuses the
-// login is an error at once: it will not change its mind, and a controller
-// waiting for it would serve an admin API that never answers.
-func (c *Controller) firstConnect(ctx context.Context, cl mqtt.Client) error {
-	ctx, cancel := context.WithTimeout(ctx, c.opts.ConnectTimeout)
-	defer cancel()
-	for {
-		t := cl.Connect()
-		select {
-		case <-t.Done():
-		case <-ctx.Done():
-			cl.Disconnect(0)
-			if context.Cause(ctx) == context.DeadlineExceeded {
-				return fmt.Errorf("controller: mqtt broker %s: not reached within %s", c.url, c.opts.ConnectTimeout)
-			}
-			return ctx.Err()
-		}
-		err := t.Error()
-		if err == nil {
-			return nil
-		}
-		if refused(err) {
-			return fmt.Errorf("controller: mqtt broker %s refused the controller's login (user %q): %w", c.url, c.opts.Username, err)
-		}
-		c.log.Warn("mqtt connect", "broker", c.url, "err", err)
-		select {
-		case <-time.After(time.Second):
-		case <-ctx.Done():
-			if context.Cause(ctx) == context.DeadlineExceeded {
-				return fmt.Errorf("controller: mqtt broker %s: not reached within %s: %w", c.url, c.opts.ConnectTimeout, err)
-			}
-			return ctx.Err()
-		}
+// wait waits for t, ctx, the timeout, or lost.
+func (c *Controller) wait(ctx context.Context, t mqtt.Token, timeout time.Duration, lost <-chan struct{}) error {
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-t.Done():
+		return t.Error()
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer.C:
+		return errors.New("timed out")
+	case <-lost:
+		return errConnLost
 	}
 }
 
@@ -349,7 +501,9 @@ func refused(err error) bool {
 	return false
 }
 
-func (c *Controller) subscribe(cl mqtt.Client) {
+// routes adds the handlers of the fleet's topics to cl and returns the
+// filters to subscribe to.
+func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 	share := ""
 	if c.opts.ShareGroup != "" {
 		share = "$share/" + c.opts.ShareGroup + "/"
@@ -389,13 +543,7 @@ func (c *Controller) subscribe(cl mqtt.Client) {
 	for f, h := range handlers {
 		cl.AddRoute(f, h)
 	}
-	t := cl.SubscribeMultiple(filters, nil)
-	if !t.WaitTimeout(30*time.Second) || t.Error() != nil {
-		c.log.Error("mqtt subscribe", "err", t.Error())
-		return
-	}
-	c.log.Info("subscribed", "filters", len(filters))
-	c.readyOnce.Do(func() { close(c.ready) })
+	return filters
 }
 
 // workers is how many goroutines handle device messages. Each device's
@@ -505,26 +653,32 @@ func (c *Controller) onEvents(device string, payload []byte) {
 	}
 }
 
-// Publish sends one QoS 1 message and waits for the broker's PUBACK
-// (artifacts.Publisher).
+// Publish sends one QoS 1 message and returns nil once the broker
+// acknowledged it (PUBACK) on the current connection (artifacts.Publisher).
+// An error wrapping ErrNotConnected means nothing was sent; any other error
+// means the message may or may not have reached the broker, and the caller
+// sends it again if it must arrive. A publish without a PUBACK within 30 s
+// drops the connection, so the next one starts fresh.
 func (c *Controller) Publish(ctx context.Context, topic string, payload []byte) error {
 	c.mu.Lock()
-	cl := c.client
+	m := c.conn
 	c.mu.Unlock()
-	if cl == nil {
-		return errors.New("controller: not connected")
+	if m == nil {
+		return fmt.Errorf("controller: publish %s: %w", topic, ErrNotConnected)
 	}
-	t := cl.Publish(topic, 1, false, payload)
-	select {
-	case <-t.Done():
-		if err := t.Error(); err != nil {
-			return fmt.Errorf("controller: publish %s: %w", topic, err)
-		}
-	case <-ctx.Done():
-		return ctx.Err()
+	err := c.wait(ctx, m.client.Publish(topic, 1, false, payload), ackTimeout, m.lost)
+	if err == nil {
+		c.msgsOut.Add(1)
+		return nil
 	}
-	c.msgsOut.Add(1)
-	return nil
+	if errors.Is(err, mqtt.ErrNotConnected) {
+		return fmt.Errorf("controller: publish %s: %w", topic, ErrNotConnected)
+	}
+	if ctx.Err() == nil && !errors.Is(err, errConnLost) {
+		// Stuck or refused: drop the connection; keepConnected makes a new one.
+		m.markLost()
+	}
+	return fmt.Errorf("controller: publish %s: %w", topic, err)
 }
 
 // Send signs cmd with the command keys and publishes it to its device's

@@ -1,6 +1,7 @@
-// Package export makes offline bundles: it describes a .tflite file (digest,
-// length, tensor signature read by models/tflite), signs the release with the
-// fleet's keyring and writes the bundle directory a device installs from.
+// Package export makes offline bundles: it describes a .tflite or .onnx file
+// (digest, length, runtime, tensor signature read by models/tflite or
+// models/onnx), signs the release with the fleet's keyring and writes the
+// bundle directory a device installs from.
 package export
 
 import (
@@ -14,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/manifest"
+	"github.com/outpost-edge/outpost/models/onnx"
 	"github.com/outpost-edge/outpost/models/tflite"
 )
 
@@ -49,9 +51,22 @@ func Export(k *keyring.Keyring, opts Options) (*manifest.Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("export: %w", err)
 	}
-	sig, err := tflite.Read(b)
-	if err != nil {
-		return nil, fmt.Errorf("export: %s: %w", opts.Model, err)
+	// An ONNX ModelProto starts with its ir_version (tag byte 0x08); a
+	// TFLite flatbuffer never does (its first 4 bytes are a root offset).
+	runtime, inputs, outputs := manifest.RuntimeTFLite, []manifest.Tensor(nil), []manifest.Tensor(nil)
+	if len(b) > 0 && b[0] == 0x08 {
+		sig, err := onnx.Read(b)
+		if err != nil {
+			return nil, fmt.Errorf("export: %s: %w", opts.Model, err)
+		}
+		runtime = manifest.RuntimeONNX
+		inputs, outputs = sig.Manifest()
+	} else {
+		sig, err := tflite.Read(b)
+		if err != nil {
+			return nil, fmt.Errorf("export: %s: %w", opts.Model, err)
+		}
+		inputs, outputs = sig.Inputs, sig.Outputs
 	}
 	sum := sha256.Sum256(b)
 	m := manifest.Manifest{
@@ -59,9 +74,9 @@ func Export(k *keyring.Keyring, opts Options) (*manifest.Manifest, error) {
 		Version:         opts.Version,
 		SHA256:          hex.EncodeToString(sum[:]),
 		Length:          int64(len(b)),
-		Runtime:         manifest.RuntimeTFLite,
-		Inputs:          sig.Inputs,
-		Outputs:         sig.Outputs,
+		Runtime:         runtime,
+		Inputs:          inputs,
+		Outputs:         outputs,
 		Golden:          opts.Golden,
 		MinAgentVersion: opts.MinAgentVersion,
 		Rollback:        opts.Rollback,

@@ -1,7 +1,9 @@
-// Package testbroker runs the embedded MQTT broker (mochi-mqtt, the one the
-// fleet controller embeds) for tests on the device side: any client may
-// connect and use any topic, and the server's inline client lets a test
-// subscribe in process. It is imported by tests only.
+// Package testbroker runs MQTT brokers for tests on loopback ports: the
+// embedded broker (mochi-mqtt, the one the fleet controller embeds), where
+// any client may connect and use any topic and the server's inline client
+// lets a test subscribe in process; a real Mosquitto (StartMosquitto); and a
+// real NATS cluster with MQTT, one process per node (StartNATSCluster). It
+// is imported by tests only.
 package testbroker
 
 import (

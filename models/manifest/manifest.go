@@ -20,8 +20,12 @@ import (
 	"strings"
 )
 
-// RuntimeTFLite is the only runtime the agent knows today.
-const RuntimeTFLite = "tflite"
+// The runtimes a manifest may name. A manifest without one (written before
+// ONNX support) means TFLite.
+const (
+	RuntimeTFLite = "tflite"
+	RuntimeONNX   = "onnx"
+)
 
 // MaxSize bounds an encoded manifest; golden vectors must stay small (they
 // travel inside signed metadata that every device parses).
@@ -42,7 +46,9 @@ type Manifest struct {
 	SHA256 string `json:"sha256"`
 	// Length is the exact size of the model file in bytes.
 	Length int64 `json:"length"`
-	// Runtime is the engine that runs the model ("tflite").
+	// Runtime is the engine that runs the model: "tflite" or "onnx"; empty
+	// (older manifests) means "tflite". The agent also tells the format from
+	// the bytes and refuses a model whose bytes contradict this field.
 	Runtime string   `json:"runtime"`
 	Inputs  []Tensor `json:"inputs"`
 	Outputs []Tensor `json:"outputs"`
@@ -97,6 +103,14 @@ var (
 	maxTensors = 1024
 )
 
+// RuntimeName is the runtime the manifest names, "tflite" when it names none.
+func (m *Manifest) RuntimeName() string {
+	if m.Runtime == "" {
+		return RuntimeTFLite
+	}
+	return m.Runtime
+}
+
 // ValidName reports whether s may name a model.
 func ValidName(s string) bool { return nameRE.MatchString(s) }
 
@@ -114,8 +128,8 @@ func (m *Manifest) Validate() error {
 		return bad("sha256 %q is not 64 lowercase hex digits", m.SHA256)
 	case m.Length <= 0:
 		return bad("length %d is not positive", m.Length)
-	case m.Runtime != RuntimeTFLite:
-		return bad("runtime %q (want %q)", m.Runtime, RuntimeTFLite)
+	case m.Runtime != "" && m.Runtime != RuntimeTFLite && m.Runtime != RuntimeONNX:
+		return bad("runtime %q (want %q or %q)", m.Runtime, RuntimeTFLite, RuntimeONNX)
 	case len(m.Inputs) == 0 || len(m.Outputs) == 0:
 		return bad("no inputs or no outputs")
 	case len(m.Inputs) > maxTensors || len(m.Outputs) > maxTensors:

@@ -37,7 +37,9 @@ func TestValidate(t *testing.T) {
 		{"short digest", func(m *Manifest) { m.SHA256 = "abcd" }, false},
 		{"upper-case digest", func(m *Manifest) { m.SHA256 = strings.Repeat("AB", 32) }, false},
 		{"length zero", func(m *Manifest) { m.Length = 0 }, false},
-		{"other runtime", func(m *Manifest) { m.Runtime = "onnx" }, false},
+		{"onnx runtime", func(m *Manifest) { m.Runtime = RuntimeONNX }, true},
+		{"no runtime (older manifests: tflite)", func(m *Manifest) { m.Runtime = "" }, true},
+		{"other runtime", func(m *Manifest) { m.Runtime = "tensorrt" }, false},
 		{"no outputs", func(m *Manifest) { m.Outputs = nil }, false},
 		{"unknown datatype", func(m *Manifest) { m.Inputs[0].DataType = "FP8" }, false},
 		{"dimension -2", func(m *Manifest) { m.Inputs[0].Shape = []int{-2} }, false},
@@ -150,6 +152,17 @@ func TestAgentSupported(t *testing.T) {
 		m := Manifest{MinAgentVersion: tt.min}
 		if got := m.AgentSupported(tt.agent); got != tt.want {
 			t.Errorf("min %q agent %q: got %v, want %v", tt.min, tt.agent, got, tt.want)
+		}
+	}
+}
+
+func TestRuntimeName(t *testing.T) {
+	for _, tc := range []struct{ runtime, want string }{
+		{"", RuntimeTFLite}, {RuntimeTFLite, RuntimeTFLite}, {RuntimeONNX, RuntimeONNX},
+	} {
+		m := Manifest{Runtime: tc.runtime}
+		if got := m.RuntimeName(); got != tc.want {
+			t.Errorf("RuntimeName() of %q = %q, want %q", tc.runtime, got, tc.want)
 		}
 	}
 }

@@ -1,5 +1,5 @@
-// Package testmodel finds the TFLite test models that `make setup` fetches,
-// for tests in any package. It looks in $OUTPOST_MODELS, else in .deps/models
+// Package testmodel finds the TFLite and ONNX test models that `make setup`
+// fetches, for tests in any package, and builds tiny ONNX models in memory. It looks in $OUTPOST_MODELS, else in .deps/models
 // at the repository root, and fails the test (never skips) when a model is
 // missing, so CI cannot pass without them.
 package testmodel
@@ -16,6 +16,8 @@ const (
 	FaceFull  = "face_detection_full_range"
 	Hand      = "hand_landmark_lite"
 	Selfie    = "selfie_segmentation"
+	// SileroVAD is Silero VAD v5, a stateful ONNX model (name with extension).
+	SileroVAD = "silero_vad_v5.onnx"
 )
 
 // Dir returns the directory holding the test models.
@@ -38,10 +40,14 @@ func Dir(t testing.TB) string {
 	}
 }
 
-// Path returns the path of model name (without .tflite).
+// Path returns the path of model name: without an extension it is a
+// .tflite model.
 func Path(t testing.TB, name string) string {
 	t.Helper()
-	p := filepath.Join(Dir(t), name+".tflite")
+	if filepath.Ext(name) == "" {
+		name += ".tflite"
+	}
+	p := filepath.Join(Dir(t), name)
 	if _, err := os.Stat(p); err != nil {
 		t.Fatalf("testmodel: %v: run make setup", err)
 	}
