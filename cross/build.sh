@@ -14,7 +14,8 @@ mkdir -p "$out"
 version=${VERSION:-$(git describe --tags --always --dirty 2>/dev/null || echo dev)}
 ldflags="-s -w -X github.com/outpost-edge/outpost/agent/version.Version=$version -X github.com/outpost-edge/outpost/internal/buildinfo.Version=$version -X github.com/outpost-edge/outpost/internal/buildinfo.Commit=$(git rev-parse HEAD 2>/dev/null)"
 
-go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" -o "$out/outpost-agent" ./cmd/outpost-agent
+# grpcnotrace: gRPC without x/net/trace (html/template), 3 MB smaller.
+go build -p "${GO_BUILD_P:-1}" -trimpath -tags grpcnotrace -ldflags "$ldflags" -o "$out/outpost-agent" ./cmd/outpost-agent
 CGO_ENABLED=0 go build -p "${GO_BUILD_P:-1}" -trimpath -ldflags "$ldflags" -o "$out/outpost-fleet" ./cmd/outpost-fleet
 install -m 0755 ".deps/tflite/linux_$arch/libtensorflowlite_c.so" "$out/"
 install -m 0755 ".deps/onnxruntime/linux_$arch/libonnxruntime.so.1" "$out/"

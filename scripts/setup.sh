@@ -15,6 +15,7 @@ declare -A pkgs=(
   [curl]=curl
   # The store's contract tests start their own PostgreSQL (internal/testpg).
   [pg_ctl]=postgresql
+  [protoc]=protobuf-compiler
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

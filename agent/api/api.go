@@ -6,7 +6,9 @@
 // It binds to loopback by default; a bearer token, a per-client rate limit,
 // body limits and a per-request timeout protect it. Bad input gets a 4xx
 // with {"error": "..."}, overload a 503 with Retry-After. The package has no
-// cgo: it runs models through the Backend interface.
+// cgo: it runs models through the Backend interface. Other transports (the
+// gRPC server, agent/grpcapi) run their requests through the same path with
+// Server.StartCall.
 package api
 
 import (

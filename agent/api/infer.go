@@ -204,7 +204,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	var tm catalog.Timing
 	code, err := func() (int, error) {
 		if err := s.readBody(w, r, c); err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		hdrLen := -1
 		if h := r.Header.Get("Inference-Header-Content-Length"); h != "" {
@@ -228,7 +228,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 			return nil
 		})
 		if err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		return http.StatusOK, nil
 	}()
@@ -289,7 +289,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 	var row bool
 	code, err := func() (int, error) {
 		if err := s.readBody(w, r, c); err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		var err error
 		var pred tfserving.Predict
@@ -301,7 +301,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 			return err
 		})
 		if err != nil {
-			return statusFor(err), err
+			return StatusFor(err), err
 		}
 		return http.StatusOK, nil
 	}()

@@ -46,8 +46,10 @@ func v2Tensors(ts []tensor.Info) []v2Tensor {
 }
 
 // platform names the runtime as KServe and Triton do.
-func platform(runtime string) string {
-	if runtime == "onnx" {
+// Platform is the model metadata's platform of a served model, for both
+// transports.
+func Platform(e catalog.Entry) string {
+	if e.Runtime == "onnx" {
 		return "onnxruntime_onnx"
 	}
 	return "tensorflow_lite"
@@ -56,13 +58,13 @@ func platform(runtime string) string {
 func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"name":     e.Name,
 		"versions": []string{strconv.FormatInt(e.Version, 10)},
-		"platform": platform(e.Runtime),
+		"platform": Platform(e),
 		"inputs":   v2Tensors(e.Inputs),
 		"outputs":  v2Tensors(e.Outputs),
 		"parameters": map[string]any{
@@ -79,7 +81,7 @@ func (s *Server) modelMetadata(w http.ResponseWriter, rt route) {
 func (s *Server) modelReady(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"name": e.Name, "version": strconv.FormatInt(e.Version, 10), "ready": true})
@@ -89,7 +91,7 @@ func (s *Server) modelReady(w http.ResponseWriter, rt route) {
 func (s *Server) tfsStatus(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{

@@ -34,7 +34,7 @@ func newMetrics(reg *prometheus.Registry, b Backend, version string) *metrics {
 	m := &metrics{
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_requests_total",
-			Help: "Inference requests by model, version, protocol (v2, tfserving) and HTTP status code.",
+			Help: "Inference requests by model, version, protocol (v2, tfserving, grpc) and HTTP status code (for gRPC the status the same outcome gets over HTTP).",
 		}, []string{"model", "version", "protocol", "code"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "outpost_request_duration_seconds",

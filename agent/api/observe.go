@@ -22,7 +22,12 @@ type Inference struct {
 	// Model is the model that served (or refused) the request; zero when
 	// the model or version was not found.
 	Model catalog.Entry
-	// Code is the HTTP status sent; Err the error behind it, if any.
+	// Protocol is how the request came: "v2" (HTTP), "tfserving" or
+	// "grpc".
+	Protocol string
+	// Code is the HTTP status sent (for gRPC, the status the same outcome
+	// gets over HTTP: its gRPC code is derived from it); Err the error
+	// behind it, if any.
 	Code int
 	Err  error
 	// Latency is the whole request, body reading included; Timing splits
@@ -61,7 +66,7 @@ func (s *Server) observe(protocol string, rt route, c *call, e catalog.Entry, co
 		return
 	}
 	in := &c.observed
-	*in = Inference{Model: e, Code: code, Err: err, Latency: total, Timing: tm}
+	*in = Inference{Model: e, Protocol: protocol, Code: code, Err: err, Latency: total, Timing: tm}
 	if len(c.ins) == len(e.Inputs) && len(c.ins) > 0 {
 		c.inTensors = c.inTensors[:0]
 		for i, info := range e.Inputs {

@@ -36,9 +36,9 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Write(append(b, '\n'))
 }
 
-// statusFor maps an inference error to its HTTP status; 500 is left for
-// our own bugs.
-func statusFor(err error) int {
+// StatusFor maps an inference error to its HTTP status; 500 is left for
+// our own bugs. Other transports map their status codes from it.
+func StatusFor(err error) int {
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &mbe):
@@ -61,5 +61,5 @@ func statusFor(err error) int {
 }
 
 // errBadRequest marks client errors found by this package (as opposed to
-// the codecs, whose sentinels statusFor also maps).
+// the codecs, whose sentinels StatusFor also maps).
 var errBadRequest = errors.New("bad request")

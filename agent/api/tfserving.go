@@ -54,7 +54,7 @@ func tfsTensors(ts []tensor.Info) map[string]tfsTensorInfo {
 func (s *Server) tfsMetadata(w http.ResponseWriter, rt route) {
 	e, err := s.opts.Backend.Lookup(rt.model, rt.version)
 	if err != nil {
-		writeError(w, statusFor(err), err.Error())
+		writeError(w, StatusFor(err), err.Error())
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{

@@ -18,6 +18,7 @@ import (
 // Defaults.
 const (
 	DefaultListen         = "127.0.0.1:8480"
+	DefaultGRPCListen     = "127.0.0.1:8481"
 	DefaultMaxBodyBytes   = 64 << 20
 	DefaultRequestTimeout = 30 * time.Second
 	DefaultDrainTimeout   = 10 * time.Second
@@ -52,6 +53,7 @@ type Config struct {
 	// served as well.
 	Models    []Model   `yaml:"models"`
 	API       API       `yaml:"api"`
+	GRPC      GRPC      `yaml:"grpc"` // off by default
 	Telemetry Telemetry `yaml:"telemetry"`
 	// Fleet connects the agent to a fleet controller through an MQTT
 	// broker; without a broker the agent runs alone (telemetry is kept on
@@ -158,6 +160,23 @@ type API struct {
 	RateBurst int     `yaml:"rate_burst"`
 }
 
+// GRPC configures the KServe v2 gRPC listener (docs/API.md). It shares the
+// api section's token, rate limit, request timeout, drain timeout and size
+// limit (max_body_bytes bounds a request message).
+type GRPC struct {
+	// Enabled turns the listener on at Listen; setting Listen turns it on
+	// as well.
+	Enabled bool `yaml:"enabled"`
+	// Listen is host:port; default DefaultGRPCListen (loopback).
+	Listen string `yaml:"listen"`
+	// MaxConcurrentStreams bounds the calls in flight on one connection
+	// (default 256).
+	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+}
+
+// On reports whether the gRPC listener runs.
+func (g GRPC) On() bool { return g.Enabled || g.Listen != "" }
+
 // Load reads a YAML file; unknown keys are an error, so a typo does not
 // silently fall back to a default.
 func Load(path string) (Config, error) {
@@ -199,6 +218,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.API.DrainTimeout <= 0 {
 		c.API.DrainTimeout = DefaultDrainTimeout
+	}
+	if c.GRPC.On() && c.GRPC.Listen == "" {
+		c.GRPC.Listen = DefaultGRPCListen
 	}
 	if c.Fleet.Linked() && c.Fleet.Device == "" {
 		c.Fleet.Device, _ = os.Hostname()

@@ -181,3 +181,28 @@ func TestProbationSettings(t *testing.T) {
 		assert.Equal(t, tc.most, c.Fleet.ProbationMax, tc.yaml)
 	}
 }
+
+// The gRPC listener is off unless asked for, on loopback when enabled
+// without an address, and where it is told otherwise.
+func TestGRPC(t *testing.T) {
+	for _, tc := range []struct {
+		yaml   string
+		on     bool
+		listen string
+	}{
+		{``, false, ""},
+		{"grpc: {enabled: false}", false, ""},
+		{"grpc: {enabled: true}", true, DefaultGRPCListen},
+		{"grpc: {listen: '0.0.0.0:9000'}", true, "0.0.0.0:9000"},
+		{"grpc: {enabled: true, listen: '127.0.0.1:0', max_concurrent_streams: 8}", true, "127.0.0.1:0"},
+	} {
+		c, err := Parse([]byte(tc.yaml))
+		require.NoError(t, err, tc.yaml)
+		c = c.WithDefaults()
+		require.NoError(t, c.Validate(), tc.yaml)
+		assert.Equal(t, tc.on, c.GRPC.On(), "%q: on", tc.yaml)
+		assert.Equal(t, tc.listen, c.GRPC.Listen, "%q: listen", tc.yaml)
+	}
+	_, err := Parse([]byte("grpc: {port: 9000}"))
+	assert.Error(t, err, "an unknown key under grpc")
+}

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -38,6 +39,7 @@ type Agent struct {
 	log      *slog.Logger
 	registry *serving.Registry
 	api      *api.Server
+	grpc     listener         // nil unless grpc is on in the config
 	store    *store.Store     // nil without a data dir
 	link     *fleetlink.Link  // the device's one MQTT connection; nil without a fleet
 	queue    *telemetry.Queue // nil without a data dir or with telemetry off
@@ -133,6 +135,11 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if cfg.GRPC.On() {
+		if a.grpc, err = newGRPC(cfg, a.api, log.With("component", "grpc")); err != nil {
+			return nil, err
+		}
+	}
 	return a, nil
 }
 
@@ -172,8 +179,23 @@ func readSecret(what, path string) (string, error) {
 	return s, nil
 }
 
+// listener is an optional server beside the HTTP API (the gRPC one).
+type listener interface {
+	// Run serves until ctx is cancelled, drains, and returns nil then.
+	Run(ctx context.Context) error
+	Addr() net.Addr
+}
+
 // Addr is where the API listens.
 func (a *Agent) Addr() string { return a.api.Addr().String() }
+
+// GRPCAddr is where the gRPC listener listens; "" when it is off.
+func (a *Agent) GRPCAddr() string {
+	if a.grpc == nil {
+		return ""
+	}
+	return a.grpc.Addr().String()
+}
 
 // Run loads the configured models, marks the API ready, and serves until
 // ctx is cancelled; SIGHUP reloads the models. A model that fails to load is
@@ -192,14 +214,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	// and stops when Run returns.
 	stopTelemetry := a.runTelemetry()
 	defer stopTelemetry()
-	errc := make(chan error, 1)
+	// The listeners: each reports once, when it has drained or failed.
+	errc := make(chan error, 2)
+	servers := 1
 	go func() { errc <- a.api.Run(ctx) }()
-
+	if a.grpc != nil {
+		servers++
+		go func() { errc <- a.grpc.Run(ctx) }()
+	}
 	a.reload(ctx, "")
 	// Streams start once the models are loaded, and stop before the
 	// registry closes.
 	stopStreams := a.runStreams(ctx)
-	a.log.Info("serving", "listen", a.Addr(), "models", len(a.registry.List()), "version", version.Version)
+	// stop waits for the listeners still running (they drain once ctx is
+	// cancelled), stops the streams, then unloads the models.
+	stop := func(err error) error {
+		sdnotify.Stopping()
+		cancel()
+		errs := []error{err}
+		for range servers - 1 {
+			errs = append(errs, <-errc)
+		}
+		stopStreams()
+		a.registry.Close()
+		return errors.Join(errs...)
+	}
+	a.log.Info("serving", "listen", a.Addr(), "grpc", a.GRPCAddr(), "models", len(a.registry.List()), "version", version.Version)
 	// systemd (Type=notify) learns we serve once the first load is done,
 	// whatever its outcome: a broken model file must not fail the unit.
 	if err := sdnotify.Ready(); err != nil {
@@ -223,17 +263,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-hup:
 			a.log.Info("SIGHUP: reloading models")
 			a.reload(ctx, "")
-		case err := <-errc: // the API stopped: drained after ctx ended, or failed
-			sdnotify.Stopping()
-			stopStreams()
-			a.registry.Close()
-			return err
+		case err := <-errc: // a listener stopped: drained after ctx ended, or failed
+			return stop(err)
 		case <-ctx.Done():
-			sdnotify.Stopping()
-			err := <-errc // the API drains first
-			stopStreams()
-			a.registry.Close()
-			return err
+			return stop(<-errc) // the listeners drain first
 		}
 	}
 }

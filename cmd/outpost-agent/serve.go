@@ -27,6 +27,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	name := fs.String("name", "", "model name for --model (default: the file name without extension)")
 	ver := fs.Int64("version", 1, "model version for --model (a positive integer)")
 	listen := fs.String("listen", "", "address: host:port or unix:/path/to.sock (default "+config.DefaultListen+")")
+	grpcListen := fs.String("grpc", "", "also serve KServe v2 gRPC on host:port (default off; "+config.DefaultGRPCListen+" with grpc.enabled in the config)")
 	dataDir := fs.String("data-dir", "", "data directory (model store and state)")
 	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
 	workers := fs.Int("workers", 0, "interpreters per model (default: one per core)")
@@ -86,6 +87,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cfg.Models = append(cfg.Models, config.Model{Name: n, Path: path, Version: *ver})
 	}
 	setIf(&cfg.Listen, *listen)
+	setIf(&cfg.GRPC.Listen, *grpcListen)
 	setIf(&cfg.DataDir, *dataDir)
 	setIf(&cfg.API.TokenFile, *tokenFile)
 	if *threads > 0 {
@@ -104,8 +106,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if logFlags.Format == "json" {
 		// Every line on stderr is JSON for the log shipper.
 		log.Info("listening", "addr", a.Addr())
+		if g := a.GRPCAddr(); g != "" {
+			log.Info("grpc listening", "addr", g)
+		}
 	} else {
 		fmt.Fprintf(logOut, "outpost-agent: listening on %s\n", a.Addr())
+		if g := a.GRPCAddr(); g != "" {
+			fmt.Fprintf(logOut, "outpost-agent: grpc listening on %s\n", g)
+		}
 	}
 	return a.Run(ctx)
 }
