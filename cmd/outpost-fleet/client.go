@@ -309,6 +309,10 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	probMax := fs.Duration("probation-max", 0, "longest probation when the traffic does not come, whole seconds (default: the device's setting)")
 	waveTimeout := fs.Duration("wave-timeout", 0, "how long a wave may wait for its evidence (default: forever)")
 	onTimeout := fs.String("on-wave-timeout", "", "what a wave timeout does: halt (default) or continue")
+	rate := fs.Int("rate", 0, "send installs to at most this many devices a minute (default: no limit)")
+	rateFactor := fs.Float64("rate-factor", 0, "ramp: multiply the rate by this (more than 1, at most 10) every --rate-every successes")
+	rateEvery := fs.Int("rate-every", 0, "ramp: successes between two increases of the rate")
+	rateMax := fs.Int("rate-max", 0, "ramp: highest rate, devices a minute (default: no cap)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -339,6 +343,7 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 		req.Bake = bake.String()
 	}
 	req.RequireVerified, req.ProbationMinRequests, req.OnWaveTimeout = *verified, *probMin, *onTimeout
+	req.RatePerMinute, req.RateFactor, req.RateEvery, req.RateMax = *rate, *rateFactor, *rateEvery, *rateMax
 	if *probMax > 0 {
 		req.ProbationMax = probMax.String()
 	}
@@ -415,6 +420,17 @@ func printReports(w io.Writer, reps []rollout.Report) {
 			fmt.Fprintf(w, "  (%s)", r.Reason)
 		}
 		fmt.Fprintln(w)
+		if rt := r.Rollout.Rate; rt.PerMinute > 0 {
+			fmt.Fprintf(w, "  rate %d devices/min", r.RateNow)
+			if rt.Factor > 1 {
+				fmt.Fprintf(w, " (from %d, x%g every %d successes", rt.PerMinute, rt.Factor, rt.Every)
+				if rt.Max > 0 {
+					fmt.Fprintf(w, ", up to %d", rt.Max)
+				}
+				fmt.Fprint(w, ")")
+			}
+			fmt.Fprintln(w)
+		}
 		if r.Waiting != "" {
 			fmt.Fprintf(w, "  %s", r.Waiting)
 			if !r.TimeoutAt.IsZero() {
