@@ -361,8 +361,24 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	if rep.RequireVerified {
 		fmt.Fprint(stdout, ", verified commits only")
 	}
+	if rep.Rollout.Rate.PerMinute > 0 {
+		fmt.Fprint(stdout, ", "+rateText(rep.Rollout.Rate, rep.RateNow))
+	}
 	fmt.Fprintln(stdout)
 	return nil
+}
+
+// rateText shows a rollout's send rate: the current one and its ramp.
+func rateText(r registry.Rate, now int) string {
+	s := fmt.Sprintf("rate %d devices/min", now)
+	if r.Factor > 1 {
+		s += fmt.Sprintf(" (from %d, x%g every %d successes", r.PerMinute, r.Factor, r.Every)
+		if r.Max > 0 {
+			s += fmt.Sprintf(", up to %d", r.Max)
+		}
+		s += ")"
+	}
+	return s
 }
 
 func runRolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -420,16 +436,8 @@ func printReports(w io.Writer, reps []rollout.Report) {
 			fmt.Fprintf(w, "  (%s)", r.Reason)
 		}
 		fmt.Fprintln(w)
-		if rt := r.Rollout.Rate; rt.PerMinute > 0 {
-			fmt.Fprintf(w, "  rate %d devices/min", r.RateNow)
-			if rt.Factor > 1 {
-				fmt.Fprintf(w, " (from %d, x%g every %d successes", rt.PerMinute, rt.Factor, rt.Every)
-				if rt.Max > 0 {
-					fmt.Fprintf(w, ", up to %d", rt.Max)
-				}
-				fmt.Fprint(w, ")")
-			}
-			fmt.Fprintln(w)
+		if r.Rollout.Rate.PerMinute > 0 {
+			fmt.Fprintf(w, "  %s\n", rateText(r.Rollout.Rate, r.RateNow))
 		}
 		if r.Waiting != "" {
 			fmt.Fprintf(w, "  %s", r.Waiting)
