@@ -467,13 +467,6 @@ func (ev evidence) decision(now time.Time, action, detail string) *registry.Deci
 		Devices: ev.devices, Detail: detail}
 }
 
-func onlineIn(byID map[string]*registry.Device) func(string) bool {
-	return func(id string) bool {
-		d := byID[id]
-		return d != nil && d.Online
-	}
-}
-
 // waveStart is when ro's current wave started.
 func waveStart(ro *registry.Rollout) time.Time {
 	if ro.WaveStarted.IsZero() {
@@ -592,15 +585,11 @@ func (e *Engine) Status(id string) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	devs, err := e.reg.Devices()
+	on, err := e.reg.OnlineDevices()
 	if err != nil {
 		return nil, err
 	}
-	byID := make(map[string]*registry.Device, len(devs))
-	for i := range devs {
-		byID[devs[i].ID] = &devs[i]
-	}
-	online := onlineIn(byID)
+	online := func(id string) bool { return on[id] }
 	rep := &Report{Rollout: *ro, Devices: len(as)}
 	timedOut := map[int]bool{}
 	for _, d := range ro.Decisions {
