@@ -338,6 +338,10 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	probMax := fs.Duration("probation-max", 0, "longest probation when the traffic does not come, whole seconds (default: the device's setting)")
 	waveTimeout := fs.Duration("wave-timeout", 0, "how long a wave may wait for its evidence (default: forever)")
 	onTimeout := fs.String("on-wave-timeout", "", "what a wave timeout does: halt (default) or continue")
+	rate := fs.Int("rate", 0, "send installs to at most this many devices a minute (default: no limit)")
+	rateFactor := fs.Float64("rate-factor", 0, "ramp: multiply the rate by this (more than 1, at most 10) every --rate-every successes")
+	rateEvery := fs.Int("rate-every", 0, "ramp: successes between two increases of the rate")
+	rateMax := fs.Int("rate-max", 0, "ramp: highest rate, devices a minute (default: no cap)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
 	}
@@ -368,6 +372,7 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 		req.Bake = bake.String()
 	}
 	req.RequireVerified, req.ProbationMinRequests, req.OnWaveTimeout = *verified, *probMin, *onTimeout
+	req.RatePerMinute, req.RateFactor, req.RateEvery, req.RateMax = *rate, *rateFactor, *rateEvery, *rateMax
 	if *probMax > 0 {
 		req.ProbationMax = probMax.String()
 	}
@@ -385,8 +390,24 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	if rep.RequireVerified {
 		fmt.Fprint(stdout, ", verified commits only")
 	}
+	if rep.Rollout.Rate.PerMinute > 0 {
+		fmt.Fprint(stdout, ", "+rateText(rep.Rollout.Rate, rep.RateNow))
+	}
 	fmt.Fprintln(stdout)
 	return nil
+}
+
+// rateText shows a rollout's send rate: the current one and its ramp.
+func rateText(r registry.Rate, now int) string {
+	s := fmt.Sprintf("rate %d devices/min", now)
+	if r.Factor > 1 {
+		s += fmt.Sprintf(" (from %d, x%g every %d successes", r.PerMinute, r.Factor, r.Every)
+		if r.Max > 0 {
+			s += fmt.Sprintf(", up to %d", r.Max)
+		}
+		s += ")"
+	}
+	return s
 }
 
 var categories = []string{rollout.CatPending, rollout.CatDownloading, rollout.CatValidating, rollout.CatActive, rollout.CatFailed, rollout.CatRolledBack}
@@ -403,6 +424,9 @@ func printReports(w io.Writer, reps []rollout.Report) {
 			fmt.Fprintf(w, "  (%s)", r.Reason)
 		}
 		fmt.Fprintln(w)
+		if r.Rollout.Rate.PerMinute > 0 {
+			fmt.Fprintf(w, "  %s\n", rateText(r.Rollout.Rate, r.RateNow))
+		}
 		if r.Waiting != "" {
 			fmt.Fprintf(w, "  %s", r.Waiting)
 			if !r.TimeoutAt.IsZero() {

@@ -130,8 +130,10 @@ func TestServeAndClientCommands(t *testing.T) {
 	}
 	cli(t, bin, 2, "rollout", "create", "--admin", admin, "--model", "face", "--version", "2", "--on-wave-timeout", "continue")
 	out = cli(t, bin, 0, "rollout", "create", "--admin", admin, "--model", "face", "--version", "2", "--waves", "50,100", "--bake", "1h",
-		"--require-verified", "--probation-min-requests", "10", "--probation-max", "30s", "--wave-timeout", "1h", "--on-wave-timeout", "continue")
-	if !strings.Contains(out, "wave timeout 1h0m0s (continue)") || !strings.Contains(out, "verified commits only") {
+		"--require-verified", "--probation-min-requests", "10", "--probation-max", "30s", "--wave-timeout", "1h", "--on-wave-timeout", "continue",
+		"--rate", "60", "--rate-factor", "2", "--rate-every", "5", "--rate-max", "600")
+	if !strings.Contains(out, "wave timeout 1h0m0s (continue)") || !strings.Contains(out, "verified commits only") ||
+		!strings.Contains(out, "rate 60 devices/min (from 60, x2 every 5 successes, up to 600)") {
 		t.Fatalf("rollout create with gates: %q", out)
 	}
 	id2 := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]

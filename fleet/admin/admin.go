@@ -364,6 +364,13 @@ type RolloutRequest struct {
 	// forever.
 	WaveTimeout   string `json:"wave_timeout,omitempty"`
 	OnWaveTimeout string `json:"on_wave_timeout,omitempty"`
+	// RatePerMinute limits the installs sent to this many devices a
+	// minute (0: no limit). RateFactor and RateEvery ramp it: multiplied
+	// by RateFactor every RateEvery successes, up to RateMax (0: no cap).
+	RatePerMinute int     `json:"rate_per_minute,omitempty"`
+	RateFactor    float64 `json:"rate_factor,omitempty"`
+	RateEvery     int     `json:"rate_every,omitempty"`
+	RateMax       int     `json:"rate_max,omitempty"`
 }
 
 func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
@@ -373,7 +380,8 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	spec := rollout.Spec{Model: req.Model, Version: req.Version, Selector: req.Selector, Waves: req.Waves,
-		MaxFailureRatio: -1, MinSuccesses: req.MinSuccesses, RequireVerified: req.RequireVerified, OnWaveTimeout: req.OnWaveTimeout}
+		MaxFailureRatio: -1, MinSuccesses: req.MinSuccesses, RequireVerified: req.RequireVerified, OnWaveTimeout: req.OnWaveTimeout,
+		Rate: registry.Rate{PerMinute: req.RatePerMinute, Factor: req.RateFactor, Every: req.RateEvery, Max: req.RateMax}}
 	if req.MaxFailureRatio != nil {
 		spec.MaxFailureRatio = *req.MaxFailureRatio
 		if spec.MaxFailureRatio < 0 {

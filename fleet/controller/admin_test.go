@@ -104,9 +104,11 @@ func TestAdminAPI(t *testing.T) {
 	call("POST", "/v1/rollouts", "application/json", strings.NewReader(`{"model":"face","version":7}`), 400, nil)
 	call("POST", "/v1/rollouts", "application/json", strings.NewReader(`{"model":"face","version":1,"bake":"soon"}`), 400, nil)
 	call("POST", "/v1/rollouts", "application/json", strings.NewReader(`{"model":"face","version":1,"waves":[50]}`), 400, nil)
+	call("POST", "/v1/rollouts", "application/json", strings.NewReader(`{"model":"face","version":1,"rate_factor":2,"rate_every":5}`), 400, nil)
 	var rep rollout.Report
-	call("POST", "/v1/rollouts", "application/json", strings.NewReader(`{"model":"face","version":1,"waves":[20,100],"max_failure_ratio":0.2,"bake":"1m","selector":{"site":"north"}}`), 201, &rep)
-	if rep.State != registry.RolloutRunning || rep.MaxFailureRatio != 0.2 || rep.Bake != time.Minute || rep.Selector["site"] != "north" || len(rep.Waves) != 2 {
+	call("POST", "/v1/rollouts", "application/json", strings.NewReader(`{"model":"face","version":1,"waves":[20,100],"max_failure_ratio":0.2,"bake":"1m","selector":{"site":"north"},"rate_per_minute":30}`), 201, &rep)
+	if rep.State != registry.RolloutRunning || rep.MaxFailureRatio != 0.2 || rep.Bake != time.Minute || rep.Selector["site"] != "north" || len(rep.Waves) != 2 ||
+		rep.Rollout.Rate.PerMinute != 30 || rep.RateNow != 30 {
 		t.Fatalf("created %+v", rep)
 	}
 	call("GET", "/v1/rollouts/"+rep.ID, "", nil, 200, &rep)

@@ -601,7 +601,7 @@ func (c *Controller) onStatus(device string, payload []byte) {
 		return
 	}
 	c.eng.HandleStatus(device, st.Update)
-	c.eng.Kick()
+	c.eng.DeviceChanged(device)
 }
 
 func (c *Controller) onState(device string, payload []byte) {
@@ -628,7 +628,7 @@ func (c *Controller) onState(device string, payload []byte) {
 		return
 	}
 	c.log.Debug("device "+string(payload), "device", device)
-	c.eng.Kick()
+	c.eng.DeviceChanged(device)
 }
 
 func (c *Controller) onAck(device string, payload []byte) {

@@ -352,3 +352,25 @@ func telemetryInsert(n int) string {
 	sb.WriteString(` ON CONFLICT (device, epoch, seq) DO NOTHING RETURNING seq`)
 	return sb.String()
 }
+
+// OnlineDevices returns the ids of the devices online now (an indexed
+// query that reads no other column).
+func (r *Registry) OnlineDevices() (map[string]bool, error) {
+	rows, err := r.r.Query(r.q(`SELECT id FROM devices WHERE online = ?`), true)
+	if err != nil {
+		return nil, fmt.Errorf("registry: online devices: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]bool{}
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, fmt.Errorf("registry: online devices: %w", err)
+		}
+		out[id] = true
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("registry: online devices: %w", err)
+	}
+	return out, nil
+}

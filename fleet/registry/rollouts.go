@@ -73,6 +73,19 @@ type Rollout struct {
 	// Decisions are the gate's decisions so far, oldest first, with the
 	// evidence each one was taken on.
 	Decisions []Decision `json:"decisions,omitempty"`
+	// Rate limits how fast install commands go out; the zero Rate sends
+	// as fast as the waves allow.
+	Rate Rate `json:"rate,omitzero"`
+}
+
+// Rate is a rollout's send rate: PerMinute devices a minute (0: no limit).
+// With a ramp (Factor > 1 and Every > 0) the rate is multiplied by Factor
+// every Every successes of the rollout, up to Max (0: no cap).
+type Rate struct {
+	PerMinute int     `json:"per_minute,omitempty"`
+	Factor    float64 `json:"factor,omitempty"`
+	Every     int     `json:"every,omitempty"`
+	Max       int     `json:"max,omitempty"`
 }
 
 // What happens when a wave times out.
@@ -159,7 +172,8 @@ func (a *Assignment) Known(id string) bool {
 }
 
 const rolloutCols = `id, model, version, selector, waves, max_failure_ratio, min_successes, require_verified, probation, wave_timeout,
-	on_wave_timeout, bake, state, wave, reason, created, updated, wave_done, wave_started, finished, decisions`
+	on_wave_timeout, bake, state, wave, reason, created, updated, wave_done, wave_started, finished, decisions,
+	rate_per_minute, rate_factor, rate_every, rate_max`
 
 func scanRollout(s scanner) (*Rollout, error) {
 	var ro Rollout
@@ -167,7 +181,7 @@ func scanRollout(s scanner) (*Rollout, error) {
 	var waveTimeout, bake, created, updated, waveDone, waveStarted, finished int64
 	if err := s.Scan(&ro.ID, &ro.Model, &ro.Version, &selector, &waves, &ro.MaxFailureRatio, &ro.MinSuccesses, &ro.RequireVerified,
 		&probation, &waveTimeout, &ro.OnWaveTimeout, &bake, &ro.State, &ro.Wave, &ro.Reason, &created, &updated, &waveDone,
-		&waveStarted, &finished, &decisions); err != nil {
+		&waveStarted, &finished, &decisions, &ro.Rate.PerMinute, &ro.Rate.Factor, &ro.Rate.Every, &ro.Rate.Max); err != nil {
 		return nil, notFound(err)
 	}
 	ro.WaveTimeout, ro.Bake = time.Duration(waveTimeout), time.Duration(bake)
@@ -184,16 +198,19 @@ func scanRollout(s scanner) (*Rollout, error) {
 }
 
 func (r *Registry) putRollout(tx *sql.Tx, ro *Rollout) error {
-	_, err := r.exec(tx, `INSERT INTO rollouts (`+rolloutCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := r.exec(tx, `INSERT INTO rollouts (`+rolloutCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET model = excluded.model, version = excluded.version, selector = excluded.selector,
 			waves = excluded.waves, max_failure_ratio = excluded.max_failure_ratio, min_successes = excluded.min_successes,
 			require_verified = excluded.require_verified, probation = excluded.probation, wave_timeout = excluded.wave_timeout,
 			on_wave_timeout = excluded.on_wave_timeout, bake = excluded.bake, state = excluded.state, wave = excluded.wave,
 			reason = excluded.reason, created = excluded.created, updated = excluded.updated, wave_done = excluded.wave_done,
-			wave_started = excluded.wave_started, finished = excluded.finished, decisions = excluded.decisions`,
+			wave_started = excluded.wave_started, finished = excluded.finished, decisions = excluded.decisions,
+			rate_per_minute = excluded.rate_per_minute, rate_factor = excluded.rate_factor, rate_every = excluded.rate_every,
+			rate_max = excluded.rate_max`,
 		ro.ID, ro.Model, ro.Version, js(ro.Selector), js(ro.Waves), ro.MaxFailureRatio, ro.MinSuccesses, ro.RequireVerified,
 		js(ro.Probation), int64(ro.WaveTimeout), ro.OnWaveTimeout, int64(ro.Bake), string(ro.State), ro.Wave, ro.Reason,
-		ts(ro.Created), ts(ro.Updated), ts(ro.WaveDone), ts(ro.WaveStarted), ts(ro.Finished), js(ro.Decisions))
+		ts(ro.Created), ts(ro.Updated), ts(ro.WaveDone), ts(ro.WaveStarted), ts(ro.Finished), js(ro.Decisions),
+		ro.Rate.PerMinute, ro.Rate.Factor, ro.Rate.Every, ro.Rate.Max)
 	return err
 }
 
@@ -354,4 +371,13 @@ func (r *Registry) AssignmentsIn(rollout string, states ...protocol.UpdateState)
 		return nil, fmt.Errorf("registry: assignments of %s: %w", rollout, err)
 	}
 	return out, nil
+}
+
+// Assignment returns the (rollout, device) assignment, or ErrNotFound.
+func (r *Registry) Assignment(rollout, device string) (*Assignment, error) {
+	a, err := scanAssignment(r.r.QueryRow(r.q(`SELECT `+assignmentCols+` FROM assignments WHERE rollout = ? AND device = ?`), rollout, device))
+	if err != nil {
+		return nil, fmt.Errorf("registry: assignment %s/%s: %w", rollout, device, err)
+	}
+	return a, nil
 }

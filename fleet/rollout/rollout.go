@@ -16,7 +16,15 @@
 // the decision is recorded.
 //
 // All state lives in the registry, so a restarted controller carries on where
-// it stopped; the Engine only holds a wake-up channel.
+// it stopped. The Engine keeps an index of the active rollouts (their
+// assignments, per-wave tallies and the devices still to assign, in cohort
+// order) so that a pass costs what changed, not the fleet: acks and device
+// events name the rows to read again, the active rollouts come from an
+// indexed query, and only a rare reconciliation (Options.Reconcile) reads
+// every device and assignment again (see index.go).
+//
+// A rollout may limit its send rate (Rate: devices per minute, with an
+// optional exponential ramp on successes).
 package rollout
 
 import (
@@ -29,6 +37,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -64,8 +73,13 @@ type Options struct {
 	// long gets it again (new id); 0 means 10 minutes.
 	ResendAfter time.Duration
 	// Tick is how often gates are checked without an event; 0 means 1s.
-	Tick   time.Duration
-	Logger *slog.Logger
+	Tick time.Duration
+	// Reconcile is how often Run reads every device and assignment again
+	// (catching what no event announced: changes made by another replica,
+	// and the resends due after ResendAfter); 0 means the shorter of a
+	// minute and ResendAfter/2.
+	Reconcile time.Duration
+	Logger    *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -76,6 +90,17 @@ type Engine struct {
 	reg  *registry.Registry
 	log  *slog.Logger
 	kick chan struct{}
+
+	// mu guards the changes announced since the last pass: devices to
+	// read again and (rollout, device) assignments to read again.
+	mu        sync.Mutex
+	dirtyDevs map[string]struct{}
+	dirtyAs   map[asKey]struct{}
+
+	// passMu serialises passes and guards idx, the index they work on.
+	passMu sync.Mutex
+	idx    *index
+
 	// steps counts completed passes of Step, so a test can wait for one
 	// instead of sleeping.
 	steps atomic.Uint64
@@ -98,13 +123,17 @@ func New(opts Options) (*Engine, error) {
 	if opts.Tick <= 0 {
 		opts.Tick = time.Second
 	}
+	if opts.Reconcile <= 0 {
+		opts.Reconcile = min(time.Minute, opts.ResendAfter/2)
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, kick: make(chan struct{}, 1)}, nil
+	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, kick: make(chan struct{}, 1),
+		dirtyDevs: map[string]struct{}{}, dirtyAs: map[asKey]struct{}{}}, nil
 }
 
 // Cohort places a device in a rollout: a number in [0, 100) from the
@@ -121,32 +150,6 @@ func Cohort(rollout, device string) float64 {
 // hold: ceil(p% of n), so a wave is never empty while there are devices.
 func Quota(p, n int) int {
 	return (p*n + 99) / 100
-}
-
-// byCohort returns the first k of devs in cohort order for rollout id.
-func byCohort(id string, devs []*registry.Device, k int) []*registry.Device {
-	if k <= 0 {
-		return nil
-	}
-	type ranked struct {
-		c float64
-		d *registry.Device
-	}
-	rs := make([]ranked, len(devs))
-	for i, d := range devs {
-		rs[i] = ranked{Cohort(id, d.ID), d}
-	}
-	sort.Slice(rs, func(i, j int) bool {
-		if rs[i].c != rs[j].c {
-			return rs[i].c < rs[j].c
-		}
-		return rs[i].d.ID < rs[j].d.ID
-	})
-	out := make([]*registry.Device, 0, min(k, len(rs)))
-	for _, r := range rs[:min(k, len(rs))] {
-		out = append(out, r.d)
-	}
-	return out
 }
 
 // Spec is what a rollout is asked to do.
@@ -173,6 +176,8 @@ type Spec struct {
 	// registry.WaveTimeoutHalt (the default) or WaveTimeoutContinue.
 	WaveTimeout   time.Duration
 	OnWaveTimeout string
+	// Rate limits the installs sent; the zero Rate does not.
+	Rate registry.Rate
 }
 
 // DefaultWaves are used when a spec names none.
@@ -227,6 +232,9 @@ func (e *Engine) Create(spec Spec) (*registry.Rollout, error) {
 	default:
 		return nil, fmt.Errorf("%w: on wave timeout %q: want halt or continue", ErrInvalid, spec.OnWaveTimeout)
 	}
+	if err := checkRate(spec.Rate); err != nil {
+		return nil, err
+	}
 	var probation *protocol.Probation
 	if p := spec.Probation; p != nil && (p.MinRequests != 0 || p.MaxSeconds != 0) {
 		if p.MinRequests < 0 || p.MinRequests > protocol.MaxProbationRequests || p.MaxSeconds < 0 || p.MaxSeconds > protocol.MaxProbationSeconds {
@@ -239,9 +247,9 @@ func (e *Engine) Create(spec Spec) (*registry.Rollout, error) {
 		ID: registry.NewID("r-"), Model: spec.Model, Version: spec.Version, Selector: spec.Selector,
 		Waves: append([]int(nil), spec.Waves...), MaxFailureRatio: spec.MaxFailureRatio, MinSuccesses: spec.MinSuccesses,
 		RequireVerified: spec.RequireVerified, Probation: probation, WaveTimeout: spec.WaveTimeout, OnWaveTimeout: spec.OnWaveTimeout,
-		Bake: spec.Bake, State: registry.RolloutRunning, Created: now, Updated: now, WaveStarted: now,
+		Bake: spec.Bake, State: registry.RolloutRunning, Created: now, Updated: now, WaveStarted: now, Rate: spec.Rate,
 	}
-	all, err := e.reg.Rollouts()
+	all, err := e.reg.RolloutsIn(registry.RolloutRunning, registry.RolloutPaused, registry.RolloutCompleted)
 	if err != nil {
 		return nil, err
 	}
@@ -385,163 +393,15 @@ func (e *Engine) apply(device, rollout, cmdID string, an answer) {
 		e.log.Warn("ack", "device", device, "rollout", rollout, "err", err)
 	}
 	if changed {
+		e.mu.Lock()
+		e.dirtyAs[asKey{rollout, device}] = struct{}{}
+		e.mu.Unlock()
 		if st.Terminal() {
 			e.log.Info("device update "+string(st), "device", device, "rollout", rollout, "error", errText,
 				"probation_requests", an.requests, "verified", an.verified)
 		}
 		e.Kick()
 	}
-}
-
-// Run steps every rollout on every kick and tick until ctx is cancelled.
-func (e *Engine) Run(ctx context.Context) error {
-	t := time.NewTicker(e.opts.Tick)
-	defer t.Stop()
-	for {
-		if err := e.Step(ctx); err != nil && ctx.Err() == nil {
-			e.log.Warn("rollout step", "err", err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		case <-e.kick:
-		}
-	}
-}
-
-// Steps is how many passes Step has completed.
-func (e *Engine) Steps() uint64 { return e.steps.Load() }
-
-// Step does one pass over every rollout that still has work.
-func (e *Engine) Step(ctx context.Context) error {
-	defer e.steps.Add(1)
-	rollouts, err := e.reg.Rollouts()
-	if err != nil {
-		return err
-	}
-	devs, err := e.reg.Devices()
-	if err != nil {
-		return err
-	}
-	byID := make(map[string]*registry.Device, len(devs))
-	for i := range devs {
-		byID[devs[i].ID] = &devs[i]
-	}
-	var errs []error
-	for i := range rollouts {
-		if err := e.step(ctx, &rollouts[i], devs, byID); err != nil {
-			errs = append(errs, fmt.Errorf("rollout %s: %w", rollouts[i].ID, err))
-		}
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (e *Engine) step(ctx context.Context, ro *registry.Rollout, devs []registry.Device, byID map[string]*registry.Device) error {
-	as, err := e.reg.Assignments(ro.ID)
-	if err != nil {
-		return err
-	}
-	if !ro.State.Active() {
-		return e.undo(ctx, ro, as, byID)
-	}
-	mv, err := e.reg.Model(ro.Model, ro.Version)
-	if err != nil {
-		return err
-	}
-	now := e.opts.Now()
-	assigned := make(map[string]bool, len(as))
-	var errs []error
-	for i := range as {
-		a := &as[i]
-		assigned[a.Device] = true
-		d := byID[a.Device]
-		if d == nil || a.State.Terminal() || !d.Online {
-			continue
-		}
-		// Catch up a device that came back, or that has not answered.
-		last := a.Sent
-		if a.Updated.After(last) {
-			last = a.Updated
-		}
-		if d.OnlineSince.After(a.Sent) || now.Sub(last) >= e.opts.ResendAfter || !now.Before(a.Sent.Add(e.opts.CommandTTL)) {
-			errs = append(errs, e.sendInstall(ctx, ro, mv, a.Device, a.Wave))
-		}
-	}
-	// Waves fill in cohort order up to their quota of the devices targeted
-	// now. An assigned device keeps its wave; a device that joins later (a
-	// new device, a label change) is placed in the current wave if the
-	// current quota, counted with it, has room, and otherwise waits for a
-	// later wave, so the waves already passed keep the devices they were
-	// judged on. A completed rollout keeps assigning (its quota is every
-	// device): a device that joins the fleet later gets the version too.
-	if ro.State == registry.RolloutRunning || ro.State == registry.RolloutCompleted {
-		var free []*registry.Device
-		targeted, have := 0, 0
-		for i := range devs {
-			d := &devs[i]
-			if !matches(d.Labels, ro.Selector) {
-				continue
-			}
-			targeted++
-			if assigned[d.ID] {
-				have++
-			} else {
-				free = append(free, d)
-			}
-		}
-		need := Quota(ro.Waves[ro.Wave], targeted) - have
-		if need <= 0 {
-			free = nil
-		}
-		for _, d := range byCohort(ro.ID, free, need) {
-			w := ro.Wave
-			if d.Running(ro.Model) == ro.Version {
-				// Already there (an earlier rollout, or an offline install).
-				_, err := e.reg.UpdateAssignment(ro.ID, d.ID, true, func(a *registry.Assignment) bool {
-					a.Wave, a.State, a.Updated = w, protocol.UpdateCommitted, now.UTC()
-					return true
-				})
-				errs = append(errs, err)
-				continue
-			}
-			errs = append(errs, e.sendInstall(ctx, ro, mv, d.ID, w))
-		}
-	}
-	if ro.State == registry.RolloutRunning {
-		if err := e.gate(ro, byID); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
-func (e *Engine) sendInstall(ctx context.Context, ro *registry.Rollout, mv *registry.ModelVersion, device string, wave int) error {
-	now := e.opts.Now().UTC()
-	cmd := &protocol.Command{
-		ID: registry.NewID(""), Kind: protocol.CommandInstall, Fleet: e.opts.Fleet, Device: device, RolloutID: ro.ID,
-		Issued: now, Expires: now.Add(e.opts.CommandTTL),
-		Install: &protocol.Install{Model: mv.Name, Version: mv.Version, Artifact: mv.Artifact(), Release: mv.Release,
-			Probation: ro.Probation},
-	}
-	// Record before sending: an ack can then never arrive for a command the
-	// registry does not know.
-	if _, err := e.reg.UpdateAssignment(ro.ID, device, true, func(a *registry.Assignment) bool {
-		a.Wave = wave
-		a.Remember(a.CommandID)
-		a.CommandID, a.Sent = cmd.ID, now
-		a.Sends++
-		return true
-	}); err != nil {
-		return err
-	}
-	if err := e.opts.Sender.Send(ctx, cmd); err != nil {
-		return fmt.Errorf("send install to %s: %w", device, err)
-	}
-	return nil
 }
 
 // evidence is what a wave's gate decides on.
@@ -555,48 +415,6 @@ type evidence struct {
 	needed int
 	// Over every wave up to this one: devices, failures and successes.
 	total, totalFailed, totalSuccesses int
-}
-
-// assess weighs wave w of ro.
-func assess(ro *registry.Rollout, as []registry.Assignment, w int, online func(string) bool) evidence {
-	ev := evidence{wave: w}
-	for _, a := range as {
-		if a.Wave > w {
-			continue
-		}
-		ok := a.State == protocol.UpdateCommitted && (a.Verified || !ro.RequireVerified)
-		bad := a.State == protocol.UpdateFailed || a.State == protocol.UpdateRolledBack
-		ev.total++
-		if bad {
-			ev.totalFailed++
-		}
-		if ok {
-			ev.totalSuccesses++
-		}
-		if a.Wave != w {
-			continue
-		}
-		ev.devices++
-		switch {
-		case a.State == protocol.UpdateCommitted:
-			if a.Verified {
-				ev.verified++
-			} else {
-				ev.unverified++
-			}
-			if ok {
-				ev.successes++
-			}
-		case bad:
-			ev.failed++
-		case online(a.Device):
-			ev.onWay++
-		default:
-			ev.offline++ // neither holds the wave nor passes it
-		}
-	}
-	ev.needed = min(max(ro.MinSuccesses, 1), ev.devices)
-	return ev
 }
 
 // done reports whether the wave has its evidence: enough successes and no
@@ -649,144 +467,12 @@ func (ev evidence) decision(now time.Time, action, detail string) *registry.Deci
 		Devices: ev.devices, Detail: detail}
 }
 
-func onlineIn(byID map[string]*registry.Device) func(string) bool {
-	return func(id string) bool {
-		d := byID[id]
-		return d != nil && d.Online
-	}
-}
-
 // waveStart is when ro's current wave started.
 func waveStart(ro *registry.Rollout) time.Time {
 	if ro.WaveStarted.IsZero() {
 		return ro.Created
 	}
 	return ro.WaveStarted
-}
-
-// gate checks the current wave and advances, completes or halts.
-func (e *Engine) gate(ro *registry.Rollout, byID map[string]*registry.Device) error {
-	as, err := e.reg.Assignments(ro.ID)
-	if err != nil {
-		return err
-	}
-	ev := assess(ro, as, ro.Wave, onlineIn(byID))
-	now := e.opts.Now().UTC()
-	if ev.totalFailed > 0 && float64(ev.totalFailed) > ro.MaxFailureRatio*float64(ev.total) {
-		reason := fmt.Sprintf("gate failed in wave %d (%d%%): %d of %d devices failed, more than %.0f%%",
-			ro.Wave+1, ro.Waves[ro.Wave], ev.totalFailed, ev.total, ro.MaxFailureRatio*100)
-		if err := e.finish(ro.ID, registry.RolloutHalted, reason, ev.decision(now, "failed", reason)); err != nil {
-			return err
-		}
-		e.Kick() // undo on the next step
-		return nil
-	}
-	done := ev.done()
-	timedOut := !done && ro.WaveTimeout > 0 && !now.Before(waveStart(ro).Add(ro.WaveTimeout))
-	if timedOut && ro.OnWaveTimeout != registry.WaveTimeoutContinue {
-		reason := fmt.Sprintf("wave %d timed out after %s, halting: %s", ro.Wave+1, ro.WaveTimeout, ev.why(ro.RequireVerified))
-		if err := e.finish(ro.ID, registry.RolloutHalted, reason, ev.decision(now, "timeout-halt", reason)); err != nil {
-			return err
-		}
-		e.Kick()
-		return nil
-	}
-	_, err = e.reg.UpdateRollout(ro.ID, func(cur *registry.Rollout) error {
-		if cur.State != registry.RolloutRunning || cur.Wave != ro.Wave {
-			return errNoChange
-		}
-		last := cur.Wave == len(cur.Waves)-1
-		switch {
-		case timedOut:
-			detail := fmt.Sprintf("wave %d timed out after %s, continuing: %s", cur.Wave+1, cur.WaveTimeout, ev.why(cur.RequireVerified))
-			cur.Decisions = append(cur.Decisions, *ev.decision(now, "timeout-continue", detail))
-			e.log.Warn("rollout wave timed out", "rollout", cur.ID, "wave", cur.Wave+1, "action", "continue", "detail", detail)
-			if last {
-				cur.State, cur.Finished, cur.Reason = registry.RolloutCompleted, now, detail
-			} else {
-				cur.Wave++
-				cur.WaveDone, cur.WaveStarted = time.Time{}, now
-			}
-		case !done:
-			if cur.WaveDone.IsZero() {
-				return errNoChange
-			}
-			cur.WaveDone = time.Time{} // a new device joined the wave
-		case cur.WaveDone.IsZero():
-			cur.WaveDone = now
-		case now.Sub(cur.WaveDone) < cur.Bake:
-			return errNoChange
-		case last:
-			cur.State, cur.Finished = registry.RolloutCompleted, now
-			cur.Decisions = append(cur.Decisions, *ev.decision(now, "completed", ""))
-			e.log.Info("rollout completed", "rollout", cur.ID, "devices", ev.total, "ok", ev.totalSuccesses, "failed", ev.totalFailed)
-		default:
-			cur.Decisions = append(cur.Decisions, *ev.decision(now, "passed", ""))
-			cur.Wave++
-			cur.WaveDone, cur.WaveStarted = time.Time{}, now
-			e.log.Info("rollout wave", "rollout", cur.ID, "wave", cur.Wave+1, "percent", cur.Waves[cur.Wave],
-				"evidence", fmt.Sprintf("%d of %d successes needed", ev.successes, ev.needed))
-		}
-		cur.Updated = now
-		return nil
-	})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
-	if err == nil {
-		e.Kick()
-	}
-	return err
-}
-
-var errNoChange = errors.New("no change")
-
-// undo sends rollback to devices that activated the rollout's version and
-// abort to devices with an update under way. A superseded rollout only
-// aborts: the rollout that replaced it moves activated devices on.
-func (e *Engine) undo(ctx context.Context, ro *registry.Rollout, as []registry.Assignment, byID map[string]*registry.Device) error {
-	now := e.opts.Now().UTC()
-	var errs []error
-	for _, a := range as {
-		var kind protocol.CommandKind
-		switch {
-		case a.Activated && a.State != protocol.UpdateRolledBack && ro.State != registry.RolloutSuperseded:
-			kind = protocol.CommandRollback
-		case !a.Activated && a.CommandID != "" && !a.State.Terminal():
-			kind = protocol.CommandAbort
-		default:
-			continue
-		}
-		if a.Undo == kind && a.UndoDone {
-			continue // answered (a rollback with nothing to return to fails for good)
-		}
-		d := byID[a.Device]
-		if a.UndoID != "" && a.Undo == kind &&
-			(d == nil || !d.Online || (!d.OnlineSince.After(a.UndoSent) && now.Sub(a.UndoSent) < e.opts.ResendAfter)) {
-			continue // sent; wait for the answer or for the device to return
-		}
-		cmd := &protocol.Command{
-			ID: registry.NewID(""), Kind: kind, Fleet: e.opts.Fleet, Device: a.Device, RolloutID: ro.ID,
-			Issued: now, Expires: now.Add(e.opts.CommandTTL),
-		}
-		if kind == protocol.CommandRollback {
-			cmd.Rollback = &protocol.Rollback{Model: ro.Model, Version: ro.Version, Reason: ro.Reason}
-		} else {
-			cmd.Abort = &protocol.Abort{Reason: ro.Reason}
-		}
-		if _, err := e.reg.UpdateAssignment(ro.ID, a.Device, false, func(x *registry.Assignment) bool {
-			x.Remember(x.UndoID)
-			x.Undo, x.UndoID, x.UndoSent, x.UndoDone = kind, cmd.ID, now, false
-			return true
-		}); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if err := e.opts.Sender.Send(ctx, cmd); err != nil {
-			errs = append(errs, fmt.Errorf("send %s to %s: %w", kind, a.Device, err))
-		}
-	}
-	return errors.Join(errs...)
 }
 
 // ParseSelector parses "k=v,k2=v2" into labels; empty gives none.
@@ -871,6 +557,9 @@ type Report struct {
 	// BytesMoved is how much of the artifact the devices hold, as they
 	// last acked (a device past its download counts its whole artifact).
 	BytesMoved int64 `json:"bytes_moved"`
+	// RateNow is the send rate in devices per minute the rollout's Rate
+	// gives at its successes so far; 0 when it has no limit.
+	RateNow int `json:"rate_now,omitempty"`
 }
 
 // WaveReport counts one wave's devices by category, with its gate.
@@ -899,15 +588,11 @@ func (e *Engine) Status(id string) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	devs, err := e.reg.Devices()
+	on, err := e.reg.OnlineDevices()
 	if err != nil {
 		return nil, err
 	}
-	byID := make(map[string]*registry.Device, len(devs))
-	for i := range devs {
-		byID[devs[i].ID] = &devs[i]
-	}
-	online := onlineIn(byID)
+	online := func(id string) bool { return on[id] }
 	rep := &Report{Rollout: *ro, Devices: len(as)}
 	timedOut := map[int]bool{}
 	for _, d := range ro.Decisions {
@@ -946,6 +631,7 @@ func (e *Engine) Status(id string) (*Report, error) {
 	if mv, err := e.reg.Model(ro.Model, ro.Version); err == nil {
 		length = mv.Length
 	}
+	rep.RateNow = RateAt(ro.Rate, assess(ro, as, len(ro.Waves)-1, online).totalSuccesses)
 	sort.Slice(as, func(i, j int) bool { return as[i].Device < as[j].Device })
 	for _, a := range as {
 		if a.Wave < 0 || a.Wave >= len(rep.Waves) {

@@ -648,18 +648,3 @@ func TestSelectorAndSupersede(t *testing.T) {
 	}
 	_ = ro2
 }
-
-// BenchmarkPlaceWave: ranking 5000 unassigned devices by cohort to fill a
-// wave, the placement work of a step that starts a wave.
-func BenchmarkPlaceWave(b *testing.B) {
-	devs := make([]*registry.Device, 5000)
-	for i := range devs {
-		devs[i] = &registry.Device{ID: fmt.Sprintf("gw-%05d", i)}
-	}
-	b.ResetTimer()
-	for range b.N {
-		if got := byCohort("r-bench", devs, Quota(10, len(devs))); len(got) != 500 {
-			b.Fatalf("placed %d", len(got))
-		}
-	}
-}
