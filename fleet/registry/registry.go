@@ -87,12 +87,17 @@ type Registry struct {
 	eng  engine
 	w    *sql.DB // writes (SQLite: one connection)
 	r    *sql.DB // reads (the same pool on PostgreSQL)
-	qc   queryCache
+	qc   *queryCache
 	log  *slog.Logger
+	// fence, when set, makes every write check a lease token (Fenced).
+	fence *Lease
 	// telStmt is insertTelemetry's full chunk, prepared in Open (not
 	// later: inside a transaction SQLite's one write connection is taken).
 	telStmt *sql.Stmt
-	ingest  ingestQueue
+	ingest  *ingestQueue
+	// view is set on a Fenced copy: it shares the pools and must not
+	// close them.
+	view bool
 }
 
 // Open opens the store selected by opts.Store, migrating its schema to
@@ -113,7 +118,8 @@ func Open(dir string, opts Options) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: queryCache{eng: eng}, log: opts.Logger}
+	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
+		ingest: &ingestQueue{}}
 	if eng.name == "sqlite" {
 		r.file = store
 	}
@@ -135,6 +141,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 
 // Close closes the store.
 func (r *Registry) Close() error {
+	if r.view {
+		return nil
+	}
 	if r.telStmt != nil {
 		r.telStmt.Close()
 	}
@@ -156,7 +165,14 @@ func (r *Registry) q(query string) string { return r.qc.q(query) }
 func (r *Registry) write(fn func(tx *sql.Tx) error) error {
 	var err error
 	for range 5 {
-		err = inTx(context.Background(), r.w, fn)
+		err = inTx(context.Background(), r.w, func(tx *sql.Tx) error {
+			if r.fence != nil {
+				if err := r.checkFence(tx, *r.fence); err != nil {
+					return err
+				}
+			}
+			return fn(tx)
+		})
 		if !retryable(err) {
 			return err
 		}
