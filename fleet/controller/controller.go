@@ -86,7 +86,17 @@ type Options struct {
 	BytesPerSecond int64
 	// CommandTTL, ResendAfter and Tick tune the rollout engine.
 	CommandTTL, ResendAfter, Tick time.Duration
-	Logger                        *slog.Logger
+	// ReplicaID names this process among the replicas on one PostgreSQL
+	// store, in the rollout engine's lease; empty means a random id. Each
+	// replica needs its own.
+	ReplicaID string
+	// LeaseTTL is how long the rollout engine's lease runs without a
+	// renewal (0 means 10 s); the leader renews it every third of it, and
+	// a standby takes over within about LeaseTTL plus a third of it after
+	// the leader dies. Only the PostgreSQL store has a lease: on the
+	// embedded store the one process runs the engine.
+	LeaseTTL time.Duration
+	Logger   *slog.Logger
 }
 
 // Controller is a running fleet controller.
@@ -99,8 +109,12 @@ type Controller struct {
 	roots   [][]byte
 	brk     *broker.Broker // nil with an external broker
 	art     *artifacts.Server
-	eng     *rollout.Engine
-	adm     *admin.Server
+	// eng serves the admin API (create, pause, status) and records acks;
+	// on SQLite it also runs the rollouts. On PostgreSQL rollouts run in
+	// leader, an engine on a Fenced view made for each lease holding.
+	eng    *rollout.Engine
+	leader atomic.Pointer[rollout.Engine] // nil while this replica does not hold the lease
+	adm    *admin.Server
 
 	urls []string // the brokers, in the order tried
 
@@ -132,6 +146,12 @@ func New(opts Options) (*Controller, error) {
 	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 30 * time.Second
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = 10 * time.Second
+	}
+	if opts.ReplicaID == "" {
+		opts.ReplicaID = registry.NewID("replica-")[:20]
 	}
 	c := &Controller{opts: opts, log: opts.Logger, started: time.Now(), ready: make(chan struct{})}
 	var err error
@@ -172,8 +192,7 @@ func New(opts Options) (*Controller, error) {
 		BytesPerSecond: opts.BytesPerSecond, Logger: opts.Logger.With("component", "artifacts")}); err != nil {
 		return fail(err)
 	}
-	if c.eng, err = rollout.New(rollout.Options{Registry: c.reg, Sender: c, Fleet: opts.Fleet, CommandTTL: opts.CommandTTL,
-		ResendAfter: opts.ResendAfter, Tick: opts.Tick, Logger: opts.Logger.With("component", "rollout")}); err != nil {
+	if c.eng, err = c.newEngine(c.reg); err != nil {
 		return fail(err)
 	}
 	var disc admin.Disconnecter
@@ -224,6 +243,10 @@ type Stats struct {
 	SysBytes    uint64          `json:"sys_bytes"`
 	Goroutines  int             `json:"goroutines"`
 	Uptime      string          `json:"uptime"`
+	// Replica is this process's id in the rollout engine's lease; Leader
+	// is set while it runs the rollout engine.
+	Replica string `json:"replica"`
+	Leader  bool   `json:"leader"`
 }
 
 // Stats returns the counters and the process's memory.
@@ -232,7 +255,7 @@ func (c *Controller) Stats() Stats {
 	runtime.ReadMemStats(&ms)
 	return Stats{MessagesIn: c.msgsIn.Load(), MessagesOut: c.msgsOut.Load(), BadMessages: c.bad.Load(),
 		Artifacts: c.art.Stats(), HeapBytes: ms.HeapAlloc, SysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(),
-		Uptime: time.Since(c.started).Round(time.Second).String()}
+		Uptime: time.Since(c.started).Round(time.Second).String(), Replica: c.opts.ReplicaID, Leader: c.leader.Load() != nil}
 }
 
 // Run runs every part until ctx is cancelled, then stops them and closes
@@ -284,7 +307,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	run("mqtt", func(ctx context.Context) error { return c.keepConnected(ctx, next) })
 	run("artifacts", c.art.Run)
-	run("rollout", c.eng.Run)
+	if c.reg.Engine() == "postgres" {
+		run("rollout", c.lead)
+	} else {
+		c.leader.Store(c.eng)
+		run("rollout", c.eng.Run)
+	}
 	run("admin", c.adm.Run)
 	<-ctx.Done()
 	wg.Wait()
@@ -605,7 +633,7 @@ func (c *Controller) onStatus(device string, payload []byte) {
 		return
 	}
 	c.eng.HandleStatus(device, st.Update)
-	c.eng.Kick()
+	c.kick()
 }
 
 func (c *Controller) onState(device string, payload []byte) {
@@ -632,7 +660,7 @@ func (c *Controller) onState(device string, payload []byte) {
 		return
 	}
 	c.log.Debug("device "+string(payload), "device", device)
-	c.eng.Kick()
+	c.kick()
 }
 
 func (c *Controller) onAck(device string, payload []byte) {
@@ -643,6 +671,7 @@ func (c *Controller) onAck(device string, payload []byte) {
 		return
 	}
 	c.eng.HandleAck(device, a)
+	c.kick()
 }
 
 func (c *Controller) onEvents(device string, payload []byte) {
