@@ -37,7 +37,7 @@ type fleetConfig struct {
 	ReplicaID string        `yaml:"replica_id"`
 	LeaseTTL  time.Duration `yaml:"lease_ttl"`
 	Keys      string        `yaml:"keys"`
-	Broker string `yaml:"broker"`
+	Broker    string        `yaml:"broker"`
 	// Brokers are the nodes of a clustered broker, after Broker.
 	Brokers    []string `yaml:"brokers"`
 	ListenMQTT string   `yaml:"listen_mqtt"`
