@@ -736,5 +736,9 @@ func (k catalog) Artifact(sha string) (artifacts.Artifact, error) {
 	if err != nil {
 		return artifacts.Artifact{}, err
 	}
-	return artifacts.Artifact{Path: k.reg.BlobPath(sha), Length: m.Length, ChunkSize: m.ChunkSize}, nil
+	path, err := k.reg.Blob(m) // fetched from the store if pushed to another replica
+	if err != nil {
+		return artifacts.Artifact{}, err
+	}
+	return artifacts.Artifact{Path: path, Length: m.Length, ChunkSize: m.ChunkSize}, nil
 }

@@ -1,9 +1,14 @@
 package registry
 
 import (
+	"bytes"
+	"crypto/rand"
 	"errors"
+	"os"
 	"testing"
 	"time"
+
+	"github.com/outpost-edge/outpost/fleet/keyring"
 )
 
 func TestLease(t *testing.T) { eachEngine(t, testLease) }
@@ -94,4 +99,55 @@ func testLease(t *testing.T, newTarget func(*testing.T) target) {
 	if _, err := r.LeaseOf("engine"); err != nil {
 		t.Fatalf("closing a view closed the store: %v", err)
 	}
+}
+
+// TestBlobReplicas: a model pushed to one replica's data directory is
+// served by another replica of the same store, fetched from the database
+// (PostgreSQL); on SQLite the one process has the file.
+func TestBlobReplicas(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newTarget func(*testing.T) target) {
+		tg := newTarget(t)
+		a := tg.open(t)
+		defer a.Close()
+		k, err := keyring.Init(t.TempDir(), keyring.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		model := make([]byte, 3<<20+17)
+		_, _ = rand.Read(model)
+		mv, err := a.PutModel(k.Root(), signed(t, k, "face", 1, model), bytes.NewReader(model), 0, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p, err := a.Blob(mv); err != nil || p != a.BlobPath(mv.SHA256) {
+			t.Fatalf("blob on the replica it was pushed to: %q, %v", p, err)
+		}
+		if tg.opts.Store == "" {
+			return
+		}
+		other := target{dir: t.TempDir(), opts: tg.opts}
+		b := other.open(t)
+		defer b.Close()
+		p, err := b.Blob(mv)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := os.ReadFile(p)
+		if err != nil || !bytes.Equal(got, model) {
+			t.Fatalf("fetched blob: %d bytes, %v; want the %d pushed", len(got), err, len(model))
+		}
+		// Pieces that do not make the artifact are refused, not served.
+		if err := os.Remove(p); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.w.Exec(`UPDATE blob_chunks SET data = $1 WHERE sha256 = $2 AND idx = 1`, []byte("x"), mv.SHA256); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Blob(mv); err == nil {
+			t.Fatal("a blob from corrupt pieces was served")
+		}
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Fatalf("a corrupt blob was left in place: %v", err)
+		}
+	})
 }
