@@ -100,6 +100,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	adminKey := fs.String("admin-key", "", "the PEM key of --admin-cert (admin_tls.key)")
 	replicaID := fs.String("replica-id", "", "this replica's name in the rollout engine's lease on a PostgreSQL store, unique among the replicas (default: random) (replica_id:)")
 	leaseTTL := fs.Duration("lease-ttl", 0, "how long the rollout engine's lease runs without renewal; a standby takes over about this long after the leader dies (default 10s) (lease_ttl:)")
+	shareGroup := fs.String("share-group", "", "subscribe to telemetry and chunk requests in this MQTT shared-subscription group, so replicas split them (mqtt.share_group:)")
 	openBroker := fs.Bool("open-broker", false, "let any client use any topic of the embedded broker, enrolled devices or not (insecure: demos on loopback only)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
@@ -112,7 +113,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		flag string
 		dst  *string
 	}{{*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*store, &cfg.Store}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
-		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}, {*replicaID, &cfg.ReplicaID}} {
+		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}, {*replicaID, &cfg.ReplicaID}, {*shareGroup, &cfg.MQTT.ShareGroup}} {
 		if o.flag != "" {
 			*o.dst = o.flag
 		}

@@ -70,7 +70,8 @@ type Options struct {
 	// login at all, is an error from Run. 0 means 30 seconds.
 	ConnectTimeout time.Duration
 	ClientTLS      *tls.Config
-	// ClientID defaults to "outpost-fleet-<fleet>".
+	// ClientID defaults to "outpost-fleet-<fleet>", followed by
+	// "-<ReplicaID>" on a PostgreSQL store.
 	ClientID string
 	// ShareGroup, when set, subscribes to telemetry and chunk requests
 	// with $share/<group>/, so several controller processes split that
@@ -141,9 +142,6 @@ func New(opts Options) (*Controller, error) {
 	if _, err := protocol.ArtifactsReqTopic(opts.Fleet); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
-	if opts.ClientID == "" {
-		opts.ClientID = broker.ControllerUser + "-" + opts.Fleet
-	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 30 * time.Second
 	}
@@ -170,6 +168,14 @@ func New(opts Options) (*Controller, error) {
 	fail := func(err error) (*Controller, error) {
 		c.reg.Close()
 		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if c.opts.ClientID == "" {
+		c.opts.ClientID = broker.ControllerUser + "-" + opts.Fleet
+		if c.reg.Engine() == "postgres" {
+			// Replicas share a broker: one client id each, or they take
+			// each other's session.
+			c.opts.ClientID += "-" + opts.ReplicaID
+		}
 	}
 	for _, u := range append([]string{opts.Broker}, opts.Brokers...) {
 		if u != "" && !slices.Contains(c.urls, u) {
