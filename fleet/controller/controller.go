@@ -570,8 +570,15 @@ func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 	}
 	req, _ := protocol.ArtifactsReqTopic(c.opts.Fleet)
 	filters[share+req] = 1
+	// Without a share group every replica on PostgreSQL receives every
+	// chunk request (NATS): only the leader answers, so a device gets each
+	// chunk once. In a leader's absence the device asks again.
+	leaderOnly := share == "" && c.reg.Engine() == "postgres"
 	handlers[share+req] = func(_ mqtt.Client, m mqtt.Message) {
 		c.msgsIn.Add(1)
+		if leaderOnly && c.leader.Load() == nil {
+			return
+		}
 		if err := c.art.Handle(m.Payload()); err != nil {
 			c.bad.Add(1)
 			c.log.Debug("chunk request", "err", err)
