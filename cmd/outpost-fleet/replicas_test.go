@@ -98,7 +98,15 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, stri
 // (SIGKILL) once the first gate has passed. The other replica takes over
 // the lease within seconds, the rollout completes with each gate decided
 // exactly once, in order, and telemetry delivered twice is counted once.
-func TestReplicasLeaderKill(t *testing.T) {
+func TestReplicasLeaderKill(t *testing.T) { replicasLeaderKill(t, "ctl") }
+
+// TestReplicasLeaderKillNoShare is the same without a share group, as on
+// NATS: every replica receives every telemetry batch (the store counts it
+// once) and every chunk request (only the leader answers).
+func TestReplicasLeaderKillNoShare(t *testing.T) { replicasLeaderKill(t, "") }
+
+func replicasLeaderKill(t *testing.T, shareGroup string) {
+	start := time.Now()
 	n := 20
 	if s := os.Getenv("OUTPOST_REPLICAS_AGENTS"); s != "" {
 		n, _ = strconv.Atoi(s)
@@ -114,10 +122,11 @@ func TestReplicasLeaderKill(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reps := []*replica{
-		startReplica(t, bin, "a", store, mq.URL(), k, "--lease-ttl", ttl.String(), "--share-group", "ctl"),
-		startReplica(t, bin, "b", store, mq.URL(), k, "--lease-ttl", ttl.String(), "--share-group", "ctl"),
+	args := []string{"--lease-ttl", ttl.String()}
+	if shareGroup != "" {
+		args = append(args, "--share-group", shareGroup)
 	}
+	reps := []*replica{startReplica(t, bin, "a", store, mq.URL(), k, args...), startReplica(t, bin, "b", store, mq.URL(), k, args...)}
 	var leader, standby *replica
 	waitFor(t, 30*time.Second, "one leader", func() (bool, string) {
 		sa, sb := reps[0].stats(t), reps[1].stats(t)
@@ -205,6 +214,7 @@ func TestReplicasLeaderKill(t *testing.T) {
 		}
 	}
 	sendTelemetry(1)
+	t.Logf("%s: replicas up, %d devices online", time.Since(start).Round(time.Millisecond), n)
 
 	b, _ := json.Marshal(map[string]any{"model": "face", "version": 1, "waves": []int{10, 50, 100}, "bake": "1s"})
 	resp, err = http.Post(standby.admin+"/v1/rollouts", "application/json", bytes.NewReader(b)) // any replica takes it
@@ -226,6 +236,7 @@ func TestReplicasLeaderKill(t *testing.T) {
 	if rep.State != "running" {
 		t.Fatalf("rollout %s before the kill: want it running", rep.State)
 	}
+	t.Logf("%s: first gate passed, killing the leader %s", time.Since(start).Round(time.Millisecond), leader.id)
 	killed := time.Now()
 	if err := leader.cmd.Process.Kill(); err != nil {
 		t.Fatal(err)
@@ -259,5 +270,5 @@ func TestReplicasLeaderKill(t *testing.T) {
 		}
 		return true, ""
 	})
-	t.Logf("%d devices, lease ttl %s: standby took over %s after the SIGKILL", n, ttl, takeover.Round(10*time.Millisecond))
+	t.Logf("%s: done; %d devices, lease ttl %s: standby took over %s after the SIGKILL", time.Since(start).Round(time.Millisecond), n, ttl, takeover.Round(10*time.Millisecond))
 }
