@@ -74,9 +74,9 @@ type Options struct {
 	// "-<ReplicaID>" on a PostgreSQL store.
 	ClientID string
 	// ShareGroup, when set, subscribes to telemetry and chunk requests
-	// with $share/<group>/, so several controller processes split that
-	// load (each needs the same blobs). Rollouts, devices and acks stay
-	// whole in every process; run rollouts from one of them.
+	// with $share/<group>/, so several controller replicas split that
+	// load. Status, state and acks reach every replica; the rollout
+	// engine runs on one (leader.go).
 	ShareGroup string
 	// Admin is the admin API address (default 127.0.0.1:8490); AdminTLS,
 	// if set, serves it over TLS.

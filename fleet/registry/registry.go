@@ -3,7 +3,8 @@
 // update state, telemetry counters), telemetry records, rollouts and each
 // rollout's per-device assignments, the devices' broker credentials
 // (hashes only, see credentials.go), admin API tokens (hashes only,
-// tokens.go) and the hash-chained audit log of admin changes (audit.go).
+// tokens.go), the hash-chained audit log of admin changes (audit.go) and
+// the leases that elect one replica to run the rollout engine (lease.go).
 //
 // One contract, two engines (engine.go): SQLite through the pure-Go
 // modernc.org/sqlite, embedded, the default; PostgreSQL through pgx, for
@@ -12,7 +13,8 @@
 // migrated on Open.
 //
 //	DATA/fleet.db, fleet.db-wal, fleet.db-shm   the SQLite store (default)
-//	DATA/blobs/<sha256>                         model artifacts, written once, verified
+//	DATA/blobs/<sha256>                         model artifacts, written once, verified;
+//	                                            on PostgreSQL also in the database (blobs.go)
 //	DATA/registry.db                            a bbolt store of an older version: imported
 //	                                            on Open, then renamed registry.db.imported
 //
