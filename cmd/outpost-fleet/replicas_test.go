@@ -14,7 +14,9 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -98,14 +100,20 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, stri
 // (SIGKILL) once the first gate has passed. The other replica takes over
 // the lease within seconds, the rollout completes with each gate decided
 // exactly once, in order, and telemetry delivered twice is counted once.
-func TestReplicasLeaderKill(t *testing.T) { replicasLeaderKill(t, "ctl") }
+func TestReplicasLeaderKill(t *testing.T) { replicasLeaderKill(t, "ctl", false) }
+
+// TestReplicasLeaderPause stops the leader (SIGSTOP) instead of killing
+// it: the standby takes over, and the old leader, continued, finds its
+// lease lost, stands by and writes nothing (its engine's writes are
+// fenced): the gates are still decided once each.
+func TestReplicasLeaderPause(t *testing.T) { replicasLeaderKill(t, "", true) }
 
 // TestReplicasLeaderKillNoShare is the same without a share group, as on
 // NATS: every replica receives every telemetry batch (the store counts it
 // once) and every chunk request (only the leader answers).
-func TestReplicasLeaderKillNoShare(t *testing.T) { replicasLeaderKill(t, "") }
+func TestReplicasLeaderKillNoShare(t *testing.T) { replicasLeaderKill(t, "", false) }
 
-func replicasLeaderKill(t *testing.T, shareGroup string) {
+func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	start := time.Now()
 	n := 20
 	if s := os.Getenv("OUTPOST_REPLICAS_AGENTS"); s != "" {
@@ -238,12 +246,29 @@ func replicasLeaderKill(t *testing.T, shareGroup string) {
 	}
 	t.Logf("%s: first gate passed, killing the leader %s", time.Since(start).Round(time.Millisecond), leader.id)
 	killed := time.Now()
-	if err := leader.cmd.Process.Kill(); err != nil {
+	sig := syscall.SIGKILL
+	if pause {
+		sig = syscall.SIGSTOP
+	}
+	if err := leader.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
-	<-leader.dead
+	if !pause {
+		<-leader.dead
+	}
 	waitFor(t, 5*ttl, "takeover", func() (bool, string) { return standby.stats(t).Leader, "standby not leading" })
 	takeover := time.Since(killed)
+	if pause {
+		if err := leader.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*ttl, "old leader standing by", func() (bool, string) {
+			return !leader.stats(t).Leader, "old leader still leading"
+		})
+		if !strings.Contains(leader.logs.String(), "lease lost") {
+			t.Errorf("the old leader did not say it lost the lease")
+		}
+	}
 	sendTelemetry(perBatch + 1)
 
 	waitFor(t, 90*time.Second, "rollout completed", func() (bool, string) {
@@ -270,5 +295,5 @@ func replicasLeaderKill(t *testing.T, shareGroup string) {
 		}
 		return true, ""
 	})
-	t.Logf("%s: done; %d devices, lease ttl %s: standby took over %s after the SIGKILL", time.Since(start).Round(time.Millisecond), n, ttl, takeover.Round(10*time.Millisecond))
+	t.Logf("%s: done; %d devices, lease ttl %s: standby took over %s after the %s", time.Since(start).Round(time.Millisecond), n, ttl, takeover.Round(10*time.Millisecond), sig)
 }
