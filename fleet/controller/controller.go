@@ -148,6 +148,9 @@ func New(opts Options) (*Controller, error) {
 	if opts.LeaseTTL <= 0 {
 		opts.LeaseTTL = 10 * time.Second
 	}
+	if opts.LeaseTTL < minLeaseTTL {
+		return nil, fmt.Errorf("controller: lease ttl %s is under %s", opts.LeaseTTL, minLeaseTTL)
+	}
 	if opts.ReplicaID == "" {
 		opts.ReplicaID = registry.NewID("replica-")[:20]
 	}

@@ -24,6 +24,10 @@ import (
 // leaderLease is the name of the rollout engine's lease.
 const leaderLease = "rollout-engine"
 
+// minLeaseTTL bounds Options.LeaseTTL from below: renewals every third of
+// it must commit well within it.
+const minLeaseTTL = 300 * time.Millisecond
+
 // newEngine makes a rollout engine over reg with the controller's options.
 func (c *Controller) newEngine(reg *registry.Registry) (*rollout.Engine, error) {
 	return rollout.New(rollout.Options{Registry: reg, Sender: c, Fleet: c.opts.Fleet, CommandTTL: c.opts.CommandTTL,
