@@ -648,7 +648,7 @@ func (c *Controller) onStatus(device string, payload []byte) {
 		c.log.Warn("status", "device", device, "err", err)
 		return
 	}
-	c.eng.HandleStatus(device, st.Update)
+	c.deviceEngine().HandleStatus(device, st.Update)
 	c.kick()
 }
 
@@ -686,7 +686,7 @@ func (c *Controller) onAck(device string, payload []byte) {
 		c.log.Debug("bad ack", "device", device, "err", err)
 		return
 	}
-	c.eng.HandleAck(device, a)
+	c.deviceEngine().HandleAck(device, a)
 	c.kick()
 }
 

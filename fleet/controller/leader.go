@@ -34,6 +34,17 @@ func (c *Controller) newEngine(reg *registry.Registry) (*rollout.Engine, error) 
 		ResendAfter: c.opts.ResendAfter, Tick: c.opts.Tick, Logger: c.opts.Logger.With("component", "rollout")})
 }
 
+// deviceEngine is the engine that records device answers here: the
+// leader's while this replica leads (so that it sees them as they come),
+// else the admin engine (every replica records acks, so none is lost
+// while the lease changes hands).
+func (c *Controller) deviceEngine() *rollout.Engine {
+	if e := c.leader.Load(); e != nil {
+		return e
+	}
+	return c.eng
+}
+
 // kick makes the engine that runs rollouts here, if any, step soon.
 func (c *Controller) kick() {
 	if e := c.leader.Load(); e != nil {
