@@ -244,11 +244,11 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	if rep.State != "running" {
 		t.Fatalf("rollout %s before the kill: want it running", rep.State)
 	}
-	t.Logf("%s: first gate passed, killing the leader %s", time.Since(start).Round(time.Millisecond), leader.id)
+	t.Logf("%s: first gate passed, stopping the leader %s", time.Since(start).Round(time.Millisecond), leader.id)
 	killed := time.Now()
-	sig := syscall.SIGKILL
+	sig, sigName := syscall.SIGKILL, "SIGKILL"
 	if pause {
-		sig = syscall.SIGSTOP
+		sig, sigName = syscall.SIGSTOP, "SIGSTOP"
 	}
 	if err := leader.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
@@ -295,5 +295,5 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 		}
 		return true, ""
 	})
-	t.Logf("%s: done; %d devices, lease ttl %s: standby took over %s after the %s", time.Since(start).Round(time.Millisecond), n, ttl, takeover.Round(10*time.Millisecond), sig)
+	t.Logf("%s: done; %d devices, lease ttl %s: standby took over %s after the %s", time.Since(start).Round(time.Millisecond), n, ttl, takeover.Round(10*time.Millisecond), sigName)
 }

@@ -32,6 +32,10 @@ var (
 	ErrLeaseLost = errors.New("registry: lease lost")
 )
 
+// leaseIdleTimeout: see lockLease. A standby takes over at most this much
+// later than the lease's expiry.
+const leaseIdleTimeout = 2 * time.Second
+
 // Lease is one holding of a named lease.
 type Lease struct {
 	Name    string    `json:"name"`
@@ -44,6 +48,16 @@ type Lease struct {
 // for the transaction (FOR UPDATE when exclusive, else FOR SHARE).
 func (r *Registry) lockLease(tx *sql.Tx, name string, exclusive bool) (Lease, error) {
 	l := Lease{Name: name}
+	if r.eng.name == "postgres" {
+		// A holder paused (SIGSTOP, a frozen VM) inside this transaction
+		// would hold the lease row, and with it every other replica's
+		// acquisition, for as long as it is paused: the server ends the
+		// session instead once it has been idle in the transaction for
+		// leaseIdleTimeout, and the paused holder's commit fails.
+		if _, err := tx.Exec(fmt.Sprintf(`SET LOCAL idle_in_transaction_session_timeout = %d`, leaseIdleTimeout.Milliseconds())); err != nil {
+			return l, err
+		}
+	}
 	if exclusive {
 		if _, err := r.exec(tx, `INSERT INTO leases (name) VALUES (?) ON CONFLICT (name) DO NOTHING`, name); err != nil {
 			return l, err
