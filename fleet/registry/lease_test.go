@@ -151,3 +151,41 @@ func TestBlobReplicas(t *testing.T) {
 		}
 	})
 }
+
+// TestLeaseFrozenHolder: a holder frozen inside a fenced transaction holds
+// the lease row; PostgreSQL ends its idle session, so the next holder's
+// acquisition goes through within leaseIdleTimeout and the frozen
+// transaction cannot commit.
+func TestLeaseFrozenHolder(t *testing.T) {
+	eachEngine(t, func(t *testing.T, newTarget func(*testing.T) target) {
+		tg := newTarget(t)
+		if tg.opts.Store == "" {
+			t.Skip("SQLite has one process: no other holder to block")
+		}
+		r := tg.open(t)
+		defer r.Close()
+		t0 := time.Now()
+		a, err := r.AcquireLease("engine", "a", time.Minute, t0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx, err := r.w.Begin()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tx.Rollback()
+		if err := r.checkFence(tx, a); err != nil {
+			t.Fatal(err)
+		}
+		// a freezes here, idle in its transaction.
+		start := time.Now()
+		b, err := r.AcquireLease("engine", "b", time.Minute, t0.Add(2*time.Minute))
+		if err != nil || b.Token != 2 {
+			t.Fatalf("acquire past a frozen holder: %+v, %v", b, err)
+		}
+		t.Logf("acquired %s after the holder froze", time.Since(start).Round(time.Millisecond))
+		if err := tx.Commit(); err == nil {
+			t.Fatal("the frozen holder's transaction committed after the lease changed hands")
+		}
+	})
+}
