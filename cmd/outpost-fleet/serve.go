@@ -31,9 +31,12 @@ type fleetConfig struct {
 	DataDir string `yaml:"data_dir"`
 	// Store is the registry's engine: a postgres:// URL, or empty for the
 	// embedded SQLite store in the data dir (docs/STORE.md).
-	Store  string `yaml:"store"`
-	Keys   string `yaml:"keys"`
-	Broker string `yaml:"broker"`
+	Store string `yaml:"store"`
+	// ReplicaID and LeaseTTL: see --replica-id and --lease-ttl.
+	ReplicaID string        `yaml:"replica_id"`
+	LeaseTTL  time.Duration `yaml:"lease_ttl"`
+	Keys      string        `yaml:"keys"`
+	Broker    string        `yaml:"broker"`
 	// Brokers are the nodes of a clustered broker, after Broker.
 	Brokers    []string `yaml:"brokers"`
 	ListenMQTT string   `yaml:"listen_mqtt"`
@@ -95,6 +98,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	adminCert := fs.String("admin-cert", "", "serve the admin API over TLS with this PEM certificate (chain) (admin_tls.cert)")
 	adminKey := fs.String("admin-key", "", "the PEM key of --admin-cert (admin_tls.key)")
 	logFlags := subcommand.LogFlag(fs)
+	replicaID := fs.String("replica-id", "", "this replica's name in the rollout engine's lease on a PostgreSQL store, unique among the replicas (default: random) (replica_id:)")
+	leaseTTL := fs.Duration("lease-ttl", 0, "how long the rollout engine's lease runs without renewal; a standby takes over about this long after the leader dies (default 10s) (lease_ttl:)")
+	shareGroup := fs.String("share-group", "", "subscribe to telemetry and chunk requests in this MQTT shared-subscription group, so replicas split them (mqtt.share_group:)")
 	openBroker := fs.Bool("open-broker", false, "let any client use any topic of the embedded broker, enrolled devices or not (insecure: demos on loopback only)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
@@ -107,10 +113,13 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		flag string
 		dst  *string
 	}{{*listenMQTT, &cfg.ListenMQTT}, {*adminAddr, &cfg.Admin}, {*dataDir, &cfg.DataDir}, {*store, &cfg.Store}, {*keys, &cfg.Keys}, {*fleetName, &cfg.Fleet},
-		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}} {
+		{*adminCert, &cfg.AdminTLS.Cert}, {*adminKey, &cfg.AdminTLS.Key}, {*replicaID, &cfg.ReplicaID}, {*shareGroup, &cfg.MQTT.ShareGroup}} {
 		if o.flag != "" {
 			*o.dst = o.flag
 		}
+	}
+	if *leaseTTL != 0 {
+		cfg.LeaseTTL = *leaseTTL
 	}
 	if *brokerURL != "" {
 		urls := strings.Split(*brokerURL, ",")
@@ -133,7 +142,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Store: cfg.Store, Keys: cfg.Keys, Broker: cfg.Broker, Brokers: cfg.Brokers, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
 		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
 		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
-		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, Logger: log,
+		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, ReplicaID: cfg.ReplicaID, LeaseTTL: cfg.LeaseTTL, Logger: log,
 	}
 	if cfg.MQTT.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.MQTT.TLSCert, cfg.MQTT.TLSKey)

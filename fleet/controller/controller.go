@@ -70,12 +70,13 @@ type Options struct {
 	// login at all, is an error from Run. 0 means 30 seconds.
 	ConnectTimeout time.Duration
 	ClientTLS      *tls.Config
-	// ClientID defaults to "outpost-fleet-<fleet>".
+	// ClientID defaults to "outpost-fleet-<fleet>", followed by
+	// "-<ReplicaID>" on a PostgreSQL store.
 	ClientID string
 	// ShareGroup, when set, subscribes to telemetry and chunk requests
-	// with $share/<group>/, so several controller processes split that
-	// load (each needs the same blobs). Rollouts, devices and acks stay
-	// whole in every process; run rollouts from one of them.
+	// with $share/<group>/, so several controller replicas split that
+	// load. Status, state and acks reach every replica; the rollout
+	// engine runs on one (leader.go).
 	ShareGroup string
 	// Admin is the admin API address (default 127.0.0.1:8490); AdminTLS,
 	// if set, serves it over TLS.
@@ -86,7 +87,17 @@ type Options struct {
 	BytesPerSecond int64
 	// CommandTTL, ResendAfter and Tick tune the rollout engine.
 	CommandTTL, ResendAfter, Tick time.Duration
-	Logger                        *slog.Logger
+	// ReplicaID names this process among the replicas on one PostgreSQL
+	// store, in the rollout engine's lease; empty means a random id. Each
+	// replica needs its own.
+	ReplicaID string
+	// LeaseTTL is how long the rollout engine's lease runs without a
+	// renewal (0 means 10 s); the leader renews it every third of it, and
+	// a standby takes over within about LeaseTTL plus a third of it after
+	// the leader dies. Only the PostgreSQL store has a lease: on the
+	// embedded store the one process runs the engine.
+	LeaseTTL time.Duration
+	Logger   *slog.Logger
 }
 
 // Controller is a running fleet controller.
@@ -99,8 +110,12 @@ type Controller struct {
 	roots   [][]byte
 	brk     *broker.Broker // nil with an external broker
 	art     *artifacts.Server
-	eng     *rollout.Engine
-	adm     *admin.Server
+	// eng serves the admin API (create, pause, status) and records acks;
+	// on SQLite it also runs the rollouts. On PostgreSQL rollouts run in
+	// leader, an engine on a Fenced view made for each lease holding.
+	eng    *rollout.Engine
+	leader atomic.Pointer[rollout.Engine] // nil while this replica does not hold the lease
+	adm    *admin.Server
 
 	urls []string // the brokers, in the order tried
 
@@ -127,11 +142,17 @@ func New(opts Options) (*Controller, error) {
 	if _, err := protocol.ArtifactsReqTopic(opts.Fleet); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
-	if opts.ClientID == "" {
-		opts.ClientID = broker.ControllerUser + "-" + opts.Fleet
-	}
 	if opts.ConnectTimeout <= 0 {
 		opts.ConnectTimeout = 30 * time.Second
+	}
+	if opts.LeaseTTL <= 0 {
+		opts.LeaseTTL = 10 * time.Second
+	}
+	if opts.LeaseTTL < minLeaseTTL {
+		return nil, fmt.Errorf("controller: lease ttl %s is under %s", opts.LeaseTTL, minLeaseTTL)
+	}
+	if opts.ReplicaID == "" {
+		opts.ReplicaID = registry.NewID("replica-")[:20]
 	}
 	c := &Controller{opts: opts, log: opts.Logger, started: time.Now(), ready: make(chan struct{})}
 	var err error
@@ -150,6 +171,14 @@ func New(opts Options) (*Controller, error) {
 	fail := func(err error) (*Controller, error) {
 		c.reg.Close()
 		return nil, fmt.Errorf("controller: %w", err)
+	}
+	if c.opts.ClientID == "" {
+		c.opts.ClientID = broker.ControllerUser + "-" + opts.Fleet
+		if c.reg.Engine() == "postgres" {
+			// Replicas share a broker: one client id each, or they take
+			// each other's session.
+			c.opts.ClientID += "-" + opts.ReplicaID
+		}
 	}
 	for _, u := range append([]string{opts.Broker}, opts.Brokers...) {
 		if u != "" && !slices.Contains(c.urls, u) {
@@ -172,8 +201,7 @@ func New(opts Options) (*Controller, error) {
 		BytesPerSecond: opts.BytesPerSecond, Logger: opts.Logger.With("component", "artifacts")}); err != nil {
 		return fail(err)
 	}
-	if c.eng, err = rollout.New(rollout.Options{Registry: c.reg, Sender: c, Fleet: opts.Fleet, CommandTTL: opts.CommandTTL,
-		ResendAfter: opts.ResendAfter, Tick: opts.Tick, Logger: opts.Logger.With("component", "rollout")}); err != nil {
+	if c.eng, err = c.newEngine(c.reg); err != nil {
 		return fail(err)
 	}
 	var disc admin.Disconnecter
@@ -224,6 +252,10 @@ type Stats struct {
 	SysBytes    uint64          `json:"sys_bytes"`
 	Goroutines  int             `json:"goroutines"`
 	Uptime      string          `json:"uptime"`
+	// Replica is this process's id in the rollout engine's lease; Leader
+	// is set while it runs the rollout engine.
+	Replica string `json:"replica"`
+	Leader  bool   `json:"leader"`
 }
 
 // Stats returns the counters and the process's memory.
@@ -232,7 +264,7 @@ func (c *Controller) Stats() Stats {
 	runtime.ReadMemStats(&ms)
 	return Stats{MessagesIn: c.msgsIn.Load(), MessagesOut: c.msgsOut.Load(), BadMessages: c.bad.Load(),
 		Artifacts: c.art.Stats(), HeapBytes: ms.HeapAlloc, SysBytes: ms.Sys, Goroutines: runtime.NumGoroutine(),
-		Uptime: time.Since(c.started).Round(time.Second).String()}
+		Uptime: time.Since(c.started).Round(time.Second).String(), Replica: c.opts.ReplicaID, Leader: c.leader.Load() != nil}
 }
 
 // Run runs every part until ctx is cancelled, then stops them and closes
@@ -284,7 +316,12 @@ func (c *Controller) Run(ctx context.Context) error {
 	}
 	run("mqtt", func(ctx context.Context) error { return c.keepConnected(ctx, next) })
 	run("artifacts", c.art.Run)
-	run("rollout", c.eng.Run)
+	if c.reg.Engine() == "postgres" {
+		run("rollout", c.lead)
+	} else {
+		c.leader.Store(c.eng)
+		run("rollout", c.eng.Run)
+	}
 	run("admin", c.adm.Run)
 	<-ctx.Done()
 	wg.Wait()
@@ -532,8 +569,15 @@ func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 	}
 	req, _ := protocol.ArtifactsReqTopic(c.opts.Fleet)
 	filters[share+req] = 1
+	// Without a share group every replica on PostgreSQL receives every
+	// chunk request (NATS): only the leader answers, so a device gets each
+	// chunk once. In a leader's absence the device asks again.
+	leaderOnly := share == "" && c.reg.Engine() == "postgres"
 	handlers[share+req] = func(_ mqtt.Client, m mqtt.Message) {
 		c.msgsIn.Add(1)
+		if leaderOnly && c.leader.Load() == nil {
+			return
+		}
 		if err := c.art.Handle(m.Payload()); err != nil {
 			c.bad.Add(1)
 			c.log.Debug("chunk request", "err", err)
@@ -600,8 +644,8 @@ func (c *Controller) onStatus(device string, payload []byte) {
 		c.log.Warn("status", "device", device, "err", err)
 		return
 	}
-	c.eng.HandleStatus(device, st.Update)
-	c.eng.DeviceChanged(device)
+	c.deviceEngine().HandleStatus(device, st.Update)
+	c.deviceChanged(device)
 }
 
 func (c *Controller) onState(device string, payload []byte) {
@@ -628,7 +672,7 @@ func (c *Controller) onState(device string, payload []byte) {
 		return
 	}
 	c.log.Debug("device "+string(payload), "device", device)
-	c.eng.DeviceChanged(device)
+	c.deviceChanged(device)
 }
 
 func (c *Controller) onAck(device string, payload []byte) {
@@ -638,7 +682,8 @@ func (c *Controller) onAck(device string, payload []byte) {
 		c.log.Debug("bad ack", "device", device, "err", err)
 		return
 	}
-	c.eng.HandleAck(device, a)
+	c.deviceEngine().HandleAck(device, a)
+	c.kick()
 }
 
 func (c *Controller) onEvents(device string, payload []byte) {
@@ -703,5 +748,9 @@ func (k catalog) Artifact(sha string) (artifacts.Artifact, error) {
 	if err != nil {
 		return artifacts.Artifact{}, err
 	}
-	return artifacts.Artifact{Path: k.reg.BlobPath(sha), Length: m.Length, ChunkSize: m.ChunkSize}, nil
+	path, err := k.reg.Blob(m) // fetched from the store if pushed to another replica
+	if err != nil {
+		return artifacts.Artifact{}, err
+	}
+	return artifacts.Artifact{Path: path, Length: m.Length, ChunkSize: m.ChunkSize}, nil
 }

@@ -209,7 +209,7 @@ type ingestItem struct {
 }
 
 func (r *Registry) commitIngest() {
-	q := &r.ingest
+	q := r.ingest
 	q.mu.Lock()
 	n := min(len(q.pending), maxIngestGroup)
 	group := q.pending[:n:n]

@@ -108,6 +108,9 @@ func (r *Registry) PutModel(root *trust.Root, release []byte, model io.Reader, c
 		case err != nil && !errors.Is(err, sql.ErrNoRows):
 			return err
 		}
+		if err := r.storeBlobPieces(tx, m.SHA256); err != nil {
+			return err
+		}
 		return r.putModel(tx, mv)
 	})
 	if err != nil {

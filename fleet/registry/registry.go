@@ -3,7 +3,8 @@
 // update state, telemetry counters), telemetry records, rollouts and each
 // rollout's per-device assignments, the devices' broker credentials
 // (hashes only, see credentials.go), admin API tokens (hashes only,
-// tokens.go) and the hash-chained audit log of admin changes (audit.go).
+// tokens.go), the hash-chained audit log of admin changes (audit.go) and
+// the leases that elect one replica to run the rollout engine (lease.go).
 //
 // One contract, two engines (engine.go): SQLite through the pure-Go
 // modernc.org/sqlite, embedded, the default; PostgreSQL through pgx, for
@@ -12,7 +13,8 @@
 // migrated on Open.
 //
 //	DATA/fleet.db, fleet.db-wal, fleet.db-shm   the SQLite store (default)
-//	DATA/blobs/<sha256>                         model artifacts, written once, verified
+//	DATA/blobs/<sha256>                         model artifacts, written once, verified;
+//	                                            on PostgreSQL also in the database (blobs.go)
 //	DATA/registry.db                            a bbolt store of an older version: imported
 //	                                            on Open, then renamed registry.db.imported
 //
@@ -87,12 +89,17 @@ type Registry struct {
 	eng  engine
 	w    *sql.DB // writes (SQLite: one connection)
 	r    *sql.DB // reads (the same pool on PostgreSQL)
-	qc   queryCache
+	qc   *queryCache
 	log  *slog.Logger
+	// fence, when set, makes every write check a lease token (Fenced).
+	fence *Lease
 	// telStmt is insertTelemetry's full chunk, prepared in Open (not
 	// later: inside a transaction SQLite's one write connection is taken).
 	telStmt *sql.Stmt
-	ingest  ingestQueue
+	ingest  *ingestQueue
+	// view is set on a Fenced copy: it shares the pools and must not
+	// close them.
+	view bool
 }
 
 // Open opens the store selected by opts.Store, migrating its schema to
@@ -113,7 +120,8 @@ func Open(dir string, opts Options) (*Registry, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: queryCache{eng: eng}, log: opts.Logger}
+	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
+		ingest: &ingestQueue{}}
 	if eng.name == "sqlite" {
 		r.file = store
 	}
@@ -135,6 +143,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 
 // Close closes the store.
 func (r *Registry) Close() error {
+	if r.view {
+		return nil
+	}
 	if r.telStmt != nil {
 		r.telStmt.Close()
 	}
@@ -156,7 +167,14 @@ func (r *Registry) q(query string) string { return r.qc.q(query) }
 func (r *Registry) write(fn func(tx *sql.Tx) error) error {
 	var err error
 	for range 5 {
-		err = inTx(context.Background(), r.w, fn)
+		err = inTx(context.Background(), r.w, func(tx *sql.Tx) error {
+			if r.fence != nil {
+				if err := r.checkFence(tx, *r.fence); err != nil {
+					return err
+				}
+			}
+			return fn(tx)
+		})
 		if !retryable(err) {
 			return err
 		}

@@ -1,0 +1,299 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"mime/multipart"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/simdevice"
+	"github.com/outpost-edge/outpost/internal/testbroker"
+	"github.com/outpost-edge/outpost/internal/testpg"
+	"github.com/outpost-edge/outpost/models/manifest"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+func TestMain(m *testing.M) { os.Exit(testpg.Main(m)) }
+
+// replica is one `outpost-fleet serve` of a replicated controller.
+type replica struct {
+	id    string
+	admin string // http://host:port
+	cmd   *exec.Cmd
+	logs  *lockedBuffer
+	dead  chan struct{} // closed when the process has exited
+}
+
+// startReplica runs serve as replica id on store, with the shared keys,
+// its own data directory and admin address, on the external broker.
+func startReplica(t *testing.T, bin, id, store, brokerURL string, k *keyring.Keyring, extra ...string) *replica {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "fleet.yaml")
+	if err := os.WriteFile(cfg, []byte("rollouts:\n  resend_after: 5s\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	r := &replica{id: id, admin: "http://" + addr, logs: &lockedBuffer{}, dead: make(chan struct{})}
+	args := append([]string{"serve", "--config", cfg, "--keys", k.Dir(), "--data-dir", filepath.Join(dir, "data"), "--store", store,
+		"--broker", brokerURL, "--admin", addr, "--fleet", "rep", "--replica-id", id}, extra...)
+	r.cmd = exec.Command(bin, args...)
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = r.cmd.Wait(); close(r.dead) }()
+	t.Cleanup(func() {
+		_ = r.cmd.Process.Kill()
+		<-r.dead
+		if t.Failed() {
+			t.Logf("replica %s output:\n%s", id, r.logs.String())
+		}
+	})
+	waitHTTP(t, r.admin+"/v1/health")
+	return r
+}
+
+func (r *replica) stats(t *testing.T) controller.Stats {
+	var s controller.Stats
+	getJSON(t, r.admin+"/v1/stats", &s)
+	return s
+}
+
+// waitFor polls cond every 50 ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok, state := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s (%s)", what, d, state)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestReplicasLeaderKill: two controller replicas on one PostgreSQL and
+// Mosquitto (telemetry and chunk requests split by a $share group); a
+// rollout in three waves to simulated devices; the leader is killed
+// (SIGKILL) once the first gate has passed. The other replica takes over
+// the lease within seconds, the rollout completes with each gate decided
+// exactly once, in order, and telemetry delivered twice is counted once.
+func TestReplicasLeaderKill(t *testing.T) { replicasLeaderKill(t, "ctl", false) }
+
+// TestReplicasLeaderPause stops the leader (SIGSTOP) instead of killing
+// it: the standby takes over, and the old leader, continued, finds its
+// lease lost, stands by and writes nothing (its engine's writes are
+// fenced): the gates are still decided once each.
+func TestReplicasLeaderPause(t *testing.T) { replicasLeaderKill(t, "", true) }
+
+// TestReplicasLeaderKillNoShare is the same without a share group, as on
+// NATS: every replica receives every telemetry batch (the store counts it
+// once) and every chunk request (only the leader answers).
+func TestReplicasLeaderKillNoShare(t *testing.T) { replicasLeaderKill(t, "", false) }
+
+func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
+	start := time.Now()
+	n := 20
+	if s := os.Getenv("OUTPOST_REPLICAS_AGENTS"); s != "" {
+		n, _ = strconv.Atoi(s)
+	}
+	const ttl = 2 * time.Second
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	store := testpg.Database(t)
+	mq := testbroker.StartMosquitto(t, "")
+	k, err := keyring.Init(filepath.Join(t.TempDir(), "keys"), keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"--lease-ttl", ttl.String()}
+	if shareGroup != "" {
+		args = append(args, "--share-group", shareGroup)
+	}
+	reps := []*replica{startReplica(t, bin, "a", store, mq.URL(), k, args...), startReplica(t, bin, "b", store, mq.URL(), k, args...)}
+	var leader, standby *replica
+	waitFor(t, 30*time.Second, "one leader", func() (bool, string) {
+		sa, sb := reps[0].stats(t), reps[1].stats(t)
+		switch {
+		case sa.Leader && !sb.Leader:
+			leader, standby = reps[0], reps[1]
+		case sb.Leader && !sa.Leader:
+			leader, standby = reps[1], reps[0]
+		default:
+			return false, fmt.Sprintf("a leads %v, b leads %v", sa.Leader, sb.Leader)
+		}
+		return true, ""
+	})
+
+	// The model goes to the leader's data directory only: after the kill
+	// the standby serves its chunks from the store.
+	model := make([]byte, 256<<10)
+	_, _ = rand.Read(model)
+	sum := sha256.Sum256(model)
+	rel, err := k.SignRelease(manifest.Manifest{Name: "face", Version: 1, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(model)), Runtime: "tflite",
+		Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1}}},
+		Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1}}}}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body bytes.Buffer
+	mw := multipart.NewWriter(&body)
+	w, _ := mw.CreateFormFile("release", "release.json")
+	w.Write(rel)
+	w, _ = mw.CreateFormFile("model", "model.tflite")
+	w.Write(model)
+	mw.Close()
+	resp, err := http.Post(leader.admin+"/v1/models", mw.FormDataContentType(), &body)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	for i := range n {
+		a, err := simdevice.New(simdevice.Options{Broker: mq.URL(), Fleet: "rep", Device: fmt.Sprintf("sim-%03d", i), Root: k.Root(),
+			RetryAfter: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Go(func() { _ = a.Run(ctx) })
+	}
+	waitFor(t, 60*time.Second, "devices registered", func() (bool, string) {
+		var ds []registry.Device
+		getJSON(t, standby.admin+"/v1/devices", &ds)
+		online := 0
+		for _, d := range ds {
+			if d.Online {
+				online++
+			}
+		}
+		return online >= n, fmt.Sprintf("%d of %d online", online, n)
+	})
+
+	// Telemetry, each batch published twice, before and after the kill.
+	tel := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(mq.URL()).SetClientID("tel-sender"))
+	if tok := tel.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("telemetry client: %v", tok.Error())
+	}
+	defer tel.Disconnect(100)
+	rec, err := protocol.AppendRecord(nil, &protocol.Record{Kind: protocol.KindAudit, Time: time.Now(), Audit: &protocol.Audit{Actor: "agent", Action: "x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const telDevices, perBatch = 4, 5
+	sendTelemetry := func(first uint64) {
+		for d := range telDevices {
+			topics, _ := protocol.DeviceTopics("rep", fmt.Sprintf("sim-%03d", d))
+			b := protocol.AppendBatchHeader(nil, protocol.BatchHeader{Epoch: 7, Count: perBatch})
+			for s := range uint64(perBatch) {
+				b = protocol.AppendBatchEntry(b, first+s, rec)
+			}
+			for range 2 {
+				if tok := tel.Publish(topics.Events, 1, false, b); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+					t.Fatalf("telemetry: %v", tok.Error())
+				}
+			}
+		}
+	}
+	sendTelemetry(1)
+	t.Logf("%s: replicas up, %d devices online", time.Since(start).Round(time.Millisecond), n)
+
+	b, _ := json.Marshal(map[string]any{"model": "face", "version": 1, "waves": []int{10, 50, 100}, "bake": "1s"})
+	resp, err = http.Post(standby.admin+"/v1/rollouts", "application/json", bytes.NewReader(b)) // any replica takes it
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("rollout create: %v %v", resp, err)
+	}
+	var rep struct {
+		ID        string              `json:"id"`
+		State     string              `json:"state"`
+		Committed int                 `json:"committed"`
+		Decisions []registry.Decision `json:"decisions"`
+	}
+	json.NewDecoder(resp.Body).Decode(&rep)
+	resp.Body.Close()
+	waitFor(t, 60*time.Second, "first gate", func() (bool, string) {
+		getJSON(t, standby.admin+"/v1/rollouts/"+rep.ID, &rep)
+		return len(rep.Decisions) >= 1, fmt.Sprintf("%s, %d committed", rep.State, rep.Committed)
+	})
+	if rep.State != "running" {
+		t.Fatalf("rollout %s before the kill: want it running", rep.State)
+	}
+	t.Logf("%s: first gate passed, stopping the leader %s", time.Since(start).Round(time.Millisecond), leader.id)
+	killed := time.Now()
+	sig, sigName := syscall.SIGKILL, "SIGKILL"
+	if pause {
+		sig, sigName = syscall.SIGSTOP, "SIGSTOP"
+	}
+	if err := leader.cmd.Process.Signal(sig); err != nil {
+		t.Fatal(err)
+	}
+	if !pause {
+		<-leader.dead
+	}
+	waitFor(t, 5*ttl, "takeover", func() (bool, string) { return standby.stats(t).Leader, "standby not leading" })
+	takeover := time.Since(killed)
+	if pause {
+		if err := leader.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*ttl, "old leader standing by", func() (bool, string) {
+			return !leader.stats(t).Leader, "old leader still leading"
+		})
+		if !strings.Contains(leader.logs.String(), "lease lost") {
+			t.Errorf("the old leader did not say it lost the lease")
+		}
+	}
+	sendTelemetry(perBatch + 1)
+
+	waitFor(t, 90*time.Second, "rollout completed", func() (bool, string) {
+		getJSON(t, standby.admin+"/v1/rollouts/"+rep.ID, &rep)
+		return rep.State == "completed" || rep.State == "halted", fmt.Sprintf("%s, %d committed", rep.State, rep.Committed)
+	})
+	if rep.State != "completed" || rep.Committed != n {
+		t.Fatalf("rollout %s with %d of %d committed", rep.State, rep.Committed, n)
+	}
+	var got []string
+	for _, d := range rep.Decisions {
+		got = append(got, fmt.Sprintf("%d:%s", d.Wave, d.Action))
+	}
+	if want := []string{"0:passed", "1:passed", "2:completed"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("gate decisions: got %v, want %v (each gate once, in order)", got, want)
+	}
+	waitFor(t, 30*time.Second, "telemetry counted once", func() (bool, string) {
+		for d := range telDevices {
+			var dev registry.Device
+			getJSON(t, fmt.Sprintf("%s/v1/devices/sim-%03d", standby.admin, d), &dev)
+			if dev.Telemetry.Records != 2*perBatch {
+				return false, fmt.Sprintf("sim-%03d: %+v", d, dev.Telemetry)
+			}
+		}
+		return true, ""
+	})
+	t.Logf("%s: done; %d devices, lease ttl %s: standby took over %s after the %s", time.Since(start).Round(time.Millisecond), n, ttl, takeover.Round(10*time.Millisecond), sigName)
+}
