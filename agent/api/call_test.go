@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -80,8 +81,10 @@ func TestCallSharesThePath(t *testing.T) {
 	body, hdr := binaryRequest(t, in)
 	resp, _ := do(t, "POST", a.url+"/v2/models/face/infer", body, hdr)
 	require.Equal(t, 200, resp.StatusCode)
+	// The HTTP handler observes after the response has gone out, so the
+	// client can read it before the Observer has heard of it.
+	require.Eventually(t, func() bool { return len(obs.all()) == 4 }, 10*time.Second, 5*time.Millisecond, "the HTTP request was never observed")
 	got = obs.all()
-	require.Len(t, got, 4)
 	assert.Equal(t, "v2", got[3].Protocol)
 
 	_, m := do(t, "GET", a.url+"/metrics", nil, nil)
