@@ -183,6 +183,24 @@ func TestFloat32Exponents(t *testing.T) {
 	}
 }
 
+// TestFloat32Random checks four million float32 bit patterns drawn
+// uniformly (a tenth under -race or -short): every exponent, sign and
+// class, NaN payloads and subnormals included, in the proportions they
+// have among all float32s.
+func TestFloat32Random(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	buf := make([]byte, maxFloat32Len)
+	bad := 0
+	for range scaled(4_000_000) {
+		if msg, _ := checkFloat32(r.Uint32(), buf); msg != "" {
+			t.Error(msg)
+			if bad++; bad > 20 {
+				t.Fatal("too many failures")
+			}
+		}
+	}
+}
+
 // TestFloat32Exhaustive checks every float32 bit pattern, on all CPUs, when
 // OUTPOST_EXHAUSTIVE=1 (about 4 minutes on 2 cores).
 func TestFloat32Exhaustive(t *testing.T) {
