@@ -17,7 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgconn"
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
-	_ "modernc.org/sqlite"             // the "sqlite" database/sql driver, pure Go
+	"modernc.org/sqlite"               // the "sqlite" database/sql driver, pure Go
 )
 
 // engine is what differs between SQLite and PostgreSQL; the SQL itself is
@@ -228,13 +228,22 @@ func openEngine(store string) (eng engine, w, r *sql.DB, err error) {
 	return sqliteEngine, w, r, nil
 }
 
-// retryable reports whether a PostgreSQL transaction failed only because
-// another one won a race (serialization failure, deadlock) and may simply
-// run again.
+// retryable reports whether a transaction failed only because another one
+// won a race and may simply run again: on PostgreSQL a serialization
+// failure or deadlock; on SQLite a writer that stayed busy past
+// busy_timeout (another process holding the file's write lock: SQLite's
+// busy wait is not fair, and one process's writer can starve another's).
 func retryable(err error) bool {
 	var pe *pgconn.PgError
-	return errors.As(err, &pe) && (pe.Code == "40001" || pe.Code == "40P01")
+	if errors.As(err, &pe) {
+		return pe.Code == "40001" || pe.Code == "40P01"
+	}
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqliteBusy
 }
+
+// sqliteBusy is SQLITE_BUSY, the primary result code of a lock not taken.
+const sqliteBusy = 5
 
 // queryCache keeps rebound queries so the ? to $n rewrite runs once each.
 type queryCache struct {

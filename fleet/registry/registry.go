@@ -162,8 +162,8 @@ func (r *Registry) Engine() string { return r.eng.name }
 // q rewrites a query written with ? for the engine.
 func (r *Registry) q(query string) string { return r.qc.q(query) }
 
-// write runs fn in a write transaction, again if PostgreSQL says it lost a
-// race (at most 5 times).
+// write runs fn in a write transaction, again if it lost a race (at most 5
+// times; see retryable).
 func (r *Registry) write(fn func(tx *sql.Tx) error) error {
 	var err error
 	for range 5 {
