@@ -226,7 +226,9 @@ func (f *flow) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.joining[cl.ID] = cl
-	if old != nil && !slices.Contains(f.sweep[cl.ID], old) {
+	// As mochi decides whether the session is inherited.
+	inherits := old != nil && !cl.Properties.Clean && !(old.Properties.Clean && old.Properties.ProtocolVersion < 5)
+	if inherits && !slices.Contains(f.sweep[cl.ID], old) {
 		f.sweep[cl.ID] = append(f.sweep[cl.ID], old)
 	}
 }
