@@ -180,13 +180,16 @@ type Stats struct {
 	// bounds (pending writes or inflight). With flow control on it stays 0
 	// for QoS 1 publishes.
 	Dropped uint64 `json:"dropped"`
+	// Carried counts messages moved from a connection whose persistent
+	// session was taken over to the connection that took it (see flow.go).
+	Carried uint64 `json:"carried"`
 }
 
 // Stats returns the counters.
 func (b *Broker) Stats() Stats {
 	s := Stats{Dropped: uint64(atomic.LoadInt64(&b.srv.Info.MessagesDropped) + atomic.LoadInt64(&b.srv.Info.InflightDropped))}
 	if f := b.flow; f != nil {
-		s.Stalls, s.Disconnects = f.stalls.Load(), f.disconnects.Load()
+		s.Stalls, s.Disconnects, s.Carried = f.stalls.Load(), f.disconnects.Load(), f.carried.Load()
 		f.mu.Lock()
 		s.Stalled = f.waiting
 		f.mu.Unlock()

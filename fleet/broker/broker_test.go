@@ -124,15 +124,16 @@ func TestSlowSubscriber(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.drop {
-				// Reproduces the stress failure without load, and fails:
-				// with flow control on, all 20,000 publishes acknowledged and
-				// 278 received (end markers never arrive). Candidate causes,
-				// not yet proven: mochi's takeover copies the old client's
-				// inflight, clears it (which wakes our waiting publishers)
-				// and lists the new client only afterwards, so messages
-				// handed over in between go to the dropped old client; and
-				// the copied inflight may not be resent to the new client.
-				t.Skip("acknowledged messages lost when the subscriber's session is taken over; see the comment above")
+				// Fixed: the takeover window (flow.go) lost ~800 messages per
+				// takeover (278 of 20,000 received); no longer. Left: in 2 of
+				// 6 runs of -count=3 on a loaded machine, runs with 5 and 9
+				// subscriber reconnections lost exactly 1 acknowledged
+				// message, Carried 0, so not the window flow closes; runs
+				// with 1 reconnection (the idle machine) lose none. Which
+				// message and where it went: SlowResult.Missing with a hook
+				// that records each message's OnQosPublish/Complete/Dropped
+				// per connection (not yet caught failing).
+				t.Skip("1 acknowledged message lost in some runs with several takeovers; see the comment above")
 			}
 			b := run(t, Options{MaxPending: tc.maxPending, MaxStall: tc.maxStall})
 			held := func(acked int) bool { return b.Stats().Stalled > 0 }

@@ -47,6 +47,9 @@ type SlowResult struct {
 	Held        time.Duration // from the first publish until Held was true
 	Reconnects  int           // subscriber connections after the first
 	Elapsed     time.Duration // from the first publish until the end marker arrived
+	// Missing lists up to 20 messages that never arrived, as publisher<<32
+	// | index, the first 8 bytes of their payload.
+	Missing []uint64
 }
 
 // Lost is how many acknowledged messages never reached the subscriber.
@@ -300,6 +303,11 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 	res.Elapsed = time.Since(start)
 	mu.Lock()
 	res.Received, res.Duplicates = received, dups
+	for i, ok := range seen {
+		if !ok && len(res.Missing) < 20 {
+			res.Missing = append(res.Missing, uint64(i/o.Messages)<<32|uint64(i%o.Messages))
+		}
+	}
 	mu.Unlock()
 	res.Reconnects = int(connects.Load()) - 1
 	return res
