@@ -104,8 +104,9 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 		}
 	}
 
-	status := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
-	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
+	watch := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
+	assert.Contains(t, watch, "completed", "rollout %s:\n%s", id, watch)
+	status := f.cli(t, "rollout", "status", id)
 	assert.Contains(t, status, "committed 1 of 1", status)
 	t.Logf("rollout completed %v after the last kill", time.Since(killedAt).Round(time.Millisecond))
 	poll(t, func() bool {

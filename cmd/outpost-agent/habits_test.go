@@ -66,7 +66,7 @@ func TestCLIHabits(t *testing.T) {
 		assert.Len(t, rep.Inputs, 1)
 	}
 	r = run(t, nil, b.agent, "inspect", model)
-	assert.Contains(t, r.stdout, "KIND")
+	assert.Contains(t, r.stdout, "DATATYPE")
 	assert.Empty(t, r.stderr)
 	r = run(t, nil, b.agent, "inspect", "-o", "yaml", model)
 	assert.Equal(t, 2, r.code)
