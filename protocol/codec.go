@@ -78,6 +78,18 @@ func AppendRecord(dst []byte, r *Record) ([]byte, error) {
 			e.f64(in.Variance)
 		}
 		e.uv(a.StreamDropped)
+		if len(a.Features) > 0 {
+			// Written only when present: a record without features keeps
+			// the byte layout of the agents before them.
+			e.uv(uint64(len(a.Features)))
+			for _, f := range a.Features {
+				e.str(f.Name)
+				e.uvs(f.Counts)
+				e.uv(f.NaNs)
+				e.f64(f.Sum)
+				e.f64(f.SumSq)
+			}
+		}
 	case r.Kind == KindSample && r.Sample != nil:
 		s := r.Sample
 		e.str(s.RequestID)
@@ -155,6 +167,14 @@ func DecodeRecord(body []byte) (Record, error) {
 		}
 		if d.more() {
 			a.StreamDropped = d.uv() // added later: absent from older agents' records
+		}
+		if d.more() {
+			n = d.count(19) // name length, counts length, nans, two float64s
+			for i := 0; i < n; i++ {
+				a.Features = append(a.Features, FeatureCounts{
+					Name: d.str(), Counts: d.uvs(), NaNs: d.uv(), Sum: d.f64(), SumSq: d.f64(),
+				})
+			}
 		}
 		r.Aggregate = a
 	case KindSample:

@@ -22,6 +22,10 @@ func testRecords() []Record {
 			Latency:       Histogram{BoundsMicros: []uint64{500, 1000, 5000}, Counts: []uint64{100, 1000, 90, 10}, SumMicros: 987654},
 			Inputs:        []InputStats{{Name: "image", Count: 1200, NaNs: 1, Min: -1, Max: 1, Mean: 0.25, Variance: 0.1}},
 			StreamDropped: 17,
+			Features: []FeatureCounts{
+				{Name: "in:image:c0:mean", Counts: []uint64{3, 1000, 190, 7}, NaNs: 0, Sum: 600.5, SumSq: 400.25},
+				{Name: "out:scores:max", Counts: []uint64{0, 0, 1200}, NaNs: 2, Sum: 1100, SumSq: 1010},
+			},
 		}},
 		{Kind: KindSample, Time: t0, Model: model, Sample: &Sample{
 			RequestID: "req-1", Latency: 1500 * time.Microsecond,
@@ -65,6 +69,7 @@ func TestRecordRoundTrip(t *testing.T) {
 func TestAggregateWithoutStreamDropped(t *testing.T) {
 	r := testRecords()[0]
 	r.Aggregate.StreamDropped = 0
+	r.Aggregate.Features = nil
 	body, err := AppendRecord(nil, &r)
 	require.NoError(t, err)
 	require.Equal(t, byte(0), body[len(body)-1], "stream_dropped 0 is the last byte")
@@ -216,4 +221,25 @@ func FuzzDecodeRecord(f *testing.F) {
 			t.Fatalf("round trip changed the record header")
 		}
 	})
+}
+
+// TestAggregateFeaturesAppended: the features follow stream_dropped, so a
+// decoder from before them reads everything it knew unchanged, and a
+// record without features keeps the older layout byte for byte.
+func TestAggregateFeaturesAppended(t *testing.T) {
+	r := testRecords()[0]
+	with, err := AppendRecord(nil, &r)
+	require.NoError(t, err)
+	feats := r.Aggregate.Features
+	r.Aggregate.Features = nil
+	without, err := AppendRecord(nil, &r)
+	require.NoError(t, err)
+	assert.Equal(t, without, with[:len(without)], "the features are appended, nothing before them moves")
+
+	got, err := DecodeRecord(with)
+	require.NoError(t, err)
+	assert.Equal(t, feats, got.Aggregate.Features)
+	got, err = DecodeRecord(without)
+	require.NoError(t, err)
+	assert.Nil(t, got.Aggregate.Features)
 }

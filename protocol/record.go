@@ -107,6 +107,26 @@ type Aggregate struct {
 	// the model's error ratio is about what it ran. Added after Inputs;
 	// an older agent's record decodes with 0.
 	StreamDropped uint64
+	// Features are the histograms of the per-request features named by the
+	// model's reference profile (models/manifest), over the interval. Only
+	// a model whose manifest carries a reference has them. Added after
+	// StreamDropped; an older agent's record decodes with none.
+	Features []FeatureCounts
+}
+
+// FeatureCounts is one per-request feature's histogram over an aggregate's
+// interval, binned with the edges the model's reference profile gives for
+// the feature of that Name: with n edges, Counts has n+1 elements,
+// Counts[0] counts values below the first edge, Counts[i] values in
+// [edge i-1, edge i), and Counts[n] values at or above the last edge.
+// Values that are NaN or infinite are counted in NaNs only; Sum and SumSq
+// are over the finite ones, so histograms of the same feature merge by
+// adding every field.
+type FeatureCounts struct {
+	Name       string
+	Counts     []uint64
+	NaNs       uint64
+	Sum, SumSq float64
 }
 
 // CodeCount is a count for one error code.
