@@ -48,9 +48,9 @@ type SlowResult struct {
 	// later message of the same publisher: a broker that keeps a session's
 	// order (resends first, in order) has none.
 	OutOfOrder int
-	Held        time.Duration // from the first publish until Held was true
-	Reconnects  int           // subscriber connections after the first
-	Elapsed     time.Duration // from the first publish until the end marker arrived
+	Held       time.Duration // from the first publish until Held was true
+	Reconnects int           // subscriber connections after the first
+	Elapsed    time.Duration // from the first publish until the end marker arrived
 	// Missing lists up to 20 messages that never arrived, as publisher<<32
 	// | index, the first 8 bytes of their payload.
 	Missing []uint64
