@@ -87,10 +87,13 @@ func (r *Registry) EnqueueAlerts(ds []AlertDelivery) ([]string, error) {
 	return added, nil
 }
 
-// NextAlert returns webhook's oldest pending delivery, or ErrNotFound.
-func (r *Registry) NextAlert(webhook string) (AlertDelivery, error) {
+// NextAlert returns webhook's oldest pending delivery that is either due
+// at now or was attempted already (and waits for its retry), or
+// ErrNotFound. A row never attempted and due later (held by a delay) does
+// not hold back the rows behind it.
+func (r *Registry) NextAlert(webhook string, now time.Time) (AlertDelivery, error) {
 	d, err := scanAlert(r.r.QueryRow(r.q(`SELECT `+alertColumns+` FROM alert_deliveries
-		WHERE webhook = ? AND state = ? ORDER BY id LIMIT 1`), webhook, AlertPending))
+		WHERE webhook = ? AND state = ? AND (attempts > 0 OR due <= ?) ORDER BY id LIMIT 1`), webhook, AlertPending, ts(now)))
 	if err != nil {
 		return d, fmt.Errorf("registry: next alert: %w", notFound(err))
 	}

@@ -30,7 +30,7 @@ func TestAlertOutbox(t *testing.T) {
 		require.NoError(t, err)
 		require.Empty(t, added)
 
-		d, err := r.NextAlert("a")
+		d, err := r.NextAlert("a", now)
 		require.NoError(t, err)
 		require.Equal(t, "1", d.EventID)
 		require.Equal(t, `{"id":"1"}`, string(d.Body))
@@ -39,20 +39,23 @@ func TestAlertOutbox(t *testing.T) {
 
 		// A failed attempt keeps the row at the head, due later.
 		require.NoError(t, r.RecordAlertAttempt(d.ID, AlertAttempt{State: AlertPending, Due: now.Add(time.Minute), Status: 503, Error: "503 Service Unavailable"}))
-		d2, err := r.NextAlert("a")
+		d2, err := r.NextAlert("a", now)
 		require.NoError(t, err)
 		require.Equal(t, d.ID, d2.ID)
 		require.Equal(t, 1, d2.Attempts)
 		require.Equal(t, 503, d2.LastStatus)
 		require.NoError(t, r.RecordAlertAttempt(d.ID, AlertAttempt{State: AlertDelivered, Done: now, Status: 200}))
 		require.ErrorIs(t, r.RecordAlertAttempt(d.ID, AlertAttempt{State: AlertDelivered, Done: now}), ErrNotFound)
-		d3, err := r.NextAlert("a")
+		d3, err := r.NextAlert("a", now)
 		require.NoError(t, err)
 		require.Equal(t, "2", d3.EventID)
 
 		// Cancel: only rows due later and never attempted.
 		_, err = r.EnqueueAlerts([]AlertDelivery{row("a", "off", "3", now.Add(time.Hour)), row("a", "off", "4", now)})
 		require.NoError(t, err)
+		d4, err := r.NextAlert("a", now)
+		require.NoError(t, err)
+		require.Equal(t, "2", d4.EventID, "a row held by a delay does not hold back the next")
 		n, err := r.CancelAlerts("off", "gw-3", now)
 		require.NoError(t, err)
 		require.Equal(t, 1, n)
@@ -64,7 +67,7 @@ func TestAlertOutbox(t *testing.T) {
 		n, err = r.FailOrphanAlerts([]string{"a"}, "webhook removed", now)
 		require.NoError(t, err)
 		require.Equal(t, 1, n)
-		_, err = r.NextAlert("b")
+		_, err = r.NextAlert("b", now)
 		require.ErrorIs(t, err, ErrNotFound)
 
 		all, err := r.AlertDeliveries(AlertQuery{})
@@ -92,7 +95,7 @@ func TestAlertOutbox(t *testing.T) {
 			ids = append(ids, d.EventID)
 		}
 		require.Equal(t, []string{"4", "2"}, ids)
-		_, err = r.NextAlert("nobody")
+		_, err = r.NextAlert("nobody", now)
 		if !errors.Is(err, ErrNotFound) {
 			t.Fatalf("got %v, want ErrNotFound", fmt.Sprint(err))
 		}
