@@ -174,6 +174,9 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%w: alerts.%s is negative", ErrConfig, d.name))
 		}
 	}
+	if c.Retention > 0 && c.Retention < time.Hour {
+		errs = append(errs, fmt.Errorf("%w: alerts.retention %s is under an hour (a restarted rollout engine emits a recent halt again, and a row kept that long makes the repeat a no-op)", ErrConfig, c.Retention))
+	}
 	return errors.Join(errs...)
 }
 

@@ -67,6 +67,8 @@ func TestConfigValidate(t *testing.T) {
 	require.ErrorContains(t, c.Validate(), `alerts.webhooks[1]: name "a" is already used by alerts.webhooks[0]`)
 	c = Config{OfflineGrace: -time.Second}
 	require.ErrorContains(t, c.Validate(), "alerts.offline_grace is negative")
+	c = Config{Retention: time.Minute}
+	require.ErrorContains(t, c.Validate(), "alerts.retention 1m0s is under an hour")
 }
 
 func TestSignVerify(t *testing.T) {
