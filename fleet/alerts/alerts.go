@@ -86,7 +86,7 @@ var (
 // Webhook is one receiver, as fleet.yaml's alerts.webhooks lists it.
 type Webhook struct {
 	// Name identifies the webhook in the outbox and in the deliveries
-	// listing; default: the URL. Renaming a webhook abandons its pending
+	// listing; default: the URL without its query and user. Renaming a webhook abandons its pending
 	// rows (they are marked failed).
 	Name string `yaml:"name"`
 	// URL receives the POSTs: http or https.
@@ -135,8 +135,9 @@ func (c *Config) Validate() error {
 		case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "":
 			bad("url %q is not an http:// or https:// URL", w.URL)
 		}
-		if w.Name == "" {
-			w.Name = w.URL
+		if w.Name == "" && err == nil {
+			// Without the query and user: the name is shown to viewers.
+			w.Name = (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 		}
 		if j, ok := seen[w.Name]; ok {
 			bad("name %q is already used by alerts.webhooks[%d]", w.Name, j)
