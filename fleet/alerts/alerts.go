@@ -328,11 +328,17 @@ func (o *Outbox) OfflineGrace() time.Duration {
 	return o.opts.Config.OfflineGrace
 }
 
+// Wants reports whether a webhook subscribes to t: when none does, Emit
+// and Cancel of t do nothing and cost nothing.
+func (o *Outbox) Wants(t Type) bool {
+	return o != nil && slices.ContainsFunc(o.hooks, func(h *hook) bool { return h.wants(t) })
+}
+
 // Emit stores ev for every webhook that subscribes to its type and
 // returns once that is durable. An event ID stored already adds nothing.
 // With no matching webhook it does nothing.
 func (o *Outbox) Emit(ctx context.Context, ev Event) error {
-	if o == nil || !slices.ContainsFunc(o.hooks, func(h *hook) bool { return h.wants(ev.Type) }) {
+	if !o.Wants(ev.Type) {
 		return nil
 	}
 	if err := ctx.Err(); err != nil {
@@ -378,7 +384,7 @@ func (o *Outbox) Emit(ctx context.Context, ev Event) error {
 // Cancel withdraws the events of type t about subject that are still held
 // by their Delay, and returns how many deliveries it withdrew.
 func (o *Outbox) Cancel(ctx context.Context, t Type, subject string) (int, error) {
-	if o == nil || len(o.hooks) == 0 {
+	if !o.Wants(t) {
 		return 0, nil
 	}
 	if err := ctx.Err(); err != nil {

@@ -670,9 +670,9 @@ func (c *Controller) onState(device string, payload []byte) {
 		return
 	}
 	now := time.Now().UTC()
-	var wentOffline bool
+	var changed bool
 	d, err := c.reg.UpdateDevice(device, func(d *registry.Device) {
-		wentOffline = !online && d.Online
+		changed = online != d.Online
 		// A device says "online" after every connection, and a new
 		// connection may have lost whatever the broker held for it (a
 		// restarted embedded broker keeps no sessions): OnlineSince is
@@ -687,7 +687,9 @@ func (c *Controller) onState(device string, payload []byte) {
 		c.log.Warn("state", "device", device, "err", err)
 		return
 	}
-	c.alertState(device, online, wentOffline, d)
+	if changed {
+		c.alertState(device, online, d)
+	}
 	c.log.Debug("device "+string(payload), "device", device)
 	c.deviceChanged(device)
 }
@@ -772,20 +774,19 @@ func (k catalog) Artifact(sha string) (artifacts.Artifact, error) {
 	return artifacts.Artifact{Path: path, Length: m.Length, ChunkSize: m.ChunkSize}, nil
 }
 
-// alertState emits device_offline when device went offline (only on the
-// transition, so a retained "offline" seen again after a reconnect, or by
-// a second replica, sends nothing), held for the offline grace, and
-// withdraws it when the device comes back within the grace.
-func (c *Controller) alertState(device string, online, wentOffline bool, d *registry.Device) {
+// alertState is called when device went offline or came back (only on
+// the change, so a retained "offline" seen again after a reconnect, or by
+// a second replica, sends nothing). Going offline emits device_offline,
+// held for the offline grace; coming back within the grace withdraws it.
+func (c *Controller) alertState(device string, online bool, d *registry.Device) {
 	ctx := context.Background()
-	switch {
-	case online:
+	if online {
 		if _, err := c.alerts.Cancel(ctx, alerts.DeviceOffline, device); err != nil {
 			c.log.Warn("device online alert", "device", device, "err", err)
 		}
-	case wentOffline:
-		if err := c.alerts.Emit(ctx, alerts.DeviceOfflineEvent(device, d.LastSeen, c.alerts.OfflineGrace(), d.Labels)); err != nil {
-			c.log.Warn("device offline alert", "device", device, "err", err)
-		}
+		return
+	}
+	if err := c.alerts.Emit(ctx, alerts.DeviceOfflineEvent(device, d.LastSeen, c.alerts.OfflineGrace(), d.Labels)); err != nil {
+		c.log.Warn("device offline alert", "device", device, "err", err)
 	}
 }
