@@ -93,21 +93,27 @@ func DeviceOfflineEvent(device string, since time.Time, grace time.Duration, lab
 		Data: DeviceData{Device: device, OfflineSince: since.UTC(), Grace: grace.String(), Labels: labels}}
 }
 
-// AuditData is an audit_chain_broken event's payload: the first record of
-// a device's audit trail that does not chain to the one before it.
+// AuditData is an audit_chain_broken event's payload: a record of a
+// device's audit trail that does not chain to the one before it (the
+// fields of the ingest's chain break).
 type AuditData struct {
 	Device string `json:"device"`
-	// Seq is the record's sequence number; Detail says what did not match.
+	// Seq is the record's number in the device's trail; N its number in
+	// the controller's copy of it.
 	Seq    uint64    `json:"seq"`
+	N      uint64    `json:"n,omitempty"`
 	Time   time.Time `json:"time"`
-	Detail string    `json:"detail"`
+	Model  string    `json:"model,omitempty"`
+	Action string    `json:"action,omitempty"`
+	// Reason says what did not match.
+	Reason string `json:"reason"`
 }
 
-// AuditChainBrokenEvent is a break in device's audit chain at a.Seq; its
-// ID is the device and the sequence number.
+// AuditChainBrokenEvent is a break in a.Device's audit chain; its ID is
+// the device and the record's numbers.
 func AuditChainBrokenEvent(a AuditData) Event {
-	return Event{Type: AuditChainBroken, ID: "audit_chain_broken/" + a.Device + "/" + strconv.FormatUint(a.Seq, 10), Subject: a.Device,
-		Time: a.Time, Data: a}
+	return Event{Type: AuditChainBroken, ID: "audit_chain_broken/" + a.Device + "/" + strconv.FormatUint(a.Seq, 10) + "/" + strconv.FormatUint(a.N, 10),
+		Subject: a.Device, Time: a.Time, Data: a}
 }
 
 func nanos(t time.Time) string { return strconv.FormatInt(t.UnixNano(), 10) }
