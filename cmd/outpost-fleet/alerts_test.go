@@ -203,6 +203,17 @@ func TestWebhooksSurviveSIGKILL(t *testing.T) {
 		}
 	}
 	t.Logf("%d events, %d posts accepted", n, len(posts))
+	out := cli(t, bin, 0, "alerts", "--admin", srv.admin, "--state", "delivered")
+	if strings.Count(out, "device_offline") != n || !strings.Contains(out, "gw-03") {
+		t.Errorf("alerts lists:\n%s", out)
+	}
+	var list admin.DeliveryList
+	if err := json.Unmarshal([]byte(cli(t, bin, 0, "alerts", "--admin", srv.admin, "--limit", "5", "-o", "json")), &list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list.Deliveries) != 5 || list.Next == 0 {
+		t.Errorf("alerts -o json --limit 5: %d deliveries, next %d", len(list.Deliveries), list.Next)
+	}
 }
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
