@@ -452,3 +452,19 @@ func TestReplicasDeliverOnce(t *testing.T) {
 	}
 	require.Len(t, seen, n)
 }
+
+// TestRemovedWebhook: the pending rows of a webhook the running
+// configuration no longer names are marked failed when delivery starts,
+// and the other webhooks' rows are delivered.
+func TestRemovedWebhook(t *testing.T) {
+	reg := openStore(t, "")
+	rc := newReceiver(t)
+	old := newOutbox(t, reg, []Webhook{{Name: "old", URL: "http://127.0.0.1:9/", Secret: secret}, {Name: "kept", URL: rc.url(), Secret: secret}}, Options{})
+	require.NoError(t, old.Emit(context.Background(), Event{Type: Drift, ID: "x"}))
+	run(t, newOutbox(t, reg, []Webhook{{Name: "kept", URL: rc.url(), Secret: secret}}, Options{}))
+	rc.waitFor("kept's delivery", func(ds []delivery) bool { return len(ds) == 1 })
+	require.Eventually(t, func() bool {
+		rows, err := reg.AlertDeliveries(registry.AlertQuery{Webhook: "old"})
+		return err == nil && len(rows) == 1 && rows[0].State == registry.AlertFailed && rows[0].LastError == "webhook no longer configured"
+	}, time.Minute, 10*time.Millisecond)
+}

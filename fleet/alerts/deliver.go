@@ -25,13 +25,11 @@ const deliveryLease = "alerts-delivery"
 const pruneEvery = time.Hour
 
 // Run delivers the outbox until ctx ends: at once on the embedded store,
-// while this replica holds the delivery lease on PostgreSQL. With no
-// webhook configured it only waits for ctx.
+// while this replica holds the delivery lease on PostgreSQL. The
+// delivering controller's configuration decides: pending rows of webhooks
+// it does not know are marked failed when it starts (with no webhook at
+// all, every pending row), and it prunes rows past its retention.
 func (o *Outbox) Run(ctx context.Context) error {
-	if len(o.hooks) == 0 {
-		<-ctx.Done()
-		return ctx.Err()
-	}
 	if o.reg.Engine() != "postgres" {
 		o.deliver(ctx, o.reg)
 		return ctx.Err()

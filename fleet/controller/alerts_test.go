@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/registry"
@@ -83,6 +84,22 @@ func TestDeviceOfflineAlerts(t *testing.T) {
 		}
 		if b.Event != alerts.DeviceOffline || b.Fleet != fleetName || b.Data.Device != devName(1) || b.Data.Labels["site"] != "south" {
 			t.Fatalf("body %s", r.Body)
+		}
+	}
+	// The admin API lists the outbox and refuses what it cannot list.
+	for q, want := range map[string]int{"?state=cancelled": 200, "?state=bogus": 400, "?limit=0": 400, "?limit=1001": 400, "?before=x": 400, "": 200} {
+		resp, err := http.Get("http://" + f.c.AdminAddr() + "/v1/alerts/deliveries" + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var list admin.DeliveryList
+		_ = json.NewDecoder(resp.Body).Decode(&list)
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("GET /v1/alerts/deliveries%s: %d, want %d", q, resp.StatusCode, want)
+		}
+		if q == "?state=cancelled" && (len(list.Deliveries) != 1 || list.Deliveries[0].Subject != devName(0)) {
+			t.Errorf("cancelled: %+v, want dev-000's row", list.Deliveries)
 		}
 	}
 	// The controller's outbox delivers (what drift detection will emit).
