@@ -17,6 +17,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/alerts"
+	"github.com/outpost-edge/outpost/internal/testpg"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -73,7 +74,16 @@ func (h *hookReceiver) state() (posts []hookPost, rejected int) {
 // is SIGKILLed once more while a delivery waits for its answer, and
 // started again. Every event arrives, signed, each under one key (the one
 // whose answer was lost arrives twice with the same key: at least once).
+// On the embedded store and on PostgreSQL (where the restarted process
+// waits for the killed one's delivery lease to expire).
 func TestWebhooksSurviveSIGKILL(t *testing.T) {
+	t.Run("sqlite", func(t *testing.T) { webhooksSurviveSIGKILL(t, nil) })
+	t.Run("postgres", func(t *testing.T) {
+		webhooksSurviveSIGKILL(t, []string{"--store", testpg.Database(t), "--lease-ttl", "1s"})
+	})
+}
+
+func webhooksSurviveSIGKILL(t *testing.T, storeArgs []string) {
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +108,7 @@ func TestWebhooksSurviveSIGKILL(t *testing.T) {
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	args := []string{"--config", cfg, "--open-broker", "--log-level", "debug"}
+	args := append([]string{"--config", cfg, "--open-broker", "--log-level", "debug"}, storeArgs...)
 	srv := startServe(t, bin, serveOptions{Fleet: "acme", Args: args})
 
 	// n devices come online and go offline: n events.
