@@ -468,3 +468,25 @@ func TestRemovedWebhook(t *testing.T) {
 		return err == nil && len(rows) == 1 && rows[0].State == registry.AlertFailed && rows[0].LastError == "webhook no longer configured"
 	}, time.Minute, 10*time.Millisecond)
 }
+
+// FuzzVerify: Verify never panics, and a header it accepts is bound to
+// the body and the secret (seeded from TestSignVerify's headers).
+func FuzzVerify(f *testing.F) {
+	now := time.Unix(1_800_000_000, 0)
+	body := []byte(`{"id":"x","event":"drift"}`)
+	for _, h := range []string{Sign([]byte(secret), now, body), "", "t=1", "sha256=00", "t=x,sha256=zz", "t=1800000000,sha256=" + strings.Repeat("0", 64)} {
+		f.Add(h, body)
+	}
+	f.Fuzz(func(t *testing.T, header string, b []byte) {
+		if Verify([]byte(secret), header, b, now, time.Hour) != nil {
+			return
+		}
+		// Accepted: the signature binds this body and this secret only.
+		if Verify([]byte(secret), header, append(b, 'x'), now, time.Hour) == nil {
+			t.Fatalf("%q verifies %q and the same with one byte more", header, b)
+		}
+		if Verify([]byte(secret+"!"), header, b, now, time.Hour) == nil {
+			t.Fatalf("%q verifies %q under another secret", header, b)
+		}
+	})
+}
