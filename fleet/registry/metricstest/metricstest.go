@@ -17,14 +17,16 @@
 //     merged histograms (registry.LatencyHistogram); features "[]".
 //   - agg_totals: one row per (model, version), the sum of all of them.
 //
-// Write only inserts: a key already in the store is an error, so add
-// everything a test needs to one Rows and write it once.
+// Write inserts the buckets: a bucket already in the store is an error, so
+// add every aggregate of a bucket to one Rows. The totals are added to
+// those already stored, as more traffic arriving later adds to them.
 package metricstest
 
 import (
 	"cmp"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -162,9 +164,8 @@ func (rs *Rows) Write(store string) error {
 		}
 	}
 	for tk, r := range rs.totals {
-		q := `INSERT INTO agg_totals (model, version, requests, errors, stream_dropped, errors_by_code, latency) VALUES ` + placeholders(pg, 0, 7)
-		if _, err := db.Exec(q, tk[0], tk[1], int64(r.requests), int64(r.errors), int64(r.dropped), jsonOf(r.byCode), jsonOf(r.latency)); err != nil {
-			return fmt.Errorf("metricstest: insert totals: %w", err)
+		if err := addTotals(db, pg, tk[0], tk[1], r); err != nil {
+			return fmt.Errorf("metricstest: totals %s v%s: %w", tk[0], tk[1], err)
 		}
 	}
 	return nil
@@ -188,4 +189,56 @@ func jsonOf(v any) string {
 		panic(err) // maps of counts and a histogram always encode
 	}
 	return string(b)
+}
+
+// addTotals adds r to the version's agg_totals row (read, merged and
+// written in one transaction).
+func addTotals(db *sql.DB, pg bool, model, version string, r *row) error {
+	tx, err := db.Begin()
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	sel := `SELECT requests, errors, stream_dropped, errors_by_code, latency FROM agg_totals WHERE model = ? AND version = ?`
+	del := `DELETE FROM agg_totals WHERE model = ? AND version = ?`
+	if pg {
+		sel = `SELECT requests, errors, stream_dropped, errors_by_code, latency FROM agg_totals WHERE model = $1 AND version = $2 FOR UPDATE`
+		del = `DELETE FROM agg_totals WHERE model = $1 AND version = $2`
+	}
+	sum := row{requests: r.requests, errors: r.errors, dropped: r.dropped, byCode: maps.Clone(r.byCode)}
+	sum.latency.Merge(&r.latency)
+	if sum.byCode == nil {
+		sum.byCode = map[string]uint64{}
+	}
+	var req, errs, dropped int64
+	var byCode, latency []byte
+	err = tx.QueryRow(sel, model, version).Scan(&req, &errs, &dropped, &byCode, &latency)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+	case err != nil:
+		return err
+	default:
+		var old row
+		if err := json.Unmarshal(byCode, &old.byCode); err != nil {
+			return err
+		}
+		if err := json.Unmarshal(latency, &old.latency); err != nil {
+			return err
+		}
+		sum.requests += uint64(req)
+		sum.errors += uint64(errs)
+		sum.dropped += uint64(dropped)
+		for c, n := range old.byCode {
+			sum.byCode[c] += n
+		}
+		sum.latency.Merge(&old.latency)
+		if _, err := tx.Exec(del, model, version); err != nil {
+			return err
+		}
+	}
+	q := `INSERT INTO agg_totals (model, version, requests, errors, stream_dropped, errors_by_code, latency) VALUES ` + placeholders(pg, 0, 7)
+	if _, err := tx.Exec(q, model, version, int64(sum.requests), int64(sum.errors), int64(sum.dropped), jsonOf(sum.byCode), jsonOf(sum.latency)); err != nil {
+		return err
+	}
+	return tx.Commit()
 }
