@@ -35,10 +35,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The Debian packages start a system broker on :1883, nats-server on :4222
+  # The Debian packages start a system broker on :1883, nats-server on :4222,
   # a PostgreSQL on :5432 and Prometheus on :9090; tests start their own on
-  # free ports, so leave
-  # the system ones as the admin configured them.
+  # free ports, so leave the system ones as the admin configured them.
 fi
 
 "$here/fetch-deps.sh"
