@@ -1,0 +1,81 @@
+package main
+
+import (
+	"encoding/json"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/registry/metricstest"
+)
+
+// TestModelsStats runs models stats of the real binary against a real
+// serve whose store holds seeded traffic: the table, -o json, a device and
+// version, and the usage errors.
+func TestModelsStats(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := startServe(t, bin, serveOptions{})
+	var rows metricstest.Rows
+	start := time.Now().Truncate(time.Minute).Add(-20 * time.Minute)
+	var reqs, errs, gw2 uint64
+	for m := range 20 {
+		for _, dev := range []string{"gw-1", "gw-2"} {
+			a := metricstest.Aggregate{Model: "face", Version: "3", Device: dev, Start: start.Add(time.Duration(m) * time.Minute),
+				Requests: 50, Errors: uint64(m % 2), ErrorsByCode: map[string]uint64{"overload": uint64(m % 2)},
+				Latency: registry.LatencyHistogram{BoundsMicros: []uint64{2000, 8000}, Counts: []uint64{0, 50, 0}}}
+			rows.Add(a)
+			reqs += a.Requests
+			errs += a.Errors
+			if dev == "gw-2" {
+				gw2 += a.Requests
+			}
+		}
+	}
+	if err := rows.Write(filepath.Join(srv.dir, "data", registry.StoreFile)); err != nil {
+		t.Fatal(err)
+	}
+
+	var m registry.ModelMetrics
+	out, _ := cliEnv(t, bin, nil, 0, "models", "stats", "face", "--admin", srv.admin, "-o", "json")
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatalf("-o json: %v: %s", err, out)
+	}
+	if m.Totals.Requests != reqs || m.Totals.Errors != errs || m.Totals.ErrorsByCode["overload"] != errs || m.StepSeconds != 60 {
+		t.Errorf("-o json: got %+v, want %d requests, %d errors, step 60", m.Totals, reqs, errs)
+	}
+	if m.Totals.P50MS != 5 {
+		t.Errorf("-o json: got p50 %v ms, want 5 (every request in (2, 8 ms])", m.Totals.P50MS)
+	}
+
+	table := cli(t, bin, 0, "models", "stats", "face", "--admin", srv.admin, "--since", "30m", "--step", "10m")
+	for _, want := range []string{"face, fleet, versions 3", "REQUESTS  ERRORS  ERROR %", "errors by code: overload 20", "START"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
+		}
+	}
+	// Six lines of heading and totals, then the steps the 30 minutes
+	// touch: 3, or 4 when now is not on a 10 minute boundary.
+	if n := strings.Count(table, "\n"); n < 9 || n > 10 {
+		t.Errorf("table of 30 minutes in 10 minute steps: got %d lines, want 9 or 10:\n%s", n, table)
+	}
+
+	out, _ = cliEnv(t, bin, nil, 0, "models", "stats", "face", "--admin", srv.admin, "--device", "gw-2", "--version", "3", "-o", "json")
+	m = registry.ModelMetrics{}
+	if err := json.Unmarshal([]byte(out), &m); err != nil {
+		t.Fatal(err)
+	}
+	if m.Totals.Requests != gw2 || m.Device != "gw-2" || m.Version != "3" {
+		t.Errorf("gw-2: got %d requests, device %q version %q; want %d, gw-2, 3", m.Totals.Requests, m.Device, m.Version, gw2)
+	}
+
+	cli(t, bin, 2, "models", "stats", "--admin", srv.admin)
+	cli(t, bin, 2, "models", "stats", "face", "--admin", srv.admin, "--step", "30s")
+	if out := cli(t, bin, 1, "models", "stats", "nope", "--admin", srv.admin); !strings.Contains(out, "404") {
+		t.Errorf("unknown model: %q", out)
+	}
+}
