@@ -104,6 +104,21 @@ func (rs *Rows) Add(a Aggregate) {
 	rs.totals[tk].add(&a)
 }
 
+// WriteDevices inserts the devices' buckets added so far and forgets them,
+// keeping the fleet's buckets and the totals for Write: a way to seed more
+// rows than fit in memory, a few devices at a time. Every bucket of the
+// devices written must be complete.
+func (rs *Rows) WriteDevices(store string) error {
+	devs := &Rows{buckets: map[key]*row{}}
+	for k, r := range rs.buckets {
+		if k.device != "" {
+			devs.buckets[k] = r
+			delete(rs.buckets, k)
+		}
+	}
+	return devs.Write(store)
+}
+
 // Len is the number of agg_buckets rows Write would insert.
 func (rs *Rows) Len() int { return len(rs.buckets) }
 
