@@ -1,10 +1,12 @@
 package controller_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -129,11 +131,13 @@ func TestModelMetricsAPI(t *testing.T) {
 	}
 }
 
-// scrape reads /metrics with a token.
+// scrape reads /metrics with a token ("": none, bootstrap from loopback).
 func scrape(t *testing.T, base, token string) string {
 	t.Helper()
 	req, _ := http.NewRequest("GET", base+"/metrics", nil)
-	req.Header.Set("Authorization", "Bearer "+token)
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -144,4 +148,68 @@ func scrape(t *testing.T, base, token string) string {
 		t.Fatalf("/metrics: got %d %s: %s", resp.StatusCode, resp.Header.Get("Content-Type"), b)
 	}
 	return string(b)
+}
+
+// dashboardExprs reads docs/grafana-dashboard.json (failing on invalid
+// JSON, duplicate panel ids or a panel without a query) and returns its
+// PromQL expressions with Grafana's variables replaced: $__rate_interval
+// by 1m, $model by .* (every model).
+func dashboardExprs(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "grafana-dashboard.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d struct {
+		Title  string `json:"title"`
+		UID    string `json:"uid"`
+		Panels []struct {
+			ID      int    `json:"id"`
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	if err := json.Unmarshal(b, &d); err != nil {
+		t.Fatalf("grafana-dashboard.json: %v", err)
+	}
+	if d.Title == "" || d.UID == "" || len(d.Panels) == 0 {
+		t.Fatalf("grafana-dashboard.json: no title, uid or panels")
+	}
+	ids := map[int]bool{}
+	var exprs []string
+	for _, p := range d.Panels {
+		if ids[p.ID] || len(p.Targets) == 0 {
+			t.Errorf("panel %d %q: duplicate id or no targets", p.ID, p.Title)
+		}
+		ids[p.ID] = true
+		for _, tg := range p.Targets {
+			if tg.Expr == "" {
+				t.Errorf("panel %q: empty expr", p.Title)
+			}
+			exprs = append(exprs, strings.NewReplacer("$__rate_interval", "1m", "$model", ".*").Replace(tg.Expr))
+		}
+	}
+	return exprs
+}
+
+// TestGrafanaDashboard: the dashboard reads only series the controller
+// serves (the drift gauge excepted: it comes with drift detection).
+func TestGrafanaDashboard(t *testing.T) {
+	dir := t.TempDir()
+	f := startFleet(t, controller.Options{DataDir: dir})
+	seedTraffic(t, filepath.Join(dir, registry.StoreFile), time.Now(), 2)
+	text := scrape(t, "http://"+f.c.AdminAddr(), "")
+	names := regexp.MustCompile(`outpost_[a-z_]+`)
+	for _, e := range dashboardExprs(t) {
+		for _, n := range names.FindAllString(e, -1) {
+			if n == "outpost_fleet_drift_psi" {
+				continue
+			}
+			if !strings.Contains(text, "\n"+n+"{") && !strings.Contains(text, "\n"+n+" ") {
+				t.Errorf("dashboard query %q reads %s, which /metrics does not serve", e, n)
+			}
+		}
+	}
 }

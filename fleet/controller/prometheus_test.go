@@ -177,6 +177,14 @@ scrape_configs:
 	if p, ok := query(`histogram_quantile(0.5, sum by (le) (increase(outpost_fleet_model_latency_seconds_bucket[5m])))`); !ok || p <= 0 || p > 0.001 {
 		t.Errorf("p50 of the new traffic: got %v s (answered %v), want in (0, 0.001]", p, ok)
 	}
+
+	// Every query of the Grafana dashboard parses and runs.
+	for _, e := range dashboardExprs(t) {
+		query(e)
+	}
+	if v, ok := query(`sum(rate(outpost_fleet_model_requests_total[1m]))`); !ok || v <= 0 {
+		t.Errorf("requests per second: got %v (answered %v), want more than 0", v, ok)
+	}
 }
 
 // freeAddr is a loopback address with a port free a moment ago.
