@@ -54,3 +54,25 @@ func norm(h LatencyHistogram) LatencyHistogram {
 	}
 	return h
 }
+
+// BenchmarkDecodeLatency: the hand parser against encoding/json on the
+// agent's default histogram.
+func BenchmarkDecodeLatency(b *testing.B) {
+	in := []byte(`{"bounds_micros":[250,500,1000,2500,5000,10000,25000,50000,100000,250000,500000,1000000,2500000,10000000],"counts":[0,3,17,40,22,9,5,2,1,0,0,0,0,0,0],"sum_micros":512345}`)
+	b.Run("hand", func(b *testing.B) {
+		for range b.N {
+			var h LatencyHistogram
+			if err := decodeLatency(in, &h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		for range b.N {
+			var h LatencyHistogram
+			if err := json.Unmarshal(in, &h); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
