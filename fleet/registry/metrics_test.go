@@ -4,12 +4,14 @@ import (
 	"errors"
 	"math"
 	"path/filepath"
+	"reflect"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/registry/metricstest"
 	"github.com/outpost-edge/outpost/internal/testpg"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // metricsStore opens a fresh store of each engine and returns it with the
@@ -318,6 +320,72 @@ func TestFleetCounts(t *testing.T) {
 		}
 		if fc.Rollouts[registry.RolloutRunning] != 1 || fc.Rollouts[registry.RolloutCompleted] != 2 {
 			t.Errorf("got rollouts %v, want 1 running, 2 completed", fc.Rollouts)
+		}
+	})
+}
+
+func TestMergeFeatures(t *testing.T) {
+	a := []protocol.FeatureCounts{{Name: "in.mean", Counts: []uint64{1, 2, 3}, NaNs: 1, Sum: 1.5, SumSq: 2}}
+	b := []protocol.FeatureCounts{
+		{Name: "out.max", Counts: []uint64{4}, Sum: 1},
+		{Name: "in.mean", Counts: []uint64{1, 1, 1, 1}, NaNs: 2, Sum: 0.5, SumSq: 1},
+	}
+	got := registry.MergeFeatures(a, b)
+	want := []protocol.FeatureCounts{
+		{Name: "in.mean", Counts: []uint64{2, 3, 4, 1}, NaNs: 3, Sum: 2, SumSq: 3},
+		{Name: "out.max", Counts: []uint64{4}, Sum: 1},
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("got %+v, want %+v", got, want)
+	}
+	// The added list is not aliased.
+	got[1].Counts[0] = 99
+	if b[0].Counts[0] != 4 {
+		t.Error("MergeFeatures aliased the counts it added")
+	}
+}
+
+// TestFeatures merges the feature histograms of seeded buckets, fleet-wide
+// and for one device, minute and hour buckets.
+func TestFeatures(t *testing.T) {
+	metricsStores(t, func(t *testing.T, r *registry.Registry, store string) {
+		t0 := time.Date(2026, 11, 30, 3, 0, 0, 0, time.UTC)
+		var rows metricstest.Rows
+		want := map[string][]uint64{"": make([]uint64, 3), "gw-1": make([]uint64, 3)}
+		for m := range 10 {
+			for d, dev := range []string{"gw-1", "gw-2"} {
+				c := []uint64{uint64(m), uint64(d + 1), 5}
+				rows.Add(metricstest.Aggregate{Model: "face", Version: "1", Device: dev, Start: t0.Add(time.Duration(m) * time.Minute),
+					Requests: 10, Features: []protocol.FeatureCounts{{Name: "input.mean", Counts: c, Sum: 2, SumSq: 4}}})
+				for i := range c {
+					want[""][i] += c[i]
+					if dev == "gw-1" {
+						want["gw-1"][i] += c[i]
+					}
+				}
+			}
+		}
+		if err := rows.Write(store); err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			device string
+			bucket int64
+		}{{"", registry.MinuteBucket}, {"gw-1", registry.MinuteBucket}, {"", registry.HourBucket}} {
+			f, err := r.Features(registry.FeatureQuery{Model: "face", Version: "1", Device: tc.device, Since: t0, Until: t0.Add(time.Hour), Bucket: tc.bucket})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := uint64(20)
+			if tc.device != "" {
+				n = 10
+			}
+			if len(f.Features) != 1 || !reflect.DeepEqual(f.Features[0].Counts, want[tc.device]) || f.Requests != 10*n || f.Records != n || f.Features[0].Sum != float64(2*n) {
+				t.Errorf("device %q bucket %d: got %+v, want counts %v over %d records", tc.device, tc.bucket, f, want[tc.device], n)
+			}
+		}
+		if _, err := r.Features(registry.FeatureQuery{Model: "face", Version: "1", Bucket: 300}); !errors.Is(err, registry.ErrInvalid) {
+			t.Errorf("bucket 300: got %v, want ErrInvalid", err)
 		}
 	})
 }

@@ -14,7 +14,9 @@
 //     requests, errors and stream_dropped are added; errors_by_code is
 //     the JSON object {code: count} of the sums; latency the JSON
 //     {"bounds_micros": [...], "counts": [...], "sum_micros": n} of the
-//     merged histograms (registry.LatencyHistogram); features "[]".
+//     merged histograms (registry.LatencyHistogram); features the JSON of
+//     the merged []protocol.FeatureCounts (json.Marshal's field names:
+//     Name, Counts, NaNs, Sum, SumSq), "[]" without any.
 //   - agg_totals: one row per (model, version), the sum of all of them.
 //
 // Write inserts the buckets: a bucket already in the store is an error, so
@@ -34,6 +36,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/protocol"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
 	_ "modernc.org/sqlite"             // the "sqlite" database/sql driver
@@ -48,6 +51,9 @@ type Aggregate struct {
 	StreamDropped          uint64
 	ErrorsByCode           map[string]uint64
 	Latency                registry.LatencyHistogram
+	// Features are the per-request feature histograms (merged with
+	// registry.MergeFeatures).
+	Features []protocol.FeatureCounts
 }
 
 type key struct {
@@ -59,6 +65,7 @@ type row struct {
 	records, requests, errors, dropped uint64
 	byCode                             map[string]uint64
 	latency                            registry.LatencyHistogram
+	features                           []protocol.FeatureCounts
 }
 
 func (r *row) add(a *Aggregate) {
@@ -73,6 +80,7 @@ func (r *row) add(a *Aggregate) {
 		r.byCode[c] += n
 	}
 	r.latency.Merge(&a.Latency)
+	r.features = registry.MergeFeatures(r.features, a.Features)
 }
 
 // Rows accumulates aggregates in memory. Not safe for concurrent use.
@@ -158,16 +166,19 @@ func (rs *Rows) Write(store string) error {
 			part := keys[i:min(i+perStmt, lo+perTx, len(keys))]
 			var sb strings.Builder
 			sb.WriteString(`INSERT INTO agg_buckets (model, version, device, step, start, records, requests, errors, stream_dropped, errors_by_code, latency, features) VALUES `)
-			args := make([]any, 0, len(part)*11)
+			args := make([]any, 0, len(part)*12)
 			for j, k := range part {
 				if j > 0 {
 					sb.WriteString(", ")
 				}
-				// features: no reference profile in these rows.
-				sb.WriteString(strings.TrimSuffix(placeholders(pg, len(args), 11), ")") + ", '[]')")
+				sb.WriteString(placeholders(pg, len(args), 12))
 				r := rs.buckets[k]
+				features := "[]"
+				if len(r.features) > 0 {
+					features = jsonOf(r.features)
+				}
 				args = append(args, k.model, k.version, k.device, k.step, k.start, int64(r.records), int64(r.requests),
-					int64(r.errors), int64(r.dropped), jsonOf(r.byCode), jsonOf(r.latency))
+					int64(r.errors), int64(r.dropped), jsonOf(r.byCode), jsonOf(r.latency), features)
 			}
 			if _, err := tx.Exec(sb.String(), args...); err != nil {
 				tx.Rollback()
