@@ -21,7 +21,7 @@ func (s *Server) modelMetrics(w http.ResponseWriter, r *http.Request) {
 	m, err := s.opts.Registry.Metrics(q)
 	if err != nil {
 		status := statusOf(err)
-		if errors.Is(err, registry.ErrInvalid) {
+		if errors.Is(err, registry.ErrInvalidQuery) {
 			status = http.StatusBadRequest
 		}
 		writeError(w, status, err)

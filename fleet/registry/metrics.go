@@ -202,21 +202,21 @@ func (h *LatencyHistogram) quantilesMS() (p50, p90, p99 float64) {
 
 // Metrics answers q: totals over the range and a series by step.
 // ErrNotFound: the model has neither a stored version nor traffic;
-// ErrInvalid: a step that is not a whole number of minutes, a range that
+// ErrInvalidQuery: a step that is not a whole number of minutes, a range that
 // ends before it starts, or more than MaxMetricsPoints steps.
 func (r *Registry) Metrics(q MetricsQuery) (*ModelMetrics, error) {
 	if q.Until.IsZero() {
 		q.Until = time.Now()
 	}
 	if !q.Until.After(q.Since) {
-		return nil, fmt.Errorf("%w: metrics range ends (%s) before it starts (%s)", ErrInvalid,
+		return nil, fmt.Errorf("%w: metrics range ends (%s) before it starts (%s)", ErrInvalidQuery,
 			q.Until.UTC().Format(time.RFC3339), q.Since.UTC().Format(time.RFC3339))
 	}
 	if q.Step == 0 {
 		q.Step = DefaultStep(q.Until.Sub(q.Since))
 	}
 	if q.Step < time.Minute || q.Step%time.Minute != 0 {
-		return nil, fmt.Errorf("%w: metrics step %s: want a whole number of minutes", ErrInvalid, q.Step)
+		return nil, fmt.Errorf("%w: metrics step %s: want a whole number of minutes", ErrInvalidQuery, q.Step)
 	}
 	step := int64(q.Step / time.Second)
 	bucket := int64(MinuteBucket)
@@ -234,7 +234,7 @@ func (r *Registry) Metrics(q MetricsQuery) (*ModelMetrics, error) {
 	}
 	points := (until - since + step - 1) / step
 	if points > MaxMetricsPoints {
-		return nil, fmt.Errorf("%w: metrics range of %d steps of %s, at most %d", ErrInvalid, points, q.Step, MaxMetricsPoints)
+		return nil, fmt.Errorf("%w: metrics range of %d steps of %s, at most %d", ErrInvalidQuery, points, q.Step, MaxMetricsPoints)
 	}
 
 	versions, err := r.metricsVersions(q.Model, q.Version)

@@ -38,7 +38,7 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 		q.Bucket = MinuteBucket
 	}
 	if q.Bucket != MinuteBucket && q.Bucket != HourBucket {
-		return nil, fmt.Errorf("%w: feature bucket %d s: want %d or %d", ErrInvalid, q.Bucket, MinuteBucket, HourBucket)
+		return nil, fmt.Errorf("%w: feature bucket %d s: want %d or %d", ErrInvalidQuery, q.Bucket, MinuteBucket, HourBucket)
 	}
 	since := q.Since.Unix() / q.Bucket * q.Bucket
 	rows, err := r.r.Query(r.q(`SELECT start, requests, records, features FROM agg_buckets

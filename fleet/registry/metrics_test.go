@@ -248,8 +248,8 @@ func TestMetrics(t *testing.T) {
 			with(hour, func(q *registry.MetricsQuery) { q.Until = q.Since }),
 			{Model: "face", Since: t0.Add(-365 * 24 * time.Hour), Until: t0, Step: time.Minute},
 		} {
-			if _, err := r.Metrics(q); !errors.Is(err, registry.ErrInvalid) {
-				t.Errorf("%+v: got %v, want ErrInvalid", q, err)
+			if _, err := r.Metrics(q); !errors.Is(err, registry.ErrInvalidQuery) {
+				t.Errorf("%+v: got %v, want ErrInvalidQuery", q, err)
 			}
 		}
 
@@ -384,8 +384,8 @@ func TestFeatures(t *testing.T) {
 				t.Errorf("device %q bucket %d: got %+v, want counts %v over %d records", tc.device, tc.bucket, f, want[tc.device], n)
 			}
 		}
-		if _, err := r.Features(registry.FeatureQuery{Model: "face", Version: "1", Bucket: 300}); !errors.Is(err, registry.ErrInvalid) {
-			t.Errorf("bucket 300: got %v, want ErrInvalid", err)
+		if _, err := r.Features(registry.FeatureQuery{Model: "face", Version: "1", Bucket: 300}); !errors.Is(err, registry.ErrInvalidQuery) {
+			t.Errorf("bucket 300: got %v, want ErrInvalidQuery", err)
 		}
 	})
 }
