@@ -19,10 +19,10 @@ import (
 	"github.com/outpost-edge/outpost/fleet/registry/metricstest"
 )
 
-// seedTraffic writes minutes of traffic for model "face" from two devices
+// seedModelTraffic writes minutes of traffic for model "face" from two devices
 // and two versions into the controller's embedded store, ending at the
 // minute before end; it returns the sums per version.
-func seedTraffic(t *testing.T, store string, end time.Time, minutes int) map[string][2]uint64 {
+func seedModelTraffic(t *testing.T, store string, end time.Time, minutes int) map[string][2]uint64 {
 	t.Helper()
 	var rows metricstest.Rows
 	sums := map[string][2]uint64{}
@@ -57,7 +57,7 @@ func seedTraffic(t *testing.T, store string, end time.Time, minutes int) map[str
 func TestModelMetricsAPI(t *testing.T) {
 	dir := t.TempDir()
 	f := startFleet(t, controller.Options{DataDir: dir})
-	sums := seedTraffic(t, filepath.Join(dir, registry.StoreFile), time.Now(), 30)
+	sums := seedModelTraffic(t, filepath.Join(dir, registry.StoreFile), time.Now(), 30)
 	c := authClient{t: t, base: "http://" + f.c.AdminAddr()}
 	root := c.mint("", "admin", "root")
 	viewer := c.mint(root.Token, "viewer", "grafana")
@@ -99,7 +99,7 @@ func TestModelMetricsAPI(t *testing.T) {
 	// seconds, devices and rollouts; viewer may read it, nobody without a
 	// token.
 	c.call("", "GET", "/metrics", "", nil, 401, nil)
-	text := scrape(t, c.base, viewer.Token)
+	text := scrapeMetrics(t, c.base, viewer.Token)
 	for _, want := range []string{
 		`outpost_build_info{commit="`,
 		fmt.Sprintf(`outpost_fleet_model_requests_total{model="face",version="1"} %d`, sums["1"][0]),
@@ -131,8 +131,8 @@ func TestModelMetricsAPI(t *testing.T) {
 	}
 }
 
-// scrape reads /metrics with a token ("": none, bootstrap from loopback).
-func scrape(t *testing.T, base, token string) string {
+// scrapeMetrics reads /metrics with a token ("": none, bootstrap from loopback).
+func scrapeMetrics(t *testing.T, base, token string) string {
 	t.Helper()
 	req, _ := http.NewRequest("GET", base+"/metrics", nil)
 	if token != "" {
@@ -199,8 +199,8 @@ func dashboardExprs(t *testing.T) []string {
 func TestGrafanaDashboard(t *testing.T) {
 	dir := t.TempDir()
 	f := startFleet(t, controller.Options{DataDir: dir})
-	seedTraffic(t, filepath.Join(dir, registry.StoreFile), time.Now(), 2)
-	text := scrape(t, "http://"+f.c.AdminAddr(), "")
+	seedModelTraffic(t, filepath.Join(dir, registry.StoreFile), time.Now(), 2)
+	text := scrapeMetrics(t, "http://"+f.c.AdminAddr(), "")
 	names := regexp.MustCompile(`outpost_[a-z_]+`)
 	for _, e := range dashboardExprs(t) {
 		for _, n := range names.FindAllString(e, -1) {

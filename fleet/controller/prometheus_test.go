@@ -47,7 +47,7 @@ func TestPrometheusScrapesController(t *testing.T) {
 	dir := t.TempDir()
 	f := startFleet(t, controller.Options{DataDir: dir})
 	store := filepath.Join(dir, registry.StoreFile)
-	sums := seedTraffic(t, store, time.Now(), 30)
+	sums := seedModelTraffic(t, store, time.Now(), 30)
 	req0, err0 := sums["1"][0]+sums["2"][0], sums["1"][1]+sums["2"][1]
 	c := authClient{t: t, base: "http://" + f.c.AdminAddr()}
 	viewer := c.mint(c.mint("", "admin", "root").Token, "viewer", "prometheus")
@@ -72,7 +72,7 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(work, "prometheus.yml"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := freePromAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
 	cmd := exec.CommandContext(ctx, bin, "--config.file="+filepath.Join(work, "prometheus.yml"),
@@ -187,8 +187,8 @@ scrape_configs:
 	}
 }
 
-// freeAddr is a loopback address with a port free a moment ago.
-func freeAddr(t *testing.T) string {
+// freePromAddr is a loopback address with a port free a moment ago.
+func freePromAddr(t *testing.T) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
