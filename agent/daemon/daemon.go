@@ -106,7 +106,7 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	reg := prometheus.NewRegistry()
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
-		a.counter.next = inferenceTelemetry{a.queue}
+		a.counter.next = inferenceTelemetry{q: a.queue, refs: newReferences(a.store)}
 	}
 	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
 		return nil, err

@@ -109,10 +109,17 @@ const sampleBytes = 4 << 10
 
 // inferenceTelemetry turns answered requests into telemetry: every one into
 // its model's aggregates, and a sample of them (at the configured rate) into
-// sample records and the per-input statistics that drift monitoring reads.
-// Summing every input element of every request would cost more than the
-// invoke on small models; a sample costs nothing on the others.
-type inferenceTelemetry struct{ q *telemetry.Queue }
+// sample records and the per-input statistics. Summing every input element
+// of every request would cost more than the invoke on small models; a
+// sample costs nothing on the others. For a model whose signed manifest
+// has a reference profile, every answered request also adds its features
+// (profile.Extractor, which reads at most profile.MaxSampled elements per
+// tensor) to the aggregate's feature histograms: that is what drift
+// detection compares with the reference.
+type inferenceTelemetry struct {
+	q    *telemetry.Queue
+	refs *references
+}
 
 func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 	if in.Model.Name == "" {
@@ -127,6 +134,14 @@ func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 			s.Error = in.Err.Error()
 		}
 		t.q.Record(protocol.Record{Kind: protocol.KindSample, Model: ref, Sample: s})
+	}
+	if o.ErrCode == "" && in.Inputs != nil && in.Outputs != nil {
+		if r := t.refs.lookup(in.Model); r != nil && r.features(in.Inputs, in.Outputs, func(vals []float64) {
+			o.Reference, o.Features = r.p, vals
+			t.q.Observe(o)
+		}) {
+			return
+		}
 	}
 	t.q.Observe(o)
 }

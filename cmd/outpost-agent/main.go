@@ -21,7 +21,7 @@ var program = subcommand.Program{
 	Commands: []subcommand.Command{
 		inspectCommand,
 		verifyCommand, installCommand,
-		serveCommand, batchCommand,
+		serveCommand, batchCommand, profileCommand,
 		enrollCommand,
 	},
 }
