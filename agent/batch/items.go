@@ -73,4 +73,3 @@ func splitRaw(e catalog.Entry, data []byte, dst [][]byte) ([][]byte, error) {
 	}
 	return dst, nil
 }
-
