@@ -42,13 +42,13 @@ func newReferences(st *store.Store) *references {
 
 // lookup returns the reference of e, or nil.
 func (r *references) lookup(e catalog.Entry) *reference {
-	if r == nil || r.st == nil || e.Digest == "" {
+	if r == nil || e.Digest == "" {
 		return nil
 	}
 	r.mu.RLock()
 	ref, ok := r.byDigest[e.Digest]
 	r.mu.RUnlock()
-	if ok {
+	if ok || r.st == nil {
 		return ref
 	}
 	ref = r.find(e)
