@@ -7,17 +7,24 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/agent/stream"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/agent/updater"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/profile"
 	"github.com/outpost-edge/outpost/models/tflite"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 )
 
 // faceHook is the face model loaded for real, a reference profile built by
@@ -184,4 +191,59 @@ func median(v []float64) float64 {
 	s := append([]float64(nil), v...)
 	sort.Float64s(s)
 	return s[len(s)/2]
+}
+
+// TestStreamFeatures: a stream's answered inferences count in the
+// aggregate's feature histograms as the API's requests do, through the real
+// queue, fleet link and Mosquitto; its failed ones count in none.
+func TestStreamFeatures(t *testing.T) {
+	h := newFaceHook(t)
+	h.invoke(t)
+	mq := testbroker.StartMosquitto(t, "")
+	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
+	require.NoError(t, err)
+	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
+		Link: link, Topic: link.Topics().Events, AggregateInterval: 100 * time.Millisecond, SampleRate: -1})
+	require.NoError(t, err)
+	aggs := subscribeAggregates(t, mq.URL(), link.Topics().Events)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = link.Run(ctx) })
+	wg.Go(func() { _ = q.Run(ctx) })
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+
+	obs := streamTelemetry{traffic: updater.NewTrafficCounter(), q: q, refs: h.hook.refs}
+	const answered = 3
+	for range answered {
+		obs.ObserveStream(stream.Observation{Stream: "cam", Model: h.inf.Model, Latency: time.Millisecond, Inputs: h.inf.Inputs, Outputs: h.inf.Outputs})
+	}
+	obs.ObserveStream(stream.Observation{Stream: "cam", Model: h.inf.Model, Latency: time.Millisecond, Code: "bad_input"})
+
+	counted := func() (requests uint64, perFeature map[string]uint64) {
+		perFeature = map[string]uint64{}
+		aggs.mu.Lock()
+		defer aggs.mu.Unlock()
+		for _, r := range aggs.recs {
+			requests += r.Aggregate.Requests
+			for _, f := range r.Aggregate.Features {
+				perFeature[f.Name] += f.NaNs
+				for _, c := range f.Counts {
+					perFeature[f.Name] += c
+				}
+			}
+		}
+		return requests, perFeature
+	}
+	require.Eventually(t, func() bool {
+		n, _ := counted()
+		return n == answered+1
+	}, 20*time.Second, 20*time.Millisecond, "the aggregates never counted the stream's inferences")
+	_, perFeature := counted()
+	assert.Len(t, perFeature, h.features)
+	for name, n := range perFeature {
+		assert.Equal(t, uint64(answered), n, name)
+	}
 }

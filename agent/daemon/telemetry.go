@@ -135,15 +135,21 @@ func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 		}
 		t.q.Record(protocol.Record{Kind: protocol.KindSample, Model: ref, Sample: s})
 	}
-	if o.ErrCode == "" && in.Inputs != nil && in.Outputs != nil {
-		if r := t.refs.lookup(in.Model); r != nil && r.features(in.Inputs, in.Outputs, func(vals []float64) {
+	observeFeatures(t.q, t.refs, in.Model, o, in.Inputs, in.Outputs)
+}
+
+// observeFeatures hands o to the queue, with the request's features when
+// it was answered and the model e has a reference profile.
+func observeFeatures(q *telemetry.Queue, refs *references, e catalog.Entry, o telemetry.Observation, ins, outs []tensor.Tensor) {
+	if o.ErrCode == "" && ins != nil && outs != nil {
+		if r := refs.lookup(e); r != nil && r.features(ins, outs, func(vals []float64) {
 			o.Reference, o.Features = r.p, vals
-			t.q.Observe(o)
+			q.Observe(o)
 		}) {
 			return
 		}
 	}
-	t.q.Observe(o)
+	q.Observe(o)
 }
 
 func modelRef(e catalog.Entry) protocol.ModelRef {
