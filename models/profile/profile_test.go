@@ -236,3 +236,33 @@ func TestParseRefusesUnknownFields(t *testing.T) {
 		t.Errorf("got %+v, %v", p, err)
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(`{"version":1,"requests":1,"features":[{"name":"a","edges":[0],"counts":[0,1],"count":1,"mean":1,"variance":0,"min":1,"max":1}]}`))
+	f.Add([]byte(`{"version":1,"requests":3,"features":[{"name":"in:x:mean","edges":[-1,0,2.5],"counts":[1,0,1,1],"nans":2,"count":3,"mean":0.5,"variance":2,"min":-2,"max":3}]}`))
+	f.Add([]byte(`{"version":2}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p, err := Parse(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if err := p.Validate(); err != nil {
+			t.Fatalf("Parse accepted what Validate refuses: %v", err)
+		}
+		for _, feat := range p.Features {
+			// Binning any value stays within the counts.
+			for _, v := range []float64{math.Inf(-1), -1e300, 0, 1e300, math.Inf(1), feat.Edges[0]} {
+				if i := Bin(feat.Edges, v); i < 0 || i >= len(feat.Counts) {
+					t.Fatalf("Bin(%v) = %d for %d counts", v, i, len(feat.Counts))
+				}
+			}
+			if _, err := PSI(feat.Counts, feat.Counts); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
