@@ -273,3 +273,26 @@ func TestPushReferenceFeaturesCounted(t *testing.T) {
 	assert.Equal(t, uint64(good/2), c0.Counts[len(c0.Counts)-1], "the bright requests fall in the top bin: %v", c0.Counts)
 	assert.InDelta(t, 0.9*good/2, c0.Sum, 0.1)
 }
+
+// Without outpost-agent next to it, on PATH or named by --agent-bin, the
+// fleet CLI says it needs one to profile reference inputs; given one, it
+// signs what it computed.
+func TestExportReferenceNeedsAgent(t *testing.T) {
+	b := build(t)
+	keys, _ := fleetDir(t, b)
+	alone := filepath.Join(t.TempDir(), "outpost-fleet")
+	copyFile(t, b.fleet, alone)
+	require.NoError(t, os.Chmod(alone, 0o755))
+	refs := referenceDir(t, 20)
+	args := []string{"models", "export", "--keys", keys, "--name", "face", "--version", "1", "--out", filepath.Join(t.TempDir(), "bundle"),
+		"--reference", refs}
+	face := testmodel.Path(t, testmodel.FaceShort)
+	r := run(t, []string{"PATH=" + t.TempDir()}, alone, append(args, face)...)
+	assert.Equal(t, 1, r.code, r.stdout)
+	assert.Contains(t, r.stderr, "outpost-agent, which runs the model over them (this binary has no model runtime), is not next to")
+	assert.Contains(t, r.stderr, "--agent-bin")
+
+	r = run(t, []string{"PATH=" + t.TempDir()}, alone, append(args, "--agent-bin", b.agent, face)...)
+	require.Zero(t, r.code, r.stderr)
+	assert.Contains(t, r.stdout, "reference: 10 features from 20 requests")
+}
