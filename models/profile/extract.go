@@ -11,7 +11,8 @@ import (
 )
 
 // MaxSampled bounds the elements (for images, the pixels) of one tensor
-// that a feature reads per request; larger tensors are read at a stride.
+// that a feature reads per request; larger tensors are read in chunks of
+// 16 consecutive items at a stride (sampling).
 const MaxSampled = 1024
 
 // maxChannels is the most channels an NHWC input may have to be treated as
@@ -172,15 +173,25 @@ func (x *Extractor) Extract(inputs, outputs [][]byte, dst []float64) error {
 	return nil
 }
 
-// stride is the smallest odd step that visits at most MaxSampled of n
-// items (odd, so that on an image of even width the sampled columns move
-// from row to row).
-func stride(n int) int {
-	s := (n + MaxSampled - 1) / MaxSampled
-	if s > 1 && s%2 == 0 {
+// chunk is the number of consecutive items (elements, or pixels of an
+// image) read together when a tensor is sampled: 16 FP32 values fill a
+// cache line, so a sample touches few lines.
+const chunk = 16
+
+// sampling returns the step, in chunks, at which a tensor of n items is
+// read: 1 (every item) up to MaxSampled items, else the smallest odd step
+// that reads at most MaxSampled/chunk chunks (odd, so that on an image whose
+// width is a power of two the sampled columns move from row to row).
+func sampling(n int) int {
+	if n <= MaxSampled {
+		return 1
+	}
+	chunks := (n + chunk - 1) / chunk
+	s := (chunks + MaxSampled/chunk - 1) / (MaxSampled / chunk)
+	if s%2 == 0 {
 		s++
 	}
-	return max(s, 1)
+	return s
 }
 
 // image writes each channel's mean and standard deviation over the sampled
@@ -188,26 +199,29 @@ func stride(n int) int {
 func image(s *spec, b []byte, pixels int, out []float64) {
 	var sum, sq [maxChannels]float64
 	c := s.channels
-	step := stride(pixels)
+	step := sampling(pixels) * chunk
 	k := 0
-	if s.dt == "FP32" {
-		for p := 0; p < pixels; p += step {
-			px := b[p*c*4 : (p+1)*c*4]
-			for j := range c {
-				v := float64(math.Float32frombits(binary.LittleEndian.Uint32(px[j*4:])))
-				sum[j] += v
-				sq[j] += v * v
+	for lo := 0; lo < pixels; lo += step {
+		hi := min(lo+chunk, pixels)
+		k += hi - lo
+		if s.dt == "FP32" && c == 3 {
+			px := b[lo*12 : hi*12]
+			for len(px) >= 12 {
+				r := float64(math.Float32frombits(binary.LittleEndian.Uint32(px)))
+				g := float64(math.Float32frombits(binary.LittleEndian.Uint32(px[4:])))
+				bl := float64(math.Float32frombits(binary.LittleEndian.Uint32(px[8:])))
+				sum[0], sum[1], sum[2] = sum[0]+r, sum[1]+g, sum[2]+bl
+				sq[0], sq[1], sq[2] = sq[0]+r*r, sq[1]+g*g, sq[2]+bl*bl
+				px = px[12:]
 			}
-			k++
+			continue
 		}
-	} else {
-		for p := 0; p < pixels; p += step {
+		for p := lo; p < hi; p++ {
 			for j := range c {
 				v := load(s.dt, b, p*c+j)
 				sum[j] += v
 				sq[j] += v * v
 			}
-			k++
 		}
 	}
 	for j := range c {
@@ -223,29 +237,65 @@ func image(s *spec, b []byte, pixels int, out []float64) {
 // moments returns the mean, standard deviation and maximum of the sampled
 // elements (NaN for none).
 func moments(dt string, b []byte, n int) (mean, std, mx float64) {
-	step := stride(n)
+	step := sampling(n) * chunk
 	var sum, sq float64
 	mx = math.Inf(-1)
+	nan := false
 	k := 0
-	if dt == "FP32" {
-		for i := 0; i < n; i += step {
-			v := float64(math.Float32frombits(binary.LittleEndian.Uint32(b[i*4:])))
-			sum += v
-			sq += v * v
-			mx = max(mx, v)
-			k++
+	for lo := 0; lo < n; lo += step {
+		hi := min(lo+chunk, n)
+		k += hi - lo
+		if dt == "FP32" {
+			// Two lanes, so the additions of one do not wait for the
+			// other's.
+			w := b[lo*4 : hi*4]
+			var s0, s1, q0, q1 float64
+			m0, m1 := mx, mx
+			for ; len(w) >= 8; w = w[8:] {
+				v0 := float64(math.Float32frombits(binary.LittleEndian.Uint32(w)))
+				v1 := float64(math.Float32frombits(binary.LittleEndian.Uint32(w[4:])))
+				s0, s1 = s0+v0, s1+v1
+				q0, q1 = q0+v0*v0, q1+v1*v1
+				if v0 > m0 {
+					m0 = v0
+				}
+				if v1 > m1 {
+					m1 = v1
+				}
+				nan = nan || v0 != v0 || v1 != v1
+			}
+			if len(w) >= 4 {
+				v := float64(math.Float32frombits(binary.LittleEndian.Uint32(w)))
+				s0, q0 = s0+v, q0+v*v
+				if v > m0 {
+					m0 = v
+				}
+				nan = nan || v != v
+			}
+			sum, sq = sum+s0+s1, sq+q0+q1
+			if m0 > mx {
+				mx = m0
+			}
+			if m1 > mx {
+				mx = m1
+			}
+			continue
 		}
-	} else {
-		for i := 0; i < n; i += step {
+		for i := lo; i < hi; i++ {
 			v := load(dt, b, i)
 			sum += v
 			sq += v * v
-			mx = max(mx, v)
-			k++
+			if v > mx {
+				mx = v
+			}
+			nan = nan || v != v
 		}
 	}
 	if k == 0 {
 		return math.NaN(), math.NaN(), math.NaN()
+	}
+	if nan {
+		mx = math.NaN()
 	}
 	mean = sum / float64(k)
 	return mean, math.Sqrt(max(0, sq/float64(k)-mean*mean)), mx

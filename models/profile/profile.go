@@ -26,11 +26,12 @@
 //
 // Values are the tensors' elements as they travel (a quantized tensor's
 // integers, not dequantized). A tensor of more than MaxSampled elements (for
-// images: pixels) is read at a fixed stride, the smallest odd one that leaves
-// at most MaxSampled of them, so that the cost per request is bounded
-// whatever the model: the reference and the device use the same stride, so
-// their features are the same function of the request. BYTES tensors have no
-// features.
+// images: pixels) is read in chunks of 16 consecutive ones at a fixed
+// stride, the smallest odd one that leaves at most MaxSampled of them, so
+// that the cost per request is bounded whatever the model and a sample
+// touches few cache lines: the reference and the device read the same
+// elements, so their features are the same function of the request. BYTES
+// tensors have no features.
 package profile
 
 import (

@@ -122,15 +122,17 @@ func TestExtractorFeatures(t *testing.T) {
 }
 
 func TestExtractorSamplesLargeTensors(t *testing.T) {
-	// An image of 128×128 pixels is read at a stride of 17: the features of
-	// a constant image are exact, and those of uniform noise are close to
-	// the whole image's.
+	// An image of 128×128 pixels is read in chunks of 16 pixels, every 17th
+	// chunk (61 chunks, 976 pixels): the features of uniform noise are close
+	// to the whole image's.
 	x, err := NewExtractor([]Tensor{{"in", "FP32", []int{1, 128, 128, 1}}}, []Tensor{{"out", "FP32", []int{1, 5000}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if s := stride(128 * 128); s != 17 {
-		t.Errorf("stride(16384) = %d, want 17", s)
+	for _, tc := range []struct{ n, want int }{{1024, 1}, {1025, 3}, {128 * 128, 17}, {896 * 16, 15}, {5000, 5}} {
+		if s := sampling(tc.n); s != tc.want {
+			t.Errorf("sampling(%d) = %d, want %d", tc.n, s, tc.want)
+		}
 	}
 	r := rand.New(rand.NewPCG(1, 2))
 	img := make([]float32, 128*128)
@@ -265,4 +267,21 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// BenchmarkExtractFace: the features of one request of the face model's
+// signature (an image of 128×128×3, outputs of 896×16 and 896 floats).
+func BenchmarkExtractFace(b *testing.B) {
+	x, err := NewExtractor([]Tensor{{"input", "FP32", []int{1, 128, 128, 3}}},
+		[]Tensor{{"regressors", "FP32", []int{1, 896, 16}}, {"classificators", "FP32", []int{1, 896, 1}}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ins, outs := [][]byte{make([]byte, 128*128*3*4)}, [][]byte{make([]byte, 896*16*4), make([]byte, 896*4)}
+	dst := make([]float64, x.Len())
+	for b.Loop() {
+		if err := x.Extract(ins, outs, dst); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
