@@ -57,6 +57,11 @@ func TestAggregateFeatures(t *testing.T) {
 	prefix, err := protocol.AppendRecord(nil, &old)
 	require.NoError(t, err)
 	assert.Equal(t, prefix, body[:len(prefix)], "the features come after everything an old controller reads")
+	// What an old controller decodes: the fields it knows, from the prefix
+	// it reads, the same as from the record of an agent without features.
+	oldView, err := protocol.DecodeRecord(body[:len(prefix)])
+	require.NoError(t, err)
+	assert.Equal(t, old.Aggregate, oldView.Aggregate)
 
 	// The next interval starts empty.
 	recs = a.flush(start.Add(2 * time.Minute))
