@@ -35,7 +35,7 @@ func runProfile(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	model := fs.String("model", "", "the .tflite or .onnx file (required)")
 	reference := fs.String("reference", "", "reference inputs: a directory (.bin/.raw: the inputs' raw little-endian bytes concatenated in the model's input order; .npy: one tensor; .json: a v2 request), a .jsonl file of v2 requests or an .npy file whose rows are the requests (required)")
 	out := fs.String("out", "", "profile JSON to write (default: standard output)")
-	bins := fs.Int("bins", profile.DefaultBins, "bins per feature (edges at the reference's quantiles)")
+	bins := fs.Int("bins", profile.DefaultBins, "bins per feature (edges at the reference's quantiles), at least 20")
 	skipBad := fs.Bool("skip-bad", false, "leave out reference items that cannot be read or run instead of failing")
 	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
 	every := fs.Duration("progress-every", 5*time.Second, "period of the progress lines on standard error (0: none)")
@@ -51,8 +51,10 @@ func runProfile(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fs.Usage()
 		return subcommand.UsageError("--model and --reference are required, and nothing else")
 	}
-	if *bins < 2 {
-		return subcommand.UsageError("--bins must be at least 2")
+	if *bins < profile.DefaultBins {
+		// Fewer bins make drift scores erratic on the small shifts that
+		// matter (docs/MONITORING.md).
+		return subcommand.UsageError(fmt.Sprintf("--bins must be at least %d", profile.DefaultBins))
 	}
 	data, err := os.ReadFile(*model)
 	if err != nil {
