@@ -144,7 +144,7 @@ func (p *Profile) Validate() error {
 		return bad("%v", err)
 	}
 	if len(b) > MaxEncoded {
-		return fmt.Errorf("%w (%d bytes, %d features): about 100 features of 20 bins fit: a model with many small inputs or outputs has too many", ErrTooLarge, len(b), len(p.Features))
+		return fmt.Errorf("%w (%d bytes, %d features): about 150 features of 20 bins fit: a model with many small inputs or outputs has too many", ErrTooLarge, len(b), len(p.Features))
 	}
 	return nil
 }
