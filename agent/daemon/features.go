@@ -7,6 +7,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/profile"
 )
 
@@ -68,8 +69,8 @@ func (r *references) find(e catalog.Entry) *reference {
 		if err != nil || se.Manifest.SHA256 != hex {
 			continue
 		}
-		if se.Manifest.Reference == nil {
-			return nil
+		if se.Manifest.Reference == nil || !sameOrder(se.Manifest.Inputs, e.Inputs) || !sameOrder(se.Manifest.Outputs, e.Outputs) {
+			return nil // the features follow the manifest's tensor order
 		}
 		x, err := se.Manifest.Extractor()
 		if err != nil || x.Len() != len(se.Manifest.Reference.Features) {
@@ -80,6 +81,20 @@ func (r *references) find(e catalog.Entry) *reference {
 		return ref
 	}
 	return nil
+}
+
+// sameOrder reports whether the runtime serves the manifest's tensors in
+// the manifest's order.
+func sameOrder(ms []manifest.Tensor, ts []tensor.Info) bool {
+	if len(ms) != len(ts) {
+		return false
+	}
+	for i := range ms {
+		if ms[i].Name != ts[i].Name {
+			return false
+		}
+	}
+	return true
 }
 
 // features computes a request's features into a borrowed buffer and calls

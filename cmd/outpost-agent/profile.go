@@ -16,6 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	registry "github.com/outpost-edge/outpost/agent/serving"
+	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/models/manifest"
@@ -60,7 +61,7 @@ func runProfile(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err != nil {
 		return err
 	}
-	x, err := extractorOf(data)
+	sig, x, err := extractorOf(data)
 	if err != nil {
 		return fmt.Errorf("%s: %w", *model, err)
 	}
@@ -70,6 +71,9 @@ func runProfile(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	name := "reference"
 	e, err := reg.Load(ctx, name, 1, data, "file")
 	if err != nil {
+		return err
+	}
+	if err := checkOrder(sig, e); err != nil {
 		return err
 	}
 	p, err := buildProfile(ctx, reg, e, x, profileRun{path: *reference, bins: *bins, skipBad: *skipBad, every: *every, progress: stderr})
@@ -95,22 +99,42 @@ func runProfile(ctx context.Context, args []string, stdout, stderr io.Writer) er
 // extractorOf reads the model's signature as the fleet does when it signs
 // the manifest, so the profile's features are the ones the manifest's
 // signature gives.
-func extractorOf(data []byte) (*profile.Extractor, error) {
+func extractorOf(data []byte) (*manifest.Manifest, *profile.Extractor, error) {
 	var m manifest.Manifest
 	if len(data) > 0 && data[0] == 0x08 { // an ONNX ModelProto (as fleet/export tells them)
 		sig, err := onnx.Read(data)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		m.Inputs, m.Outputs = sig.Manifest()
 	} else {
 		sig, err := tflite.Read(data)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		m.Inputs, m.Outputs = sig.Inputs, sig.Outputs
 	}
-	return m.Extractor()
+	x, err := m.Extractor()
+	return &m, x, err
+}
+
+// checkOrder makes sure the runtime serves the tensors in the signature's
+// order, which the features follow.
+func checkOrder(m *manifest.Manifest, e catalog.Entry) error {
+	for _, side := range []struct {
+		ms []manifest.Tensor
+		ts []tensor.Info
+	}{{m.Inputs, e.Inputs}, {m.Outputs, e.Outputs}} {
+		if len(side.ms) != len(side.ts) {
+			return fmt.Errorf("profile: the runtime serves %d tensors where the signature has %d", len(side.ts), len(side.ms))
+		}
+		for i := range side.ms {
+			if side.ms[i].Name != side.ts[i].Name {
+				return fmt.Errorf("profile: the runtime serves tensor %q where the signature has %q", side.ts[i].Name, side.ms[i].Name)
+			}
+		}
+	}
+	return nil
 }
 
 type profileRun struct {
