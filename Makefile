@@ -114,6 +114,13 @@ bench-overhead: setup
 bench-batch: setup
 	$(GO) test -run '^$$' -bench 'BatchVsPool|BatchBinary|EncodeOutputs' -benchmem -benchtime $(BENCHTIME) -timeout 30m ./agent/batch/
 
+# bench-features: the device's per-request feature histograms (models with a
+# reference profile) against face_detection_short_range's invoke, measured
+# in interleaved pairs: feature/invoke-% (goal at most 2). make bench runs it too.
+.PHONY: bench-features
+bench-features: setup
+	$(GO) test -run '^$$' -bench FeatureCostVsInvoke -benchtime 1x -count 3 -timeout 10m ./agent/daemon/
+
 # bench-engine: controller CPU per device update of the rollout engine at
 # 1,000, 3,000 and 10,000 devices (embedded store, simulated acks): the
 # cpu-ns/device figures should stay about flat. make bench runs it too.

@@ -104,14 +104,15 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		return nil, err
 	}
 	reg := prometheus.NewRegistry()
+	refs := newReferences(a.store)
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
-		a.counter.next = inferenceTelemetry{a.queue}
+		a.counter.next = inferenceTelemetry{q: a.queue, refs: refs}
 	}
 	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
 		return nil, err
 	}
-	if a.streams, err = newStreams(cfg, a.registry, a.counter.traffic, a.queue, log); err != nil {
+	if a.streams, err = newStreams(cfg, a.registry, a.counter.traffic, a.queue, refs, log); err != nil {
 		return nil, err
 	}
 	if len(a.streams) > 0 {

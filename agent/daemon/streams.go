@@ -15,9 +15,9 @@ import (
 // newStreams builds the configured streams over the serving registry; their
 // inferences feed the updater's probation counts and, with a queue,
 // telemetry.
-func newStreams(cfg config.Config, reg *serving.Registry, traffic *updater.TrafficCounter, q *telemetry.Queue, log *slog.Logger) ([]*stream.Stream, error) {
+func newStreams(cfg config.Config, reg *serving.Registry, traffic *updater.TrafficCounter, q *telemetry.Queue, refs *references, log *slog.Logger) ([]*stream.Stream, error) {
 	var out []*stream.Stream
-	obs := streamTelemetry{traffic: traffic, q: q}
+	obs := streamTelemetry{traffic: traffic, q: q, refs: refs}
 	for _, c := range cfg.Streams {
 		password, err := readSecret("stream "+c.Name+": password", c.PasswordFile)
 		if err != nil {
@@ -75,6 +75,7 @@ func (a *Agent) runStreams(ctx context.Context) (stop func()) {
 type streamTelemetry struct {
 	traffic *updater.TrafficCounter
 	q       *telemetry.Queue // nil without telemetry
+	refs    *references
 }
 
 func (t streamTelemetry) ObserveStream(o stream.Observation) {
@@ -95,5 +96,5 @@ func (t streamTelemetry) ObserveStream(o stream.Observation) {
 	if o.Inputs != nil && t.q.ShouldSample() {
 		ob.Inputs = summarize(o.Inputs)
 	}
-	t.q.Observe(ob)
+	observeFeatures(t.q, t.refs, o.Model, ob, o.Inputs, o.Outputs)
 }

@@ -109,10 +109,17 @@ const sampleBytes = 4 << 10
 
 // inferenceTelemetry turns answered requests into telemetry: every one into
 // its model's aggregates, and a sample of them (at the configured rate) into
-// sample records and the per-input statistics that drift monitoring reads.
-// Summing every input element of every request would cost more than the
-// invoke on small models; a sample costs nothing on the others.
-type inferenceTelemetry struct{ q *telemetry.Queue }
+// sample records and the per-input statistics. Summing every input element
+// of every request would cost more than the invoke on small models; a
+// sample costs nothing on the others. For a model whose signed manifest
+// has a reference profile, every answered request also adds its features
+// (profile.Extractor, which reads at most profile.MaxSampled elements per
+// tensor) to the aggregate's feature histograms: that is what drift
+// detection compares with the reference.
+type inferenceTelemetry struct {
+	q    *telemetry.Queue
+	refs *references
+}
 
 func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 	if in.Model.Name == "" {
@@ -128,7 +135,21 @@ func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 		}
 		t.q.Record(protocol.Record{Kind: protocol.KindSample, Model: ref, Sample: s})
 	}
-	t.q.Observe(o)
+	observeFeatures(t.q, t.refs, in.Model, o, in.Inputs, in.Outputs)
+}
+
+// observeFeatures hands o to the queue, with the request's features when
+// it was answered and the model e has a reference profile.
+func observeFeatures(q *telemetry.Queue, refs *references, e catalog.Entry, o telemetry.Observation, ins, outs []tensor.Tensor) {
+	if o.ErrCode == "" && ins != nil && outs != nil {
+		if r := refs.lookup(e); r != nil && r.features(ins, outs, func(vals []float64) {
+			o.Reference, o.Features = r.p, vals
+			q.Observe(o)
+		}) {
+			return
+		}
+	}
+	q.Observe(o)
 }
 
 func modelRef(e catalog.Entry) protocol.ModelRef {

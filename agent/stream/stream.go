@@ -100,6 +100,9 @@ type Observation struct {
 	// Inputs are the model's inputs for a successful inference, valid only
 	// during the call.
 	Inputs []tensor.Tensor
+	// Outputs are the model's outputs for a successful inference, valid
+	// only during the call.
+	Outputs []tensor.Tensor
 }
 
 // Options configure a stream. Broker, Topic, Model, ResultTopic and
@@ -441,8 +444,9 @@ type worker struct {
 	out  []byte
 	resp oip.Response
 	// outBufs keep each output's data; inTensors the inputs observed.
-	outBufs   [][]byte
-	inTensors []tensor.Tensor
+	outBufs    [][]byte
+	inTensors  []tensor.Tensor
+	outTensors []tensor.Tensor
 	// window state: the elements kept, the datatype they are in, the seq
 	// of the last message added, and how many windows have run.
 	win     []byte
@@ -542,6 +546,11 @@ func (w *worker) infer(ctx context.Context, id string, prepare func(catalog.Entr
 			}
 		}
 		w.inTensors = o.Inputs
+		o.Outputs = w.outTensors[:0]
+		for i := range r.Outputs {
+			o.Outputs = append(o.Outputs, r.Outputs[i].Tensor)
+		}
+		w.outTensors = o.Outputs
 		s.opts.Observer.ObserveStream(o)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/outpost-edge/outpost/models/profile"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -28,6 +29,14 @@ type Observation struct {
 	// messages dropped before the model saw them: it goes to the
 	// aggregate's StreamDropped only, never to requests, errors or latency.
 	StreamDropped uint64
+	// Reference and Features account the request's per-request features
+	// (profile.Extractor) in the aggregate's feature histograms, binned
+	// with the reference's edges: Features[i] is the value of
+	// Reference.Features[i]. Both nil for a model without a reference and
+	// for a request that was not answered; the aggregator keeps neither
+	// past the call.
+	Reference *profile.Profile
+	Features  []float64
 }
 
 // InputSummary accumulates the values of one input tensor. The zero value with
@@ -104,6 +113,10 @@ type modelAgg struct {
 	counts           []uint64
 	sumMicros        uint64
 	inputs           []InputSummary
+	// ref is the reference whose edges features are binned with (the
+	// first one observed in the interval; a model version has one).
+	ref      *profile.Profile
+	features []protocol.FeatureCounts
 }
 
 func newAggregator(bounds []uint64, now time.Time) *aggregator {
@@ -138,6 +151,9 @@ func (a *aggregator) observe(o *Observation) {
 			m.byCode["other"]++
 		}
 	}
+	if o.Reference != nil && len(o.Features) == len(o.Reference.Features) {
+		m.addFeatures(o.Reference, o.Features)
+	}
 	for i := range o.Inputs {
 		in := &o.Inputs[i]
 		j := 0
@@ -151,6 +167,32 @@ func (a *aggregator) observe(o *Observation) {
 			m.inputs = append(m.inputs, InputSummary{Name: in.Name})
 		}
 		m.inputs[j].merge(in)
+	}
+}
+
+// addFeatures bins one request's features. The histograms are made on the
+// interval's first request with features; a request with another
+// reference (not expected: a digest has one manifest) is not counted.
+func (m *modelAgg) addFeatures(ref *profile.Profile, vs []float64) {
+	if m.ref == nil {
+		m.ref = ref
+		m.features = make([]protocol.FeatureCounts, len(ref.Features))
+		for i := range ref.Features {
+			m.features[i] = protocol.FeatureCounts{Name: ref.Features[i].Name, Counts: make([]uint64, len(ref.Features[i].Edges)+1)}
+		}
+	}
+	if m.ref != ref {
+		return
+	}
+	for i, v := range vs {
+		fc := &m.features[i]
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			fc.NaNs++
+			continue
+		}
+		fc.Counts[profile.Bin(ref.Features[i].Edges, v)]++
+		fc.Sum += v
+		fc.SumSq += v * v
 	}
 }
 
@@ -174,6 +216,7 @@ func (a *aggregator) flush(now time.Time) []protocol.Record {
 		for i := range m.inputs {
 			agg.Inputs = append(agg.Inputs, m.inputs[i].stats())
 		}
+		agg.Features = m.features
 		recs = append(recs, protocol.Record{Kind: protocol.KindAggregate, Time: now, Model: ref, Aggregate: agg})
 	}
 	sort.Slice(recs, func(i, j int) bool {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -15,6 +17,9 @@ import (
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/internal/subcommand"
+	"github.com/outpost-edge/outpost/models/bundle"
+	"github.com/outpost-edge/outpost/models/dsse"
+	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/onnx"
 )
 
@@ -39,6 +44,9 @@ type inspectReport struct {
 	// LoadError says why an ONNX model that parses could not be run with
 	// the given inputs.
 	LoadError string `json:"load_error,omitempty"`
+	// Manifest is the bundle's (or the given file's) signed manifest, read
+	// without checking signatures (verify does), reference profile included.
+	Manifest *manifest.Manifest `json:"manifest,omitempty"`
 }
 
 type onnxReport struct {
@@ -59,7 +67,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	inputs := inputFlag{}
 	fs.Var(inputs, "input", "ONNX input to fix, NAME=D,D,...[@WARM] (its served shape, and the value of the warm-up run), e.g. input=1,512 or sr=@16000 (repeatable)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite|MODEL.onnx [-o json] [--delegate ...] [--threads N] [--input NAME=SHAPE[@WARM] ...]")
+		fmt.Fprintln(stderr, "usage: outpost-agent inspect MODEL.tflite|MODEL.onnx|BUNDLE|release.json [-o json] [--delegate ...] [--threads N] [--input NAME=SHAPE[@WARM] ...]")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -85,11 +93,29 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			defer route.Close()
 		}
 	}
-	data, err := os.ReadFile(pos[0])
+	rep := inspectReport{Model: pos[0]}
+	path := pos[0]
+	if fi, err := os.Stat(path); err == nil && fi.IsDir() || strings.EqualFold(filepath.Ext(path), ".json") {
+		// A bundle directory, or a release.json or manifest JSON alone.
+		mpath := path
+		if fi != nil && fi.IsDir() {
+			mpath = filepath.Join(path, bundle.ReleaseFile)
+			path = filepath.Join(path, bundle.ModelFile)
+		} else {
+			path = ""
+		}
+		if rep.Manifest, err = readManifest(mpath); err != nil {
+			return err
+		}
+		if path == "" {
+			return writeInspect(stdout, rep, *asJSON || out.JSON())
+		}
+		rep.Model = path
+	}
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return err
 	}
-	rep := inspectReport{Model: pos[0]}
 	format, err := runtime.Detect(data)
 	if err != nil {
 		return fmt.Errorf("%s: %w", pos[0], err)
@@ -118,13 +144,78 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	} else {
 		rep.Runtime = "tflite " + runtime.Version()
 	}
-	if *asJSON || out.JSON() {
-		enc := json.NewEncoder(stdout)
+	return writeInspect(stdout, rep, *asJSON || out.JSON())
+}
+
+func writeInspect(w io.Writer, rep inspectReport, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(rep)
 	}
-	printInspect(stdout, rep)
+	if rep.Format != "" {
+		printInspect(w, rep)
+	}
+	printManifest(w, rep.Manifest)
 	return nil
+}
+
+// readManifest reads a manifest from a release envelope (release.json) or
+// a bare manifest JSON, without checking signatures: inspect describes,
+// verify decides.
+func readManifest(path string) (*manifest.Manifest, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	payload := b
+	if env, err := dsse.Parse(b); err == nil {
+		var rel struct {
+			Model json.RawMessage `json:"model"`
+		}
+		if err := json.Unmarshal(env.Payload, &rel); err != nil || rel.Model == nil {
+			return nil, fmt.Errorf("%s: a signed envelope without a release manifest", path)
+		}
+		payload = rel.Model
+	}
+	m, err := manifest.Parse(payload)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
+}
+
+// printManifest shows the manifest's name and its reference profile: per
+// feature its moments, then its bins (edges and reference counts).
+func printManifest(w io.Writer, m *manifest.Manifest) {
+	if m == nil {
+		return
+	}
+	fmt.Fprintf(w, "\nmanifest: %s v%d sha256:%s (signatures not checked here: outpost-agent verify does)\n", m.Name, m.Version, m.SHA256)
+	p := m.Reference
+	if p == nil {
+		fmt.Fprintln(w, "reference: none")
+		return
+	}
+	fmt.Fprintf(w, "reference: %d features from %d requests\n", len(p.Features), p.Requests)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "\nFEATURE\tCOUNT\tNANS\tMEAN\tSTD\tMIN\tMAX\tBINS")
+	for _, f := range p.Features {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%.4g\t%.4g\t%.4g\t%.4g\t%d\n", f.Name, f.Count, f.NaNs, f.Mean, math.Sqrt(f.Variance), f.Min, f.Max, len(f.Counts))
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nBINS (edges, and the reference's count in each bin: below the first edge, between edges, at or above the last)")
+	for _, f := range p.Features {
+		edges := make([]string, len(f.Edges))
+		for i, e := range f.Edges {
+			edges[i] = strconv.FormatFloat(e, 'g', 4, 64)
+		}
+		counts := make([]string, len(f.Counts))
+		for i, c := range f.Counts {
+			counts[i] = strconv.FormatUint(c, 10)
+		}
+		fmt.Fprintf(w, "%s\n  edges  %s\n  counts %s\n", f.Name, strings.Join(edges, " "), strings.Join(counts, " "))
+	}
 }
 
 func printInspect(w io.Writer, rep inspectReport) {

@@ -2,6 +2,7 @@
 //
 //	outpost-agent inspect MODEL [--json]
 //	outpost-agent enroll BUNDLE --data-dir DIR [--config agent.yaml] [--force]
+//	outpost-agent profile --model MODEL --reference INPUTS [--out profile.json]
 //
 // Each subcommand lives in its own file and is listed in program below;
 // internal/subcommand runs them.
@@ -21,7 +22,7 @@ var program = subcommand.Program{
 	Commands: []subcommand.Command{
 		inspectCommand,
 		verifyCommand, installCommand,
-		serveCommand, batchCommand,
+		serveCommand, batchCommand, profileCommand,
 		enrollCommand,
 	},
 }

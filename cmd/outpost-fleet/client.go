@@ -186,8 +186,9 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	expires := fs.Duration("expires", export.DefaultExpires, "how long the release may be installed")
 	golden := fs.String("golden", "", "JSON file with golden test vectors to sign into the manifest")
 	minAgent := fs.String("min-agent", "", "oldest agent version allowed to run the model")
+	ref := addReferenceFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-fleet models push --keys KEYS --name N --version V [--admin URL] MODEL.tflite")
+		fmt.Fprintln(stderr, "usage: outpost-fleet models push --keys KEYS --name N --version V [--reference PROFILE.json|INPUTS] [--admin URL] MODEL.tflite")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -203,7 +204,11 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	opts := export.Options{Name: *name, Version: *ver, Model: pos[0], Out: filepath.Join(tmp, "bundle"), Expires: *expires, MinAgentVersion: *minAgent}
+	reference, err := ref.load(ctx, pos[0], stderr)
+	if err != nil {
+		return err
+	}
+	opts := export.Options{Name: *name, Version: *ver, Model: pos[0], Out: filepath.Join(tmp, "bundle"), Expires: *expires, MinAgentVersion: *minAgent, Reference: reference}
 	if _, err := exportBundle(*keys, *golden, opts); err != nil {
 		return err
 	}
@@ -259,6 +264,9 @@ func runModelsPush(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	fmt.Fprintf(stdout, "pushed %s v%d sha256:%s %d bytes (release serial %d, expires %s)\n",
 		info.Name, info.Version, info.SHA256, info.Length, info.Serial, info.Expires.Format(time.RFC3339))
+	if reference != nil {
+		fmt.Fprintf(stdout, "  reference: %d features from %d requests\n", len(reference.Features), reference.Requests)
+	}
 	return nil
 }
 

@@ -29,8 +29,9 @@ func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Write
 	golden := fs.String("golden", "", "JSON file with golden test vectors to sign into the manifest")
 	minAgent := fs.String("min-agent", "", "oldest agent version allowed to run the model")
 	rollback := fs.Bool("rollback", false, "sign a rollback instruction: devices may go back to this version")
+	ref := addReferenceFlags(fs)
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite")
+		fmt.Fprintln(stderr, "usage: outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] [--reference PROFILE.json|INPUTS] --out DIR MODEL.tflite")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -41,15 +42,27 @@ func runModelsExport(ctx context.Context, args []string, stdout, stderr io.Write
 		fs.Usage()
 		return subcommand.UsageError("--keys, --name, --version (positive), --out and one model file are required")
 	}
+	reference, err := ref.load(ctx, pos[0], stderr)
+	if err != nil {
+		return err
+	}
 	m, err := exportBundle(*keys, *golden, export.Options{Name: *name, Version: *ver, Model: pos[0], Out: *out,
-		Expires: *expires, MinAgentVersion: *minAgent, Rollback: *rollback})
+		Expires: *expires, MinAgentVersion: *minAgent, Rollback: *rollback, Reference: reference})
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "exported %s v%d sha256:%s %d bytes to %s\n", m.Name, m.Version, m.SHA256, m.Length, *out)
 	describe(stdout, "input", m.Inputs)
 	describe(stdout, "output", m.Outputs)
+	describeReference(stdout, m)
 	return nil
+}
+
+// describeReference says what reference profile was signed in, if any.
+func describeReference(w io.Writer, m *manifest.Manifest) {
+	if p := m.Reference; p != nil {
+		fmt.Fprintf(w, "  reference: %d features from %d requests\n", len(p.Features), p.Requests)
+	}
 }
 
 // exportBundle signs a bundle with the keys in keysDir, with the golden

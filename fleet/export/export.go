@@ -16,6 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/onnx"
+	"github.com/outpost-edge/outpost/models/profile"
 	"github.com/outpost-edge/outpost/models/tflite"
 )
 
@@ -40,6 +41,9 @@ type Options struct {
 	// Rollback marks the release as a signed instruction that devices may go
 	// back to this version from a newer one.
 	Rollback bool
+	// Reference is the model's reference profile to sign into the manifest
+	// (made by `outpost-agent profile`); nil for none.
+	Reference *profile.Profile
 }
 
 // Export signs and writes a bundle; it returns the signed manifest.
@@ -80,6 +84,7 @@ func Export(k *keyring.Keyring, opts Options) (*manifest.Manifest, error) {
 		Golden:          opts.Golden,
 		MinAgentVersion: opts.MinAgentVersion,
 		Rollback:        opts.Rollback,
+		Reference:       opts.Reference,
 	}
 	if err := m.Validate(); err != nil {
 		return nil, fmt.Errorf("export: %w", err)

@@ -18,6 +18,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+
+	"github.com/outpost-edge/outpost/models/profile"
 )
 
 // The runtimes a manifest may name. A manifest without one (written before
@@ -60,6 +62,14 @@ type Manifest struct {
 	// Rollback, when true, is a signed instruction allowing devices to install
 	// this version even though a newer one is installed.
 	Rollback bool `json:"rollback,omitempty"`
+	// Reference, when present, is the model's reference profile: the
+	// per-request features the agent histograms for every answered request
+	// and the controller compares with it (package profile). Its features
+	// must be those profile.NewExtractor gives for Inputs and Outputs, and
+	// its encoding at most profile.MaxEncoded bytes. An agent older than
+	// the field refuses a manifest that has it (unknown fields are refused),
+	// so a model with a reference should set MinAgentVersion.
+	Reference *profile.Profile `json:"reference,omitempty"`
 }
 
 // Tensor is one input or output of a model. DataType is spelled as the Open
@@ -144,6 +154,11 @@ func (m *Manifest) Validate() error {
 			}
 		}
 	}
+	if m.Reference != nil {
+		if err := m.checkReference(); err != nil {
+			return bad("reference: %v", err)
+		}
+	}
 	for i, g := range m.Golden {
 		if math.IsNaN(g.Tolerance) || g.Tolerance < 0 || math.IsInf(g.Tolerance, 0) {
 			return bad("golden %d: tolerance %v", i, g.Tolerance)
@@ -161,6 +176,41 @@ func (m *Manifest) Validate() error {
 			if n := elemSize[d.DataType]; n > 0 && len(d.Data) != n*count(d.Shape) {
 				return bad("golden %d: tensor %q: %d data bytes for shape %v", i, d.Name, len(d.Data), d.Shape)
 			}
+		}
+	}
+	return nil
+}
+
+// Extractor returns the feature extractor of the model's signature, which
+// the reference profile's features follow.
+func (m *Manifest) Extractor() (*profile.Extractor, error) {
+	conv := func(ts []Tensor) []profile.Tensor {
+		out := make([]profile.Tensor, len(ts))
+		for i, t := range ts {
+			out[i] = profile.Tensor{Name: t.Name, DataType: t.DataType, Shape: t.Shape}
+		}
+		return out
+	}
+	return profile.NewExtractor(conv(m.Inputs), conv(m.Outputs))
+}
+
+// checkReference checks the profile and that its features are the
+// signature's, in order.
+func (m *Manifest) checkReference() error {
+	if err := m.Reference.Validate(); err != nil {
+		return err
+	}
+	x, err := m.Extractor()
+	if err != nil {
+		return err
+	}
+	names := x.Names()
+	if len(names) != len(m.Reference.Features) {
+		return fmt.Errorf("%d features, the model's signature has %d", len(m.Reference.Features), len(names))
+	}
+	for i, n := range names {
+		if m.Reference.Features[i].Name != n {
+			return fmt.Errorf("feature %d is %q, the model's signature gives %q", i, m.Reference.Features[i].Name, n)
 		}
 	}
 	return nil

@@ -9,6 +9,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/outpost-edge/outpost/models/profile"
 )
 
 func valid() Manifest {
@@ -164,5 +166,73 @@ func TestRuntimeName(t *testing.T) {
 		if got := m.RuntimeName(); got != tc.want {
 			t.Errorf("RuntimeName() of %q = %q, want %q", tc.runtime, got, tc.want)
 		}
+	}
+}
+
+// withReference gives valid() a reference profile built for its signature.
+func withReference(t *testing.T) Manifest {
+	m := valid()
+	x, err := m.Extractor()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := profile.NewBuilder(x.Names())
+	vals := make([]float64, x.Len())
+	for i := range 100 {
+		for j := range vals {
+			vals[j] = float64(i*(j+1)) / 7
+		}
+		if err := b.Add(vals); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if m.Reference, err = b.Build(20); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func TestReference(t *testing.T) {
+	m := withReference(t)
+	if got := len(m.Reference.Features); got != 4 { // in:input:mean/std (open shape), out:out:max/mean
+		t.Fatalf("%d features, want 4", got)
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := Parse(b)
+	if err != nil {
+		t.Fatalf("a manifest with a reference does not parse back: %v", err)
+	}
+	if got, want := back.Reference.Features[0].Edges, m.Reference.Features[0].Edges; len(got) != len(want) || got[3] != want[3] {
+		t.Errorf("edges changed in the round trip: %v, want %v", got, want)
+	}
+	for name, edit := range map[string]func(*Manifest){
+		"feature of another signature": func(m *Manifest) { m.Reference.Features[0].Name = "in:other:mean" },
+		"a feature missing":            func(m *Manifest) { m.Reference.Features = m.Reference.Features[1:] },
+		"counts not adding up":         func(m *Manifest) { m.Reference.Features[1].Counts[2]++ },
+		"too large": func(m *Manifest) {
+			f := &m.Reference.Features[0]
+			for i := range 6000 {
+				f.Edges = append(f.Edges, f.Edges[len(f.Edges)-1]+1.234567+float64(i))
+				f.Counts = append(f.Counts, 0)
+			}
+		},
+	} {
+		m := withReference(t)
+		edit(&m)
+		if err := m.Validate(); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: got %v, want ErrInvalid", name, err)
+		}
+	}
+	// A manifest written before the field still parses, with no reference.
+	old := valid()
+	b, _ = json.Marshal(old)
+	if bytes.Contains(b, []byte("reference")) {
+		t.Fatalf("a manifest without a reference encodes the field: %s", b)
+	}
+	if m, err := Parse(b); err != nil || m.Reference != nil {
+		t.Errorf("old manifest: %v, reference %v", err, m.Reference)
 	}
 }
