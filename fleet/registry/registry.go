@@ -69,6 +69,9 @@ var (
 	ErrSchemaTooNew = errors.New("registry: store schema newer than this build")
 	// ErrNotEmbedded: the operation needs the embedded (SQLite) store.
 	ErrNotEmbedded = errors.New("registry: not the embedded store")
+	// ErrInvalidQuery: a list's query is malformed (a cursor not made by
+	// this store).
+	ErrInvalidQuery = errors.New("registry: invalid query")
 )
 
 // StoreFile is the embedded store's file name inside the data directory.
