@@ -63,6 +63,10 @@ type Options struct {
 	Disconnect Disconnecter
 	// Stats, if set, is served at GET /v1/stats.
 	Stats func() any
+	// Console, if set, is served at /console/ (and / redirects there)
+	// without authentication: the web console's static assets, which
+	// call this API with the user's token.
+	Console http.Handler
 	// TLS, if set, serves the API over TLS (its Certificates).
 	TLS *tls.Config
 	// FailedAuthBurst failed authentications are let through (401) per
@@ -223,6 +227,9 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/models", s.pushModel)
 	s.mux.HandleFunc("GET /v1/devices", s.listDevices)
 	s.mux.HandleFunc("GET /v1/devices/{id}", s.getDevice)
+	s.mux.HandleFunc("GET /v1/devices/{id}/updates", s.deviceUpdates)
+	s.mux.HandleFunc("GET /v1/overview", s.overview)
+	s.mux.HandleFunc("GET /v1/whoami", s.whoami)
 	s.mux.HandleFunc("POST /v1/devices/{id}/credential", s.enroll)
 	s.mux.HandleFunc("DELETE /v1/devices/{id}/credential", s.revoke)
 	s.mux.HandleFunc("GET /v1/rollouts", s.listRollouts)
@@ -241,6 +248,10 @@ func (s *Server) routes() {
 		}
 		writeJSON(w, http.StatusOK, s.opts.Stats())
 	})
+	if s.opts.Console != nil {
+		s.mux.Handle("GET /console/", s.opts.Console)
+		s.mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
+	}
 }
 
 // ModelInfo is a model version as the API lists it (without the release
@@ -321,6 +332,10 @@ func (s *Server) pushModel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
+	if paged(r) {
+		s.listDevicesPage(w, r)
+		return
+	}
 	ds, err := s.opts.Registry.Devices()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)

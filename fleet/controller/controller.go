@@ -1,7 +1,8 @@
 // Package controller is the one place that wires the fleet controller: the
 // registry, the embedded broker (or an external one), the MQTT client that
 // receives device status, state, acks, telemetry and chunk requests, the
-// artifact server, the rollout engine and the admin API.
+// artifact server, the rollout engine and the admin API with the web
+// console.
 package controller
 
 import (
@@ -24,6 +25,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/artifacts"
 	"github.com/outpost-edge/outpost/fleet/broker"
+	"github.com/outpost-edge/outpost/fleet/console"
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
@@ -210,7 +212,8 @@ func New(opts Options) (*Controller, error) {
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
 		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS,
-		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
+		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Console: console.Handler(),
+		Logger: opts.Logger.With("component", "admin")}); err != nil {
 		return fail(err)
 	}
 	return c, nil

@@ -1,0 +1,81 @@
+package admin
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"github.com/outpost-edge/outpost/fleet/registry"
+)
+
+// What the web console (fleet/console) reads besides the rest of the API:
+// devices a page at a time, a fleet summary, a device's update history and
+// who the token belongs to. Any client may use them.
+
+// paged reports whether a devices list asks for a page (limit, cursor or
+// q): without them the list is the whole array it always was.
+func paged(r *http.Request) bool {
+	q := r.URL.Query()
+	return q.Has("limit") || q.Has("cursor") || q.Has("q")
+}
+
+// listDevicesPage answers GET /v1/devices?limit=&cursor=&q= with
+// {"devices": [...], "next_cursor": "...", "total": n}.
+func (s *Server) listDevicesPage(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	dq := registry.DeviceQuery{Q: q.Get("q"), Cursor: q.Get("cursor")}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > registry.MaxDevicePage {
+			writeError(w, http.StatusBadRequest, errors.New("limit: want 1 to "+strconv.Itoa(registry.MaxDevicePage)))
+			return
+		}
+		dq.Limit = n
+	}
+	p, err := s.opts.Registry.DevicesPage(dq)
+	if errors.Is(err, registry.ErrInvalidQuery) {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, p)
+}
+
+// overview answers GET /v1/overview with the fleet's summary.
+func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
+	sum, err := s.opts.Registry.Summary()
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, sum)
+}
+
+// deviceUpdates answers GET /v1/devices/{id}/updates: the device's
+// assignments in every rollout, newest rollout first.
+func (s *Server) deviceUpdates(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if _, err := s.opts.Registry.Device(id); err != nil {
+		writeError(w, statusOf(err), err)
+		return
+	}
+	as, err := s.opts.Registry.DeviceAssignments(id)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err)
+		return
+	}
+	if as == nil {
+		as = []registry.Assignment{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"device": id, "updates": as})
+}
+
+// whoami answers GET /v1/whoami with the token's id, name and role, so a
+// client can show what the role allows.
+func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
+	a, _ := ActorFrom(r.Context())
+	writeJSON(w, http.StatusOK, map[string]string{"id": a.ID, "name": a.Name, "role": string(a.Role)})
+}
