@@ -32,6 +32,13 @@
     return el;
   }
 
+  // put replaces el's children with the given ones, arrays flattened and
+  // empty ones (null, false) left out.
+  function put(el, ...children) {
+    el.replaceChildren();
+    return append(el, children);
+  }
+
   const SVG = 'http://www.w3.org/2000/svg';
   function s(tag, attrs, ...children) {
     const el = document.createElementNS(SVG, tag);
@@ -165,7 +172,7 @@
   function show(title, ...children) {
     document.title = title + ' · Outpost console';
     const m = main();
-    m.replaceChildren(...children.flat().filter(Boolean));
+    put(m, children);
     return m;
   }
 
@@ -342,13 +349,13 @@
       try {
         p = await api('GET', '/v1/devices?' + qs);
       } catch (e) {
-        if (my === seq && gen === view) results.replaceChildren(failure(e));
+        if (my === seq && gen === view) put(results, failure(e));
         return;
       }
       if (my !== seq || gen !== view) return;
       if (p.next_cursor) cursors[page + 1] = p.next_cursor;
       const from = page * 50;
-      results.replaceChildren(
+      put(results,
         h('p', { id: 'device-count' }, p.total === 0 ? 'No device matches.' :
           'Devices ' + num(from + 1, 0) + '–' + num(from + p.devices.length, 0) + ' of ' + num(p.total, 0) +
           (input.value.trim() ? ' matching “' + input.value.trim() + '”' : '')),
@@ -423,7 +430,7 @@
         h('dt', {}, 'Downloaded'), h('dd', {}, upd.total_bytes ? bytes(upd.progress_bytes) + ' of ' + bytes(upd.total_bytes) : '–'))] : null,
       sections.history, sections.health, sections.audit);
     focusMain();
-    const fill = (sec, ...content) => { sec.replaceChildren(sec.firstChild, ...content.flat().filter(Boolean)); };
+    const fill = (sec, ...content) => put(sec, sec.firstChild, content);
     const jobs = [
       optional('/v1/devices/' + enc + '/updates').then((u) => {
         const ups = (u && u.updates) || [];
@@ -521,7 +528,7 @@
     const render = (r) => {
       if (lastState && r.state !== lastState) say('Rollout ' + r.state + '.');
       lastState = r.state;
-      head.replaceChildren(h('dl', { class: 'kv' },
+      put(head, h('dl', { class: 'kv' },
         h('dt', {}, 'State'), h('dd', {}, badge(r.state, kindOf(r.state), ), h('span', { id: 'rollout-state', class: 'sr-only' }, r.state),
           r.reason ? ' ' + r.reason : ''),
         h('dt', {}, 'Model'), h('dd', {}, h('a', { href: '#/models/' + encodeURIComponent(r.model) }, r.model), ' v' + r.version),
@@ -539,7 +546,7 @@
           const had = actions.contains(document.activeElement);
           actionsFor = r.state;
           const reason = h('input', { id: 'abort-reason', type: 'text', autocomplete: 'off' });
-          actions.replaceChildren(
+          put(actions,
             running ? h('button', { type: 'button', id: 'pause', class: 'secondary', onclick: () => act('pause') }, 'Pause') : null,
             paused ? h('button', { type: 'button', id: 'resume', onclick: () => act('resume') }, 'Resume') : null,
             h('button', { type: 'button', id: 'abort', class: 'danger', 'aria-expanded': String(abortOpen), 'aria-controls': 'abort-form',
@@ -560,19 +567,19 @@
       } else if (actionsFor !== r.state) {
         const had = actions.contains(document.activeElement);
         actionsFor = r.state;
-        actions.replaceChildren();
+        put(actions);
         if (had) focusMain();
       }
-      waves.replaceChildren(h('h2', { id: 'h-waves' }, 'Waves'), table([
+      put(waves, h('h2', { id: 'h-waves' }, 'Waves'), table([
         { label: 'Wave', get: (w) => (r.wave_progress.indexOf(w) + 1) + ' (' + w.percent + '%)' },
         { label: 'Gate', get: (w) => badge(w.gate, kindOf(w.gate)) },
         { label: 'Progress', get: (w) => {
           const done = (w.counts && w.counts.active) || 0;
-          return h('span', {}, h('progress', { max: Math.max(w.devices, 1), value: done,
+          return h('span', { class: 'progress' }, h('progress', { max: Math.max(w.devices, 1), value: done,
             'aria-label': 'Wave ' + (r.wave_progress.indexOf(w) + 1) + ': ' + done + ' of ' + w.devices + ' devices active' }),
           ' ' + done + ' / ' + w.devices);
         } },
-        { label: 'Successes', get: (w) => w.successes + ' of ' + w.needed + ' needed' },
+        { label: 'Successes', get: (w) => w.successes + ' (needs ' + w.needed + ')' },
         { label: 'By state', get: (w) => Object.entries(w.counts || {}).filter(([, n]) => n).map(([k, n]) => k + ' ' + n).join(', ') },
         { label: 'Offline', num: true, get: (w) => w.offline || 0 },
       ], r.wave_progress || [], { label: 'Waves' }),
@@ -590,7 +597,7 @@
       const as = await api('GET', '/v1/rollouts/' + enc + '/devices');
       if (gen !== view) return;
       const shown = as.slice(0, 100);
-      devs.replaceChildren(devs.firstChild,
+      put(devs, devs.firstChild,
         as.length > shown.length ? h('p', { class: 'muted' }, 'The first ' + shown.length + ' of ' + as.length + ' devices.') : null,
         shown.length ? table([
           { label: 'Device', get: (a) => h('a', { href: '#/devices/' + encodeURIComponent(a.device) }, a.device) },
@@ -680,7 +687,7 @@
     focusMain();
     const qs = new URLSearchParams({ since });
     if (version) qs.set('version', version);
-    const fill = (sec, ...content) => { sec.replaceChildren(sec.firstChild, ...content.flat().filter(Boolean)); };
+    const fill = (sec, ...content) => put(sec, sec.firstChild, content);
     const jobs = [
       optional('/v1/models/' + enc + '/metrics?' + qs).then((m) => {
         if (gen !== view) return;
