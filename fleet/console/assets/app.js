@@ -25,7 +25,7 @@
   }
 
   function append(el, children) {
-    for (const c of children.flat()) {
+    for (const c of children.flat(Infinity)) {
       if (c === undefined || c === null || c === false) continue;
       el.append(c instanceof Node ? c : document.createTextNode(String(c)));
     }
@@ -46,7 +46,7 @@
       if (k === 'text') el.textContent = v;
       else el.setAttribute(k, String(v));
     }
-    for (const c of children.flat()) if (c) el.append(c);
+    for (const c of children.flat(Infinity)) if (c) el.append(c);
     return el;
   }
 
