@@ -16,6 +16,8 @@ declare -A pkgs=(
   # The store's contract tests start their own PostgreSQL (internal/testpg).
   [pg_ctl]=postgresql
   [protoc]=protobuf-compiler
+  # The web console's browser tests drive a headless Chromium (chromedp).
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

@@ -401,6 +401,12 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("rollout %s after the viewer's POSTs: %+v, %v; want running", third.ID, ro, err)
 	}
 
+	// The overview as the viewer finds it: one rollout running, two
+	// versions served (docs/images/console-overview.png).
+	do("overview as viewer", chromedp.Navigate(base+"/console/#/"))
+	until("the active rollout", `document.querySelectorAll('#main a[href^="#/rollouts/"]').length === 1`)
+	shot("overview-viewer-1280")
+
 	if errs := logged.errors(); len(errs) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(errs, "\n"))
 	}
