@@ -127,7 +127,8 @@ func (c *consoleLog) errors() []string {
 // TestConsoleInBrowser drives the console in a real headless Chromium
 // against a real controller with simulated devices: an operator logs in,
 // finds a device by search, opens it, starts a rollout from the model page
-// and watches it complete, starts another and aborts it; a viewer sees no
+// and watches it complete (and appear in the device's update history),
+// starts another, pauses, resumes and aborts it; a viewer sees no
 // mutating control and the API refuses the viewer's POST with 403. The
 // page logs no error all along, and works at phone width. Screenshots at
 // 1280x800 and 390x844 go to artifacts().
@@ -347,12 +348,22 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Fatalf("rollout %s: %+v, %v; want completed v2 in 2 waves", first, ro, err)
 	}
 	shot("rollout-completed-1280")
+	// The device's update history now holds the rollout.
+	do("device history", chromedp.Navigate(base+"/console/#/devices/gw-004"))
+	until("the update history", fmt.Sprintf(`document.querySelector('table[aria-label="Update history"] a[href="#/rollouts/%s"]') !== null`, first))
 	do("model page", chromedp.Navigate(base+"/console/#/models/"+model))
 	until("the metrics section", `document.getElementById('h-metrics') !== null && !document.querySelector('main').textContent.includes('Loading…')`)
 	shot("model-1280")
 
 	// Start another (it bakes an hour after its first wave) and abort it.
 	second := startRollout("3", "50, 100", "1h")
+	do("pause", chromedp.WaitVisible(chromedp.CSS("#pause")), chromedp.Click(chromedp.CSS("#pause")))
+	until("the rollout paused", `document.getElementById('rollout-state').textContent === 'paused' && document.getElementById('resume') !== null`)
+	if n := eval(`String(document.querySelectorAll('#pause').length)`); n != "0" {
+		t.Errorf("a paused rollout still offers Pause")
+	}
+	do("resume", chromedp.Click(chromedp.CSS("#resume")))
+	until("the rollout running again", `document.getElementById('rollout-state').textContent === 'running' && document.getElementById('pause') !== null`)
 	do("abort", chromedp.WaitVisible(chromedp.CSS("#abort")), chromedp.Click(chromedp.CSS("#abort")),
 		chromedp.WaitVisible(chromedp.CSS("#abort-reason")), chromedp.SendKeys(chromedp.CSS("#abort-reason"), "console test"),
 		chromedp.Click(chromedp.CSS("#abort-confirm")))
