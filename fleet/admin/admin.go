@@ -445,7 +445,11 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listRollouts(w http.ResponseWriter, r *http.Request) {
-	ros, err := s.opts.Registry.Rollouts()
+	ros, err := s.rolloutsFor(r)
+	if errors.Is(err, registry.ErrInvalidQuery) {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return

@@ -2,8 +2,11 @@ package admin
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 )
@@ -79,3 +82,40 @@ func (s *Server) whoami(w http.ResponseWriter, r *http.Request) {
 	a, _ := ActorFrom(r.Context())
 	writeJSON(w, http.StatusOK, map[string]string{"id": a.ID, "name": a.Name, "role": string(a.Role)})
 }
+
+// rolloutsFor lists the rollouts GET /v1/rollouts asks for, oldest first:
+// with ?state=running,paused only those in the states named, with ?limit=N
+// only the newest N of them. Each listed rollout's report reads all its
+// assignments, so a console polling the active ones asks for those only.
+// A malformed query is an error wrapping registry.ErrInvalidQuery.
+func (s *Server) rolloutsFor(r *http.Request) ([]registry.Rollout, error) {
+	var ros []registry.Rollout
+	var err error
+	q := r.URL.Query()
+	if st := q.Get("state"); st != "" {
+		var states []registry.RolloutState
+		for _, name := range strings.Split(st, ",") {
+			rs := registry.RolloutState(strings.TrimSpace(name))
+			if !slices.Contains(rolloutStates, rs) {
+				return nil, fmt.Errorf("state %q: want one of %v: %w", name, rolloutStates, registry.ErrInvalidQuery)
+			}
+			states = append(states, rs)
+		}
+		ros, err = s.opts.Registry.RolloutsIn(states...)
+	} else {
+		ros, err = s.opts.Registry.Rollouts()
+	}
+	if l := q.Get("limit"); l != "" {
+		n, perr := strconv.Atoi(l)
+		if perr != nil || n < 1 {
+			return nil, fmt.Errorf("limit %q: want a positive number: %w", l, registry.ErrInvalidQuery)
+		}
+		if len(ros) > n {
+			ros = ros[len(ros)-n:]
+		}
+	}
+	return ros, err
+}
+
+var rolloutStates = []registry.RolloutState{registry.RolloutRunning, registry.RolloutPaused, registry.RolloutCompleted,
+	registry.RolloutHalted, registry.RolloutAborted, registry.RolloutSuperseded}

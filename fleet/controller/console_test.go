@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/outpost-edge/outpost/fleet/console"
 	"github.com/outpost-edge/outpost/fleet/controller"
@@ -104,4 +105,37 @@ func TestConsoleMount(t *testing.T) {
 		t.Fatalf("updates of gw-1: %+v", ups)
 	}
 	c.call(viewer.Token, "GET", "/v1/devices/gw-99/updates", "", nil, 404, nil)
+
+	// Rollouts filtered by state and the newest N.
+	now := time.Now()
+	for i, st := range []registry.RolloutState{registry.RolloutCompleted, registry.RolloutRunning, registry.RolloutAborted, registry.RolloutPaused} {
+		if err := f.c.Registry().PutRollout(&registry.Rollout{ID: fmt.Sprintf("ro-%d", i), Model: "m", Version: 1, Waves: []int{100},
+			State: st, Created: now.Add(time.Duration(i) * time.Second)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		query string
+		want  string
+	}{
+		{"", "ro-0 ro-1 ro-2 ro-3"},
+		{"?state=running,paused", "ro-1 ro-3"},
+		{"?state=aborted", "ro-2"},
+		{"?limit=2", "ro-2 ro-3"},
+		{"?state=completed,running&limit=1", "ro-1"},
+	} {
+		var reps []struct {
+			ID string `json:"id"`
+		}
+		c.call(viewer.Token, "GET", "/v1/rollouts"+tc.query, "", nil, 200, &reps)
+		var got []string
+		for _, r := range reps {
+			got = append(got, r.ID)
+		}
+		if strings.Join(got, " ") != tc.want {
+			t.Errorf("rollouts%s: got %v, want %s", tc.query, got, tc.want)
+		}
+	}
+	c.call(viewer.Token, "GET", "/v1/rollouts?state=lost", "", nil, 400, nil)
+	c.call(viewer.Token, "GET", "/v1/rollouts?limit=-1", "", nil, 400, nil)
 }

@@ -287,9 +287,9 @@
     show('Overview', h('h1', {}, 'Fleet overview'), h('p', { class: 'muted' }, 'Loading…'));
     focusMain();
     await poll(gen, 5000, async () => {
-      const [sum, ros] = await Promise.all([api('GET', '/v1/overview'), api('GET', '/v1/rollouts')]);
+      // Only the active rollouts: every report listed reads its assignments.
+      const [sum, active] = await Promise.all([api('GET', '/v1/overview'), api('GET', '/v1/rollouts?state=running,paused')]);
       if (gen !== view) return;
-      const active = ros.filter((r) => r.state === 'running' || r.state === 'paused');
       const health = sum.health || {};
       const focused = document.activeElement;
       const keep = focused && main().contains(focused) && focused.tagName === 'A' ? focused.getAttribute('href') : null;
@@ -480,18 +480,21 @@
 
   // ---- rollouts ----------------------------------------------------------
 
+  const ROLLOUTS_SHOWN = 50;
+
   async function rolloutsPage(gen) {
     show('Rollouts', h('h1', {}, 'Rollouts'), h('p', { class: 'muted' }, 'Loading…'));
     focusMain();
     let first = true;
     await poll(gen, 2000, async () => {
-      const ros = await api('GET', '/v1/rollouts');
+      const ros = await api('GET', '/v1/rollouts?limit=' + ROLLOUTS_SHOWN);
       if (gen !== view) return;
-      ros.sort((a, b) => new Date(b.created) - new Date(a.created));
+      ros.reverse(); // newest first
       const focused = document.activeElement && document.activeElement.getAttribute('href');
       show('Rollouts', h('h1', {}, 'Rollouts'),
         canOperate() ? h('p', {}, 'Start a rollout from a ', h('a', { href: '#/models' }, 'model'), '’s page.') : null,
-        ros.length ? rolloutTable(ros) : h('p', { class: 'empty' }, 'No rollout yet.'));
+        ros.length ? rolloutTable(ros) : h('p', { class: 'empty' }, 'No rollout yet.'),
+        ros.length === ROLLOUTS_SHOWN ? h('p', { class: 'muted' }, 'The ' + ROLLOUTS_SHOWN + ' newest; outpost-fleet rollout status lists all.') : null);
       if (focused) { const a = main().querySelector('a[href="' + CSS.escape(focused) + '"]'); if (a) a.focus(); }
       if (first) { focusMain(); first = false; }
     });
