@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"database/sql"
 	"encoding/base64"
 	"fmt"
 	"slices"
@@ -72,9 +73,14 @@ func (r *Registry) DevicesPage(q DeviceQuery) (*DevicePage, error) {
 	}
 	// A search reads the matching ids in one pass (the total), then the
 	// page's rows by id.
-	pat := "%" + likeEscaper.Replace(strings.ToLower(q.Q)) + "%"
-	rows, err := r.r.Query(r.q(`SELECT id FROM devices WHERE LOWER(id) LIKE ? ESCAPE '\' OR LOWER(CAST(labels AS TEXT)) LIKE ? ESCAPE '\'
-		OR LOWER(agent_version) LIKE ? ESCAPE '\' ORDER BY id`), pat, pat, pat)
+	// SQLite's LIKE ignores ASCII case already; PostgreSQL's ILIKE does
+	// (and its labels are JSONB, made text to be searched).
+	pat := "%" + likeEscaper.Replace(q.Q) + "%"
+	search := `SELECT id FROM devices WHERE id LIKE ? ESCAPE '\' OR labels LIKE ? ESCAPE '\' OR agent_version LIKE ? ESCAPE '\'`
+	if r.eng.name == "postgres" {
+		search = `SELECT id FROM devices WHERE id ILIKE ? ESCAPE '\' OR labels::text ILIKE ? ESCAPE '\' OR agent_version ILIKE ? ESCAPE '\'`
+	}
+	rows, err := r.r.Query(r.q(search), pat, pat, pat)
 	if err != nil {
 		return nil, fmt.Errorf("registry: devices: %w", err)
 	}
@@ -152,61 +158,28 @@ type VersionCount struct {
 }
 
 // Summary counts devices online, the versions they serve, their health and
-// update states, and rollouts by state. It reads every device's small
-// columns once.
+// update states, and rollouts by state.
 func (r *Registry) Summary() (*FleetSummary, error) {
 	s := &FleetSummary{Health: map[string]int{}, Updates: map[string]int{}, Rollouts: map[string]int{}, Versions: []VersionCount{}}
-	rows, err := r.r.Query(`SELECT online, models, health, update_state FROM devices`)
+	var err error
+	if r.eng.name == "postgres" {
+		err = r.countDevicesSQL(s)
+	} else {
+		err = r.countDevicesGo(s)
+	}
+	if err == nil {
+		err = eachRow(r.r, `SELECT state, COUNT(*) FROM rollouts GROUP BY state`, func(rows *sql.Rows) error {
+			var st string
+			var n int
+			if err := rows.Scan(&st, &n); err != nil {
+				return err
+			}
+			s.Rollouts[st] = n
+			return nil
+		})
+	}
 	if err != nil {
 		return nil, fmt.Errorf("registry: summary: %w", err)
-	}
-	defer rows.Close()
-	type key struct {
-		model   string
-		version int64
-	}
-	versions := map[key]int{}
-	for rows.Next() {
-		var online bool
-		var models, health []byte
-		var update string
-		if err := rows.Scan(&online, &models, &health, &update); err != nil {
-			return nil, fmt.Errorf("registry: summary: %w", err)
-		}
-		s.Devices++
-		if online {
-			s.Online++
-		}
-		// Only the fields counted: decoding whole statuses costs twice.
-		var ms []struct {
-			Name    string `json:"name"`
-			Version int64  `json:"version"`
-		}
-		var h struct {
-			Status string `json:"status"`
-		}
-		if err := unjs(models, &ms); err != nil {
-			return nil, fmt.Errorf("registry: summary: %w", err)
-		}
-		if err := unjs(health, &h); err != nil {
-			return nil, fmt.Errorf("registry: summary: %w", err)
-		}
-		for _, m := range ms {
-			versions[key{m.Name, m.Version}]++
-		}
-		if h.Status == "" {
-			h.Status = "unknown"
-		}
-		s.Health[h.Status]++
-		if update != "" {
-			s.Updates[update]++
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("registry: summary: %w", err)
-	}
-	for k, n := range versions {
-		s.Versions = append(s.Versions, VersionCount{Model: k.model, Version: k.version, Devices: n})
 	}
 	sort.Slice(s.Versions, func(i, j int) bool {
 		a, b := s.Versions[i], s.Versions[j]
@@ -218,23 +191,109 @@ func (r *Registry) Summary() (*FleetSummary, error) {
 		}
 		return a.Version > b.Version
 	})
-	srows, err := r.r.Query(`SELECT state, COUNT(*) FROM rollouts GROUP BY state`)
-	if err != nil {
-		return nil, fmt.Errorf("registry: summary: %w", err)
-	}
-	defer srows.Close()
-	for srows.Next() {
-		var st string
-		var n int
-		if err := srows.Scan(&st, &n); err != nil {
-			return nil, fmt.Errorf("registry: summary: %w", err)
-		}
-		s.Rollouts[st] = n
-	}
-	if err := srows.Err(); err != nil {
-		return nil, fmt.Errorf("registry: summary: %w", err)
-	}
 	return s, nil
+}
+
+// countDevicesSQL counts the devices in PostgreSQL's JSON functions:
+// nothing but the counts leaves the database.
+func (r *Registry) countDevicesSQL(s *FleetSummary) error {
+	err := eachRow(r.r, `SELECT online, update_state, COALESCE(health->>'status', ''), COUNT(*) FROM devices GROUP BY 1, 2, 3`,
+		func(rows *sql.Rows) error {
+			var online bool
+			var update, health string
+			var n int
+			if err := rows.Scan(&online, &update, &health, &n); err != nil {
+				return err
+			}
+			s.count(online, update, health, n)
+			return nil
+		})
+	if err != nil {
+		return err
+	}
+	return eachRow(r.r, `SELECT COALESCE(m->>'name', ''), COALESCE((m->>'version')::bigint, 0), COUNT(*)
+		FROM devices, jsonb_array_elements(CASE WHEN jsonb_typeof(devices.models) = 'array' THEN devices.models ELSE '[]'::jsonb END) AS m
+		GROUP BY 1, 2`, func(rows *sql.Rows) error {
+		var v VersionCount
+		if err := rows.Scan(&v.Model, &v.Version, &v.Devices); err != nil {
+			return err
+		}
+		s.Versions = append(s.Versions, v)
+		return nil
+	})
+}
+
+// countDevicesGo counts the devices from their columns, decoded here: on
+// the embedded store this is faster than SQLite's own JSON functions
+// (BenchmarkDevicesPage/sqlite/summary: 70-130 ms against 180-260 ms for
+// 10,000 devices, measured back to back on a loaded 2-core machine).
+func (r *Registry) countDevicesGo(s *FleetSummary) error {
+	type key struct {
+		model   string
+		version int64
+	}
+	versions := map[key]int{}
+	err := eachRow(r.r, `SELECT online, update_state, health, models FROM devices`, func(rows *sql.Rows) error {
+		var online bool
+		var update string
+		var health, models []byte
+		if err := rows.Scan(&online, &update, &health, &models); err != nil {
+			return err
+		}
+		// Only the fields counted: decoding whole statuses costs twice.
+		var h struct {
+			Status string `json:"status"`
+		}
+		var ms []struct {
+			Name    string `json:"name"`
+			Version int64  `json:"version"`
+		}
+		if err := unjs(health, &h); err != nil {
+			return err
+		}
+		if err := unjs(models, &ms); err != nil {
+			return err
+		}
+		s.count(online, update, h.Status, 1)
+		for _, m := range ms {
+			versions[key{m.Name, m.Version}]++
+		}
+		return nil
+	})
+	for k, n := range versions {
+		s.Versions = append(s.Versions, VersionCount{Model: k.model, Version: k.version, Devices: n})
+	}
+	return err
+}
+
+// count adds n devices in one state.
+func (s *FleetSummary) count(online bool, update, health string, n int) {
+	s.Devices += n
+	if online {
+		s.Online += n
+	}
+	if health == "" {
+		health = "unknown"
+	}
+	s.Health[health] += n
+	if update != "" {
+		s.Updates[update] += n
+	}
+}
+
+// eachRow runs a query without arguments and calls fn on every row.
+func eachRow(db *sql.DB, query string, fn func(*sql.Rows) error) error {
+	rows, err := db.Query(query)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		if err := fn(rows); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
 }
 
 // DeviceAssignments lists every rollout's assignment of device, newest
