@@ -68,6 +68,26 @@ func artifacts(t *testing.T) string {
 	return dir
 }
 
+// unlabelled lists, in the page, the form fields without a label, the
+// links and buttons without a name, and the charts without a text
+// alternative: "" when there are none.
+const unlabelled = `(() => {
+  const bad = [];
+  for (const el of document.querySelectorAll('input, select, textarea')) {
+    if (el.type !== 'hidden' && !(el.labels && el.labels.length) && !el.getAttribute('aria-label')) bad.push('field ' + (el.id || el.name));
+  }
+  for (const el of document.querySelectorAll('button, a[href]')) {
+    if (!el.textContent.trim() && !el.getAttribute('aria-label')) bad.push('control ' + el.outerHTML.slice(0, 60));
+  }
+  for (const el of document.querySelectorAll('svg.chart')) {
+    if (el.getAttribute('role') !== 'img' || !el.getAttribute('aria-label')) bad.push('chart ' + el.textContent.slice(0, 40));
+  }
+  for (const el of document.querySelectorAll('table')) {
+    if (!el.querySelector('th')) bad.push('table without headers');
+  }
+  return bad.join('; ');
+})()`
+
 // consoleLog collects what the page logged that counts as an error.
 type consoleLog struct {
 	mu   sync.Mutex // guards errs
@@ -280,6 +300,12 @@ func TestConsoleInBrowser(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	labelled := func(page string) {
+		t.Helper()
+		if bad := eval(unlabelled); bad != "" {
+			t.Errorf("%s: %s", page, bad)
+		}
+	}
 	login := func(token string) {
 		t.Helper()
 		do("log in",
@@ -302,6 +328,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if got := eval(`document.activeElement.id`); got != "login" {
 		t.Errorf("Tab from the token field focused %q, want the login button", got)
 	}
+	labelled("login")
 	shot("login-1280")
 
 	login(operator.Token)
@@ -309,6 +336,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if got := eval(`document.getElementById('who-name').textContent`); !strings.Contains(got, "olga") || !strings.Contains(got, "operator") {
 		t.Errorf("who: got %q, want olga and operator", got)
 	}
+	labelled("overview")
 	shot("overview-1280")
 
 	// Find a device by search and open it.
@@ -319,6 +347,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if got := eval(`document.getElementById('device-count').textContent`); !strings.Contains(got, "of 1") {
 		t.Errorf("count: got %q, want … of 1", got)
 	}
+	labelled("devices")
 	shot("devices-search-1280")
 	do("open the device", chromedp.Click(chromedp.CSS("a.device-link")))
 	until("the device page", `document.querySelector('h1') && document.querySelector('h1').textContent.startsWith('gw-004')`)
@@ -326,6 +355,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	if got := eval(`document.querySelector('main').textContent`); !strings.Contains(got, model) || !strings.Contains(got, "site=north") {
 		t.Errorf("device page lacks the model or the labels: %.300s", got)
 	}
+	labelled("device")
 	shot("device-1280")
 
 	// Start a rollout of v2 from the model page and watch it complete.
@@ -333,6 +363,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Helper()
 		do("model page", chromedp.Navigate(base+"/console/#/models/"+model), chromedp.WaitVisible(chromedp.CSS("#start-rollout-panel summary")))
 		do("start form", chromedp.Click(chromedp.CSS("#start-rollout-panel summary")), chromedp.WaitVisible(chromedp.CSS("#ro-version")))
+		labelled("model with the start form")
 		eval(fmt.Sprintf(`document.getElementById('ro-version').value = %q; ''`, version))
 		do("fill the form", chromedp.Clear(chromedp.CSS("#ro-waves")), chromedp.SendKeys(chromedp.CSS("#ro-waves"), waves),
 			chromedp.SendKeys(chromedp.CSS("#ro-bake"), bake), chromedp.Click(chromedp.CSS("#ro-start")))
@@ -340,6 +371,7 @@ func TestConsoleInBrowser(t *testing.T) {
 		return strings.TrimPrefix(eval(`decodeURIComponent(location.hash)`), "#/rollouts/")
 	}
 	first := startRollout("2", "50, 100", "")
+	labelled("rollout")
 	shot("rollout-running-1280")
 	until("the rollout completed", `document.getElementById('rollout-state').textContent === 'completed'`)
 	until("its devices", `document.querySelectorAll('#main table').length >= 2 && !document.querySelector('#rollout-actions button')`)

@@ -155,6 +155,9 @@ func TestConsoleCharts(t *testing.T) {
 			t.Errorf("model page lacks %q", want)
 		}
 	}
+	if bad, err := chromedp.Run(ctx, chromedp.Evaluate[string](unlabelled)); err != nil || bad != "" {
+		t.Errorf("model page: %s %v", bad, err)
+	}
 	shot("model-metrics-1280", `section[aria-labelledby="h-metrics"]`)
 	shot("model-drift-1280", `section[aria-labelledby="h-drift"]`)
 
@@ -170,6 +173,9 @@ func TestConsoleCharts(t *testing.T) {
 	}
 	if s := text(); !strings.Contains(s, "broken") {
 		t.Errorf("the broken chain is not shown")
+	}
+	if bad, err := chromedp.Run(ctx, chromedp.Evaluate[string](unlabelled)); err != nil || bad != "" {
+		t.Errorf("device page: %s %v", bad, err)
 	}
 	shot("device-health-1280", `section[aria-labelledby="h-health"]`)
 	shot("device-audit-1280", `section[aria-labelledby="h-audit"]`)
