@@ -17,6 +17,7 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -186,6 +187,13 @@ func (s *Server) Run(ctx context.Context) error {
 		errc <- srv.Serve(s.ln)
 	}()
 	s.log.Info("admin api listening", "addr", s.Addr(), "tls", s.opts.TLS != nil)
+	if s.opts.Console != nil {
+		scheme := "http"
+		if s.opts.TLS != nil {
+			scheme = "https"
+		}
+		s.log.Info("web console", "url", scheme+"://"+s.Addr()+"/console/")
+	}
 	s.logMode()
 	select {
 	case err := <-errc:
@@ -488,6 +496,14 @@ func (s *Server) rolloutDevices(w http.ResponseWriter, r *http.Request) {
 	}
 	if as == nil {
 		as = []registry.Assignment{}
+	}
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("limit %q: want a positive number", l))
+			return
+		}
+		as = as[:min(n, len(as))]
 	}
 	writeJSON(w, http.StatusOK, as)
 }

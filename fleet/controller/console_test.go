@@ -136,6 +136,23 @@ func TestConsoleMount(t *testing.T) {
 			t.Errorf("rollouts%s: got %v, want %s", tc.query, got, tc.want)
 		}
 	}
+	for i, d := range []string{"gw-2", "gw-0", "gw-1"} {
+		if _, err := f.c.Registry().UpdateAssignment("ro-1", d, true, func(a *registry.Assignment) bool { a.Wave = i; return true }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for q, want := range map[string]string{"": "gw-0 gw-1 gw-2", "?limit=2": "gw-0 gw-1", "?limit=9": "gw-0 gw-1 gw-2"} {
+		var as []registry.Assignment
+		c.call(viewer.Token, "GET", "/v1/rollouts/ro-1/devices"+q, "", nil, 200, &as)
+		var got []string
+		for _, a := range as {
+			got = append(got, a.Device)
+		}
+		if strings.Join(got, " ") != want {
+			t.Errorf("devices of ro-1%s: got %v, want %s", q, got, want)
+		}
+	}
+	c.call(viewer.Token, "GET", "/v1/rollouts/ro-1/devices?limit=0", "", nil, 400, nil)
 	c.call(viewer.Token, "GET", "/v1/rollouts?state=lost", "", nil, 400, nil)
 	c.call(viewer.Token, "GET", "/v1/rollouts?limit=-1", "", nil, 400, nil)
 }

@@ -597,11 +597,10 @@
       return fin;
     };
     const loadDevices = async () => {
-      const as = await api('GET', '/v1/rollouts/' + enc + '/devices');
+      const shown = await api('GET', '/v1/rollouts/' + enc + '/devices?limit=100');
       if (gen !== view) return;
-      const shown = as.slice(0, 100);
       put(devs, devs.firstChild,
-        as.length > shown.length ? h('p', { class: 'muted' }, 'The first ' + shown.length + ' of ' + as.length + ' devices.') : null,
+        total > shown.length ? h('p', { class: 'muted' }, 'The first ' + shown.length + ' of ' + num(total, 0) + ' devices, by id.') : null,
         shown.length ? table([
           { label: 'Device', get: (a) => h('a', { href: '#/devices/' + encodeURIComponent(a.device) }, a.device) },
           { label: 'Wave', num: true, get: (a) => a.wave + 1 },
@@ -611,10 +610,12 @@
         ], shown, { label: 'Devices of the rollout' }) : h('p', { class: 'empty' }, 'No device is assigned yet.'));
     };
     let finished = false;
+    let total = 0;
     await poll(gen, 1000, async () => {
       if (finished) { view === gen && (await new Promise((r) => setTimeout(r, 4000))); }
       const r = await api('GET', '/v1/rollouts/' + enc);
       if (gen !== view) return;
+      total = r.devices;
       const fin = render(r);
       if (tick++ % 5 === 0 || fin !== finished) await loadDevices();
       finished = fin;
