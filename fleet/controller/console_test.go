@@ -43,6 +43,14 @@ func TestConsoleMount(t *testing.T) {
 	if resp.StatusCode != http.StatusFound || resp.Header.Get("Location") != console.Prefix {
 		t.Fatalf("GET /: got %d to %q, want 302 to %s", resp.StatusCode, resp.Header.Get("Location"), console.Prefix)
 	}
+	resp, err = noRedirect.Get(base + "/console")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode/100 != 3 || resp.Header.Get("Location") != console.Prefix {
+		t.Fatalf("GET /console: got %d to %q, want a redirect to %s", resp.StatusCode, resp.Header.Get("Location"), console.Prefix)
+	}
 	h := c.call("", "GET", "/console/", "", nil, 200, nil)
 	if h.Get("Content-Security-Policy") != console.CSP {
 		t.Fatalf("console without the CSP: %v", h)
