@@ -145,7 +145,8 @@ func (c *consoleLog) errors() []string {
 }
 
 // TestConsoleInBrowser drives the console in a real headless Chromium
-// against a real controller with simulated devices: an operator logs in,
+// against a real controller with simulated devices: a bootstrap login
+// without a token, then an operator logs in,
 // finds a device by search, opens it, starts a rollout from the model page
 // and watches it complete (and appear in the device's update history),
 // starts another, pauses, resumes and aborts it; a viewer sees no
@@ -245,10 +246,6 @@ func TestConsoleInBrowser(t *testing.T) {
 			}
 		}
 	}
-	var root, operator, viewer admin.NewToken
-	api("", "POST", "/v1/tokens", `{"role":"admin","name":"root"}`, 201, &root)
-	api(root.Token, "POST", "/v1/tokens", `{"role":"operator","name":"olga"}`, 201, &operator)
-	api(root.Token, "POST", "/v1/tokens", `{"role":"viewer","name":"victor"}`, 201, &viewer)
 	waitFor(t, 60*time.Second, "devices online", func() bool {
 		s, err := c.Registry().Summary()
 		return err == nil && s.Online == nDevices && len(s.Versions) == 1 && s.Versions[0].Devices == nDevices
@@ -315,7 +312,20 @@ func TestConsoleInBrowser(t *testing.T) {
 		until("the overview", `document.getElementById('online-count') !== null`)
 	}
 
-	// / leads to the console; the first Tab reaches the skip link.
+	// Bootstrap mode (no token exists, the browser on loopback): an empty
+	// token logs in as local.
+	do("open", chromedp.Navigate(base+"/console/"), chromedp.WaitVisible(chromedp.CSS("#token")), chromedp.Click(chromedp.CSS("#login")))
+	until("the bootstrap overview", `document.getElementById('online-count') !== null`)
+	if got := eval(`document.getElementById('who-name').textContent`); !strings.Contains(got, "bootstrap") || !strings.Contains(got, "admin") {
+		t.Errorf("who in bootstrap mode: got %q", got)
+	}
+	do("log out of bootstrap", chromedp.Click(chromedp.CSS("#logout")), chromedp.WaitVisible(chromedp.CSS("#token")))
+	var root, operator, viewer admin.NewToken
+	api("", "POST", "/v1/tokens", `{"role":"admin","name":"root"}`, 201, &root)
+	api(root.Token, "POST", "/v1/tokens", `{"role":"operator","name":"olga"}`, 201, &operator)
+	api(root.Token, "POST", "/v1/tokens", `{"role":"viewer","name":"victor"}`, 201, &viewer)
+
+	// / leads to the console.
 	do("open", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS("#token")))
 	if loc := eval(`location.pathname`); loc != "/console/" {
 		t.Fatalf("/ led to %s, want /console/", loc)
