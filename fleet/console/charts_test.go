@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,7 +24,8 @@ import (
 // controller cannot serve them yet: a stand-in until they land, after
 // which TestConsoleInBrowser sees the real ones. The rest is the minimum
 // the pages read.
-func contractFixtures(t *testing.T) http.Handler {
+// lastQuery returns the query string of the last request for a path.
+func contractFixtures(t *testing.T) (h http.Handler, lastQuery func(path string) url.Values) {
 	now := time.Now().UTC().Truncate(time.Minute)
 	var series []map[string]any
 	for i := range 12 {
@@ -61,10 +64,15 @@ func contractFixtures(t *testing.T) http.Handler {
 			map[string]any{"seq": 2, "time": now, "model": "m", "actor": "agent", "action": "model.activate", "outcome": "ok", "detail": "v4", "chain": "ok"},
 			map[string]any{"seq": 1, "time": now.Add(-time.Hour), "model": "m", "actor": "agent", "action": "model.stage", "outcome": "ok", "detail": "", "chain": "broken"}}},
 	}
+	var mu sync.Mutex // guards queries
+	queries := map[string]url.Values{}
 	mux := http.NewServeMux()
 	mux.Handle("GET "+console.Prefix, console.Handler())
 	for path, v := range answers {
 		mux.HandleFunc("GET "+path, func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			queries[path] = r.URL.Query()
+			mu.Unlock()
 			if r.Header.Get("Authorization") != "Bearer fixture-token" {
 				http.Error(w, `{"error":"missing or invalid token"}`, http.StatusUnauthorized)
 				return
@@ -75,7 +83,11 @@ func contractFixtures(t *testing.T) http.Handler {
 			}
 		})
 	}
-	return mux
+	return mux, func(path string) url.Values {
+		mu.Lock()
+		defer mu.Unlock()
+		return queries[path]
+	}
 }
 
 // TestConsoleCharts renders the model page's metrics and drift charts and
@@ -84,7 +96,8 @@ func contractFixtures(t *testing.T) http.Handler {
 func TestConsoleCharts(t *testing.T) {
 	browser := chromium(t)
 	shots := artifacts(t)
-	srv := httptest.NewServer(contractFixtures(t))
+	fixtures, lastQuery := contractFixtures(t)
+	srv := httptest.NewServer(fixtures)
 	defer srv.Close()
 
 	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
@@ -160,6 +173,18 @@ func TestConsoleCharts(t *testing.T) {
 	}
 	shot("model-metrics-1280", `section[aria-labelledby="h-metrics"]`)
 	shot("model-drift-1280", `section[aria-labelledby="h-drift"]`)
+
+	// Another range asks the API for it and keeps the focus on the field.
+	if err := chromedp.Do(ctx, chromedp.Focus(chromedp.CSS("#m-since")), chromedp.Evaluate[chromedp.Void](
+		`(() => { const s = document.getElementById('m-since'); s.dataset.old = 'yes'; s.value = '6h'; s.dispatchEvent(new Event('change')); })()`)); err != nil {
+		t.Fatal(err)
+	}
+	// (The old field is marked: the page made anew has a new one.)
+	wait("the 6-hour range", `location.hash.includes('since=6h') && document.activeElement.id === 'm-since' && !document.activeElement.dataset.old &&
+		document.querySelectorAll('#main svg.chart polyline').length === 5`)
+	if q := lastQuery("/v1/models/m/metrics"); q.Get("since") != "6h" {
+		t.Errorf("metrics asked with %v, want since=6h", q)
+	}
 
 	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/console/#/devices/gw-1")); err != nil {
 		t.Fatal(err)

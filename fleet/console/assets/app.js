@@ -645,6 +645,8 @@
     focusMain();
   }
 
+  let keepFocus = null; // the id of the field to focus after a reload
+
   const ranges = [['1h', 'Last hour'], ['6h', 'Last 6 hours'], ['24h', 'Last 24 hours'], ['168h', 'Last 7 days']];
 
   async function modelPage(gen, name, params) {
@@ -661,9 +663,12 @@
     const version = params.get('version') || '';
     const metrics = h('section', { 'aria-labelledby': 'h-metrics' }, h('h2', { id: 'h-metrics' }, 'Metrics'), h('p', { class: 'muted' }, 'Loading…'));
     const drift = h('section', { 'aria-labelledby': 'h-drift' }, h('h2', { id: 'h-drift' }, 'Drift'), h('p', { class: 'muted' }, 'Loading…'));
-    const setParam = (k, v) => {
+    // A changed range or version reloads the page; the focus stays on the
+    // field that changed it.
+    const setParam = (k, v, from) => {
       const p = new URLSearchParams(params);
       if (v) p.set(k, v); else p.delete(k);
+      keepFocus = from;
       go('#/models/' + enc + (p.toString() ? '?' + p : ''));
     };
     show(name,
@@ -681,14 +686,16 @@
       canOperate() ? startRolloutForm(name, versions) : null,
       h('form', { class: 'inline', onsubmit: (ev) => ev.preventDefault() },
         h('div', { class: 'field' }, h('label', { for: 'm-since' }, 'Range'),
-          h('select', { id: 'm-since', onchange: (ev) => setParam('since', ev.target.value) },
+          h('select', { id: 'm-since', onchange: (ev) => setParam('since', ev.target.value, 'm-since') },
             ranges.map(([v, l]) => h('option', { value: v, selected: v === since }, l)))),
         h('div', { class: 'field' }, h('label', { for: 'm-version' }, 'Version'),
-          h('select', { id: 'm-version', onchange: (ev) => setParam('version', ev.target.value) },
+          h('select', { id: 'm-version', onchange: (ev) => setParam('version', ev.target.value, 'm-version') },
             h('option', { value: '' }, 'All versions'),
             versions.map((m) => h('option', { value: String(m.version), selected: String(m.version) === version }, 'v' + m.version))))),
       metrics, drift);
-    focusMain();
+    const keep = keepFocus && document.getElementById(keepFocus);
+    keepFocus = null;
+    if (keep) keep.focus(); else focusMain();
     const qs = new URLSearchParams({ since });
     if (version) qs.set('version', version);
     const fill = (sec, ...content) => put(sec, sec.firstChild, content);
