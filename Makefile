@@ -221,11 +221,13 @@ test-arm64: setup-cross
 
 # release-check: goreleaser check, then a snapshot build of the binaries,
 # tarballs, .deb and .rpm for amd64 and arm64 into dist/ (nothing published);
-# none of the binaries may carry the crash-point test hook.
+# none of the binaries may carry the crash-point test hook, and every agent
+# package ships both runtime libraries (TFLite and ONNX Runtime).
 release-check: setup-cross unit-check
 	$(ROOT)/cross/release.sh check
 	$(ROOT)/cross/release.sh release --snapshot --clean --parallelism 1
 	$(ROOT)/cross/no-crashpoints.sh dist
+	$(ROOT)/cross/package-contents.sh dist
 
 # unit-check: systemd-analyze verify on the unit, where systemd is installed.
 unit-check: build

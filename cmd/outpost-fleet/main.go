@@ -18,6 +18,7 @@
 //	outpost-fleet tokens list
 //	outpost-fleet tokens revoke ID
 //	outpost-fleet audit [--since T] [--limit N] [-o json]
+//	outpost-fleet alerts [--state S] [--webhook W] [--limit N] [-o json]
 //
 // The client commands (models push/list, devices, rollout, tokens, audit)
 // talk to the admin API of a running serve (--admin, default
@@ -57,6 +58,7 @@ var program = subcommand.Program{
 		tokensListCommand,
 		tokensRevokeCommand,
 		auditCommand,
+		alertsCommand,
 	},
 }
 

@@ -64,6 +64,8 @@ type Options struct {
 	Disconnect Disconnecter
 	// Stats, if set, is served at GET /v1/stats.
 	Stats func() any
+	// Alerts, if set, lists the webhook outbox at GET /v1/alerts/deliveries.
+	Alerts Deliveries
 	// Console, if set, is served at /console/ (and / redirects there)
 	// without authentication: the web console's static assets, which
 	// call this API with the user's token.
@@ -249,6 +251,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/tokens", s.listTokens)
 	s.mux.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
 	s.mux.HandleFunc("GET /v1/audit", s.getAudit)
+	s.mux.HandleFunc("GET /v1/alerts/deliveries", s.alertDeliveries)
 	s.mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.Stats == nil {
 			writeError(w, http.StatusNotFound, errors.New("no stats"))
