@@ -90,8 +90,11 @@ const unlabelled = `(() => {
 
 // consoleLog collects what the page logged that counts as an error.
 type consoleLog struct {
-	mu   sync.Mutex // guards errs
-	errs []string
+	// missing, if set, matches more URLs whose 404 is expected (a page
+	// for something that does not exist).
+	missing *regexp.Regexp
+	mu      sync.Mutex // guards errs
+	errs    []string
 }
 
 // optionalAPI are the endpoints of issue 12 that this controller may not
@@ -126,7 +129,8 @@ func (c *consoleLog) listen(ev any) {
 		if e.Level != log.EntryLevelError && e.Level != log.EntryLevelWarning {
 			return
 		}
-		if e.Source == log.EntrySourceNetwork && strings.Contains(e.Text, "404") && optionalAPI.MatchString(e.URL) {
+		if e.Source == log.EntrySourceNetwork && strings.Contains(e.Text, "404") &&
+			(optionalAPI.MatchString(e.URL) || c.missing != nil && c.missing.MatchString(e.URL)) {
 			return
 		}
 		msg = fmt.Sprintf("log %s/%s: %s %s", e.Source, e.Level, e.Text, e.URL)

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -108,7 +109,7 @@ func TestConsoleCharts(t *testing.T) {
 	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
 		t.Fatal(err)
 	}
-	var logged consoleLog
+	logged := consoleLog{missing: regexp.MustCompile(`/v1/devices/gw-404$`)}
 	if err := chromedp.Listen(bctx, logged.listen); err != nil {
 		t.Fatal(err)
 	}
@@ -204,6 +205,12 @@ func TestConsoleCharts(t *testing.T) {
 	}
 	shot("device-health-1280", `section[aria-labelledby="h-health"]`)
 	shot("device-audit-1280", `section[aria-labelledby="h-audit"]`)
+	// A device that does not exist: a page that says so.
+	if err := chromedp.Do(ctx, chromedp.Navigate(srv.URL+"/console/#/devices/gw-404")); err != nil {
+		t.Fatal(err)
+	}
+	wait("the not-found page", `document.querySelector('h1') && document.querySelector('h1').textContent === 'Not found' && document.activeElement.tagName === 'H1'`)
+
 	if errs := logged.errors(); len(errs) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(errs, "\n"))
 	}

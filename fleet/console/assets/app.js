@@ -186,6 +186,7 @@
       try { await fn(); } catch (e) {
         if (gen !== view) return;
         if (e.status === 401) return;
+        if (e.status === 404) return notFound(e);
         say(e.message);
       }
       await new Promise((r) => setTimeout(r, every));
@@ -211,8 +212,18 @@
       models: () => parts[1] ? modelPage(gen, parts[1], params) : modelsPage(gen),
     };
     const page = pages[parts[0] || 'overview'];
-    if (!page) return show('Not found', h('h1', {}, 'Not found'), h('p', {}, h('a', { href: '#/' }, 'Back to the overview')));
-    page().catch((e) => { if (gen === view) main().append(failure(e)); });
+    if (!page) return notFound(new ApiError(404, 'No page at ' + location.hash + '.'));
+    page().catch((e) => {
+      if (gen !== view) return;
+      if (e.status === 404) notFound(e);
+      else main().append(failure(e));
+    });
+  }
+
+  function notFound(e) {
+    show('Not found', h('h1', {}, 'Not found'), h('p', { class: 'error', role: 'alert' }, e.message),
+      h('p', {}, h('a', { href: '#/' }, 'Back to the overview')));
+    focusMain();
   }
 
   function chrome(loggedIn, section) {
