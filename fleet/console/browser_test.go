@@ -424,6 +424,8 @@ func TestConsoleInBrowser(t *testing.T) {
 		{"overview", "#/", `document.getElementById('online-count') !== null`},
 		{"devices", "#/devices", `document.querySelectorAll('a.device-link').length === 6`},
 		{"rollout", "#/rollouts/" + first, `document.getElementById('rollout-state') !== null && document.querySelectorAll('#main table').length >= 2`},
+		{"device", "#/devices/gw-004", `document.querySelector('table[aria-label="Update history"]') !== null`},
+		{"model", "#/models/" + model, `document.getElementById('start-rollout-panel') !== null && !document.querySelector('main').textContent.includes('Loading…')`},
 	} {
 		do(p.name, chromedp.Navigate(base+"/console/"+p.hash))
 		until(p.name+" at phone width", p.ready)
