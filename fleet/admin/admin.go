@@ -93,7 +93,8 @@ type Server struct {
 	handler http.Handler
 	fails   *ratelimit.PerKey
 	// locked is set once a token is known to exist: bootstrap is over.
-	locked atomic.Bool
+	locked  atomic.Bool
+	summary summaryCache // GET /v1/overview's (console.go)
 }
 
 // New opens the listener (so Addr is known before Run).

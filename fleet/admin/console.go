@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 )
@@ -47,9 +49,36 @@ func (s *Server) listDevicesPage(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, p)
 }
 
-// overview answers GET /v1/overview with the fleet's summary.
+// summaryFresh is how long an overview is served again: every open
+// console asks every 5 s, and counting 10,000 devices reads them all.
+const summaryFresh = 2 * time.Second
+
+// summaryCache holds the last fleet summary. Requests that arrive while one
+// is being counted wait for it instead of counting again.
+type summaryCache struct {
+	mu  sync.Mutex // guards the fields below, and is held while counting
+	at  time.Time
+	sum *registry.FleetSummary
+}
+
+func (c *summaryCache) get(now time.Time, count func() (*registry.FleetSummary, error)) (*registry.FleetSummary, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sum != nil && now.Sub(c.at) < summaryFresh && !now.Before(c.at) {
+		return c.sum, nil
+	}
+	sum, err := count()
+	if err != nil {
+		return nil, err
+	}
+	c.sum, c.at = sum, now
+	return sum, nil
+}
+
+// overview answers GET /v1/overview with the fleet's summary, at most
+// summaryFresh old.
 func (s *Server) overview(w http.ResponseWriter, r *http.Request) {
-	sum, err := s.opts.Registry.Summary()
+	sum, err := s.summary.get(s.opts.Now(), s.opts.Registry.Summary)
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
