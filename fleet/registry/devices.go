@@ -216,21 +216,36 @@ func (r *Registry) commitIngest() {
 	q.pending = q.pending[n:]
 	q.mu.Unlock()
 
+	// One ingestTx per attempt: a transaction run again starts afresh.
+	var itx *ingestTx
 	err := r.write(func(tx *sql.Tx) error {
+		itx = &ingestTx{}
 		for _, it := range group {
-			if err := r.recordBatch(tx, it); err != nil {
+			if err := r.recordBatch(tx, itx, it); err != nil {
 				return err
 			}
 		}
-		return nil
+		return r.flushIngest(tx, itx)
 	})
 	if err != nil && len(group) > 1 {
 		for _, it := range group {
-			it.err = r.write(func(tx *sql.Tx) error { return r.recordBatch(tx, it) })
+			it.err = r.write(func(tx *sql.Tx) error {
+				itx = &ingestTx{}
+				if err := r.recordBatch(tx, itx, it); err != nil {
+					return err
+				}
+				return r.flushIngest(tx, itx)
+			})
+			if it.err == nil {
+				r.reportIngest(itx)
+			}
 		}
 	} else {
 		for _, it := range group {
 			it.err = err
+		}
+		if err == nil {
+			r.reportIngest(itx)
 		}
 	}
 	for _, it := range group {
@@ -246,8 +261,10 @@ func (r *Registry) commitIngest() {
 	close(q.pending[0].lead)
 }
 
-// recordBatch stores one batch inside tx and sets it.fresh.
-func (r *Registry) recordBatch(tx *sql.Tx, it *ingestItem) error {
+// recordBatch stores one batch inside tx and sets it.fresh; what its fresh
+// records add to buckets, health, audit and samples goes through itx
+// (ingest.go).
+func (r *Registry) recordBatch(tx *sql.Tx, itx *ingestTx, it *ingestItem) error {
 	device, b, now := it.device, it.b, it.now
 	fresh := 0
 	d, err := r.lockDevice(tx, device)
@@ -273,11 +290,15 @@ func (r *Registry) recordBatch(tx *sql.Tx, it *ingestItem) error {
 	}
 	for len(offer) > 0 {
 		n := min(len(offer), telemetryRows)
-		seqs, err := r.insertTelemetry(tx, device, b.Epoch, offer[:n], kinds, now)
+		chunk := offer[:n]
+		seqs, err := r.insertTelemetry(tx, device, b.Epoch, chunk, kinds, now)
 		if err != nil {
 			return err
 		}
 		offer = offer[n:]
+		if err := r.ingestFresh(tx, itx, device, chunk, seqs, now); err != nil {
+			return err
+		}
 		for _, seq := range seqs {
 			fresh++
 			t.MaxSeq = max(t.MaxSeq, seq)

@@ -54,6 +54,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -80,6 +81,25 @@ type Options struct {
 	// SQLite file path; empty means DATA/fleet.db.
 	Store  string
 	Logger *slog.Logger
+	// MaxSamples and MaxSampleBytes bound the sample records kept for
+	// export (samples.go); 0 means DefaultMaxSamples and
+	// DefaultMaxSampleBytes.
+	MaxSamples     int
+	MaxSampleBytes int64
+	// OnAuditChainBroken, if set, is told of every break of a device's
+	// audit chain found at ingest (deviceaudit.go), after the transaction
+	// that stored the record committed, in the caller's goroutine: it must
+	// not block. The break is stored and counted either way.
+	OnAuditChainBroken func(ChainBreak)
+}
+
+// monitoring is what ingest needs besides the store, shared with Fenced
+// views.
+type monitoring struct {
+	maxSamples     int64
+	maxSampleBytes int64
+	onBreak        func(ChainBreak)
+	samplesDropped atomic.Uint64
 }
 
 // Registry is an open store. It is safe for concurrent use.
@@ -97,6 +117,7 @@ type Registry struct {
 	// later: inside a transaction SQLite's one write connection is taken).
 	telStmt *sql.Stmt
 	ingest  *ingestQueue
+	mon     *monitoring
 	// view is set on a Fenced copy: it shares the pools and must not
 	// close them.
 	view bool
@@ -121,7 +142,14 @@ func Open(dir string, opts Options) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
-		ingest: &ingestQueue{}}
+		ingest: &ingestQueue{}, mon: &monitoring{maxSamples: int64(opts.MaxSamples), maxSampleBytes: opts.MaxSampleBytes,
+			onBreak: opts.OnAuditChainBroken}}
+	if r.mon.maxSamples <= 0 {
+		r.mon.maxSamples = DefaultMaxSamples
+	}
+	if r.mon.maxSampleBytes <= 0 {
+		r.mon.maxSampleBytes = DefaultMaxSampleBytes
+	}
 	if eng.name == "sqlite" {
 		r.file = store
 	}
