@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"strings"
@@ -371,3 +372,82 @@ func testIngestSamplesBounded(t *testing.T, newTarget func(*testing.T) target) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+func TestPrune(t *testing.T) { eachEngine(t, testPrune) }
+
+func testPrune(t *testing.T, newTarget func(*testing.T) target) {
+	r := newTarget(t).open(t)
+	defer r.Close()
+	now := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
+	f := &feeder{r: r, device: "gw-a", epoch: 1}
+	var recs []protocol.Record
+	// One aggregate an hour for 40 days, and one a minute for the last
+	// two hours; a health point a day.
+	for h := range 40 * 24 {
+		recs = append(recs, aggregate(now.Add(-time.Duration(h)*time.Hour-time.Second), 1, 0, []uint64{1000}, []uint64{1, 0}))
+	}
+	for m := range 120 {
+		recs = append(recs, aggregate(now.Add(-time.Duration(m)*time.Minute-time.Second), 1, 0, []uint64{1000}, []uint64{1, 0}))
+	}
+	for d := range 40 {
+		recs = append(recs, protocol.Record{Kind: protocol.KindHealth, Time: now.Add(-time.Duration(d) * 24 * time.Hour), Health: &protocol.Health{}})
+	}
+	require.Equal(t, len(recs), f.send(t, recs...))
+	pruned := false
+	count := func(step int64) int {
+		bs, err := r.Buckets("face", "gw-a", step)
+		require.NoError(t, err)
+		for _, b := range bs {
+			if pruned && step == StepMinute && b.Start.Before(now.Add(-30*24*time.Hour)) {
+				t.Errorf("minute bucket of %v kept", b.Start)
+			}
+		}
+		return len(bs)
+	}
+	require.Equal(t, 40*24+120-2, count(StepMinute)) // two minutes had an hourly one too
+	p, err := r.Prune(context.Background(), now, Retention{})
+	require.NoError(t, err)
+	pruned = true
+	assert.Equal(t, int64(2*(10*24)), p.MinuteBuckets, "device and fleet rows of the 10 days past 30")
+	assert.Equal(t, int64(0), p.HourBuckets)
+	assert.Equal(t, int64(9), p.Health, "health points past 30 days")
+	assert.Equal(t, int64(0), p.Telemetry)
+	assert.Equal(t, 30*24+120-2, count(StepMinute))
+	// Hour buckets a year; raw rows a week after they arrived.
+	p, err = r.Prune(context.Background(), time.Now().Add(366*24*time.Hour), Retention{})
+	require.NoError(t, err)
+	assert.Equal(t, int64(2*40*24), p.HourBuckets)
+	assert.Equal(t, int64(len(recs)), p.Telemetry)
+	assert.Equal(t, 0, count(StepHour))
+	assert.Equal(t, 0, count(StepMinute))
+	tot, err := r.Totals("face", "3")
+	require.NoError(t, err)
+	assert.Equal(t, uint64(40*24+120), tot.Requests, "totals are never pruned")
+}
+
+// TestPruneBound: over MaxBucketRows the oldest minute buckets go first,
+// in several chunks.
+func TestPruneBound(t *testing.T) { eachEngine(t, testPruneBound) }
+
+func testPruneBound(t *testing.T, newTarget func(*testing.T) target) {
+	r := newTarget(t).open(t)
+	defer r.Close()
+	now := time.Now().UTC().Truncate(time.Hour)
+	f := &feeder{r: r, device: "gw-a", epoch: 1}
+	var recs []protocol.Record
+	for m := range 6000 {
+		recs = append(recs, aggregate(now.Add(-time.Duration(m)*time.Minute), 1, 0, nil, []uint64{1}))
+	}
+	require.Equal(t, len(recs), f.send(t, recs...))
+	// 6000 minute rows each for the device and the fleet, 101 hours each.
+	p, err := r.Prune(context.Background(), now, Retention{MaxBucketRows: 5000})
+	require.NoError(t, err)
+	assert.Equal(t, int64(2*6000+2*101-5000), p.OverBound) // 6000 minutes back from a whole hour touch 101 hours
+	bs, err := r.Buckets("face", "", StepMinute)
+	require.NoError(t, err)
+	require.NotEmpty(t, bs)
+	assert.Equal(t, now, bs[len(bs)-1].Start, "the newest kept")
+	hs, err := r.Buckets("face", "", StepHour)
+	require.NoError(t, err)
+	assert.Len(t, hs, 101, "hour buckets kept while minute ones remain")
+}
