@@ -92,7 +92,9 @@ test-nats: setup
 
 # bench prints the comparable figures: ratios measured back to back in one run.
 # The fleet store's telemetry ingest (records/s, target 50k/s embedded) is
-# fleet/registry's BenchmarkTelemetryIngest; bench-store runs only it.
+# fleet/registry's BenchmarkTelemetryIngest, and BenchmarkAggregateIngest the
+# aggregates merged into time buckets against the raw counters-only path
+# (merged/raw); bench-store runs only those two.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
@@ -123,7 +125,7 @@ bench-engine: setup
 
 .PHONY: bench-store
 bench-store: setup
-	$(GO) test -run '^$$' -bench TelemetryIngest -benchtime 3x -timeout 30m ./fleet/registry/
+	$(GO) test -run '^$$' -bench 'TelemetryIngest|AggregateIngest' -benchtime 3x -timeout 30m ./fleet/registry/
 
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of

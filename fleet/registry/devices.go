@@ -334,7 +334,9 @@ func (r *Registry) insertTelemetry(tx *sql.Tx, device string, epoch uint64, es [
 	args := make([]any, 0, 6*len(es))
 	for _, e := range es {
 		body := e.Body
-		if body == nil {
+		if body == nil || (!r.mon.rawOnly && keptElsewhere[kinds[e.Seq]]) {
+			// The row is for de-duplication; what the record says is
+			// kept in its own table (ingest.go).
 			body = []byte{}
 		}
 		args = append(args, device, int64(epoch), int64(e.Seq), kinds[e.Seq], now.UnixNano(), body)

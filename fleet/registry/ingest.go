@@ -1,6 +1,7 @@
 package registry
 
 import (
+	"context"
 	"database/sql"
 	"fmt"
 	"math"
@@ -21,6 +22,15 @@ import (
 //
 // A record that does not decode is kept raw and counted, nothing more.
 
+// keptElsewhere are the kinds whose raw telemetry rows are stored without
+// their body: ingest keeps what they say in their own tables, and the raw
+// row is only there for de-duplication. Update records, records of kinds
+// this build does not know and records that do not decode keep their body.
+var keptElsewhere = map[string]bool{
+	protocol.KindAggregate.String(): true, protocol.KindHealth.String(): true,
+	protocol.KindAudit.String(): true, protocol.KindSample.String(): true,
+}
+
 // ingestTx is what one ingest transaction gathers while it stores its
 // batches' records, to write once at its end (flush) and to report once it
 // committed (breaks).
@@ -36,7 +46,7 @@ type ingestTx struct {
 // ingestFresh keeps the records of chunk whose sequence numbers the insert
 // found new (seqs, in any order), in sequence order.
 func (r *Registry) ingestFresh(tx *sql.Tx, it *ingestTx, device string, chunk []protocol.Entry, seqs []uint64, now time.Time) error {
-	if len(seqs) == 0 {
+	if len(seqs) == 0 || r.mon.rawOnly {
 		return nil
 	}
 	fresh := make(map[uint64]bool, len(seqs))
@@ -169,6 +179,31 @@ func (r *Registry) DeviceHealth(device string, since time.Time, limit int) ([]He
 	}
 	return out, nil
 }
+
+// ingestStatements are prepared once; bucketSelect and totalsSelect lock
+// the row on PostgreSQL.
+var ingestStatements = []string{bucketRange, bucketUpsertFull, totalsSelect, totalsUpsert}
+
+var bucketUpsertFull = bucketUpsertN(bucketRows)
+
+func (r *Registry) prepareIngest(ctx context.Context) error {
+	r.mon.stmts = map[string]*sql.Stmt{}
+	for _, q := range ingestStatements {
+		text := q
+		if q == bucketRange || q == totalsSelect {
+			text += r.eng.forUpdate
+		}
+		st, err := r.w.PrepareContext(ctx, r.eng.rebind(text))
+		if err != nil {
+			return err
+		}
+		r.mon.stmts[q] = st
+	}
+	return nil
+}
+
+// stmt returns the prepared statement q (one of ingestStatements) for tx.
+func (r *Registry) stmt(tx *sql.Tx, q string) *sql.Stmt { return tx.Stmt(r.mon.stmts[q]) }
 
 func wrapErr(what string, err error) error {
 	if err == nil {

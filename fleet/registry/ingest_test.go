@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"strings"
@@ -450,4 +451,23 @@ func testPruneBound(t *testing.T, newTarget func(*testing.T) target) {
 	hs, err := r.Buckets("face", "", StepHour)
 	require.NoError(t, err)
 	assert.Len(t, hs, 101, "hour buckets kept while minute ones remain")
+}
+
+// TestBucketJSON: the hand-written JSON columns read back as encoding/json
+// reads them, and match what it writes.
+func TestBucketJSON(t *testing.T) {
+	fs := []protocol.FeatureCounts{{Name: "a\"b", Counts: []uint64{1, 2}, NaNs: 3, Sum: 1e300, SumSq: 0.1}, {Name: "c", Sum: math.NaN()}}
+	want, err := json.Marshal([]protocol.FeatureCounts{fs[0], {Name: "c"}})
+	require.NoError(t, err)
+	assert.JSONEq(t, string(want), featuresJSON(fs))
+	assert.Equal(t, "[]", featuresJSON(nil))
+	l := Latency{BoundsMicros: []uint64{1, 2}, Counts: []uint64{3, 4, 5}, SumMicros: 6}
+	want, err = json.Marshal(l)
+	require.NoError(t, err)
+	assert.JSONEq(t, string(want), l.json())
+	m := map[string]uint64{"x": 1, "y\n\x00\xff": 2}
+	want, err = json.Marshal(m)
+	require.NoError(t, err)
+	assert.JSONEq(t, string(want), codesJSON(m))
+	assert.Equal(t, "{}", codesJSON(nil))
 }
