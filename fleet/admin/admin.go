@@ -223,6 +223,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/models", s.pushModel)
 	s.mux.HandleFunc("GET /v1/devices", s.listDevices)
 	s.mux.HandleFunc("GET /v1/devices/{id}", s.getDevice)
+	s.mux.HandleFunc("GET /v1/devices/{id}/health", s.deviceHealth)
+	s.mux.HandleFunc("GET /v1/devices/{id}/audit", s.deviceAudit)
 	s.mux.HandleFunc("POST /v1/devices/{id}/credential", s.enroll)
 	s.mux.HandleFunc("DELETE /v1/devices/{id}/credential", s.revoke)
 	s.mux.HandleFunc("GET /v1/rollouts", s.listRollouts)
