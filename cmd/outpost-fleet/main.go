@@ -5,6 +5,7 @@
 //	outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite
 //	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--store postgres://...] [--keys KEYS] [--fleet NAME] [--open-broker] [--admin-cert FILE --admin-key FILE]
 //	outpost-fleet backup --out FILE [--config fleet.yaml] [--data-dir DIR]
+//	outpost-fleet samples export --model M [--version V] [--since T] --out DIR [--config fleet.yaml] [--data-dir DIR]
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
 //	outpost-fleet devices list
@@ -42,6 +43,7 @@ var program = subcommand.Program{
 		modelsExportCommand,
 		serveCommand,
 		backupCommand,
+		samplesExportCommand,
 		modelsPushCommand,
 		modelsListCommand,
 		devicesListCommand,
