@@ -85,6 +85,12 @@ test-gates: setup
 # is on each time, the dead one restarted in between), NATS_COUNT times.
 NATS_KILLS ?= 3
 NATS_COUNT ?= 3
+# test-drain: fleet/controller's TestBacklogDrain with a bigger backlog, 1,000
+# devices of 200 records each, through the embedded broker and Mosquitto.
+.PHONY: test-drain
+test-drain: setup
+	OUTPOST_DRAIN_BATCHES=20 $(GO) test -count=1 -timeout 30m -run '^TestBacklogDrain$$' -v ./fleet/controller/
+
 .PHONY: test-nats
 test-nats: setup
 	CI=true $(GO) test -race -count=1 -timeout 10m -run 'TestNATS' -v ./internal/testbroker/

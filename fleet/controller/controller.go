@@ -629,8 +629,11 @@ func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 // messages go to one of them, in arrival order, which telemetry
 // de-duplication relies on (a sequence number not seen before is above every
 // one seen); different devices are handled in parallel, so registry writes
-// group into shared bbolt transactions.
-const workers = 16
+// group into shared transactions (RecordBatch's group commit): the more
+// workers, the bigger a group can get when many devices drain a backlog at
+// once (TestBacklogDrain: 64 stored 1,000 devices' backlog in two thirds
+// of the time 16 took).
+const workers = 64
 
 // dispatch queues fn on the worker that owns device. It blocks when that
 // worker is behind, which holds the MQTT client back: backpressure.
