@@ -11,6 +11,8 @@
 //	outpost-fleet devices list
 //	outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL]] [--out PASSWORD_FILE] [--replace]
 //	outpost-fleet devices revoke NAME
+//	outpost-fleet devices health ID [--since 24h] [-o json]
+//	outpost-fleet devices audit ID [--limit N] [--before SEQ] [-o json]
 //	outpost-fleet broker acl [--fleet NAME] [--out FILE]
 //	outpost-fleet rollout create --model N --version V [--selector k=v,...] [--waves 10,50,100] [--max-failure-ratio 0.1] [--bake 5m]
 //	outpost-fleet rollout status [--watch] [ID]
@@ -49,6 +51,8 @@ var program = subcommand.Program{
 		devicesListCommand,
 		devicesEnrollCommand,
 		devicesRevokeCommand,
+		devicesHealthCommand,
+		devicesAuditCommand,
 		brokerACLCommand,
 		rolloutCreateCommand,
 		rolloutStatusCommand,
