@@ -481,8 +481,16 @@ func featuresJSON(fs []protocol.FeatureCounts) string {
 // appendString quotes s as JSON does (strconv's quoting is Go's, not
 // JSON's, for control and invalid bytes).
 func appendString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s) // a string always encodes
-	return append(b, q...)
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	// Printable ASCII without quotes or backslashes: as it is.
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 func appendFloat(b []byte, f float64) []byte {

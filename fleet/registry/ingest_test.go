@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"strings"
 	"sync"
@@ -465,9 +466,36 @@ func TestBucketJSON(t *testing.T) {
 	want, err = json.Marshal(l)
 	require.NoError(t, err)
 	assert.JSONEq(t, string(want), l.json())
-	m := map[string]uint64{"x": 1, "y\n\x00\xff": 2}
+	m := map[string]uint64{"x": 1, "y\n\x00\xff": 2, `a"b\c<&>`: 3, "é": 4}
 	want, err = json.Marshal(m)
 	require.NoError(t, err)
 	assert.JSONEq(t, string(want), codesJSON(m))
 	assert.Equal(t, "{}", codesJSON(nil))
+}
+
+// FuzzCodesJSON: whatever error code a device sends, the hand-written
+// errors_by_code column is JSON that reads back as encoding/json's own
+// encoding does (so a hostile code cannot make a bucket unreadable).
+func FuzzCodesJSON(f *testing.F) {
+	for _, s := range []string{"bad_input", "y\n\x00\xff", `a"b\c<&>`, "é", ""} {
+		f.Add(s, "overload")
+	}
+	f.Fuzz(func(t *testing.T, a, b string) {
+		m := map[string]uint64{a: 1, b: 2}
+		var got, want map[string]uint64
+		if err := json.Unmarshal([]byte(codesJSON(m)), &got); err != nil {
+			t.Fatalf("codesJSON(%v): %v", m, err)
+		}
+		ref, _ := json.Marshal(m)
+		if err := json.Unmarshal(ref, &want); err != nil {
+			t.Fatal(err)
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("codesJSON(%v) reads back as %v, encoding/json's as %v", m, got, want)
+		}
+		var fs []protocol.FeatureCounts
+		if err := json.Unmarshal([]byte(featuresJSON([]protocol.FeatureCounts{{Name: a}})), &fs); err != nil {
+			t.Fatalf("featuresJSON(%q): %v", a, err)
+		}
+	})
 }
