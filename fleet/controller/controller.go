@@ -795,6 +795,14 @@ func (c *Controller) prune(ctx context.Context) error {
 	t := time.NewTicker(c.opts.PruneEvery)
 	defer t.Stop()
 	for {
+		// The first pass waits a period too: after a long outage the
+		// broker redelivers what this controller had stored and not yet
+		// acknowledged, and the raw rows must still be there to tell.
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
 		if c.leader.Load() != nil {
 			start := time.Now()
 			p, err := c.reg.Prune(ctx, start, c.opts.Retention)
@@ -807,11 +815,6 @@ func (c *Controller) prune(ctx context.Context) error {
 				c.log.Info("retention", "minute_buckets", p.MinuteBuckets, "hour_buckets", p.HourBuckets,
 					"over_bound", p.OverBound, "health", p.Health, "telemetry", p.Telemetry, "took", time.Since(start).Round(time.Millisecond))
 			}
-		}
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
 		}
 	}
 }

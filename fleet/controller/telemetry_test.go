@@ -5,12 +5,15 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/protocol"
@@ -44,11 +47,22 @@ func publishBatch(t *testing.T, cl mqtt.Client, device string, first uint64, rec
 func TestDeviceTelemetryAPI(t *testing.T) {
 	var mu sync.Mutex
 	var breaks []registry.ChainBreak
+	var posted []string // bodies the webhook received
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		posted = append(posted, string(b))
+		mu.Unlock()
+	}))
+	defer hook.Close()
 	f := startFleet(t, controller.Options{OnAuditChainBroken: func(b registry.ChainBreak) {
 		mu.Lock()
 		defer mu.Unlock()
 		breaks = append(breaks, b)
-	}})
+	}, Alerts: alerts.Config{Webhooks: []alerts.Webhook{{Name: "security", URL: hook.URL, Secret: strings.Repeat("k", 32),
+		Events: []alerts.Type{alerts.AuditChainBroken}}}},
+		// Health points are kept an hour, pruned every 100 ms.
+		Retention: registry.Retention{Health: time.Hour}, PruneEvery: 100 * time.Millisecond})
 	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(f.c.BrokerURL()).SetClientID("gw-1").SetCleanSession(true))
 	if tok := cl.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())
@@ -69,6 +83,9 @@ func TestDeviceTelemetryAPI(t *testing.T) {
 	// not name record 2's hash.
 	publishBatch(t, cl, "gw-1", 1, health(0), health(1), audit(1, "", "h1"), audit(2, "h1", "h2"))
 	publishBatch(t, cl, "gw-1", 5, health(2), audit(3, "forged", "h3"))
+	old := health(0)
+	old.Time = t0.Add(-2 * time.Hour)
+	publishBatch(t, cl, "gw-1", 7, old)
 
 	base := "http://" + f.c.AdminAddr()
 	get := func(path string, want int, out any) {
@@ -93,7 +110,7 @@ func TestDeviceTelemetryAPI(t *testing.T) {
 		if err != nil {
 			return false, err.Error()
 		}
-		return d.Telemetry.Records == 6, fmt.Sprintf("%+v", d.Telemetry)
+		return d.Telemetry.Records == 7, fmt.Sprintf("%+v", d.Telemetry)
 	})
 	var h admin.DeviceHealth
 	get("/v1/devices/gw-1/health?since=1h", 200, &h)
@@ -122,6 +139,21 @@ func TestDeviceTelemetryAPI(t *testing.T) {
 		t.Errorf("breaks reported: got %+v, want record 3 of gw-1", breaks)
 	}
 	mu.Unlock()
+	// The break went out as the webhooks' audit_chain_broken event, once.
+	eventually(t, 30*time.Second, "the audit_chain_broken webhook", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(posted) == 1 && strings.Contains(posted[0], `"audit_chain_broken"`) && strings.Contains(posted[0], `"gw-1"`),
+			fmt.Sprintf("%d posts: %q", len(posted), posted)
+	})
+	// The retention pass pruned the point 2 hours old, kept the others.
+	eventually(t, 30*time.Second, "the old health point pruned", func() (bool, string) {
+		pts, err := f.c.Registry().DeviceHealth("gw-1", time.Time{}, 0)
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(pts) == 3 && pts[0].Time.Equal(t0), fmt.Sprintf("%d points from %v", len(pts), pts)
+	})
 	get("/v1/devices/nobody/health", 404, nil)
 	get("/v1/devices/nobody/audit", 404, nil)
 	get("/v1/devices/gw-1/health?since=yesterday", 400, nil)

@@ -21,12 +21,11 @@ type Retention struct {
 	MaxBucketRows int64
 	// Health: how long a device's health points are kept.
 	Health time.Duration
-	// RawTelemetry: how long the raw telemetry rows (kept for
-	// de-duplication by (device, epoch, sequence)) are kept after they
-	// arrived. A record delivered again after its raw row is gone is
-	// still known as a duplicate while its sequence number is at or below
-	// the device's highest in the epoch; only a redelivery of an older
-	// epoch's records later than this would count again.
+	// RawTelemetry: how long the raw telemetry rows, which de-duplicate
+	// by (device, epoch, sequence), are kept after they arrived. A record
+	// delivered again after its raw row is gone counts again, so it must
+	// be at least the agents' telemetry.max_age, the longest a device
+	// holds a record it may send again (docs/MONITORING.md).
 	RawTelemetry time.Duration
 }
 
