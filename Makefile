@@ -132,6 +132,14 @@ bench-engine: setup
 bench-store: setup
 	$(GO) test -run '^$$' -bench TelemetryIngest -benchtime 3x -timeout 30m ./fleet/registry/
 
+# bench-metrics: issue #12's query figure, a 24-hour metrics query over
+# 1,000 devices within 200 ms on the embedded store (BenchmarkMetricsQuery:
+# fleet-wide and one device, steps 1h and 1m; ms/query and cpu-ms/query,
+# after seeding 1.44 million minute buckets). make bench runs it too.
+.PHONY: bench-metrics
+bench-metrics: setup
+	$(GO) test -run '^$$' -bench MetricsQuery -benchtime 10x -timeout 30m -v ./fleet/registry/
+
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of
 # records through a real Mosquitto), again with a 1 MB queue bound so the
@@ -228,11 +236,13 @@ test-arm64: setup-cross
 
 # release-check: goreleaser check, then a snapshot build of the binaries,
 # tarballs, .deb and .rpm for amd64 and arm64 into dist/ (nothing published);
-# none of the binaries may carry the crash-point test hook.
+# none of the binaries may carry the crash-point test hook, and every agent
+# package ships both runtime libraries (TFLite and ONNX Runtime).
 release-check: setup-cross unit-check
 	$(ROOT)/cross/release.sh check
 	$(ROOT)/cross/release.sh release --snapshot --clean --parallelism 1
 	$(ROOT)/cross/no-crashpoints.sh dist
+	$(ROOT)/cross/package-contents.sh dist
 
 # unit-check: systemd-analyze verify on the unit, where systemd is installed.
 unit-check: build

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # install.sh puts the Outpost agent on a device without a package manager:
-# the binary, the TFLite library, a default config, the data dir, a system
+# the binary, the TFLite library (and ONNX Runtime's, when found), a default config, the data dir, a system
 # user and the systemd unit, in the places the .deb and .rpm use (the binary
 # goes to /usr/local/bin instead of /usr/bin).
 #
@@ -88,6 +88,11 @@ fi
 
 install -D -m 0755 "$from/outpost-agent" "$bin"
 install -D -m 0644 "$lib" "$libdir/libtensorflowlite_c.so"
+# ONNX Runtime, for .onnx models: optional (a TFLite-only device does
+# without it), taken from the same places as the TFLite library.
+for l in "$from/libonnxruntime.so.1" "$from/lib/libonnxruntime.so.1" "$here/../.deps/onnxruntime/linux_$arch/libonnxruntime.so.1"; do
+  if [[ -f $l ]]; then install -D -m 0644 "$l" "$libdir/libonnxruntime.so.1"; break; fi
+done
 install -d -m 0755 "$etc"
 if [[ -f $etc/agent.yaml ]]; then
   say "keeping the existing $etc/agent.yaml"

@@ -16,6 +16,8 @@ declare -A pkgs=(
   # The store's contract tests start their own PostgreSQL (internal/testpg).
   [pg_ctl]=postgresql
   [protoc]=protobuf-compiler
+  # The controller's /metrics is tested against a real Prometheus.
+  [prometheus]=prometheus
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do
@@ -33,9 +35,9 @@ if [[ ${#missing[@]} -gt 0 ]]; then
   fi
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The Debian packages start a system broker on :1883, nats-server on :4222
-  # and a PostgreSQL on :5432; tests start their own on free ports, so leave
-  # the system ones as the admin configured them.
+  # The Debian packages start a system broker on :1883, nats-server on :4222,
+  # a PostgreSQL on :5432 and Prometheus on :9090; tests start their own on
+  # free ports, so leave the system ones as the admin configured them.
 fi
 
 "$here/fetch-deps.sh"

@@ -46,7 +46,6 @@ package batch
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -89,11 +88,10 @@ type Options struct {
 	// encoding; default twice the model's interpreters, so every
 	// interpreter has the next item ready when it finishes one.
 	Workers int
-	// RawOutputs writes each output's data as "b64": the base64 of its
-	// little-endian bytes, instead of "data": a JSON array of numbers.
-	// Encoding is then about 30 times cheaper, which matters for models with
-	// large outputs (face detection: 15,232 floats per item).
-	RawOutputs bool
+	// Outputs says how each output's data is written: OutputsAuto (the
+	// default) as JSON numbers up to Base64Above elements and as base64
+	// above, OutputsJSON always as numbers, OutputsBase64 always as base64.
+	Outputs OutputEncoding
 	// MaxItemBytes bounds one item (a file or a line); default 64 MiB.
 	MaxItemBytes int
 	// SyncEvery is how often records are flushed and fsynced; default 1 s.
@@ -121,6 +119,12 @@ type Runner struct {
 func New(opts Options) (*Runner, error) {
 	if opts.Backend == nil || opts.Model == "" || opts.Input == "" || opts.Output == "" {
 		return nil, errors.New("batch: backend, model, input and output are required")
+	}
+	if opts.Outputs == "" {
+		opts.Outputs = OutputsAuto
+	}
+	if _, err := ParseOutputEncoding(string(opts.Outputs)); err != nil {
+		return nil, err
 	}
 	e, err := opts.Backend.Lookup(opts.Model, 0)
 	if err != nil {
@@ -433,50 +437,52 @@ func (w *worker) run(ctx context.Context, it *item, line []byte) (result, error)
 	w.resp.Outputs = append(w.resp.Outputs, w.outs...)
 	line = appendHead(line, it)
 	line = append(line, `"result":`...)
-	if w.r.opts.RawOutputs {
-		line = appendRaw(line, &w.resp)
-	} else {
-		line, _ = oip.AppendResponse(line, &w.resp)
+	for k := range w.resp.Outputs {
+		w.resp.Outputs[k].Base64 = w.r.opts.Outputs.base64(&w.resp.Outputs[k].Tensor)
 	}
+	line, _ = oip.AppendResponse(line, &w.resp)
 	res.line = append(line, "}\n"...)
 	return res, nil
 }
 
-// appendRaw appends r as AppendResponse does, except that each output's
-// data is "b64": the standard base64 of its little-endian bytes.
-func appendRaw(dst []byte, r *oip.Response) []byte {
-	dst = append(dst, `{"model_name":`...)
-	dst = tensorjson.AppendString(dst, []byte(r.ModelName))
-	dst = append(dst, `,"model_version":`...)
-	dst = tensorjson.AppendString(dst, []byte(r.ModelVersion))
-	if r.ID != "" {
-		dst = append(dst, `,"id":`...)
-		dst = tensorjson.AppendString(dst, []byte(r.ID))
+// OutputEncoding says how a results file holds output data.
+type OutputEncoding string
+
+const (
+	// OutputsAuto writes outputs of up to Base64Above elements as JSON
+	// numbers and larger ones as base64: a score or a landmark list stays
+	// readable, and a large tensor (face detection's 14,336 box
+	// coordinates) costs a copy instead of a float formatting per element,
+	// which would take a fifth of the item's CPU (docs/MODES.md).
+	OutputsAuto OutputEncoding = "auto"
+	// OutputsJSON writes every output's "data" as a JSON array of numbers.
+	OutputsJSON OutputEncoding = "json"
+	// OutputsBase64 writes every output's data as "b64", the standard
+	// base64 of its little-endian bytes (BYTES outputs stay JSON strings).
+	OutputsBase64 OutputEncoding = "b64"
+)
+
+// Base64Above is the element count above which OutputsAuto writes base64.
+const Base64Above = 1024
+
+// ParseOutputEncoding checks a --outputs value.
+func ParseOutputEncoding(s string) (OutputEncoding, error) {
+	switch e := OutputEncoding(s); e {
+	case OutputsAuto, OutputsJSON, OutputsBase64:
+		return e, nil
 	}
-	dst = append(dst, `,"parameters":{"model_digest":`...)
-	dst = tensorjson.AppendString(dst, []byte(r.ModelDigest))
-	dst = append(dst, `},"outputs":[`...)
-	for k := range r.Outputs {
-		t := &r.Outputs[k].Tensor
-		if k > 0 {
-			dst = append(dst, ',')
-		}
-		dst = append(dst, `{"name":`...)
-		dst = tensorjson.AppendString(dst, []byte(t.Name))
-		dst = append(dst, `,"datatype":`...)
-		dst = tensorjson.AppendString(dst, []byte(t.DataType))
-		dst = append(dst, `,"shape":[`...)
-		for j, d := range t.Shape {
-			if j > 0 {
-				dst = append(dst, ',')
-			}
-			dst = strconv.AppendInt(dst, int64(d), 10)
-		}
-		dst = append(dst, `],"b64":"`...)
-		dst = base64.StdEncoding.AppendEncode(dst, t.Data)
-		dst = append(dst, `"}`...)
+	return "", fmt.Errorf("batch: unknown output encoding %q (auto, json or b64)", s)
+}
+
+func (e OutputEncoding) base64(t *tensor.Tensor) bool {
+	switch e {
+	case OutputsJSON:
+		return false
+	case OutputsBase64:
+		return true
 	}
-	return append(dst, "]}"...)
+	size := t.DataType.Size()
+	return size > 0 && len(t.Data)/size > Base64Above
 }
 
 // appendHead appends `{"index":N,"key":"K",` to dst.

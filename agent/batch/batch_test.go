@@ -91,6 +91,7 @@ type record struct {
 			Name  string    `json:"name"`
 			Shape []int     `json:"shape"`
 			Data  []float32 `json:"data"`
+			B64   []byte    `json:"b64"` // readRecords moves it to Data
 		} `json:"outputs"`
 	} `json:"result"`
 }
@@ -109,6 +110,18 @@ func readRecords(t testing.TB, path string) []record {
 		var r record
 		require.NoError(t, json.Unmarshal(sc.Bytes(), &r), "line %d", len(out))
 		require.Equal(t, len(out), r.Index, "line %d has index %d", len(out), r.Index)
+		if r.Result != nil {
+			for k := range r.Result.Outputs {
+				o := &r.Result.Outputs[k]
+				if o.B64 == nil {
+					continue
+				}
+				require.Nil(t, o.Data, "line %d output %s has data and b64", len(out), o.Name)
+				for j := 0; j+4 <= len(o.B64); j += 4 {
+					o.Data = append(o.Data, math.Float32frombits(binary.LittleEndian.Uint32(o.B64[j:])))
+				}
+			}
+		}
 		out = append(out, r)
 	}
 	require.NoError(t, sc.Err())
@@ -455,43 +468,68 @@ func TestProgressOutput(t *testing.T) {
 	}
 }
 
-func TestRawOutputs(t *testing.T) {
+// TestOutputEncodings: each --outputs choice writes the same numbers, as
+// base64 or as JSON arrays: auto picks base64 only for the output above
+// Base64Above elements (face detection's 896x16 regressors, not its 896
+// scores).
+func TestOutputEncodings(t *testing.T) {
 	reg := newRegistry(t)
-	dir := t.TempDir()
-	in, out := filepath.Join(dir, "in.npy"), filepath.Join(dir, "out.jsonl")
-	writeRows(t, in, 3)
-	r, err := New(Options{Backend: reg, Model: face, Input: in, Output: out, RawOutputs: true})
-	require.NoError(t, err)
-	require.NoError(t, r.Run(context.Background()))
-	b, err := os.ReadFile(out)
-	require.NoError(t, err)
-	lines := bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n"))
-	require.Len(t, lines, 3)
-	for i, l := range lines {
-		var rec struct {
-			Index  int `json:"index"`
-			Result struct {
-				ModelName string `json:"model_name"`
-				Outputs   []struct {
-					Name     string `json:"name"`
-					DataType string `json:"datatype"`
-					Shape    []int  `json:"shape"`
-					B64      []byte `json:"b64"` // encoding/json decodes base64
-				} `json:"outputs"`
-			} `json:"result"`
-		}
-		require.NoError(t, json.Unmarshal(l, &rec))
-		require.Equal(t, i, rec.Index)
-		require.Equal(t, face, rec.Result.ModelName)
-		want := direct(t, reg, image(i%7))
-		require.Len(t, rec.Result.Outputs, 2)
-		for k, o := range rec.Result.Outputs {
-			require.Equal(t, "FP32", o.DataType)
-			got := make([]float32, len(o.B64)/4)
-			for j := range got {
-				got[j] = math.Float32frombits(binary.LittleEndian.Uint32(o.B64[4*j:]))
+	for _, tc := range []struct {
+		enc  OutputEncoding
+		want []bool // per output: base64
+	}{
+		{"", []bool{true, false}}, // the default is auto
+		{OutputsAuto, []bool{true, false}},
+		{OutputsJSON, []bool{false, false}},
+		{OutputsBase64, []bool{true, true}},
+	} {
+		t.Run(string(tc.enc), func(t *testing.T) {
+			dir := t.TempDir()
+			in, out := filepath.Join(dir, "in.npy"), filepath.Join(dir, "out.jsonl")
+			writeRows(t, in, 3)
+			r, err := New(Options{Backend: reg, Model: face, Input: in, Output: out, Outputs: tc.enc})
+			require.NoError(t, err)
+			require.NoError(t, r.Run(context.Background()))
+			b, err := os.ReadFile(out)
+			require.NoError(t, err)
+			lines := bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n"))
+			require.Len(t, lines, 3)
+			for i, l := range lines {
+				var rec struct {
+					Index  int `json:"index"`
+					Result struct {
+						ModelName string `json:"model_name"`
+						Outputs   []struct {
+							Name     string    `json:"name"`
+							DataType string    `json:"datatype"`
+							Shape    []int     `json:"shape"`
+							B64      []byte    `json:"b64"` // encoding/json decodes base64
+							Data     []float32 `json:"data"`
+						} `json:"outputs"`
+					} `json:"result"`
+				}
+				require.NoError(t, json.Unmarshal(l, &rec))
+				require.Equal(t, i, rec.Index)
+				require.Equal(t, face, rec.Result.ModelName)
+				want := direct(t, reg, image(i%7))
+				require.Len(t, rec.Result.Outputs, 2)
+				for k, o := range rec.Result.Outputs {
+					require.Equal(t, "FP32", o.DataType)
+					got := o.Data
+					if tc.want[k] {
+						require.Nil(t, o.Data, "output %s has data and b64", o.Name)
+						got = make([]float32, len(o.B64)/4)
+						for j := range got {
+							got[j] = math.Float32frombits(binary.LittleEndian.Uint32(o.B64[4*j:]))
+						}
+					} else {
+						require.Nil(t, o.B64, "output %s as b64, want data", o.Name)
+					}
+					require.Equal(t, want[k], got, "record %d output %s", i, o.Name)
+				}
 			}
-			require.Equal(t, want[k], got, "record %d output %s", i, o.Name)
-		}
+		})
 	}
+	_, err := New(Options{Backend: reg, Model: face, Input: "x", Output: "y", Outputs: "hex"})
+	require.ErrorContains(t, err, `unknown output encoding "hex" (auto, json or b64)`)
 }

@@ -35,18 +35,15 @@ import (
 func BenchmarkBatchVsPool(b *testing.B) {
 	for _, tc := range []struct {
 		model string
-		raw   bool
+		enc   OutputEncoding
 		rows  int
 	}{
-		{testmodel.FaceShort, false, 200},
-		{testmodel.FaceShort, true, 200},
-		{testmodel.Hand, false, 100},
+		{testmodel.FaceShort, OutputsAuto, 200},
+		{testmodel.FaceShort, OutputsJSON, 200},
+		{testmodel.FaceShort, OutputsBase64, 200},
+		{testmodel.Hand, OutputsAuto, 100},
 	} {
-		name := tc.model + "/json"
-		if tc.raw {
-			name = tc.model + "/b64"
-		}
-		b.Run(name, func(b *testing.B) {
+		b.Run(tc.model+"/"+string(tc.enc), func(b *testing.B) {
 			reg := serving.New(serving.Options{Runtime: runtime.Options{}})
 			defer reg.Close()
 			e, err := reg.LoadFile(context.Background(), tc.model, 1, testmodel.Path(b, tc.model))
@@ -76,7 +73,7 @@ func BenchmarkBatchVsPool(b *testing.B) {
 			out := filepath.Join(dir, "out.jsonl")
 			batchRun := func() time.Duration {
 				os.Remove(out)
-				r, err := New(Options{Backend: reg, Model: tc.model, Input: npy, Output: out, RawOutputs: tc.raw})
+				r, err := New(Options{Backend: reg, Model: tc.model, Input: npy, Output: out, Outputs: tc.enc})
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -178,7 +175,7 @@ func median(v []float64) float64 {
 	return s[len(s)/2]
 }
 
-// BenchmarkEncodeOutputs compares the two ways a record carries the face
+// BenchmarkEncodeOutputs compares the three ways a record carries the face
 // detection model's outputs (15,232 floats): JSON numbers and base64.
 func BenchmarkEncodeOutputs(b *testing.B) {
 	data := make([]byte, 4*(896*16+896))
@@ -190,22 +187,21 @@ func BenchmarkEncodeOutputs(b *testing.B) {
 		{Tensor: tensor.Tensor{Name: "classificators", DataType: tensor.FP32, Shape: []int{1, 896, 1}, Data: data[4*896*16:]}},
 	}}
 	var buf []byte
-	b.Run("json", func(b *testing.B) {
-		for b.Loop() {
-			buf, _ = oip.AppendResponse(buf[:0], resp)
-		}
-		b.ReportMetric(float64(len(buf)), "bytes/record")
-	})
-	b.Run("b64", func(b *testing.B) {
-		for b.Loop() {
-			buf = appendRaw(buf[:0], resp)
-		}
-		b.ReportMetric(float64(len(buf)), "bytes/record")
-	})
+	for _, enc := range []OutputEncoding{OutputsJSON, OutputsAuto, OutputsBase64} {
+		b.Run(string(enc), func(b *testing.B) {
+			for k := range resp.Outputs {
+				resp.Outputs[k].Base64 = enc.base64(&resp.Outputs[k].Tensor)
+			}
+			for b.Loop() {
+				buf, _ = oip.AppendResponse(buf[:0], resp)
+			}
+			b.ReportMetric(float64(len(buf)), "bytes/record")
+		})
+	}
 }
 
 // BenchmarkBatchBinary is BenchmarkBatchVsPool through the real binary:
-// `outpost-agent batch --raw-outputs` in its own process against the bare
+// `outpost-agent batch` (default --outputs auto) in its own process against the bare
 // pool in this one, alternating. binary/pool uses the items/s the binary
 // reports for its run (after loading the model); binary-wall/pool counts
 // the whole process, start and model load included; binary/pool-cpu
@@ -237,7 +233,7 @@ func BenchmarkBatchBinary(b *testing.B) {
 	binRun := func() (wall, cpu time.Duration, itemsPerSec float64) {
 		os.Remove(out)
 		cmd := exec.Command(bin, "batch", "--model", testmodel.Path(b, model), "--input", npy, "--output", out,
-			"--raw-outputs", "--progress", "none", "--log-level", "warn")
+			"--progress", "none", "--log-level", "warn")
 		start := time.Now()
 		msg, err := cmd.CombinedOutput()
 		wall = time.Since(start)

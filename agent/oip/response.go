@@ -1,6 +1,7 @@
 package oip
 
 import (
+	"encoding/base64"
 	"encoding/binary"
 	"strconv"
 
@@ -14,6 +15,11 @@ type Output struct {
 	// Binary sends the data after the JSON (binary tensor data extension)
 	// instead of as a JSON array.
 	Binary bool
+	// Base64 writes the data as "b64", the standard base64 of its
+	// little-endian bytes, instead of "data". Not part of the protocol:
+	// outpost-agent batch writes its results with it (docs/MODES.md).
+	// Binary wins over it.
+	Base64 bool
 }
 
 // Response is an inference response to encode. Reuse one across requests:
@@ -84,6 +90,12 @@ func AppendResponse(dst []byte, r *Response) (out []byte, headerLen int) {
 			dst = append(dst, `,"parameters":{"binary_data_size":`...)
 			dst = strconv.AppendInt(dst, int64(binarySize(t)), 10)
 			dst = append(dst, "}}"...)
+			continue
+		}
+		if o.Base64 && t.DataType != tensor.Bytes {
+			dst = append(dst, `,"b64":"`...)
+			dst = base64.StdEncoding.AppendEncode(dst, t.Data)
+			dst = append(dst, `"}`...)
 			continue
 		}
 		dst = append(dst, `,"data":`...)

@@ -31,7 +31,8 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	input := fs.String("input", "", "a directory of .json/.npy/.bin items, a .jsonl file or an .npy file")
 	output := fs.String("output", "", "results file, one JSON line per item in input order")
 	resume := fs.Bool("resume", false, "continue an interrupted run's output")
-	raw := fs.Bool("raw-outputs", false, `write each output's data as "b64" (base64 of its little-endian bytes) instead of a JSON array`)
+	outputs := fs.String("outputs", "auto", `how output data is written: json (arrays of numbers), b64 ("b64": base64 of the little-endian bytes) or auto (json up to 1024 elements, b64 above)`)
+	raw := fs.Bool("raw-outputs", false, "the same as --outputs b64 (kept for scripts written before --outputs)")
 	threads := fs.Int("threads", 0, "threads per interpreter (default 1)")
 	workers := fs.Int("workers", 0, "interpreters (default: one per core)")
 	progressMode := fs.String("progress", "auto", "auto (a bar on a terminal, lines otherwise), bar, lines or none")
@@ -51,6 +52,13 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
 		return subcommand.UsageError("bad --log-level: " + err.Error())
+	}
+	if *raw {
+		*outputs = string(batch.OutputsBase64)
+	}
+	enc, err := batch.ParseOutputEncoding(*outputs)
+	if err != nil {
+		return subcommand.UsageError("bad --outputs " + *outputs + ": want auto, json or b64")
 	}
 	var progress io.Writer = stderr
 	terminal := isTerminal(stderr)
@@ -77,7 +85,7 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	r, err := batch.New(batch.Options{
-		Backend: reg, Model: name, Input: *input, Output: *output, Resume: *resume, RawOutputs: *raw,
+		Backend: reg, Model: name, Input: *input, Output: *output, Resume: *resume, Outputs: enc,
 		Progress: progress, Terminal: terminal, ProgressEvery: *every, Logger: log,
 	})
 	if err != nil {

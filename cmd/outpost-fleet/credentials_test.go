@@ -51,9 +51,11 @@ func TestEnrollAndRevoke(t *testing.T) {
 	} else {
 		c.Disconnect(100)
 	}
-	if !strings.Contains(logs.String(), "open until the first device is enrolled") {
-		t.Error("serve did not warn that its broker is open")
-	}
+	// The broker warns before it serves; the line reaches logs through the
+	// pipe from the child, so it is waited for, not read at once.
+	waitFor(t, 10*time.Second, "serve's warning that its broker is open", func() (bool, string) {
+		return strings.Contains(logs.String(), "open until the first device is enrolled"), ""
+	})
 
 	pw := filepath.Join(dir, "gw-1.password")
 	if out := cli(t, bin, 0, "devices", "enroll", "--admin", admin, "--out", pw, "gw-1"); !strings.Contains(out, "fleet.password_file "+pw) {

@@ -7,6 +7,7 @@
 //	outpost-fleet backup --out FILE [--config fleet.yaml] [--data-dir DIR]
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
+//	outpost-fleet models stats NAME [--version V] [--device ID] [--since T] [--until T] [--step D] [-o json]
 //	outpost-fleet devices list
 //	outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL]] [--out PASSWORD_FILE] [--replace]
 //	outpost-fleet devices revoke NAME
@@ -18,8 +19,9 @@
 //	outpost-fleet tokens list
 //	outpost-fleet tokens revoke ID
 //	outpost-fleet audit [--since T] [--limit N] [-o json]
+//	outpost-fleet alerts [--state S] [--webhook W] [--limit N] [-o json]
 //
-// The client commands (models push/list, devices, rollout, tokens, audit)
+// The client commands (models push/list/stats, devices, rollout, tokens, audit)
 // talk to the admin API of a running serve (--admin, default
 // http://127.0.0.1:8490) with the token of --token, else $OUTPOST_TOKEN,
 // else --token-file; --ca (or $OUTPOST_CA) trusts a private CA for https.
@@ -44,6 +46,7 @@ var program = subcommand.Program{
 		backupCommand,
 		modelsPushCommand,
 		modelsListCommand,
+		modelsStatsCommand,
 		devicesListCommand,
 		devicesEnrollCommand,
 		devicesRevokeCommand,
@@ -57,6 +60,7 @@ var program = subcommand.Program{
 		tokensListCommand,
 		tokensRevokeCommand,
 		auditCommand,
+		alertsCommand,
 	},
 }
 

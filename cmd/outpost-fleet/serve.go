@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/internal/subcommand"
@@ -68,6 +69,8 @@ type fleetConfig struct {
 		CommandTTL  time.Duration `yaml:"command_ttl"`
 		ResendAfter time.Duration `yaml:"resend_after"`
 	} `yaml:"rollouts"`
+	// Alerts are the webhooks (docs/CONFIG.md, docs/MONITORING.md).
+	Alerts alerts.Config `yaml:"alerts"`
 }
 
 func loadFleetConfig(path string) (*fleetConfig, error) {
@@ -81,6 +84,9 @@ func loadFleetConfig(path string) (*fleetConfig, error) {
 	}
 	if err := yamlconf.Decode(path, b, cfg); err != nil {
 		return nil, err
+	}
+	if err := cfg.Alerts.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return cfg, nil
 }
@@ -142,7 +148,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Fleet: cfg.Fleet, DataDir: cfg.DataDir, Store: cfg.Store, Keys: cfg.Keys, Broker: cfg.Broker, Brokers: cfg.Brokers, ListenMQTT: cfg.ListenMQTT, Admin: cfg.Admin,
 		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
 		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
-		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, ReplicaID: cfg.ReplicaID, LeaseTTL: cfg.LeaseTTL, Logger: log,
+		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, ReplicaID: cfg.ReplicaID, LeaseTTL: cfg.LeaseTTL, Alerts: cfg.Alerts, Logger: log,
 	}
 	if cfg.MQTT.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.MQTT.TLSCert, cfg.MQTT.TLSKey)

@@ -63,6 +63,11 @@ type Options struct {
 	Disconnect Disconnecter
 	// Stats, if set, is served at GET /v1/stats.
 	Stats func() any
+	// Alerts, if set, lists the webhook outbox at GET /v1/alerts/deliveries.
+	Alerts Deliveries
+	// Metrics, if set, is served at GET /metrics (Prometheus text format;
+	// a viewer token, like every GET).
+	Metrics http.Handler
 	// TLS, if set, serves the API over TLS (its Certificates).
 	TLS *tls.Config
 	// FailedAuthBurst failed authentications are let through (401) per
@@ -234,6 +239,15 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/tokens", s.listTokens)
 	s.mux.HandleFunc("DELETE /v1/tokens/{id}", s.revokeToken)
 	s.mux.HandleFunc("GET /v1/audit", s.getAudit)
+	s.mux.HandleFunc("GET /v1/alerts/deliveries", s.alertDeliveries)
+	s.mux.HandleFunc("GET /v1/models/{name}/metrics", s.modelMetrics)
+	s.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		if s.opts.Metrics == nil {
+			writeError(w, http.StatusNotFound, errors.New("no metrics"))
+			return
+		}
+		s.opts.Metrics.ServeHTTP(w, r)
+	})
 	s.mux.HandleFunc("GET /v1/stats", func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.Stats == nil {
 			writeError(w, http.StatusNotFound, errors.New("no stats"))

@@ -210,9 +210,8 @@ func (b *Broker) URL() string {
 
 // Run serves until ctx is cancelled, then closes every connection.
 func (b *Broker) Run(ctx context.Context) error {
-	if err := b.srv.Serve(); err != nil {
-		return fmt.Errorf("broker: serve: %w", err)
-	}
+	// The warnings come before the first client can connect: whoever
+	// reads the log (or waits for the listener) sees them first.
 	switch {
 	case b.opts.Open:
 		b.log.Warn("mqtt broker is OPEN: any client may connect and use any topic (insecure, for demos on loopback only)", "addr", b.Addr())
@@ -221,6 +220,9 @@ func (b *Broker) Run(ctx context.Context) error {
 	}
 	if len(b.opts.Users) > 0 {
 		b.log.Warn("mqtt.users holds plain passwords in fleet.yaml: enrol the devices (outpost-fleet devices enroll NAME) and remove it", "users", len(b.opts.Users))
+	}
+	if err := b.srv.Serve(); err != nil {
+		return fmt.Errorf("broker: serve: %w", err)
 	}
 	b.log.Info("mqtt broker listening", "addr", b.Addr(), "tls", b.opts.TLS != nil, "locked", b.auth.locked())
 	<-ctx.Done()

@@ -123,18 +123,6 @@ func TestSlowSubscriber(t *testing.T) {
 		{"flow control off", -1, 0, 0, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if tc.drop {
-				// Fixed: the takeover window (flow.go) lost ~800 messages per
-				// takeover (278 of 20,000 received); no longer. Left: in 2 of
-				// 6 runs of -count=3 on a loaded machine, runs with 5 and 9
-				// subscriber reconnections lost exactly 1 acknowledged
-				// message, Carried 0, so not the window flow closes; runs
-				// with 1 reconnection (the idle machine) lose none. Which
-				// message and where it went: SlowResult.Missing with a hook
-				// that records each message's OnQosPublish/Complete/Dropped
-				// per connection (not yet caught failing).
-				t.Skip("1 acknowledged message lost in some runs with several takeovers; see the comment above")
-			}
 			b := run(t, Options{MaxPending: tc.maxPending, MaxStall: tc.maxStall})
 			held := func(acked int) bool { return b.Stats().Stalled > 0 }
 			if tc.maxStall > 0 {
@@ -146,8 +134,8 @@ func TestSlowSubscriber(t *testing.T) {
 			res := testbroker.SlowSubscriber(t, b.URL(), testbroker.SlowOptions{Publishers: 4, Messages: 5000, Held: held,
 				KeepAlive: tc.keepAlive, Drop: tc.drop})
 			st := b.Stats()
-			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates, %d publishes retried, %d subscriber reconnections; held after %v, done after %v; broker: %+v",
-				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.Retried, res.Reconnects, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
+			t.Logf("%d messages (%d bytes each) to a subscriber that stopped reading: %d acknowledged, %d received, %d lost, %d duplicates, %d out of order, %d publishes retried, %d subscriber reconnections; held after %v, done after %v; broker: %+v",
+				res.Sent, 200, res.Acked, res.Received, res.Lost(), res.Duplicates, res.OutOfOrder, res.Retried, res.Reconnects, res.Held.Round(time.Millisecond), res.Elapsed.Round(time.Millisecond), st)
 			if tc.maxPending < 0 {
 				if res.Lost() == 0 || st.Dropped == 0 {
 					t.Fatalf("without flow control nothing was lost (lost %d, broker dropped %d): the run no longer exceeds mochi's bounds", res.Lost(), st.Dropped)
@@ -155,7 +143,10 @@ func TestSlowSubscriber(t *testing.T) {
 				return
 			}
 			if res.Lost() != 0 || res.Acked != res.Sent {
-				t.Errorf("got %d of %d acknowledged messages at the subscriber, want all %d sent", res.Received, res.Acked, res.Sent)
+				t.Errorf("got %d of %d acknowledged messages at the subscriber, want all %d sent (first missing, publisher<<32|index: %x)", res.Received, res.Acked, res.Sent, res.Missing)
+			}
+			if res.OutOfOrder != 0 {
+				t.Errorf("%d messages arrived after a later one of their publisher, want 0: a session's messages go in order, resends first", res.OutOfOrder)
 			}
 			if st.Dropped != 0 {
 				t.Errorf("broker dropped %d messages, want 0", st.Dropped)

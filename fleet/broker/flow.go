@@ -1,7 +1,9 @@
 package broker
 
 import (
+	"cmp"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,9 +44,16 @@ import (
 // OnQosDropped at a time, wakes the publishers waiting here right into the
 // window (measured: about 800 messages lost per takeover with a 4096 bound).
 // So from OnSessionEstablish to OnSessionEstablished no publish is admitted
-// for that id; in OnSessionEstablished, once the publishes admitted earlier
-// have been handed over, whatever they left in the old connection moves to
-// the new one (new packet ids, sent at once, before anything newer).
+// for that id. A publish admitted earlier and still on its way is a hazard
+// too: landing in the old connection after mochi copied its inflight and
+// before mochi cleared it, it is dropped with the clearing (seen: a few
+// acknowledged messages lost in runs with several takeovers on a loaded
+// machine). So OnSessionEstablish, which runs just before the copy, waits
+// until those publishes have been handed over: they are in the old inflight
+// and copied with it. Whatever still lands in the old connection after the
+// copy (a publish that outlasted that wait) moves to the new one in
+// OnSessionEstablished (new packet ids, sent at once, before anything
+// newer).
 type flow struct {
 	mochi.HookBase
 	srv      *mochi.Server
@@ -61,6 +70,13 @@ type flow struct {
 	joining  map[string]*mochi.Client   // subscriber id -> the connection taking its session over
 	sweep    map[string][]*mochi.Client // subscriber id -> earlier connections, leftovers not yet carried
 	handed   chan struct{}              // closed (and replaced) when reservations are released
+	// order numbers each QoS 1 and 2 message in a session's inflight in
+	// the order it was handed over (session id -> packet id -> number), and
+	// moving holds a session's messages taken out of a connection being
+	// taken over, until its successor sends them in that order.
+	order  map[string]map[uint16]uint64
+	next   uint64
+	moving map[string][]packets.Packet
 
 	stalls      atomic.Uint64 // publishes that had to wait
 	disconnects atomic.Uint64 // publishers disconnected after maxStall
@@ -77,14 +93,15 @@ var errStalled = errors.New("broker: a subscriber of this topic is too far behin
 func newFlow(limit int, maxStall time.Duration) *flow {
 	return &flow{limit: limit, maxStall: maxStall, grace: offlineGrace, closed: make(chan struct{}),
 		reserved: map[string]int{}, held: map[string][]string{}, room: make(chan struct{}),
-		joining: map[string]*mochi.Client{}, sweep: map[string][]*mochi.Client{}, handed: make(chan struct{})}
+		joining: map[string]*mochi.Client{}, sweep: map[string][]*mochi.Client{}, handed: make(chan struct{}),
+		order: map[string]map[uint16]uint64{}, moving: map[string][]packets.Packet{}}
 }
 
 func (*flow) ID() string { return "outpost-flow" }
 
 func (*flow) Provides(b byte) bool {
 	switch b {
-	case mochi.OnPublish, mochi.OnPublished, mochi.OnQosComplete, mochi.OnQosDropped,
+	case mochi.OnPublish, mochi.OnPublished, mochi.OnQosPublish, mochi.OnQosComplete, mochi.OnQosDropped,
 		mochi.OnDisconnect, mochi.OnClientExpired, mochi.OnStopped,
 		mochi.OnSessionEstablish, mochi.OnSessionEstablished:
 		return true
@@ -180,7 +197,7 @@ func (f *flow) admit(publisher, topic string) ([]string, bool) {
 		if sub.Closed() && sub.StopTime() > 0 && time.Since(time.Unix(sub.StopTime(), 0)) > f.grace {
 			continue
 		}
-		if sub.State.Inflight.Len()+f.reserved[id] >= f.limit {
+		if sub.State.Inflight.Len()+len(f.moving[id])+f.reserved[id] >= f.limit {
 			return nil, false
 		}
 		subs = append(subs, id)
@@ -214,10 +231,14 @@ func (f *flow) release(publisher string) {
 const handOverWait = 5 * time.Second
 
 // OnSessionEstablish: cl is connecting and may take a session over; no
-// publish is admitted for its id until OnSessionEstablished. The connection
-// listed under the id now joins those whose leftovers the next established
-// takeover carries over (a takeover can itself be taken over, or fail,
-// before it is established). See flow.
+// publish is admitted for its id until OnSessionEstablished. Before mochi
+// copies the session (right after this hook returns), the publishes
+// admitted earlier are handed over: one still on its way could otherwise
+// land in the old connection between the copy and mochi clearing it, and
+// be dropped with the clearing. The connection listed under the id joins
+// those whose leftovers the next established takeover carries over (a
+// takeover can itself be taken over, or fail, before it is established).
+// See flow.
 func (f *flow) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
 	if cl.Net.Inline {
 		return
@@ -228,23 +249,39 @@ func (f *flow) OnSessionEstablish(cl *mochi.Client, _ packets.Packet) {
 	f.joining[cl.ID] = cl
 	// As mochi decides whether the session is inherited.
 	inherits := old != nil && !cl.Properties.Clean && !(old.Properties.Clean && old.Properties.ProtocolVersion < 5)
-	if inherits && !slices.Contains(f.sweep[cl.ID], old) {
-		f.sweep[cl.ID] = append(f.sweep[cl.ID], old)
-	}
-}
-
-// OnSessionEstablished: cl is listed under its id with the session's
-// messages. Once the publishes admitted before the takeover have been
-// handed over, what they left in the earlier connections moves to cl; then
-// publishes for cl may go on.
-func (f *flow) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
-	f.mu.Lock()
-	if f.joining[cl.ID] != cl {
-		f.mu.Unlock() // taken over in turn, or closed: the next one carries
+	if !inherits {
 		return
 	}
+	if !slices.Contains(f.sweep[cl.ID], old) {
+		f.sweep[cl.ID] = append(f.sweep[cl.ID], old)
+	}
+	f.awaitHandOver(cl.ID)
+	// mochi would copy the inflight and resend it sorted by the low 16 bits
+	// of each message's creation time in seconds (v2.7.9, Inflight.GetAll),
+	// which within a second is no order at all: a message could reach the
+	// subscriber after newer ones. Take the messages out instead; the
+	// successor sends them in order in OnSessionEstablished.
+	f.moving[cl.ID] = append(f.moving[cl.ID], takeInflight(old)...)
+}
+
+// takeInflight removes old's QoS 1 and 2 publishes from its inflight and
+// returns them.
+func takeInflight(old *mochi.Client) []packets.Packet {
+	var out []packets.Packet
+	for _, pk := range old.State.Inflight.GetAll(false) {
+		if pk.FixedHeader.Type == packets.Publish && old.State.Inflight.Delete(pk.PacketID) {
+			out = append(out, pk)
+		}
+	}
+	return out
+}
+
+// awaitHandOver waits, f.mu held (and released while waiting), until the
+// publishes admitted for subscriber id have been handed over to mochi, at
+// most handOverWait.
+func (f *flow) awaitHandOver(id string) {
 	deadline := time.Now().Add(handOverWait)
-	for f.reserved[cl.ID] > 0 && time.Now().Before(deadline) && !isClosed(f.closed) {
+	for f.reserved[id] > 0 && time.Now().Before(deadline) && !isClosed(f.closed) {
 		handed := f.handed
 		f.mu.Unlock()
 		t := time.NewTimer(time.Until(deadline))
@@ -256,14 +293,31 @@ func (f *flow) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 		t.Stop()
 		f.mu.Lock()
 	}
+}
+
+// OnSessionEstablished: cl is listed under its id with the session's
+// messages. What publishes admitted before the takeover left in the earlier
+// connections (normally nothing since OnSessionEstablish waits for them;
+// one that outlasted that wait) moves to cl; then publishes for cl may go
+// on.
+func (f *flow) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
+	f.mu.Lock()
+	if f.joining[cl.ID] != cl {
+		f.mu.Unlock() // taken over in turn, or closed: the next one carries
+		return
+	}
+	f.awaitHandOver(cl.ID)
 	olds := f.sweep[cl.ID]
 	delete(f.sweep, cl.ID)
+	pks := f.moving[cl.ID]
+	delete(f.moving, cl.ID)
 	f.mu.Unlock()
 	for _, old := range olds {
 		if old != cl {
-			f.carry(old, cl)
+			pks = append(pks, takeInflight(old)...)
 		}
 	}
+	f.resend(cl, pks)
 	f.mu.Lock()
 	if f.joining[cl.ID] == cl {
 		delete(f.joining, cl.ID)
@@ -272,21 +326,78 @@ func (f *flow) OnSessionEstablished(cl *mochi.Client, _ packets.Packet) {
 	f.wake()
 }
 
-// carry moves the QoS 1 and 2 publishes left in the inflight of old, a
-// connection whose session cl took over, to cl, and sends them.
-func (f *flow) carry(old, cl *mochi.Client) {
-	for _, pk := range old.State.Inflight.GetAll(false) {
-		if pk.FixedHeader.Type != packets.Publish || !old.State.Inflight.Delete(pk.PacketID) {
-			continue
+// resend gives pks, messages taken from the connections cl took over, to
+// cl in the order they were first handed over, under new packet ids, and
+// sends them, before anything newer can be admitted for cl.
+func (f *flow) resend(cl *mochi.Client, pks []packets.Packet) {
+	if len(pks) == 0 {
+		return
+	}
+	type ranked struct {
+		pk   packets.Packet
+		rank uint64
+	}
+	rs := make([]ranked, len(pks))
+	f.mu.Lock()
+	seen := f.order[cl.ID]
+	for i, pk := range pks {
+		n, ok := seen[pk.PacketID]
+		if !ok {
+			n = ^uint64(0) // unknown: after the known ones, in the order given
 		}
+		rs[i] = ranked{pk, n}
+	}
+	delete(f.order, cl.ID) // the session's inflight is empty: numbered anew below
+	f.mu.Unlock()
+	slices.SortStableFunc(rs, func(a, b ranked) int { return cmp.Compare(a.rank, b.rank) })
+	var failed error
+	for _, r := range rs {
+		pk := r.pk
 		id, err := cl.NextPacketID()
 		if err != nil {
 			continue // mochi counts this as dropped too
 		}
 		pk.PacketID = uint16(id)
+		pk.FixedHeader.Dup = true
 		cl.State.Inflight.Set(pk)
+		f.number(cl.ID, pk.PacketID)
 		f.carried.Add(1)
-		_ = cl.WritePacket(pk) // a failed write is resent on the next takeover
+		if failed == nil {
+			failed = cl.WritePacket(pk)
+		}
+	}
+	if failed != nil {
+		// A write that failed (its deadline passed while the subscriber
+		// was slow) must not be overtaken by newer messages on this
+		// connection, which a later write could send once mochi refreshes
+		// the deadline: close it, and the next takeover sends everything
+		// from the first unsent message on, in order.
+		cl.Stop(fmt.Errorf("broker: resending to a taken-over session: %w", failed))
+	}
+}
+
+// number records that the message with packet id is the session's newest.
+func (f *flow) number(session string, id uint16) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	m := f.order[session]
+	if m == nil {
+		m = map[uint16]uint64{}
+		f.order[session] = m
+	}
+	f.next++
+	m[id] = f.next
+}
+
+// forget drops the number of a message that left the session's inflight.
+func (f *flow) forget(session string, id uint16) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if m := f.order[session]; m != nil {
+		delete(m, id)
+		if len(m) == 0 {
+			delete(f.order, session)
+		}
 	}
 }
 
@@ -307,10 +418,20 @@ func (f *flow) OnPublished(cl *mochi.Client, pk packets.Packet) {
 	}
 }
 
+// OnQosPublish numbers a message handed to a subscriber's inflight (a
+// resend by mochi keeps its number).
+func (f *flow) OnQosPublish(cl *mochi.Client, pk packets.Packet, _ int64, resends int) {
+	if pk.FixedHeader.Type != packets.Publish || cl.Net.Inline || resends > 0 || pk.FixedHeader.Dup {
+		return
+	}
+	f.number(cl.ID, pk.PacketID)
+}
+
 // OnQosComplete wakes the waiting publishers once a client's outstanding
 // messages fall an eighth below the bound, rather than at every PUBACK: the
 // waiters then find room for a batch of publishes at once.
-func (f *flow) OnQosComplete(cl *mochi.Client, _ packets.Packet) {
+func (f *flow) OnQosComplete(cl *mochi.Client, pk packets.Packet) {
+	f.forget(cl.ID, pk.PacketID)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.waiting > 0 && cl.State.Inflight.Len()+f.reserved[cl.ID] <= f.limit-f.limit/8 {
@@ -319,7 +440,10 @@ func (f *flow) OnQosComplete(cl *mochi.Client, _ packets.Packet) {
 	}
 }
 
-func (f *flow) OnQosDropped(*mochi.Client, packets.Packet) { f.wake() }
+func (f *flow) OnQosDropped(cl *mochi.Client, pk packets.Packet) {
+	f.forget(cl.ID, pk.PacketID)
+	f.wake()
+}
 
 func (f *flow) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
 	f.mu.Lock()
@@ -334,6 +458,8 @@ func (f *flow) OnDisconnect(cl *mochi.Client, _ error, _ bool) {
 func (f *flow) OnClientExpired(cl *mochi.Client) {
 	f.mu.Lock()
 	delete(f.sweep, cl.ID)
+	delete(f.moving, cl.ID)
+	delete(f.order, cl.ID)
 	f.mu.Unlock()
 	f.wake()
 }

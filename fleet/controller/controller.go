@@ -22,6 +22,7 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/artifacts"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/keyring"
@@ -97,7 +98,9 @@ type Options struct {
 	// the leader dies. Only the PostgreSQL store has a lease: on the
 	// embedded store the one process runs the engine.
 	LeaseTTL time.Duration
-	Logger   *slog.Logger
+	// Alerts are the webhooks and their settings (fleet.yaml's alerts).
+	Alerts alerts.Config
+	Logger *slog.Logger
 }
 
 // Controller is a running fleet controller.
@@ -116,6 +119,7 @@ type Controller struct {
 	eng    *rollout.Engine
 	leader atomic.Pointer[rollout.Engine] // nil while this replica does not hold the lease
 	adm    *admin.Server
+	alerts *alerts.Outbox
 
 	urls []string // the brokers, in the order tried
 
@@ -201,6 +205,10 @@ func New(opts Options) (*Controller, error) {
 		BytesPerSecond: opts.BytesPerSecond, Logger: opts.Logger.With("component", "artifacts")}); err != nil {
 		return fail(err)
 	}
+	if c.alerts, err = alerts.New(alerts.Options{Registry: c.reg, Fleet: opts.Fleet, Config: opts.Alerts, ReplicaID: opts.ReplicaID,
+		LeaseTTL: opts.LeaseTTL, Logger: opts.Logger.With("component", "alerts")}); err != nil {
+		return fail(err)
+	}
 	if c.eng, err = c.newEngine(c.reg); err != nil {
 		return fail(err)
 	}
@@ -209,8 +217,10 @@ func New(opts Options) (*Controller, error) {
 		disc = c.brk
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
-		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS,
-		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin")}); err != nil {
+		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS, Alerts: c.alerts,
+		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin"),
+		// Drift scores (outpost_fleet_drift_psi) come with drift detection (issue #12 part 6).
+		Metrics: c.metricsHandler(nil)}); err != nil {
 		return fail(err)
 	}
 	return c, nil
@@ -241,6 +251,10 @@ func (c *Controller) Registry() *registry.Registry { return c.reg }
 
 // Engine is the rollout engine.
 func (c *Controller) Engine() *rollout.Engine { return c.eng }
+
+// Alerts is the webhook outbox: drift detection and audit ingest emit
+// their events through it.
+func (c *Controller) Alerts() *alerts.Outbox { return c.alerts }
 
 // Stats are the controller's counters.
 type Stats struct {
@@ -323,6 +337,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		run("rollout", c.eng.Run)
 	}
 	run("admin", c.adm.Run)
+	run("alerts", c.alerts.Run)
 	<-ctx.Done()
 	wg.Wait()
 	c.mu.Lock()
@@ -657,7 +672,9 @@ func (c *Controller) onState(device string, payload []byte) {
 		return
 	}
 	now := time.Now().UTC()
-	if _, err := c.reg.UpdateDevice(device, func(d *registry.Device) {
+	var changed bool
+	d, err := c.reg.UpdateDevice(device, func(d *registry.Device) {
+		changed = online != d.Online
 		// A device says "online" after every connection, and a new
 		// connection may have lost whatever the broker held for it (a
 		// restarted embedded broker keeps no sessions): OnlineSince is
@@ -667,9 +684,13 @@ func (c *Controller) onState(device string, payload []byte) {
 			d.OnlineSince = now
 		}
 		d.Online, d.LastSeen = online, now
-	}); err != nil {
+	})
+	if err != nil {
 		c.log.Warn("state", "device", device, "err", err)
 		return
+	}
+	if changed {
+		c.alertState(device, online, d)
 	}
 	c.log.Debug("device "+string(payload), "device", device)
 	c.deviceChanged(device)
@@ -753,4 +774,21 @@ func (k catalog) Artifact(sha string) (artifacts.Artifact, error) {
 		return artifacts.Artifact{}, err
 	}
 	return artifacts.Artifact{Path: path, Length: m.Length, ChunkSize: m.ChunkSize}, nil
+}
+
+// alertState is called when device went offline or came back (only on
+// the change, so a retained "offline" seen again after a reconnect, or by
+// a second replica, sends nothing). Going offline emits device_offline,
+// held for the offline grace; coming back within the grace withdraws it.
+func (c *Controller) alertState(device string, online bool, d *registry.Device) {
+	ctx := context.Background()
+	if online {
+		if _, err := c.alerts.Cancel(ctx, alerts.DeviceOffline, device); err != nil {
+			c.log.Warn("device online alert", "device", device, "err", err)
+		}
+		return
+	}
+	if err := c.alerts.Emit(ctx, alerts.DeviceOfflineEvent(device, d.LastSeen, c.alerts.OfflineGrace(), d.Labels)); err != nil {
+		c.log.Warn("device offline alert", "device", device, "err", err)
+	}
 }

@@ -252,13 +252,37 @@ func (f *fleet) waitDevices(n int) {
 // waitRollout waits for a rollout to reach state.
 func (f *fleet) waitRollout(id string, state registry.RolloutState, wait time.Duration) {
 	f.t.Helper()
-	eventually(f.t, wait, "rollout "+string(state), func() (bool, string) {
+	whileProgress(f.t, wait, "rollout "+string(state), func() (bool, string) {
 		rep, err := f.c.Engine().Status(id)
 		if err != nil {
 			return false, err.Error()
 		}
-		return rep.State == state, fmt.Sprintf("state %s wave %d %+v", rep.State, rep.Wave, rep.Waves)
+		return rep.State == state, fmt.Sprintf("state %s wave %d %+v, %d bytes moved", rep.State, rep.Wave, rep.Waves, rep.BytesMoved)
 	})
+}
+
+// whileProgress waits for cond like eventually, as long as the rollout
+// moves: it fails when cond's message (the progress it reports) stayed the
+// same for stall, or after 4 stalls in all. A loaded machine (make
+// test-stress) slows a rollout down without stopping it; a fixed budget
+// fails those runs, a stall limit only the stuck ones.
+func whileProgress(t testing.TB, stall time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	start, changed, last := time.Now(), time.Now(), ""
+	for {
+		ok, msg := cond()
+		if ok {
+			return
+		}
+		now := time.Now()
+		if msg != last {
+			last, changed = msg, now
+		}
+		if now.Sub(changed) > stall || now.Sub(start) > 4*stall {
+			t.Fatalf("waiting for %s: no progress for %s (%s in all): %s", what, now.Sub(changed).Round(time.Millisecond), now.Sub(start).Round(time.Millisecond), last)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // waitSteps waits until the rollout engine has completed n more passes.

@@ -69,6 +69,10 @@ var (
 	ErrSchemaTooNew = errors.New("registry: store schema newer than this build")
 	// ErrNotEmbedded: the operation needs the embedded (SQLite) store.
 	ErrNotEmbedded = errors.New("registry: not the embedded store")
+	// ErrInvalidQuery: a query is malformed (a metrics step that is not
+	// whole minutes, a range that ends before it starts or has too many
+	// steps).
+	ErrInvalidQuery = errors.New("registry: invalid query")
 )
 
 // StoreFile is the embedded store's file name inside the data directory.

@@ -441,6 +441,9 @@ func (e *Engine) reconcile(ctx context.Context) error {
 			t.budget, t.refilled = prev.ros[ro.ID].budget, prev.ros[ro.ID].refilled
 		}
 		x.ros[ro.ID] = t
+		if prev == nil && ro.State == registry.RolloutHalted && e.opts.Now().Sub(ro.Finished) < realertWithin {
+			e.alertHalted(ro)
+		}
 		if ro.State.Active() {
 			err = e.stepActive(ctx, t, nil, true)
 		} else {

@@ -41,6 +41,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/protocol"
 )
@@ -59,6 +60,13 @@ var (
 // safe for concurrent use; an error means the command may not have left.
 type Sender interface {
 	Send(ctx context.Context, cmd *protocol.Command) error
+}
+
+// Alerter stores an event for the webhooks (*alerts.Outbox). Emit must be
+// safe for concurrent use, durable when it returns nil, and deliver one
+// event ID once however often it is emitted.
+type Alerter interface {
+	Emit(ctx context.Context, ev alerts.Event) error
 }
 
 // Options for New. Registry, Sender and Fleet are required.
@@ -80,6 +88,8 @@ type Options struct {
 	// minute and ResendAfter/2.
 	Reconcile time.Duration
 	Logger    *slog.Logger
+	// Alerts, if set, is told of every rollout that halts.
+	Alerts Alerter
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 }
@@ -310,7 +320,7 @@ func (e *Engine) transition(id string, to registry.RolloutState, from ...registr
 
 // finish moves an active rollout to a final state, recording d if set.
 func (e *Engine) finish(id string, to registry.RolloutState, reason string, d *registry.Decision) error {
-	_, err := e.reg.UpdateRollout(id, func(ro *registry.Rollout) error {
+	ro, err := e.reg.UpdateRollout(id, func(ro *registry.Rollout) error {
 		if !ro.State.Active() {
 			return fmt.Errorf("%w: %s is already %s", ErrState, id, ro.State)
 		}
@@ -323,8 +333,26 @@ func (e *Engine) finish(id string, to registry.RolloutState, reason string, d *r
 	})
 	if err == nil {
 		e.log.Warn("rollout "+string(to), "rollout", id, "reason", reason)
+		if to == registry.RolloutHalted {
+			e.alertHalted(ro)
+		}
 	}
 	return err
+}
+
+// realertWithin: at the start of an engine, halts younger than this are
+// emitted again, in case the process died between a halt and its event
+// (the event's id makes a repeat a no-op while the outbox keeps its row).
+const realertWithin = time.Hour
+
+// alertHalted emits ro's halt to the webhooks.
+func (e *Engine) alertHalted(ro *registry.Rollout) {
+	if e.opts.Alerts == nil {
+		return
+	}
+	if err := e.opts.Alerts.Emit(context.Background(), alerts.RolloutHaltedEvent(ro)); err != nil {
+		e.log.Warn("rollout halt alert", "rollout", ro.ID, "err", err)
+	}
 }
 
 // Kick makes Run step soon.

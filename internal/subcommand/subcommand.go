@@ -116,7 +116,10 @@ func (p *Program) Dispatch(ctx context.Context, args []string, stdout, stderr io
 			fmt.Fprintf(stderr, "%s %s: %v\n", p.Name, c.Name, err)
 			return 2
 		default:
-			fmt.Fprintf(stderr, "%s %s: %v\n", p.Name, c.Name, err)
+			// Errors of the package a command is named after start with
+			// its name ("batch: ..."): said once after "outpost-agent batch: ".
+			msg := strings.TrimPrefix(err.Error(), c.Name+": ")
+			fmt.Fprintf(stderr, "%s %s: %s\n", p.Name, c.Name, msg)
 			return 1
 		}
 	}

@@ -34,6 +34,7 @@ func TestDispatch(t *testing.T) {
 		cmd("keys init", UsageError("--dir is required")),
 		cmd("broken", errors.New("disk on fire")),
 		cmd("stopped", fmt.Errorf("serve: %w", context.Canceled)),
+		cmd("batch", errors.New("batch: no such model")),
 		flags,
 	}}
 	for _, tc := range []struct {
@@ -56,6 +57,8 @@ func TestDispatch(t *testing.T) {
 		{args: []string{"keys", "destroy", "now"}, code: 2, err: `prog: unknown command "keys destroy"`},
 		{args: []string{"broken"}, code: 1, ran: []string{"broken"}, err: "prog broken: disk on fire\n"},
 		{args: []string{"stopped"}, code: 0, ran: []string{"stopped"}},
+		// The command's name said once, not "prog batch: batch: ...".
+		{args: []string{"batch"}, code: 1, ran: []string{"batch"}, err: "prog batch: no such model\n"},
 		{args: []string{"keys", "rotate", "a", "--dir", "d", "b"}, code: 0, out: "d [a b]\n"},
 		{args: []string{"keys", "rotate", "--nope"}, code: 2, err: "prog keys rotate: flag provided but not defined: -nope (see prog keys rotate -h)\n"},
 		{args: []string{"keys", "rotate", "--dir"}, code: 2, err: "flag needs an argument: -dir"},

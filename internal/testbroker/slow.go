@@ -44,9 +44,13 @@ type SlowResult struct {
 	Retried     int // publishes that failed and were made again
 	Received    int // distinct messages the subscriber got
 	Duplicates  int
-	Held        time.Duration // from the first publish until Held was true
-	Reconnects  int           // subscriber connections after the first
-	Elapsed     time.Duration // from the first publish until the end marker arrived
+	// OutOfOrder counts messages that arrived, for the first time, after a
+	// later message of the same publisher: a broker that keeps a session's
+	// order (resends first, in order) has none.
+	OutOfOrder int
+	Held       time.Duration // from the first publish until Held was true
+	Reconnects int           // subscriber connections after the first
+	Elapsed    time.Duration // from the first publish until the end marker arrived
 	// Missing lists up to 20 messages that never arrived, as publisher<<32
 	// | index, the first 8 bytes of their payload.
 	Missing []uint64
@@ -89,6 +93,8 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 		seen     = make([]bool, o.Publishers*o.Messages)
 		received int
 		dups     int
+		newest   = make([]int, o.Publishers) // per publisher: highest index seen + 1
+		reorders int
 		markers  = map[int]bool{}
 	)
 	gate := make(chan struct{})
@@ -115,6 +121,11 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 		}
 		seen[i] = true
 		received++
+		if k := int(n & 0xffffffff); k < newest[n>>32] {
+			reorders++
+		} else {
+			newest[n>>32] = k + 1
+		}
 	}
 	subscribed := make(chan struct{})
 	var once sync.Once
@@ -302,7 +313,7 @@ func SlowSubscriber(t testing.TB, url string, o SlowOptions) SlowResult {
 	}
 	res.Elapsed = time.Since(start)
 	mu.Lock()
-	res.Received, res.Duplicates = received, dups
+	res.Received, res.Duplicates, res.OutOfOrder = received, dups, reorders
 	for i, ok := range seen {
 		if !ok && len(res.Missing) < 20 {
 			res.Missing = append(res.Missing, uint64(i/o.Messages)<<32|uint64(i%o.Messages))

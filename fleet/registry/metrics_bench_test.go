@@ -1,0 +1,111 @@
+package registry_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/registry/metricstest"
+)
+
+// BenchmarkMetricsQuery is issue #12's query figure: a 24-hour metrics
+// query over 1,000 devices answers within 200 ms on the embedded store.
+// It seeds 24 hours of minute aggregates from 1,000 devices (two versions,
+// 500 devices each: 1.44 million device minute buckets, their hour
+// buckets and the fleet's rows, as the ingest keeps them) into a SQLite
+// store, then times the queries the console and the CLI make: fleet-wide
+// and for one device, at the default step for 24 hours (1h, hour buckets)
+// and at 1m (1,440 points from minute buckets). It reports ms/query and
+// cpu-ms/query (the process's CPU time, which a loaded machine does not
+// inflate);
+// seeding is not timed (and takes a while: OUTPOST_BENCH_DEVICES makes the
+// fleet smaller for a quick look).
+func BenchmarkMetricsQuery(b *testing.B) {
+	devices := 1000
+	if n, err := fmt.Sscan(os.Getenv("OUTPOST_BENCH_DEVICES"), &devices); n != 1 || err != nil {
+		devices = 1000
+	}
+	dir := b.TempDir()
+	r, err := registry.Open(dir, registry.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	store := filepath.Join(dir, registry.StoreFile)
+	end := time.Now().Truncate(time.Hour)
+	start := end.Add(-24 * time.Hour)
+	seeded := time.Now()
+	var rows metricstest.Rows
+	for d := range devices {
+		dev, ver := fmt.Sprintf("gw-%04d", d), "1"
+		if d >= devices/2 {
+			ver = "2"
+		}
+		for m := range 24 * 60 {
+			rows.Add(metricstest.Aggregate{Model: "face", Version: ver, Device: dev, Start: start.Add(time.Duration(m) * time.Minute),
+				Requests: 60, Errors: uint64(m % 2), ErrorsByCode: map[string]uint64{"overload": uint64(m % 2)},
+				Latency: registry.LatencyHistogram{BoundsMicros: []uint64{500, 1000, 2000, 5000, 10000, 20000, 50000, 100000},
+					Counts: []uint64{5, 20, 20, 10, 3, 1, 1, 0, 0}, SumMicros: 60 * 1800}})
+		}
+		if d%20 == 19 {
+			if err := rows.WriteDevices(store); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	if err := rows.WriteDevices(store); err != nil {
+		b.Fatal(err)
+	}
+	if err := rows.Write(store); err != nil {
+		b.Fatal(err)
+	}
+	b.Logf("seeded %d devices x 24 h of minute buckets in %s", devices, time.Since(seeded).Round(time.Second))
+
+	for _, tc := range []struct {
+		name   string
+		device string
+		step   time.Duration
+	}{
+		{"fleet/step=1h", "", time.Hour},
+		{"fleet/step=1m", "", time.Minute},
+		{"device/step=1h", "gw-0007", time.Hour},
+		{"device/step=1m", "gw-0007", time.Minute},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			q := registry.MetricsQuery{Model: "face", Device: tc.device, Since: start, Until: end, Step: tc.step}
+			want := uint64(devices) * 24 * 60 * 60
+			if tc.device != "" {
+				want = 24 * 60 * 60
+			}
+			t0, c0 := time.Now(), cpuTime(b)
+			for i := 0; i < b.N; i++ {
+				m, err := r.Metrics(q)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if m.Totals.Requests != want {
+					b.Fatalf("got %d requests, want %d", m.Totals.Requests, want)
+				}
+			}
+			ms := float64(time.Since(t0).Microseconds()) / 1000 / float64(b.N)
+			cpu := float64((cpuTime(b) - c0).Microseconds()) / 1000 / float64(b.N)
+			b.ReportMetric(ms, "ms/query")
+			b.ReportMetric(cpu, "cpu-ms/query")
+			b.Logf("24 h over %d devices, %s: %.1f ms a query, %.1f ms of CPU (target: within 200 ms)", devices, tc.name, ms, cpu)
+		})
+	}
+}
+
+// cpuTime is the process's CPU time so far (user and system): on a loaded
+// machine the wall time of a query is mostly waiting for a core.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

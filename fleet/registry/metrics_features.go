@@ -1,0 +1,103 @@
+package registry
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// FeatureQuery selects the per-request feature histograms of one model
+// version over a range: what drift detection compares with the version's
+// reference profile (issue #12 part 6).
+type FeatureQuery struct {
+	Model, Version string
+	// Device, if set, selects one device's buckets; empty the fleet's.
+	Device string
+	// Since and Until bound the range in whole buckets: every bucket whose
+	// start is in [Since rounded down to Bucket, Until) is read.
+	Since, Until time.Time
+	// Bucket is MinuteBucket or HourBucket (0: MinuteBucket).
+	Bucket int64
+}
+
+// Features are the merged feature histograms of a range, with the
+// requests and aggregates (records) behind them.
+type Features struct {
+	Requests, Records uint64
+	// Features are merged by name (MergeFeatures), in the order first
+	// seen.
+	Features []protocol.FeatureCounts
+}
+
+// Features merges the features column of the buckets q selects. The
+// column is the JSON of []protocol.FeatureCounts (its Go field names, as
+// json.Marshal writes them), schema 5.
+func (r *Registry) Features(q FeatureQuery) (*Features, error) {
+	if q.Bucket == 0 {
+		q.Bucket = MinuteBucket
+	}
+	if q.Bucket != MinuteBucket && q.Bucket != HourBucket {
+		return nil, fmt.Errorf("%w: feature bucket %d s: want %d or %d", ErrInvalidQuery, q.Bucket, MinuteBucket, HourBucket)
+	}
+	since := q.Since.Unix() / q.Bucket * q.Bucket
+	rows, err := r.r.Query(r.q(`SELECT start, requests, records, features FROM agg_buckets
+		WHERE model = ? AND version = ? AND device = ? AND step = ? AND start >= ? AND start < ?`),
+		q.Model, q.Version, q.Device, q.Bucket, since, q.Until.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
+	}
+	defer rows.Close()
+	out := &Features{}
+	var col []byte
+	for rows.Next() {
+		var start, requests, records int64
+		if err := rows.Scan(&start, &requests, &records, &col); err != nil {
+			return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
+		}
+		var fs []protocol.FeatureCounts
+		if err := unjs(col, &fs); err != nil {
+			return nil, fmt.Errorf("registry: features %s v%s bucket %d: %w", q.Model, q.Version, start, err)
+		}
+		out.Requests += uint64(requests)
+		out.Records += uint64(records)
+		out.Features = MergeFeatures(out.Features, fs)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
+	}
+	return out, nil
+}
+
+// MergeFeatures adds add to into, feature by feature (matched by name;
+// new names appended), every field added as protocol.FeatureCounts says.
+// Counts of different lengths (a feature binned with other edges, which
+// one version's reference profile never gives) are added element by
+// element on the longer length. It returns the merged list; into's
+// slices may be reused.
+func MergeFeatures(into, add []protocol.FeatureCounts) []protocol.FeatureCounts {
+	for _, f := range add {
+		i := -1
+		for j := range into {
+			if into[j].Name == f.Name {
+				i = j
+				break
+			}
+		}
+		if i < 0 {
+			into = append(into, protocol.FeatureCounts{Name: f.Name})
+			i = len(into) - 1
+		}
+		g := &into[i]
+		for len(g.Counts) < len(f.Counts) {
+			g.Counts = append(g.Counts, 0)
+		}
+		for k, c := range f.Counts {
+			g.Counts[k] += c
+		}
+		g.NaNs += f.NaNs
+		g.Sum += f.Sum
+		g.SumSq += f.SumSq
+	}
+	return into
+}
