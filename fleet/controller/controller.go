@@ -100,6 +100,8 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Alerts are the webhooks and their settings (fleet.yaml's alerts).
 	Alerts alerts.Config
+	// Drift configures drift detection (fleet.yaml's monitoring.drift).
+	Drift  DriftOptions
 	Logger *slog.Logger
 }
 
@@ -120,6 +122,7 @@ type Controller struct {
 	leader atomic.Pointer[rollout.Engine] // nil while this replica does not hold the lease
 	adm    *admin.Server
 	alerts *alerts.Outbox
+	refs   refCache // reference profiles, for drift detection
 
 	urls []string // the brokers, in the order tried
 
@@ -220,7 +223,7 @@ func New(opts Options) (*Controller, error) {
 		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS, Alerts: c.alerts,
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin"),
 		// Drift scores (outpost_fleet_drift_psi) come with drift detection (issue #12 part 6).
-		Metrics: c.metricsHandler(nil)}); err != nil {
+		Metrics: c.metricsHandler(c.driftScores)}); err != nil {
 		return fail(err)
 	}
 	return c, nil

@@ -98,34 +98,6 @@ type Score struct {
 	Drifting bool `json:"drifting"`
 }
 
-// Merge adds the feature histograms of src into dst, by name, and returns
-// dst. Histograms of one name with a different number of bins (an agent
-// and a controller that disagree about the reference) are left out of the
-// merge and counted in the second result.
-func Merge(dst, src []protocol.FeatureCounts) ([]protocol.FeatureCounts, int) {
-	mismatched := 0
-	for _, f := range src {
-		i := indexOf(dst, f.Name)
-		if i < 0 {
-			dst = append(dst, protocol.FeatureCounts{Name: f.Name, Counts: append([]uint64(nil), f.Counts...),
-				NaNs: f.NaNs, Sum: f.Sum, SumSq: f.SumSq})
-			continue
-		}
-		d := &dst[i]
-		if len(d.Counts) != len(f.Counts) {
-			mismatched++
-			continue
-		}
-		for k, c := range f.Counts {
-			d.Counts[k] += c
-		}
-		d.NaNs += f.NaNs
-		d.Sum += f.Sum
-		d.SumSq += f.SumSq
-	}
-	return dst, mismatched
-}
-
 func indexOf(fs []protocol.FeatureCounts, name string) int {
 	for i := range fs {
 		if fs[i].Name == name {

@@ -91,17 +91,6 @@ func TestJudge(t *testing.T) {
 	assert.True(t, s.Features[2].Drifting)
 }
 
-func TestMerge(t *testing.T) {
-	a := []protocol.FeatureCounts{{Name: "x", Counts: []uint64{1, 2}, NaNs: 1, Sum: 3, SumSq: 5}}
-	b := []protocol.FeatureCounts{{Name: "x", Counts: []uint64{10, 20}, Sum: 1, SumSq: 1}, {Name: "y", Counts: []uint64{7}}, {Name: "x", Counts: []uint64{1}}}
-	got, bad := Merge(nil, a)
-	got, bad2 := Merge(got, b)
-	assert.Equal(t, 0, bad)
-	assert.Equal(t, 1, bad2)
-	assert.Equal(t, []protocol.FeatureCounts{{Name: "x", Counts: []uint64{11, 22}, NaNs: 1, Sum: 4, SumSq: 6}, {Name: "y", Counts: []uint64{7}}}, got)
-	assert.Equal(t, []uint64{1, 2}, a[0].Counts, "the source is not modified")
-}
-
 func TestNext(t *testing.T) {
 	t0 := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	at := func(i int) time.Time { return t0.Add(time.Duration(i) * time.Minute) }
