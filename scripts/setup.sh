@@ -18,6 +18,8 @@ declare -A pkgs=(
   [protoc]=protobuf-compiler
   # The controller's /metrics is tested against a real Prometheus.
   [prometheus]=prometheus
+  # The web console's browser tests drive a headless Chromium (chromedp).
+  [chromium]=chromium
 )
 missing=()
 for cmd in "${!pkgs[@]}"; do

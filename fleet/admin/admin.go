@@ -17,6 +17,7 @@ import (
 	"mime/multipart"
 	"net"
 	"net/http"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -68,6 +69,10 @@ type Options struct {
 	// Metrics, if set, is served at GET /metrics (Prometheus text format;
 	// a viewer token, like every GET).
 	Metrics http.Handler
+	// Console, if set, is served at /console/ (and / redirects there)
+	// without authentication: the web console's static assets, which
+	// call this API with the user's token.
+	Console http.Handler
 	// TLS, if set, serves the API over TLS (its Certificates).
 	TLS *tls.Config
 	// FailedAuthBurst failed authentications are let through (401) per
@@ -91,7 +96,8 @@ type Server struct {
 	handler http.Handler
 	fails   *ratelimit.PerKey
 	// locked is set once a token is known to exist: bootstrap is over.
-	locked atomic.Bool
+	locked  atomic.Bool
+	summary summaryCache // GET /v1/overview's (console.go)
 }
 
 // New opens the listener (so Addr is known before Run).
@@ -187,6 +193,13 @@ func (s *Server) Run(ctx context.Context) error {
 		errc <- srv.Serve(s.ln)
 	}()
 	s.log.Info("admin api listening", "addr", s.Addr(), "tls", s.opts.TLS != nil)
+	if s.opts.Console != nil {
+		scheme := "http"
+		if s.opts.TLS != nil {
+			scheme = "https"
+		}
+		s.log.Info("web console", "url", scheme+"://"+s.Addr()+"/console/")
+	}
 	s.logMode()
 	select {
 	case err := <-errc:
@@ -228,6 +241,9 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /v1/models", s.pushModel)
 	s.mux.HandleFunc("GET /v1/devices", s.listDevices)
 	s.mux.HandleFunc("GET /v1/devices/{id}", s.getDevice)
+	s.mux.HandleFunc("GET /v1/devices/{id}/updates", s.deviceUpdates)
+	s.mux.HandleFunc("GET /v1/overview", s.overview)
+	s.mux.HandleFunc("GET /v1/whoami", s.whoami)
 	s.mux.HandleFunc("POST /v1/devices/{id}/credential", s.enroll)
 	s.mux.HandleFunc("DELETE /v1/devices/{id}/credential", s.revoke)
 	s.mux.HandleFunc("GET /v1/rollouts", s.listRollouts)
@@ -256,6 +272,10 @@ func (s *Server) routes() {
 		}
 		writeJSON(w, http.StatusOK, s.opts.Stats())
 	})
+	if s.opts.Console != nil {
+		s.mux.Handle("GET /console/", s.opts.Console)
+		s.mux.Handle("GET /{$}", http.RedirectHandler("/console/", http.StatusFound))
+	}
 }
 
 // ModelInfo is a model version as the API lists it (without the release
@@ -336,6 +356,10 @@ func (s *Server) pushModel(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listDevices(w http.ResponseWriter, r *http.Request) {
+	if paged(r) {
+		s.listDevicesPage(w, r)
+		return
+	}
 	ds, err := s.opts.Registry.Devices()
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
@@ -445,7 +469,11 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) listRollouts(w http.ResponseWriter, r *http.Request) {
-	ros, err := s.opts.Registry.Rollouts()
+	ros, err := s.rolloutsFor(r)
+	if errors.Is(err, registry.ErrInvalidQuery) {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
 	if err != nil {
 		writeError(w, http.StatusInternalServerError, err)
 		return
@@ -484,6 +512,14 @@ func (s *Server) rolloutDevices(w http.ResponseWriter, r *http.Request) {
 	}
 	if as == nil {
 		as = []registry.Assignment{}
+	}
+	if l := r.URL.Query().Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("limit %q: want a positive number", l))
+			return
+		}
+		as = as[:min(n, len(as))]
 	}
 	writeJSON(w, http.StatusOK, as)
 }

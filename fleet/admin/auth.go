@@ -123,6 +123,11 @@ func required(r *http.Request) Role {
 	if p == "/v1/health" {
 		return ""
 	}
+	// The console's static assets (and the redirect to them) are public;
+	// the data they show comes from the API, with the user's token.
+	if (r.Method == http.MethodGet || r.Method == http.MethodHead) && (p == "/" || p == "/console" || strings.HasPrefix(p, "/console/")) {
+		return ""
+	}
 	if p == "/v1/tokens" || strings.HasPrefix(p, "/v1/tokens/") || p == "/v1/audit" {
 		return RoleAdmin
 	}

@@ -1,7 +1,8 @@
 // Package controller is the one place that wires the fleet controller: the
 // registry, the embedded broker (or an external one), the MQTT client that
 // receives device status, state, acks, telemetry and chunk requests, the
-// artifact server, the rollout engine and the admin API.
+// artifact server, the rollout engine and the admin API with the web
+// console.
 package controller
 
 import (
@@ -25,6 +26,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/artifacts"
 	"github.com/outpost-edge/outpost/fleet/broker"
+	"github.com/outpost-edge/outpost/fleet/console"
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
@@ -221,7 +223,8 @@ func New(opts Options) (*Controller, error) {
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
 		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS, Alerts: c.alerts,
-		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Logger: opts.Logger.With("component", "admin"),
+		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Console: console.Handler(),
+		Logger: opts.Logger.With("component", "admin"),
 		// Drift scores (outpost_fleet_drift_psi) come with drift detection (issue #12 part 6).
 		Metrics: c.metricsHandler(c.driftScores)}); err != nil {
 		return fail(err)

@@ -71,7 +71,7 @@ var (
 	ErrNotEmbedded = errors.New("registry: not the embedded store")
 	// ErrInvalidQuery: a query is malformed (a metrics step that is not
 	// whole minutes, a range that ends before it starts or has too many
-	// steps).
+	// steps, a list's cursor not made by this store).
 	ErrInvalidQuery = errors.New("registry: invalid query")
 )
 
