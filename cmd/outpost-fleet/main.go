@@ -47,6 +47,7 @@ var program = subcommand.Program{
 		modelsPushCommand,
 		modelsListCommand,
 		modelsStatsCommand,
+		driftCommand,
 		devicesListCommand,
 		devicesEnrollCommand,
 		devicesRevokeCommand,
