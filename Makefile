@@ -85,6 +85,12 @@ test-gates: setup
 # is on each time, the dead one restarted in between), NATS_COUNT times.
 NATS_KILLS ?= 3
 NATS_COUNT ?= 3
+# test-drain: fleet/controller's TestBacklogDrain with a bigger backlog, 1,000
+# devices of 200 records each, through the embedded broker and Mosquitto.
+.PHONY: test-drain
+test-drain: setup
+	OUTPOST_DRAIN_BATCHES=20 $(GO) test -count=1 -timeout 30m -run '^TestBacklogDrain$$' -v ./fleet/controller/
+
 .PHONY: test-nats
 test-nats: setup
 	CI=true $(GO) test -race -count=1 -timeout 10m -run 'TestNATS' -v ./internal/testbroker/
@@ -92,7 +98,9 @@ test-nats: setup
 
 # bench prints the comparable figures: ratios measured back to back in one run.
 # The fleet store's telemetry ingest (records/s, target 50k/s embedded) is
-# fleet/registry's BenchmarkTelemetryIngest; bench-store runs only it.
+# fleet/registry's BenchmarkTelemetryIngest, and BenchmarkAggregateIngest the
+# aggregates merged into time buckets against the raw counters-only path
+# (merged/raw); bench-store runs only those two.
 bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
@@ -130,7 +138,7 @@ bench-engine: setup
 
 .PHONY: bench-store
 bench-store: setup
-	$(GO) test -run '^$$' -bench TelemetryIngest -benchtime 3x -timeout 30m ./fleet/registry/
+	$(GO) test -run '^$$' -bench 'TelemetryIngest|AggregateIngest' -benchtime 3x -timeout 30m ./fleet/registry/
 
 # bench-metrics: issue #12's query figure, a 24-hour metrics query over
 # 1,000 devices within 200 ms on the embedded store (BenchmarkMetricsQuery:

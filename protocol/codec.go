@@ -121,6 +121,9 @@ func AppendRecord(dst []byte, r *Record) ([]byte, error) {
 		e.str(a.Action)
 		e.str(a.Outcome)
 		e.str(a.Detail)
+		e.uv(a.Seq)
+		e.str(a.Prev)
+		e.str(a.Hash)
 	default:
 		return dst, fmt.Errorf("protocol: record of kind %s has the wrong payload: %w", r.Kind, ErrInvalidRecord)
 	}
@@ -199,7 +202,11 @@ func DecodeRecord(body []byte) (Record, error) {
 			Error: d.str(), Detail: d.str(),
 		}
 	case KindAudit:
-		r.Audit = &Audit{Actor: d.str(), Action: d.str(), Outcome: d.str(), Detail: d.str()}
+		a := &Audit{Actor: d.str(), Action: d.str(), Outcome: d.str(), Detail: d.str()}
+		if d.more() {
+			a.Seq, a.Prev, a.Hash = d.uv(), d.str(), d.str() // added later
+		}
+		r.Audit = a
 	}
 	if d.err != nil {
 		return Record{}, d.err

@@ -36,6 +36,8 @@ func testRecords() []Record {
 		{Kind: KindHealth, Time: t0, Health: &Health{CPUPercent: 12.5, Load1: 0.7, MemUsedBytes: 1 << 28, MemTotalBytes: 1 << 30, DiskUsedBytes: 5, DiskTotalBytes: 10, TemperatureC: math.NaN(), Uptime: time.Hour}},
 		{Kind: KindUpdate, Time: t0, Model: model, Update: &Update{RolloutID: "r-7", State: "downloading", BytesDone: 10, BytesTotal: 100}},
 		{Kind: KindAudit, Model: model, Audit: &Audit{Actor: "agent", Action: "telemetry.queue_reset", Outcome: "ok", Detail: "moved aside"}},
+		{Kind: KindAudit, Model: model, Audit: &Audit{Actor: "updater", Action: "update.committed", Outcome: "ok",
+			Seq: 7, Prev: strings.Repeat("ab", 32), Hash: strings.Repeat("cd", 32)}},
 	}
 }
 

@@ -207,6 +207,14 @@ type Audit struct {
 	Action  string
 	Outcome string
 	Detail  string
+	// Seq, Prev and Hash place the record in the device's hash-chained
+	// audit trail (agent/audit): its number, the hex sha256 of the record
+	// before it ("" for the first) and its own. The controller checks on
+	// arrival that each record names its predecessor's hash. Zero for
+	// records outside the chain (agent notices). Added after Detail; an
+	// older agent's record decodes with none.
+	Seq        uint64
+	Prev, Hash string
 }
 
 // DropReason says why the device's queue dropped records. The numbers are

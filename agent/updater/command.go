@@ -127,11 +127,13 @@ func (u *Updater) submit(q queued) error {
 				if err := putJob(tx, j); err != nil {
 					return err
 				}
-				if err := putOutbox(tx, outboxEntry{Ack: j.ack(rec.Detail), Audit: rec}); err != nil {
+				// Appended first, so the report carries the record's
+				// place in the trail (the fleet checks the chain).
+				e, err := audit.AppendTx(tx, rec)
+				if err != nil {
 					return err
 				}
-				_, err := audit.AppendTx(tx, rec)
-				return err
+				return putOutbox(tx, outboxEntry{Ack: j.ack(rec.Detail), Audit: e.Record, Hash: e.Hash})
 			}
 		case c.Rollback != nil:
 			rec.Model, rec.Version, rec.Detail = c.Rollback.Model, c.Rollback.Version, c.Rollback.Reason

@@ -87,7 +87,8 @@ func (u *Updater) deliver(ctx context.Context, e outboxEntry) error {
 		a := e.Audit
 		au := protocol.Record{Kind: protocol.KindAudit, Time: a.Time, Model: ref, Audit: &protocol.Audit{
 			Actor: a.Actor, Action: a.Action, Outcome: a.Outcome,
-			Detail: clip(fmt.Sprintf("audit seq=%d hash=%s rollout=%s command=%s: %s", a.Seq, e.Hash, a.RolloutID, a.CommandID, a.Detail))}}
+			Detail: clip(fmt.Sprintf("audit seq=%d hash=%s rollout=%s command=%s: %s", a.Seq, e.Hash, a.RolloutID, a.CommandID, a.Detail)),
+			Seq:    a.Seq, Prev: a.Prev, Hash: e.Hash}}
 		for _, r := range []protocol.Record{up, au} {
 			if _, err := t.Emit(ctx, r); err != nil {
 				return err

@@ -5,12 +5,15 @@
 //	outpost-fleet models export --keys KEYS --name N --version V [--expires DURATION] --out DIR MODEL.tflite
 //	outpost-fleet serve [--config fleet.yaml] [--broker URL] [--listen-mqtt ADDR] [--admin ADDR] [--data-dir DIR] [--store postgres://...] [--keys KEYS] [--fleet NAME] [--open-broker] [--admin-cert FILE --admin-key FILE]
 //	outpost-fleet backup --out FILE [--config fleet.yaml] [--data-dir DIR]
+//	outpost-fleet samples export --model M [--version V] [--since T] --out DIR [--config fleet.yaml] [--data-dir DIR]
 //	outpost-fleet models push --keys KEYS --name N --version V MODEL.tflite
 //	outpost-fleet models list
 //	outpost-fleet models stats NAME [--version V] [--device ID] [--since T] [--until T] [--step D] [-o json]
 //	outpost-fleet devices list
 //	outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL]] [--out PASSWORD_FILE] [--replace]
 //	outpost-fleet devices revoke NAME
+//	outpost-fleet devices health ID [--since 24h] [-o json]
+//	outpost-fleet devices audit ID [--limit N] [--before SEQ] [-o json]
 //	outpost-fleet broker acl [--fleet NAME] [--out FILE]
 //	outpost-fleet rollout create --model N --version V [--selector k=v,...] [--waves 10,50,100] [--max-failure-ratio 0.1] [--bake 5m]
 //	outpost-fleet rollout status [--watch] [ID]
@@ -44,6 +47,7 @@ var program = subcommand.Program{
 		modelsExportCommand,
 		serveCommand,
 		backupCommand,
+		samplesExportCommand,
 		modelsPushCommand,
 		modelsListCommand,
 		modelsStatsCommand,
@@ -51,6 +55,8 @@ var program = subcommand.Program{
 		devicesListCommand,
 		devicesEnrollCommand,
 		devicesRevokeCommand,
+		devicesHealthCommand,
+		devicesAuditCommand,
 		brokerACLCommand,
 		rolloutCreateCommand,
 		rolloutStatusCommand,

@@ -16,6 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/internal/yamlconf"
 )
@@ -71,6 +72,23 @@ type fleetConfig struct {
 	} `yaml:"rollouts"`
 	// Alerts are the webhooks (docs/CONFIG.md, docs/MONITORING.md).
 	Alerts alerts.Config `yaml:"alerts"`
+	// Monitoring: what the controller keeps of the devices' telemetry and
+	// for how long (docs/MONITORING.md "What the controller keeps"); zero
+	// values take the defaults.
+	Monitoring struct {
+		Samples struct {
+			MaxCount int   `yaml:"max_count"`
+			MaxBytes int64 `yaml:"max_bytes"`
+		} `yaml:"samples"`
+		Retention struct {
+			MinuteBuckets time.Duration `yaml:"minute_buckets"`
+			HourBuckets   time.Duration `yaml:"hour_buckets"`
+			MaxBucketRows int64         `yaml:"max_bucket_rows"`
+			Health        time.Duration `yaml:"health"`
+			RawTelemetry  time.Duration `yaml:"raw_telemetry"`
+			Every         time.Duration `yaml:"every"`
+		} `yaml:"retention"`
+	} `yaml:"monitoring"`
 }
 
 func loadFleetConfig(path string) (*fleetConfig, error) {
@@ -149,6 +167,14 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		BrokerUsers: cfg.MQTT.Users, OpenBroker: cfg.MQTT.OpenBroker || *openBroker, ConnectTimeout: cfg.MQTT.ConnectTimeout, Username: cfg.MQTT.Username, Password: cfg.MQTT.Password, ShareGroup: cfg.MQTT.ShareGroup,
 		ChunkSize: cfg.Artifacts.ChunkSize, BytesPerSecond: cfg.Artifacts.BytesPerSecond,
 		CommandTTL: cfg.Rollouts.CommandTTL, ResendAfter: cfg.Rollouts.ResendAfter, ReplicaID: cfg.ReplicaID, LeaseTTL: cfg.LeaseTTL, Alerts: cfg.Alerts, Logger: log,
+		MaxSamples: cfg.Monitoring.Samples.MaxCount, MaxSampleBytes: cfg.Monitoring.Samples.MaxBytes,
+		PruneEvery: cfg.Monitoring.Retention.Every,
+		Retention: registry.Retention{MinuteBuckets: cfg.Monitoring.Retention.MinuteBuckets, HourBuckets: cfg.Monitoring.Retention.HourBuckets,
+			MaxBucketRows: cfg.Monitoring.Retention.MaxBucketRows, Health: cfg.Monitoring.Retention.Health, RawTelemetry: cfg.Monitoring.Retention.RawTelemetry},
+	}
+	if m := cfg.Monitoring; m.Samples.MaxCount < 0 || m.Samples.MaxBytes < 0 || m.Retention.MaxBucketRows < 0 || m.Retention.MinuteBuckets < 0 ||
+		m.Retention.HourBuckets < 0 || m.Retention.Health < 0 || m.Retention.RawTelemetry < 0 || m.Retention.Every < 0 {
+		return subcommand.UsageError("monitoring: bounds and durations must not be negative")
 	}
 	if cfg.MQTT.TLSCert != "" {
 		cert, err := tls.LoadX509KeyPair(cfg.MQTT.TLSCert, cfg.MQTT.TLSKey)

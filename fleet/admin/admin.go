@@ -244,6 +244,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/devices/{id}/updates", s.deviceUpdates)
 	s.mux.HandleFunc("GET /v1/overview", s.overview)
 	s.mux.HandleFunc("GET /v1/whoami", s.whoami)
+	s.mux.HandleFunc("GET /v1/devices/{id}/health", s.deviceHealth)
+	s.mux.HandleFunc("GET /v1/devices/{id}/audit", s.deviceAudit)
 	s.mux.HandleFunc("POST /v1/devices/{id}/credential", s.enroll)
 	s.mux.HandleFunc("DELETE /v1/devices/{id}/credential", s.revoke)
 	s.mux.HandleFunc("GET /v1/rollouts", s.listRollouts)

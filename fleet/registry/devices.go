@@ -216,21 +216,36 @@ func (r *Registry) commitIngest() {
 	q.pending = q.pending[n:]
 	q.mu.Unlock()
 
+	// One ingestTx per attempt: a transaction run again starts afresh.
+	var itx *ingestTx
 	err := r.write(func(tx *sql.Tx) error {
+		itx = &ingestTx{}
 		for _, it := range group {
-			if err := r.recordBatch(tx, it); err != nil {
+			if err := r.recordBatch(tx, itx, it); err != nil {
 				return err
 			}
 		}
-		return nil
+		return r.flushIngest(tx, itx)
 	})
 	if err != nil && len(group) > 1 {
 		for _, it := range group {
-			it.err = r.write(func(tx *sql.Tx) error { return r.recordBatch(tx, it) })
+			it.err = r.write(func(tx *sql.Tx) error {
+				itx = &ingestTx{}
+				if err := r.recordBatch(tx, itx, it); err != nil {
+					return err
+				}
+				return r.flushIngest(tx, itx)
+			})
+			if it.err == nil {
+				r.reportIngest(itx)
+			}
 		}
 	} else {
 		for _, it := range group {
 			it.err = err
+		}
+		if err == nil {
+			r.reportIngest(itx)
 		}
 	}
 	for _, it := range group {
@@ -246,8 +261,10 @@ func (r *Registry) commitIngest() {
 	close(q.pending[0].lead)
 }
 
-// recordBatch stores one batch inside tx and sets it.fresh.
-func (r *Registry) recordBatch(tx *sql.Tx, it *ingestItem) error {
+// recordBatch stores one batch inside tx and sets it.fresh; what its fresh
+// records add to buckets, health, audit and samples goes through itx
+// (ingest.go).
+func (r *Registry) recordBatch(tx *sql.Tx, itx *ingestTx, it *ingestItem) error {
 	device, b, now := it.device, it.b, it.now
 	fresh := 0
 	d, err := r.lockDevice(tx, device)
@@ -262,10 +279,11 @@ func (r *Registry) recordBatch(tx *sql.Tx, it *ingestItem) error {
 	t.Last = now.UTC()
 	var offer []protocol.Entry
 	kinds := map[uint64]string{}
+	// Every entry is offered, those at or below MaxSeq too: a broker may
+	// deliver a device's batches out of order (NATS redelivers after its ack
+	// wait, any broker resends after a reconnect), and the insert below,
+	// unique by (device, epoch, seq), is what tells a duplicate.
 	for _, e := range b.Entries {
-		if e.Seq <= t.MaxSeq {
-			continue
-		}
 		offer = append(offer, e)
 		if k, _, err := protocol.PeekRecord(e.Body); err == nil {
 			kinds[e.Seq] = k.String()
@@ -273,11 +291,15 @@ func (r *Registry) recordBatch(tx *sql.Tx, it *ingestItem) error {
 	}
 	for len(offer) > 0 {
 		n := min(len(offer), telemetryRows)
-		seqs, err := r.insertTelemetry(tx, device, b.Epoch, offer[:n], kinds, now)
+		chunk := offer[:n]
+		seqs, err := r.insertTelemetry(tx, device, b.Epoch, chunk, kinds, now)
 		if err != nil {
 			return err
 		}
 		offer = offer[n:]
+		if err := r.ingestFresh(tx, itx, device, chunk, seqs, now); err != nil {
+			return err
+		}
 		for _, seq := range seqs {
 			fresh++
 			t.MaxSeq = max(t.MaxSeq, seq)
@@ -313,7 +335,9 @@ func (r *Registry) insertTelemetry(tx *sql.Tx, device string, epoch uint64, es [
 	args := make([]any, 0, 6*len(es))
 	for _, e := range es {
 		body := e.Body
-		if body == nil {
+		if body == nil || (!r.mon.rawOnly && keptElsewhere[kinds[e.Seq]]) {
+			// The row is for de-duplication; what the record says is
+			// kept in its own table (ingest.go).
 			body = []byte{}
 		}
 		args = append(args, device, int64(epoch), int64(e.Seq), kinds[e.Seq], now.UnixNano(), body)

@@ -159,7 +159,7 @@ func (r *Registry) LeaseOf(name string) (Lease, error) {
 // and it must not be used after r is closed.
 func (r *Registry) Fenced(l Lease) *Registry {
 	v := &Registry{dir: r.dir, file: r.file, eng: r.eng, w: r.w, r: r.r, qc: r.qc, log: r.log,
-		telStmt: r.telStmt, ingest: r.ingest, view: true, fence: &l}
+		telStmt: r.telStmt, ingest: r.ingest, mon: r.mon, view: true, fence: &l}
 	return v
 }
 

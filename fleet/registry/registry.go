@@ -54,6 +54,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 )
 
@@ -84,6 +85,31 @@ type Options struct {
 	// SQLite file path; empty means DATA/fleet.db.
 	Store  string
 	Logger *slog.Logger
+	// MaxSamples and MaxSampleBytes bound the sample records kept for
+	// export (samples.go); 0 means DefaultMaxSamples and
+	// DefaultMaxSampleBytes.
+	MaxSamples     int
+	MaxSampleBytes int64
+	// OnAuditChainBroken, if set, is told of every break of a device's
+	// audit chain found at ingest (deviceaudit.go), after the transaction
+	// that stored the record committed, in the caller's goroutine: it must
+	// not block. The break is stored and counted either way.
+	OnAuditChainBroken func(ChainBreak)
+}
+
+// monitoring is what ingest needs besides the store, shared with Fenced
+// views.
+type monitoring struct {
+	maxSamples     int64
+	maxSampleBytes int64
+	onBreak        func(ChainBreak)
+	samplesDropped atomic.Uint64
+	// stmts are ingest's statements, prepared in Open (parsing one costs
+	// SQLite about as much as running it).
+	stmts map[string]*sql.Stmt
+	// rawOnly stores the raw rows and counters only, as before ingest kept
+	// anything: the benchmark's baseline.
+	rawOnly bool
 }
 
 // Registry is an open store. It is safe for concurrent use.
@@ -101,6 +127,7 @@ type Registry struct {
 	// later: inside a transaction SQLite's one write connection is taken).
 	telStmt *sql.Stmt
 	ingest  *ingestQueue
+	mon     *monitoring
 	// view is set on a Fenced copy: it shares the pools and must not
 	// close them.
 	view bool
@@ -125,7 +152,14 @@ func Open(dir string, opts Options) (*Registry, error) {
 		return nil, err
 	}
 	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
-		ingest: &ingestQueue{}}
+		ingest: &ingestQueue{}, mon: &monitoring{maxSamples: int64(opts.MaxSamples), maxSampleBytes: opts.MaxSampleBytes,
+			onBreak: opts.OnAuditChainBroken}}
+	if r.mon.maxSamples <= 0 {
+		r.mon.maxSamples = DefaultMaxSamples
+	}
+	if r.mon.maxSampleBytes <= 0 {
+		r.mon.maxSampleBytes = DefaultMaxSampleBytes
+	}
 	if eng.name == "sqlite" {
 		r.file = store
 	}
@@ -135,6 +169,10 @@ func Open(dir string, opts Options) (*Registry, error) {
 		return nil, err
 	}
 	if r.telStmt, err = w.PrepareContext(ctx, eng.rebind(telemetryInsert(telemetryRows))); err != nil {
+		r.Close()
+		return nil, fmt.Errorf("registry: prepare: %w", err)
+	}
+	if err := r.prepareIngest(ctx); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("registry: prepare: %w", err)
 	}
@@ -152,6 +190,9 @@ func (r *Registry) Close() error {
 	}
 	if r.telStmt != nil {
 		r.telStmt.Close()
+	}
+	for _, st := range r.mon.stmts {
+		st.Close()
 	}
 	err := r.w.Close()
 	if r.r != r.w {

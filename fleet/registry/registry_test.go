@@ -134,7 +134,9 @@ func testTelemetryDedup(t *testing.T, newTarget func(*testing.T) target) {
 		{batch(7, 1, 2, 3), 3},
 		{batch(7, 2, 3), 0}, // resent after a lost PUBACK
 		{batch(7, 3, 4, 5), 2},
-		{batch(8, 1), 1}, // a new queue file
+		{batch(7, 8, 9), 2},
+		{batch(7, 6, 7, 8), 2}, // overtaken by the one before on the way: stored all the same
+		{batch(8, 1), 1},       // a new queue file
 	} {
 		got, err := r.RecordBatch("gw-1", c.b, time.Now())
 		if err != nil || got != c.fresh {
@@ -146,7 +148,7 @@ func testTelemetryDedup(t *testing.T, newTarget func(*testing.T) target) {
 		t.Fatal(err)
 	}
 	tc := d.Telemetry
-	if tc.Records != 6 || tc.Duplicates != 3 || tc.Batches != 4 || tc.Epoch != 8 || tc.MaxSeq != 1 || tc.ByKind["audit"] != 6 || tc.Drops["evicted"] != 3 {
+	if tc.Records != 10 || tc.Duplicates != 4 || tc.Batches != 6 || tc.Epoch != 8 || tc.MaxSeq != 1 || tc.ByKind["audit"] != 10 || tc.Drops["evicted"] != 3 {
 		t.Fatalf("counters %+v", tc)
 	}
 }

@@ -1,0 +1,69 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// TestSamplesExport: the command writes what a store kept, selected by
+// version, and refuses what it cannot do.
+func TestSamplesExport(t *testing.T) {
+	dataDir := t.TempDir()
+	reg, err := registry.Open(dataDir, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &protocol.Batch{BatchHeader: protocol.BatchHeader{Epoch: 1}}
+	for i, v := range []string{"1", "2", "2"} {
+		body, err := protocol.AppendRecord(nil, &protocol.Record{Kind: protocol.KindSample, Time: time.Now().Add(-time.Minute),
+			Model: protocol.ModelRef{Name: "face", Version: v}, Sample: &protocol.Sample{RequestID: "r" + v,
+				Inputs: []protocol.TensorSample{{Name: "x", Datatype: "FP32", Shape: []int64{1}, Data: []byte{0, 0, 128, 63}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Entries = append(b.Entries, protocol.Entry{Seq: uint64(i + 1), Body: body})
+	}
+	if _, err := reg.RecordBatch("gw-1", b, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	out := filepath.Join(t.TempDir(), "ds")
+	tests := []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no model", []string{"samples", "export", "--data-dir", dataDir, "--out", out}, 2, "--model and --out are required"},
+		{"bad since", []string{"samples", "export", "--data-dir", dataDir, "--model", "face", "--since", "monday", "--out", out}, 2, "--since"},
+		{"version 2", []string{"samples", "export", "--data-dir", dataDir, "--model", "face", "--version", "2", "--since", "1h", "--out", out}, 0, "2 samples of face written"},
+		{"again", []string{"samples", "export", "--data-dir", dataDir, "--model", "face", "--out", out}, 1, "not empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := program.Dispatch(context.Background(), tt.args, &stdout, &stderr)
+			if code != tt.code {
+				t.Fatalf("got exit %d, want %d\nstdout: %s\nstderr: %s", code, tt.code, stdout.String(), stderr.String())
+			}
+			if got := stdout.String() + stderr.String(); !strings.Contains(got, tt.want) {
+				t.Fatalf("got output %q, want it to contain %q", got, tt.want)
+			}
+		})
+	}
+	idx, err := os.ReadFile(filepath.Join(out, "index.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(idx), "\n"); n != 2 || strings.Contains(string(idx), `"version":"1"`) {
+		t.Fatalf("index: got %d lines, want the 2 samples of version 2:\n%s", n, idx)
+	}
+}

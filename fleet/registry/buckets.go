@@ -1,0 +1,585 @@
+package registry
+
+import (
+	"database/sql"
+	"encoding/json"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// Model traffic in time buckets (schema 0005): every fresh aggregate record
+// is merged, in the transaction that stores it, into four agg_buckets rows
+// (its device's and the fleet's, device '', each a minute and an hour
+// bucket holding the aggregate's Start) and into its version's agg_totals
+// row. A duplicate record never reaches here (RecordBatch merges only the
+// records its insert found new), so nothing counts twice.
+//
+// Merging adds every count: requests, errors, stream drops, errors by
+// code, the latency histogram and the feature histograms (by feature name,
+// bin by bin). Two latency histograms with the same bounds add bucket by
+// bucket. A histogram with other bounds (an agent built with other ones)
+// is re-binned into the stored row's bounds: each of its buckets is added
+// to the stored bucket that holds its upper bound, so a merged quantile is
+// never lower than the truth by more than one stored bucket; the overflow
+// bucket goes to the stored overflow. The first histogram stored in a row
+// sets its bounds. A feature whose bin count differs from the stored one
+// (which cannot happen within one signed model version) is left out.
+
+// Bucket steps in seconds.
+const (
+	StepMinute = 60
+	StepHour   = 3600
+)
+
+// Latency is a bucket's merged latency histogram, as agg_buckets stores it.
+type Latency struct {
+	BoundsMicros []uint64 `json:"bounds_micros"`
+	Counts       []uint64 `json:"counts"`
+	SumMicros    uint64   `json:"sum_micros"`
+}
+
+// merge adds h into l (see the comment at the top of this file).
+func (l *Latency) merge(h protocol.Histogram) {
+	if len(h.Counts) != len(h.BoundsMicros)+1 {
+		return // malformed: not a histogram we can place
+	}
+	if len(l.Counts) == 0 {
+		l.BoundsMicros = slices.Clone(h.BoundsMicros)
+		l.Counts = slices.Clone(h.Counts)
+		l.SumMicros = h.SumMicros
+		return
+	}
+	l.SumMicros += h.SumMicros
+	if slices.Equal(l.BoundsMicros, h.BoundsMicros) {
+		for i, c := range h.Counts {
+			l.Counts[i] += c
+		}
+		return
+	}
+	for i, c := range h.Counts {
+		j := len(l.BoundsMicros) // overflow
+		if i < len(h.BoundsMicros) {
+			j, _ = slices.BinarySearch(l.BoundsMicros, h.BoundsMicros[i])
+		}
+		l.Counts[j] += c
+	}
+}
+
+func (l *Latency) add(o *Latency) {
+	l.merge(protocol.Histogram{BoundsMicros: o.BoundsMicros, Counts: o.Counts, SumMicros: o.SumMicros})
+}
+
+// aggValue is one agg_buckets or agg_totals row's values.
+type aggValue struct {
+	records, requests, errors, streamDropped uint64
+	byCode                                   map[string]uint64
+	latency                                  Latency
+	features                                 []protocol.FeatureCounts
+}
+
+func (v *aggValue) addAggregate(a *protocol.Aggregate, features bool) {
+	v.records++
+	v.requests += a.Requests
+	v.errors += a.Errors
+	v.streamDropped += a.StreamDropped
+	for _, c := range a.ErrorsByCode {
+		if v.byCode == nil {
+			v.byCode = map[string]uint64{}
+		}
+		v.byCode[c.Code] += c.Count
+	}
+	v.latency.merge(a.Latency)
+	if features {
+		v.addFeatures(a.Features)
+	}
+}
+
+func (v *aggValue) add(o *aggValue) {
+	v.records += o.records
+	v.requests += o.requests
+	v.errors += o.errors
+	v.streamDropped += o.streamDropped
+	for c, n := range o.byCode {
+		if v.byCode == nil {
+			v.byCode = map[string]uint64{}
+		}
+		v.byCode[c] += n
+	}
+	v.latency.add(&o.latency)
+	v.addFeatures(o.features)
+}
+
+func (v *aggValue) addFeatures(fs []protocol.FeatureCounts) {
+	for _, f := range fs {
+		i := slices.IndexFunc(v.features, func(g protocol.FeatureCounts) bool { return g.Name == f.Name })
+		if i < 0 {
+			v.features = append(v.features, protocol.FeatureCounts{Name: f.Name, Counts: slices.Clone(f.Counts),
+				NaNs: f.NaNs, Sum: finite(f.Sum), SumSq: finite(f.SumSq)})
+			continue
+		}
+		g := &v.features[i]
+		if len(g.Counts) != len(f.Counts) {
+			continue
+		}
+		for j, c := range f.Counts {
+			g.Counts[j] += c
+		}
+		g.NaNs += f.NaNs
+		g.Sum = finite(g.Sum + f.Sum)
+		g.SumSq = finite(g.SumSq + f.SumSq)
+	}
+}
+
+// finite keeps JSON encodable what a device sent: a sum that is not a
+// finite number (only a broken or hostile device sends one) becomes 0.
+func finite(f float64) float64 {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0
+	}
+	return f
+}
+
+// bucketKey names an agg_buckets row; a totals key has device, step and
+// start zero.
+type bucketKey struct {
+	model, version, device string
+	step, start            int64
+}
+
+// aggBatch is what one ingest transaction adds to the buckets and totals,
+// merged in memory first so that a row many records touch (the fleet's) is
+// written once per transaction. Records are merged into their device's
+// minute buckets only; expand derives the rest from those.
+type aggBatch struct {
+	minutes map[bucketKey]*aggValue // the devices' minute buckets
+	buckets map[bucketKey]*aggValue // every bucket, after expand
+	totals  map[bucketKey]*aggValue // after expand
+}
+
+// add merges one fresh aggregate record of device.
+func (b *aggBatch) add(device string, rec *protocol.Record) {
+	a := rec.Aggregate
+	if a == nil || rec.Model.Name == "" {
+		return
+	}
+	at := a.Start
+	if at.IsZero() {
+		at = rec.Time
+	}
+	k := bucketKey{model: rec.Model.Name, version: rec.Model.Version, device: device, step: StepMinute, start: floorTo(at.Unix(), StepMinute)}
+	if b.minutes == nil {
+		b.minutes = map[bucketKey]*aggValue{}
+	}
+	v := b.minutes[k]
+	if v == nil {
+		v = &aggValue{}
+		b.minutes[k] = v
+	}
+	v.addAggregate(a, true)
+}
+
+// floorTo rounds sec down to a multiple of step, also before 1970.
+func floorTo(sec, step int64) int64 { return sec - ((sec%step)+step)%step }
+
+// expand fills buckets and totals from the devices' minute buckets: the
+// fleet's minute, the device's and the fleet's hour, the version's totals.
+func (b *aggBatch) expand() {
+	b.buckets, b.totals = map[bucketKey]*aggValue{}, map[bucketKey]*aggValue{}
+	into := func(m map[bucketKey]*aggValue, k bucketKey, v *aggValue, features bool) {
+		t := m[k]
+		if t == nil {
+			t = &aggValue{}
+			m[k] = t
+		}
+		if !features {
+			f := v.features
+			v.features = nil
+			t.add(v)
+			v.features = f
+			return
+		}
+		t.add(v)
+	}
+	for k, v := range b.minutes {
+		h := floorTo(k.start, StepHour)
+		b.buckets[k] = v
+		for _, dk := range []bucketKey{
+			{model: k.model, version: k.version, step: StepMinute, start: k.start},
+			{model: k.model, version: k.version, device: k.device, step: StepHour, start: h},
+			{model: k.model, version: k.version, step: StepHour, start: h},
+		} {
+			into(b.buckets, dk, v, true)
+		}
+		into(b.totals, bucketKey{model: k.model, version: k.version}, v, false)
+	}
+}
+
+func sortedKeys(m map[bucketKey]*aggValue) []bucketKey {
+	keys := make([]bucketKey, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	// One order for every replica, so two transactions on PostgreSQL lock
+	// shared rows in the same order.
+	sort.Slice(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if c := strings.Compare(a.model, b.model); c != 0 {
+			return c < 0
+		}
+		if c := strings.Compare(a.version, b.version); c != 0 {
+			return c < 0
+		}
+		if c := strings.Compare(a.device, b.device); c != 0 {
+			return c < 0
+		}
+		if a.step != b.step {
+			return a.step < b.step
+		}
+		return a.start < b.start
+	})
+	return keys
+}
+
+const (
+	bucketCols  = `records, requests, errors, stream_dropped, errors_by_code, latency, features`
+	totalsCols  = `requests, errors, stream_dropped, errors_by_code, latency`
+	totalsWhere = ` WHERE model = ? AND version = ?`
+	bucketRange = `SELECT start, ` + bucketCols + ` FROM agg_buckets
+		WHERE model = ? AND version = ? AND device = ? AND step = ? AND start >= ? AND start <= ?`
+	totalsSelect = `SELECT ` + totalsCols + ` FROM agg_totals` + totalsWhere
+	totalsUpsert = `INSERT INTO agg_totals (model, version, ` + totalsCols + `) VALUES (?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (model, version) DO UPDATE SET requests = excluded.requests, errors = excluded.errors,
+		stream_dropped = excluded.stream_dropped, errors_by_code = excluded.errors_by_code, latency = excluded.latency`
+)
+
+// flushAgg merges the batch into the stored rows inside tx: read (locked
+// on PostgreSQL, where missing rows are inserted empty first so that there
+// is one to lock), add, write. Rows are read a range at a time (one query
+// per model, version, device and step) and written bucketRows at a time:
+// a device's backlog touches many consecutive buckets.
+func (r *Registry) flushAgg(tx *sql.Tx, b *aggBatch) error {
+	pg := r.eng.name == "postgres"
+	b.expand()
+	keys := sortedKeys(b.buckets)
+	if pg {
+		for i := 0; i < len(keys); i += bucketRows {
+			chunk := keys[i:min(i+bucketRows, len(keys))]
+			args := make([]any, 0, 5*len(chunk))
+			for _, k := range chunk {
+				args = append(args, k.model, k.version, k.device, k.step, k.start)
+			}
+			if _, err := tx.Exec(r.eng.rebind(`INSERT INTO agg_buckets (model, version, device, step, start) VALUES `+
+				placeholders(len(chunk), 5)+` ON CONFLICT (model, version, device, step, start) DO NOTHING`), args...); err != nil {
+				return err
+			}
+		}
+	}
+	// Runs of keys that differ only in start.
+	merged := make([]*aggValue, len(keys))
+	for i := 0; i < len(keys); {
+		j := i + 1
+		for j < len(keys) && sameSeries(keys[i], keys[j]) {
+			j++
+		}
+		k := keys[i]
+		rows, err := r.stmt(tx, bucketRange).Query(k.model, k.version, k.device, k.step, k.start, keys[j-1].start)
+		if err != nil {
+			return err
+		}
+		stored := map[int64]*aggValue{}
+		for rows.Next() {
+			var start int64
+			v, err := scanAggRow(rows, &start)
+			if err != nil {
+				rows.Close()
+				return err
+			}
+			stored[start] = v
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return err
+		}
+		for n := i; n < j; n++ {
+			v := stored[keys[n].start]
+			if v == nil {
+				merged[n] = b.buckets[keys[n]]
+				continue
+			}
+			v.add(b.buckets[keys[n]])
+			merged[n] = v
+		}
+		i = j
+	}
+	for i := 0; i < len(keys); i += bucketRows {
+		chunk := keys[i:min(i+bucketRows, len(keys))]
+		args := make([]any, 0, 12*len(chunk))
+		for n, k := range chunk {
+			v := merged[i+n]
+			args = append(args, k.model, k.version, k.device, k.step, k.start, int64(v.records), int64(v.requests), int64(v.errors),
+				int64(v.streamDropped), codesJSON(v.byCode), v.latency.json(), featuresJSON(v.features))
+		}
+		var err error
+		if len(chunk) == bucketRows {
+			_, err = r.stmt(tx, bucketUpsertFull).Exec(args...)
+		} else {
+			_, err = tx.Exec(r.eng.rebind(bucketUpsertN(len(chunk))), args...)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	for _, k := range sortedKeys(b.totals) {
+		args := []any{k.model, k.version}
+		if pg {
+			if _, err := r.exec(tx, `INSERT INTO agg_totals (model, version) VALUES (?, ?) ON CONFLICT (model, version) DO NOTHING`, args...); err != nil {
+				return err
+			}
+		}
+		v, err := scanAgg(r.stmt(tx, totalsSelect).QueryRow(args...), false)
+		if err != nil {
+			return err
+		}
+		v.add(b.totals[k])
+		if _, err := r.stmt(tx, totalsUpsert).Exec(append(args, int64(v.requests), int64(v.errors), int64(v.streamDropped),
+			codesJSON(v.byCode), v.latency.json())...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// bucketRows is how many rows one upsert statement writes.
+const bucketRows = 50
+
+func sameSeries(a, b bucketKey) bool {
+	return a.model == b.model && a.version == b.version && a.device == b.device && a.step == b.step
+}
+
+func placeholders(rows, cols int) string {
+	var sb strings.Builder
+	one := "(" + strings.TrimSuffix(strings.Repeat("?, ", cols), ", ") + ")"
+	for i := range rows {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString(one)
+	}
+	return sb.String()
+}
+
+func bucketUpsertN(n int) string {
+	return `INSERT INTO agg_buckets (model, version, device, step, start, ` + bucketCols + `) VALUES ` + placeholders(n, 12) + `
+		ON CONFLICT (model, version, device, step, start) DO UPDATE SET records = excluded.records,
+		requests = excluded.requests, errors = excluded.errors, stream_dropped = excluded.stream_dropped,
+		errors_by_code = excluded.errors_by_code, latency = excluded.latency, features = excluded.features`
+}
+
+// scanAggRow reads a bucketRange row.
+func scanAggRow(rows *sql.Rows, start *int64) (*aggValue, error) {
+	var (
+		v                                aggValue
+		records, requests, errs, dropped int64
+		byCode, latency, features        []byte
+	)
+	if err := rows.Scan(start, &records, &requests, &errs, &dropped, &byCode, &latency, &features); err != nil {
+		return nil, err
+	}
+	v.records, v.requests, v.errors, v.streamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
+	for _, f := range []struct {
+		b []byte
+		v any
+	}{{byCode, &v.byCode}, {latency, &v.latency}, {features, &v.features}} {
+		if err := unjs(f.b, f.v); err != nil {
+			return nil, err
+		}
+	}
+	return &v, nil
+}
+
+// The JSON columns, written by hand: encoding/json's reflection was a
+// tenth of ingest's time. They read back with encoding/json.
+
+func codesJSON(m map[string]uint64) string {
+	if len(m) == 0 {
+		return "{}"
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	b := []byte{'{'}
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, k)
+		b = append(b, ':')
+		b = strconv.AppendUint(b, m[k], 10)
+	}
+	return string(append(b, '}'))
+}
+
+func appendUints(b []byte, vs []uint64) []byte {
+	b = append(b, '[')
+	for i, v := range vs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, v, 10)
+	}
+	return append(b, ']')
+}
+
+func (l *Latency) json() string {
+	if len(l.Counts) == 0 {
+		return "{}"
+	}
+	b := append([]byte(nil), `{"bounds_micros":`...)
+	b = appendUints(b, l.BoundsMicros)
+	b = append(b, `,"counts":`...)
+	b = appendUints(b, l.Counts)
+	b = append(b, `,"sum_micros":`...)
+	b = strconv.AppendUint(b, l.SumMicros, 10)
+	return string(append(b, '}'))
+}
+
+// featuresJSON writes fs as encoding/json writes []protocol.FeatureCounts.
+func featuresJSON(fs []protocol.FeatureCounts) string {
+	b := []byte{'['}
+	for i, f := range fs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"Name":`...)
+		b = appendString(b, f.Name)
+		b = append(b, `,"Counts":`...)
+		if f.Counts == nil {
+			b = append(b, "null"...)
+		} else {
+			b = appendUints(b, f.Counts)
+		}
+		b = append(b, `,"NaNs":`...)
+		b = strconv.AppendUint(b, f.NaNs, 10)
+		b = append(b, `,"Sum":`...)
+		b = appendFloat(b, f.Sum)
+		b = append(b, `,"SumSq":`...)
+		b = appendFloat(b, f.SumSq)
+		b = append(b, '}')
+	}
+	return string(append(b, ']'))
+}
+
+// appendString quotes s as JSON does (strconv's quoting is Go's, not
+// JSON's, for control and invalid bytes).
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	// Printable ASCII without quotes or backslashes: as it is.
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+func appendFloat(b []byte, f float64) []byte {
+	return strconv.AppendFloat(b, finite(f), 'g', -1, 64)
+}
+
+// scanAgg reads a bucket row (or a totals row: no records, no features);
+// a missing row is a zero value.
+func scanAgg(row *sql.Row, bucket bool) (*aggValue, error) {
+	var (
+		v                                aggValue
+		records, requests, errs, dropped int64
+		byCode, latency, features        []byte
+	)
+	dest := []any{&requests, &errs, &dropped, &byCode, &latency}
+	if bucket {
+		dest = append([]any{&records}, append(dest, &features)...)
+	}
+	if err := row.Scan(dest...); err != nil {
+		if err == sql.ErrNoRows {
+			return &v, nil
+		}
+		return nil, err
+	}
+	v.records, v.requests, v.errors, v.streamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
+	for _, f := range []struct {
+		b []byte
+		v any
+	}{{byCode, &v.byCode}, {latency, &v.latency}, {features, &v.features}} {
+		if err := unjs(f.b, f.v); err != nil {
+			return nil, err
+		}
+	}
+	return &v, nil
+}
+
+// Bucket is one agg_buckets row, decoded: for tests and tools; the metrics
+// API reads the table itself.
+type Bucket struct {
+	Model, Version, Device string
+	Step                   int64
+	Start                  time.Time
+	Records                uint64
+	Requests, Errors       uint64
+	StreamDropped          uint64
+	ErrorsByCode           map[string]uint64
+	Latency                Latency
+	Features               []protocol.FeatureCounts
+}
+
+// Buckets returns the rows of model (every version) with the given step
+// and device (” for the fleet's), oldest first.
+func (r *Registry) Buckets(model, device string, step int64) ([]Bucket, error) {
+	rows, err := r.r.Query(r.q(`SELECT version, start, `+bucketCols+` FROM agg_buckets
+		WHERE model = ? AND device = ? AND step = ? ORDER BY start, version`), model, device, step)
+	if err != nil {
+		return nil, wrapErr("buckets", err)
+	}
+	defer rows.Close()
+	var out []Bucket
+	for rows.Next() {
+		b := Bucket{Model: model, Device: device, Step: step}
+		var start, records, requests, errs, dropped int64
+		var byCode, latency, features []byte
+		if err := rows.Scan(&b.Version, &start, &records, &requests, &errs, &dropped, &byCode, &latency, &features); err != nil {
+			return nil, wrapErr("buckets", err)
+		}
+		b.Start = time.Unix(start, 0).UTC()
+		b.Records, b.Requests, b.Errors, b.StreamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
+		for _, f := range []struct {
+			b []byte
+			v any
+		}{{byCode, &b.ErrorsByCode}, {latency, &b.Latency}, {features, &b.Features}} {
+			if err := unjs(f.b, f.v); err != nil {
+				return nil, wrapErr("buckets", err)
+			}
+		}
+		out = append(out, b)
+	}
+	return out, wrapErr("buckets", rows.Err())
+}
+
+// Totals returns a model version's running totals (agg_totals), zero if
+// it has none.
+func (r *Registry) Totals(model, version string) (Bucket, error) {
+	v, err := scanAgg(r.r.QueryRow(r.q(`SELECT `+totalsCols+` FROM agg_totals`+totalsWhere), model, version), false)
+	if err != nil {
+		return Bucket{}, wrapErr("totals", err)
+	}
+	return Bucket{Model: model, Version: version, Requests: v.requests, Errors: v.errors, StreamDropped: v.streamDropped,
+		ErrorsByCode: v.byCode, Latency: v.latency}, nil
+}
