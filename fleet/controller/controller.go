@@ -163,6 +163,9 @@ func New(opts Options) (*Controller, error) {
 	if opts.Fleet == "" || opts.DataDir == "" || opts.Keys == "" {
 		return nil, errors.New("controller: fleet, data dir and keys are required")
 	}
+	if err := opts.Drift.Validate(); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
+	}
 	if _, err := protocol.ArtifactsReqTopic(opts.Fleet); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
@@ -194,7 +197,8 @@ func New(opts Options) (*Controller, error) {
 		c.opts.PruneEvery = 10 * time.Minute
 	}
 	if c.reg, err = registry.Open(opts.DataDir, registry.Options{Store: opts.Store, Logger: opts.Logger.With("component", "registry"),
-		MaxSamples: opts.MaxSamples, MaxSampleBytes: opts.MaxSampleBytes, OnAuditChainBroken: c.onChainBreak}); err != nil {
+		MaxSamples: opts.MaxSamples, MaxSampleBytes: opts.MaxSampleBytes, OnAuditChainBroken: c.onChainBreak,
+		FineStep: opts.Drift.fineStep()}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	fail := func(err error) (*Controller, error) {

@@ -43,6 +43,27 @@ func driftBucket(w time.Duration) int64 {
 	return int64(w / time.Second)
 }
 
+// fineStep is the bucket step the store keeps for windows under a minute,
+// or 0.
+func (o DriftOptions) fineStep() int64 {
+	if o.Off {
+		return 0
+	}
+	if b := driftBucket(o.window()); b < registry.MinuteBucket {
+		return b
+	}
+	return 0
+}
+
+// Validate checks the window and thresholds (fleet.yaml's monitoring.drift).
+func (o DriftOptions) Validate() error {
+	w := o.window()
+	if w < time.Second || (w < time.Minute && int64(time.Minute/time.Second)%int64(w/time.Second) != 0) || (w >= time.Minute && w%time.Minute != 0) || w%time.Second != 0 {
+		return fmt.Errorf("drift: window %s: want whole minutes, or a divisor of a minute in seconds (1s, 2s, 5s, ...)", w)
+	}
+	return o.Thresholds.Validate()
+}
+
 // newDriftMonitor returns the drift monitor the leader runs on store (its
 // fenced view), or nil when drift detection is off.
 func (c *Controller) newDriftMonitor(store *registry.Registry) (*drift.Monitor, error) {
