@@ -38,7 +38,7 @@ type hookEvent struct {
 
 func (h *hookReceiver) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
-	if err := alerts.Verify([]byte("s3cret"), r.Header.Get("Outpost-Signature"), b, time.Now(), time.Minute); err != nil {
+	if err := alerts.Verify([]byte("drift-test-secret-0123"), r.Header.Get("Outpost-Signature"), b, time.Now(), time.Minute); err != nil {
 		http.Error(w, err.Error(), http.StatusUnauthorized)
 		return
 	}
@@ -83,6 +83,7 @@ func TestDriftEndToEnd(t *testing.T) {
 		t.Skip("end-to-end: controller, agent and a minute of traffic")
 	}
 	const window = 2 * time.Second
+	const refInputs = 200
 	hooks := &hookReceiver{}
 	recv := httptest.NewServer(hooks)
 	t.Cleanup(recv.Close)
@@ -93,9 +94,9 @@ monitoring:
   drift: {window: %s, min_count: 30, windows: 2}
 alerts:
   webhooks:
-    - {url: %q, secret: s3cret, events: [drift]}
+    - {url: %q, secret: drift-test-secret-0123, events: [drift]}
 `, window, recv.URL))
-	f.cli(t, "models", "push", "--keys", f.keys, "--name", "face", "--version", "1", "--reference", referenceDir(t, 60),
+	f.cli(t, "models", "push", "--keys", f.keys, "--name", "face", "--version", "1", "--reference", referenceDir(t, refInputs),
 		testModel(t, "face_detection_short_range.tflite"))
 	d := newDevice(t, f, "gw-1")
 	cfg, err := os.ReadFile(d.config)
@@ -113,8 +114,10 @@ alerts:
 	r := rand.New(rand.NewPCG(7, 8))
 	send := func(shift float32, until time.Time) {
 		for time.Now().Before(until) {
+			// referenceDir's population: brightness uniform in
+			// [-0.2, 0.2], texture seeds 0 to refInputs-1.
 			level := -0.2 + 0.4*r.Float32() + shift
-			body := brightInput(level, r.IntN(50))
+			body := brightInput(level, r.IntN(refInputs))
 			hdr := `{"inputs":[{"name":"input","datatype":"FP32","shape":[1,128,128,3],"parameters":{"binary_data_size":196608}}]}`
 			req, err := http.NewRequest("POST", s.url+"/v2/models/face/infer", strings.NewReader(hdr+string(body)))
 			require.NoError(t, err)
@@ -139,14 +142,17 @@ alerts:
 		return rep, true
 	}
 
-	// Stationary: five windows of reference-like inputs.
-	send(0, time.Now().Add(5*window))
+	// Stationary: six windows of reference-like inputs, every one of them
+	// judged (enough requests) before the shift.
+	stationary := time.Now()
+	send(0, stationary.Add(6*window))
 	var rep drift.Report
 	require.Eventually(t, func() bool {
 		var ok bool
 		rep, ok = report()
-		return ok && len(rep.Features) > 0 && rep.Features[0].Judged
-	}, 30*time.Second, 200*time.Millisecond, "no window judged: %+v", rep)
+		return ok && !rep.Window.Before(stationary.Add(4*window).Truncate(window))
+	}, 30*time.Second, 200*time.Millisecond, "the stationary windows were not judged: %+v", rep)
+	require.True(t, rep.Features[0].Judged, "too few requests a window to judge: %+v", rep.Features[0])
 	require.Equal(t, drift.OK, rep.State, "drift on reference-like inputs: %+v", rep)
 	require.Empty(t, hooks.drifts(), "a webhook on reference-like inputs")
 

@@ -365,6 +365,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	} else {
 		c.leader.Store(c.eng)
 		run("rollout", c.eng.Run)
+		mon, err := c.newDriftMonitor(c.reg)
+		if err != nil {
+			return err // options checked in New
+		}
+		if mon != nil {
+			run("drift", mon.Run)
+		}
 	}
 	run("admin", c.adm.Run)
 	run("alerts", c.alerts.Run)

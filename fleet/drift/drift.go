@@ -14,6 +14,7 @@ package drift
 import (
 	"errors"
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/outpost-edge/outpost/models/profile"
@@ -84,6 +85,9 @@ type FeatureScore struct {
 	// ReferenceCount the reference's.
 	Count          uint64 `json:"count"`
 	ReferenceCount uint64 `json:"reference_count"`
+	// Noise is the PSI that sampling alone exceeds once in a thousand
+	// windows for these counts (NoiseBound); a feature drifts only above it.
+	Noise float64 `json:"noise"`
 	// Judged: Count reached MinCount, so Drifting means something.
 	Judged   bool `json:"judged"`
 	Drifting bool `json:"drifting"`
@@ -124,8 +128,9 @@ func Judge(ref *profile.Profile, observed []protocol.FeatureCounts, t Thresholds
 			js, err2 := profile.JS(rf.Counts, o.Counts)
 			if err1 == nil && err2 == nil {
 				fs.PSI, fs.JS = psi, js
+				fs.Noise = NoiseBound(len(rf.Counts), rf.Count, fs.Count)
 				fs.Judged = fs.Count >= t.MinCount
-				fs.Drifting = fs.Judged && (psi >= t.PSI || js >= t.JS)
+				fs.Drifting = fs.Judged && (psi >= t.PSI || js >= t.JS) && psi >= fs.Noise
 			} else {
 				fs.Count = 0 // bins that do not match the reference: no verdict
 			}
@@ -135,6 +140,26 @@ func Judge(ref *profile.Profile, observed []protocol.FeatureCounts, t Thresholds
 		s.Features = append(s.Features, fs)
 	}
 	return s
+}
+
+// NoiseBound is the PSI that two samples of one distribution, of nRef and
+// nObs values in bins bins, exceed with probability 0.001: PSI times
+// nRef·nObs/(nRef+nObs) is about chi-square distributed with bins-1
+// degrees of freedom when nothing changed, so the bound is the
+// chi-square's 0.999 quantile (Wilson–Hilferty) times 1/nRef + 1/nObs.
+// With a reference of 2,000 requests and windows of 500, 20 bins, it is
+// 0.11, under the default threshold; with a reference of 60 it is 0.82:
+// a small reference, or a small window, needs a larger shift to count,
+// rather than raising drift on noise.
+func NoiseBound(bins int, nRef, nObs uint64) float64 {
+	if bins < 2 || nRef == 0 || nObs == 0 {
+		return math.Inf(1)
+	}
+	const z = 3.090 // standard normal 0.999 quantile
+	k := float64(bins - 1)
+	a := 2 / (9 * k)
+	q := k * math.Pow(1-a+z*math.Sqrt(a), 3)
+	return q * (1/float64(nRef) + 1/float64(nObs))
 }
 
 // State is where a scope stands.

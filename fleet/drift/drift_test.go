@@ -176,3 +176,35 @@ func TestDetectionDelay(t *testing.T) {
 	}
 	t.Fatal("a shift of half the range was never raised")
 }
+
+// TestNoiseBound: the bound is the chi-square quantile it claims to be
+// (checked against a table value), and a small reference raises no drift on
+// a window of its own population where the bare threshold would.
+func TestNoiseBound(t *testing.T) {
+	// chi-square 0.999 quantile, 19 degrees of freedom: 43.82 (tables).
+	assert.InDelta(t, 43.82/100, NoiseBound(20, 200, 200), 0.005)
+	r := rand.New(rand.NewPCG(9, 10))
+	b := profile.NewBuilder(names)
+	for range 60 {
+		require.NoError(t, b.Add(population(r, 0)))
+	}
+	small, err := b.Build(profile.DefaultBins)
+	require.NoError(t, err)
+	noisy, flagged := 0, 0
+	for range 200 {
+		s := Judge(small, window(small, r, 100, 0), Thresholds{MinCount: 50})
+		for _, f := range s.Features {
+			if f.PSI >= Defaults.PSI {
+				noisy++
+			}
+		}
+		if s.Drifting {
+			flagged++
+		}
+	}
+	t.Logf("reference of 60, windows of 100: %d feature scores over %.2f, %d windows flagged of 200", noisy, Defaults.PSI, flagged)
+	assert.Greater(t, noisy, 100, "the bare threshold would fire on noise here")
+	assert.Zero(t, flagged)
+	// A real shift still counts.
+	assert.True(t, Judge(small, window(small, r, 100, 0.5), Thresholds{MinCount: 50}).Drifting)
+}
