@@ -39,8 +39,8 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 	if q.Bucket == 0 {
 		q.Bucket = MinuteBucket
 	}
-	if q.Bucket < 0 {
-		return nil, fmt.Errorf("%w: feature bucket %d s", ErrInvalidQuery, q.Bucket)
+	if q.Bucket != MinuteBucket && q.Bucket != HourBucket && (q.Bucket < 1 || q.Bucket > 30 || MinuteBucket%q.Bucket != 0) {
+		return nil, fmt.Errorf("%w: feature bucket %d s: want %d, %d, or a divisor of a minute (Options.FineStep)", ErrInvalidQuery, q.Bucket, MinuteBucket, HourBucket)
 	}
 	since := q.Since.Unix() / q.Bucket * q.Bucket
 	rows, err := r.r.Query(r.q(`SELECT start, requests, records, features FROM agg_buckets
