@@ -178,9 +178,9 @@ func TestServeLegacyUsers(t *testing.T) {
 	}
 	srv := startServe(t, bin, serveOptions{Args: []string{"--config", cfg}})
 	cli(t, bin, 0, "devices", "list", "--admin", srv.admin)
-	if !strings.Contains(srv.logs.String(), "mqtt.users holds plain passwords") {
-		t.Error("serve did not warn about mqtt.users")
-	}
+	waitFor(t, 10*time.Second, "serve's warning about mqtt.users", func() (bool, string) {
+		return strings.Contains(srv.logs.String(), "mqtt.users holds plain passwords"), ""
+	})
 	url := "tcp://" + srv.mqtt
 	if c, _, err := mqttLogin(url, "gw-1", "s3cret"); err != nil {
 		t.Errorf("gw-1 with its mqtt.users password: %v", err)

@@ -51,6 +51,7 @@ var program = subcommand.Program{
 		modelsPushCommand,
 		modelsListCommand,
 		modelsStatsCommand,
+		driftCommand,
 		devicesListCommand,
 		devicesEnrollCommand,
 		devicesRevokeCommand,

@@ -16,6 +16,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/fleet/drift"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/internal/subcommand"
 	"github.com/outpost-edge/outpost/internal/yamlconf"
@@ -88,6 +89,15 @@ type fleetConfig struct {
 			RawTelemetry  time.Duration `yaml:"raw_telemetry"`
 			Every         time.Duration `yaml:"every"`
 		} `yaml:"retention"`
+		// Drift: drift detection (docs/MONITORING.md "Drift detection").
+		Drift struct {
+			Off      bool          `yaml:"off"`
+			Window   time.Duration `yaml:"window"`
+			PSI      float64       `yaml:"psi"`
+			JS       float64       `yaml:"js"`
+			MinCount uint64        `yaml:"min_count"`
+			Windows  int           `yaml:"windows"`
+		} `yaml:"drift"`
 	} `yaml:"monitoring"`
 }
 
@@ -171,6 +181,11 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		PruneEvery: cfg.Monitoring.Retention.Every,
 		Retention: registry.Retention{MinuteBuckets: cfg.Monitoring.Retention.MinuteBuckets, HourBuckets: cfg.Monitoring.Retention.HourBuckets,
 			MaxBucketRows: cfg.Monitoring.Retention.MaxBucketRows, Health: cfg.Monitoring.Retention.Health, RawTelemetry: cfg.Monitoring.Retention.RawTelemetry},
+		Drift: controller.DriftOptions{Off: cfg.Monitoring.Drift.Off, Window: cfg.Monitoring.Drift.Window, Thresholds: drift.Thresholds{
+			PSI: cfg.Monitoring.Drift.PSI, JS: cfg.Monitoring.Drift.JS, MinCount: cfg.Monitoring.Drift.MinCount, Windows: cfg.Monitoring.Drift.Windows}},
+	}
+	if err := opts.Drift.Validate(); err != nil {
+		return subcommand.UsageError("monitoring.drift: " + strings.TrimPrefix(err.Error(), "drift: "))
 	}
 	if m := cfg.Monitoring; m.Samples.MaxCount < 0 || m.Samples.MaxBytes < 0 || m.Retention.MaxBucketRows < 0 || m.Retention.MinuteBuckets < 0 ||
 		m.Retention.HourBuckets < 0 || m.Retention.Health < 0 || m.Retention.RawTelemetry < 0 || m.Retention.Every < 0 {

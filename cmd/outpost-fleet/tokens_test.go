@@ -34,9 +34,10 @@ func TestTokensCommands(t *testing.T) {
 	}
 	srv := startServe(t, bin, serveOptions{})
 	api := srv.admin
-	if !strings.Contains(srv.logs.String(), "bootstrap mode") {
-		t.Error("serve did not log that it is in bootstrap mode")
-	}
+	// The line reaches logs through the pipe from the child: waited for.
+	waitFor(t, 10*time.Second, "serve's log line that it is in bootstrap mode", func() (bool, string) {
+		return strings.Contains(srv.logs.String(), "bootstrap mode"), ""
+	})
 	rootTok, errOut := cliEnv(t, bin, nil, 0, "tokens", "create", "--admin", api, "--role", "admin", "--name", "root")
 	rootTok = strings.TrimSpace(rootTok)
 	if !strings.HasPrefix(rootTok, admin.TokenPrefix) || !strings.Contains(errOut, "shown once") {
@@ -197,9 +198,9 @@ func TestAdminTLS(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if !strings.Contains(logs.String(), "admin https://"+adminAddr) {
-		t.Errorf("serve does not announce https:\n%s", logs.String())
-	}
+	waitFor(t, 10*time.Second, "serve's announcement of https", func() (bool, string) {
+		return strings.Contains(logs.String(), "admin https://"+adminAddr), logs.String()
+	})
 	if _, errOut := cliEnv(t, bin, nil, 1, "devices", "list", "--admin", api); !strings.Contains(errOut, "certificate") {
 		t.Fatalf("without --ca: %q", errOut)
 	}

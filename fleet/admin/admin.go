@@ -259,6 +259,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /v1/audit", s.getAudit)
 	s.mux.HandleFunc("GET /v1/alerts/deliveries", s.alertDeliveries)
 	s.mux.HandleFunc("GET /v1/models/{name}/metrics", s.modelMetrics)
+	s.mux.HandleFunc("GET /v1/models/{name}/drift", s.modelDrift)
 	s.mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
 		if s.opts.Metrics == nil {
 			writeError(w, http.StatusNotFound, errors.New("no metrics"))

@@ -102,6 +102,8 @@ type Options struct {
 	LeaseTTL time.Duration
 	// Alerts are the webhooks and their settings (fleet.yaml's alerts).
 	Alerts alerts.Config
+	// Drift configures drift detection (fleet.yaml's monitoring.drift).
+	Drift DriftOptions
 	// Retention is how long the telemetry the controller keeps lives
 	// (zero fields: registry's defaults); a pass prunes it every
 	// PruneEvery (0: 10 minutes), on the leader only when replicas share
@@ -136,6 +138,7 @@ type Controller struct {
 	leader atomic.Pointer[rollout.Engine] // nil while this replica does not hold the lease
 	adm    *admin.Server
 	alerts *alerts.Outbox
+	refs   refCache                 // reference profiles, for drift detection
 	breaks chan registry.ChainBreak // audit chain breaks found at ingest, for the webhooks
 
 	urls []string // the brokers, in the order tried
@@ -159,6 +162,9 @@ func New(opts Options) (*Controller, error) {
 	}
 	if opts.Fleet == "" || opts.DataDir == "" || opts.Keys == "" {
 		return nil, errors.New("controller: fleet, data dir and keys are required")
+	}
+	if err := opts.Drift.Validate(); err != nil {
+		return nil, fmt.Errorf("controller: %w", err)
 	}
 	if _, err := protocol.ArtifactsReqTopic(opts.Fleet); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
@@ -191,7 +197,8 @@ func New(opts Options) (*Controller, error) {
 		c.opts.PruneEvery = 10 * time.Minute
 	}
 	if c.reg, err = registry.Open(opts.DataDir, registry.Options{Store: opts.Store, Logger: opts.Logger.With("component", "registry"),
-		MaxSamples: opts.MaxSamples, MaxSampleBytes: opts.MaxSampleBytes, OnAuditChainBroken: c.onChainBreak}); err != nil {
+		MaxSamples: opts.MaxSamples, MaxSampleBytes: opts.MaxSampleBytes, OnAuditChainBroken: c.onChainBreak,
+		FineStep: opts.Drift.fineStep()}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
 	fail := func(err error) (*Controller, error) {
@@ -243,7 +250,7 @@ func New(opts Options) (*Controller, error) {
 		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Console: console.Handler(),
 		Logger: opts.Logger.With("component", "admin"),
 		// Drift scores (outpost_fleet_drift_psi) come with drift detection (issue #12 part 6).
-		Metrics: c.metricsHandler(nil)}); err != nil {
+		Metrics: c.metricsHandler(c.driftScores)}); err != nil {
 		return fail(err)
 	}
 	return c, nil
@@ -358,6 +365,13 @@ func (c *Controller) Run(ctx context.Context) error {
 	} else {
 		c.leader.Store(c.eng)
 		run("rollout", c.eng.Run)
+		mon, err := c.newDriftMonitor(c.reg)
+		if err != nil {
+			return err // options checked in New
+		}
+		if mon != nil {
+			run("drift", mon.Run)
+		}
 	}
 	run("admin", c.adm.Run)
 	run("alerts", c.alerts.Run)

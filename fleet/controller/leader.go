@@ -95,6 +95,11 @@ func (c *Controller) holdLease(ctx context.Context, l registry.Lease) {
 	ectx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = eng.Run(ectx) })
+	if mon, err := c.newDriftMonitor(c.reg.Fenced(l)); err != nil {
+		log.Error("drift monitor", "err", err) // options checked in New
+	} else if mon != nil {
+		wg.Go(func() { _ = mon.Run(ectx) })
+	}
 	c.leader.Store(eng)
 	defer func() {
 		c.leader.Store(nil)

@@ -158,12 +158,14 @@ type bucketKey struct {
 // minute buckets only; expand derives the rest from those.
 type aggBatch struct {
 	minutes map[bucketKey]*aggValue // the devices' minute buckets
+	fine    map[bucketKey]*aggValue // the devices' fine buckets (Options.FineStep)
 	buckets map[bucketKey]*aggValue // every bucket, after expand
 	totals  map[bucketKey]*aggValue // after expand
 }
 
-// add merges one fresh aggregate record of device.
-func (b *aggBatch) add(device string, rec *protocol.Record) {
+// add merges one fresh aggregate record of device; fine > 0 keeps buckets
+// of that many seconds too.
+func (b *aggBatch) add(device string, rec *protocol.Record, fine int64) {
 	a := rec.Aggregate
 	if a == nil || rec.Model.Name == "" {
 		return
@@ -182,6 +184,18 @@ func (b *aggBatch) add(device string, rec *protocol.Record) {
 		b.minutes[k] = v
 	}
 	v.addAggregate(a, true)
+	if fine > 0 {
+		k.step, k.start = fine, floorTo(at.Unix(), fine)
+		if b.fine == nil {
+			b.fine = map[bucketKey]*aggValue{}
+		}
+		v := b.fine[k]
+		if v == nil {
+			v = &aggValue{}
+			b.fine[k] = v
+		}
+		v.addAggregate(a, true)
+	}
 }
 
 // floorTo rounds sec down to a multiple of step, also before 1970.
@@ -217,6 +231,10 @@ func (b *aggBatch) expand() {
 			into(b.buckets, dk, v, true)
 		}
 		into(b.totals, bucketKey{model: k.model, version: k.version}, v, false)
+	}
+	for k, v := range b.fine {
+		b.buckets[k] = v
+		into(b.buckets, bucketKey{model: k.model, version: k.version, step: k.step, start: k.start}, v, true)
 	}
 }
 

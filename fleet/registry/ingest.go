@@ -85,7 +85,7 @@ func (r *Registry) ingestRecord(tx *sql.Tx, it *ingestTx, device string, body []
 	}
 	switch rec.Kind {
 	case protocol.KindAggregate:
-		it.agg.add(device, &rec)
+		it.agg.add(device, &rec, r.mon.fineStep)
 	case protocol.KindHealth:
 		return r.insertHealth(tx, device, &rec)
 	case protocol.KindAudit:

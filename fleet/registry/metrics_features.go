@@ -17,7 +17,9 @@ type FeatureQuery struct {
 	// Since and Until bound the range in whole buckets: every bucket whose
 	// start is in [Since rounded down to Bucket, Until) is read.
 	Since, Until time.Time
-	// Bucket is MinuteBucket or HourBucket (0: MinuteBucket).
+	// Bucket is the step of the buckets read: MinuteBucket, HourBucket, or
+	// the finer step ingest keeps for drift windows under a minute
+	// (0: MinuteBucket).
 	Bucket int64
 }
 
@@ -37,8 +39,8 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 	if q.Bucket == 0 {
 		q.Bucket = MinuteBucket
 	}
-	if q.Bucket != MinuteBucket && q.Bucket != HourBucket {
-		return nil, fmt.Errorf("%w: feature bucket %d s: want %d or %d", ErrInvalidQuery, q.Bucket, MinuteBucket, HourBucket)
+	if q.Bucket != MinuteBucket && q.Bucket != HourBucket && (q.Bucket < 1 || q.Bucket > 30 || MinuteBucket%q.Bucket != 0) {
+		return nil, fmt.Errorf("%w: feature bucket %d s: want %d, %d, or a divisor of a minute (Options.FineStep)", ErrInvalidQuery, q.Bucket, MinuteBucket, HourBucket)
 	}
 	since := q.Since.Unix() / q.Bucket * q.Bucket
 	rows, err := r.r.Query(r.q(`SELECT start, requests, records, features FROM agg_buckets

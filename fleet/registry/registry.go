@@ -95,6 +95,11 @@ type Options struct {
 	// that stored the record committed, in the caller's goroutine: it must
 	// not block. The break is stored and counted either way.
 	OnAuditChainBroken func(ChainBreak)
+	// FineStep, when it divides a minute (1 to 30 s), keeps buckets of that
+	// many seconds too, per device and fleet-wide: drift detection's
+	// windows under a minute (tests, demos) read them. Prune keeps them
+	// an hour.
+	FineStep int64
 }
 
 // monitoring is what ingest needs besides the store, shared with Fenced
@@ -103,6 +108,7 @@ type monitoring struct {
 	maxSamples     int64
 	maxSampleBytes int64
 	onBreak        func(ChainBreak)
+	fineStep       int64 // Options.FineStep, or 0
 	samplesDropped atomic.Uint64
 	// stmts are ingest's statements, prepared in Open (parsing one costs
 	// SQLite about as much as running it).
@@ -154,6 +160,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
 		ingest: &ingestQueue{}, mon: &monitoring{maxSamples: int64(opts.MaxSamples), maxSampleBytes: opts.MaxSampleBytes,
 			onBreak: opts.OnAuditChainBroken}}
+	if opts.FineStep > 0 && opts.FineStep < StepMinute && StepMinute%opts.FineStep == 0 {
+		r.mon.fineStep = opts.FineStep
+	}
 	if r.mon.maxSamples <= 0 {
 		r.mon.maxSamples = DefaultMaxSamples
 	}

@@ -83,6 +83,9 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 	}{
 		{&p.MinuteBuckets, "agg_buckets", "start", "step = ?", []any{StepMinute}, now.Add(-ret.MinuteBuckets).Unix()},
 		{&p.HourBuckets, "agg_buckets", "start", "step = ?", []any{StepHour}, now.Add(-ret.HourBuckets).Unix()},
+		// Fine buckets (Options.FineStep) serve drift windows under a
+		// minute, judged within seconds: an hour is plenty.
+		{&p.MinuteBuckets, "agg_buckets", "start", "step < ?", []any{StepMinute}, now.Add(-time.Hour).Unix()},
 		{&p.Health, "device_health", "time", "", nil, now.Add(-ret.Health).UnixNano()},
 		{&p.Telemetry, "telemetry", "received", "", nil, now.Add(-ret.RawTelemetry).UnixNano()},
 	}

@@ -1,0 +1,92 @@
+package registry
+
+import (
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// DriftRow is drift detection's record of one model version and scope
+// (Device "" for the whole fleet): Status and Score are fleet/drift's JSON,
+// kept as they are (schema 8).
+type DriftRow struct {
+	Model, Version, Device string
+	Status, Score          json.RawMessage
+	Updated                time.Time
+}
+
+// DriftRows returns the rows of model (and version, when not empty),
+// ordered by version and device, the fleet's row first.
+func (r *Registry) DriftRows(model, version string) ([]DriftRow, error) {
+	q := `SELECT model, version, device, status, score, updated FROM drift_state WHERE model = ?`
+	args := []any{model}
+	if version != "" {
+		q += ` AND version = ?`
+		args = append(args, version)
+	}
+	rows, err := r.r.Query(r.q(q+` ORDER BY version, device`), args...)
+	if err != nil {
+		return nil, fmt.Errorf("registry: drift of %s: %w", model, err)
+	}
+	defer rows.Close()
+	var out []DriftRow
+	for rows.Next() {
+		var d DriftRow
+		var status, score []byte
+		var updated int64
+		if err := rows.Scan(&d.Model, &d.Version, &d.Device, &status, &score, &updated); err != nil {
+			return nil, fmt.Errorf("registry: drift of %s: %w", model, err)
+		}
+		d.Status, d.Score, d.Updated = status, score, fromTS(updated)
+		out = append(out, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("registry: drift of %s: %w", model, err)
+	}
+	return out, nil
+}
+
+// PutDrift writes rows (replacing those of the same model, version and
+// device) in one transaction; on a fenced view only while its lease holds.
+func (r *Registry) PutDrift(rows []DriftRow) error {
+	if len(rows) == 0 {
+		return nil
+	}
+	err := r.write(func(tx *sql.Tx) error {
+		for _, d := range rows {
+			if _, err := r.exec(tx, `INSERT INTO drift_state (model, version, device, status, score, updated) VALUES (?, ?, ?, ?, ?, ?)
+				ON CONFLICT (model, version, device) DO UPDATE SET status = excluded.status, score = excluded.score, updated = excluded.updated`,
+				d.Model, d.Version, d.Device, string(d.Status), string(d.Score), ts(d.Updated)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("registry: drift: %w", err)
+	}
+	return nil
+}
+
+// FeatureDevices lists the devices with feature histograms of model
+// version in buckets of step seconds starting in [since, until): the
+// device scopes drift detection judges for that range.
+func (r *Registry) FeatureDevices(model, version string, step int64, since, until time.Time) ([]string, error) {
+	rows, err := r.r.Query(r.q(`SELECT DISTINCT device FROM agg_buckets
+		WHERE model = ? AND version = ? AND step = ? AND start >= ? AND start < ? AND device <> '' AND features <> '[]'
+		ORDER BY device`), model, version, step, since.Unix(), until.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("registry: devices of %s v%s: %w", model, version, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, fmt.Errorf("registry: devices of %s v%s: %w", model, version, err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
