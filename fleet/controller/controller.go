@@ -27,6 +27,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/artifacts"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/console"
+	"github.com/outpost-edge/outpost/fleet/drift"
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
@@ -139,6 +140,7 @@ type Controller struct {
 	adm    *admin.Server
 	alerts *alerts.Outbox
 	refs   refCache                 // reference profiles, for drift detection
+	drift  *drift.Monitor           // on the embedded store; with a lease, holdLease runs one
 	breaks chan registry.ChainBreak // audit chain breaks found at ingest, for the webhooks
 
 	urls []string // the brokers, in the order tried
@@ -244,6 +246,11 @@ func New(opts Options) (*Controller, error) {
 	var disc admin.Disconnecter
 	if c.brk != nil {
 		disc = c.brk
+	}
+	if c.reg.Engine() != "postgres" {
+		if c.drift, err = c.newDriftMonitor(c.reg); err != nil {
+			return fail(err)
+		}
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
 		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS, Alerts: c.alerts,
@@ -365,12 +372,8 @@ func (c *Controller) Run(ctx context.Context) error {
 	} else {
 		c.leader.Store(c.eng)
 		run("rollout", c.eng.Run)
-		mon, err := c.newDriftMonitor(c.reg)
-		if err != nil {
-			return err // options checked in New
-		}
-		if mon != nil {
-			run("drift", mon.Run)
+		if c.drift != nil {
+			run("drift", c.drift.Run)
 		}
 	}
 	run("admin", c.adm.Run)
