@@ -187,7 +187,7 @@ func drain(t *testing.T, f *fleet, url string, devices, batches, drainRecords in
 			t.Errorf("%s: %d records stored, %d acknowledged", d.ID, got, acked[i].Load())
 		}
 	}
-	bs, err := reg.Buckets("drain", "", registry.StepMinute)
+	bs, err := reg.Buckets("drain", "", registry.MinuteBucket)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,10 +32,7 @@ import (
 // (which cannot happen within one signed model version) is left out.
 
 // Bucket steps in seconds.
-const (
-	StepMinute = 60
-	StepHour   = 3600
-)
+const ()
 
 // Latency is a bucket's merged latency histogram, as agg_buckets stores it.
 type Latency struct {
@@ -116,24 +113,7 @@ func (v *aggValue) add(o *aggValue) {
 }
 
 func (v *aggValue) addFeatures(fs []protocol.FeatureCounts) {
-	for _, f := range fs {
-		i := slices.IndexFunc(v.features, func(g protocol.FeatureCounts) bool { return g.Name == f.Name })
-		if i < 0 {
-			v.features = append(v.features, protocol.FeatureCounts{Name: f.Name, Counts: slices.Clone(f.Counts),
-				NaNs: f.NaNs, Sum: finite(f.Sum), SumSq: finite(f.SumSq)})
-			continue
-		}
-		g := &v.features[i]
-		if len(g.Counts) != len(f.Counts) {
-			continue
-		}
-		for j, c := range f.Counts {
-			g.Counts[j] += c
-		}
-		g.NaNs += f.NaNs
-		g.Sum = finite(g.Sum + f.Sum)
-		g.SumSq = finite(g.SumSq + f.SumSq)
-	}
+	v.features = MergeFeatures(v.features, fs)
 }
 
 // finite keeps JSON encodable what a device sent: a sum that is not a
@@ -174,7 +154,7 @@ func (b *aggBatch) add(device string, rec *protocol.Record, fine int64) {
 	if at.IsZero() {
 		at = rec.Time
 	}
-	k := bucketKey{model: rec.Model.Name, version: rec.Model.Version, device: device, step: StepMinute, start: floorTo(at.Unix(), StepMinute)}
+	k := bucketKey{model: rec.Model.Name, version: rec.Model.Version, device: device, step: MinuteBucket, start: floorTo(at.Unix(), MinuteBucket)}
 	if b.minutes == nil {
 		b.minutes = map[bucketKey]*aggValue{}
 	}
@@ -221,12 +201,12 @@ func (b *aggBatch) expand() {
 		t.add(v)
 	}
 	for k, v := range b.minutes {
-		h := floorTo(k.start, StepHour)
+		h := floorTo(k.start, HourBucket)
 		b.buckets[k] = v
 		for _, dk := range []bucketKey{
-			{model: k.model, version: k.version, step: StepMinute, start: k.start},
-			{model: k.model, version: k.version, device: k.device, step: StepHour, start: h},
-			{model: k.model, version: k.version, step: StepHour, start: h},
+			{model: k.model, version: k.version, step: MinuteBucket, start: k.start},
+			{model: k.model, version: k.version, device: k.device, step: HourBucket, start: h},
+			{model: k.model, version: k.version, step: HourBucket, start: h},
 		} {
 			into(b.buckets, dk, v, true)
 		}

@@ -92,7 +92,7 @@ func testIngestAggregates(t *testing.T, newTarget func(*testing.T) target) {
 	b := &feeder{r: r, device: "gw-b", epoch: 1}
 	require.Equal(t, 1, b.send(t, aggregate(t0.Add(5*time.Second), 4, 0, []uint64{2000, 30000}, []uint64{1, 2, 1}, feat(1, 1, 1))))
 
-	fleetMin, err := r.Buckets("face", "", StepMinute)
+	fleetMin, err := r.Buckets("face", "", MinuteBucket)
 	require.NoError(t, err)
 	require.Len(t, fleetMin, 2)
 	m0 := fleetMin[0]
@@ -114,13 +114,13 @@ func testIngestAggregates(t *testing.T, newTarget func(*testing.T) target) {
 	assert.Equal(t, uint64(7), fleetMin[1].Requests)
 	assert.Equal(t, t0.Add(time.Minute), fleetMin[1].Start)
 
-	devMin, err := r.Buckets("face", "gw-a", StepMinute)
+	devMin, err := r.Buckets("face", "gw-a", MinuteBucket)
 	require.NoError(t, err)
 	require.Len(t, devMin, 2)
 	assert.Equal(t, uint64(15), devMin[0].Requests)
 	assert.Equal(t, uint64(2), devMin[0].Records)
 
-	hours, err := r.Buckets("face", "", StepHour)
+	hours, err := r.Buckets("face", "", HourBucket)
 	require.NoError(t, err)
 	require.Len(t, hours, 1)
 	assert.Equal(t, uint64(26), hours[0].Requests)
@@ -188,7 +188,7 @@ func testIngestConcurrent(t *testing.T, newTarget func(*testing.T) target) {
 		t.Fatal(err)
 	}
 	const records = devices * batches * perBatch
-	bs, err := r1.Buckets("face", "", StepMinute)
+	bs, err := r1.Buckets("face", "", MinuteBucket)
 	require.NoError(t, err)
 	require.Len(t, bs, 1)
 	assert.Equal(t, uint64(records), bs[0].Records)
@@ -400,13 +400,13 @@ func testPrune(t *testing.T, newTarget func(*testing.T) target) {
 		bs, err := r.Buckets("face", "gw-a", step)
 		require.NoError(t, err)
 		for _, b := range bs {
-			if pruned && step == StepMinute && b.Start.Before(now.Add(-30*24*time.Hour)) {
+			if pruned && step == MinuteBucket && b.Start.Before(now.Add(-30*24*time.Hour)) {
 				t.Errorf("minute bucket of %v kept", b.Start)
 			}
 		}
 		return len(bs)
 	}
-	require.Equal(t, 40*24+120-2, count(StepMinute)) // two minutes had an hourly one too
+	require.Equal(t, 40*24+120-2, count(MinuteBucket)) // two minutes had an hourly one too
 	p, err := r.Prune(context.Background(), now, Retention{})
 	require.NoError(t, err)
 	pruned = true
@@ -414,14 +414,14 @@ func testPrune(t *testing.T, newTarget func(*testing.T) target) {
 	assert.Equal(t, int64(0), p.HourBuckets)
 	assert.Equal(t, int64(9), p.Health, "health points past 30 days")
 	assert.Equal(t, int64(0), p.Telemetry)
-	assert.Equal(t, 30*24+120-2, count(StepMinute))
+	assert.Equal(t, 30*24+120-2, count(MinuteBucket))
 	// Hour buckets a year; raw rows a week after they arrived.
 	p, err = r.Prune(context.Background(), time.Now().Add(366*24*time.Hour), Retention{})
 	require.NoError(t, err)
 	assert.Equal(t, int64(2*40*24), p.HourBuckets)
 	assert.Equal(t, int64(len(recs)), p.Telemetry)
-	assert.Equal(t, 0, count(StepHour))
-	assert.Equal(t, 0, count(StepMinute))
+	assert.Equal(t, 0, count(HourBucket))
+	assert.Equal(t, 0, count(MinuteBucket))
 	tot, err := r.Totals("face", "3")
 	require.NoError(t, err)
 	assert.Equal(t, uint64(40*24+120), tot.Requests, "totals are never pruned")
@@ -445,11 +445,11 @@ func testPruneBound(t *testing.T, newTarget func(*testing.T) target) {
 	p, err := r.Prune(context.Background(), now, Retention{MaxBucketRows: 5000})
 	require.NoError(t, err)
 	assert.Equal(t, int64(2*6000+2*101-5000), p.OverBound) // 6000 minutes back from a whole hour touch 101 hours
-	bs, err := r.Buckets("face", "", StepMinute)
+	bs, err := r.Buckets("face", "", MinuteBucket)
 	require.NoError(t, err)
 	require.NotEmpty(t, bs)
 	assert.Equal(t, now, bs[len(bs)-1].Start, "the newest kept")
-	hs, err := r.Buckets("face", "", StepHour)
+	hs, err := r.Buckets("face", "", HourBucket)
 	require.NoError(t, err)
 	assert.Len(t, hs, 101, "hour buckets kept while minute ones remain")
 }

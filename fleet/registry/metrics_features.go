@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/outpost-edge/outpost/protocol"
@@ -72,34 +73,31 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 }
 
 // MergeFeatures adds add to into, feature by feature (matched by name;
-// new names appended), every field added as protocol.FeatureCounts says.
-// Counts of different lengths (a feature binned with other edges, which
-// one version's reference profile never gives) are added element by
-// element on the longer length. It returns the merged list; into's
-// slices may be reused.
+// new names appended, their counts copied), every field added as
+// protocol.FeatureCounts says. A feature whose counts have another length
+// than into's (binned with other edges: another reference) is left out
+// rather than mixed in. A sum that is not a finite number (only a broken
+// or hostile device sends one) counts as 0, so the stored JSON stays
+// valid. It returns the merged list; into's slices may be reused. Ingest
+// and the queries both merge with it.
 func MergeFeatures(into, add []protocol.FeatureCounts) []protocol.FeatureCounts {
 	for _, f := range add {
-		i := -1
-		for j := range into {
-			if into[j].Name == f.Name {
-				i = j
-				break
-			}
-		}
+		i := slices.IndexFunc(into, func(g protocol.FeatureCounts) bool { return g.Name == f.Name })
 		if i < 0 {
-			into = append(into, protocol.FeatureCounts{Name: f.Name})
-			i = len(into) - 1
+			into = append(into, protocol.FeatureCounts{Name: f.Name, Counts: slices.Clone(f.Counts),
+				NaNs: f.NaNs, Sum: finite(f.Sum), SumSq: finite(f.SumSq)})
+			continue
 		}
 		g := &into[i]
-		for len(g.Counts) < len(f.Counts) {
-			g.Counts = append(g.Counts, 0)
+		if len(g.Counts) != len(f.Counts) {
+			continue
 		}
-		for k, c := range f.Counts {
-			g.Counts[k] += c
+		for j, c := range f.Counts {
+			g.Counts[j] += c
 		}
 		g.NaNs += f.NaNs
-		g.Sum += f.Sum
-		g.SumSq += f.SumSq
+		g.Sum += finite(f.Sum)
+		g.SumSq += finite(f.SumSq)
 	}
 	return into
 }

@@ -328,11 +328,12 @@ func TestMergeFeatures(t *testing.T) {
 	a := []protocol.FeatureCounts{{Name: "in.mean", Counts: []uint64{1, 2, 3}, NaNs: 1, Sum: 1.5, SumSq: 2}}
 	b := []protocol.FeatureCounts{
 		{Name: "out.max", Counts: []uint64{4}, Sum: 1},
-		{Name: "in.mean", Counts: []uint64{1, 1, 1, 1}, NaNs: 2, Sum: 0.5, SumSq: 1},
+		{Name: "in.mean", Counts: []uint64{1, 1, 1, 1}, NaNs: 2, Sum: 0.5, SumSq: 1}, // other bins: left out
+		{Name: "in.mean", Counts: []uint64{1, 1, 1}, NaNs: 2, Sum: 0.5, SumSq: math.Inf(1)},
 	}
 	got := registry.MergeFeatures(a, b)
 	want := []protocol.FeatureCounts{
-		{Name: "in.mean", Counts: []uint64{2, 3, 4, 1}, NaNs: 3, Sum: 2, SumSq: 3},
+		{Name: "in.mean", Counts: []uint64{2, 3, 4}, NaNs: 3, Sum: 2, SumSq: 2},
 		{Name: "out.max", Counts: []uint64{4}, Sum: 1},
 	}
 	if !reflect.DeepEqual(got, want) {

@@ -160,7 +160,7 @@ func Open(dir string, opts Options) (*Registry, error) {
 	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
 		ingest: &ingestQueue{}, mon: &monitoring{maxSamples: int64(opts.MaxSamples), maxSampleBytes: opts.MaxSampleBytes,
 			onBreak: opts.OnAuditChainBroken}}
-	if opts.FineStep > 0 && opts.FineStep < StepMinute && StepMinute%opts.FineStep == 0 {
+	if opts.FineStep > 0 && opts.FineStep < MinuteBucket && MinuteBucket%opts.FineStep == 0 {
 		r.mon.fineStep = opts.FineStep
 	}
 	if r.mon.maxSamples <= 0 {

@@ -81,11 +81,11 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 		args   []any
 		cut    int64
 	}{
-		{&p.MinuteBuckets, "agg_buckets", "start", "step = ?", []any{StepMinute}, now.Add(-ret.MinuteBuckets).Unix()},
-		{&p.HourBuckets, "agg_buckets", "start", "step = ?", []any{StepHour}, now.Add(-ret.HourBuckets).Unix()},
+		{&p.MinuteBuckets, "agg_buckets", "start", "step = ?", []any{MinuteBucket}, now.Add(-ret.MinuteBuckets).Unix()},
+		{&p.HourBuckets, "agg_buckets", "start", "step = ?", []any{HourBucket}, now.Add(-ret.HourBuckets).Unix()},
 		// Fine buckets (Options.FineStep) serve drift windows under a
 		// minute, judged within seconds: an hour is plenty.
-		{&p.MinuteBuckets, "agg_buckets", "start", "step < ?", []any{StepMinute}, now.Add(-time.Hour).Unix()},
+		{&p.MinuteBuckets, "agg_buckets", "start", "step < ?", []any{MinuteBucket}, now.Add(-time.Hour).Unix()},
 		{&p.Health, "device_health", "time", "", nil, now.Add(-ret.Health).UnixNano()},
 		{&p.Telemetry, "telemetry", "received", "", nil, now.Add(-ret.RawTelemetry).UnixNano()},
 	}
@@ -100,7 +100,7 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 	if err := r.r.QueryRowContext(ctx, `SELECT count(*) FROM agg_buckets`).Scan(&rows); err != nil {
 		return p, fmt.Errorf("registry: prune: %w", err)
 	}
-	for _, step := range []int64{StepMinute, StepHour} {
+	for _, step := range []int64{MinuteBucket, HourBucket} {
 		if rows <= ret.MaxBucketRows {
 			break
 		}
