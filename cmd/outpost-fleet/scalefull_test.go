@@ -282,12 +282,21 @@ func runScaleTopology(t *testing.T, bin, topo string, n, modelBytes int, limit t
 	rep := createRollout(t, watch.admin, []int{1, 10, 50, 100}, nil)
 	var takeover time.Duration
 	lastLog := began
+	// A rollout that commits nothing for three resend periods (every
+	// device waiting was sent its command again twice) has stalled.
+	lastCommitted, lastChange := 0, began
 	for rep.State != "completed" {
 		if rep.State == "halted" || rep.State == "aborted" || time.Since(began) > limit {
 			t.Fatalf("%s: rollout %s with %d of %d committed after %s", topo, rep.State, rep.Committed, n, time.Since(began).Round(time.Second))
 		}
+		if time.Since(lastChange) > 3*scaleResendAfter {
+			t.Fatalf("%s: rollout stalled: %d of %d committed, none for %s", topo, rep.Committed, n, time.Since(lastChange).Round(time.Second))
+		}
 		time.Sleep(500 * time.Millisecond)
 		getJSON(t, watch.admin+"/v1/rollouts/"+rep.ID, &rep)
+		if rep.Committed != lastCommitted {
+			lastCommitted, lastChange = rep.Committed, time.Now()
+		}
 		if time.Since(lastLog) >= 10*time.Second {
 			lastLog = time.Now()
 			t.Logf("%s: %s: %s, %d of %d committed", topo, time.Since(began).Round(time.Second), rep.State, rep.Committed, n)
