@@ -148,6 +148,22 @@ bench-store: setup
 bench-metrics: setup
 	$(GO) test -run '^$$' -bench MetricsQuery -benchtime 10x -timeout 30m -v ./fleet/registry/
 
+# scale: issue 11's scale run, not in make test: a rollout of a small model
+# in waves (1, 10, 50, 100 %) to SCALE_DEVICES simulated devices (each its own
+# MQTT client id and persistent session, all in the test process) through
+# the real controller binary, three topologies in turn: 2 replicas on
+# PostgreSQL through Mosquitto, the leader SIGKILLed at half way; the same
+# through a 3-node NATS cluster; one controller with the embedded store and
+# broker. Prints the figures of docs/SCALE.md. Loopback only; each rollout
+# is bounded by SCALE_LIMIT, the whole run by the go test timeout.
+SCALE_DEVICES    ?= 10000
+SCALE_TOPOLOGIES ?= mosquitto,nats,embedded
+SCALE_LIMIT      ?= 20m
+.PHONY: scale
+scale: setup
+	CI=true OUTPOST_SCALE_DEVICES=$(SCALE_DEVICES) OUTPOST_SCALE_TOPOLOGIES=$(SCALE_TOPOLOGIES) OUTPOST_SCALE_LIMIT=$(SCALE_LIMIT) \
+	  $(GO) test -count=1 -timeout 120m -run '^TestScale$$' -v ./cmd/outpost-fleet/
+
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
 # telemetry queue and uplink SIGKILLed amid appends and drains (millions of
 # records through a real Mosquitto), again with a 1 MB queue bound so the

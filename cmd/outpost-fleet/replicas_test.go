@@ -1,21 +1,11 @@
 package main
 
 import (
-	"bytes"
-	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
-	"mime/multipart"
-	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,53 +14,12 @@ import (
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
-	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/internal/testpg"
-	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
 func TestMain(m *testing.M) { os.Exit(testpg.Main(m)) }
-
-// replica is one `outpost-fleet serve` of a replicated controller.
-type replica struct {
-	id    string
-	admin string // http://host:port
-	cmd   *exec.Cmd
-	logs  *lockedBuffer
-	dead  chan struct{} // closed when the process has exited
-}
-
-// startReplica runs serve as replica id on store, with the shared keys,
-// its own data directory and admin address, on the external broker.
-func startReplica(t *testing.T, bin, id, store, brokerURL string, k *keyring.Keyring, extra ...string) *replica {
-	t.Helper()
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "fleet.yaml")
-	if err := os.WriteFile(cfg, []byte("rollouts:\n  resend_after: 5s\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	addr := freeAddr(t)
-	r := &replica{id: id, admin: "http://" + addr, logs: &lockedBuffer{}, dead: make(chan struct{})}
-	args := append([]string{"serve", "--config", cfg, "--keys", k.Dir(), "--data-dir", filepath.Join(dir, "data"), "--store", store,
-		"--broker", brokerURL, "--admin", addr, "--fleet", "rep", "--replica-id", id}, extra...)
-	r.cmd = exec.Command(bin, args...)
-	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
-	if err := r.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { _ = r.cmd.Wait(); close(r.dead) }()
-	t.Cleanup(func() {
-		_ = r.cmd.Process.Kill()
-		<-r.dead
-		if t.Failed() {
-			t.Logf("replica %s output:\n%s", id, r.logs.String())
-		}
-	})
-	waitHTTP(t, r.admin+"/v1/health")
-	return r
-}
 
 func (r *replica) stats(t *testing.T) controller.Stats {
 	var s controller.Stats
@@ -134,7 +83,8 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	if shareGroup != "" {
 		args = append(args, "--share-group", shareGroup)
 	}
-	reps := []*replica{startReplica(t, bin, "a", store, mq.URL(), k, args...), startReplica(t, bin, "b", store, mq.URL(), k, args...)}
+	ro := replicaOptions{Fleet: "rep", Store: store, Brokers: []string{mq.URL()}, Keys: k, Config: "rollouts:\n  resend_after: 5s\n", Args: args}
+	reps := []*replica{startReplica(t, bin, "a", ro), startReplica(t, bin, "b", ro)}
 	var leader, standby *replica
 	waitFor(t, 30*time.Second, "one leader", func() (bool, string) {
 		sa, sb := reps[0].stats(t), reps[1].stats(t)
@@ -151,39 +101,8 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 
 	// The model goes to the leader's data directory only: after the kill
 	// the standby serves its chunks from the store.
-	model := make([]byte, 256<<10)
-	_, _ = rand.Read(model)
-	sum := sha256.Sum256(model)
-	rel, err := k.SignRelease(manifest.Manifest{Name: "face", Version: 1, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(model)), Runtime: "tflite",
-		Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1}}},
-		Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1}}}}, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var body bytes.Buffer
-	mw := multipart.NewWriter(&body)
-	w, _ := mw.CreateFormFile("release", "release.json")
-	w.Write(rel)
-	w, _ = mw.CreateFormFile("model", "model.tflite")
-	w.Write(model)
-	mw.Close()
-	resp, err := http.Post(leader.admin+"/v1/models", mw.FormDataContentType(), &body)
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("push: %v %v", resp, err)
-	}
-	resp.Body.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for i := range n {
-		a, err := simdevice.New(simdevice.Options{Broker: mq.URL(), Fleet: "rep", Device: fmt.Sprintf("sim-%03d", i), Root: k.Root(),
-			RetryAfter: time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Go(func() { _ = a.Run(ctx) })
-	}
+	pushRandomModel(t, leader.admin, k, 256<<10)
+	startSims(t, n, []string{mq.URL()}, "rep", "sim", k, time.Second)
 	waitFor(t, 60*time.Second, "devices registered", func() (bool, string) {
 		var ds []registry.Device
 		getJSON(t, standby.admin+"/v1/devices", &ds)
@@ -209,7 +128,7 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	const telDevices, perBatch = 4, 5
 	sendTelemetry := func(first uint64) {
 		for d := range telDevices {
-			topics, _ := protocol.DeviceTopics("rep", fmt.Sprintf("sim-%03d", d))
+			topics, _ := protocol.DeviceTopics("rep", fmt.Sprintf("sim-%04d", d))
 			b := protocol.AppendBatchHeader(nil, protocol.BatchHeader{Epoch: 7, Count: perBatch})
 			for s := range uint64(perBatch) {
 				b = protocol.AppendBatchEntry(b, first+s, rec)
@@ -224,19 +143,12 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	sendTelemetry(1)
 	t.Logf("%s: replicas up, %d devices online", time.Since(start).Round(time.Millisecond), n)
 
-	b, _ := json.Marshal(map[string]any{"model": "face", "version": 1, "waves": []int{10, 50, 100}, "bake": "1s"})
-	resp, err = http.Post(standby.admin+"/v1/rollouts", "application/json", bytes.NewReader(b)) // any replica takes it
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		t.Fatalf("rollout create: %v %v", resp, err)
-	}
+	created := createRollout(t, standby.admin, []int{10, 50, 100}, map[string]any{"bake": "1s"}) // any replica takes it
 	var rep struct {
-		ID        string              `json:"id"`
-		State     string              `json:"state"`
-		Committed int                 `json:"committed"`
+		rolloutReport
 		Decisions []registry.Decision `json:"decisions"`
 	}
-	json.NewDecoder(resp.Body).Decode(&rep)
-	resp.Body.Close()
+	rep.rolloutReport = created
 	waitFor(t, 60*time.Second, "first gate", func() (bool, string) {
 		getJSON(t, standby.admin+"/v1/rollouts/"+rep.ID, &rep)
 		return len(rep.Decisions) >= 1, fmt.Sprintf("%s, %d committed", rep.State, rep.Committed)
@@ -288,9 +200,9 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	waitFor(t, 30*time.Second, "telemetry counted once", func() (bool, string) {
 		for d := range telDevices {
 			var dev registry.Device
-			getJSON(t, fmt.Sprintf("%s/v1/devices/sim-%03d", standby.admin, d), &dev)
+			getJSON(t, fmt.Sprintf("%s/v1/devices/sim-%04d", standby.admin, d), &dev)
 			if dev.Telemetry.Records != 2*perBatch {
-				return false, fmt.Sprintf("sim-%03d: %+v", d, dev.Telemetry)
+				return false, fmt.Sprintf("sim-%04d: %+v", d, dev.Telemetry)
 			}
 		}
 		return true, ""

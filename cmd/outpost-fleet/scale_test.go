@@ -1,26 +1,14 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"mime/multipart"
-	"net/http"
 	"os"
 	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/controller"
-	"github.com/outpost-edge/outpost/fleet/simdevice"
-	"github.com/outpost-edge/outpost/models/manifest"
 )
 
 // scaleResult is what one scale run measured.
@@ -51,41 +39,8 @@ func runScale(tb testing.TB, n, modelBytes int) scaleResult {
 	srv := startServe(tb, bin, serveOptions{Fleet: "scale"})
 	admin, mqttAddr, k := srv.admin, srv.mqtt, srv.keys
 
-	// A random "model": the controller checks the signed manifest, not TFLite.
-	model := make([]byte, modelBytes)
-	_, _ = rand.Read(model)
-	sum := sha256.Sum256(model)
-	rel, err := k.SignRelease(manifest.Manifest{Name: "face", Version: 1, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(model)), Runtime: "tflite",
-		Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1}}},
-		Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1}}}}, time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	var body bytes.Buffer
-	mw := multipart.NewWriter(&body)
-	w, _ := mw.CreateFormFile("release", "release.json")
-	w.Write(rel)
-	w, _ = mw.CreateFormFile("model", "model.tflite")
-	w.Write(model)
-	mw.Close()
-	resp, err := http.Post(admin+"/v1/models", mw.FormDataContentType(), &body)
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		tb.Fatalf("push: %v %v", resp, err)
-	}
-	resp.Body.Close()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	defer func() { cancel(); wg.Wait() }()
-	for i := range n {
-		a, err := simdevice.New(simdevice.Options{Broker: "tcp://" + mqttAddr, Fleet: "scale", Device: fmt.Sprintf("sim-%04d", i), Root: k.Root(),
-			RetryAfter: 5 * time.Second})
-		if err != nil {
-			tb.Fatal(err)
-		}
-		wg.Add(1)
-		go func() { defer wg.Done(); _ = a.Run(ctx) }()
-	}
+	pushRandomModel(tb, admin, k, modelBytes)
+	startSims(tb, n, []string{"tcp://" + mqttAddr}, "scale", "sim", k, 5*time.Second)
 	deadline := time.Now().Add(120 * time.Second)
 	for {
 		var ds []json.RawMessage
@@ -103,18 +58,7 @@ func runScale(tb testing.TB, n, modelBytes int) scaleResult {
 	getJSON(tb, admin+"/v1/stats", &before)
 
 	start := time.Now()
-	b, _ := json.Marshal(map[string]any{"model": "face", "version": 1, "waves": []int{10, 50, 100}})
-	resp, err = http.Post(admin+"/v1/rollouts", "application/json", bytes.NewReader(b))
-	if err != nil || resp.StatusCode != http.StatusCreated {
-		tb.Fatalf("rollout create: %v %v", resp, err)
-	}
-	var rep struct {
-		ID        string `json:"id"`
-		State     string `json:"state"`
-		Committed int    `json:"committed"`
-	}
-	json.NewDecoder(resp.Body).Decode(&rep)
-	resp.Body.Close()
+	rep := createRollout(tb, admin, []int{10, 50, 100}, nil)
 	deadline = time.Now().Add(10 * time.Minute)
 	for rep.State != "completed" {
 		if time.Now().After(deadline) || rep.State == "halted" {
@@ -133,43 +77,6 @@ func runScale(tb testing.TB, n, modelBytes int) scaleResult {
 	res.heap, res.chunks, res.bytes = after.HeapBytes, after.Artifacts.Chunks, after.Artifacts.Bytes
 	res.peakRSS, res.rss = procMem(tb, srv.cmd.Process.Pid)
 	return res
-}
-
-// procMem reads VmHWM and VmRSS of a process.
-func procMem(tb testing.TB, pid int) (peak, rss int64) {
-	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		tb.Logf("no /proc: %v", err)
-		return 0, 0
-	}
-	defer f.Close()
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		fs := strings.Fields(s.Text())
-		if len(fs) < 2 {
-			continue
-		}
-		v, _ := strconv.ParseInt(fs[1], 10, 64)
-		switch fs[0] {
-		case "VmHWM:":
-			peak = v << 10
-		case "VmRSS:":
-			rss = v << 10
-		}
-	}
-	return peak, rss
-}
-
-func getJSON(tb testing.TB, url string, out any) {
-	tb.Helper()
-	resp, err := http.Get(url)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		tb.Fatalf("%s: %v", url, err)
-	}
 }
 
 // TestScaleShort: a rollout to 20 simulated agents through the real

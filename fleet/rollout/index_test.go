@@ -189,3 +189,40 @@ func TestIncrementalPasses(t *testing.T) {
 		t.Fatalf("rollbacks %d, want 11", got)
 	}
 }
+
+// TestAckRecordedByAnotherReplica: replicas all receive every ack, and the
+// standby may write it before the leader does. The leader's incremental
+// passes must still see it (and not only its next full reconcile).
+func TestAckRecordedByAnotherReplica(t *testing.T) {
+	f := newGateFixture(t, 4)
+	standby, err := New(Options{Registry: f.reg, Sender: &recorder{}, Fleet: "acme", Now: f.clock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{50, 100}, MinSuccesses: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step()
+	if got := f.rec.count(protocol.CommandInstall); got != 2 {
+		t.Fatalf("wave 1: %d installs, want 2", got)
+	}
+	as, err := f.reg.Assignments(ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range as {
+		ack := &protocol.Ack{CommandID: a.CommandID, RolloutID: ro.ID, State: protocol.UpdateCommitted, Time: f.clock()}
+		standby.HandleAck(a.Device, ack) // first: it writes the assignment
+		f.eng.HandleAck(a.Device, ack)   // the leader finds it written
+	}
+	for range 3 {
+		f.incr()
+	}
+	if got := f.rollout(ro.ID).Wave; got != 1 {
+		t.Fatalf("wave index %d after incremental passes, want 1 (the leader did not see the acks the standby recorded)", got)
+	}
+	if got := f.rec.count(protocol.CommandInstall); got != 4 {
+		t.Fatalf("wave 2: %d installs, want 4", got)
+	}
+}

@@ -390,15 +390,21 @@ type answer struct {
 
 func (e *Engine) apply(device, rollout, cmdID string, an answer) {
 	st, progress, total, errText, at := an.st, an.progress, an.total, an.errText, an.at
-	changed := false
+	// current: the answer is to a command of this rollout and not older
+	// than the assignment's; changed: this call wrote it. Replicas all
+	// receive every ack and the first one to write it wins: the leader
+	// must look at the assignment again even when another replica wrote it,
+	// or it learns of the answer only at its next full reconcile.
+	current, changed := false, false
 	_, err := e.reg.UpdateAssignment(rollout, device, false, func(as *registry.Assignment) bool {
-		changed = false
+		current, changed = false, false
 		if !as.Known(cmdID) {
 			return false // an answer to a command this rollout did not send
 		}
 		if !at.IsZero() && at.Before(as.AckTime) {
 			return false // older than what we have: reordered or repeated
 		}
+		current = true
 		if as.State == st && as.Progress == progress && as.Requests == an.requests && as.Verified == an.verified {
 			return false
 		}
@@ -420,11 +426,11 @@ func (e *Engine) apply(device, rollout, cmdID string, an answer) {
 	if err != nil && !errors.Is(err, registry.ErrNotFound) {
 		e.log.Warn("ack", "device", device, "rollout", rollout, "err", err)
 	}
-	if changed {
+	if changed || current {
 		e.mu.Lock()
 		e.dirtyAs[asKey{rollout, device}] = struct{}{}
 		e.mu.Unlock()
-		if st.Terminal() {
+		if changed && st.Terminal() {
 			e.log.Info("device update "+string(st), "device", device, "rollout", rollout, "error", errText,
 				"probation_requests", an.requests, "verified", an.verified)
 		}

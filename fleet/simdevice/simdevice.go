@@ -58,9 +58,13 @@ type Options struct {
 	Logger            *slog.Logger
 }
 
-// Counters of one simulated device.
+// Counters of one simulated device. Commands counts the commands accepted,
+// one per command id; Rejected those refused, a command id seen before
+// (a redelivery) among them.
 type Counters struct {
 	Commands, Rejected, Chunks, BadChunks, Requests, Acks uint64
+	// Connects counts the connections made (subscribed and online).
+	Connects uint64
 	// FirstAfterReconnect is the first chunk index asked for after each
 	// reconnection that found a download under way.
 	FirstAfterReconnect []int64
@@ -82,7 +86,7 @@ type Agent struct {
 	client   mqtt.Client
 	lastRoll map[string]protocol.UpdateState // rollout -> final state
 
-	commands, rejected, chunks, badChunks, requests, acks atomic.Uint64
+	commands, rejected, chunks, badChunks, requests, acks, connects atomic.Uint64
 }
 
 type event struct {
@@ -143,7 +147,7 @@ func (a *Agent) Counters() Counters {
 	firsts := append([]int64(nil), a.firsts...)
 	a.mu.Unlock()
 	return Counters{Commands: a.commands.Load(), Rejected: a.rejected.Load(), Chunks: a.chunks.Load(),
-		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), FirstAfterReconnect: firsts}
+		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), Connects: a.connects.Load(), FirstAfterReconnect: firsts}
 }
 
 // Connected reports whether the device has a live connection.
@@ -238,6 +242,7 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 		cl.Disconnect(0)
 		return nil, nil, fmt.Errorf("simdevice %s: connect: %w", a.opts.Device, err)
 	}
+	a.connects.Add(1)
 	a.publishStatus(cl)
 	return cl, lost, nil
 }
