@@ -102,7 +102,8 @@ func TestMetricsOnReplicas(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reps := []*replica{startReplica(t, bin, "a", store, mq.URL(), k), startReplica(t, bin, "b", store, mq.URL(), k)}
+	ro := replicaOptions{Fleet: "rep", Store: store, Brokers: []string{mq.URL()}, Keys: k}
+	reps := []*replica{startReplica(t, bin, "a", ro), startReplica(t, bin, "b", ro)}
 	var rows metricstest.Rows
 	for m := range 10 {
 		rows.Add(metricstest.Aggregate{Model: "face", Version: "1", Device: "gw-1", Start: time.Now().Add(-time.Duration(m) * time.Minute),
