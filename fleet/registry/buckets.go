@@ -4,7 +4,6 @@ import (
 	"database/sql"
 	"encoding/json"
 	"math"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,49 +33,11 @@ import (
 // Bucket steps in seconds.
 const ()
 
-// Latency is a bucket's merged latency histogram, as agg_buckets stores it.
-type Latency struct {
-	BoundsMicros []uint64 `json:"bounds_micros"`
-	Counts       []uint64 `json:"counts"`
-	SumMicros    uint64   `json:"sum_micros"`
-}
-
-// merge adds h into l (see the comment at the top of this file).
-func (l *Latency) merge(h protocol.Histogram) {
-	if len(h.Counts) != len(h.BoundsMicros)+1 {
-		return // malformed: not a histogram we can place
-	}
-	if len(l.Counts) == 0 {
-		l.BoundsMicros = slices.Clone(h.BoundsMicros)
-		l.Counts = slices.Clone(h.Counts)
-		l.SumMicros = h.SumMicros
-		return
-	}
-	l.SumMicros += h.SumMicros
-	if slices.Equal(l.BoundsMicros, h.BoundsMicros) {
-		for i, c := range h.Counts {
-			l.Counts[i] += c
-		}
-		return
-	}
-	for i, c := range h.Counts {
-		j := len(l.BoundsMicros) // overflow
-		if i < len(h.BoundsMicros) {
-			j, _ = slices.BinarySearch(l.BoundsMicros, h.BoundsMicros[i])
-		}
-		l.Counts[j] += c
-	}
-}
-
-func (l *Latency) add(o *Latency) {
-	l.merge(protocol.Histogram{BoundsMicros: o.BoundsMicros, Counts: o.Counts, SumMicros: o.SumMicros})
-}
-
 // aggValue is one agg_buckets or agg_totals row's values.
 type aggValue struct {
 	records, requests, errors, streamDropped uint64
 	byCode                                   map[string]uint64
-	latency                                  Latency
+	latency                                  LatencyHistogram
 	features                                 []protocol.FeatureCounts
 }
 
@@ -91,7 +52,7 @@ func (v *aggValue) addAggregate(a *protocol.Aggregate, features bool) {
 		}
 		v.byCode[c.Code] += c.Count
 	}
-	v.latency.merge(a.Latency)
+	v.latency.Merge(&LatencyHistogram{BoundsMicros: a.Latency.BoundsMicros, Counts: a.Latency.Counts, SumMicros: a.Latency.SumMicros})
 	if features {
 		v.addFeatures(a.Features)
 	}
@@ -108,7 +69,7 @@ func (v *aggValue) add(o *aggValue) {
 		}
 		v.byCode[c] += n
 	}
-	v.latency.add(&o.latency)
+	v.latency.Merge(&o.latency)
 	v.addFeatures(o.features)
 }
 
@@ -380,6 +341,19 @@ func bucketUpsertN(n int) string {
 		errors_by_code = excluded.errors_by_code, latency = excluded.latency, features = excluded.features`
 }
 
+// decodeJSON fills v's JSON columns.
+func (v *aggValue) decodeJSON(byCode, latency, features []byte) error {
+	for _, f := range []struct {
+		b []byte
+		v any
+	}{{byCode, &v.byCode}, {latency, &v.latency}, {features, &v.features}} {
+		if err := unjs(f.b, f.v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // scanAggRow reads a bucketRange row.
 func scanAggRow(rows *sql.Rows, start *int64) (*aggValue, error) {
 	var (
@@ -391,13 +365,8 @@ func scanAggRow(rows *sql.Rows, start *int64) (*aggValue, error) {
 		return nil, err
 	}
 	v.records, v.requests, v.errors, v.streamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
-	for _, f := range []struct {
-		b []byte
-		v any
-	}{{byCode, &v.byCode}, {latency, &v.latency}, {features, &v.features}} {
-		if err := unjs(f.b, f.v); err != nil {
-			return nil, err
-		}
+	if err := v.decodeJSON(byCode, latency, features); err != nil {
+		return nil, err
 	}
 	return &v, nil
 }
@@ -437,7 +406,7 @@ func appendUints(b []byte, vs []uint64) []byte {
 	return append(b, ']')
 }
 
-func (l *Latency) json() string {
+func (l *LatencyHistogram) json() string {
 	if len(l.Counts) == 0 {
 		return "{}"
 	}
@@ -514,13 +483,8 @@ func scanAgg(row *sql.Row, bucket bool) (*aggValue, error) {
 		return nil, err
 	}
 	v.records, v.requests, v.errors, v.streamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
-	for _, f := range []struct {
-		b []byte
-		v any
-	}{{byCode, &v.byCode}, {latency, &v.latency}, {features, &v.features}} {
-		if err := unjs(f.b, f.v); err != nil {
-			return nil, err
-		}
+	if err := v.decodeJSON(byCode, latency, features); err != nil {
+		return nil, err
 	}
 	return &v, nil
 }
@@ -535,7 +499,7 @@ type Bucket struct {
 	Requests, Errors       uint64
 	StreamDropped          uint64
 	ErrorsByCode           map[string]uint64
-	Latency                Latency
+	Latency                LatencyHistogram
 	Features               []protocol.FeatureCounts
 }
 

@@ -462,7 +462,7 @@ func TestBucketJSON(t *testing.T) {
 	require.NoError(t, err)
 	assert.JSONEq(t, string(want), featuresJSON(fs))
 	assert.Equal(t, "[]", featuresJSON(nil))
-	l := Latency{BoundsMicros: []uint64{1, 2}, Counts: []uint64{3, 4, 5}, SumMicros: 6}
+	l := LatencyHistogram{BoundsMicros: []uint64{1, 2}, Counts: []uint64{3, 4, 5}, SumMicros: 6}
 	want, err = json.Marshal(l)
 	require.NoError(t, err)
 	assert.JSONEq(t, string(want), l.json())

@@ -124,40 +124,36 @@ func (h *LatencyHistogram) Total() uint64 {
 	return n
 }
 
-// Merge adds o to h. With the same bounds every count is added; otherwise
-// both are put on the union of the bounds, each count at its bucket's
-// upper bound (the overflow bucket stays the overflow bucket).
+// Merge adds o to h, ingest's merge and the queries' alike. With the same
+// bounds every count is added; with other bounds each of o's counts goes to
+// the bucket of h that holds its upper bound (o's overflow to h's), so a
+// stored row keeps the bounds its first histogram gave it, whatever a
+// device sends (a row cannot grow). Into an empty h, o is copied. A
+// malformed o (not one count more than bounds) is ignored.
 func (h *LatencyHistogram) Merge(o *LatencyHistogram) {
-	if len(o.Counts) == 0 {
+	if len(o.Counts) == 0 || len(o.Counts) != len(o.BoundsMicros)+1 {
 		return
 	}
-	h.SumMicros += o.SumMicros
 	if len(h.Counts) == 0 {
 		h.BoundsMicros = slices.Clone(o.BoundsMicros)
 		h.Counts = slices.Clone(o.Counts)
+		h.SumMicros = o.SumMicros
 		return
 	}
-	if slices.Equal(h.BoundsMicros, o.BoundsMicros) && len(h.Counts) == len(o.Counts) {
+	h.SumMicros += o.SumMicros
+	if slices.Equal(h.BoundsMicros, o.BoundsMicros) {
 		for i, c := range o.Counts {
 			h.Counts[i] += c
 		}
 		return
 	}
-	bounds := slices.Concat(h.BoundsMicros, o.BoundsMicros)
-	slices.Sort(bounds)
-	bounds = slices.Compact(bounds)
-	counts := make([]uint64, len(bounds)+1)
-	for _, src := range []*LatencyHistogram{h, o} {
-		for i, c := range src.Counts {
-			if i >= len(src.BoundsMicros) {
-				counts[len(bounds)] += c
-				continue
-			}
-			j, _ := slices.BinarySearch(bounds, src.BoundsMicros[i])
-			counts[j] += c
+	for i, c := range o.Counts {
+		j := len(h.BoundsMicros) // overflow
+		if i < len(o.BoundsMicros) {
+			j, _ = slices.BinarySearch(h.BoundsMicros, o.BoundsMicros[i])
 		}
+		h.Counts[j] += c
 	}
-	h.BoundsMicros, h.Counts = bounds, counts
 }
 
 // Quantile returns the q-quantile (0 < q < 1) in microseconds, linearly

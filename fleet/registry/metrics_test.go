@@ -75,11 +75,12 @@ func TestLatencyMerge(t *testing.T) {
 	if want := []uint64{6, 6, 6, 6, 6}; !equal(a.Counts, want) || a.SumMicros != 15 {
 		t.Errorf("same bounds: got %v sum %d, want %v sum 15", a.Counts, a.SumMicros, want)
 	}
-	// Other bounds: the union, each count at its own upper bound.
+	// Other bounds: a keeps its own, each count of c in the bucket of a
+	// that holds its upper bound.
 	c := registry.LatencyHistogram{BoundsMicros: []uint64{1500, 5000}, Counts: []uint64{7, 8, 9}}
 	a.Merge(&c)
-	wantB := []uint64{1000, 1500, 2000, 5000, 10000}
-	wantC := []uint64{6, 7, 6, 6 + 8, 6, 6 + 9}
+	wantB := []uint64{1000, 2000, 5000, 10000}
+	wantC := []uint64{6, 6 + 7, 6 + 8, 6, 6 + 9}
 	if !equal(a.BoundsMicros, wantB) || !equal(a.Counts, wantC) {
 		t.Errorf("other bounds: got %v %v, want %v %v", a.BoundsMicros, a.Counts, wantB, wantC)
 	}
