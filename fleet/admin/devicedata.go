@@ -40,10 +40,13 @@ func (s *Server) deviceHealth(w http.ResponseWriter, r *http.Request) {
 		writeError(w, statusOf(err), err)
 		return
 	}
-	since, err := parseSince(r.URL.Query().Get("since"), 24*time.Hour, time.Now())
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
-		return
+	since := s.opts.Now().Add(-24 * time.Hour)
+	if v := r.URL.Query().Get("since"); v != "" {
+		var err error
+		if since, err = timeOrAgo(v, s.opts.Now()); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("since: %w", err))
+			return
+		}
 	}
 	pts, err := s.opts.Registry.DeviceHealth(id, since, maxHealthPoints)
 	if err != nil {
@@ -89,20 +92,4 @@ func (s *Server) deviceAudit(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, DeviceAudit{Device: id, Records: recs, Breaks: breaks})
-}
-
-// parseSince reads a since= parameter: an RFC 3339 time, or a Go duration
-// back from now; empty means def back from now.
-func parseSince(v string, def time.Duration, now time.Time) (time.Time, error) {
-	if v == "" {
-		return now.Add(-def), nil
-	}
-	if t, err := time.Parse(time.RFC3339, v); err == nil {
-		return t, nil
-	}
-	d, err := time.ParseDuration(v)
-	if err != nil || d < 0 {
-		return time.Time{}, fmt.Errorf("since: want an RFC 3339 time or a duration such as 24h, got %q", v)
-	}
-	return now.Add(-d), nil
 }
