@@ -178,6 +178,17 @@ alerts:
 	require.Len(t, rep.Devices, 1)
 	assert.Equal(t, drift.Drifting, rep.Devices[0].State)
 
+	// The same as an operator reads it: the CLI, and the Prometheus gauge.
+	out := f.cli(t, "drift", "face")
+	assert.Contains(t, out, "face v1: fleet drifting since")
+	assert.Contains(t, out, "device gw-1: drifting")
+	assert.Regexp(t, `in:input:c0:mean\s+[0-9.]+\s+[0-9.]+\s+[0-9]+\s+[0-9]+\s+yes`, out)
+	resp, err := http.Get(f.admin + "/metrics")
+	require.NoError(t, err)
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	assert.Regexp(t, `outpost_fleet_drift_psi\{feature="in:input:c0:mean",model="face",version="1"\} [0-9.e+]+`, string(metrics))
+
 	// Exactly one delivery per event: the fleet's and the device's change,
 	// each once, under its own key, and nothing more a few windows later.
 	require.Eventually(t, func() bool { return len(hooks.drifts()) >= 2 }, 30*time.Second, 100*time.Millisecond)
