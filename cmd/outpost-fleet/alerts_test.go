@@ -289,3 +289,27 @@ func TestAlertsConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDriftConfigErrors: monitoring.drift values that cannot work are
+// refused at start with what to write instead.
+func TestDriftConfigErrors(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, tc := range []struct{ yaml, want string }{
+		{"monitoring:\n  drift: {window: 7s}\n", "monitoring.drift: window 7s: want whole minutes, or a divisor of a minute in seconds"},
+		{"monitoring:\n  drift: {window: 90s}\n", "monitoring.drift: window 1m30s"},
+		{"monitoring:\n  drift: {js: 2}\n", "monitoring.drift: threshold js 2 is above 1"},
+	} {
+		cfg := filepath.Join(dir, "fleet.yaml")
+		if err := os.WriteFile(cfg, []byte(tc.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, stderr := cliEnv(t, bin, nil, 2, "serve", "--config", cfg, "--keys", filepath.Join(dir, "keys"))
+		if !strings.Contains(stderr, tc.want) {
+			t.Errorf("config %q: stderr %q, want %q", tc.yaml, stderr, tc.want)
+		}
+	}
+}
