@@ -20,6 +20,14 @@ const (
 	UpdateVerifying   UpdateState = "verifying"
 	UpdateStaged      UpdateState = "staged"
 	UpdateValidating  UpdateState = "validating"
+	// UpdateShadow and UpdateCanary hold a validated candidate beside the
+	// serving version, on an install that carries a Trial (docs/PROTOCOL.md,
+	// Trials): copies of live requests go to it (shadow), or a share of the
+	// requests is answered by it (canary). Neither is activated: the serving
+	// version stays current until an install without a trial promotes the
+	// candidate, and an abort discards it.
+	UpdateShadow      UpdateState = "shadow"
+	UpdateCanary      UpdateState = "canary"
 	UpdateActivating  UpdateState = "activating"
 	UpdateProbation   UpdateState = "probation"
 	UpdateCommitted   UpdateState = "committed"
@@ -30,7 +38,7 @@ const (
 
 var updateStates = map[UpdateState]bool{
 	UpdateIdle: true, UpdateDownloading: true, UpdateVerifying: true, UpdateStaged: true,
-	UpdateValidating: true, UpdateActivating: true, UpdateProbation: true, UpdateCommitted: true,
+	UpdateValidating: true, UpdateShadow: true, UpdateCanary: true, UpdateActivating: true, UpdateProbation: true, UpdateCommitted: true,
 	UpdateRollingBack: true, UpdateRolledBack: true, UpdateFailed: true,
 }
 
@@ -125,7 +133,24 @@ type Status struct {
 	// Update is the device's current or last update, nil if it never had one.
 	Update *UpdateStatus `json:"update,omitempty"`
 	Health HealthSummary `json:"health"`
-	Time   time.Time     `json:"time"`
+	// Features names optional parts of the protocol the agent implements
+	// (FeatureTrial); absent in agents from before the list.
+	Features []string  `json:"features,omitempty"`
+	Time     time.Time `json:"time"`
+}
+
+// FeatureTrial in Status.Features: the agent holds candidates on trial
+// (Install.Trial), so a controller may send it one.
+const FeatureTrial = "trial"
+
+// Supports reports whether the status lists feature f.
+func (s *Status) Supports(f string) bool {
+	for _, g := range s.Features {
+		if g == f {
+			return true
+		}
+	}
+	return false
 }
 
 // ModelStatus is one model the device serves.
@@ -188,6 +213,14 @@ func (s *Status) Validate() error {
 	}
 	if checkSegment(s.Device) != nil || len(s.AgentVersion) > 64 {
 		return bad("device %q agent %q", s.Device, s.AgentVersion)
+	}
+	if len(s.Features) > 32 {
+		return bad("%d features", len(s.Features))
+	}
+	for _, f := range s.Features {
+		if len(f) == 0 || len(f) > 64 {
+			return bad("feature %q", f)
+		}
 	}
 	if len(s.Labels) > maxStatusLabels || len(s.Models) > maxStatusModels {
 		return bad("%d labels, %d models", len(s.Labels), len(s.Models))

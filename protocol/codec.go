@@ -78,9 +78,10 @@ func AppendRecord(dst []byte, r *Record) ([]byte, error) {
 			e.f64(in.Variance)
 		}
 		e.uv(a.StreamDropped)
-		if len(a.Features) > 0 {
-			// Written only when present: a record without features keeps
-			// the byte layout of the agents before them.
+		if len(a.Features) > 0 || a.Shadow != nil {
+			// Written only when present (or a shadow section follows): a
+			// record without either keeps the byte layout of the agents
+			// before them.
 			e.uv(uint64(len(a.Features)))
 			for _, f := range a.Features {
 				e.str(f.Name)
@@ -88,6 +89,26 @@ func AppendRecord(dst []byte, r *Record) ([]byte, error) {
 				e.uv(f.NaNs)
 				e.f64(f.Sum)
 				e.f64(f.SumSq)
+			}
+		}
+		switch sh := a.Shadow; {
+		case sh == nil && len(a.Features) > 0:
+			e.uv(0) // no shadow section: what a newer field would follow
+		case sh != nil:
+			e.uv(1)
+			e.str(sh.Baseline)
+			e.uv(sh.Dropped)
+			e.uvs(sh.BaselineLatency.BoundsMicros)
+			e.uvs(sh.BaselineLatency.Counts)
+			e.uv(sh.BaselineLatency.SumMicros)
+			e.uv(uint64(len(sh.Outputs)))
+			for _, o := range sh.Outputs {
+				e.str(o.Name)
+				e.uv(o.Compared)
+				e.f64(o.MaxAbsDiff)
+				e.f64(o.SumMeanAbsDiff)
+				e.uv(o.Top1Compared)
+				e.uv(o.Top1Agree)
 			}
 		}
 	case r.Kind == KindSample && r.Sample != nil:
@@ -178,6 +199,20 @@ func DecodeRecord(body []byte) (Record, error) {
 					Name: d.str(), Counts: d.uvs(), NaNs: d.uv(), Sum: d.f64(), SumSq: d.f64(),
 				})
 			}
+		}
+		if d.more() && d.presence() {
+			sh := &Shadow{Baseline: d.str(), Dropped: d.uv()}
+			sh.BaselineLatency.BoundsMicros = d.uvs()
+			sh.BaselineLatency.Counts = d.uvs()
+			sh.BaselineLatency.SumMicros = d.uv()
+			n = d.count(21) // name length, three uvarints, two float64s
+			for i := 0; i < n; i++ {
+				sh.Outputs = append(sh.Outputs, OutputAgreement{
+					Name: d.str(), Compared: d.uv(), MaxAbsDiff: d.f64(), SumMeanAbsDiff: d.f64(),
+					Top1Compared: d.uv(), Top1Agree: d.uv(),
+				})
+			}
+			a.Shadow = sh
 		}
 		r.Aggregate = a
 	case KindSample:
@@ -387,6 +422,17 @@ type decoder struct {
 // more reports whether bytes remain: a field added later to a payload is
 // read only when the sender wrote it.
 func (d *decoder) more() bool { return d.err == nil && len(d.b) > 0 }
+
+// presence reads a section's presence flag: 0 absent, 1 present.
+func (d *decoder) presence() bool {
+	switch v := d.uv(); v {
+	case 0, 1:
+		return v == 1
+	default:
+		d.fail(fmt.Sprintf("presence flag %d", v))
+		return false
+	}
+}
 
 func (d *decoder) fail(what string) {
 	if d.err == nil {

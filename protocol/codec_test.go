@@ -27,6 +27,18 @@ func testRecords() []Record {
 				{Name: "out:scores:max", Counts: []uint64{0, 0, 1200}, NaNs: 2, Sum: 1100, SumSq: 1010},
 			},
 		}},
+		{Kind: KindAggregate, Time: t0, Model: ModelRef{Name: "face", Version: "1.3.0"}, Aggregate: &Aggregate{
+			Start: t0.Add(-time.Minute), End: t0, Requests: 120, Errors: 1,
+			Latency: Histogram{BoundsMicros: []uint64{500, 1000}, Counts: []uint64{10, 100, 10}, SumMicros: 98765},
+			Shadow: &Shadow{
+				Baseline: "1.2.0", Dropped: 4,
+				BaselineLatency: Histogram{BoundsMicros: []uint64{500, 1000}, Counts: []uint64{20, 99, 0}, SumMicros: 76543},
+				Outputs: []OutputAgreement{
+					{Name: "scores", Compared: 119, MaxAbsDiff: 0.5, SumMeanAbsDiff: 1.25, Top1Compared: 119, Top1Agree: 117},
+					{Name: "boxes", Compared: 119, MaxAbsDiff: 2, SumMeanAbsDiff: 30},
+				},
+			},
+		}},
 		{Kind: KindSample, Time: t0, Model: model, Sample: &Sample{
 			RequestID: "req-1", Latency: 1500 * time.Microsecond,
 			Inputs:  []TensorSample{{Name: "image", Datatype: "UINT8", Shape: []int64{1, 2, 2, 3}, Data: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}},
@@ -244,4 +256,27 @@ func TestAggregateFeaturesAppended(t *testing.T) {
 	got, err = DecodeRecord(without)
 	require.NoError(t, err)
 	assert.Nil(t, got.Aggregate.Features)
+}
+
+// TestAggregateShadowAppended: the shadow section follows the features (an
+// empty feature list is written before it), so a decoder from before it
+// reads everything it knew unchanged.
+func TestAggregateShadowAppended(t *testing.T) {
+	r := testRecords()[1]
+	require.NotNil(t, r.Aggregate.Shadow)
+	with, err := AppendRecord(nil, &r)
+	require.NoError(t, err)
+	sh := r.Aggregate.Shadow
+	r.Aggregate.Shadow = nil
+	without, err := AppendRecord(nil, &r)
+	require.NoError(t, err)
+	assert.Equal(t, without, with[:len(without)], "the shadow section is appended, nothing before it moves")
+	assert.Equal(t, []byte{0, 1}, with[len(without):len(without)+2], "an empty feature count, then the presence flag")
+
+	got, err := DecodeRecord(with)
+	require.NoError(t, err)
+	assert.Equal(t, sh, got.Aggregate.Shadow)
+	got, err = DecodeRecord(without)
+	require.NoError(t, err)
+	assert.Nil(t, got.Aggregate.Shadow)
 }

@@ -107,6 +107,53 @@ type Install struct {
 	// when a rollout sets it, because commands decode strictly and an agent
 	// older than the field refuses such an install as malformed.
 	Probation *Probation `json:"probation,omitempty"`
+	// Trial, when set, holds the validated candidate beside the serving
+	// version instead of activating it (states shadow and canary) until
+	// another install of the same rollout, model and version changes the
+	// trial or, without a Trial, promotes the candidate; an abort discards
+	// it. Added in protocol 1 like Probation: sent only when a rollout has
+	// shadow or canary phases.
+	Trial *Trial `json:"trial,omitempty"`
+}
+
+// TrialMode says how a candidate on trial meets live traffic.
+type TrialMode string
+
+// Trial modes.
+const (
+	// TrialShadow copies Percent of the live requests to the candidate,
+	// asynchronously; its answers are compared with the serving version's
+	// and never reach a client.
+	TrialShadow TrialMode = "shadow"
+	// TrialCanary has the candidate answer Percent of the requests, sticky
+	// by the request's Outpost-Routing-Key header when it has one.
+	TrialCanary TrialMode = "canary"
+)
+
+// Trial is a candidate's phase before promotion (docs/PROTOCOL.md, Trials).
+type Trial struct {
+	Mode TrialMode `json:"mode"`
+	// Percent is the share of requests, above 0 and at most 100.
+	Percent float64 `json:"percent"`
+}
+
+// State is the update state a device holds the candidate in.
+func (t Trial) State() UpdateState {
+	if t.Mode == TrialCanary {
+		return UpdateCanary
+	}
+	return UpdateShadow
+}
+
+// Validate checks the mode and the share.
+func (t Trial) Validate() error {
+	if t.Mode != TrialShadow && t.Mode != TrialCanary {
+		return fmt.Errorf("%w: trial mode %q", ErrInvalidCommand, t.Mode)
+	}
+	if !(t.Percent > 0 && t.Percent <= 100) {
+		return fmt.Errorf("%w: trial percent %v, want above 0 and at most 100", ErrInvalidCommand, t.Percent)
+	}
+	return nil
 }
 
 // Probation says how long an activated version is watched before the device
@@ -206,6 +253,11 @@ func (c *Command) Validate() error {
 		}
 		if p := in.Probation; p != nil && (p.MinRequests < 0 || p.MinRequests > MaxProbationRequests || p.MaxSeconds < 0 || p.MaxSeconds > MaxProbationSeconds) {
 			return bad("probation %+v", *p)
+		}
+		if t := in.Trial; t != nil {
+			if err := t.Validate(); err != nil {
+				return err
+			}
 		}
 	case c.Kind == CommandRollback && c.Rollback != nil:
 		if !manifest.ValidName(c.Rollback.Model) || c.Rollback.Version < 1 || len(c.Rollback.Reason) > MaxStringLen {

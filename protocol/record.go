@@ -112,6 +112,45 @@ type Aggregate struct {
 	// a model whose manifest carries a reference has them. Added after
 	// StreamDropped; an older agent's record decodes with none.
 	Features []FeatureCounts
+	// Shadow is set on the aggregate of a candidate held in shadow
+	// (docs/PROTOCOL.md, Trials). Such a record's Model is the candidate;
+	// its Requests, Errors, Latency, Inputs and Features count the
+	// candidate's answers to the copies of live requests, which no client
+	// saw: they are not the model's served traffic. Added after Features;
+	// an older agent's record decodes with none.
+	Shadow *Shadow
+}
+
+// Shadow compares a candidate held in shadow with the serving version on
+// the same requests, over an aggregate's interval.
+type Shadow struct {
+	// Baseline is the serving version the copies came from.
+	Baseline string
+	// Dropped counts copies not made because the shadow's queue was full
+	// (the client's request is never held up for a copy).
+	Dropped uint64
+	// BaselineLatency is the serving version's latency on the requests that
+	// were copied and answered by both, so the two histograms are paired.
+	BaselineLatency Histogram
+	// Outputs holds one entry per output of the candidate's signature.
+	Outputs []OutputAgreement
+}
+
+// OutputAgreement measures how close the candidate's answers for one output
+// are to the serving version's, over the requests both answered.
+type OutputAgreement struct {
+	Name string
+	// Compared counts the requests whose output both versions gave with the
+	// same number of elements.
+	Compared uint64
+	// MaxAbsDiff is the largest absolute difference of one element, and
+	// SumMeanAbsDiff adds up each request's mean absolute difference (its
+	// mean over the interval is SumMeanAbsDiff / Compared).
+	MaxAbsDiff, SumMeanAbsDiff float64
+	// Top1Compared and Top1Agree count, for an output that is a score vector
+	// (its last dimension more than 1), the rows compared and those whose
+	// highest-scoring index is the same in both answers.
+	Top1Compared, Top1Agree uint64
 }
 
 // FeatureCounts is one per-request feature's histogram over an aggregate's
