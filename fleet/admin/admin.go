@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/outpost-edge/outpost/fleet/drift"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/internal/ratelimit"
@@ -51,6 +52,9 @@ type Options struct {
 	Root *trust.Root
 	// ChunkSize for pushed artifacts; 0 means registry.DefaultChunkSize.
 	ChunkSize int
+	// DriftThresholds are the drift monitor's, shown with drift reports
+	// (zero: drift.Defaults).
+	DriftThresholds drift.Thresholds
 	// Fleet names the fleet (default "default"); enrolled device names
 	// must fit its topics.
 	Fleet string

@@ -12,7 +12,7 @@ import (
 
 // modelDrift serves GET /v1/models/{name}/drift?version=&device= (docs/API.md):
 // the drift state of a model version, fleet-wide and per device, as the
-// leader's drift monitor last judged it. Without version, the newest
+// leader's drift monitor last judged it, with the thresholds it judges by. Without version, the newest
 // version that has a state; with device, that device's part only.
 func (s *Server) modelDrift(w http.ResponseWriter, r *http.Request) {
 	name, version, device := r.PathValue("name"), r.URL.Query().Get("version"), r.URL.Query().Get("device")
@@ -50,7 +50,10 @@ func (s *Server) modelDrift(w http.ResponseWriter, r *http.Request) {
 			rep.Devices = []drift.DeviceReport{}
 		}
 	}
-	writeJSON(w, http.StatusOK, rep)
+	writeJSON(w, http.StatusOK, struct {
+		drift.Report
+		Thresholds drift.Thresholds `json:"thresholds"`
+	}{rep, s.opts.DriftThresholds.WithDefaults()})
 }
 
 func versionNumber(s string) int64 {

@@ -97,10 +97,11 @@ type consoleLog struct {
 	errs    []string
 }
 
-// optionalAPI are the endpoints of issue 12 that this controller may not
-// serve yet: the console asks for them and shows an empty state on 404,
-// which the browser also logs as a failed resource.
-var optionalAPI = regexp.MustCompile(`/v1/(models/[^/]+/(metrics|drift)|devices/[^/]+/(health|audit))\b`)
+// optionalAPI is the endpoint that answers 404 for a model without a
+// drift state (no reference profile, or no window judged yet): the console
+// shows an empty state then, and the browser logs the 404 as a failed
+// resource.
+var optionalAPI = regexp.MustCompile(`/v1/models/[^/]+/drift\b`)
 
 func (c *consoleLog) listen(ev any) {
 	var msg string

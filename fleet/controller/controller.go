@@ -254,7 +254,7 @@ func New(opts Options) (*Controller, error) {
 	}
 	if c.adm, err = admin.New(admin.Options{Addr: opts.Admin, Registry: c.reg, Engine: c.eng, Root: c.keys.Root(),
 		Fleet: opts.Fleet, Broker: c.urls[0], Brokers: c.urls[1:], Disconnect: disc, TLS: opts.AdminTLS, Alerts: c.alerts,
-		ChunkSize: opts.ChunkSize, Stats: func() any { return c.Stats() }, Console: console.Handler(),
+		ChunkSize: opts.ChunkSize, DriftThresholds: opts.Drift.Thresholds, Stats: func() any { return c.Stats() }, Console: console.Handler(),
 		Logger: opts.Logger.With("component", "admin"),
 		// Drift scores (outpost_fleet_drift_psi) come with drift detection (issue #12 part 6).
 		Metrics: c.metricsHandler(c.driftScores)}); err != nil {

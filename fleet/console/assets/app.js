@@ -746,7 +746,7 @@
         }
         fill(drift,
           h('p', {}, 'State: ', badge(d.state, kindOf(d.state)), d.version ? ' for v' + d.version : ''),
-          barChart('PSI by feature, fleet-wide', d.features.map((f) => ({ name: f.name, value: f.psi, bad: f.drifting }))),
+          barChart('PSI by feature, fleet-wide', d.features.map((f) => ({ name: f.name, value: f.psi, bad: f.drifting })), (d.thresholds || {}).psi),
           table([
             { label: 'Feature', get: (f) => f.name },
             { label: 'PSI', num: true, get: (f) => num(f.psi, 3) },
@@ -848,7 +848,8 @@
     });
     const fmt = (ms) => {
       const d = new Date(ms);
-      return (x1 - x0 > 86400e3 ? d.toLocaleDateString() + ' ' : '') + d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+      const days = new Date(x0).toDateString() !== new Date(x1).toDateString();
+      return (days ? d.toLocaleDateString() + ' ' : '') + d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
     };
     const lines = series.map((sr, i) => {
       const segs = [];
@@ -878,10 +879,11 @@
   }
 
   // barChart draws one horizontal bar per item; bad ones in red.
-  function barChart(title, items) {
+  // threshold, when set, draws a dashed line at that value.
+  function barChart(title, items, threshold) {
     const W = 600, rowH = 22, L = 150, R = 50;
     const H = items.length * rowH + 10;
-    const max = Math.max(0.25, ...items.map((i) => i.value || 0));
+    const max = Math.max(threshold || 0.25, ...items.map((i) => i.value || 0));
     const svg = s('svg', { class: 'chart', viewBox: '0 0 ' + W + ' ' + H, role: 'img',
       'aria-label': title + ': ' + items.map((i) => i.name + ' ' + num(i.value, 3)).join(', ') },
     s('title', { text: title }),
@@ -892,8 +894,8 @@
         s('rect', { class: it.bad ? 'bad' : 'b0', x: L, y: y + 3, width: w, height: rowH - 8 }),
         s('text', { x: L + w + 4, y: y + 14, text: num(it.value, 3) })];
     }),
-    s('line', { class: 'threshold', x1: L + (W - L - R) * 0.2 / max, x2: L + (W - L - R) * 0.2 / max, y1: 0, y2: H }));
-    return h('figure', {}, h('figcaption', {}, title, h('span', { class: 'muted' }, ' (dashed: PSI 0.2)')), svg);
+    threshold ? s('line', { class: 'threshold', x1: L + (W - L - R) * threshold / max, x2: L + (W - L - R) * threshold / max, y1: 0, y2: H }) : null);
+    return h('figure', {}, h('figcaption', {}, title, threshold ? h('span', { class: 'muted' }, ' (dashed: the threshold, PSI ' + num(threshold, 3) + ')') : null), svg);
   }
 
   // ---- start -------------------------------------------------------------
