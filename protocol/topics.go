@@ -3,6 +3,7 @@ package protocol
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -166,4 +167,26 @@ func checkSegment(s string) error {
 		return fmt.Errorf("%q: %w", s, ErrBadTopicSegment)
 	}
 	return nil
+}
+
+// ErrSubscribeRefused is returned (wrapped) by Granted for a subscription
+// the broker refused.
+var ErrSubscribeRefused = errors.New("protocol: subscription refused by the broker")
+
+// Granted checks an MQTT SUBACK's return codes (filter to granted QoS, as
+// paho's SubscribeToken.Result gives them): 0x80 means the broker refused
+// that filter (an ACL, a resource limit), which a client must treat as a
+// failed subscription, not as a quiet one. It names the refused filters.
+func Granted(codes map[string]byte) error {
+	var refused []string
+	for f, c := range codes {
+		if c == 0x80 {
+			refused = append(refused, f)
+		}
+	}
+	if len(refused) == 0 {
+		return nil
+	}
+	slices.Sort(refused)
+	return fmt.Errorf("%w: %s", ErrSubscribeRefused, strings.Join(refused, ", "))
 }

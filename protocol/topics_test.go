@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -40,5 +41,15 @@ func TestTopicSegmentsRejected(t *testing.T) {
 		if _, _, err := ParseEventsTopic(topic); !errors.Is(err, ErrBadTopicSegment) {
 			t.Errorf("ParseEventsTopic(%q): got error %v, want ErrBadTopicSegment", topic, err)
 		}
+	}
+}
+
+func TestGranted(t *testing.T) {
+	if err := Granted(map[string]byte{"a/cmd": 1, "a/chunk": 0}); err != nil {
+		t.Errorf("granted QoS 1 and 0: %v", err)
+	}
+	err := Granted(map[string]byte{"a/cmd": 0x80, "a/chunk": 1, "a/b": 0x80})
+	if !errors.Is(err, ErrSubscribeRefused) || !strings.HasSuffix(err.Error(), ": a/b, a/cmd") {
+		t.Errorf("two refused: got %v", err)
 	}
 }

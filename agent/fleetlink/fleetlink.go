@@ -331,8 +331,14 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 		return fail("connect "+broker, err)
 	}
 	for topic, h := range routes {
-		if err := l.wait(ctx, c.client.Subscribe(topic, 1, h), l.opts.ConnectTimeout, c.lost); err != nil {
+		tok := c.client.Subscribe(topic, 1, h)
+		if err := l.wait(ctx, tok, l.opts.ConnectTimeout, c.lost); err != nil {
 			return fail("subscribe "+topic, err)
+		}
+		if st, ok := tok.(*mqtt.SubscribeToken); ok {
+			if err := protocol.Granted(st.Result()); err != nil {
+				return fail("subscribe", err)
+			}
 		}
 	}
 	if err := l.wait(ctx, c.client.Publish(l.topics.State, 1, true, protocol.StateOnline), l.opts.AckTimeout, c.lost); err != nil {

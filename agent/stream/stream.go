@@ -44,6 +44,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/oip"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/internal/backoff"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // Errors of this package; callers test with errors.Is.
@@ -344,8 +345,10 @@ func (s *Stream) connect(ctx context.Context) (*conn, error) {
 	if err := s.wait(ctx, tok, s.opts.ConnectTimeout, c.lost); err != nil {
 		return fail("subscribe "+s.opts.Topic, err)
 	}
-	if st, ok := tok.(*mqtt.SubscribeToken); ok && st.Result()[s.opts.Topic] == 0x80 {
-		return fail("subscribe "+s.opts.Topic, errors.New("refused by the broker"))
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		if err := protocol.Granted(st.Result()); err != nil {
+			return fail("subscribe", err)
+		}
 	}
 	return c, nil
 }

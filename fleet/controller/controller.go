@@ -562,8 +562,14 @@ func (c *Controller) dial(ctx context.Context, url string) error {
 	if err := c.wait(ctx, m.client.Connect(), min(10*time.Second, c.opts.ConnectTimeout)+time.Second, nil); err != nil {
 		return fail("connect", err)
 	}
-	if err := c.wait(ctx, m.client.SubscribeMultiple(filters, nil), ackTimeout, m.lost); err != nil {
+	tok := m.client.SubscribeMultiple(filters, nil)
+	if err := c.wait(ctx, tok, ackTimeout, m.lost); err != nil {
 		return fail("subscribe", err)
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		if err := protocol.Granted(st.Result()); err != nil {
+			return fail("subscribe", err)
+		}
 	}
 	m.since = time.Now()
 	c.mu.Lock()

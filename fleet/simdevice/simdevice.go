@@ -233,7 +233,12 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 	}
 	err := wait(cl.Connect())
 	if err == nil {
-		err = wait(cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: 1}, nil))
+		tok := cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: 1}, nil)
+		if err = wait(tok); err == nil {
+			if st, ok := tok.(*mqtt.SubscribeToken); ok {
+				err = protocol.Granted(st.Result())
+			}
+		}
 	}
 	if err == nil {
 		err = wait(cl.Publish(a.topics.State, 1, true, protocol.StateOnline))
