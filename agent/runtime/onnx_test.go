@@ -285,6 +285,32 @@ func TestTinyONNX(t *testing.T) {
 	assert.ErrorIs(t, err, ErrInput)
 }
 
+// TestTrapONNX: a model that fails on some inputs fails those calls with an
+// error (not a crash, not ErrInput: the model's fault), and the next call on
+// the same interpreter answers.
+func TestTrapONNX(t *testing.T) {
+	m, err := Load(testmodel.TrapONNX(), Options{Workers: 1})
+	require.NoError(t, err)
+	defer m.Close()
+	in := func(vs ...float32) [][]byte {
+		b := make([]byte, 16)
+		for i, v := range vs {
+			binary.LittleEndian.PutUint32(b[i*4:], math.Float32bits(v))
+		}
+		return [][]byte{b}
+	}
+	out := outBufs(m)
+	require.NoError(t, m.Invoke(context.Background(), in(1, 2, 0, 7), out))
+	assert.Equal(t, []float32{2, 4, 0, 14}, floats(out[0]))
+	for _, bad := range [][]float32{{1, 2, 8, 3}, {100, 0, 0, 0}, {0, 0, 0, -9}} {
+		err := m.Invoke(context.Background(), in(bad...), out)
+		require.Error(t, err, "input %v", bad)
+		assert.NotErrorIs(t, err, ErrInput, "input %v", bad)
+	}
+	require.NoError(t, m.Invoke(context.Background(), in(3, 3, 3, 3), out))
+	assert.Equal(t, []float32{6, 6, 6, 6}, floats(out[0]))
+}
+
 func TestBadONNX(t *testing.T) {
 	silero := readModel(t, testmodel.SileroVAD)
 	garbage := append([]byte{0x08, 0x08}, bytes.Repeat([]byte{0xff, 0x13, 0x7a}, 300)...)
