@@ -3,6 +3,7 @@ package testbroker
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -24,12 +25,16 @@ import (
 // the same for comparison. Bounded: 8 publishers x 2,500 messages.
 func BenchmarkEventsFanout(b *testing.B) {
 	const devices, msgs, size, window = 8, 2500, 1024, 64
+	// lossy: the broker is known to lose a few QoS 1 deliveries under load
+	// (NATS 2.9's MQTT, docs/SCALE.md): the round reports them ("lost")
+	// instead of failing. Mosquitto losing one fails the round.
 	brokers := []struct {
-		name string
-		urls func(b *testing.B) []string
+		name  string
+		urls  func(b *testing.B) []string
+		lossy bool
 	}{
-		{"mosquitto", func(b *testing.B) []string { return []string{StartMosquitto(b, "").URL()} }},
-		{"nats-3-nodes", func(b *testing.B) []string { return StartNATSCluster(b, 3).URLs() }},
+		{"mosquitto", func(b *testing.B) []string { return []string{StartMosquitto(b, "").URL()} }, false},
+		{"nats-3-nodes", func(b *testing.B) []string { return StartNATSCluster(b, 3).URLs() }, true},
 	}
 	for _, br := range brokers {
 		b.Run(br.name, func(b *testing.B) {
@@ -37,13 +42,16 @@ func BenchmarkEventsFanout(b *testing.B) {
 			for _, subs := range []int{1, 2} {
 				b.Run(fmt.Sprintf("subscribers=%d", subs), func(b *testing.B) {
 					var pubRate, delRate float64
+					lost := 0
 					for i := range b.N {
-						p, d := fanout(b, urls, fmt.Sprintf("%d-%d-%d", subs, i, time.Now().UnixNano()), devices, msgs, size, window, subs)
+						p, d, l := fanout(b, urls, fmt.Sprintf("%d-%d-%d", subs, i, time.Now().UnixNano()), devices, msgs, size, window, subs, br.lossy)
 						pubRate += p
 						delRate += d
+						lost += l
 					}
 					b.ReportMetric(pubRate/float64(b.N), "published/s")
 					b.ReportMetric(delRate/float64(b.N), "delivered/s")
+					b.ReportMetric(float64(lost)/float64(b.N), "lost")
 					b.ReportMetric(0, "ns/op")
 				})
 			}
@@ -51,9 +59,10 @@ func BenchmarkEventsFanout(b *testing.B) {
 	}
 }
 
-// fanout runs one round and returns messages published per second and
-// deliveries per second.
-func fanout(b *testing.B, urls []string, id string, devices, msgs, size, window, subs int) (float64, float64) {
+// fanout runs one round and returns messages published per second,
+// deliveries per second and the deliveries lost (a lossy broker's round
+// ends when none came for stallLimit; any other broker's fails then).
+func fanout(b *testing.B, urls []string, id string, devices, msgs, size, window, subs int, lossy bool) (float64, float64, int) {
 	b.Helper()
 	total := devices * msgs
 	var delivered atomic.Int64
@@ -67,8 +76,10 @@ func fanout(b *testing.B, urls []string, id string, devices, msgs, size, window,
 		return c
 	}
 	topic := "outpost/v1/bench-" + id + "/+/events"
+	seens := make([][]atomic.Bool, subs)
 	for s := range subs {
 		seen := make([]atomic.Bool, total)
+		seens[s] = seen
 		c := connect(mqtt.NewClientOptions().AddBroker(urls[s%len(urls)]).SetClientID(fmt.Sprintf("sub-%s-%d", id, s)).
 			SetCleanSession(false).SetOrderMatters(false))
 		defer c.Disconnect(50)
@@ -123,10 +134,14 @@ func fanout(b *testing.B, urls []string, id string, devices, msgs, size, window,
 	if failed.Load() > 0 {
 		b.Fatalf("%d publishes not acknowledged", failed.Load())
 	}
-	waitDeliveries(b, done, &delivered, total*subs)
+	lost := waitDeliveries(b, done, &delivered, total*subs, lossy, func() string { return missing(seens, msgs) })
 	elapsed := time.Since(start)
 	b.StopTimer()
-	return float64(total) / published.Seconds(), float64(total*subs) / elapsed.Seconds()
+	if lost > 0 {
+		// The last stallLimit waited for nothing.
+		elapsed -= stallLimit
+	}
+	return float64(total) / published.Seconds(), float64(total*subs-lost) / elapsed.Seconds(), lost
 }
 
 // Waiting for the last deliveries: a loaded machine (make test-stress runs
@@ -140,7 +155,7 @@ const (
 	totalLimit = 5 * time.Minute
 )
 
-func waitDeliveries(b *testing.B, done <-chan struct{}, delivered *atomic.Int64, want int) {
+func waitDeliveries(b *testing.B, done <-chan struct{}, delivered *atomic.Int64, want int, lossy bool, lost func() string) int {
 	b.Helper()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -148,14 +163,40 @@ func waitDeliveries(b *testing.B, done <-chan struct{}, delivered *atomic.Int64,
 	for {
 		select {
 		case <-done:
-			return
+			return 0
 		case now := <-tick.C:
 			if n := delivered.Load(); n != last {
 				last, lastAt = n, now
 			}
+			if lossy && now.Sub(lastAt) > stallLimit {
+				b.Logf("%d of %d deliveries lost (none came for %s): %s", want-int(last), want, stallLimit, lost())
+				return want - int(last)
+			}
 			if now.Sub(lastAt) > stallLimit || now.Sub(start) > totalLimit {
-				b.Fatalf("%d of %d deliveries; none for %s (%s in all)", last, want, now.Sub(lastAt).Round(time.Second), now.Sub(start).Round(time.Second))
+				b.Fatalf("%d of %d deliveries; none for %s (%s in all); missing: %s", last, want, now.Sub(lastAt).Round(time.Second), now.Sub(start).Round(time.Second), lost())
 			}
 		}
 	}
+}
+
+// missing says which messages a subscriber never got: per subscriber, per
+// publisher, the positions in its sequence (a position near 0 is a message
+// published right after the subscription was acknowledged).
+func missing(seens [][]atomic.Bool, msgs int) string {
+	var out []string
+	for s, seen := range seens {
+		byDevice := map[int][]int{}
+		for n := range seen {
+			if !seen[n].Load() {
+				byDevice[n/msgs] = append(byDevice[n/msgs], n%msgs)
+			}
+		}
+		for d, pos := range byDevice {
+			if len(pos) > 8 {
+				pos = append(pos[:4], pos[len(pos)-4:]...)
+			}
+			out = append(out, fmt.Sprintf("subscriber %d, publisher %d: %d, at %v", s, d, len(byDevice[d]), pos))
+		}
+	}
+	return strings.Join(out, "; ")
 }
