@@ -146,6 +146,7 @@ func (a *Analyzer) Analyze(ctx context.Context, req Request) (Report, error) {
 		}
 	}
 	rep.Score, rep.Verdict, rep.Reason = combine(rep.Metrics, cfg)
+	rep.Score = math.Round(rep.Score*100) / 100 // judged unrounded; shown to 0.01
 	a.log.Debug("analysed", "model", req.Model, "phase", req.Phase, "baseline", req.Baseline, "candidate", req.Candidate,
 		"verdict", rep.Verdict, "score", rep.Score, "reason", rep.Reason)
 	return rep, nil

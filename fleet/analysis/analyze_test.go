@@ -389,7 +389,7 @@ func TestDrift(t *testing.T) {
 				assert.Equal(t, 0.0, d.Baseline) // the baseline's thirds
 				assert.Equal(t, int64(1200), d.CandidateN)
 				if tc.verdict == analysis.Fail {
-					assert.Equal(t, 100*2.0/3, rep.Score)
+					assert.Equal(t, 66.67, rep.Score) // 2 of 3 metrics, to 0.01
 					assert.Equal(t, analysis.Fail, rep.Verdict, "67 is under marginal 75")
 				}
 			})
