@@ -129,11 +129,8 @@ func testIntervals(t *testing.T, newTarget func(*testing.T) target) {
 	defer r.Close()
 	t0 := time.Date(2026, 11, 30, 10, 0, 0, 0, time.UTC)
 	bounds := []uint64{1000, 5000, 20000}
-	var devices []string
 	for d := range 4 {
-		dev := fmt.Sprintf("gw-%d", d)
-		devices = append(devices, dev)
-		f := &feeder{r: r, device: dev, epoch: 1}
+		f := &feeder{r: r, device: fmt.Sprintf("gw-%d", d), epoch: 1}
 		for m := range 3 {
 			f.send(t, aggregate(t0.Add(time.Duration(m)*time.Minute), uint64(10+d), uint64(d), bounds, []uint64{uint64(10 + d), 0, 0, 0}))
 		}
