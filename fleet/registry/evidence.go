@@ -75,9 +75,19 @@ func (r *Registry) EvidenceStep(since, until, now time.Time) int64 {
 // more, it reads every device's rows and keeps the wanted ones.
 const maxDeviceList = 500
 
+// deviceFilter keeps the rows of the devices a query wants that its SQL
+// could not select: those of a list too long to name, less the excepted.
+type deviceFilter struct {
+	keep, except map[string]bool // keep nil: every device
+}
+
+func (f *deviceFilter) wanted(device string) bool {
+	return (f.keep == nil || f.keep[device]) && !f.except[device]
+}
+
 // evidenceWhere is the WHERE clause and arguments shared by both queries,
-// and the devices to keep when the clause could not name them.
-func (r *Registry) evidenceWhere(q *EvidenceQuery, shadow bool) (string, []any, map[string]bool, error) {
+// and the filter of the devices the clause could not select.
+func (r *Registry) evidenceWhere(q *EvidenceQuery, shadow bool) (string, []any, *deviceFilter, error) {
 	if !q.Until.After(q.Since) {
 		return "", nil, nil, fmt.Errorf("%w: evidence window ends (%s) before it starts (%s)", ErrInvalidQuery,
 			q.Until.UTC().Format(time.RFC3339), q.Since.UTC().Format(time.RFC3339))
@@ -94,7 +104,10 @@ func (r *Registry) evidenceWhere(q *EvidenceQuery, shadow bool) (string, []any, 
 		where += ` AND baseline = ?`
 		args = append(args, q.Baseline)
 	}
-	var keep map[string]bool
+	f := &deviceFilter{except: map[string]bool{}}
+	for _, d := range q.Except {
+		f.except[d] = true
+	}
 	switch {
 	case len(q.Devices) > 0 && len(q.Devices) <= maxDeviceList:
 		where += ` AND device IN (` + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + `)`
@@ -102,9 +115,9 @@ func (r *Registry) evidenceWhere(q *EvidenceQuery, shadow bool) (string, []any, 
 			args = append(args, d)
 		}
 	case len(q.Devices) > 0:
-		keep = map[string]bool{}
+		f.keep = map[string]bool{}
 		for _, d := range q.Devices {
-			keep[d] = true
+			f.keep[d] = true
 		}
 		fallthrough
 	default:
@@ -112,7 +125,7 @@ func (r *Registry) evidenceWhere(q *EvidenceQuery, shadow bool) (string, []any, 
 	}
 	where += ` AND step = ? AND start >= ? AND start < ?`
 	args = append(args, q.Step, floorTo(q.Since.Unix(), q.Step), q.Until.Unix()+boolInt(q.Until.Nanosecond() > 0))
-	return where, args, keep, nil
+	return where, args, f, nil
 }
 
 func boolInt(b bool) int64 {
@@ -122,24 +135,11 @@ func boolInt(b bool) int64 {
 	return 0
 }
 
-// wanted says whether a row of device belongs to q's answer.
-func wanted(q *EvidenceQuery, keep map[string]bool, device string) bool {
-	if keep != nil && !keep[device] {
-		return false
-	}
-	for _, d := range q.Except {
-		if d == device {
-			return false
-		}
-	}
-	return true
-}
-
 // Intervals returns the served traffic of q's version per device and
 // bucket (agg_buckets), ordered by device and start.
 // ErrInvalidQuery: a window that ends before it starts.
 func (r *Registry) Intervals(q EvidenceQuery) ([]Interval, error) {
-	where, args, keep, err := r.evidenceWhere(&q, false)
+	where, args, filter, err := r.evidenceWhere(&q, false)
 	if err != nil {
 		return nil, err
 	}
@@ -161,7 +161,7 @@ func (r *Registry) Intervals(q EvidenceQuery) ([]Interval, error) {
 		if err := rows.Scan(&in.Device, &in.Step, &start, &requests, &errs, &latency, &features); err != nil {
 			return nil, fmt.Errorf("registry: intervals of %s v%s: %w", q.Model, q.Version, err)
 		}
-		if !wanted(&q, keep, in.Device) {
+		if !filter.wanted(in.Device) {
 			continue
 		}
 		in.Start, in.Requests, in.Errors = time.Unix(start, 0).UTC(), uint64(requests), uint64(errs)
@@ -184,7 +184,7 @@ func (r *Registry) Intervals(q EvidenceQuery) ([]Interval, error) {
 // (shadow_buckets), ordered by device and start.
 // ErrInvalidQuery: a window that ends before it starts.
 func (r *Registry) ShadowIntervals(q EvidenceQuery) ([]ShadowInterval, error) {
-	where, args, keep, err := r.evidenceWhere(&q, true)
+	where, args, filter, err := r.evidenceWhere(&q, true)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (r *Registry) ShadowIntervals(q EvidenceQuery) ([]ShadowInterval, error) {
 		if err := scanShadow(rows, &v, &in.Device, &in.Step, &start); err != nil {
 			return nil, fmt.Errorf("registry: shadow of %s v%s: %w", q.Model, q.Version, err)
 		}
-		if !wanted(&q, keep, in.Device) {
+		if !filter.wanted(in.Device) {
 			continue
 		}
 		in.Start, in.Baseline = time.Unix(start, 0).UTC(), q.Baseline
