@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"time"
 
@@ -93,14 +94,68 @@ const configFile = "analysis file"
 // are errors naming the key and its line; every value is checked (Validate).
 // Keys left out keep their defaults (Defaults), a metric's too: a metrics
 // list replaces the default list, and each metric in it starts from its
-// own defaults, so `- name: latency` alone means max_ratio 1.2.
-func ParseConfig(b []byte) (Config, error) {
-	var f fileConfig
-	if err := yamlconf.Decode(configFile, b, &f); err != nil {
+// own defaults, so `- name: latency` alone means max_ratio 1.2. Messages
+// start "analysis file:LINE:"; ParseConfigNamed names the file.
+func ParseConfig(b []byte) (Config, error) { return ParseConfigNamed(configFile, b) }
+
+// ParseConfigNamed is ParseConfig with name (the file's path) starting
+// every message, as internal/yamlconf writes them.
+func ParseConfigNamed(name string, b []byte) (Config, error) {
+	c := Defaults() // an empty document
+	if err := yamlconf.Decode(name, b, &c); err != nil {
 		return Config{}, err
 	}
-	var root yaml.Node
-	_ = yaml.Unmarshal(b, &root) // decoded above: it parses
+	return c, nil
+}
+
+// UnmarshalYAML decodes a Config wherever it sits in a YAML document as
+// ParseConfig does (defaults for what is left out, unknown keys refused,
+// every value checked), so a Config decoded by internal/yamlconf, or as
+// part of a larger file, cannot skip the checks. Its errors are yaml's
+// type errors, "line N: ...", which yamlconf rewrites for people.
+func (c *Config) UnmarshalYAML(n *yaml.Node) error {
+	var f fileConfig
+	if err := n.Decode(&f); err != nil {
+		return err
+	}
+	if errs := unknownKeys(n); len(errs) > 0 {
+		return &yaml.TypeError{Errors: errs}
+	}
+	cfg, err := f.config(n)
+	if err != nil {
+		return &yaml.TypeError{Errors: []string{err.Error()}}
+	}
+	*c = cfg
+	return nil
+}
+
+// unknownKeys lists the keys of n (and of its metrics) that a Config does
+// not have, in yaml's own words so that yamlconf rewrites them as its
+// other unknown keys.
+func unknownKeys(n *yaml.Node) []string {
+	var errs []string
+	check := func(m *yaml.Node, known []string) {
+		if m == nil || m.Kind != yaml.MappingNode {
+			return
+		}
+		for i := 0; i+1 < len(m.Content); i += 2 {
+			if k := m.Content[i]; !slices.Contains(known, k.Value) {
+				errs = append(errs, fmt.Sprintf("line %d: field %s not found in type analysis.Config", k.Line, k.Value))
+			}
+		}
+	}
+	check(n, []string{"confidence", "pass", "marginal", "min_requests", "max_wait", "metrics"})
+	if ms := valueOf(n, "metrics"); ms != nil && ms.Kind == yaml.SequenceNode {
+		for _, m := range ms.Content {
+			check(m, []string{"name", "critical", "weight", "max_increase", "max_ratio", "min_top1", "max_mean_abs_diff", "max_psi"})
+		}
+	}
+	return errs
+}
+
+// config is f over the defaults, checked; n (f's node) gives the lines of
+// the errors ("line N: ...").
+func (f *fileConfig) config(n *yaml.Node) (Config, error) {
 	c := Defaults()
 	set := func(dst, src any) {
 		switch d := dst.(type) {
@@ -128,12 +183,11 @@ func ParseConfig(b []byte) (Config, error) {
 		for i, fm := range f.Metrics {
 			m := defaultMetric(fm.Name)
 			if fm.Name == "" {
-				return Config{}, fmt.Errorf("%s:%d: metrics[%d]: no name: want one of %s", configFile,
-					lineOf(&root, i, "name"), i, strings.Join(metricNames, ", "))
+				return Config{}, fmt.Errorf("line %d: metrics[%d]: no name: want one of %s", lineOf(n, i, "name"), i, strings.Join(metricNames, ", "))
 			}
 			if m.Name == "" {
-				return Config{}, fmt.Errorf("%s:%d: metrics[%d]: unknown metric %q: want %s", configFile,
-					lineOf(&root, i, "name"), i, fm.Name, strings.Join(metricNames, ", "))
+				return Config{}, fmt.Errorf("line %d: metrics[%d]: unknown metric %q: want %s", lineOf(n, i, "name"), i, fm.Name,
+					strings.Join(metricNames, ", "))
 			}
 			if fm.Critical != nil {
 				m.Critical = *fm.Critical
@@ -150,8 +204,8 @@ func ParseConfig(b []byte) (Config, error) {
 					continue
 				}
 				if !limitOf(m.Name, l.key) {
-					return Config{}, fmt.Errorf("%s:%d: metrics[%d] (%s): %s does not apply to %s (its limits: %s)", configFile,
-						lineOf(&root, i, l.key), i, m.Name, l.key, m.Name, strings.Join(limits[m.Name], ", "))
+					return Config{}, fmt.Errorf("line %d: metrics[%d] (%s): %s does not apply to %s (its limits: %s)",
+						lineOf(n, i, l.key), i, m.Name, l.key, m.Name, strings.Join(limits[m.Name], ", "))
 				}
 				*l.dst = *l.src
 			}
@@ -161,9 +215,9 @@ func ParseConfig(b []byte) (Config, error) {
 	if err := c.Validate(); err != nil {
 		var fe *fieldError
 		if errors.As(err, &fe) {
-			return Config{}, fmt.Errorf("%s:%d: %s", configFile, lineOf(&root, fe.metric, fe.key), fe.msg)
+			return Config{}, fmt.Errorf("line %d: %s", lineOf(n, fe.metric, fe.key), fe.msg)
 		}
-		return Config{}, fmt.Errorf("%s: %w", configFile, err)
+		return Config{}, fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	return c, nil
 }
@@ -187,52 +241,50 @@ func limitOf(metric, key string) bool {
 	return false
 }
 
-// lineOf is the line of key in the document (in metrics[metric] when
-// metric >= 0), or of the closest thing found, or 0.
-func lineOf(root *yaml.Node, metric int, key string) int {
-	if root == nil || len(root.Content) == 0 {
-		return 0
-	}
-	doc := root.Content[0]
-	find := func(m *yaml.Node, key string) *yaml.Node {
-		if m == nil || m.Kind != yaml.MappingNode {
-			return nil
-		}
-		for i := 0; i+1 < len(m.Content); i += 2 {
-			if m.Content[i].Value == key {
-				return m.Content[i]
-			}
-		}
-		return nil
-	}
+// lineOf is the line of key in the mapping n (in metrics[metric] when
+// metric >= 0), or of the closest thing found.
+func lineOf(n *yaml.Node, metric int, key string) int {
 	if metric < 0 {
-		if n := find(doc, key); n != nil {
-			return n.Line
+		if k := keyOf(n, key); k != nil {
+			return k.Line
 		}
-		return doc.Line
+		return n.Line
 	}
-	ms := find(doc, "metrics")
-	if ms == nil {
-		return doc.Line
-	}
-	list := doc.Content[indexOf(doc, ms)+1]
-	if list.Kind != yaml.SequenceNode || metric >= len(list.Content) {
-		return ms.Line
+	list := valueOf(n, "metrics")
+	if list == nil || list.Kind != yaml.SequenceNode || metric >= len(list.Content) {
+		return n.Line
 	}
 	item := list.Content[metric]
-	if n := find(item, key); n != nil {
-		return n.Line
+	if k := keyOf(item, key); k != nil {
+		return k.Line
 	}
 	return item.Line
 }
 
-func indexOf(m *yaml.Node, n *yaml.Node) int {
-	for i, c := range m.Content {
-		if c == n {
-			return i
+// keyOf and valueOf find key's key and value nodes in the mapping m, or
+// nil.
+func keyOf(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i]
 		}
 	}
-	return -1
+	return nil
+}
+
+func valueOf(m *yaml.Node, key string) *yaml.Node {
+	if m == nil || m.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(m.Content); i += 2 {
+		if m.Content[i].Value == key {
+			return m.Content[i+1]
+		}
+	}
+	return nil
 }
 
 // fieldError is a Validate error about one key, so ParseConfig can say

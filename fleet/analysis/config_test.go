@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/internal/yamlconf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -108,4 +109,32 @@ func FuzzParseConfig(f *testing.F) {
 			t.Errorf("parsed a config that does not validate: %v", err)
 		}
 	})
+}
+
+// TestConfigInsideAnotherFile: a Config decoded as part of a larger YAML
+// file (through internal/yamlconf, as fleet.yaml is) gets the defaults and
+// the checks, with the lines of that file.
+func TestConfigInsideAnotherFile(t *testing.T) {
+	var f struct {
+		Rollouts struct {
+			Analysis *Config `yaml:"analysis"`
+		} `yaml:"rollouts"`
+	}
+	require.NoError(t, yamlconf.Decode("fleet.yaml", []byte("rollouts:\n  analysis:\n    pass: 90\n"), &f))
+	want := Defaults()
+	want.Pass = 90
+	assert.Equal(t, &want, f.Rollouts.Analysis)
+
+	for _, tc := range []struct{ yaml, want string }{
+		{"rollouts:\n  analysis:\n    pas: 90\n    marginl: 3\n", "fleet.yaml:3: unknown key \"pas\"\nfleet.yaml:4: unknown key \"marginl\""},
+		{"rollouts:\n  analysis:\n    metrics:\n      - name: latency\n        max_ratio: 0.5\n", "fleet.yaml:5: metrics[0] (latency): max_ratio 0.5"},
+		{"rollouts:\n  analysis:\n    confidence: sure\n", `fleet.yaml:3: "sure" is not a number`},
+	} {
+		err := yamlconf.Decode("fleet.yaml", []byte(tc.yaml), &f)
+		if err == nil || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%q:\n got %v\nwant %q...", tc.yaml, err, tc.want)
+		}
+	}
+	_, err := ParseConfigNamed("canary.yaml", []byte("\n\npass: 0\n"))
+	assert.EqualError(t, err, "canary.yaml:3: pass 0: want a score above 0 and at most 100")
 }
