@@ -76,7 +76,7 @@ func histogram(n uint64, m float64) protocol.Histogram {
 
 // send stores tr's aggregates through the registry's ingest, one minute
 // apart from t0, and returns the interval means it drew, in ms.
-func send(t *testing.T, r *registry.Registry, t0 time.Time, step time.Duration, tr traffic) (means, baseMeans []float64) {
+func send(t testing.TB, r *registry.Registry, t0 time.Time, step time.Duration, tr traffic) (means, baseMeans []float64) {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(tr.seed, 7))
 	b := &protocol.Batch{BatchHeader: protocol.BatchHeader{Epoch: uint64(time.Now().UnixNano())}}
