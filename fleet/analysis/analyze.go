@@ -100,6 +100,9 @@ type evidence struct {
 // ErrInvalidRequest for a request it cannot judge; other errors are the
 // store's (or the reference's), worth trying again.
 func (a *Analyzer) Analyze(ctx context.Context, req Request) (Report, error) {
+	if err := ctx.Err(); err != nil {
+		return Report{}, err
+	}
 	cfg := req.Config
 	if cfg.IsZero() {
 		cfg = Defaults()
