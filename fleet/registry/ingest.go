@@ -14,7 +14,9 @@ import (
 // telemetry, in the same transaction (docs/MONITORING.md "What the
 // controller keeps"):
 //
-//	aggregate  merged into agg_buckets and agg_totals (buckets.go)
+//	aggregate  merged into agg_buckets and agg_totals (buckets.go); one with
+//	           a shadow section (a candidate's answers to copies, which no
+//	           client saw) into shadow_buckets instead (shadow.go)
 //	health     a point of the device's health series (device_health)
 //	audit      the device's audit log, its hash chain checked (device_audit, deviceaudit.go)
 //	sample     kept for export, within count and byte bounds (samples, samples.go)
@@ -36,6 +38,7 @@ var keptElsewhere = map[string]bool{
 // committed (breaks).
 type ingestTx struct {
 	agg         aggBatch
+	shadow      shadowBatch
 	heads       map[string]*deviceAuditHead
 	breaks      []ChainBreak
 	samples     int64 // samples added
@@ -85,6 +88,10 @@ func (r *Registry) ingestRecord(tx *sql.Tx, it *ingestTx, device string, body []
 	}
 	switch rec.Kind {
 	case protocol.KindAggregate:
+		if rec.Aggregate != nil && rec.Aggregate.Shadow != nil {
+			it.shadow.add(device, &rec, r.mon.fineStep)
+			return nil
+		}
 		it.agg.add(device, &rec, r.mon.fineStep)
 	case protocol.KindHealth:
 		return r.insertHealth(tx, device, &rec)
@@ -100,6 +107,9 @@ func (r *Registry) ingestRecord(tx *sql.Tx, it *ingestTx, device string, body []
 func (r *Registry) flushIngest(tx *sql.Tx, it *ingestTx) error {
 	if err := r.flushAgg(tx, &it.agg); err != nil {
 		return fmt.Errorf("buckets: %w", err)
+	}
+	if err := r.flushShadow(tx, &it.shadow); err != nil {
+		return fmt.Errorf("shadow buckets: %w", err)
 	}
 	if err := r.saveAuditHeads(tx, it); err != nil {
 		return fmt.Errorf("audit heads: %w", err)

@@ -13,8 +13,8 @@ import (
 // versions' running totals (agg_totals) and samples (bounded by count and
 // bytes at ingest instead) are not pruned by age.
 type Retention struct {
-	// MinuteBuckets and HourBuckets: how long agg_buckets rows of each
-	// step are kept after their start.
+	// MinuteBuckets and HourBuckets: how long agg_buckets rows (and
+	// shadow_buckets rows) of each step are kept after their start.
 	MinuteBuckets, HourBuckets time.Duration
 	// MaxBucketRows bounds agg_buckets; over it, the oldest minute
 	// buckets go first, hour buckets only once no minute bucket is left.
@@ -86,6 +86,10 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 		// Fine buckets (Options.FineStep) serve drift windows under a
 		// minute, judged within seconds: an hour is plenty.
 		{&p.MinuteBuckets, "agg_buckets", "start", "step < ?", []any{MinuteBucket}, now.Add(-time.Hour).Unix()},
+		// Shadow sections (shadow.go) as the buckets of served traffic.
+		{&p.MinuteBuckets, "shadow_buckets", "start", "step = ?", []any{MinuteBucket}, now.Add(-ret.MinuteBuckets).Unix()},
+		{&p.HourBuckets, "shadow_buckets", "start", "step = ?", []any{HourBucket}, now.Add(-ret.HourBuckets).Unix()},
+		{&p.MinuteBuckets, "shadow_buckets", "start", "step < ?", []any{MinuteBucket}, now.Add(-time.Hour).Unix()},
 		{&p.Health, "device_health", "time", "", nil, now.Add(-ret.Health).UnixNano()},
 		{&p.Telemetry, "telemetry", "received", "", nil, now.Add(-ret.RawTelemetry).UnixNano()},
 	}
