@@ -716,6 +716,7 @@ func (c *Controller) onStatus(device string, payload []byte) {
 			return
 		}
 		d.Labels, d.AgentVersion, d.Models, d.Update, d.Health = st.Labels, st.AgentVersion, st.Models, st.Update, st.Health
+		d.Features = st.Features
 		d.RootVersion, d.StatusTime, d.LastSeen = st.RootVersion, st.Time, now
 	}); err != nil {
 		c.log.Warn("status", "device", device, "err", err)
