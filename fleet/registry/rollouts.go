@@ -136,7 +136,9 @@ type Decision struct {
 	// Wave is the index of the wave decided on.
 	Wave int `json:"wave"`
 	// Action: "passed", "completed", "timeout-continue", "timeout-halt",
-	// "failed".
+	// "failed", "resumed"; in a rollout with phases also "<phase>-started",
+	// "<phase>-skipped", "<phase>-pass", "<phase>-fail", "<phase>-paused"
+	// and "promoted".
 	Action string `json:"action"`
 	// Successes and Needed are the evidence at the time: the wave's
 	// successes and the successes it needed; Devices its devices.
@@ -144,6 +146,12 @@ type Decision struct {
 	Needed    int    `json:"needed"`
 	Devices   int    `json:"devices"`
 	Detail    string `json:"detail,omitempty"`
+	// Phase is the wave's phase decided on (empty in a rollout without
+	// phases); Verdict and Score the analysis's, for a decision taken on
+	// one.
+	Phase   string  `json:"phase,omitempty"`
+	Verdict string  `json:"verdict,omitempty"`
+	Score   float64 `json:"score,omitempty"`
 }
 
 // Assignment is one device's part in a rollout.
