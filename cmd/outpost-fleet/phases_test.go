@@ -77,7 +77,7 @@ func TestPrintAnalyses(t *testing.T) {
 	out := b.String()
 	for _, want := range []string{
 		"phases: shadow 10% for 15m0s, analysis",
-		"PHASE  TRIAL DEVICES",
+		"SUCCESSES  PHASE   TRIAL DEVICES",
 		"shadow  2",
 		"wave 1 shadow analysis 2026-11-30T08:00:00Z..2026-11-30T08:15:00Z: score 0, fail (critical metric latency failed)",
 		"METRIC              BASELINE v1  CANDIDATE v2  N        VERDICT  WHY",
