@@ -1,0 +1,141 @@
+package controller_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/outpost-edge/outpost/fleet/analysis"
+	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/fleet/simdevice"
+	"github.com/outpost-edge/outpost/protocol"
+)
+
+// verdicts is an analyzer that gives each phase one verdict and counts
+// its analyses. The engine's reaction is what these tests judge over a real
+// broker with simulated devices; the analyzer's own judgement on real
+// telemetry is fleet/analysis's and the end-to-end tests'.
+type verdicts struct {
+	mu sync.Mutex
+	by map[analysis.Phase]analysis.Verdict
+	n  map[analysis.Phase]int
+}
+
+func (v *verdicts) Analyze(_ context.Context, req analysis.Request) (analysis.Report, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.n[req.Phase]++
+	verdict := v.by[req.Phase]
+	m := analysis.MetricResult{Name: analysis.MetricAgreement, Critical: true, Weight: 1, Baseline: 1, Candidate: 1, Unit: "top-1", Verdict: verdict}
+	if verdict == analysis.Fail {
+		m.Candidate = 0.4
+	}
+	return analysis.Report{Verdict: verdict, Score: map[analysis.Verdict]float64{analysis.Pass: 100}[verdict], Reason: "test",
+		Metrics: []analysis.MetricResult{m}}, nil
+}
+
+func (v *verdicts) count(p analysis.Phase) int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.n[p]
+}
+
+// phaseFleet runs a controller with analyzer an and n devices serving
+// face v1, all but every fourth taking trials, and pushes face v2.
+func phaseFleet(t *testing.T, n int, an rollout.Analyzer) (*fleet, *devices) {
+	f := startFleet(t, controller.Options{Analyzer: an, AnalyzeEvery: 100 * time.Millisecond})
+	mv1 := f.push("face", 1, 32<<10, 16<<10)
+	f.push("face", 2, 32<<10, 16<<10)
+	ds := f.devices(n, "", func(i int, o *simdevice.Options) {
+		o.Models = []protocol.ModelStatus{{Name: "face", Version: 1, Digest: "sha256:" + mv1.SHA256}}
+		o.Trials = i%4 != 0
+	})
+	f.waitDevices(n)
+	eventually(t, 30*time.Second, "the devices' features", func() (bool, string) {
+		d, err := f.c.Registry().Device(devName(1))
+		return err == nil && d.Supports(protocol.FeatureTrial), fmt.Sprint(d, err)
+	})
+	return f, ds
+}
+
+var phaseSpec = rollout.Spec{Model: "face", Version: 2, Waves: []int{50, 100}, MaxFailureRatio: 0.1,
+	Shadow: &registry.TrialPhase{Percent: 10, Duration: time.Second}, Canary: &registry.TrialPhase{Percent: 20, Duration: time.Second},
+	Analysis: &analysis.Config{Confidence: 0.98, Pass: 95, Marginal: 75, MaxWait: time.Minute}}
+
+// TestPhasesThroughBroker: with every analysis passing, each wave's trial
+// devices hold v2 in shadow, then canary, then everyone is promoted: the
+// rollout completes with every device on v2, and no device refused a
+// command (the devices without trials never got one with a trial).
+func TestPhasesThroughBroker(t *testing.T) {
+	const n = 8
+	an := &verdicts{by: map[analysis.Phase]analysis.Verdict{analysis.PhaseShadow: analysis.Pass, analysis.PhaseCanary: analysis.Pass,
+		analysis.PhaseWave: analysis.Pass}, n: map[analysis.Phase]int{}}
+	f, ds := phaseFleet(t, n, an)
+	ro, err := f.c.Engine().Create(phaseSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitRollout(ro.ID, registry.RolloutCompleted, 120*time.Second)
+	if got, off := running(ds, n, "face", 2); got != n {
+		t.Fatalf("got %d of %d devices on face v2; not: %s", got, n, off)
+	}
+	for i := range n {
+		if c := ds.get(i).Counters(); c.Rejected != 0 {
+			t.Errorf("%s refused %d commands", devName(i), c.Rejected)
+		}
+		if m, v, mode := ds.get(i).Trial(); v != 0 {
+			t.Errorf("%s still holds %s v%d in %s", devName(i), m, v, mode)
+		}
+	}
+	if an.count(analysis.PhaseShadow) != 2 || an.count(analysis.PhaseCanary) != 2 || an.count(analysis.PhaseWave) != 1 {
+		t.Fatalf("analyses: %d shadow, %d canary, %d wave; want 2, 2, 1", an.count(analysis.PhaseShadow), an.count(analysis.PhaseCanary),
+			an.count(analysis.PhaseWave))
+	}
+	rep, err := f.c.Engine().Status(ro.ID)
+	if err != nil || len(rep.Analyses) != 5 || rep.Committed != n {
+		t.Fatalf("report: %d analyses, %d committed, %v", len(rep.Analyses), rep.Committed, err)
+	}
+}
+
+// TestPhaseFailAbortsTrialsThroughBroker: a failed shadow analysis halts
+// the rollout; every device that held v2 in shadow discards it, and no
+// device ever serves v2.
+func TestPhaseFailAbortsTrialsThroughBroker(t *testing.T) {
+	const n = 8
+	an := &verdicts{by: map[analysis.Phase]analysis.Verdict{analysis.PhaseShadow: analysis.Fail}, n: map[analysis.Phase]int{}}
+	f, ds := phaseFleet(t, n, an)
+	ro, err := f.c.Engine().Create(phaseSpec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.waitRollout(ro.ID, registry.RolloutHalted, 120*time.Second)
+	eventually(t, 60*time.Second, "no device holds or serves v2", func() (bool, string) {
+		for i := range n {
+			if _, v, mode := ds.get(i).Trial(); v != 0 {
+				return false, fmt.Sprintf("%s holds v%d in %s", devName(i), v, mode)
+			}
+		}
+		got, off := running(ds, n, "face", 1)
+		return got == n, off
+	})
+	as, err := f.c.Registry().Assignments(ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aborted := 0
+	for _, a := range as {
+		if a.Undo == protocol.CommandAbort {
+			aborted++
+		}
+		if a.Activated {
+			t.Errorf("%s activated v2 of a rollout halted in shadow", a.Device)
+		}
+	}
+	if aborted == 0 {
+		t.Fatal("no device got an abort")
+	}
+}
