@@ -2,13 +2,20 @@ package controller_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
@@ -20,14 +27,18 @@ import (
 // broker with simulated devices; the analyzer's own judgement on real
 // telemetry is fleet/analysis's and the end-to-end tests'.
 type verdicts struct {
-	mu sync.Mutex
-	by map[analysis.Phase]analysis.Verdict
-	n  map[analysis.Phase]int
+	mu    sync.Mutex
+	by    map[analysis.Phase]analysis.Verdict
+	n     map[analysis.Phase]int
+	first []analysis.Request // the first request of each phase and wave
 }
 
 func (v *verdicts) Analyze(_ context.Context, req analysis.Request) (analysis.Report, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.n[req.Phase] == 0 || req.Phase == analysis.PhaseWave || v.first[len(v.first)-1].Phase != req.Phase {
+		v.first = append(v.first, req)
+	}
 	v.n[req.Phase]++
 	verdict := v.by[req.Phase]
 	m := analysis.MetricResult{Name: analysis.MetricAgreement, Critical: true, Weight: 1, Baseline: 1, Candidate: 1, Unit: "top-1", Verdict: verdict}
@@ -108,11 +119,22 @@ func TestPhaseFailAbortsTrialsThroughBroker(t *testing.T) {
 	const n = 8
 	an := &verdicts{by: map[analysis.Phase]analysis.Verdict{analysis.PhaseShadow: analysis.Fail}, n: map[analysis.Phase]int{}}
 	f, ds := phaseFleet(t, n, an)
-	ro, err := f.c.Engine().Create(phaseSpec)
-	if err != nil {
-		t.Fatal(err)
+	// Through the admin API, as rollout create sends it.
+	req := `{"model": "face", "version": 2, "waves": [50, 100], "shadow": {"percent": 10, "duration": "1s"},
+		"canary": {"percent": 20, "duration": "1s"}, "analysis": {"pass": 95, "marginal": 75, "max_wait": 60000000000}}`
+	var ro rollout.Report
+	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 2, "shadow": {"percent": 10, "duration": "soon"}}`, 400, nil)
+	adminCall(t, f, "POST", "/v1/rollouts", req, 201, &ro)
+	if ro.Phase != registry.PhaseShadow || ro.Shadow == nil || ro.Shadow.Percent != 10 || ro.Canary.Duration != time.Second {
+		t.Fatalf("created %+v", ro.Rollout)
 	}
 	f.waitRollout(ro.ID, registry.RolloutHalted, 120*time.Second)
+	var got rollout.Report
+	adminCall(t, f, "GET", "/v1/rollouts/"+ro.ID, "", 200, &got)
+	if len(got.Analyses) != 1 || got.Analyses[0].Verdict != analysis.Fail || got.Analyses[0].Phase != analysis.PhaseShadow ||
+		len(got.Analyses[0].Metrics) != 1 || got.Analyses[0].Metrics[0].Candidate != 0.4 || got.Waves[0].Phase != registry.PhaseShadow {
+		t.Fatalf("GET /v1/rollouts/%s: analyses %+v, waves %+v", ro.ID, got.Analyses, got.Waves)
+	}
 	eventually(t, 60*time.Second, "no device holds or serves v2", func() (bool, string) {
 		for i := range n {
 			if _, v, mode := ds.get(i).Trial(); v != 0 {
@@ -138,4 +160,113 @@ func TestPhaseFailAbortsTrialsThroughBroker(t *testing.T) {
 	if aborted == 0 {
 		t.Fatal("no device got an abort")
 	}
+}
+
+// TestPhaseSurvivesControllerRestart: the controller stops in the middle
+// of a shadow window and starts again on the same store: the phase goes on
+// from where it was (the window is not started again), and the rollout
+// completes.
+func TestPhaseSurvivesControllerRestart(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys")
+	if _, err := keyring.Init(keys, keyring.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	an := &verdicts{by: map[analysis.Phase]analysis.Verdict{analysis.PhaseShadow: analysis.Pass}, n: map[analysis.Phase]int{}}
+	opts := controller.Options{Keys: keys, DataDir: t.TempDir(), ListenMQTT: addr, Analyzer: an, AnalyzeEvery: 100 * time.Millisecond}
+	f := startFleet(t, opts)
+	mv1 := f.push("face", 1, 32<<10, 16<<10)
+	f.push("face", 2, 32<<10, 16<<10)
+	const n = 4
+	ds := f.devices(n, "tcp://"+addr, func(i int, o *simdevice.Options) {
+		o.Models = []protocol.ModelStatus{{Name: "face", Version: 1, Digest: "sha256:" + mv1.SHA256}}
+		o.Trials = true
+	})
+	f.waitDevices(n)
+	eventually(t, 30*time.Second, "the devices' features", func() (bool, string) {
+		d, err := f.c.Registry().Device(devName(0))
+		return err == nil && d.Supports(protocol.FeatureTrial), fmt.Sprint(d, err)
+	})
+	ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.1,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: 5 * time.Second}, Analysis: &analysis.Config{MaxWait: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var started time.Time
+	eventually(t, 60*time.Second, "the shadow window started", func() (bool, string) {
+		r, _ := f.c.Registry().Rollout(ro.ID)
+		started = r.PhaseStarted
+		return !started.IsZero(), r.Phase
+	})
+	f.stop()
+	if an.count(analysis.PhaseShadow) != 0 {
+		t.Skip("the window ended before the controller stopped (a very slow machine): nothing to carry over")
+	}
+	f2 := startFleet(t, opts)
+	f2.waitRollout(ro.ID, registry.RolloutCompleted, 120*time.Second)
+	if got, off := running(ds, n, "face", 2); got != n {
+		t.Fatalf("%d of %d on v2 after the restart; not: %s", got, n, off)
+	}
+	an.mu.Lock()
+	first := an.first[0]
+	an.mu.Unlock()
+	if !first.From.Equal(started) {
+		t.Fatalf("shadow judged from %s, the window started at %s", first.From, started)
+	}
+	r, _ := f2.c.Registry().Rollout(ro.ID)
+	n0 := 0
+	for _, d := range r.Decisions {
+		if d.Action == "shadow-started" {
+			n0++
+		}
+	}
+	if n0 != 1 {
+		t.Fatalf("the shadow window started %d times: %+v", n0, r.Decisions)
+	}
+}
+
+// adminCall calls f's admin API with a JSON body and decodes the answer.
+func adminCall(t *testing.T, f *fleet, method, path, body string, want int, out any) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+f.c.AdminAddr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: got %d, want %d: %s", method, path, resp.StatusCode, want, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v: %s", method, path, err, b)
+		}
+	}
+}
+
+// TestPhasesRefusedWithoutAnalyzer: a controller without an analyzer
+// refuses rollouts with phases or an analysis (400, saying why), and
+// still takes plain ones.
+func TestPhasesRefusedWithoutAnalyzer(t *testing.T) {
+	f := startFleet(t, controller.Options{})
+	f.push("face", 1, 1000, 1000)
+	var e struct{ Error string }
+	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "shadow": {"percent": 10, "duration": "1m"}}`, 400, &e)
+	if !strings.Contains(e.Error, "analysis config") {
+		t.Fatalf("error %q", e.Error)
+	}
+	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "analysis": {"pass": 95}}`, 400, &e)
+	if !strings.Contains(e.Error, "no analyzer") {
+		t.Fatalf("error %q", e.Error)
+	}
+	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1}`, 201, nil)
 }

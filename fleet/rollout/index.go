@@ -606,6 +606,9 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 				break // the rate's budget is spent; the next tick adds to it
 			}
 			_, tr := want(ro, w, base)
+			if tr == nil {
+				base = 0 // joins after the trials: a plain install, as a device without them
+			}
 			if err := e.sendInstall(ctx, t, id, w, base, tr); err != nil {
 				errs = append(errs, err)
 				if _, ok := t.as[id]; !ok {
