@@ -270,3 +270,59 @@ func TestPhasesRefusedWithoutAnalyzer(t *testing.T) {
 	}
 	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1}`, 201, nil)
 }
+
+// TestSimTrafficInCanary: simulated devices with traffic report both arms
+// of a canary as the agent does (docs/PROTOCOL.md, Trials): the serving
+// version's aggregate and the candidate's, the candidate here slower and
+// failing a fifth of its requests; the controller's metrics show each
+// version's own latency and errors. (An analyzer reading them is the lead's
+// end-to-end test; this one holds the phase with wait verdicts.)
+func TestSimTrafficInCanary(t *testing.T) {
+	an := &verdicts{by: map[analysis.Phase]analysis.Verdict{analysis.PhaseCanary: analysis.Wait}, n: map[analysis.Phase]int{}}
+	f := startFleet(t, controller.Options{Analyzer: an, AnalyzeEvery: 100 * time.Millisecond})
+	mv1 := f.push("face", 1, 32<<10, 16<<10)
+	f.push("face", 2, 32<<10, 16<<10)
+	const n = 4
+	ds := f.devices(n, "", func(i int, o *simdevice.Options) {
+		o.Models = []protocol.ModelStatus{{Name: "face", Version: 1, Digest: "sha256:" + mv1.SHA256}}
+		o.Trials = true
+		o.Traffic = &simdevice.Traffic{Every: 200 * time.Millisecond, Requests: 100, Candidate: func(string, int64) simdevice.Behaviour {
+			return simdevice.Behaviour{LatencyFactor: 3, ErrorRatio: 0.2}
+		}}
+	})
+	f.waitDevices(n)
+	eventually(t, 30*time.Second, "the devices' features", func() (bool, string) {
+		d, err := f.c.Registry().Device(devName(0))
+		return err == nil && d.Supports(protocol.FeatureTrial), fmt.Sprint(d, err)
+	})
+	ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.1,
+		Canary: &registry.TrialPhase{Percent: 50, Duration: time.Minute}, Analysis: &analysis.Config{MaxWait: time.Minute}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 60*time.Second, "every device holds v2 in canary", func() (bool, string) {
+		for i := range n {
+			if _, v, mode := ds.get(i).Trial(); v != 2 || mode != protocol.TrialCanary {
+				return false, fmt.Sprintf("%s: v%d %s", devName(i), v, mode)
+			}
+		}
+		return true, ""
+	})
+	since := time.Now().Add(-time.Minute)
+	eventually(t, 60*time.Second, "both arms in the metrics", func() (bool, string) {
+		m1, err1 := f.c.Registry().Metrics(registry.MetricsQuery{Model: "face", Version: "1", Since: since})
+		m2, err2 := f.c.Registry().Metrics(registry.MetricsQuery{Model: "face", Version: "2", Since: since})
+		if err1 != nil || err2 != nil {
+			return false, fmt.Sprint(err1, err2)
+		}
+		a, b := m1.Totals, m2.Totals
+		ok := a.Requests > 500 && b.Requests > 500 && a.Errors == 0 && b.Errors > b.Requests/10 && b.Errors < b.Requests/3 && b.P50MS > 2*a.P50MS
+		return ok, fmt.Sprintf("v1 %+v; v2 %+v", a, b)
+	})
+	if r, _ := f.c.Registry().Rollout(ro.ID); r.State != registry.RolloutRunning || r.Phase != registry.PhaseCanary {
+		t.Fatalf("rollout %s in %s, want running in canary", r.State, r.Phase)
+	}
+	if c := ds.get(0).Counters(); c.Aggregates == 0 {
+		t.Fatalf("counters %+v", c)
+	}
+}

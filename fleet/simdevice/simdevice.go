@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,7 +66,10 @@ type Options struct {
 	// with a trial fail instead of holding the candidate (as a candidate
 	// that cannot load beside the serving version).
 	FailTrial func(model string, version int64) bool
-	Logger    *slog.Logger
+	// Traffic, when set, makes the device send aggregates of simulated
+	// traffic (traffic.go); nil sends no telemetry.
+	Traffic *Traffic
+	Logger  *slog.Logger
 }
 
 // Counters of one simulated device. Commands counts the commands accepted,
@@ -73,6 +77,8 @@ type Options struct {
 // (a redelivery) among them.
 type Counters struct {
 	Commands, Rejected, Chunks, BadChunks, Requests, Acks uint64
+	// Aggregates counts the aggregate records sent (Options.Traffic).
+	Aggregates uint64
 	// Connects counts the connections made (subscribed and online).
 	Connects uint64
 	// FirstAfterReconnect is the first chunk index asked for after each
@@ -99,6 +105,10 @@ type Agent struct {
 	trial *held
 
 	commands, rejected, chunks, badChunks, requests, acks, connects atomic.Uint64
+	// seq numbers the telemetry records in epoch (one per Agent, as a
+	// device whose queue is new); aggs counts the records sent.
+	seq, aggs atomic.Uint64
+	epoch     uint64
 }
 
 // held is a candidate held on trial: the install that brought it (its
@@ -161,11 +171,25 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if tr := opts.Traffic; tr != nil {
+		c := *tr
+		if c.Every <= 0 {
+			c.Every = time.Second
+		}
+		if c.Requests == 0 {
+			c.Requests = 100
+		}
+		if c.BaseLatency <= 0 {
+			c.BaseLatency = 2 * time.Millisecond
+		}
+		opts.Traffic = &c
+	}
 	a := &Agent{opts: opts, topics: t, log: opts.Logger.With("device", opts.Device), events: make(chan event, 4096),
 		anchor: opts.Root, models: map[string]protocol.ModelStatus{}, seen: map[string]bool{}, lastRoll: map[string]protocol.UpdateState{}}
 	for _, m := range opts.Models {
 		a.models[m.Name] = m
 	}
+	a.epoch = uint64(time.Now().UnixNano())
 	return a, nil
 }
 
@@ -193,7 +217,8 @@ func (a *Agent) Counters() Counters {
 	firsts := append([]int64(nil), a.firsts...)
 	a.mu.Unlock()
 	return Counters{Commands: a.commands.Load(), Rejected: a.rejected.Load(), Chunks: a.chunks.Load(),
-		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), Connects: a.connects.Load(), FirstAfterReconnect: firsts}
+		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), Connects: a.connects.Load(), FirstAfterReconnect: firsts,
+		Aggregates: a.aggs.Load()}
 }
 
 // Connected reports whether the device has a live connection.
@@ -297,8 +322,20 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 func (a *Agent) session(ctx context.Context, cl mqtt.Client, lost <-chan struct{}, dl *download) *download {
 	tick := time.NewTicker(a.opts.RetryAfter / 2)
 	defer tick.Stop()
+	var traffic <-chan time.Time // nil without Traffic: never ready
+	var rng *rand.Rand
+	last := time.Now()
+	if tr := a.opts.Traffic; tr != nil {
+		t := time.NewTicker(tr.Every)
+		defer t.Stop()
+		traffic = t.C
+		rng = rand.New(rand.NewPCG(a.epoch, a.seq.Load()))
+	}
 	for {
 		select {
+		case now := <-traffic:
+			a.sendAggregates(cl, rng, last, now)
+			last = now
 		case <-ctx.Done():
 			return dl
 		case <-lost:
