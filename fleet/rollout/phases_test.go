@@ -551,3 +551,43 @@ func TestCreateRefusesBadPhases(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, time.Hour, config(ro).MaxWait, "phases without a config take the default")
 }
+
+// TestPhaseLateJoiner: a device that joins the wave after its trials (in
+// the promotion) gets the plain install and is not counted as a trial
+// device; one that joins during the shadow phase gets the shadow trial.
+func TestPhaseLateJoiner(t *testing.T) {
+	an := &scripted{verdicts: map[analysis.Phase][]analysis.Verdict{analysis.PhaseShadow: {analysis.Pass}}}
+	f := newPhaseFixture(t, 3, func(int) bool { return true }, an)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.5,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: time.Minute}, Analysis: &testConfig})
+	require.NoError(t, err)
+	f.step()
+	join := func(id string) {
+		_, err := f.reg.UpdateDevice(id, func(d *registry.Device) {
+			d.Online, d.Labels = true, map[string]string{"site": "north"}
+			d.Models, d.Features = []protocol.ModelStatus{{Name: "face", Version: 1}}, []string{protocol.FeatureTrial}
+		})
+		require.NoError(t, err)
+	}
+	join("gw-early")
+	f.step()
+	got := f.installs("gw-early")
+	require.Len(t, got, 1)
+	require.Equal(t, "shadow 10", trialOf(got[0]))
+	f.ackAll(ro.ID, "")
+	f.step()
+	f.advance(time.Minute)
+	f.step()
+	require.Equal(t, registry.PhasePromote, f.rollout(ro.ID).Phase)
+	join("gw-late")
+	f.step()
+	got = f.installs("gw-late")
+	require.Len(t, got, 1)
+	require.Equal(t, "plain", trialOf(got[0]))
+	a, err := f.reg.Assignment(ro.ID, "gw-late")
+	require.NoError(t, err)
+	require.Zero(t, a.Baseline)
+	rep, err := f.eng.Status(ro.ID)
+	require.NoError(t, err)
+	require.Equal(t, 4, rep.Waves[0].TrialDevices)
+}
