@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,4 +89,30 @@ func TestPrintAnalyses(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// FuzzParsePhase: whatever --shadow or --canary is given, parsePhase
+// either refuses it or returns a share above 0 and at most 100 and a
+// duration of at least a second, which reads back the same.
+func FuzzParsePhase(f *testing.F) {
+	for _, s := range []string{"10%/15m", "10", "10/15m", "150%/1m", "0%/1m", "ten%/1m", "10%/soon", "5%/10ms", "100%/1h30m", "0.5%/2s", "NaN%/1m", "%/", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		p, err := parsePhase("shadow", s)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "--shadow ") {
+				t.Fatalf("error %q does not name the flag", err)
+			}
+			return
+		}
+		d, derr := time.ParseDuration(p.Duration)
+		if !(p.Percent > 0 && p.Percent <= 100) || derr != nil || d < time.Second {
+			t.Fatalf("%q: accepted %+v", s, p)
+		}
+		again, err := parsePhase("shadow", fmt.Sprintf("%v%%/%s", p.Percent, p.Duration))
+		if err != nil || *again != *p {
+			t.Fatalf("%q: %+v reads back as %+v, %v", s, p, again, err)
+		}
+	})
 }
