@@ -2,6 +2,7 @@ package rollout
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/protocol"
@@ -590,4 +592,34 @@ func TestPhaseLateJoiner(t *testing.T) {
 	rep, err := f.eng.Status(ro.ID)
 	require.NoError(t, err)
 	require.Equal(t, 4, rep.Waves[0].TrialDevices)
+}
+
+// TestPhaseHaltAlerts: a rollout halted by its analysis goes to the
+// webhooks as any halt does, with the analysis's reason.
+func TestPhaseHaltAlerts(t *testing.T) {
+	an := &scripted{verdicts: map[analysis.Phase][]analysis.Verdict{analysis.PhaseShadow: {analysis.Fail}}}
+	f := newPhaseFixture(t, 4, func(int) bool { return true }, an)
+	o, err := alerts.New(alerts.Options{Registry: f.reg, Fleet: "acme", Config: alerts.Config{Webhooks: []alerts.Webhook{
+		{Name: "a", URL: "http://127.0.0.1:9/a", Secret: "0123456789abcdef0123"}}}})
+	require.NoError(t, err)
+	f.eng, err = New(Options{Registry: f.reg, Sender: f.rec, Fleet: "acme", Now: f.clock, Analyzer: an, Alerts: o})
+	require.NoError(t, err)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.1,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: time.Minute}, Analysis: &testConfig})
+	require.NoError(t, err)
+	f.step()
+	f.ackAll(ro.ID, "")
+	f.step()
+	f.advance(time.Minute)
+	f.step()
+	require.Equal(t, registry.RolloutHalted, f.rollout(ro.ID).State)
+	rows, err := f.reg.AlertDeliveries(registry.AlertQuery{})
+	require.NoError(t, err)
+	require.Len(t, rows, 1)
+	var body struct {
+		Data alerts.RolloutData `json:"data"`
+	}
+	require.NoError(t, json.Unmarshal(rows[0].Body, &body))
+	require.Equal(t, ro.ID, body.Data.Rollout)
+	require.Contains(t, body.Data.Reason, "wave 1 shadow analysis failed")
 }
