@@ -89,6 +89,12 @@ func TestPrintAnalyses(t *testing.T) {
 			t.Errorf("status lacks %q:\n%s", want, out)
 		}
 	}
+	// --watch's line names the phase and its last analysis.
+	rep.State, rep.Phase = registry.RolloutRunning, registry.PhaseShadow
+	rep.Analyses[0].Verdict = analysis.Wait
+	if got, want := summary(rep), "r-1 hands v2 running wave 1/2 committed 0/0 phase shadow (analysis: wait, score 0)"; !strings.HasPrefix(got, want) {
+		t.Errorf("summary %q, want %q...", got, want)
+	}
 }
 
 // FuzzParsePhase: whatever --shadow or --canary is given, parsePhase
