@@ -335,15 +335,20 @@ func (e *Engine) phaseGate(ctx context.Context, t *tracked) error {
 	}
 	ph, tr := trialPhase(ro, ro.Phase)
 	tv := weighTrial(ro, t.assignments, e.idx.online)
-	if tv.devices == 0 {
-		// Nothing of the wave takes trials: on to the promotion, once the
-		// wave has its devices.
+	if tv.devices == 0 || (ro.PhaseStarted.IsZero() && tv.devices == tv.failed) {
+		// Nothing of the wave takes trials (or every trial failed, and the
+		// failure gate let it be): on to the promotion, once the wave has
+		// its devices.
 		if Quota(ro.Waves[ro.Wave], len(t.targeted)) > t.have && len(t.pending) > 0 {
 			return nil
 		}
 		next := nextPhase(ro, ro.Phase)
+		why := fmt.Sprintf("none of its %d devices takes trials with a serving version", ev.devices)
+		if tv.devices > 0 {
+			why = fmt.Sprintf("every one of its %d trial devices failed the trial", tv.devices)
+		}
 		d := &registry.Decision{Time: now, Wave: ro.Wave, Phase: ro.Phase, Action: ro.Phase + "-skipped", Devices: ev.devices,
-			Detail: fmt.Sprintf("wave %d %s skipped: none of its %d devices takes trials with a serving version", ro.Wave+1, ro.Phase, ev.devices)}
+			Detail: fmt.Sprintf("wave %d %s skipped: %s", ro.Wave+1, ro.Phase, why)}
 		return e.movePhase(t, d, nil, func(cur *registry.Rollout) { cur.Phase, cur.PhaseStarted = next, time.Time{} })
 	}
 	if ro.PhaseStarted.IsZero() {

@@ -623,3 +623,25 @@ func TestPhaseHaltAlerts(t *testing.T) {
 	require.Equal(t, ro.ID, body.Data.Rollout)
 	require.Contains(t, body.Data.Reason, "wave 1 shadow analysis failed")
 }
+
+// TestPhaseEveryTrialFailed: when every trial device of a wave failed its
+// trial and the failure ratio lets the rollout go on, the phase is
+// skipped rather than waiting for ever for a device to hold the candidate.
+func TestPhaseEveryTrialFailed(t *testing.T) {
+	an := &scripted{}
+	f := newPhaseFixture(t, 4, func(i int) bool { return i == 0 }, an)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.5,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: time.Minute}, Analysis: &testConfig})
+	require.NoError(t, err)
+	f.step()
+	a, err := f.reg.Assignment(ro.ID, "gw-00")
+	require.NoError(t, err)
+	f.eng.HandleAck(a.Device, &protocol.Ack{CommandID: a.CommandID, RolloutID: ro.ID, State: protocol.UpdateFailed,
+		Error: "trial: the candidate does not load beside the serving version", Time: f.clock()})
+	f.step()
+	r := f.rollout(ro.ID)
+	require.Equal(t, registry.RolloutRunning, r.State)
+	require.Equal(t, registry.PhasePromote, r.Phase)
+	require.Contains(t, r.Decisions[0].Detail, "every one of its 1 trial devices failed the trial")
+	require.Empty(t, an.reqs)
+}
