@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/admin"
+	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/export"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
@@ -350,8 +351,30 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	rateFactor := fs.Float64("rate-factor", 0, "ramp: multiply the rate by this (more than 1, at most 10) every --rate-every successes")
 	rateEvery := fs.Int("rate-every", 0, "ramp: successes between two increases of the rate")
 	rateMax := fs.Int("rate-max", 0, "ramp: highest rate, devices a minute (default: no cap)")
+	shadow := fs.String("shadow", "", "each wave first copies PERCENT% of its devices' requests to the candidate for DURATION (10%/15m), on devices that take trials")
+	canary := fs.String("canary", "", "then has the candidate answer PERCENT% of the requests for DURATION (10%/15m)")
+	analysisFile := fs.String("analysis", "", "analysis config (YAML) judging the phases and the waves (default with --shadow or --canary: the controller's)")
 	if _, err := subcommand.ParseInterspersed(fs, args); err != nil {
 		return err
+	}
+	var phases [2]*admin.PhaseRequest
+	for i, f := range []struct{ name, v string }{{"shadow", *shadow}, {"canary", *canary}} {
+		if f.v == "" {
+			continue
+		}
+		p, err := parsePhase(f.name, f.v)
+		if err != nil {
+			return subcommand.UsageError(err.Error())
+		}
+		phases[i] = p
+	}
+	var cfg *analysis.Config
+	if *analysisFile != "" {
+		c, err := readAnalysis(*analysisFile)
+		if err != nil {
+			return fmt.Errorf("--analysis: %w", err)
+		}
+		cfg = c
 	}
 	if *onTimeout != "" && *waveTimeout <= 0 {
 		return subcommand.UsageError("--on-wave-timeout needs --wave-timeout")
@@ -387,6 +410,7 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	if *waveTimeout > 0 {
 		req.WaveTimeout = waveTimeout.String()
 	}
+	req.Shadow, req.Canary, req.Analysis = phases[0], phases[1], cfg
 	var rep rollout.Report
 	if err := api.client().json(ctx, http.MethodPost, "/v1/rollouts", req, &rep); err != nil {
 		return err
@@ -400,6 +424,9 @@ func runRolloutCreate(ctx context.Context, args []string, stdout, stderr io.Writ
 	}
 	if rep.Rollout.Rate.PerMinute > 0 {
 		fmt.Fprint(stdout, ", "+rateText(rep.Rollout.Rate, rep.RateNow))
+	}
+	if p := phaseText(&rep); p != "" {
+		fmt.Fprint(stdout, ", "+p)
 	}
 	fmt.Fprintln(stdout)
 	return nil
@@ -435,6 +462,9 @@ func printReports(w io.Writer, reps []rollout.Report) {
 		if r.Rollout.Rate.PerMinute > 0 {
 			fmt.Fprintf(w, "  %s\n", rateText(r.Rollout.Rate, r.RateNow))
 		}
+		if p := phaseText(&r); p != "" {
+			fmt.Fprintf(w, "  phases: %s\n", p)
+		}
 		if r.Waiting != "" {
 			fmt.Fprintf(w, "  %s", r.Waiting)
 			if !r.TimeoutAt.IsZero() {
@@ -447,15 +477,29 @@ func printReports(w io.Writer, reps []rollout.Report) {
 		for _, c := range categories {
 			fmt.Fprint(tw, "\t"+strings.ToUpper(c))
 		}
-		fmt.Fprint(tw, "\tVERIFIED\tUNVERIFIED\tOFFLINE\tSUCCESSES\n")
+		fmt.Fprint(tw, "\tVERIFIED\tUNVERIFIED\tOFFLINE\tSUCCESSES")
+		phased := phaseText(&r) != ""
+		if phased {
+			fmt.Fprint(tw, "\tPHASE\tTRIAL DEVICES")
+		}
+		fmt.Fprintln(tw)
 		for i, wv := range r.Waves {
 			fmt.Fprintf(tw, "  %d (%d%%)\t%s\t%d", i+1, wv.Percent, wv.Gate, wv.Devices)
 			for _, c := range categories {
 				fmt.Fprintf(tw, "\t%d", wv.Counts[c])
 			}
-			fmt.Fprintf(tw, "\t%d\t%d\t%d\t%d/%d\n", wv.Verified, wv.Unverified, wv.Offline, wv.Successes, wv.Needed)
+			fmt.Fprintf(tw, "\t%d\t%d\t%d\t%d/%d", wv.Verified, wv.Unverified, wv.Offline, wv.Successes, wv.Needed)
+			if phased {
+				ph := wv.Phase
+				if ph == "" {
+					ph = "-"
+				}
+				fmt.Fprintf(tw, "\t%s\t%d", ph, wv.TrialDevices)
+			}
+			fmt.Fprintln(tw)
 		}
 		tw.Flush()
+		printAnalyses(w, r.Analyses)
 		for _, d := range r.Decisions {
 			if d.Detail != "" {
 				fmt.Fprintf(w, "  %s wave %d %s: %s\n", d.Time.Format(time.RFC3339), d.Wave+1, d.Action, d.Detail)

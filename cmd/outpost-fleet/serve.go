@@ -70,6 +70,12 @@ type fleetConfig struct {
 	Rollouts struct {
 		CommandTTL  time.Duration `yaml:"command_ttl"`
 		ResendAfter time.Duration `yaml:"resend_after"`
+		// Analysis is the analysis config file (YAML, as rollout create
+		// --analysis) of rollouts with shadow or canary phases and none of
+		// their own; AnalyzeEvery how often a phase short of evidence is
+		// analysed again.
+		Analysis     string        `yaml:"analysis"`
+		AnalyzeEvery time.Duration `yaml:"analyze_every"`
 	} `yaml:"rollouts"`
 	// Alerts are the webhooks (docs/CONFIG.md, docs/MONITORING.md).
 	Alerts alerts.Config `yaml:"alerts"`
@@ -184,6 +190,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		Drift: controller.DriftOptions{Off: cfg.Monitoring.Drift.Off, Window: cfg.Monitoring.Drift.Window, Thresholds: drift.Thresholds{
 			PSI: cfg.Monitoring.Drift.PSI, JS: cfg.Monitoring.Drift.JS, MinCount: cfg.Monitoring.Drift.MinCount, Windows: cfg.Monitoring.Drift.Windows}},
 	}
+	if cfg.Rollouts.Analysis != "" {
+		c, err := readAnalysis(cfg.Rollouts.Analysis)
+		if err != nil {
+			return fmt.Errorf("rollouts.analysis: %w", err)
+		}
+		opts.DefaultAnalysis = c
+	}
+	if cfg.Rollouts.AnalyzeEvery < 0 {
+		return subcommand.UsageError("rollouts.analyze_every must not be negative")
+	}
+	opts.AnalyzeEvery = cfg.Rollouts.AnalyzeEvery
 	if err := opts.Drift.Validate(); err != nil {
 		return subcommand.UsageError("monitoring.drift: " + strings.TrimPrefix(err.Error(), "drift: "))
 	}

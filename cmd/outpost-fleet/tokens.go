@@ -143,6 +143,9 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tNAME\tROLE\tMETHOD\tPATH\tSTATUS")
 		for _, r := range page.Records {
 			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", r.Seq, r.Time.Format(time.RFC3339), r.Actor, r.ActorName, r.Role, r.Method, r.Path, r.Status)
+			if r.Detail != "" { // the rollout engine's decisions say why, with their numbers
+				fmt.Fprintf(tw, "\t\t\t\t\t\t\t\t%s\n", r.Detail) // after STATUS: no column widens
+			}
 		}
 		if err := tw.Flush(); err != nil {
 			return err

@@ -190,6 +190,12 @@ func summary(r rollout.Report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s v%d %s wave %d/%d committed %d/%d", r.ID, r.Model, r.Version, r.State,
 		min(r.Rollout.Wave+1, len(r.Rollout.Waves)), len(r.Rollout.Waves), r.Committed, r.Devices)
+	if r.Phase != "" && (r.State == registry.RolloutRunning || r.State == registry.RolloutPaused) {
+		fmt.Fprintf(&b, " phase %s", r.Phase)
+		if n := len(r.Analyses); n > 0 && r.Analyses[n-1].Wave == r.Rollout.Wave && string(r.Analyses[n-1].Phase) == r.Phase {
+			fmt.Fprintf(&b, " (analysis: %s, score %.0f)", r.Analyses[n-1].Verdict, r.Analyses[n-1].Score)
+		}
+	}
 	counts := map[string]int{}
 	for _, wv := range r.Waves {
 		for c, n := range wv.Counts {

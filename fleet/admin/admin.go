@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/drift"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
@@ -416,6 +417,32 @@ type RolloutRequest struct {
 	RateFactor    float64 `json:"rate_factor,omitempty"`
 	RateEvery     int     `json:"rate_every,omitempty"`
 	RateMax       int     `json:"rate_max,omitempty"`
+	// Shadow and Canary are the trial phases of each wave; absent: none.
+	Shadow *PhaseRequest `json:"shadow,omitempty"`
+	Canary *PhaseRequest `json:"canary,omitempty"`
+	// Analysis judges the phases and the waves (durations in nanoseconds,
+	// as analysis.Config encodes them); absent: no analysis, or the
+	// controller's default for a rollout with phases.
+	Analysis *analysis.Config `json:"analysis,omitempty"`
+}
+
+// PhaseRequest is a shadow or canary phase: the share of requests, above 0
+// and at most 100, and how long the window lasts (a Go duration, "15m").
+type PhaseRequest struct {
+	Percent  float64 `json:"percent"`
+	Duration string  `json:"duration"`
+}
+
+// phase parses a phase of a request named name.
+func (p *PhaseRequest) phase(name string) (*registry.TrialPhase, error) {
+	if p == nil {
+		return nil, nil
+	}
+	d, err := time.ParseDuration(p.Duration)
+	if err != nil || d <= 0 {
+		return nil, fmt.Errorf("%s duration %q: want a positive duration", name, p.Duration)
+	}
+	return &registry.TrialPhase{Percent: p.Percent, Duration: d}, nil
 }
 
 func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
@@ -461,6 +488,15 @@ func (s *Server) createRollout(w http.ResponseWriter, r *http.Request) {
 			spec.Probation.MaxSeconds = int64(d / time.Second)
 		}
 	}
+	var err error
+	if spec.Shadow, err = req.Shadow.phase("shadow"); err == nil {
+		spec.Canary, err = req.Canary.phase("canary")
+	}
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err)
+		return
+	}
+	spec.Analysis = req.Analysis
 	ro, err := s.opts.Engine.Create(spec)
 	if err != nil {
 		writeError(w, statusOf(err), err)

@@ -24,6 +24,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/alerts"
+	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/artifacts"
 	"github.com/outpost-edge/outpost/fleet/broker"
 	"github.com/outpost-edge/outpost/fleet/console"
@@ -91,6 +92,15 @@ type Options struct {
 	BytesPerSecond int64
 	// CommandTTL, ResendAfter and Tick tune the rollout engine.
 	CommandTTL, ResendAfter, Tick time.Duration
+	// Analyzer judges rollouts' shadow, canary and wave analyses; nil
+	// refuses rollouts that have them (rollout.Options.Analyzer).
+	Analyzer rollout.Analyzer
+	// DefaultAnalysis is the analysis config of rollouts with phases and
+	// none of their own (fleet.yaml rollouts.analysis); nil refuses them.
+	DefaultAnalysis *analysis.Config
+	// AnalyzeEvery is how often a phase waiting for evidence is analysed
+	// again (0: the engine's default).
+	AnalyzeEvery time.Duration
 	// ReplicaID names this process among the replicas on one PostgreSQL
 	// store, in the rollout engine's lease; empty means a random id. Each
 	// replica needs its own.
@@ -722,6 +732,7 @@ func (c *Controller) onStatus(device string, payload []byte) {
 			return
 		}
 		d.Labels, d.AgentVersion, d.Models, d.Update, d.Health = st.Labels, st.AgentVersion, st.Models, st.Update, st.Health
+		d.Features = st.Features
 		d.RootVersion, d.StatusTime, d.LastSeen = st.RootVersion, st.Time, now
 	}); err != nil {
 		c.log.Warn("status", "device", device, "err", err)

@@ -31,7 +31,8 @@ const minLeaseTTL = 300 * time.Millisecond
 // newEngine makes a rollout engine over reg with the controller's options.
 func (c *Controller) newEngine(reg *registry.Registry) (*rollout.Engine, error) {
 	return rollout.New(rollout.Options{Registry: reg, Sender: c, Fleet: c.opts.Fleet, CommandTTL: c.opts.CommandTTL,
-		ResendAfter: c.opts.ResendAfter, Tick: c.opts.Tick, Alerts: c.alerts, Logger: c.opts.Logger.With("component", "rollout")})
+		ResendAfter: c.opts.ResendAfter, Tick: c.opts.Tick, Alerts: c.alerts, Logger: c.opts.Logger.With("component", "rollout"),
+		Analyzer: c.opts.Analyzer, DefaultAnalysis: c.opts.DefaultAnalysis, AnalyzeEvery: c.opts.AnalyzeEvery})
 }
 
 // deviceEngine is the engine that records device answers here: the

@@ -30,7 +30,11 @@ type AuditRecord struct {
 	Method    string    `json:"method"`
 	Path      string    `json:"path"`
 	Status    int       `json:"status"`
-	Prev      string    `json:"prev"`
+	// Detail, in records the system writes on its own (a rollout's
+	// decisions: actor "system", name "rollout"), says what was decided and
+	// on which numbers. Absent from older records, so their hashes hold.
+	Detail string `json:"detail,omitempty"`
+	Prev   string `json:"prev"`
 	// Hash is the hex sha256 of the record's stored JSON (not stored in
 	// it); the next record names it as Prev.
 	Hash string `json:"hash,omitempty"`

@@ -26,6 +26,19 @@ type Device struct {
 	RootVersion int64                  `json:"root_version,omitempty"`
 	StatusTime  time.Time              `json:"status_time,omitzero"`
 	Telemetry   TelemetryCounters      `json:"telemetry"`
+	// Features are the optional protocol features the agent reports
+	// (protocol.Status.Features).
+	Features []string `json:"features,omitempty"`
+}
+
+// Supports reports whether the device's agent reported feature f.
+func (d *Device) Supports(f string) bool {
+	for _, g := range d.Features {
+		if g == f {
+			return true
+		}
+	}
+	return false
 }
 
 // Running returns the version of model the device reports serving, or 0.
@@ -57,15 +70,15 @@ type TelemetryCounters struct {
 }
 
 const deviceCols = `id, labels, agent_version, online, online_since, last_seen, models, update_status, health, root_version,
-	status_time, tel_batches, tel_records, tel_duplicates, tel_by_kind, tel_epoch, tel_max_seq, tel_drops, tel_last`
+	status_time, tel_batches, tel_records, tel_duplicates, tel_by_kind, tel_epoch, tel_max_seq, tel_drops, tel_last, features`
 
 func scanDevice(s scanner) (*Device, error) {
 	var d Device
-	var labels, models, update, health, byKind, drops []byte
+	var labels, models, update, health, byKind, drops, features []byte
 	var onlineSince, lastSeen, statusTime, telLast int64
 	var batches, records, dups, epoch, maxSeq int64
 	if err := s.Scan(&d.ID, &labels, &d.AgentVersion, &d.Online, &onlineSince, &lastSeen, &models, &update, &health, &d.RootVersion,
-		&statusTime, &batches, &records, &dups, &byKind, &epoch, &maxSeq, &drops, &telLast); err != nil {
+		&statusTime, &batches, &records, &dups, &byKind, &epoch, &maxSeq, &drops, &telLast, &features); err != nil {
 		return nil, notFound(err)
 	}
 	d.OnlineSince, d.LastSeen, d.StatusTime = fromTS(onlineSince), fromTS(lastSeen), fromTS(statusTime)
@@ -75,7 +88,7 @@ func scanDevice(s scanner) (*Device, error) {
 	for _, f := range []struct {
 		b []byte
 		v any
-	}{{labels, &d.Labels}, {models, &d.Models}, {update, &d.Update}, {health, &d.Health}, {byKind, &t.ByKind}, {drops, &t.Drops}} {
+	}{{labels, &d.Labels}, {models, &d.Models}, {update, &d.Update}, {health, &d.Health}, {byKind, &t.ByKind}, {drops, &t.Drops}, {features, &d.Features}} {
 		if err := unjs(f.b, f.v); err != nil {
 			return nil, fmt.Errorf("device %s: %w", d.ID, err)
 		}
@@ -101,10 +114,10 @@ func (r *Registry) saveDevice(tx *sql.Tx, d *Device) error {
 	}
 	_, err := r.exec(tx, `UPDATE devices SET labels = ?, agent_version = ?, online = ?, online_since = ?, last_seen = ?, models = ?,
 		update_state = ?, update_status = ?, health = ?, root_version = ?, status_time = ?, tel_batches = ?, tel_records = ?,
-		tel_duplicates = ?, tel_by_kind = ?, tel_epoch = ?, tel_max_seq = ?, tel_drops = ?, tel_last = ? WHERE id = ?`,
+		tel_duplicates = ?, tel_by_kind = ?, tel_epoch = ?, tel_max_seq = ?, tel_drops = ?, tel_last = ?, features = ? WHERE id = ?`,
 		js(d.Labels), d.AgentVersion, d.Online, ts(d.OnlineSince), ts(d.LastSeen), js(d.Models),
 		updateState, js(d.Update), js(d.Health), d.RootVersion, ts(d.StatusTime), int64(t.Batches), int64(t.Records),
-		int64(t.Duplicates), js(t.ByKind), int64(t.Epoch), int64(t.MaxSeq), js(t.Drops), ts(t.Last), d.ID)
+		int64(t.Duplicates), js(t.ByKind), int64(t.Epoch), int64(t.MaxSeq), js(t.Drops), ts(t.Last), js(d.Features), d.ID)
 	return err
 }
 

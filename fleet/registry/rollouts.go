@@ -2,6 +2,7 @@ package registry
 
 import (
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -76,7 +77,42 @@ type Rollout struct {
 	// Rate limits how fast install commands go out; the zero Rate sends
 	// as fast as the waves allow.
 	Rate Rate `json:"rate,omitzero"`
+	// Shadow and Canary are the trial phases each wave goes through before
+	// its promotion (nil: none).
+	Shadow *TrialPhase `json:"shadow,omitempty"`
+	Canary *TrialPhase `json:"canary,omitempty"`
+	// Analysis is the analysis config (the JSON of an analysis.Config)
+	// that judges the phases and the waves; nil: no analysis.
+	Analysis json.RawMessage `json:"analysis,omitempty"`
+	// Phase is the current wave's phase (PhaseShadow .. PhaseWave; empty
+	// in a rollout without phases or analysis), PhaseStarted when its
+	// window started (zero while it waits for the devices to hold the
+	// candidate).
+	Phase        string    `json:"phase,omitempty"`
+	PhaseStarted time.Time `json:"phase_started,omitzero"`
+	// Analyses are the analysis reports so far (the JSON list of
+	// analysis.Report), oldest first: the last one of each wave and phase.
+	Analyses json.RawMessage `json:"analyses,omitempty"`
 }
+
+// TrialPhase is a shadow or canary phase: the share of the requests the
+// candidate sees, and how long the phase's window lasts before its analysis.
+type TrialPhase struct {
+	Percent  float64       `json:"percent"`
+	Duration time.Duration `json:"duration"`
+}
+
+// Phases of a rollout's wave.
+const (
+	PhaseShadow = "shadow" // trial devices hold the candidate in shadow
+	PhaseCanary = "canary" // trial devices serve a share with it
+	// PhasePromote: every device of the wave gets a plain install, judged
+	// by the install gate.
+	PhasePromote = "promote"
+	// PhaseWave: the wave is promoted; its devices are compared with those
+	// still on the baseline before the next wave.
+	PhaseWave = "wave"
+)
 
 // Rate is a rollout's send rate: PerMinute devices a minute (0: no limit).
 // With a ramp (Factor > 1 and Every > 0) the rate is multiplied by Factor
@@ -100,7 +136,9 @@ type Decision struct {
 	// Wave is the index of the wave decided on.
 	Wave int `json:"wave"`
 	// Action: "passed", "completed", "timeout-continue", "timeout-halt",
-	// "failed".
+	// "failed", "resumed"; in a rollout with phases also "<phase>-started",
+	// "<phase>-skipped", "<phase>-pass", "<phase>-fail", "<phase>-paused"
+	// and "promoted".
 	Action string `json:"action"`
 	// Successes and Needed are the evidence at the time: the wave's
 	// successes and the successes it needed; Devices its devices.
@@ -108,6 +146,12 @@ type Decision struct {
 	Needed    int    `json:"needed"`
 	Devices   int    `json:"devices"`
 	Detail    string `json:"detail,omitempty"`
+	// Phase is the wave's phase decided on (empty in a rollout without
+	// phases); Verdict and Score the analysis's, for a decision taken on
+	// one.
+	Phase   string  `json:"phase,omitempty"`
+	Verdict string  `json:"verdict,omitempty"`
+	Score   float64 `json:"score,omitempty"`
 }
 
 // Assignment is one device's part in a rollout.
@@ -145,6 +189,13 @@ type Assignment struct {
 	// Previous holds earlier command ids of this assignment (at most 8), so
 	// a late ack to a command that was sent again still counts.
 	Previous []string `json:"previous_commands,omitempty"`
+	// Trial is the mode of the last install sent (protocol.TrialShadow or
+	// TrialCanary), empty for a plain install.
+	Trial protocol.TrialMode `json:"trial,omitempty"`
+	// Baseline is the version the device served when it was assigned, set
+	// only for a device that takes trials: such a device goes through the
+	// wave's shadow and canary phases; the others wait for its promotion.
+	Baseline int64 `json:"baseline,omitempty"`
 }
 
 // Remember keeps id among the assignment's earlier command ids.
@@ -173,23 +224,42 @@ func (a *Assignment) Known(id string) bool {
 
 const rolloutCols = `id, model, version, selector, waves, max_failure_ratio, min_successes, require_verified, probation, wave_timeout,
 	on_wave_timeout, bake, state, wave, reason, created, updated, wave_done, wave_started, finished, decisions,
-	rate_per_minute, rate_factor, rate_every, rate_max`
+	rate_per_minute, rate_factor, rate_every, rate_max, shadow, canary, analysis, phase, phase_started, analyses`
+
+// raw is a JSON column read into a json.RawMessage: null is nil.
+func raw(b []byte) json.RawMessage {
+	if len(b) == 0 || string(b) == "null" {
+		return nil
+	}
+	return append(json.RawMessage(nil), b...)
+}
+
+// rawText is a json.RawMessage as a column: nil is null.
+func rawText(m json.RawMessage) string {
+	if len(m) == 0 {
+		return "null"
+	}
+	return string(m)
+}
 
 func scanRollout(s scanner) (*Rollout, error) {
 	var ro Rollout
-	var selector, waves, probation, decisions []byte
-	var waveTimeout, bake, created, updated, waveDone, waveStarted, finished int64
+	var selector, waves, probation, decisions, shadow, canary, analysis, analyses []byte
+	var waveTimeout, bake, created, updated, waveDone, waveStarted, finished, phaseStarted int64
 	if err := s.Scan(&ro.ID, &ro.Model, &ro.Version, &selector, &waves, &ro.MaxFailureRatio, &ro.MinSuccesses, &ro.RequireVerified,
 		&probation, &waveTimeout, &ro.OnWaveTimeout, &bake, &ro.State, &ro.Wave, &ro.Reason, &created, &updated, &waveDone,
-		&waveStarted, &finished, &decisions, &ro.Rate.PerMinute, &ro.Rate.Factor, &ro.Rate.Every, &ro.Rate.Max); err != nil {
+		&waveStarted, &finished, &decisions, &ro.Rate.PerMinute, &ro.Rate.Factor, &ro.Rate.Every, &ro.Rate.Max,
+		&shadow, &canary, &analysis, &ro.Phase, &phaseStarted, &analyses); err != nil {
 		return nil, notFound(err)
 	}
 	ro.WaveTimeout, ro.Bake = time.Duration(waveTimeout), time.Duration(bake)
 	ro.Created, ro.Updated, ro.WaveDone, ro.WaveStarted, ro.Finished = fromTS(created), fromTS(updated), fromTS(waveDone), fromTS(waveStarted), fromTS(finished)
+	ro.PhaseStarted = fromTS(phaseStarted)
+	ro.Analysis, ro.Analyses = raw(analysis), raw(analyses)
 	for _, f := range []struct {
 		b []byte
 		v any
-	}{{selector, &ro.Selector}, {waves, &ro.Waves}, {probation, &ro.Probation}, {decisions, &ro.Decisions}} {
+	}{{selector, &ro.Selector}, {waves, &ro.Waves}, {probation, &ro.Probation}, {decisions, &ro.Decisions}, {shadow, &ro.Shadow}, {canary, &ro.Canary}} {
 		if err := unjs(f.b, f.v); err != nil {
 			return nil, fmt.Errorf("rollout %s: %w", ro.ID, err)
 		}
@@ -198,7 +268,8 @@ func scanRollout(s scanner) (*Rollout, error) {
 }
 
 func (r *Registry) putRollout(tx *sql.Tx, ro *Rollout) error {
-	_, err := r.exec(tx, `INSERT INTO rollouts (`+rolloutCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := r.exec(tx, `INSERT INTO rollouts (`+rolloutCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?,
+			?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO UPDATE SET model = excluded.model, version = excluded.version, selector = excluded.selector,
 			waves = excluded.waves, max_failure_ratio = excluded.max_failure_ratio, min_successes = excluded.min_successes,
 			require_verified = excluded.require_verified, probation = excluded.probation, wave_timeout = excluded.wave_timeout,
@@ -206,11 +277,13 @@ func (r *Registry) putRollout(tx *sql.Tx, ro *Rollout) error {
 			reason = excluded.reason, created = excluded.created, updated = excluded.updated, wave_done = excluded.wave_done,
 			wave_started = excluded.wave_started, finished = excluded.finished, decisions = excluded.decisions,
 			rate_per_minute = excluded.rate_per_minute, rate_factor = excluded.rate_factor, rate_every = excluded.rate_every,
-			rate_max = excluded.rate_max`,
+			rate_max = excluded.rate_max, shadow = excluded.shadow, canary = excluded.canary, analysis = excluded.analysis,
+			phase = excluded.phase, phase_started = excluded.phase_started, analyses = excluded.analyses`,
 		ro.ID, ro.Model, ro.Version, js(ro.Selector), js(ro.Waves), ro.MaxFailureRatio, ro.MinSuccesses, ro.RequireVerified,
 		js(ro.Probation), int64(ro.WaveTimeout), ro.OnWaveTimeout, int64(ro.Bake), string(ro.State), ro.Wave, ro.Reason,
 		ts(ro.Created), ts(ro.Updated), ts(ro.WaveDone), ts(ro.WaveStarted), ts(ro.Finished), js(ro.Decisions),
-		ro.Rate.PerMinute, ro.Rate.Factor, ro.Rate.Every, ro.Rate.Max)
+		ro.Rate.PerMinute, ro.Rate.Factor, ro.Rate.Every, ro.Rate.Max,
+		js(ro.Shadow), js(ro.Canary), rawText(ro.Analysis), ro.Phase, ts(ro.PhaseStarted), rawText(ro.Analyses))
 	return err
 }
 
@@ -281,14 +354,15 @@ func (r *Registry) RolloutsIn(states ...RolloutState) ([]Rollout, error) {
 }
 
 const assignmentCols = `rollout, device, wave, command_id, sent, sends, state, progress, total, error, requests, verified,
-	activated, updated, ack_time, undo, undo_id, undo_sent, undo_done, previous`
+	activated, updated, ack_time, undo, undo_id, undo_sent, undo_done, previous, trial, baseline`
 
 func scanAssignment(s scanner) (*Assignment, error) {
 	var a Assignment
 	var sent, updated, ackTime, undoSent int64
 	var previous []byte
 	if err := s.Scan(&a.Rollout, &a.Device, &a.Wave, &a.CommandID, &sent, &a.Sends, &a.State, &a.Progress, &a.Total, &a.Error,
-		&a.Requests, &a.Verified, &a.Activated, &updated, &ackTime, &a.Undo, &a.UndoID, &undoSent, &a.UndoDone, &previous); err != nil {
+		&a.Requests, &a.Verified, &a.Activated, &updated, &ackTime, &a.Undo, &a.UndoID, &undoSent, &a.UndoDone, &previous,
+		&a.Trial, &a.Baseline); err != nil {
 		return nil, notFound(err)
 	}
 	a.Sent, a.Updated, a.AckTime, a.UndoSent = fromTS(sent), fromTS(updated), fromTS(ackTime), fromTS(undoSent)
@@ -299,15 +373,16 @@ func scanAssignment(s scanner) (*Assignment, error) {
 }
 
 func (r *Registry) putAssignment(tx *sql.Tx, a *Assignment) error {
-	_, err := r.exec(tx, `INSERT INTO assignments (`+assignmentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := r.exec(tx, `INSERT INTO assignments (`+assignmentCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (rollout, device) DO UPDATE SET wave = excluded.wave, command_id = excluded.command_id, sent = excluded.sent,
 			sends = excluded.sends, state = excluded.state, progress = excluded.progress, total = excluded.total,
 			error = excluded.error, requests = excluded.requests, verified = excluded.verified, activated = excluded.activated,
 			updated = excluded.updated, ack_time = excluded.ack_time, undo = excluded.undo, undo_id = excluded.undo_id,
-			undo_sent = excluded.undo_sent, undo_done = excluded.undo_done, previous = excluded.previous`,
+			undo_sent = excluded.undo_sent, undo_done = excluded.undo_done, previous = excluded.previous,
+			trial = excluded.trial, baseline = excluded.baseline`,
 		a.Rollout, a.Device, a.Wave, a.CommandID, ts(a.Sent), a.Sends, string(a.State), a.Progress, a.Total, a.Error,
 		a.Requests, a.Verified, a.Activated, ts(a.Updated), ts(a.AckTime), string(a.Undo), a.UndoID, ts(a.UndoSent), a.UndoDone,
-		js(a.Previous))
+		js(a.Previous), string(a.Trial), a.Baseline)
 	return err
 }
 

@@ -133,6 +133,14 @@ type tracked struct {
 	// budget is how many installs the rate allows now, as of refilled.
 	budget   float64
 	refilled time.Time
+	// recheck: the phase or wave changed, so the next pass checks every
+	// assignment for the command it is owed now.
+	recheck bool
+	// judged names the phase last analysed (rollout/wave/phase/start) and
+	// judgedAt when, so a phase waiting for evidence is analysed every
+	// Options.AnalyzeEvery, not every pass.
+	judged   string
+	judgedAt time.Time
 }
 
 type entry struct {
@@ -502,14 +510,32 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 		if d == nil || a.State.Terminal() || !d.Online {
 			return
 		}
-		// Catch up a device that came back, or that has not answered.
+		hold, tr := want(ro, a.Wave, a.Baseline)
+		if hold {
+			return
+		}
+		mode := protocol.TrialMode("")
+		if tr != nil {
+			mode = tr.Mode
+		}
+		if a.CommandID == "" || a.Trial != mode {
+			// Released from a hold, or owed the next phase's command.
+			errs = append(errs, e.sendInstall(ctx, t, a.Device, a.Wave, a.Baseline, tr))
+			return
+		}
+		// Catch up a device that came back, or that has not answered. A
+		// device holding the candidate on trial has answered.
 		last := a.Sent
 		if a.Updated.After(last) {
 			last = a.Updated
 		}
-		if d.OnlineSince.After(a.Sent) || now.Sub(last) >= e.opts.ResendAfter || !now.Before(a.Sent.Add(e.opts.CommandTTL)) {
-			errs = append(errs, e.sendInstall(ctx, t, a.Device, a.Wave))
+		holding := tr != nil && a.State == tr.State()
+		if d.OnlineSince.After(a.Sent) || (!holding && now.Sub(last) >= e.opts.ResendAfter) || !now.Before(a.Sent.Add(e.commandTTL(ro, tr))) {
+			errs = append(errs, e.sendInstall(ctx, t, a.Device, a.Wave, a.Baseline, tr))
 		}
+	}
+	if t.recheck {
+		t.recheck, all = false, true
 	}
 	if all {
 		ids := make([]string, 0, len(t.as))
@@ -561,10 +587,29 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 					allow = math.MaxInt
 				}
 			}
+			base := trialBaseline(ro, d)
+			if hold, _ := want(ro, w, base); hold {
+				// Waits for the wave's promotion; no command yet.
+				a, err := e.reg.UpdateAssignment(ro.ID, id, true, func(a *registry.Assignment) bool {
+					a.Wave, a.Baseline, a.Updated = w, 0, now.UTC()
+					return true
+				})
+				if err != nil {
+					errs = append(errs, err)
+					break
+				}
+				t.put(a, x.online(id))
+				need--
+				continue
+			}
 			if allow == 0 {
 				break // the rate's budget is spent; the next tick adds to it
 			}
-			if err := e.sendInstall(ctx, t, id, w); err != nil {
+			_, tr := want(ro, w, base)
+			if tr == nil {
+				base = 0 // joins after the trials: a plain install, as a device without them
+			}
+			if err := e.sendInstall(ctx, t, id, w, base, tr); err != nil {
 				errs = append(errs, err)
 				if _, ok := t.as[id]; !ok {
 					break // not even recorded: try again on the next pass
@@ -578,25 +623,35 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 		}
 	}
 	if ro.State == registry.RolloutRunning {
-		errs = append(errs, e.gate(t))
+		if hasPhases(ro) {
+			errs = append(errs, e.phaseGate(ctx, t))
+		} else {
+			errs = append(errs, e.gate(t))
+		}
 	}
 	return errors.Join(errs...)
 }
 
-// sendInstall records an install for device in t and sends it.
-func (e *Engine) sendInstall(ctx context.Context, t *tracked, device string, wave int) error {
+// sendInstall records an install for device in t and sends it: with trial
+// tr (nil: plain), baseline being the version the device serves beside a
+// trial (0: not a trial device).
+func (e *Engine) sendInstall(ctx context.Context, t *tracked, device string, wave int, baseline int64, tr *protocol.Trial) error {
 	ro, mv := t.ro, t.mv
 	now := e.opts.Now().UTC()
 	cmd := &protocol.Command{
 		ID: registry.NewID(""), Kind: protocol.CommandInstall, Fleet: e.opts.Fleet, Device: device, RolloutID: ro.ID,
-		Issued: now, Expires: now.Add(e.opts.CommandTTL),
+		Issued: now, Expires: now.Add(e.commandTTL(ro, tr)),
 		Install: &protocol.Install{Model: mv.Name, Version: mv.Version, Artifact: mv.Artifact(), Release: mv.Release,
-			Probation: ro.Probation},
+			Probation: ro.Probation, Trial: tr},
+	}
+	mode := protocol.TrialMode("")
+	if tr != nil {
+		mode = tr.Mode
 	}
 	// Record before sending: an ack can then never arrive for a command the
 	// registry does not know.
 	a, err := e.reg.UpdateAssignment(ro.ID, device, true, func(a *registry.Assignment) bool {
-		a.Wave = wave
+		a.Wave, a.Baseline, a.Trial = wave, baseline, mode
 		a.Remember(a.CommandID)
 		a.CommandID, a.Sent = cmd.ID, now
 		a.Sends++
@@ -617,14 +672,8 @@ func (e *Engine) gate(t *tracked) error {
 	ro := t.ro
 	ev := evidenceOf(ro, t.ts, ro.Wave)
 	now := e.opts.Now().UTC()
-	if ev.totalFailed > 0 && float64(ev.totalFailed) > ro.MaxFailureRatio*float64(ev.total) {
-		reason := fmt.Sprintf("gate failed in wave %d (%d%%): %d of %d devices failed, more than %.0f%%",
-			ro.Wave+1, ro.Waves[ro.Wave], ev.totalFailed, ev.total, ro.MaxFailureRatio*100)
-		if err := e.finish(ro.ID, registry.RolloutHalted, reason, ev.decision(now, "failed", reason)); err != nil {
-			return err
-		}
-		e.Kick() // undo on the next step
-		return nil
+	if halted, err := e.failureGate(t, ev, now); halted || err != nil {
+		return err
 	}
 	done := ev.done()
 	timedOut := !done && ro.WaveTimeout > 0 && !now.Before(waveStart(ro).Add(ro.WaveTimeout))
@@ -642,10 +691,18 @@ func (e *Engine) gate(t *tracked) error {
 	if done && !ro.WaveDone.IsZero() && now.Sub(ro.WaveDone) < ro.Bake {
 		return nil
 	}
+	// With an analysis, a promoted wave is compared with the devices still
+	// on the baseline before the next (phases.go).
+	waveAnalysis := false
+	if done && !ro.WaveDone.IsZero() && ro.Analysis != nil {
+		_, waveAnalysis = e.waveRequest(t, ro.WaveDone, now)
+	}
+	before := 0
 	cur, err := e.reg.UpdateRollout(ro.ID, func(cur *registry.Rollout) error {
 		if cur.State != registry.RolloutRunning || cur.Wave != ro.Wave {
 			return errNoChange
 		}
+		before = len(cur.Decisions)
 		last := cur.Wave == len(cur.Waves)-1
 		switch {
 		case timedOut:
@@ -657,6 +714,7 @@ func (e *Engine) gate(t *tracked) error {
 			} else {
 				cur.Wave++
 				cur.WaveDone, cur.WaveStarted = time.Time{}, now
+				cur.Phase, cur.PhaseStarted = firstPhase(cur), time.Time{}
 			}
 		case !done:
 			if cur.WaveDone.IsZero() {
@@ -671,10 +729,24 @@ func (e *Engine) gate(t *tracked) error {
 			cur.State, cur.Finished = registry.RolloutCompleted, now
 			cur.Decisions = append(cur.Decisions, *ev.decision(now, "completed", ""))
 			e.log.Info("rollout completed", "rollout", cur.ID, "devices", ev.total, "ok", ev.totalSuccesses, "failed", ev.totalFailed)
+		case waveAnalysis:
+			d := ev.decision(now, "promoted", fmt.Sprintf("wave %d promoted: %d of %d successes needed; compared with the devices on the baseline for %s",
+				cur.Wave+1, ev.successes, ev.needed, waveWindow(cur)))
+			d.Phase = registry.PhasePromote
+			cur.Decisions = append(cur.Decisions, *d)
+			cur.Phase, cur.PhaseStarted = registry.PhaseWave, cur.WaveDone
 		default:
-			cur.Decisions = append(cur.Decisions, *ev.decision(now, "passed", ""))
+			d := ev.decision(now, "passed", "")
+			if cur.Phase != "" {
+				d.Phase, d.Detail = cur.Phase, fmt.Sprintf("wave %d promoted: %d of %d successes needed", cur.Wave+1, ev.successes, ev.needed)
+				if cur.Analysis != nil {
+					d.Detail += "; no wave analysis: no device left on a baseline"
+				}
+			}
+			cur.Decisions = append(cur.Decisions, *d)
 			cur.Wave++
 			cur.WaveDone, cur.WaveStarted = time.Time{}, now
+			cur.Phase, cur.PhaseStarted = firstPhase(cur), time.Time{}
 			e.log.Info("rollout wave", "rollout", cur.ID, "wave", cur.Wave+1, "percent", cur.Waves[cur.Wave],
 				"evidence", fmt.Sprintf("%d of %d successes needed", ev.successes, ev.needed))
 		}
@@ -685,6 +757,12 @@ func (e *Engine) gate(t *tracked) error {
 		return nil
 	}
 	if err == nil {
+		if cur.Wave != ro.Wave || cur.Phase != ro.Phase {
+			t.recheck = true
+		}
+		for i := before; i < len(cur.Decisions); i++ {
+			e.audit(cur, &cur.Decisions[i])
+		}
 		t.ro = cur
 		e.Kick()
 	}

@@ -31,6 +31,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +43,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/alerts"
+	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/protocol"
 )
@@ -92,6 +94,15 @@ type Options struct {
 	Alerts Alerter
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Analyzer judges the phases and waves of rollouts that have them;
+	// nil refuses such rollouts at Create.
+	Analyzer Analyzer
+	// DefaultAnalysis is the analysis config of a rollout with shadow or
+	// canary phases and none of its own; nil refuses such rollouts.
+	DefaultAnalysis *analysis.Config
+	// AnalyzeEvery is how often a phase waiting for evidence is analysed
+	// again; 0 means 10s.
+	AnalyzeEvery time.Duration
 }
 
 // Engine runs rollouts. Its methods are safe for concurrent use.
@@ -142,6 +153,9 @@ func New(opts Options) (*Engine, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
+	if opts.AnalyzeEvery <= 0 {
+		opts.AnalyzeEvery = 10 * time.Second
+	}
 	return &Engine{opts: opts, reg: opts.Registry, log: opts.Logger, kick: make(chan struct{}, 1),
 		dirtyDevs: map[string]struct{}{}, dirtyAs: map[asKey]struct{}{}}, nil
 }
@@ -188,6 +202,13 @@ type Spec struct {
 	OnWaveTimeout string
 	// Rate limits the installs sent; the zero Rate does not.
 	Rate registry.Rate
+	// Shadow and Canary, when set, are phases each wave goes through
+	// before its promotion, on the devices that take trials (phases.go).
+	Shadow, Canary *registry.TrialPhase
+	// Analysis judges the phases and, between waves, the promoted devices
+	// against those still on the baseline; nil means no analysis (with
+	// phases: Options.DefaultAnalysis).
+	Analysis *analysis.Config
 }
 
 // DefaultWaves are used when a spec names none.
@@ -245,6 +266,9 @@ func (e *Engine) Create(spec Spec) (*registry.Rollout, error) {
 	if err := checkRate(spec.Rate); err != nil {
 		return nil, err
 	}
+	if err := e.checkPhases(&spec); err != nil {
+		return nil, err
+	}
 	var probation *protocol.Probation
 	if p := spec.Probation; p != nil && (p.MinRequests != 0 || p.MaxSeconds != 0) {
 		if p.MinRequests < 0 || p.MinRequests > protocol.MaxProbationRequests || p.MaxSeconds < 0 || p.MaxSeconds > protocol.MaxProbationSeconds {
@@ -258,7 +282,16 @@ func (e *Engine) Create(spec Spec) (*registry.Rollout, error) {
 		Waves: append([]int(nil), spec.Waves...), MaxFailureRatio: spec.MaxFailureRatio, MinSuccesses: spec.MinSuccesses,
 		RequireVerified: spec.RequireVerified, Probation: probation, WaveTimeout: spec.WaveTimeout, OnWaveTimeout: spec.OnWaveTimeout,
 		Bake: spec.Bake, State: registry.RolloutRunning, Created: now, Updated: now, WaveStarted: now, Rate: spec.Rate,
+		Shadow: spec.Shadow, Canary: spec.Canary,
 	}
+	if spec.Analysis != nil {
+		b, err := json.Marshal(spec.Analysis)
+		if err != nil {
+			return nil, fmt.Errorf("%w: analysis config: %v", ErrInvalid, err)
+		}
+		ro.Analysis = b
+	}
+	ro.Phase = firstPhase(ro)
 	all, err := e.reg.RolloutsIn(registry.RolloutRunning, registry.RolloutPaused, registry.RolloutCompleted)
 	if err != nil {
 		return nil, err
@@ -285,6 +318,7 @@ func (e *Engine) Pause(id string) (*registry.Rollout, error) {
 }
 
 // Resume continues a paused rollout.
+// A rollout paused in a phase for lack of evidence gets another MaxWait.
 func (e *Engine) Resume(id string) (*registry.Rollout, error) {
 	return e.transition(id, registry.RolloutRunning, registry.RolloutPaused)
 }
@@ -305,7 +339,12 @@ func (e *Engine) transition(id string, to registry.RolloutState, from ...registr
 	ro, err := e.reg.UpdateRollout(id, func(ro *registry.Rollout) error {
 		for _, f := range from {
 			if ro.State == f {
-				ro.State, ro.Updated = to, e.opts.Now().UTC()
+				now := e.opts.Now().UTC()
+				if to == registry.RolloutRunning && !ro.PhaseStarted.IsZero() {
+					// The analysis's wait for evidence starts again (judge).
+					ro.Decisions = append(ro.Decisions, registry.Decision{Time: now, Wave: ro.Wave, Phase: ro.Phase, Action: "resumed"})
+				}
+				ro.State, ro.Updated = to, now
 				return nil
 			}
 		}
@@ -320,6 +359,12 @@ func (e *Engine) transition(id string, to registry.RolloutState, from ...registr
 
 // finish moves an active rollout to a final state, recording d if set.
 func (e *Engine) finish(id string, to registry.RolloutState, reason string, d *registry.Decision) error {
+	return e.finishWith(id, to, reason, d, nil)
+}
+
+// finishWith is finish that also applies more (if set) to the rollout, and
+// audits d.
+func (e *Engine) finishWith(id string, to registry.RolloutState, reason string, d *registry.Decision, more func(ro *registry.Rollout)) error {
 	ro, err := e.reg.UpdateRollout(id, func(ro *registry.Rollout) error {
 		if !ro.State.Active() {
 			return fmt.Errorf("%w: %s is already %s", ErrState, id, ro.State)
@@ -329,9 +374,15 @@ func (e *Engine) finish(id string, to registry.RolloutState, reason string, d *r
 		if d != nil {
 			ro.Decisions = append(ro.Decisions, *d)
 		}
+		if more != nil {
+			more(ro)
+		}
 		return nil
 	})
 	if err == nil {
+		if d != nil {
+			e.audit(ro, d)
+		}
 		e.log.Warn("rollout "+string(to), "rollout", id, "reason", reason)
 		if to == registry.RolloutHalted {
 			e.alertHalted(ro)
@@ -594,6 +645,12 @@ type Report struct {
 	// RateNow is the send rate in devices per minute the rollout's Rate
 	// gives at its successes so far; 0 when it has no limit.
 	RateNow int `json:"rate_now,omitempty"`
+	// Analyses are the rollout's analysis reports, oldest first: the last
+	// one of each wave and phase analysed.
+	Analyses []analysis.Report `json:"analyses,omitempty"`
+	// PhaseEndsAt is when the current phase's window ends (zero while it
+	// has not started, or without phases).
+	PhaseEndsAt time.Time `json:"phase_ends_at,omitzero"`
 }
 
 // WaveReport counts one wave's devices by category, with its gate.
@@ -610,6 +667,12 @@ type WaveReport struct {
 	Successes int    `json:"successes"`
 	Needed    int    `json:"needed"`
 	Gate      string `json:"gate"`
+	// Phase, in a rollout with phases or analysis: the current wave's
+	// phase (shadow, canary, promote, wave), "done" for a wave behind it,
+	// empty for the waves to come.
+	Phase string `json:"phase,omitempty"`
+	// TrialDevices counts the wave's devices that take trials.
+	TrialDevices int `json:"trial_devices,omitempty"`
 }
 
 // Status reports a rollout's progress.
@@ -659,7 +722,35 @@ func (e *Engine) Status(id string) (*Report, error) {
 				rep.TimeoutAt = waveStart(ro).Add(ro.WaveTimeout)
 			}
 		}
+		if hasPhases(ro) {
+			switch {
+			case i < ro.Wave || ro.State == registry.RolloutCompleted:
+				wr.Phase = "done"
+			case i == ro.Wave:
+				wr.Phase = ro.Phase
+			}
+			for j := range as {
+				if as[j].Wave == i && as[j].Baseline != 0 {
+					wr.TrialDevices++
+				}
+			}
+		}
 		rep.Waves = append(rep.Waves, wr)
+	}
+	if hasPhases(ro) {
+		rep.Analyses = Analyses(ro)
+		if ro.State == registry.RolloutRunning || ro.State == registry.RolloutPaused {
+			tv := weighTrial(ro, func(yield func(*registry.Assignment) bool) {
+				for i := range as {
+					if !yield(&as[i]) {
+						return
+					}
+				}
+			}, online)
+			if why, end := phaseWhy(ro, tv, e.opts.Now()); why != "" {
+				rep.Waiting, rep.PhaseEndsAt = why, end
+			}
+		}
 	}
 	var length int64 // of the artifact, which a device past its download holds
 	if mv, err := e.reg.Model(ro.Model, ro.Version); err == nil {

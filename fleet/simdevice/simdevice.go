@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,7 +56,20 @@ type Options struct {
 	Unverified func(model string, version int64) bool
 	// ProbationRequests a version serves in probation; 0 means 100.
 	ProbationRequests int64
-	Logger            *slog.Logger
+	// Trials makes the device take installs with a trial (docs/PROTOCOL.md,
+	// Trials) and list "trial" in its status's features: it holds the
+	// validated candidate in shadow or canary until an install without a
+	// trial promotes it or an abort discards it. Without it, an install
+	// with a trial is refused, as an agent older than trials does.
+	Trials bool
+	// FailTrial, when it returns true for a model version, makes an install
+	// with a trial fail instead of holding the candidate (as a candidate
+	// that cannot load beside the serving version).
+	FailTrial func(model string, version int64) bool
+	// Traffic, when set, makes the device send aggregates of simulated
+	// traffic (traffic.go); nil sends no telemetry.
+	Traffic *Traffic
+	Logger  *slog.Logger
 }
 
 // Counters of one simulated device. Commands counts the commands accepted,
@@ -63,6 +77,8 @@ type Options struct {
 // (a redelivery) among them.
 type Counters struct {
 	Commands, Rejected, Chunks, BadChunks, Requests, Acks uint64
+	// Aggregates counts the aggregate records sent (Options.Traffic).
+	Aggregates uint64
 	// Connects counts the connections made (subscribed and online).
 	Connects uint64
 	// FirstAfterReconnect is the first chunk index asked for after each
@@ -77,7 +93,7 @@ type Agent struct {
 	log    *slog.Logger
 	events chan event
 
-	mu       sync.Mutex // guards models, anchor, update, seen, firsts, client
+	mu       sync.Mutex // guards models, anchor, update, seen, firsts, client, trial
 	anchor   *trust.Root
 	models   map[string]protocol.ModelStatus
 	update   *protocol.UpdateStatus
@@ -85,8 +101,48 @@ type Agent struct {
 	firsts   []int64
 	client   mqtt.Client
 	lastRoll map[string]protocol.UpdateState // rollout -> final state
+	// trial is the candidate held on trial, nil when none.
+	trial *held
 
 	commands, rejected, chunks, badChunks, requests, acks, connects atomic.Uint64
+	// seq numbers the telemetry records in epoch (one per Agent, as a
+	// device whose queue is new); aggs counts the records sent.
+	seq, aggs atomic.Uint64
+	epoch     uint64
+}
+
+// held is a candidate held on trial: the install that brought it (its
+// command id the last trial command's), the trial, and the artifact's
+// length and digest for the promotion.
+type held struct {
+	cmd    protocol.Command
+	in     protocol.Install
+	trial  protocol.Trial
+	length int64
+	digest string
+}
+
+// Trial returns the candidate the device holds on trial: its model,
+// version and mode; zero values when it holds none.
+func (a *Agent) Trial() (model string, version int64, mode protocol.TrialMode) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.trial == nil {
+		return "", 0, ""
+	}
+	return a.trial.in.Model, a.trial.in.Version, a.trial.trial.Mode
+}
+
+// takeTrial removes and returns the held candidate if match says so.
+func (a *Agent) takeTrial(match func(h *held) bool) *held {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	h := a.trial
+	if h == nil || !match(h) {
+		return nil
+	}
+	a.trial = nil
+	return h
 }
 
 type event struct {
@@ -115,11 +171,25 @@ func New(opts Options) (*Agent, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
+	if tr := opts.Traffic; tr != nil {
+		c := *tr
+		if c.Every <= 0 {
+			c.Every = time.Second
+		}
+		if c.Requests == 0 {
+			c.Requests = 100
+		}
+		if c.BaseLatency <= 0 {
+			c.BaseLatency = 2 * time.Millisecond
+		}
+		opts.Traffic = &c
+	}
 	a := &Agent{opts: opts, topics: t, log: opts.Logger.With("device", opts.Device), events: make(chan event, 4096),
 		anchor: opts.Root, models: map[string]protocol.ModelStatus{}, seen: map[string]bool{}, lastRoll: map[string]protocol.UpdateState{}}
 	for _, m := range opts.Models {
 		a.models[m.Name] = m
 	}
+	a.epoch = uint64(time.Now().UnixNano())
 	return a, nil
 }
 
@@ -147,7 +217,8 @@ func (a *Agent) Counters() Counters {
 	firsts := append([]int64(nil), a.firsts...)
 	a.mu.Unlock()
 	return Counters{Commands: a.commands.Load(), Rejected: a.rejected.Load(), Chunks: a.chunks.Load(),
-		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), Connects: a.connects.Load(), FirstAfterReconnect: firsts}
+		BadChunks: a.badChunks.Load(), Requests: a.requests.Load(), Acks: a.acks.Load(), Connects: a.connects.Load(), FirstAfterReconnect: firsts,
+		Aggregates: a.aggs.Load()}
 }
 
 // Connected reports whether the device has a live connection.
@@ -256,8 +327,20 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 func (a *Agent) session(ctx context.Context, cl mqtt.Client, lost <-chan struct{}, dl *download) *download {
 	tick := time.NewTicker(a.opts.RetryAfter / 2)
 	defer tick.Stop()
+	var traffic <-chan time.Time // nil without Traffic: never ready
+	var rng *rand.Rand
+	last := time.Now()
+	if tr := a.opts.Traffic; tr != nil {
+		t := time.NewTicker(tr.Every)
+		defer t.Stop()
+		traffic = t.C
+		rng = rand.New(rand.NewPCG(a.epoch, a.seq.Load()))
+	}
 	for {
 		select {
+		case now := <-traffic:
+			a.sendAggregates(cl, rng, last, now)
+			last = now
 		case <-ctx.Done():
 			return dl
 		case <-lost:
@@ -319,6 +402,30 @@ func (a *Agent) onCommand(cl mqtt.Client, dl *download, payload []byte) *downloa
 	switch v.Kind {
 	case protocol.CommandInstall:
 		in := v.Install
+		if in.Trial != nil && !a.opts.Trials {
+			a.rejected.Add(1) // an agent without trials refuses the field
+			a.log.Info("command refused", "err", "install with a trial")
+			return dl
+		}
+		same := func(h *held) bool {
+			return h.cmd.RolloutID == v.RolloutID && h.in.Model == in.Model && h.in.Version == in.Version
+		}
+		if h := a.takeTrial(same); h != nil {
+			if in.Trial != nil { // a new mode or share: at once
+				a.mu.Lock()
+				h.cmd, h.trial = v.Command, *in.Trial
+				a.trial = h
+				a.mu.Unlock()
+				a.ack(cl, &v.Command, in.Trial.State(), h.length, "", fmt.Sprintf("%s %g%%", in.Trial.Mode, in.Trial.Percent))
+				a.publishStatus(cl)
+				return dl
+			}
+			a.activate(cl, &v.Command, in, h.length, h.digest) // promotion: no second download
+			return dl
+		}
+		if h := a.takeTrial(func(h *held) bool { return h.in.Model == in.Model }); h != nil {
+			a.ack(cl, &h.cmd, protocol.UpdateFailed, 0, "aborted", "replaced by "+v.RolloutID)
+		}
 		if a.Running(in.Model) == in.Version {
 			a.ack(cl, &v.Command, protocol.UpdateCommitted, 0, "", "already installed")
 			return dl
@@ -338,6 +445,11 @@ func (a *Agent) onCommand(cl mqtt.Client, dl *download, payload []byte) *downloa
 		return dl
 	case protocol.CommandRollback:
 		rb := v.Rollback
+		if h := a.takeTrial(func(h *held) bool { return h.in.Model == rb.Model && h.in.Version == rb.Version }); h != nil {
+			a.ack(cl, &v.Command, protocol.UpdateRolledBack, 0, "", "nothing to roll back")
+			a.publishStatus(cl)
+			return dl
+		}
 		if dl != nil && dl.cmd.Install.Model == rb.Model && dl.cmd.Install.Version == rb.Version {
 			a.ack(cl, &v.Command, protocol.UpdateRolledBack, 0, rb.Reason, "cancelled before activation")
 			return nil
@@ -358,6 +470,12 @@ func (a *Agent) onCommand(cl mqtt.Client, dl *download, payload []byte) *downloa
 		a.publishStatus(cl)
 		return dl
 	case protocol.CommandAbort:
+		if h := a.takeTrial(func(h *held) bool { return h.cmd.RolloutID == v.RolloutID }); h != nil {
+			a.ack(cl, &v.Command, protocol.UpdateFailed, 0, "aborted", v.Abort.Reason)
+			a.final(v.RolloutID, protocol.UpdateFailed)
+			a.publishStatus(cl)
+			return dl
+		}
 		if dl != nil && dl.cmd.RolloutID == v.RolloutID {
 			a.ack(cl, &v.Command, protocol.UpdateFailed, 0, "aborted", v.Abort.Reason)
 			return nil
@@ -441,12 +559,36 @@ func (a *Agent) finish(cl mqtt.Client, dl *download) {
 		a.publishStatus(cl)
 		return
 	}
-	a.ack(cl, cmd, protocol.UpdateActivating, dl.art.Length, "", "")
+	if tr := in.Trial; tr != nil {
+		if a.Running(in.Model) == 0 || (a.opts.FailTrial != nil && a.opts.FailTrial(in.Model, in.Version)) {
+			why := "trial needs a serving version"
+			if a.Running(in.Model) != 0 {
+				why = "trial: the candidate does not load beside the serving version"
+			}
+			a.ack(cl, cmd, protocol.UpdateFailed, 0, why, "")
+			a.final(cmd.RolloutID, protocol.UpdateFailed)
+			a.publishStatus(cl)
+			return
+		}
+		a.mu.Lock()
+		a.trial = &held{cmd: *cmd, in: *in, trial: *tr, length: dl.art.Length, digest: "sha256:" + mf.SHA256}
+		a.mu.Unlock()
+		a.ack(cl, cmd, tr.State(), dl.art.Length, "", fmt.Sprintf("%s %g%%", tr.Mode, tr.Percent))
+		a.publishStatus(cl)
+		return
+	}
+	a.activate(cl, cmd, in, dl.art.Length, "sha256:"+mf.SHA256)
+}
+
+// activate swaps the validated version in, runs probation and commits or
+// rolls back.
+func (a *Agent) activate(cl mqtt.Client, cmd *protocol.Command, in *protocol.Install, length int64, digest string) {
+	a.ack(cl, cmd, protocol.UpdateActivating, length, "", "")
 	a.mu.Lock()
 	prev := a.models[in.Model]
 	a.mu.Unlock()
-	a.setModel(in.Model, in.Version, "sha256:"+mf.SHA256, prev.Version)
-	a.ack(cl, cmd, protocol.UpdateProbation, dl.art.Length, "", "")
+	a.setModel(in.Model, in.Version, digest, prev.Version)
+	a.ack(cl, cmd, protocol.UpdateProbation, length, "", "")
 	if f := a.opts.FailProbation; f != nil && f(in.Model, in.Version) {
 		a.ack(cl, cmd, protocol.UpdateRollingBack, 0, "", "")
 		a.setModel(in.Model, prev.Version, prev.Digest, prev.Previous)
@@ -462,7 +604,7 @@ func (a *Agent) finish(cl mqtt.Client, dl *download) {
 	if f := a.opts.Unverified; f != nil && f(in.Model, in.Version) {
 		requests, verified = requests/2, false
 	}
-	a.commit(cl, cmd, dl.art.Length, requests, verified)
+	a.commit(cl, cmd, length, requests, verified)
 	a.final(cmd.RolloutID, protocol.UpdateCommitted)
 	a.publishStatus(cl)
 }
@@ -528,6 +670,9 @@ func (a *Agent) publishStatus(cl mqtt.Client) {
 		RootVersion: a.anchor.Doc.Version, Update: a.update, Health: protocol.HealthSummary{Status: protocol.HealthOK}, Time: time.Now().UTC()}
 	for _, m := range a.models {
 		st.Models = append(st.Models, m)
+	}
+	if a.opts.Trials {
+		st.Features = []string{protocol.FeatureTrial}
 	}
 	a.mu.Unlock()
 	b, _ := json.Marshal(st)

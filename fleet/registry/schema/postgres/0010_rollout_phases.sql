@@ -1,0 +1,20 @@
+-- Rollout phases (docs/API.md, Rollouts): the shadow and canary phases of
+-- each wave and the analysis that judges them. shadow and canary are the
+-- phases' settings ({percent, duration}, null: none), analysis the
+-- analysis config (JSON of analysis.Config, null: no analysis), phase and
+-- phase_started the current wave's phase and when its window started (0:
+-- not yet), analyses the analysis reports so far (JSON list).
+ALTER TABLE rollouts ADD COLUMN shadow JSONB NOT NULL DEFAULT 'null';
+ALTER TABLE rollouts ADD COLUMN canary JSONB NOT NULL DEFAULT 'null';
+ALTER TABLE rollouts ADD COLUMN analysis JSONB NOT NULL DEFAULT 'null';
+ALTER TABLE rollouts ADD COLUMN phase TEXT NOT NULL DEFAULT '';
+ALTER TABLE rollouts ADD COLUMN phase_started BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE rollouts ADD COLUMN analyses JSONB NOT NULL DEFAULT 'null';
+-- An assignment's trial: the mode of the last install sent ('' for a plain
+-- install), and the version the device served when it was assigned, set
+-- only for devices that take trials (0: the device gets a plain install at
+-- the wave's promotion).
+ALTER TABLE assignments ADD COLUMN trial TEXT NOT NULL DEFAULT '';
+ALTER TABLE assignments ADD COLUMN baseline BIGINT NOT NULL DEFAULT 0;
+-- The optional protocol features a device's agent reports (status.features).
+ALTER TABLE devices ADD COLUMN features JSONB NOT NULL DEFAULT 'null';
