@@ -12,7 +12,6 @@ import (
 	"github.com/outpost-edge/outpost/fleet/admin"
 	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/rollout"
-	"github.com/outpost-edge/outpost/internal/yamlconf"
 )
 
 // parsePhase parses a --shadow or --canary value, PERCENT%/DURATION
@@ -44,23 +43,13 @@ func parsePhase(flag, s string) (*admin.PhaseRequest, error) {
 	return &admin.PhaseRequest{Percent: p, Duration: d.String()}, nil
 }
 
-// parseAnalysisConfig reads an --analysis file. It decodes strictly (an
-// unknown key is an error, durations like "10m"); the merge with
-// fleet/analysis replaces it with analysis.ParseConfig, which also checks
-// the values.
-var parseAnalysisConfig = func(name string, b []byte) (analysis.Config, error) {
-	var c analysis.Config
-	err := yamlconf.Decode(name, b, &c)
-	return c, err
-}
-
 // readAnalysis reads and parses the analysis config file at path.
 func readAnalysis(path string) (*analysis.Config, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	c, err := parseAnalysisConfig(path, b)
+	c, err := analysis.ParseConfigNamed(path, b)
 	if err != nil {
 		return nil, err
 	}

@@ -93,7 +93,7 @@ type Options struct {
 	// CommandTTL, ResendAfter and Tick tune the rollout engine.
 	CommandTTL, ResendAfter, Tick time.Duration
 	// Analyzer judges rollouts' shadow, canary and wave analyses; nil
-	// refuses rollouts that have them (rollout.Options.Analyzer).
+	// means fleet/analysis over the controller's store (tests give others).
 	Analyzer rollout.Analyzer
 	// DefaultAnalysis is the analysis config of rollouts with phases and
 	// none of their own (fleet.yaml rollouts.analysis); nil refuses them.
@@ -249,6 +249,17 @@ func New(opts Options) (*Controller, error) {
 	if c.alerts, err = alerts.New(alerts.Options{Registry: c.reg, Fleet: opts.Fleet, Config: opts.Alerts, ReplicaID: opts.ReplicaID,
 		LeaseTTL: opts.LeaseTTL, Logger: opts.Logger.With("component", "alerts")}); err != nil {
 		return fail(err)
+	}
+	if c.opts.Analyzer == nil {
+		an, err := analysis.New(analysis.Options{Store: c.reg, Reference: c.reference, Logger: opts.Logger.With("component", "analysis")})
+		if err != nil {
+			return fail(err)
+		}
+		c.opts.Analyzer = an
+	}
+	if c.opts.DefaultAnalysis == nil {
+		d := analysis.Defaults()
+		c.opts.DefaultAnalysis = &d
 	}
 	if c.eng, err = c.newEngine(c.reg); err != nil {
 		return fail(err)

@@ -114,6 +114,21 @@ func (c *Controller) references() ([]drift.Reference, error) {
 	return out, nil
 }
 
+// reference is the reference profile of a model version's signed manifest,
+// nil without one (analysis.Options.Reference).
+func (c *Controller) reference(_ context.Context, model string, version int64) (*profile.Profile, error) {
+	refs, err := c.references()
+	if err != nil {
+		return nil, err
+	}
+	for _, r := range refs {
+		if r.Model == model && r.Version == version {
+			return r.Profile, nil
+		}
+	}
+	return nil, nil
+}
+
 // onDrift sends a scope's change of state to the webhooks.
 func (c *Controller) onDrift(ctx context.Context, t drift.Transition) error {
 	fs := make([]alerts.DriftFeature, 0, len(t.Score.Features))

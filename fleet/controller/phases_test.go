@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -253,22 +254,31 @@ func adminCall(t *testing.T, f *fleet, method, path, body string, want int, out 
 	}
 }
 
-// TestPhasesRefusedWithoutAnalyzer: a controller without an analyzer
-// refuses rollouts with phases or an analysis (400, saying why), and
-// still takes plain ones.
-func TestPhasesRefusedWithoutAnalyzer(t *testing.T) {
+// TestPhasesTakeTheDefaultAnalysis: a controller judges phases with
+// fleet/analysis unless told otherwise: a rollout with a shadow phase and no
+// analysis config gets analysis.Defaults(), and an analysis config that does
+// not check is refused, naming what is wrong.
+func TestPhasesTakeTheDefaultAnalysis(t *testing.T) {
 	f := startFleet(t, controller.Options{})
 	f.push("face", 1, 1000, 1000)
 	var e struct{ Error string }
-	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "shadow": {"percent": 10, "duration": "1m"}}`, 400, &e)
-	if !strings.Contains(e.Error, "analysis config") {
-		t.Fatalf("error %q", e.Error)
-	}
 	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "analysis": {"pass": 95}}`, 400, &e)
-	if !strings.Contains(e.Error, "no analyzer") {
-		t.Fatalf("error %q", e.Error)
+	if !strings.Contains(e.Error, "confidence") {
+		t.Fatalf("an analysis config without confidence: error %q", e.Error)
 	}
-	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1}`, 201, nil)
+	var ro struct{ ID string }
+	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "shadow": {"percent": 10, "duration": "1m"}}`, 201, &ro)
+	got, err := f.c.Registry().Rollout(ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c analysis.Config
+	if err := json.Unmarshal(got.Analysis, &c); err != nil {
+		t.Fatal(err)
+	}
+	if want := analysis.Defaults(); !reflect.DeepEqual(c, want) {
+		t.Errorf("the rollout's analysis config:\n%+v\nwant the defaults:\n%+v", c, want)
+	}
 }
 
 // TestSimTrafficInCanary: simulated devices with traffic report both arms

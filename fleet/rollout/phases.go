@@ -139,8 +139,8 @@ func (e *Engine) checkPhases(spec *Spec) error {
 	if e.opts.Analyzer == nil {
 		return fmt.Errorf("%w: this controller has no analyzer: rollouts with shadow, canary or analysis cannot run", ErrInvalid)
 	}
-	if spec.Analysis.MaxWait < 0 {
-		return fmt.Errorf("%w: analysis max_wait %s", ErrInvalid, spec.Analysis.MaxWait)
+	if err := spec.Analysis.Validate(); err != nil {
+		return fmt.Errorf("%w: analysis: %v", ErrInvalid, err)
 	}
 	return nil
 }
