@@ -123,6 +123,24 @@ type Reporter interface {
 	Report(ctx context.Context, a protocol.Ack) error
 }
 
+// Trials holds candidates on trial beside the serving versions of models
+// (the daemon's serving registry; docs/PROTOCOL.md, Trials). It is called
+// by the Run goroutine only. Promotion is not here: Activator.Activate with
+// the candidate's version and bytes swaps the candidate in without loading
+// it again.
+type Trials interface {
+	// Serving reports whether name has a serving version for a candidate
+	// to stand beside.
+	Serving(name string) bool
+	// StartTrial loads data as name's candidate at version beside the
+	// serving version, held in trial t; for the candidate already loaded
+	// (same version and bytes) only the mode and share change, at once.
+	StartTrial(ctx context.Context, name string, version int64, data []byte, t protocol.Trial) error
+	// EndTrial unloads name's candidate, if any, once its calls in flight
+	// finish; the serving version never stops.
+	EndTrial(name string)
+}
+
 // Probation defaults (Options.ProbationMinRequests, Options.ProbationMax).
 const (
 	DefaultProbationMinRequests = 20
@@ -145,6 +163,20 @@ func (j *Job) ack(detail string) protocol.Ack {
 	return a
 }
 
+// The errors of trials' acks, as docs/PROTOCOL.md (Trials) words them.
+const (
+	trialNeedsServing = "trial needs a serving version"
+	trialExpired      = "trial expired"
+)
+
+// trialDetail names a trial's share, for its ack.
+func trialDetail(t protocol.Trial) string {
+	if t.Mode == protocol.TrialCanary {
+		return fmt.Sprintf("canary: answering %g%% of the requests", t.Percent)
+	}
+	return fmt.Sprintf("shadow: copies of %g%% of the requests", t.Percent)
+}
+
 // Options configure an Updater. DataDir, Store, Activator and Runtime are
 // required; every other zero value works.
 type Options struct {
@@ -161,6 +193,9 @@ type Options struct {
 	Activator Activator
 	// Runtime loads models for validation.
 	Runtime Runtime
+	// Trials holds candidates on trial; without it an install with a
+	// trial fails.
+	Trials Trials
 	// Traffic feeds probation; without it no version is ever verified:
 	// probation commits unverified at its maximum.
 	Traffic TrafficSource
@@ -218,8 +253,10 @@ type Updater struct {
 	work    string
 	metrics *metrics
 
-	// probationBase is used by the Run goroutine only.
+	// probationBase and trialSeq are used by the Run goroutine only.
 	probationBase probationBase
+	// trialSeq is the job whose candidate this process loaded (0: none).
+	trialSeq uint64
 
 	wake       chan struct{} // a command was queued
 	outboxWake chan struct{} // reports were queued
@@ -230,7 +267,7 @@ type Updater struct {
 	mu       sync.Mutex
 	cancel   context.CancelCauseFunc
 	cur      *Job       // a copy of the job Run is working on, for Status
-	retarget string     // command id the running job answers to from now on
+	retarget *retarget  // what the running job answers to from now on
 	stopNext *cancelled // a stop for a job Run had not picked up yet
 }
 
@@ -480,6 +517,10 @@ func (u *Updater) abort(ctx context.Context, j *Job, cause error) error {
 		return nil
 	case activated(j.State) && !c.rollback:
 		return nil
+	case j.State == Shadow || j.State == Canary:
+		u.endTrial(j)
+		u.cleanup()
+		return u.transition(j, Failed, c.msg)
 	case j.State == Activating || j.State == Probation:
 		if err := u.transition(j, RollingBack, c.msg); err != nil {
 			return err
@@ -504,6 +545,8 @@ func (u *Updater) step(ctx context.Context, j *Job) error {
 		return u.transition(j, Validating, "")
 	case Validating:
 		return u.stepValidate(ctx, j)
+	case Shadow, Canary:
+		return u.stepTrial(ctx, j)
 	case Activating:
 		return u.stepActivate(ctx, j)
 	case Probation:
