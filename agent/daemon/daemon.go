@@ -115,6 +115,9 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
 		return nil, err
 	}
+	if a.updater != nil {
+		refs.staged = a.updater.StagedManifest // a candidate's reference profile
+	}
 	if a.streams, err = newStreams(cfg, a.registry, a.counter.traffic, a.queue, refs, log); err != nil {
 		return nil, err
 	}

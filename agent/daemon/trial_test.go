@@ -16,7 +16,9 @@ import (
 	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/internal/testbroker"
+	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
+	"github.com/outpost-edge/outpost/models/tflite"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -138,4 +140,35 @@ func TestShadowAggregates(t *testing.T) {
 	assert.Equal(t, s.outputs["Identity"].Compared, s.outputs["Identity"].Top1Compared, "landmarks [1 63]: one row per answer")
 	assert.Zero(t, s.outputs["Identity_1"].Top1Compared, "[1 1] is no score vector")
 	assert.Greater(t, s.candMicros/s.requests, s.baseMicros/s.baseline, "the full model is slower on the same requests")
+}
+
+// TestCandidateReference: a candidate on trial is not in the store yet; its
+// reference profile comes from the update under way (the staged manifest),
+// found by the instance's digest, so its answers (canary or shadow) count
+// in feature histograms as the serving version's do.
+func TestCandidateReference(t *testing.T) {
+	h := newFaceHook(t)
+	served := h.hook.refs.byDigest["sha256:ab"]
+	require.NotNil(t, served)
+	sig, err := tflite.Read(testmodel.Read(t, testmodel.FaceShort))
+	require.NoError(t, err)
+	asked := 0
+	refs := newReferences(nil)
+	refs.staged = func(sha string) (*manifest.Manifest, bool) {
+		asked++
+		if sha != "cd" {
+			return nil, false
+		}
+		return &manifest.Manifest{Name: "face", Version: 2, SHA256: "cd", Inputs: sig.Inputs, Outputs: sig.Outputs, Reference: served.p}, true
+	}
+	cand := h.inf.Model
+	cand.Version, cand.Digest = 2, "sha256:cd"
+	ref := refs.lookup(cand)
+	require.NotNil(t, ref, "the candidate's reference was not found")
+	assert.Same(t, served.p, ref.p)
+	assert.Same(t, ref, refs.lookup(cand), "found once per digest")
+	other := cand
+	other.Digest = "sha256:ef"
+	assert.Nil(t, refs.lookup(other))
+	assert.Equal(t, 2, asked)
 }

@@ -100,6 +100,11 @@ func TestTrialShadowCanaryPromote(t *testing.T) {
 	require.NoError(t, err)
 	assert.EqualValues(t, 1, cur.Manifest.Version, "the store's current version stays")
 	assert.Equal(t, protocol.UpdateShadow, d.u.UpdateStatus().State)
+	sm, ok := d.u.StagedManifest(m2.SHA256)
+	require.True(t, ok, "the candidate's signed manifest")
+	assert.EqualValues(t, 2, sm.Version)
+	_, ok = d.u.StagedManifest(cur.Manifest.SHA256)
+	assert.False(t, ok, "the serving version is not the update under way")
 
 	require.NoError(t, d.u.HandleCommand(f.trialInstall(t, "c3", "r2", m2, rel, &protocol.Trial{Mode: protocol.TrialCanary, Percent: 50}, 0)))
 	rec.waitAck(t, "c3", Canary)

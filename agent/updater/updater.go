@@ -67,6 +67,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/internal/crashpoint"
+	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -592,6 +593,32 @@ func (u *Updater) anchor() (*trust.Root, error) {
 		return nil, fmt.Errorf("updater: trust root: %w", err)
 	}
 	return r, nil
+}
+
+// StagedManifest returns the signed manifest of the update under way when
+// its model's sha256 (hex) is sha: the candidate on trial, whose manifest
+// (with its reference profile) the store does not hold until promotion. The
+// release is verified again against the trust anchor. ok is false for any
+// other digest, when no install is under way, or when it does not verify.
+// Safe for concurrent use.
+func (u *Updater) StagedManifest(sha string) (m *manifest.Manifest, ok bool) {
+	j, err := u.Job()
+	if err != nil || j == nil || j.State.Terminal() || j.Kind != string(protocol.CommandInstall) || j.SHA256 != sha {
+		return nil, false
+	}
+	anchor, err := u.anchor()
+	if err != nil {
+		return nil, false
+	}
+	root, err := anchor.Chain(j.Roots)
+	if err != nil {
+		return nil, false
+	}
+	rel, err := root.VerifyRelease(j.Release, u.now())
+	if err != nil || rel.Model.SHA256 != sha {
+		return nil, false
+	}
+	return &rel.Model, true
 }
 
 // UpdateStatus is the current or last update for the device's status
