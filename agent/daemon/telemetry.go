@@ -150,6 +150,9 @@ type shadowTelemetry struct {
 }
 
 func (t shadowTelemetry) ObserveShadow(r *serving.ShadowResult) {
+	if r.Candidate.Name == "" {
+		return
+	}
 	sh := &telemetry.ShadowObservation{Baseline: strconv.FormatInt(r.Baseline.Version, 10), Dropped: r.Dropped}
 	o := telemetry.Observation{Model: modelRef(r.Candidate), Shadow: sh}
 	if r.Dropped {

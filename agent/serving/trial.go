@@ -347,7 +347,10 @@ func (r *Registry) send(s *shadowTap, invoke time.Duration) {
 	case s.t.queue <- c:
 	default:
 		s.t.free.Put(c)
-		_, cand, _ := s.t.slot.Current()
+		_, cand, ok := s.t.slot.Current()
+		if !ok {
+			return // the trial ended meanwhile
+		}
 		r.shadowCopies.WithLabelValues(cand.Name, versionLabel(cand.Version), "dropped").Inc()
 		if r.opts.ShadowObserver != nil {
 			r.opts.ShadowObserver.ObserveShadow(&ShadowResult{Baseline: c.baseline, Candidate: cand, Dropped: true})

@@ -166,6 +166,16 @@ func (u *Updater) stepTrial(ctx context.Context, j *Job) error {
 		return fmt.Errorf("%w: job in state %q without a trial", ErrCorrupt, j.State)
 	}
 	if u.trialSeq != j.Seq {
+		// After a restart the daemon may still be loading the serving
+		// version when the job resumes: give it a while before
+		// concluding there is none.
+		for wait := 0; u.opts.Trials != nil && !u.opts.Trials.Serving(j.Model) && wait < int(servingWait/servingPoll); wait++ {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(servingPoll):
+			}
+		}
 		if _, err := u.verified(j); err != nil {
 			u.endTrial(j)
 			u.cleanup()
@@ -210,6 +220,13 @@ func (u *Updater) stepTrial(ctx context.Context, j *Job) error {
 		expiry.Stop()
 	}
 }
+
+// servingWait bounds how long a resumed trial waits for the serving version
+// to be loaded, polling every servingPoll.
+const (
+	servingWait = 30 * time.Second
+	servingPoll = 50 * time.Millisecond
+)
 
 // trialCommand finds the oldest queued install of j's rollout, model and
 // version (nil key: none).

@@ -3,6 +3,7 @@
 package updater
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"testing"
@@ -182,7 +183,14 @@ func TestTrialSurvivesRestart(t *testing.T) {
 	d.stop(t)
 
 	d = newDevice(t, dir, f, newMemSource(), withReports(rec))
+	// As in the daemon, the updater may resume before the serving version
+	// is loaded again: it waits for it rather than fail the trial.
+	require.NoError(t, d.reg.Unload("hand"))
 	d.start(t)
+	data, se, err := d.store.Load("hand")
+	require.NoError(t, err)
+	_, err = d.reg.Load(context.Background(), "hand", se.Manifest.Version, data, "store")
+	require.NoError(t, err)
 	deadline := time.Now().Add(30 * time.Second)
 	c, held := d.candidate()
 	for !held && time.Now().Before(deadline) {
