@@ -107,24 +107,30 @@ func shadowCost(b *testing.B, bin, face string, data []byte, clients, pairs, per
 	}
 	block() // warm-up: connections, caches, the allocator
 	var none, shadow []float64
+	var r50, r99 []float64 // per pair: shadow/none
 	rollout := 0
-	runShadow := func() {
+	runShadow := func() []float64 {
 		rollout++
 		id := "bench-" + strconv.Itoa(rollout)
 		f.install(id+"-install", id, "face", 2, data, &protocol.Trial{Mode: protocol.TrialShadow, Percent: percent})
 		f.waitAck(id+"-install", protocol.UpdateShadow)
-		shadow = append(shadow, block()...)
+		t := block()
 		f.abort(id+"-abort", id)
 		f.waitAck(id+"-install", protocol.UpdateFailed)
+		return t
 	}
 	for p := 0; p < pairs && time.Now().Before(deadline) && !b.Failed(); p++ {
+		var n, s []float64
 		if p%2 == 0 {
-			none = append(none, block()...)
-			runShadow()
+			n = block()
+			s = runShadow()
 		} else {
-			runShadow()
-			none = append(none, block()...)
+			s = runShadow()
+			n = block()
 		}
+		none, shadow = append(none, n...), append(shadow, s...)
+		r50 = append(r50, pct(s, 0.50)/pct(n, 0.50))
+		r99 = append(r99, pct(s, 0.99)/pct(n, 0.99))
 	}
 	if b.Failed() {
 		return
@@ -139,8 +145,10 @@ func shadowCost(b *testing.B, bin, face string, data []byte, clients, pairs, per
 	b.ReportMetric(s99, "shadow-p99-ms")
 	b.ReportMetric(s50/n50, "p50-shadow/none")
 	b.ReportMetric(s99/n99, "p99-shadow/none")
-	fmt.Printf("shadow %d%%, %d client(s): none p50 %.3f ms p99 %.3f ms (%d requests); shadow p50 %.3f ms p99 %.3f ms (%d requests, %.0f copies compared, %.0f dropped); ratio p50 %.3f p99 %.3f\n",
-		percent, clients, n50, n99, len(none), s50, s99, len(shadow), compared, dropped, s50/n50, s99/n99)
+	b.ReportMetric(pct(r50, 0.5), "pair-median-p50-shadow/none")
+	b.ReportMetric(pct(r99, 0.5), "pair-median-p99-shadow/none")
+	fmt.Printf("shadow %d%%, %d client(s): none p50 %.3f ms p99 %.3f ms (%d requests); shadow p50 %.3f ms p99 %.3f ms (%d requests, %.0f copies compared, %.0f dropped); ratio p50 %.3f p99 %.3f; median over %d pairs of blocks: p50 %.3f p99 %.3f\n",
+		percent, clients, n50, n99, len(none), s50, s99, len(shadow), compared, dropped, s50/n50, s99/n99, len(r50), pct(r50, 0.5), pct(r99, 0.5))
 }
 
 func pct(v []float64, q float64) float64 {
