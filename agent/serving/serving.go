@@ -27,12 +27,17 @@ import (
 // runtime's defaults and logs nothing.
 type Options struct {
 	Runtime runtime.Options
-	// CandidateWorkers is the size of a candidate's interpreter pool
-	// (default 1: the serving version keeps the other cores).
+	// CandidateWorkers is the size of a candidate's own interpreter pool
+	// (default: Runtime.Workers, as the serving version's). A promoted
+	// candidate serves with that pool as it is, and a canary's share must
+	// not queue for fewer interpreters than the serving version has, or
+	// its latency would be judged on the pool rather than the model; a
+	// shadow uses only ShadowWorkers of them at once.
 	CandidateWorkers int
 	// ShadowQueue bounds the copies waiting for a candidate in shadow
 	// (default 64); a full queue drops the copy. ShadowWorkers drain it
-	// (default 1).
+	// (default 1, so copies take at most one core from the serving
+	// version).
 	ShadowQueue, ShadowWorkers int
 	// ShadowObserver, if set, hears of every copy sent to a candidate in
 	// shadow.
@@ -59,9 +64,6 @@ func New(opts Options) *Registry {
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
-	}
-	if opts.CandidateWorkers <= 0 {
-		opts.CandidateWorkers = 1
 	}
 	if opts.ShadowQueue <= 0 {
 		opts.ShadowQueue = 64

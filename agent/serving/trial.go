@@ -148,7 +148,9 @@ func (r *Registry) StartTrial(ctx context.Context, name string, version int64, d
 	}
 	start := time.Now()
 	opts := r.opts.Runtime
-	opts.Workers = r.opts.CandidateWorkers
+	if r.opts.CandidateWorkers > 0 {
+		opts.Workers = r.opts.CandidateWorkers
+	}
 	m, err := runtime.Load(data, opts)
 	if err != nil {
 		return catalog.Entry{}, fmt.Errorf("serving: %s v%d candidate: %w", name, version, err)

@@ -267,10 +267,14 @@ func TestCanaryRouting(t *testing.T) {
 // TestPromoteNoSecondLoad: loading the candidate's version and bytes swaps
 // the loaded candidate in; a different version replaces the candidate.
 func TestPromoteNoSecondLoad(t *testing.T) {
-	r := newRegistry(t, Options{}, "face", face)
+	r := New(Options{Runtime: runtime.Options{Workers: 2, Threads: 1}})
+	t.Cleanup(func() { r.Close() })
 	data := modelBytes(t, face)
+	_, err := r.Load(context.Background(), "face", 1, data, "test")
+	require.NoError(t, err)
 	cand, err := r.StartTrial(context.Background(), "face", 2, data, Trial{Mode: Shadow, Percent: 10})
 	require.NoError(t, err)
+	assert.Equal(t, 2, cand.Workers)
 	// The mode changes at once, without a load.
 	again, err := r.StartTrial(context.Background(), "face", 2, data, Trial{Mode: Canary, Percent: 50})
 	require.NoError(t, err)
@@ -279,7 +283,7 @@ func TestPromoteNoSecondLoad(t *testing.T) {
 	e, err := r.Load(context.Background(), "face", 2, data, "store")
 	require.NoError(t, err)
 	assert.Equal(t, cand.LoadedAt, e.LoadedAt, "promoted, not loaded again")
-	assert.Equal(t, 1, e.Workers, "the candidate's own pool came along")
+	assert.Equal(t, 2, e.Workers, "the candidate's own pool came along, as large as the serving version's")
 	assert.Empty(t, r.Trials())
 	v, err := request(context.Background(), r, "face", 0)
 	require.NoError(t, err)
