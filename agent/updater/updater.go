@@ -22,6 +22,14 @@
 //   - Activate installs into agent/store (which refuses rollbacks unless the
 //     release is a signed rollback instruction) and swaps the model in
 //     through an Activator, the daemon's serving registry.
+//   - An install with a trial (docs/PROTOCOL.md, Trials) stops after
+//     validation in shadow or canary: the candidate is loaded beside the
+//     serving version through Trials and held there (the job's state is
+//     durable, so a restart holds it again from the staged file) until an
+//     install of the same update changes the trial or, without one,
+//     promotes it (activating swaps the loaded candidate in); an abort, a
+//     rollback of the version, another install or the command's expiry
+//     discards it and its staged bytes.
 //   - Probation watches the new version's error ratio and latency through a
 //     TrafficSource, and needs evidence: it commits once the version served
 //     its minimum of requests (a verified commit) or, without them, at its
