@@ -136,6 +136,16 @@ bench-features: setup
 bench-engine: setup
 	$(GO) test -run '^$$' -bench Engine -benchtime 1x -timeout 30m ./fleet/rollout/
 
+# bench-shadow: what mirroring 10% of the traffic to a candidate in shadow
+# costs the serving version's clients (BenchmarkShadowBinary: the real
+# binary, face_detection_short_range, a test fleet putting the same model on
+# trial and aborting it, blocks with no trial and with the shadow
+# interleaved; p50 and p99 per arm and shadow/none, 1 and 2 clients).
+# make bench runs a short version (3 pairs, one client, about 20 s).
+.PHONY: bench-shadow
+bench-shadow: setup
+	OUTPOST_BENCH_SHADOW=full $(GO) test -run '^$$' -bench ShadowBinary -benchtime 1x -count 3 -timeout 30m ./cmd/outpost-agent/
+
 .PHONY: bench-store
 bench-store: setup
 	$(GO) test -run '^$$' -bench 'TelemetryIngest|AggregateIngest' -benchtime 3x -timeout 30m ./fleet/registry/

@@ -12,6 +12,7 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/oip"
+	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/agent/tfserving"
 )
@@ -219,7 +220,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 			return http.StatusBadRequest, err
 		}
 		var err error
-		entry, tm, err = s.run(r.Context(), rt, c, func() []tensor.Tensor { return c.v2.Inputs }, func(e catalog.Entry) error {
+		entry, tm, err = s.run(routingContext(r), rt, c, func() []tensor.Tensor { return c.v2.Inputs }, func(e catalog.Entry) error {
 			for _, o := range c.v2.Outputs {
 				if !hasOutput(e, o.Name) {
 					return fmt.Errorf("%w: unknown output %q", errBadRequest, o.Name)
@@ -268,6 +269,12 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	w.Write(c.resp)
 }
 
+// routingContext is the request's context with its canary routing key
+// (the Outpost-Routing-Key header), if it has one.
+func routingContext(r *http.Request) context.Context {
+	return routing.WithKey(r.Context(), r.Header.Get(routing.Header))
+}
+
 func hasOutput(e catalog.Entry, name string) bool {
 	for _, o := range e.Outputs {
 		if o.Name == name {
@@ -293,7 +300,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 		}
 		var err error
 		var pred tfserving.Predict
-		entry, tm, err = s.run(r.Context(), rt, c, func() []tensor.Tensor { return pred.Inputs }, func(e catalog.Entry) error {
+		entry, tm, err = s.run(routingContext(r), rt, c, func() []tensor.Tensor { return pred.Inputs }, func(e catalog.Entry) error {
 			// TF Serving bodies carry no types or shapes: decode against
 			// the signature of the model that will run.
 			p, err := tfserving.DecodePredict(c.body, e.Inputs)

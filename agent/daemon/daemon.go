@@ -89,7 +89,6 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 		Inputs:    inputSpecs(cfg.Inputs),
 		Logger:    log.With("component", "runtime"),
 	}
-	a.registry = serving.New(serving.Options{Runtime: rt, Logger: log.With("component", "serving")})
 	token, err := readSecret("api token", cfg.API.TokenFile)
 	if err != nil {
 		return nil, err
@@ -105,12 +104,19 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	}
 	reg := prometheus.NewRegistry()
 	refs := newReferences(a.store)
+	sopts := serving.Options{Runtime: rt, Logger: log.With("component", "serving")}
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
 		a.counter.next = inferenceTelemetry{q: a.queue, refs: refs}
+		sopts.ShadowObserver = shadowTelemetry{q: a.queue, refs: refs}
 	}
+	a.registry = serving.New(sopts)
+	reg.MustRegister(a.registry.Collector())
 	if err := a.newUpdater(cfg, rt, reg, log); err != nil {
 		return nil, err
+	}
+	if a.updater != nil {
+		refs.staged = a.updater.StagedManifest // a candidate's reference profile
 	}
 	if a.streams, err = newStreams(cfg, a.registry, a.counter.traffic, a.queue, refs, log); err != nil {
 		return nil, err

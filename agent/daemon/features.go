@@ -13,12 +13,17 @@ import (
 
 // references finds the reference profile of the model instance that served a
 // request: the one in the signed manifest of the store's current or previous
-// entry of that name with the instance's digest. A model served from a
-// configured file, or whose manifest has no reference, has none. What it
+// entry of that name with the instance's digest, or else of the update
+// under way (a candidate on trial, which the store does not hold yet). A
+// model served from a configured file, or whose manifest has no reference,
+// has none. What it
 // finds (or that there is nothing) is kept per digest, so the store is read
 // once per model version. Safe for concurrent use.
 type references struct {
 	st *store.Store // nil: nothing has a reference
+	// staged, if set, returns the manifest of the update under way whose
+	// model has that sha256 (updater.StagedManifest); set before Run.
+	staged func(sha string) (*manifest.Manifest, bool)
 
 	mu       sync.RWMutex          // guards byDigest
 	byDigest map[string]*reference // nil value: no reference
@@ -49,7 +54,7 @@ func (r *references) lookup(e catalog.Entry) *reference {
 	r.mu.RLock()
 	ref, ok := r.byDigest[e.Digest]
 	r.mu.RUnlock()
-	if ok || r.st == nil {
+	if ok || (r.st == nil && r.staged == nil) {
 		return ref
 	}
 	ref = r.find(e)
@@ -64,23 +69,41 @@ func (r *references) lookup(e catalog.Entry) *reference {
 
 func (r *references) find(e catalog.Entry) *reference {
 	hex := strings.TrimPrefix(e.Digest, "sha256:")
-	for _, get := range []func(string) (store.Entry, error){r.st.Current, r.st.Previous} {
+	for _, get := range r.stored() {
 		se, err := get(e.Name)
 		if err != nil || se.Manifest.SHA256 != hex {
 			continue
 		}
-		if se.Manifest.Reference == nil || !sameOrder(se.Manifest.Inputs, e.Inputs) || !sameOrder(se.Manifest.Outputs, e.Outputs) {
-			return nil // the features follow the manifest's tensor order
+		return newReference(&se.Manifest, e)
+	}
+	if r.staged != nil {
+		if m, ok := r.staged(hex); ok && m.Name == e.Name {
+			return newReference(m, e)
 		}
-		x, err := se.Manifest.Extractor()
-		if err != nil || x.Len() != len(se.Manifest.Reference.Features) {
-			return nil // a verified manifest has matching features
-		}
-		ref := &reference{p: se.Manifest.Reference, x: x}
-		ref.bufs.New = func() any { return &featureBuf{vals: make([]float64, x.Len())} }
-		return ref
 	}
 	return nil
+}
+
+// stored lists where the store keeps manifests: none without a store.
+func (r *references) stored() []func(string) (store.Entry, error) {
+	if r.st == nil {
+		return nil
+	}
+	return []func(string) (store.Entry, error){r.st.Current, r.st.Previous}
+}
+
+// newReference is m's reference for instance e, nil when it has none.
+func newReference(m *manifest.Manifest, e catalog.Entry) *reference {
+	if m.Reference == nil || !sameOrder(m.Inputs, e.Inputs) || !sameOrder(m.Outputs, e.Outputs) {
+		return nil // the features follow the manifest's tensor order
+	}
+	x, err := m.Extractor()
+	if err != nil || x.Len() != len(m.Reference.Features) {
+		return nil // a verified manifest has matching features
+	}
+	ref := &reference{p: m.Reference, x: x}
+	ref.bufs.New = func() any { return &featureBuf{vals: make([]float64, x.Len())} }
+	return ref
 }
 
 // sameOrder reports whether the runtime serves the manifest's tensors in

@@ -47,6 +47,7 @@ func (a *Agent) status() *protocol.Status {
 		Device:       a.cfg.Fleet.Device,
 		AgentVersion: version.Version,
 		Labels:       a.cfg.Fleet.Labels,
+		Features:     []string{protocol.FeatureTrial},
 		Time:         time.Now().UTC(),
 		Health: protocol.HealthSummary{
 			Status:        protocol.HealthOK,

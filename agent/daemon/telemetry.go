@@ -3,6 +3,7 @@ package daemon
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/config"
 	"github.com/outpost-edge/outpost/agent/fleetlink"
+	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/protocol"
@@ -136,6 +138,43 @@ func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 		t.q.Record(protocol.Record{Kind: protocol.KindSample, Model: ref, Sample: s})
 	}
 	observeFeatures(t.q, t.refs, in.Model, o, in.Inputs, in.Outputs)
+}
+
+// shadowTelemetry turns the copies sent to a candidate in shadow into its
+// shadow aggregate (docs/PROTOCOL.md, Trials): the candidate's answers
+// (latency, errors, inputs and features) with the serving version's latency
+// on the same requests and the outputs' agreement.
+type shadowTelemetry struct {
+	q    *telemetry.Queue
+	refs *references
+}
+
+func (t shadowTelemetry) ObserveShadow(r *serving.ShadowResult) {
+	if r.Candidate.Name == "" {
+		return
+	}
+	sh := &telemetry.ShadowObservation{Baseline: strconv.FormatInt(r.Baseline.Version, 10), Dropped: r.Dropped}
+	o := telemetry.Observation{Model: modelRef(r.Candidate), Shadow: sh}
+	if r.Dropped {
+		t.q.Observe(o)
+		return
+	}
+	o.Latency, sh.BaselineLatency = r.CandidateInvoke, r.BaselineInvoke
+	if r.Err != nil {
+		o.ErrCode = "internal"
+		if errors.Is(r.Err, catalog.ErrBadInput) {
+			o.ErrCode = "bad_input"
+		}
+	}
+	sh.Outputs = make([]telemetry.OutputComparison, len(r.Agreement))
+	for i, a := range r.Agreement {
+		sh.Outputs[i] = telemetry.OutputComparison{Name: a.Name, Compared: a.Compared, MaxAbsDiff: a.MaxAbsDiff, MeanAbsDiff: a.MeanAbsDiff,
+			Top1Rows: uint64(a.Top1Rows), Top1Agree: uint64(a.Top1Agree)}
+	}
+	if r.Inputs != nil && t.q.ShouldSample() {
+		o.Inputs = summarize(r.Inputs)
+	}
+	observeFeatures(t.q, t.refs, r.Candidate, o, r.Inputs, r.Outputs)
 }
 
 // observeFeatures hands o to the queue, with the request's features when

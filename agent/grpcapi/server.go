@@ -35,6 +35,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/catalog"
 	pb "github.com/outpost-edge/outpost/agent/grpcapi/inferencepb"
+	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/tensor"
 )
 
@@ -281,6 +282,11 @@ func (s *Server) ModelInfer(ctx context.Context, req *pb.ModelInferRequest) (*pb
 	version, err := parseVersion(req.GetModelVersion())
 	if err != nil {
 		return nil, err
+	}
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get(routing.MetadataKey); len(v) > 0 {
+			ctx = routing.WithKey(ctx, v[0])
+		}
 	}
 	call := s.opts.API.StartCall("grpc", req.GetModelName(), version)
 	resp, err := infer(ctx, call, req)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -23,10 +24,12 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"github.com/outpost-edge/outpost/agent/api"
 	pb "github.com/outpost-edge/outpost/agent/grpcapi/inferencepb"
+	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/serving"
 )
@@ -34,6 +37,7 @@ import (
 // stack is a real registry with the face model, the HTTP API and the gRPC
 // server over it, each running until the test ends (or stop is called).
 type stack struct {
+	reg    *serving.Registry
 	http   string
 	grpc   *Server
 	client pb.GRPCInferenceServiceClient
@@ -74,7 +78,7 @@ func startStack(t testing.TB, rt runtime.Options) *stack {
 		assert.NoError(t, <-apiDone)
 		reg.Close()
 	})
-	return &stack{http: "http://" + a.Addr().String(), grpc: g, client: pb.NewGRPCInferenceServiceClient(conn), stop: stop}
+	return &stack{reg: reg, http: "http://" + a.Addr().String(), grpc: g, client: pb.NewGRPCInferenceServiceClient(conn), stop: stop}
 }
 
 func faceRequest(seed float64) *pb.ModelInferRequest {
@@ -179,4 +183,42 @@ func median(v []time.Duration) time.Duration {
 	s := slices.Clone(v)
 	slices.Sort(s)
 	return s[len(s)/2]
+}
+
+// TestCanaryRoutingMetadata: the outpost-routing-key metadata places a gRPC
+// call in a canary's arm as the HTTP header does: the same key, the same
+// version, every time and over both transports.
+func TestCanaryRoutingMetadata(t *testing.T) {
+	s := startStack(t, runtime.Options{Workers: 1})
+	dir := os.Getenv("OUTPOST_MODELS")
+	if dir == "" {
+		dir = filepath.Join("..", "..", ".deps", "models")
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "face_detection_short_range.tflite"))
+	require.NoError(t, err)
+	_, err = s.reg.StartTrial(context.Background(), "face", 2, data, serving.Trial{Mode: serving.Canary, Percent: 50})
+	require.NoError(t, err)
+	req := faceRequest(0)
+	versions := map[string]int{}
+	for k := range 16 {
+		key := fmt.Sprintf("camera-%d", k)
+		ctx := metadata.AppendToOutgoingContext(context.Background(), "outpost-routing-key", key)
+		var first string
+		for i := range 3 {
+			resp, err := s.client.ModelInfer(ctx, req)
+			require.NoError(t, err)
+			if i == 0 {
+				first = resp.GetModelVersion()
+			}
+			require.Equal(t, first, resp.GetModelVersion(), "key %s moved", key)
+		}
+		versions[first]++
+		want := "1"
+		if routing.Point(key, "face") < 50 {
+			want = "2"
+		}
+		assert.Equal(t, want, first, "key %s: gRPC's arm is not the key's point", key)
+	}
+	assert.Positive(t, versions["1"])
+	assert.Positive(t, versions["2"])
 }

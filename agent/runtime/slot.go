@@ -76,3 +76,17 @@ func (s *Slot[T]) Close() error {
 	}
 	return nil
 }
+
+// Release empties the slot without closing its model and returns it, so the
+// caller can serve it elsewhere (a candidate promoted to serving). Calls in
+// flight finish on it; calls after Release find the slot empty (ErrEmpty).
+func (s *Slot[T]) Release() (*Model, T, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e := s.cur.Swap(nil)
+	if e == nil {
+		var zero T
+		return nil, zero, false
+	}
+	return e.m, e.tag, true
+}

@@ -13,8 +13,11 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strconv"
 	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/runtime"
@@ -24,7 +27,22 @@ import (
 // runtime's defaults and logs nothing.
 type Options struct {
 	Runtime runtime.Options
-	Logger  *slog.Logger
+	// CandidateWorkers is the size of a candidate's own interpreter pool
+	// (default: Runtime.Workers, as the serving version's). A promoted
+	// candidate serves with that pool as it is, and a canary's share must
+	// not queue for fewer interpreters than the serving version has, or
+	// its latency would be judged on the pool rather than the model; a
+	// shadow uses only ShadowWorkers of them at once.
+	CandidateWorkers int
+	// ShadowQueue bounds the copies waiting for a candidate in shadow
+	// (default 64); a full queue drops the copy. ShadowWorkers drain it
+	// (default 1, so copies take at most one core from the serving
+	// version).
+	ShadowQueue, ShadowWorkers int
+	// ShadowObserver, if set, hears of every copy sent to a candidate in
+	// shadow.
+	ShadowObserver ShadowObserver
+	Logger         *slog.Logger
 }
 
 // Registry is the set of served models. It is safe for concurrent use.
@@ -32,10 +50,13 @@ type Registry struct {
 	opts Options
 	log  *slog.Logger
 
-	mu    sync.RWMutex // guards slots (the map, not the slots' contents)
-	slots map[string]*runtime.Slot[catalog.Entry]
+	mu     sync.RWMutex // guards slots and trials (the maps, not their contents)
+	slots  map[string]*runtime.Slot[catalog.Entry]
+	trials map[string]*trial // candidates on trial beside slots (trial.go)
 
-	loadMu sync.Mutex // serializes loads, so two versions never race to swap
+	loadMu sync.Mutex // serializes loads and trials, so two versions never race to swap
+
+	shadowCopies *prometheus.CounterVec
 }
 
 // New returns an empty registry.
@@ -44,7 +65,17 @@ func New(opts Options) *Registry {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Registry{opts: opts, log: log, slots: map[string]*runtime.Slot[catalog.Entry]{}}
+	if opts.ShadowQueue <= 0 {
+		opts.ShadowQueue = 64
+	}
+	if opts.ShadowWorkers <= 0 {
+		opts.ShadowWorkers = 1
+	}
+	return &Registry{opts: opts, log: log, slots: map[string]*runtime.Slot[catalog.Entry]{}, trials: map[string]*trial{},
+		shadowCopies: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_shadow_copies_total",
+			Help: "Copies of live requests for a candidate in shadow, by model, candidate version and result: compared (both answered), failed (the candidate did not answer) or dropped (its queue was full).",
+		}, []string{"model", "version", "result"})}
 }
 
 // Digest is the catalog digest of model bytes.
@@ -64,7 +95,9 @@ func (r *Registry) LoadFile(ctx context.Context, name string, version int64, pat
 
 // Load builds the model, warms every interpreter with one run, and swaps it
 // in as name. When the same version with the same digest is already serving
-// it does nothing. source says where the model came from (for status pages).
+// it does nothing; when it is name's candidate on trial, that candidate is
+// swapped in as it is (promoted), without a second load. source says where
+// the model came from (for status pages).
 func (r *Registry) Load(ctx context.Context, name string, version int64, data []byte, source string) (catalog.Entry, error) {
 	if version <= 0 {
 		return catalog.Entry{}, fmt.Errorf("serving: %s: version %d is not a positive integer", name, version)
@@ -75,6 +108,9 @@ func (r *Registry) Load(ctx context.Context, name string, version int64, data []
 	slot := r.slot(name, true)
 	if _, cur, ok := slot.Current(); ok && cur.Version == version && cur.Digest == digest {
 		return cur, nil
+	}
+	if e, ok := r.promote(name, version, digest); ok {
+		return e, nil
 	}
 	start := time.Now()
 	m, err := runtime.Load(data, r.opts.Runtime)
@@ -87,16 +123,7 @@ func (r *Registry) Load(ctx context.Context, name string, version int64, data []
 		r.dropIfEmpty(name)
 		return catalog.Entry{}, fmt.Errorf("serving: %s v%d: warm-up: %w", name, version, err)
 	}
-	rep := m.Delegate()
-	e := catalog.Entry{
-		Name: name, Version: version, Digest: digest,
-		Inputs: m.Inputs(), Outputs: m.Outputs(), Runtime: m.RuntimeName(),
-		Delegate: rep.Delegate, DelegatedNodes: rep.DelegatedNodes, TotalNodes: rep.TotalNodes,
-		Workers: m.Workers(), Source: source, LoadedAt: time.Now(),
-	}
-	for _, f := range rep.Fallbacks {
-		r.log.Warn("delegate skipped", "model", name, "version", version, "delegate", f.Delegate, "reason", f.Reason)
-	}
+	e := r.entry(name, version, digest, m, source)
 	old, replaced := slot.Swap(m, e)
 	if replaced {
 		r.log.Info("model swapped", "model", name, "from", old.Version, "to", version, "digest", digest, "delegate", e.Delegate, "took", time.Since(start))
@@ -104,6 +131,21 @@ func (r *Registry) Load(ctx context.Context, name string, version int64, data []
 		r.log.Info("model loaded", "model", name, "version", version, "digest", digest, "delegate", e.Delegate, "took", time.Since(start))
 	}
 	return e, nil
+}
+
+// entry describes model m loaded as name at version, and logs the
+// delegates it could not use.
+func (r *Registry) entry(name string, version int64, digest string, m *runtime.Model, source string) catalog.Entry {
+	rep := m.Delegate()
+	for _, f := range rep.Fallbacks {
+		r.log.Warn("delegate skipped", "model", name, "version", version, "delegate", f.Delegate, "reason", f.Reason)
+	}
+	return catalog.Entry{
+		Name: name, Version: version, Digest: digest,
+		Inputs: m.Inputs(), Outputs: m.Outputs(), Runtime: m.RuntimeName(),
+		Delegate: rep.Delegate, DelegatedNodes: rep.DelegatedNodes, TotalNodes: rep.TotalNodes,
+		Workers: m.Workers(), Source: source, LoadedAt: time.Now(),
+	}
 }
 
 // warm runs each worker once on the model's warm-up inputs (zeros, or what
@@ -145,10 +187,12 @@ func (r *Registry) dropIfEmpty(name string) {
 	}
 }
 
-// Unload stops serving name once its calls in flight finish.
+// Unload stops serving name (and its candidate, if any) once its calls in
+// flight finish.
 func (r *Registry) Unload(name string) error {
 	r.loadMu.Lock()
 	defer r.loadMu.Unlock()
+	r.endTrial(name)
 	r.mu.Lock()
 	s := r.slots[name]
 	delete(r.slots, name)
@@ -184,6 +228,11 @@ func (r *Registry) Lookup(name string, version int64) (catalog.Entry, error) {
 	if !ok {
 		return catalog.Entry{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
 	}
+	if t := r.trialOf(name); t != nil && version != 0 && version != e.Version && t.cfg.Load().Mode == Canary {
+		if _, c, ok := t.slot.Current(); ok && c.Version == version {
+			return c, nil // a canary answers requests for its version
+		}
+	}
 	if version != 0 && version != e.Version {
 		return catalog.Entry{}, fmt.Errorf("model %q version %d (serving %d): %w", name, version, e.Version, catalog.ErrVersionNotFound)
 	}
@@ -195,6 +244,11 @@ func (r *Registry) Lookup(name string, version int64) (catalog.Entry, error) {
 // one) and returns its inputs in signature order, each exactly the tensor's
 // size; emit receives each output, valid only during the call. prepare may
 // run more than once.
+//
+// With a candidate in canary, the candidate answers the requests its share
+// takes (by ctx's routing key, routing.WithKey, else at random) and those
+// that ask for its version; with one in shadow, a share of the requests the
+// serving version answered are copied to it once they are answered.
 func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
 ) (catalog.Entry, catalog.Timing, error) {
@@ -204,7 +258,18 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	}
 	var used catalog.Entry
 	var tm runtime.Timing
-	err := s.Do(func(m *runtime.Model, e catalog.Entry) error {
+	var err error
+	var tap *shadowTap
+	if t := r.trialOf(name); t != nil {
+		var served bool
+		if used, tm, err, served = r.canary(ctx, t, name, version, prepare, emit); served {
+			return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)
+		}
+		if tap = r.tap(t); tap != nil {
+			prepare, emit = tap.prepare(prepare), tap.emit(emit)
+		}
+	}
+	err = s.Do(func(m *runtime.Model, e catalog.Entry) error {
 		used = e
 		if version != 0 && version != e.Version {
 			return fmt.Errorf("model %q version %d (serving %d): %w", name, version, e.Version, catalog.ErrVersionNotFound)
@@ -216,6 +281,18 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 		tm, err = m.InvokeFunc(ctx, in, emit, len(e.Outputs))
 		return err
 	})
+	if tap != nil {
+		if err == nil {
+			r.send(tap, tm.Invoke)
+		} else {
+			tap.t.free.Put(tap.c)
+		}
+	}
+	return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)
+}
+
+// mapErr wraps the runtime's errors in the catalog's sentinels.
+func mapErr(name string, err error) error {
 	switch {
 	case errors.Is(err, runtime.ErrEmpty):
 		err = fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
@@ -224,7 +301,7 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	case errors.Is(err, runtime.ErrInput):
 		err = fmt.Errorf("model %q: %w: %w", name, catalog.ErrBadInput, err)
 	}
-	return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, err
+	return err
 }
 
 // Waiting is the number of calls queued for an interpreter of name.
@@ -237,8 +314,19 @@ func (r *Registry) Waiting(name string) int {
 	return 0
 }
 
-// Close unloads every model.
+// Close unloads every model and candidate.
 func (r *Registry) Close() error {
+	r.loadMu.Lock()
+	defer r.loadMu.Unlock()
+	r.mu.Lock()
+	names := make([]string, 0, len(r.trials))
+	for n := range r.trials {
+		names = append(names, n)
+	}
+	r.mu.Unlock()
+	for _, n := range names {
+		r.endTrial(n)
+	}
 	r.mu.Lock()
 	slots := r.slots
 	r.slots = map[string]*runtime.Slot[catalog.Entry]{}
@@ -248,4 +336,32 @@ func (r *Registry) Close() error {
 		errs = append(errs, s.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// Collector reports the shadow copies (outpost_shadow_copies_total) and the
+// candidates on trial (outpost_trial_percent).
+func (r *Registry) Collector() prometheus.Collector { return collector{r} }
+
+type collector struct{ r *Registry }
+
+var trialDesc = prometheus.NewDesc("outpost_trial_percent",
+	"Candidates on trial beside a model's serving version: the share of requests they answer (canary) or get copies of (shadow).",
+	[]string{"model", "version", "mode"}, nil)
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	c.r.shadowCopies.Describe(ch)
+	ch <- trialDesc
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	c.r.shadowCopies.Collect(ch)
+	for _, t := range c.r.Trials() {
+		ch <- prometheus.MustNewConstMetric(trialDesc, prometheus.GaugeValue, t.Trial.Percent, t.Entry.Name, versionLabel(t.Entry.Version), string(t.Trial.Mode))
+	}
+}
+
+func versionLabel(v int64) string { return strconv.FormatInt(v, 10) }
+
+func sortTrials(ts []TrialStatus) {
+	sort.Slice(ts, func(i, j int) bool { return ts[i].Entry.Name < ts[j].Entry.Name })
 }

@@ -37,6 +37,39 @@ type Observation struct {
 	// past the call.
 	Reference *profile.Profile
 	Features  []float64
+	// Shadow, when set, makes the observation a candidate's answer to a
+	// copy of a live request (docs/PROTOCOL.md, Trials): it goes to the
+	// candidate's shadow aggregate, apart from any traffic it served,
+	// with Latency the candidate's and Shadow the comparison.
+	Shadow *ShadowObservation
+}
+
+// ShadowObservation is what a copy of a live request sent to a candidate in
+// shadow adds to the candidate's shadow aggregate.
+type ShadowObservation struct {
+	// Baseline is the serving version the copy came from.
+	Baseline string
+	// Dropped: no copy was made (the shadow's queue was full); only
+	// counted, never a request.
+	Dropped bool
+	// BaselineLatency is the serving version's latency on the request,
+	// paired with the observation's Latency; counted only when the
+	// candidate answered (ErrCode empty).
+	BaselineLatency time.Duration
+	// Outputs compares each output of the candidate's answer with the
+	// serving version's.
+	Outputs []OutputComparison
+}
+
+// OutputComparison is one output of one shadow copy.
+type OutputComparison struct {
+	Name string
+	// Compared: both answers had the output with as many elements.
+	Compared                bool
+	MaxAbsDiff, MeanAbsDiff float64
+	// Top1Rows and Top1Agree: score rows compared and those whose
+	// highest-scoring index agreed.
+	Top1Rows, Top1Agree uint64
 }
 
 // InputSummary accumulates the values of one input tensor. The zero value with
@@ -103,7 +136,14 @@ type aggregator struct {
 	// mu guards start and byModel.
 	mu      sync.Mutex
 	start   time.Time
-	byModel map[protocol.ModelRef]*modelAgg
+	byModel map[aggKey]*modelAgg
+}
+
+// aggKey tells a model version's served traffic from its answers to shadow
+// copies: two aggregates.
+type aggKey struct {
+	ref    protocol.ModelRef
+	shadow bool
 }
 
 type modelAgg struct {
@@ -117,10 +157,12 @@ type modelAgg struct {
 	// first one observed in the interval; a model version has one).
 	ref      *profile.Profile
 	features []protocol.FeatureCounts
+	// shadow is the Shadow section of a candidate's shadow aggregate.
+	shadow *protocol.Shadow
 }
 
 func newAggregator(bounds []uint64, now time.Time) *aggregator {
-	return &aggregator{bounds: bounds, start: now, byModel: map[protocol.ModelRef]*modelAgg{}}
+	return &aggregator{bounds: bounds, start: now, byModel: map[aggKey]*modelAgg{}}
 }
 
 func (a *aggregator) observe(o *Observation) {
@@ -128,14 +170,20 @@ func (a *aggregator) observe(o *Observation) {
 	bucket := sort.Search(len(a.bounds), func(i int) bool { return us <= a.bounds[i] })
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	m := a.byModel[o.Model]
+	key := aggKey{ref: o.Model, shadow: o.Shadow != nil}
+	m := a.byModel[key]
 	if m == nil {
 		m = &modelAgg{counts: make([]uint64, len(a.bounds)+1)}
-		a.byModel[o.Model] = m
+		a.byModel[key] = m
 	}
 	if o.StreamDropped > 0 {
 		m.streamDropped += o.StreamDropped
 		return
+	}
+	if sh := o.Shadow; sh != nil {
+		if m.addShadow(a.bounds, sh, o.ErrCode == "") {
+			return // a dropped copy is no request
+		}
 	}
 	m.requests++
 	m.counts[bucket]++
@@ -170,6 +218,48 @@ func (a *aggregator) observe(o *Observation) {
 	}
 }
 
+// addShadow accounts one shadow copy in m's Shadow section; it reports
+// whether the copy was dropped (nothing else to count).
+func (m *modelAgg) addShadow(bounds []uint64, o *ShadowObservation, answered bool) (dropped bool) {
+	sh := m.shadow
+	if sh == nil {
+		sh = &protocol.Shadow{Baseline: o.Baseline,
+			BaselineLatency: protocol.Histogram{BoundsMicros: bounds, Counts: make([]uint64, len(bounds)+1)}}
+		m.shadow = sh
+	}
+	if o.Dropped {
+		sh.Dropped++
+		return true
+	}
+	if !answered {
+		return false
+	}
+	us := uint64(max(0, o.BaselineLatency.Microseconds()))
+	sh.BaselineLatency.Counts[sort.Search(len(bounds), func(i int) bool { return us <= bounds[i] })]++
+	sh.BaselineLatency.SumMicros += us
+	for _, c := range o.Outputs {
+		j := 0
+		for j < len(sh.Outputs) && sh.Outputs[j].Name != c.Name {
+			j++
+		}
+		if j == len(sh.Outputs) {
+			if len(sh.Outputs) >= 64 {
+				continue
+			}
+			sh.Outputs = append(sh.Outputs, protocol.OutputAgreement{Name: c.Name})
+		}
+		oa := &sh.Outputs[j]
+		if c.Compared {
+			oa.Compared++
+			oa.MaxAbsDiff = max(oa.MaxAbsDiff, c.MaxAbsDiff)
+			oa.SumMeanAbsDiff += c.MeanAbsDiff
+		}
+		oa.Top1Compared += c.Top1Rows
+		oa.Top1Agree += c.Top1Agree
+	}
+	return false
+}
+
 // addFeatures bins one request's features. The histograms are made on the
 // interval's first request with features; a request with another
 // reference (not expected: a digest has one manifest) is not counted.
@@ -201,10 +291,11 @@ func (m *modelAgg) addFeatures(ref *profile.Profile, vs []float64) {
 func (a *aggregator) flush(now time.Time) []protocol.Record {
 	a.mu.Lock()
 	start, byModel := a.start, a.byModel
-	a.start, a.byModel = now, map[protocol.ModelRef]*modelAgg{}
+	a.start, a.byModel = now, map[aggKey]*modelAgg{}
 	a.mu.Unlock()
 	recs := make([]protocol.Record, 0, len(byModel))
-	for ref, m := range byModel {
+	for key, m := range byModel {
+		ref := key.ref
 		agg := &protocol.Aggregate{
 			Start: start, End: now, Requests: m.requests, Errors: m.errors, StreamDropped: m.streamDropped,
 			Latency: protocol.Histogram{BoundsMicros: a.bounds, Counts: m.counts, SumMicros: m.sumMicros},
@@ -217,10 +308,15 @@ func (a *aggregator) flush(now time.Time) []protocol.Record {
 			agg.Inputs = append(agg.Inputs, m.inputs[i].stats())
 		}
 		agg.Features = m.features
+		agg.Shadow = m.shadow
 		recs = append(recs, protocol.Record{Kind: protocol.KindAggregate, Time: now, Model: ref, Aggregate: agg})
 	}
 	sort.Slice(recs, func(i, j int) bool {
-		return recs[i].Model.Name+recs[i].Model.Version < recs[j].Model.Name+recs[j].Model.Version
+		a, b := recs[i].Model.Name+recs[i].Model.Version, recs[j].Model.Name+recs[j].Model.Version
+		if a != b {
+			return a < b
+		}
+		return recs[i].Aggregate.Shadow == nil && recs[j].Aggregate.Shadow != nil // served traffic first
 	})
 	return recs
 }

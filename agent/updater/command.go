@@ -118,12 +118,23 @@ func (u *Updater) submit(q queued) error {
 		switch {
 		case c.Install != nil:
 			rec.Model, rec.Version, rec.SHA256 = c.Install.Model, c.Install.Version, c.Install.Artifact.SHA256
-			if running && j.RolloutID == c.RolloutID && j.Model == c.Install.Model && j.Version == c.Install.Version {
-				// A retransmission: carry on, answering to the new id.
+			sameUpdate := running && j.RolloutID == c.RolloutID && j.Model == c.Install.Model && j.Version == c.Install.Version
+			if sameUpdate && (j.State == Shadow || j.State == Canary) {
+				// Changes the trial or promotes the candidate: queued
+				// for the job, which takes it (stepTrial).
+				rec.Detail = "for the candidate on trial (command " + j.CommandID + ")"
+				break
+			}
+			if sameUpdate {
+				// A retransmission: carry on, answering to the new id
+				// (and, before the candidate is held, with its trial).
 				retrans = true
 				rec.Detail = "retransmission of command " + j.CommandID
 				j.CommandID = c.ID
-				u.retarget = c.ID
+				if !activated(j.State) {
+					j.Trial, j.Expires = c.Install.Trial, c.Expires
+				}
+				u.retarget = &retarget{id: c.ID, trial: j.Trial, expires: j.Expires}
 				if err := putJob(tx, j); err != nil {
 					return err
 				}
@@ -363,6 +374,7 @@ func (u *Updater) planInstall(j *Job, q queued) (State, string) {
 	if in.Probation != nil {
 		j.Policy = *in.Probation
 	}
+	j.Trial, j.Expires = in.Trial, q.Cmd.Expires
 	anchor, err := u.anchor()
 	if err != nil {
 		return Failed, err.Error()
@@ -390,6 +402,11 @@ func (u *Updater) planInstall(j *Job, q queued) (State, string) {
 		return Failed, fmt.Sprintf("%v: v%d is installed, the release offers v%d without a signed rollback instruction", store.ErrRollback, cur.Manifest.Version, m.Version)
 	case err != nil && !errors.Is(err, store.ErrNotFound):
 		return Failed, err.Error()
+	}
+	if in.Trial != nil && (u.opts.Trials == nil || !u.opts.Trials.Serving(m.Name)) {
+		// Nothing to compare the candidate with (docs/PROTOCOL.md,
+		// Trials): the controller installs it plainly at promotion.
+		return Failed, trialNeedsServing
 	}
 	return Downloading, fmt.Sprintf("%d bytes in %d chunks, release serial %d", m.Length, in.Artifact.Chunks, rel.Serial)
 }

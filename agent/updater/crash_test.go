@@ -12,10 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/outpost-edge/outpost/agent/serving"
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/internal/crashpoint"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
+	"github.com/outpost-edge/outpost/protocol"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -29,6 +32,9 @@ func TestCrashHelper(t *testing.T) {
 	}
 	f := &testFleet{rootPath: filepath.Join(dir, "root.json")}
 	src := newMemSource(testmodel.Read(t, testmodel.FaceShort), testmodel.Read(t, testmodel.FaceFull))
+	if trials, _ := filepath.Glob(filepath.Join(dir, "trial-*.json")); len(trials) > 0 {
+		src.add(testmodel.Read(t, testmodel.HandFull)) // TestCrashTrial's candidate
+	}
 	d := newDevice(t, dir, f, src, nil)
 	d.start(t)
 	cmds, _ := filepath.Glob(filepath.Join(dir, "cmd-*.json"))
@@ -37,6 +43,18 @@ func TestCrashHelper(t *testing.T) {
 		require.NoError(t, err)
 		require.NoError(t, d.u.HandleCommand(b))
 		id := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(c), "cmd-"), ".json")
+		d.waitJob(t, id)
+	}
+	// Trial commands are sent together (a later one changes the trial of
+	// an earlier one), then the helper waits to be killed.
+	trials, _ := filepath.Glob(filepath.Join(dir, "trial-*.json"))
+	for _, c := range trials {
+		b, err := os.ReadFile(c)
+		require.NoError(t, err)
+		require.NoError(t, d.u.HandleCommand(b))
+	}
+	if len(trials) > 0 {
+		id := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(trials[len(trials)-1]), "trial-"), ".json")
 		d.waitJob(t, id)
 	}
 	time.Sleep(time.Second) // a crash point not reached is a failure of the parent
@@ -162,6 +180,76 @@ func TestCrash(t *testing.T) {
 			require.Positive(t, n)
 			d.stop(t)
 			requireNoLeftovers(t, d)
+		})
+	}
+}
+
+// TestCrashTrial kills a device with SIGKILL right after it entered shadow
+// (and canary, changed by a second install before the first was held): the
+// restarted device holds the candidate again in the same trial from the
+// staged file, the serving version untouched, and a promotion then commits
+// it.
+func TestCrashTrial(t *testing.T) {
+	if !crashpoint.Enabled {
+		t.Skip("crash points need -tags outposttest (make test passes it)")
+	}
+	f := newTestFleet(t)
+	m1, _ := describe(t, "hand", 1, testmodel.Hand, false)
+	m2, _ := describe(t, "hand", 2, testmodel.HandFull, false)
+	tmpl := t.TempDir()
+	d := newDevice(t, tmpl, f, newMemSource(testmodel.Read(t, testmodel.Hand)), nil)
+	d.start(t)
+	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
+	require.Equal(t, Committed, d.waitJob(t, "c1").State)
+	d.stop(t)
+	rootJSON, err := os.ReadFile(f.rootPath)
+	require.NoError(t, err)
+	rel := f.release(t, m2, time.Hour)
+	for _, tc := range []struct {
+		point string
+		state State
+		cmds  []*protocol.Trial
+	}{
+		{"updater-shadow", Shadow, []*protocol.Trial{{Mode: protocol.TrialShadow, Percent: 10}}},
+		{"updater-canary", Canary, []*protocol.Trial{{Mode: protocol.TrialShadow, Percent: 10}, {Mode: protocol.TrialCanary, Percent: 30}}},
+	} {
+		t.Run(tc.point, func(t *testing.T) {
+			dir := t.TempDir()
+			require.NoError(t, os.CopyFS(dir, os.DirFS(tmpl)))
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "root.json"), rootJSON, 0o644))
+			for i, tr := range tc.cmds {
+				id := "t" + strconv.Itoa(i)
+				require.NoError(t, os.WriteFile(filepath.Join(dir, "trial-"+id+".json"), f.trialInstall(t, id, "r2", m2, rel, tr, 0), 0o644))
+			}
+			cmd := exec.Command(os.Args[0], "-test.run=^TestCrashHelper$")
+			cmd.Env = append(os.Environ(), "OUTPOST_UPDATER_HELPER_DIR="+dir, "OUTPOST_CRASHPOINT="+tc.point, "OUTPOST_MODELS="+testmodel.Dir(t))
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			require.ErrorAs(t, err, &ee, "helper exited: %s", out)
+			ws, ok := ee.Sys().(syscall.WaitStatus)
+			require.True(t, ok && ws.Signaled() && ws.Signal() == syscall.SIGKILL, "helper was not killed: %v\n%s", err, out)
+
+			d := newDevice(t, dir, f, newMemSource(), nil)
+			j, err := d.u.Job()
+			require.NoError(t, err)
+			require.Equal(t, tc.state, j.State)
+			d.start(t)
+			deadline := time.Now().Add(30 * time.Second)
+			c, held := d.candidate()
+			for !held && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+				c, held = d.candidate()
+			}
+			require.True(t, held, "the restarted device holds no candidate")
+			last := tc.cmds[len(tc.cmds)-1]
+			assert.Equal(t, serving.Trial{Mode: serving.TrialMode(last.Mode), Percent: last.Percent}, c.Trial)
+			assert.EqualValues(t, 1, d.serving(t, "hand"))
+
+			require.NoError(t, d.u.HandleCommand(f.trialInstall(t, "p", "r2", m2, rel, nil, 0)))
+			require.Equal(t, Committed, d.waitJob(t, "p").State)
+			assert.EqualValues(t, 2, d.serving(t, "hand"))
+			_, held = d.candidate()
+			assert.False(t, held)
 		})
 	}
 }

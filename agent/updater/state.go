@@ -23,6 +23,8 @@ const (
 	Verifying   = protocol.UpdateVerifying   // checking the signed release against the bytes
 	Staged      = protocol.UpdateStaged      // verified, waiting to be validated
 	Validating  = protocol.UpdateValidating  // loaded beside the live model, golden vectors running
+	Shadow      = protocol.UpdateShadow      // held beside the serving version, copies of live requests
+	Canary      = protocol.UpdateCanary      // held beside the serving version, answering a share
 	Activating  = protocol.UpdateActivating  // installing into the store and swapping it in
 	Probation   = protocol.UpdateProbation   // live, traffic watched
 	Committed   = protocol.UpdateCommitted   // kept (terminal)
@@ -32,7 +34,7 @@ const (
 )
 
 // States lists every state, for metrics.
-var States = []State{Idle, Downloading, Verifying, Staged, Validating, Activating, Probation, Committed, RollingBack, RolledBack, Failed}
+var States = []State{Idle, Downloading, Verifying, Staged, Validating, Shadow, Canary, Activating, Probation, Committed, RollingBack, RolledBack, Failed}
 
 // over reports whether a job in s is over (or there never was one).
 func over(s State) bool { return s == Idle || s.Terminal() }
@@ -43,7 +45,11 @@ var next = map[State][]State{
 	Downloading: {Verifying, Failed},
 	Verifying:   {Staged, Failed},
 	Staged:      {Validating, Failed},
-	Validating:  {Activating, Failed},
+	Validating:  {Activating, Shadow, Canary, Failed},
+	// A trial changes mode (or takes a new command id) in place, is
+	// promoted, or ends before anything was activated.
+	Shadow:      {Shadow, Canary, Activating, Failed},
+	Canary:      {Shadow, Canary, Activating, Failed},
 	Activating:  {Probation, RollingBack, Failed},
 	Probation:   {Committed, RollingBack},
 	RollingBack: {RolledBack, Failed},
@@ -106,6 +112,12 @@ type Job struct {
 	// Policy is the install command's probation override (zero fields:
 	// the device's setting).
 	Policy protocol.Probation `json:"probation_policy,omitzero"`
+	// Trial is the install command's trial: after validation the version
+	// is held beside the serving one (states shadow and canary) instead of
+	// activated. Nil once promoted. Expires is the command's expiry: a
+	// candidate still on trial then is discarded ("trial expired").
+	Trial   *protocol.Trial `json:"trial,omitempty"`
+	Expires time.Time       `json:"expires,omitzero"`
 	// Seen is the new version's traffic during probation, as last saved:
 	// the traffic counters live in the process, so what earlier processes
 	// counted is carried here (saved about every second while it changes,
@@ -268,13 +280,25 @@ func (u *Updater) saveProgress(j *Job) error {
 	return u.db.Update(func(tx *bolt.Tx) error { return putJob(tx, j) })
 }
 
-// applyRetarget gives j the command id of a retransmitted install; u.mu is
-// held.
+// retarget is what a retransmitted install changes in the running job: the
+// command id it answers to, and (before it is held on trial) its trial and
+// expiry.
+type retarget struct {
+	id      string
+	trial   *protocol.Trial
+	expires time.Time
+}
+
+// applyRetarget gives j the command id (and trial) of a retransmitted
+// install; u.mu is held.
 func (u *Updater) applyRetarget(j *Job) {
-	if u.retarget != "" {
+	if r := u.retarget; r != nil {
 		if u.cur != nil && u.cur.Seq == j.Seq {
-			j.CommandID = u.retarget
+			j.CommandID = r.id
+			if !activated(j.State) {
+				j.Trial, j.Expires = r.trial, r.expires
+			}
 		}
-		u.retarget = ""
+		u.retarget = nil
 	}
 }

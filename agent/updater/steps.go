@@ -2,6 +2,7 @@ package updater
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/outpost-edge/outpost/internal/atomicfile"
 	"github.com/outpost-edge/outpost/models/bundle"
 	"github.com/outpost-edge/outpost/models/trust"
+	bolt "go.etcd.io/bbolt"
 )
 
 func (u *Updater) modelPath(j *Job) string { return filepath.Join(u.jobDir(j), bundle.ModelFile) }
@@ -99,7 +101,195 @@ func (u *Updater) stepValidate(ctx context.Context, j *Job) error {
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return err
 	}
+	if j.Trial != nil {
+		// Held beside the serving version before the ack says so.
+		if err := u.holdTrial(ctx, j, data); err != nil {
+			if errors.Is(err, errTrialFailed) {
+				return nil
+			}
+			return err
+		}
+		return u.transition(j, j.Trial.State(), trialDetail(*j.Trial)+"; "+detail)
+	}
 	return u.transition(j, Activating, detail)
+}
+
+// holdTrial loads j's candidate beside the serving version in j's trial;
+// a candidate that cannot be held fails the job.
+func (u *Updater) holdTrial(ctx context.Context, j *Job, data []byte) error {
+	var err error
+	switch {
+	case u.opts.Trials == nil:
+		err = errors.New("this agent holds no candidates")
+	case !u.opts.Trials.Serving(j.Model):
+		err = errors.New(trialNeedsServing)
+	default:
+		err = u.opts.Trials.StartTrial(ctx, j.Model, j.Version, data, *j.Trial)
+	}
+	if err == nil {
+		u.trialSeq = j.Seq
+		return nil
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	u.endTrial(j)
+	u.cleanup()
+	msg := err.Error()
+	if msg != trialNeedsServing {
+		msg = "trial: " + msg
+	}
+	if terr := u.transition(j, Failed, msg); terr != nil {
+		return terr
+	}
+	return errTrialFailed
+}
+
+// errTrialFailed: holdTrial failed the job (it is terminal now).
+var errTrialFailed = errors.New("updater: trial failed")
+
+// endTrial unloads j's candidate if it may be held in this process.
+func (u *Updater) endTrial(j *Job) {
+	if u.opts.Trials != nil && (u.trialSeq == j.Seq || j.State == Shadow || j.State == Canary) {
+		u.opts.Trials.EndTrial(j.Model)
+	}
+	u.trialSeq = 0
+}
+
+// stepTrial holds j's candidate until a command changes the trial or
+// promotes it (an install of the same rollout, model and version, queued
+// by submit), the command's expiry passes, or the fleet stops the job (an
+// abort, a rollback of the version, another install: runJob's abort). A
+// restarted agent loads the candidate again from the staged file.
+func (u *Updater) stepTrial(ctx context.Context, j *Job) error {
+	if j.Trial == nil {
+		return fmt.Errorf("%w: job in state %q without a trial", ErrCorrupt, j.State)
+	}
+	if u.trialSeq != j.Seq {
+		// After a restart the daemon may still be loading the serving
+		// version when the job resumes: give it a while before
+		// concluding there is none.
+		for wait := 0; u.opts.Trials != nil && !u.opts.Trials.Serving(j.Model) && wait < int(servingWait/servingPoll); wait++ {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(servingPoll):
+			}
+		}
+		if _, err := u.verified(j); err != nil {
+			u.endTrial(j)
+			u.cleanup()
+			return u.transition(j, Failed, "verify: "+err.Error())
+		}
+		data, err := os.ReadFile(u.modelPath(j))
+		if err != nil {
+			return fmt.Errorf("updater: trial: %w", err)
+		}
+		if err := u.holdTrial(ctx, j, data); err != nil {
+			if errors.Is(err, errTrialFailed) {
+				return nil
+			}
+			return err
+		}
+	}
+	for {
+		key, q, err := u.trialCommand(j)
+		if err != nil {
+			return err
+		}
+		if key != nil {
+			return u.applyTrialCommand(ctx, j, key, q)
+		}
+		left := j.Expires.Sub(u.now())
+		if !j.Expires.IsZero() && left <= 0 {
+			u.endTrial(j)
+			u.cleanup()
+			return u.transition(j, Failed, trialExpired)
+		}
+		expiry := time.NewTimer(max(left, time.Millisecond))
+		if j.Expires.IsZero() {
+			expiry.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			expiry.Stop()
+			return ctx.Err()
+		case <-u.wake: // a command was queued
+		case <-expiry.C:
+		}
+		expiry.Stop()
+	}
+}
+
+// servingWait bounds how long a resumed trial waits for the serving version
+// to be loaded, polling every servingPoll.
+const (
+	servingWait = 30 * time.Second
+	servingPoll = 50 * time.Millisecond
+)
+
+// trialCommand finds the oldest queued install of j's rollout, model and
+// version (nil key: none).
+func (u *Updater) trialCommand(j *Job) (key []byte, q queued, err error) {
+	err = u.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketPending).Cursor()
+		for k, v := c.First(); k != nil; k, v = c.Next() {
+			var p queued
+			if json.Unmarshal(v, &p) != nil {
+				continue
+			}
+			if in := p.Cmd.Install; in != nil && p.Cmd.RolloutID == j.RolloutID && in.Model == j.Model && in.Version == j.Version {
+				key, q = append([]byte(nil), k...), p
+				return nil
+			}
+		}
+		return nil
+	})
+	return key, q, err
+}
+
+// applyTrialCommand carries out a queued install for j's candidate: with a
+// trial, the mode and share change at once; without one, the candidate is
+// promoted (activating swaps the loaded candidate in). The command leaves the
+// queue in the transition's transaction, so a crash before it applies the
+// command again.
+func (u *Updater) applyTrialCommand(ctx context.Context, j *Job, key []byte, q queued) error {
+	pop := func(tx *bolt.Tx) error { return tx.Bucket(bucketPending).Delete(key) }
+	in := q.Cmd.Install
+	prev := *j
+	j.CommandID, j.Expires = q.Cmd.ID, q.Cmd.Expires
+	if in.Trial != nil {
+		data, err := os.ReadFile(u.modelPath(j))
+		if err != nil {
+			*j = prev
+			return fmt.Errorf("updater: trial: %w", err)
+		}
+		if err := u.opts.Trials.StartTrial(ctx, j.Model, j.Version, data, *in.Trial); err != nil {
+			if ctx.Err() != nil {
+				*j = prev
+				return ctx.Err()
+			}
+			u.endTrial(j)
+			u.cleanup()
+			return u.transition(j, Failed, "trial: "+err.Error(), pop)
+		}
+		j.Trial = in.Trial
+		if err := u.transition(j, in.Trial.State(), trialDetail(*in.Trial), pop); err != nil {
+			*j = prev
+			return err
+		}
+		return nil
+	}
+	from := j.State
+	j.Trial = nil
+	if in.Probation != nil {
+		j.Policy = *in.Probation
+	}
+	if err := u.transition(j, Activating, "promoted from "+string(from), pop); err != nil {
+		*j = prev
+		return err
+	}
+	return nil
 }
 
 // stepActivate installs the verified model into the store and swaps it in.

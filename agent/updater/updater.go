@@ -22,6 +22,14 @@
 //   - Activate installs into agent/store (which refuses rollbacks unless the
 //     release is a signed rollback instruction) and swaps the model in
 //     through an Activator, the daemon's serving registry.
+//   - An install with a trial (docs/PROTOCOL.md, Trials) stops after
+//     validation in shadow or canary: the candidate is loaded beside the
+//     serving version through Trials and held there (the job's state is
+//     durable, so a restart holds it again from the staged file) until an
+//     install of the same update changes the trial or, without one,
+//     promotes it (activating swaps the loaded candidate in); an abort, a
+//     rollback of the version, another install or the command's expiry
+//     discards it and its staged bytes.
 //   - Probation watches the new version's error ratio and latency through a
 //     TrafficSource, and needs evidence: it commits once the version served
 //     its minimum of requests (a verified commit) or, without them, at its
@@ -67,6 +75,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/store"
 	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/internal/crashpoint"
+	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
 	bolt "go.etcd.io/bbolt"
@@ -123,6 +132,24 @@ type Reporter interface {
 	Report(ctx context.Context, a protocol.Ack) error
 }
 
+// Trials holds candidates on trial beside the serving versions of models
+// (the daemon's serving registry; docs/PROTOCOL.md, Trials). It is called
+// by the Run goroutine only. Promotion is not here: Activator.Activate with
+// the candidate's version and bytes swaps the candidate in without loading
+// it again.
+type Trials interface {
+	// Serving reports whether name has a serving version for a candidate
+	// to stand beside.
+	Serving(name string) bool
+	// StartTrial loads data as name's candidate at version beside the
+	// serving version, held in trial t; for the candidate already loaded
+	// (same version and bytes) only the mode and share change, at once.
+	StartTrial(ctx context.Context, name string, version int64, data []byte, t protocol.Trial) error
+	// EndTrial unloads name's candidate, if any, once its calls in flight
+	// finish; the serving version never stops.
+	EndTrial(name string)
+}
+
 // Probation defaults (Options.ProbationMinRequests, Options.ProbationMax).
 const (
 	DefaultProbationMinRequests = 20
@@ -145,6 +172,20 @@ func (j *Job) ack(detail string) protocol.Ack {
 	return a
 }
 
+// The errors of trials' acks, as docs/PROTOCOL.md (Trials) words them.
+const (
+	trialNeedsServing = "trial needs a serving version"
+	trialExpired      = "trial expired"
+)
+
+// trialDetail names a trial's share, for its ack.
+func trialDetail(t protocol.Trial) string {
+	if t.Mode == protocol.TrialCanary {
+		return fmt.Sprintf("canary: answering %g%% of the requests", t.Percent)
+	}
+	return fmt.Sprintf("shadow: copies of %g%% of the requests", t.Percent)
+}
+
 // Options configure an Updater. DataDir, Store, Activator and Runtime are
 // required; every other zero value works.
 type Options struct {
@@ -161,6 +202,9 @@ type Options struct {
 	Activator Activator
 	// Runtime loads models for validation.
 	Runtime Runtime
+	// Trials holds candidates on trial; without it an install with a
+	// trial fails.
+	Trials Trials
 	// Traffic feeds probation; without it no version is ever verified:
 	// probation commits unverified at its maximum.
 	Traffic TrafficSource
@@ -218,8 +262,10 @@ type Updater struct {
 	work    string
 	metrics *metrics
 
-	// probationBase is used by the Run goroutine only.
+	// probationBase and trialSeq are used by the Run goroutine only.
 	probationBase probationBase
+	// trialSeq is the job whose candidate this process loaded (0: none).
+	trialSeq uint64
 
 	wake       chan struct{} // a command was queued
 	outboxWake chan struct{} // reports were queued
@@ -230,7 +276,7 @@ type Updater struct {
 	mu       sync.Mutex
 	cancel   context.CancelCauseFunc
 	cur      *Job       // a copy of the job Run is working on, for Status
-	retarget string     // command id the running job answers to from now on
+	retarget *retarget  // what the running job answers to from now on
 	stopNext *cancelled // a stop for a job Run had not picked up yet
 }
 
@@ -480,6 +526,10 @@ func (u *Updater) abort(ctx context.Context, j *Job, cause error) error {
 		return nil
 	case activated(j.State) && !c.rollback:
 		return nil
+	case j.State == Shadow || j.State == Canary:
+		u.endTrial(j)
+		u.cleanup()
+		return u.transition(j, Failed, c.msg)
 	case j.State == Activating || j.State == Probation:
 		if err := u.transition(j, RollingBack, c.msg); err != nil {
 			return err
@@ -504,6 +554,8 @@ func (u *Updater) step(ctx context.Context, j *Job) error {
 		return u.transition(j, Validating, "")
 	case Validating:
 		return u.stepValidate(ctx, j)
+	case Shadow, Canary:
+		return u.stepTrial(ctx, j)
 	case Activating:
 		return u.stepActivate(ctx, j)
 	case Probation:
@@ -549,6 +601,32 @@ func (u *Updater) anchor() (*trust.Root, error) {
 		return nil, fmt.Errorf("updater: trust root: %w", err)
 	}
 	return r, nil
+}
+
+// StagedManifest returns the signed manifest of the update under way when
+// its model's sha256 (hex) is sha: the candidate on trial, whose manifest
+// (with its reference profile) the store does not hold until promotion. The
+// release is verified again against the trust anchor. ok is false for any
+// other digest, when no install is under way, or when it does not verify.
+// Safe for concurrent use.
+func (u *Updater) StagedManifest(sha string) (m *manifest.Manifest, ok bool) {
+	j, err := u.Job()
+	if err != nil || j == nil || j.State.Terminal() || j.Kind != string(protocol.CommandInstall) || j.SHA256 != sha {
+		return nil, false
+	}
+	anchor, err := u.anchor()
+	if err != nil {
+		return nil, false
+	}
+	root, err := anchor.Chain(j.Roots)
+	if err != nil {
+		return nil, false
+	}
+	rel, err := root.VerifyRelease(j.Release, u.now())
+	if err != nil || rel.Model.SHA256 != sha {
+		return nil, false
+	}
+	return &rel.Model, true
 }
 
 // UpdateStatus is the current or last update for the device's status

@@ -15,7 +15,10 @@ const (
 	FaceShort = "face_detection_short_range"
 	FaceFull  = "face_detection_full_range"
 	Hand      = "hand_landmark_lite"
-	Selfie    = "selfie_segmentation"
+	// HandFull has Hand's signature, answers differently and is slower:
+	// the candidate that a trial must tell apart from Hand.
+	HandFull = "hand_landmark_full"
+	Selfie   = "selfie_segmentation"
 	// SileroVAD is Silero VAD v5, a stateful ONNX model (name with extension).
 	SileroVAD = "silero_vad_v5.onnx"
 )
