@@ -43,6 +43,59 @@ func Defaults() Config {
 	}
 }
 
+// WithDefaults returns c with its zero fields, and each metric's zero
+// weight and limits, taken from Defaults (no metrics: the default ones).
+// For configs built in code or sent as JSON to the admin API, where an
+// omitted field cannot be told from a zero; a metric's critical flag is
+// kept as given. An analysis file keeps its omitted keys' defaults itself.
+func (c Config) WithDefaults() Config {
+	d := Defaults()
+	if c.Confidence == 0 {
+		c.Confidence = d.Confidence
+	}
+	if c.Pass == 0 {
+		c.Pass = d.Pass
+	}
+	if c.Marginal == 0 {
+		c.Marginal = d.Marginal
+	}
+	if c.MinRequests == 0 {
+		c.MinRequests = d.MinRequests
+	}
+	if c.MaxWait == 0 {
+		c.MaxWait = d.MaxWait
+	}
+	if len(c.Metrics) == 0 {
+		c.Metrics = d.Metrics
+		return c
+	}
+	ms := make([]MetricConfig, len(c.Metrics))
+	for i, m := range c.Metrics {
+		dm := defaultMetric(m.Name)
+		if m.Weight == 0 {
+			m.Weight = dm.Weight
+		}
+		if m.MaxIncrease == 0 {
+			m.MaxIncrease = dm.MaxIncrease
+		}
+		if m.MaxRatio == 0 {
+			m.MaxRatio = dm.MaxRatio
+		}
+		if m.MinTop1 == 0 {
+			m.MinTop1 = dm.MinTop1
+		}
+		if m.MaxMeanAbsDiff == 0 {
+			m.MaxMeanAbsDiff = dm.MaxMeanAbsDiff
+		}
+		if m.MaxPSI == 0 {
+			m.MaxPSI = dm.MaxPSI
+		}
+		ms[i] = m
+	}
+	c.Metrics = ms
+	return c
+}
+
 // defaultMetric is the default configuration of the metric name (zero for
 // an unknown name).
 func defaultMetric(name string) MetricConfig {

@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -137,4 +138,23 @@ func TestConfigInsideAnotherFile(t *testing.T) {
 	}
 	_, err := ParseConfigNamed("canary.yaml", []byte("\n\npass: 0\n"))
 	assert.EqualError(t, err, "canary.yaml:3: pass 0: want a score above 0 and at most 100")
+}
+
+// TestWithDefaults: zero fields take the defaults, given ones stay, and a
+// metric keeps its critical flag while its zero limits are filled.
+func TestWithDefaults(t *testing.T) {
+	if got := (Config{}).WithDefaults(); !reflect.DeepEqual(got, Defaults()) {
+		t.Errorf("zero: got %+v, want the defaults", got)
+	}
+	got := Config{MinRequests: 50, Metrics: []MetricConfig{{Name: MetricLatency, MaxRatio: 2}, {Name: MetricErrorRatio}}}.WithDefaults()
+	if got.MinRequests != 50 || got.Confidence != 0.98 || got.Pass != 95 || got.MaxWait != Defaults().MaxWait {
+		t.Errorf("partial: %+v", got)
+	}
+	want := []MetricConfig{{Name: MetricLatency, Weight: 1, MaxRatio: 2}, {Name: MetricErrorRatio, Weight: 1, MaxIncrease: 0.01}}
+	if !reflect.DeepEqual(got.Metrics, want) {
+		t.Errorf("metrics: got %+v, want %+v", got.Metrics, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Errorf("validate: %v", err)
+	}
 }

@@ -256,28 +256,41 @@ func adminCall(t *testing.T, f *fleet, method, path, body string, want int, out 
 
 // TestPhasesTakeTheDefaultAnalysis: a controller judges phases with
 // fleet/analysis unless told otherwise: a rollout with a shadow phase and no
-// analysis config gets analysis.Defaults(), and an analysis config that does
-// not check is refused, naming what is wrong.
+// analysis config gets analysis.Defaults(), one with a partial config the
+// defaults for what it leaves out, and an analysis config that does not
+// check is refused, naming what is wrong.
 func TestPhasesTakeTheDefaultAnalysis(t *testing.T) {
 	f := startFleet(t, controller.Options{})
 	f.push("face", 1, 1000, 1000)
 	var e struct{ Error string }
-	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "analysis": {"pass": 95}}`, 400, &e)
-	if !strings.Contains(e.Error, "confidence") {
-		t.Fatalf("an analysis config without confidence: error %q", e.Error)
+	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "analysis": {"confidence": 1.5}}`, 400, &e)
+	if !strings.Contains(e.Error, "confidence 1.5") {
+		t.Fatalf("an analysis config with confidence 1.5: error %q", e.Error)
 	}
-	var ro struct{ ID string }
-	adminCall(t, f, "POST", "/v1/rollouts", `{"model": "face", "version": 1, "shadow": {"percent": 10, "duration": "1m"}}`, 201, &ro)
-	got, err := f.c.Registry().Rollout(ro.ID)
-	if err != nil {
-		t.Fatal(err)
+	config := func(body string) analysis.Config {
+		t.Helper()
+		var ro struct{ ID string }
+		adminCall(t, f, "POST", "/v1/rollouts", body, 201, &ro)
+		got, err := f.c.Registry().Rollout(ro.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c analysis.Config
+		if err := json.Unmarshal(got.Analysis, &c); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.c.Engine().Abort(ro.ID, "next"); err != nil {
+			t.Fatal(err)
+		}
+		return c
 	}
-	var c analysis.Config
-	if err := json.Unmarshal(got.Analysis, &c); err != nil {
-		t.Fatal(err)
-	}
-	if want := analysis.Defaults(); !reflect.DeepEqual(c, want) {
+	want := analysis.Defaults()
+	if c := config(`{"model": "face", "version": 1, "shadow": {"percent": 10, "duration": "1m"}}`); !reflect.DeepEqual(c, want) {
 		t.Errorf("the rollout's analysis config:\n%+v\nwant the defaults:\n%+v", c, want)
+	}
+	want.MinRequests = 50
+	if c := config(`{"model": "face", "version": 1, "analysis": {"min_requests": 50}}`); !reflect.DeepEqual(c, want) {
+		t.Errorf("a partial analysis config:\n%+v\nwant the defaults but min_requests:\n%+v", c, want)
 	}
 }
 

@@ -139,9 +139,11 @@ func (e *Engine) checkPhases(spec *Spec) error {
 	if e.opts.Analyzer == nil {
 		return fmt.Errorf("%w: this controller has no analyzer: rollouts with shadow, canary or analysis cannot run", ErrInvalid)
 	}
-	if err := spec.Analysis.Validate(); err != nil {
-		return fmt.Errorf("%w: analysis: %v", ErrInvalid, err)
+	c := spec.Analysis.WithDefaults()
+	if err := c.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
+	spec.Analysis = &c
 	return nil
 }
 

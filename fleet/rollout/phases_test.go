@@ -190,7 +190,7 @@ func TestPhasesPassInOrder(t *testing.T) {
 	require.EqualValues(t, 1, reqs[0].Baseline)
 	require.EqualValues(t, 2, reqs[0].Candidate)
 	require.Len(t, reqs[0].Devices, trialDevs)
-	require.Equal(t, testConfig, reqs[0].Config)
+	require.Equal(t, testConfig.WithDefaults(), reqs[0].Config)
 	require.Equal(t, registry.PhaseCanary, f.rollout(ro.ID).Phase)
 	// Canary: the same devices get the trial again, as canary.
 	f.step()
