@@ -92,7 +92,7 @@ rollouts:
 	poll(t, func() bool {
 		return strings.Count(f.cli(t, "devices", "list"), "gw-") == 3
 	}, 60*time.Second, "the devices never registered")
-	p := &phasesRun{f: f, agents: agents, dataDirs: dataDirs, analysis: af}
+	p := &phasesRun{f: f, agents: agents, dataDirs: dataDirs}
 
 	t.Run("equal", func(t *testing.T) {
 		lite := testModel(t, testmodel.Hand+".tflite")
@@ -242,13 +242,12 @@ rollouts:
 }
 
 // phasesRun is what the subtests of TestRolloutPhasesEndToEnd share: the
-// controller, the agents (device gw-i is agents[i], its data directory
-// dataDirs[i]) and the analysis file.
+// controller and the agents (device gw-i is agents[i], its data directory
+// dataDirs[i]).
 type phasesRun struct {
 	f        *fleetProc
 	agents   []*serving
 	dataDirs []string
-	analysis string
 }
 
 // baseline pushes model as name v1 and rolls it out to every device,
@@ -289,9 +288,11 @@ func (p *phasesRun) rollout(t *testing.T, args ...string) (rollout.Report, strin
 	return rep, status
 }
 
-// gone waits until no device holds the halted candidate version of model
-// (sha256 of the file cand) any more, checks it every way a device shows it,
-// and returns when it saw it gone from the last device.
+// gone waits until no device holds the candidate of the halted rollout rep
+// (the model file cand) on trial any more, checks every other way a device
+// shows it (its index, the version's metadata, its data directory, the
+// update its status reports), and returns when it saw the trial gone from
+// the last device.
 func (p *phasesRun) gone(t *testing.T, rep rollout.Report, cand string) time.Time {
 	t.Helper()
 	model, version := rep.Model, rep.Version
