@@ -38,17 +38,20 @@ const phasesAnalysis = `min_requests: 30
 max_wait: 45s
 `
 
-// equalAnalysis is phasesAnalysis tolerating a candidate 1.5x slower at
-// the median instead of 1.2x, for the equal candidate. Its latency is judged
-// on as few as 4 one-second intervals against 4 (the last wave has one
-// device) on 2 cores that run three agents, their clients and the
-// controller, and often other builds: there one device's intervals of the
-// same model differed by 1.37x at the median, all 4 of one arm above the
-// other's (p 0.014), and failed the equal candidate. The slower candidate
-// is judged with the default 1.2x.
+// equalAnalysis is phasesAnalysis tolerating a candidate 2x slower at the
+// median instead of 1.2x, for the equal candidate. On this machine (2
+// cores running three agents, their clients, the controller and often
+// other builds) every core is busy, and a shadow copy runs beside the next
+// live request: over 17 shadow analyses of the same model against itself
+// the copies' median interval latency was above the serving version's in
+// 15, by up to 1.59x (p 0.1), and 1.33x and 1.37x with every interval of
+// one arm above the other's (p 0.013, 0.014), which fails the default
+// 1.2x (docs/ANALYSIS.md says as much: in shadow on a saturated device the
+// copy also measures the contention). The slower candidate is judged with
+// the default 1.2x.
 const equalAnalysis = phasesAnalysis + `metrics:
   - {name: error_ratio, critical: true}
-  - {name: latency, max_ratio: 1.5}
+  - {name: latency, max_ratio: 2}
   - {name: agreement, critical: true}
 `
 
