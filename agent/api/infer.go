@@ -235,6 +235,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	}()
 	defer func() { s.observe("v2", rt, c, entry, code, err, tm, start) }()
 	if err != nil {
+		nameFailed(w.Header(), entry)
 		writeError(w, code, err.Error())
 		return
 	}
@@ -267,6 +268,18 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	h.Set("Content-Length", strconv.Itoa(len(c.resp)))
 	w.WriteHeader(http.StatusOK)
 	w.Write(c.resp)
+}
+
+// nameFailed names, in the Outpost-Model-Version and Outpost-Model-Digest
+// headers of an error response, the version that took the request and
+// failed, if one did: during a canary a client tells the candidate's
+// failures from the serving version's by them. Nothing is named when no
+// version took it (unknown model, full queue).
+func nameFailed(h http.Header, e catalog.Entry) {
+	if e.Version > 0 {
+		h.Set("Outpost-Model-Version", strconv.FormatInt(e.Version, 10))
+		h.Set("Outpost-Model-Digest", e.Digest)
+	}
 }
 
 // routingContext is the request's context with its canary routing key
@@ -314,6 +327,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, rt route) {
 	}()
 	defer func() { s.observe("tfserving", rt, c, entry, code, err, tm, start) }()
 	if err != nil {
+		nameFailed(w.Header(), entry)
 		writeError(w, code, err.Error())
 		return
 	}

@@ -69,3 +69,29 @@ func TestCanaryRoutingKey(t *testing.T) {
 	r, _ := splitBinaryResponse(t, resp, b)
 	assert.Equal(t, "1", r.ModelVersion, "the trial ended: the serving version answers every key")
 }
+
+// TestErrorNamesVersion: an error from a version that took the request
+// names that version, a canary's as well as the serving one's, over OIP v2
+// and TF Serving; an error no version took names none.
+func TestErrorNamesVersion(t *testing.T) {
+	a := startAgent(t, Options{}, runtime.Options{Workers: 1})
+	bad := jsonBody(t, map[string]any{"inputs": []map[string]any{{
+		"name": "input", "datatype": "FP32", "shape": []int{1, 2}, "data": []float32{1, 2}}}})
+	badPredict := jsonBody(t, map[string]any{"instances": []any{[]float32{1, 2}}})
+	check := func(want string) {
+		t.Helper()
+		resp, b := do(t, "POST", a.url+"/v2/models/face/infer", bad, nil)
+		require.Equal(t, 400, resp.StatusCode, string(b))
+		assert.Equal(t, want, resp.Header.Get("Outpost-Model-Version"), "v2: %s", b)
+		resp, b = do(t, "POST", a.url+"/v1/models/face:predict", badPredict, nil)
+		require.Equal(t, 400, resp.StatusCode, string(b))
+		assert.Equal(t, want, resp.Header.Get("Outpost-Model-Version"), "TF Serving: %s", b)
+	}
+	check("1")
+	_, err := a.reg.StartTrial(context.Background(), "face", 2, mustRead(t, modelPath(t, face)), serving.Trial{Mode: serving.Canary, Percent: 100})
+	require.NoError(t, err)
+	check("2")
+	resp, b := do(t, "POST", a.url+"/v2/models/nope/infer", bad, nil)
+	require.Equal(t, 404, resp.StatusCode, string(b))
+	assert.Empty(t, resp.Header.Get("Outpost-Model-Version"))
+}
