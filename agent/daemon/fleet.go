@@ -31,21 +31,6 @@ func (a *Agent) newUpdaterLink(cfg config.Config, log *slog.Logger) error {
 	return err
 }
 
-// registryTrials holds the updater's candidates on trial in the serving
-// registry (updater.Trials).
-type registryTrials struct{ reg *serving.Registry }
-
-func (r registryTrials) Serving(name string) bool {
-	_, err := r.reg.Lookup(name, 0)
-	return err == nil
-}
-
-func (r registryTrials) StartTrial(ctx context.Context, name string, version int64, data []byte, t protocol.Trial) error {
-	_, err := r.reg.StartTrial(ctx, name, version, data, serving.Trial{Mode: serving.TrialMode(t.Mode), Percent: t.Percent})
-	return err
-}
-
-func (r registryTrials) EndTrial(name string) { r.reg.EndTrial(name) }
 
 // newUpdater builds the update state machine over the store, the serving
 // registry (activation is a hot swap), the runtime (validation), the
@@ -71,7 +56,7 @@ func (a *Agent) newUpdater(cfg config.Config, rt runtime.Options, reg *prometheu
 			}
 			return m, nil
 		}),
-		Trials:       registryTrials{a.registry},
+		Trials:       serving.Trials{Registry: a.registry},
 		Traffic:      a.counter.traffic,
 		Reporter:     a.ulink,
 		AgentVersion: version.Version,

@@ -11,6 +11,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/protocol"
 	"github.com/outpost-edge/outpost/agent/tensor"
 )
 
@@ -463,3 +464,23 @@ func tensors(dst []tensor.Tensor, infos []tensor.Info, data [][]byte) []tensor.T
 	}
 	return dst
 }
+
+// Trials holds an updater's candidates (updater.Trials) in Registry, taking
+// the trial in the protocol's terms, as install commands give it.
+type Trials struct{ Registry *Registry }
+
+// Serving reports whether name has a serving version.
+func (t Trials) Serving(name string) bool {
+	_, err := t.Registry.Lookup(name, 0)
+	return err == nil
+}
+
+// StartTrial loads data as name's candidate at version in trial pt (or
+// changes the trial of the candidate already loaded).
+func (t Trials) StartTrial(ctx context.Context, name string, version int64, data []byte, pt protocol.Trial) error {
+	_, err := t.Registry.StartTrial(ctx, name, version, data, Trial{Mode: TrialMode(pt.Mode), Percent: pt.Percent})
+	return err
+}
+
+// EndTrial unloads name's candidate, if any.
+func (t Trials) EndTrial(name string) { t.Registry.EndTrial(name) }

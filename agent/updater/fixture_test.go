@@ -291,7 +291,7 @@ func newDevice(t testing.TB, dir string, f *testFleet, src ChunkSource, mod func
 			_, err := d.reg.Load(ctx, name, v, data, "updater")
 			return err
 		}),
-		Runtime: runtimeForTests(), Trials: registryTrials{d.reg}, Traffic: d.traffic, AgentVersion: "1.0.0",
+		Runtime: runtimeForTests(), Trials: serving.Trials{Registry: d.reg}, Traffic: d.traffic, AgentVersion: "1.0.0",
 		// Without traffic probation ends at its maximum, unverified.
 		Probation: 300 * time.Millisecond, ProbationMax: 300 * time.Millisecond, MinRequests: 5,
 		ChunkTimeout: time.Second, Logger: testLogger(t)}
@@ -303,21 +303,6 @@ func newDevice(t testing.TB, dir string, f *testFleet, src ChunkSource, mod func
 	return d
 }
 
-// registryTrials holds candidates in the device's real serving registry, as
-// the daemon does.
-type registryTrials struct{ reg *serving.Registry }
-
-func (r registryTrials) Serving(name string) bool {
-	_, err := r.reg.Lookup(name, 0)
-	return err == nil
-}
-
-func (r registryTrials) StartTrial(ctx context.Context, name string, version int64, data []byte, t protocol.Trial) error {
-	_, err := r.reg.StartTrial(ctx, name, version, data, serving.Trial{Mode: serving.TrialMode(t.Mode), Percent: t.Percent})
-	return err
-}
-
-func (r registryTrials) EndTrial(name string) { r.reg.EndTrial(name) }
 
 func (d *device) start(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())

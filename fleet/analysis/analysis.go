@@ -133,6 +133,12 @@ type MetricConfig struct {
 	// MaxRatio (latency): the largest candidate/baseline ratio of the
 	// median latency tolerated even when significant.
 	MaxRatio float64 `yaml:"max_ratio" json:"max_ratio,omitempty"`
+	// ScoreInShadow (latency): count the latency's verdict in a shadow
+	// phase's score. Off by default: the copies run beside live traffic on
+	// the same cores, so on a busy device an identical candidate measures
+	// slower; the verdict is still shown, and canary and wave analyses
+	// judge latency on served traffic.
+	ScoreInShadow bool `yaml:"score_in_shadow" json:"score_in_shadow,omitempty"`
 	// MinTop1 and MaxMeanAbsDiff (agreement): the least share of score
 	// vectors whose top class agrees, and the largest mean absolute
 	// difference of an output's elements.

@@ -145,6 +145,11 @@ func (a *Analyzer) Analyze(ctx context.Context, req Request) (Report, error) {
 		}
 		if judged {
 			res.Name, res.Critical, res.Weight = m.Name, m.Critical, m.Weight
+			if m.Name == MetricLatency && req.Phase == PhaseShadow && !m.ScoreInShadow {
+				// Shown, not scored (MetricConfig.ScoreInShadow).
+				res.Weight = 0
+				res.Reason += " (not scored in shadow: the copies share the cores with live traffic)"
+			}
 			rep.Metrics = append(rep.Metrics, res)
 		}
 	}

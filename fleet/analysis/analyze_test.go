@@ -289,6 +289,30 @@ func TestShadowDisagreementFails(t *testing.T) {
 	})
 }
 
+// TestShadowLatencyNotScored: a candidate twice as slow on the copies that
+// answers alike passes shadow: latency fails but is not scored there (the
+// copies share the cores with live traffic), and is shown with weight 0;
+// with score_in_shadow it counts, and the shadow fails.
+func TestShadowLatencyNotScored(t *testing.T) {
+	eachEngine(t, registry.Options{}, func(t *testing.T, r *registry.Registry) {
+		rep := shadow(t, r, 10, 1, 0)
+		assert.Equal(t, analysis.Pass, rep.Verdict, rep.Reason)
+		assert.Equal(t, 100.0, rep.Score)
+		lat := metric(t, rep, analysis.MetricLatency)
+		assert.Equal(t, analysis.Fail, lat.Verdict)
+		assert.Zero(t, lat.Weight)
+		assert.Contains(t, lat.Reason, "not scored in shadow")
+
+		cfg := analysis.Defaults()
+		cfg.Metrics[1].ScoreInShadow = true // latency
+		rep, err := analyzer(t, r, nil).Analyze(t.Context(), analysis.Request{Phase: analysis.PhaseShadow, Model: "hands",
+			Baseline: 1, Candidate: 2, Devices: devices, From: t0, To: t0.Add(10 * time.Minute), Config: cfg})
+		require.NoError(t, err)
+		assert.Equal(t, analysis.Fail, rep.Verdict, rep.Reason)
+		assert.Equal(t, 1.0, metric(t, rep, analysis.MetricLatency).Weight)
+	})
+}
+
 // TestShadowOutputDifferenceFails: every top class agrees but the values
 // are 0.2 apart on average, above max_mean_abs_diff 0.05.
 func TestShadowOutputDifferenceFails(t *testing.T) {

@@ -1,6 +1,7 @@
 package analysis
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -50,21 +51,8 @@ func Defaults() Config {
 // kept as given. An analysis file keeps its omitted keys' defaults itself.
 func (c Config) WithDefaults() Config {
 	d := Defaults()
-	if c.Confidence == 0 {
-		c.Confidence = d.Confidence
-	}
-	if c.Pass == 0 {
-		c.Pass = d.Pass
-	}
-	if c.Marginal == 0 {
-		c.Marginal = d.Marginal
-	}
-	if c.MinRequests == 0 {
-		c.MinRequests = d.MinRequests
-	}
-	if c.MaxWait == 0 {
-		c.MaxWait = d.MaxWait
-	}
+	c.Confidence, c.Pass, c.Marginal = cmp.Or(c.Confidence, d.Confidence), cmp.Or(c.Pass, d.Pass), cmp.Or(c.Marginal, d.Marginal)
+	c.MinRequests, c.MaxWait = cmp.Or(c.MinRequests, d.MinRequests), cmp.Or(c.MaxWait, d.MaxWait)
 	if len(c.Metrics) == 0 {
 		c.Metrics = d.Metrics
 		return c
@@ -72,24 +60,8 @@ func (c Config) WithDefaults() Config {
 	ms := make([]MetricConfig, len(c.Metrics))
 	for i, m := range c.Metrics {
 		dm := defaultMetric(m.Name)
-		if m.Weight == 0 {
-			m.Weight = dm.Weight
-		}
-		if m.MaxIncrease == 0 {
-			m.MaxIncrease = dm.MaxIncrease
-		}
-		if m.MaxRatio == 0 {
-			m.MaxRatio = dm.MaxRatio
-		}
-		if m.MinTop1 == 0 {
-			m.MinTop1 = dm.MinTop1
-		}
-		if m.MaxMeanAbsDiff == 0 {
-			m.MaxMeanAbsDiff = dm.MaxMeanAbsDiff
-		}
-		if m.MaxPSI == 0 {
-			m.MaxPSI = dm.MaxPSI
-		}
+		m.Weight, m.MaxIncrease, m.MaxRatio = cmp.Or(m.Weight, dm.Weight), cmp.Or(m.MaxIncrease, dm.MaxIncrease), cmp.Or(m.MaxRatio, dm.MaxRatio)
+		m.MinTop1, m.MaxMeanAbsDiff, m.MaxPSI = cmp.Or(m.MinTop1, dm.MinTop1), cmp.Or(m.MaxMeanAbsDiff, dm.MaxMeanAbsDiff), cmp.Or(m.MaxPSI, dm.MaxPSI)
 		ms[i] = m
 	}
 	c.Metrics = ms
@@ -138,6 +110,7 @@ type fileMetric struct {
 	MinTop1        *float64 `yaml:"min_top1"`
 	MaxMeanAbsDiff *float64 `yaml:"max_mean_abs_diff"`
 	MaxPSI         *float64 `yaml:"max_psi"`
+	ScoreInShadow  *bool    `yaml:"score_in_shadow"`
 }
 
 // configFile names the analysis file in ParseConfig's messages.
@@ -200,7 +173,7 @@ func unknownKeys(n *yaml.Node) []string {
 	check(n, []string{"confidence", "pass", "marginal", "min_requests", "max_wait", "metrics"})
 	if ms := valueOf(n, "metrics"); ms != nil && ms.Kind == yaml.SequenceNode {
 		for _, m := range ms.Content {
-			check(m, []string{"name", "critical", "weight", "max_increase", "max_ratio", "min_top1", "max_mean_abs_diff", "max_psi"})
+			check(m, []string{"name", "critical", "weight", "max_increase", "max_ratio", "min_top1", "max_mean_abs_diff", "max_psi", "score_in_shadow"})
 		}
 	}
 	return errs
@@ -244,6 +217,12 @@ func (f *fileConfig) config(n *yaml.Node) (Config, error) {
 			}
 			if fm.Critical != nil {
 				m.Critical = *fm.Critical
+			}
+			if fm.ScoreInShadow != nil {
+				if m.Name != MetricLatency {
+					return Config{}, fmt.Errorf("line %d: metrics[%d] (%s): score_in_shadow applies to latency only", lineOf(n, i, "score_in_shadow"), i, m.Name)
+				}
+				m.ScoreInShadow = *fm.ScoreInShadow
 			}
 			set(&m.Weight, fm.Weight)
 			for _, l := range []struct {

@@ -158,3 +158,16 @@ func TestWithDefaults(t *testing.T) {
 		t.Errorf("validate: %v", err)
 	}
 }
+
+// TestScoreInShadowKey: score_in_shadow is read for latency and refused,
+// with its line, on another metric.
+func TestScoreInShadowKey(t *testing.T) {
+	c, err := ParseConfig([]byte("metrics:\n  - name: latency\n    score_in_shadow: true\n"))
+	if err != nil || len(c.Metrics) != 1 || !c.Metrics[0].ScoreInShadow {
+		t.Fatalf("latency with score_in_shadow: %+v %v", c.Metrics, err)
+	}
+	_, err = ParseConfig([]byte("metrics:\n  - name: drift\n    score_in_shadow: true\n"))
+	if err == nil || !strings.Contains(err.Error(), "3") || !strings.Contains(err.Error(), "latency only") {
+		t.Errorf("drift with score_in_shadow: %v", err)
+	}
+}
