@@ -31,7 +31,6 @@ func (a *Agent) newUpdaterLink(cfg config.Config, log *slog.Logger) error {
 	return err
 }
 
-
 // newUpdater builds the update state machine over the store, the serving
 // registry (activation is a hot swap), the runtime (validation), the
 // traffic counters (probation), telemetry and the fleet link.

@@ -11,8 +11,8 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/runtime"
-	"github.com/outpost-edge/outpost/protocol"
 	"github.com/outpost-edge/outpost/agent/tensor"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // A candidate on trial sits beside a model's serving version (docs/PROTOCOL.md,

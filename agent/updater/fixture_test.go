@@ -303,7 +303,6 @@ func newDevice(t testing.TB, dir string, f *testFleet, src ChunkSource, mod func
 	return d
 }
 
-
 func (d *device) start(t testing.TB) {
 	ctx, cancel := context.WithCancel(context.Background())
 	d.cancel = cancel
