@@ -7,19 +7,16 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/api"
 	"github.com/outpost-edge/outpost/agent/catalog"
-	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/stream"
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/agent/updater"
-	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/profile"
 	"github.com/outpost-edge/outpost/models/tflite"
@@ -199,21 +196,7 @@ func median(v []float64) float64 {
 func TestStreamFeatures(t *testing.T) {
 	h := newFaceHook(t)
 	h.invoke(t)
-	mq := testbroker.StartMosquitto(t, "")
-	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
-	require.NoError(t, err)
-	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
-		Link: link, Topic: link.Topics().Events, AggregateInterval: 100 * time.Millisecond, SampleRate: -1})
-	require.NoError(t, err)
-	aggs := subscribeAggregates(t, mq.URL(), link.Topics().Events)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = link.Run(ctx) })
-	wg.Go(func() { _ = q.Run(ctx) })
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	q, aggs := uplink(t, 100*time.Millisecond)
 
 	obs := streamTelemetry{traffic: updater.NewTrafficCounter(), q: q, refs: h.hook.refs}
 	const answered = 3

@@ -126,22 +126,7 @@ func TestAgentStream(t *testing.T) {
 // probation counts only inferences; a drop while no model serves is not
 // accounted.
 func TestStreamTelemetry(t *testing.T) {
-	mq := testbroker.StartMosquitto(t, "")
-	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
-	require.NoError(t, err)
-	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
-		Link: link, Topic: link.Topics().Events, AggregateInterval: 100 * time.Millisecond, SampleRate: -1})
-	require.NoError(t, err)
-	aggs := subscribeAggregates(t, mq.URL(), link.Topics().Events)
-
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = link.Run(ctx) })
-	wg.Go(func() { _ = q.Run(ctx) })
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	q, aggs := uplink(t, 100*time.Millisecond)
 
 	traffic := updater.NewTrafficCounter()
 	obs := streamTelemetry{traffic: traffic, q: q}
@@ -267,6 +252,29 @@ func (a *aggregates) sum(name, version string) aggSum {
 
 // subscribeAggregates subscribes to topic on the broker at url, as the
 // controller does, and decodes the batches it receives.
+// uplink runs a device's telemetry path on a real Mosquitto: a fleet link
+// and a queue making aggregates every interval, until the test ends; aggs
+// collects what reaches the fleet's side of the broker.
+func uplink(t *testing.T, every time.Duration) (q *telemetry.Queue, aggs *aggregates) {
+	t.Helper()
+	mq := testbroker.StartMosquitto(t, "")
+	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
+	require.NoError(t, err)
+	q, err = telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
+		Link: link, Topic: link.Topics().Events, AggregateInterval: every, SampleRate: -1})
+	require.NoError(t, err)
+	aggs = subscribeAggregates(t, mq.URL(), link.Topics().Events)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = link.Run(ctx) })
+	wg.Go(func() { _ = q.Run(ctx) })
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+	})
+	return q, aggs
+}
+
 func subscribeAggregates(t *testing.T, url, topic string) *aggregates {
 	t.Helper()
 	aggs := &aggregates{}

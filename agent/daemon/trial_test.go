@@ -1,8 +1,6 @@
 package daemon
 
 import (
-	"context"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -11,11 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outpost-edge/outpost/agent/catalog"
-	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/serving"
-	"github.com/outpost-edge/outpost/agent/telemetry"
-	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/models/tflite"
@@ -29,26 +24,13 @@ import (
 // comparisons count the answered ones, and the full hand model is slower
 // than the lite one and answers differently.
 func TestShadowAggregates(t *testing.T) {
-	mq := testbroker.StartMosquitto(t, "")
-	link, err := fleetlink.New(fleetlink.Options{Broker: mq.URL(), Fleet: "acme", Device: "gw-1"})
-	require.NoError(t, err)
-	q, err := telemetry.New(telemetry.Options{Path: filepath.Join(t.TempDir(), "telemetry.db"),
-		Link: link, Topic: link.Topics().Events, AggregateInterval: 200 * time.Millisecond, SampleRate: -1})
-	require.NoError(t, err)
-	aggs := subscribeAggregates(t, mq.URL(), link.Topics().Events)
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = link.Run(ctx) })
-	wg.Go(func() { _ = q.Run(ctx) })
-	defer func() {
-		cancel()
-		wg.Wait()
-	}()
+	q, aggs := uplink(t, 200*time.Millisecond)
+	ctx := t.Context()
 
 	reg := serving.New(serving.Options{Runtime: runtime.Options{Workers: 2, Threads: 1}, ShadowQueue: 2,
 		ShadowObserver: shadowTelemetry{q: q, refs: newReferences(nil)}})
 	defer reg.Close()
-	_, err = reg.Load(ctx, "hand", 1, testmodel.Read(t, testmodel.Hand), "test")
+	_, err := reg.Load(ctx, "hand", 1, testmodel.Read(t, testmodel.Hand), "test")
 	require.NoError(t, err)
 	cand, err := reg.StartTrial(ctx, "hand", 2, testmodel.Read(t, testmodel.HandFull), serving.Trial{Mode: serving.Shadow, Percent: 100})
 	require.NoError(t, err)
