@@ -164,33 +164,8 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// A controller with six simulated devices serving detector v1, and
 	// versions 2 and 3 pushed.
-	keys := filepath.Join(t.TempDir(), "keys")
-	k, err := keyring.Init(keys, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := controller.New(controller.Options{Fleet: fleetName, DataDir: t.TempDir(), Keys: keys,
-		ListenMQTT: "127.0.0.1:0", Admin: "127.0.0.1:0", Tick: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var runErr error
-	wg.Add(1)
-	go func() { defer wg.Done(); runErr = c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		if runErr != nil && !errors.Is(runErr, context.Canceled) {
-			t.Errorf("controller: %v", runErr)
-		}
-	})
-	select {
-	case <-c.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("controller not ready")
-	}
+	f := startController(t, controller.DriftOptions{})
+	c := f.c
 	var v1 string
 	for v := int64(1); v <= 3; v++ {
 		b := make([]byte, 8<<10)
@@ -199,31 +174,15 @@ func TestConsoleInBrowser(t *testing.T) {
 		m := manifest.Manifest{Name: model, Version: v, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(b)), Runtime: manifest.RuntimeTFLite,
 			Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1, 4}}},
 			Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1, 2}}}}
-		rel, err := k.SignRelease(m, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Registry().PutModel(k.Root(), rel, bytes.NewReader(b), 4<<10, time.Now()); err != nil {
-			t.Fatal(err)
-		}
+		f.push(t, m, b)
 		if v == 1 {
 			v1 = "sha256:" + m.SHA256
 		}
 	}
 	for i := range nDevices {
-		a, err := simdevice.New(simdevice.Options{Broker: c.BrokerURL(), Fleet: fleetName, Device: fmt.Sprintf("gw-%03d", i), Root: k.Root(),
+		f.device(t, simdevice.Options{Device: fmt.Sprintf("gw-%03d", i),
 			Labels: map[string]string{"site": []string{"north", "south"}[i%2]}, RetryAfter: time.Second,
 			Models: []protocol.ModelStatus{{Name: model, Version: 1, Digest: v1}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-				t.Errorf("device %d: %v", i, err)
-			}
-		}()
 	}
 	base := "http://" + c.AdminAddr()
 	api := func(token, method, path, body string, want int, out any) {
@@ -470,6 +429,76 @@ func TestConsoleInBrowser(t *testing.T) {
 	if errs := logged.errors(); len(errs) > 0 {
 		t.Errorf("the page logged errors:\n%s", strings.Join(errs, "\n"))
 	}
+}
+
+// consoleFleet is a real controller (embedded broker and store) and the
+// simulated devices a test runs on it, all stopped when the test ends.
+type consoleFleet struct {
+	c   *controller.Controller
+	k   *keyring.Keyring
+	ctx context.Context
+	wg  sync.WaitGroup
+}
+
+// startController runs a controller with its own keys, the admin API and
+// broker on loopback ports, until the test ends.
+func startController(t *testing.T, drift controller.DriftOptions) *consoleFleet {
+	t.Helper()
+	keys := filepath.Join(t.TempDir(), "keys")
+	k, err := keyring.Init(keys, keyring.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := controller.New(controller.Options{Fleet: fleetName, DataDir: t.TempDir(), Keys: keys,
+		ListenMQTT: "127.0.0.1:0", Admin: "127.0.0.1:0", Tick: 100 * time.Millisecond, Drift: drift})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &consoleFleet{c: c, k: k, ctx: ctx}
+	var runErr error
+	f.wg.Go(func() { runErr = c.Run(ctx) })
+	t.Cleanup(func() {
+		cancel()
+		f.wg.Wait()
+		if runErr != nil && !errors.Is(runErr, context.Canceled) {
+			t.Errorf("controller: %v", runErr)
+		}
+	})
+	select {
+	case <-c.Ready():
+	case <-time.After(30 * time.Second):
+		t.Fatal("controller not ready")
+	}
+	return f
+}
+
+// push signs m and stores it with its bytes b.
+func (f *consoleFleet) push(t *testing.T, m manifest.Manifest, b []byte) {
+	t.Helper()
+	rel, err := f.k.SignRelease(m, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.c.Registry().PutModel(f.k.Root(), rel, bytes.NewReader(b), 4<<10, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// device runs a simulated device on the controller's broker (o's broker,
+// fleet and root are the controller's).
+func (f *consoleFleet) device(t *testing.T, o simdevice.Options) {
+	t.Helper()
+	o.Broker, o.Fleet, o.Root = f.c.BrokerURL(), fleetName, f.k.Root()
+	a, err := simdevice.New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.wg.Go(func() {
+		if err := a.Run(f.ctx); err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("device %s: %v", o.Device, err)
+		}
+	})
 }
 
 type rolloutRep struct {

@@ -1,14 +1,12 @@
 package console_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
@@ -18,7 +16,6 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +23,6 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/outpost-edge/outpost/fleet/controller"
-	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/models/profile"
@@ -47,34 +43,8 @@ type chartsFleet struct {
 }
 
 func startChartsFleet(t *testing.T) *chartsFleet {
-	keys := filepath.Join(t.TempDir(), "keys")
-	k, err := keyring.Init(keys, keyring.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := controller.New(controller.Options{Fleet: fleetName, DataDir: t.TempDir(), Keys: keys,
-		ListenMQTT: "127.0.0.1:0", Admin: "127.0.0.1:0", Tick: 100 * time.Millisecond,
-		Drift: controller.DriftOptions{Window: time.Second}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var runErr error
-	wg.Add(1)
-	go func() { defer wg.Done(); runErr = c.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		wg.Wait()
-		if runErr != nil && !errors.Is(runErr, context.Canceled) {
-			t.Errorf("controller: %v", runErr)
-		}
-	})
-	select {
-	case <-c.Ready():
-	case <-time.After(30 * time.Second):
-		t.Fatal("controller not ready")
-	}
+	cf := startController(t, controller.DriftOptions{Window: time.Second})
+	c := cf.c
 	f := &chartsFleet{c: c, base: "http://" + c.AdminAddr()}
 	var v4 string
 	for v := int64(3); v <= 4; v++ {
@@ -101,27 +71,10 @@ func startChartsFleet(t *testing.T) *chartsFleet {
 			}
 			f.manifest, f.ref, v4 = m, m.Reference, "sha256:"+m.SHA256
 		}
-		rel, err := k.SignRelease(m, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := c.Registry().PutModel(k.Root(), rel, bytes.NewReader(b), 4<<10, time.Now()); err != nil {
-			t.Fatal(err)
-		}
+		cf.push(t, m, b)
 	}
-	a, err := simdevice.New(simdevice.Options{Broker: c.BrokerURL(), Fleet: fleetName, Device: "gw-1", Root: k.Root(),
-		Labels: map[string]string{"site": "north"}, RetryAfter: time.Second,
+	cf.device(t, simdevice.Options{Device: "gw-1", Labels: map[string]string{"site": "north"}, RetryAfter: time.Second,
 		Models: []protocol.ModelStatus{{Name: "m", Version: 4, Digest: v4}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
-			t.Errorf("device: %v", err)
-		}
-	}()
 	f.pub = mqtt.NewClient(mqtt.NewClientOptions().AddBroker(c.BrokerURL()).SetClientID("gw-1-telemetry").SetAutoReconnect(false))
 	if tok := f.pub.Connect(); !tok.WaitTimeout(30*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())
