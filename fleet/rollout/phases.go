@@ -177,7 +177,8 @@ func want(ro *registry.Rollout, wave int, baseline int64) (hold bool, tr *protoc
 }
 
 // commandTTL is how long an install with trial tr stays valid: a trial
-// must outlast its phase and the analysis's wait for evidence.
+// must outlast its phase, the wait for its devices before the window and
+// the analysis's wait for evidence after it (MaxWait each).
 func (e *Engine) commandTTL(ro *registry.Rollout, tr *protocol.Trial) time.Duration {
 	ttl := e.opts.CommandTTL
 	if tr == nil {
@@ -188,7 +189,7 @@ func (e *Engine) commandTTL(ro *registry.Rollout, tr *protocol.Trial) time.Durat
 			ttl += p.Duration
 		}
 	}
-	return ttl + config(ro).MaxWait
+	return ttl + 2*config(ro).MaxWait
 }
 
 // trialEvidence is where a wave's trial devices are in a trial phase.
@@ -354,8 +355,22 @@ func (e *Engine) phaseGate(ctx context.Context, t *tracked) error {
 		return e.movePhase(t, d, nil, func(cur *registry.Rollout) { cur.Phase, cur.PhaseStarted = next, time.Time{} })
 	}
 	if ro.PhaseStarted.IsZero() {
-		if tv.onWay > 0 || tv.holding == 0 {
-			return nil // offline devices do not hold the phase; the others must answer
+		// Offline devices do not hold the phase; the others must answer,
+		// for at most the config's MaxWait since the phase began: then the
+		// window starts with the devices holding the candidate (a late one
+		// joins the analysis when it arrives), or, with none, the rollout
+		// pauses for the operator.
+		wait := config(ro).MaxWait
+		late := !now.Before(phaseEntered(ro).Add(wait))
+		switch {
+		case tv.holding > 0 && (tv.onWay == 0 || late):
+		case tv.holding == 0 && late:
+			reason := fmt.Sprintf("wave %d %s: no trial device holds the candidate %s after the phase began (%s), paused for the operator",
+				ro.Wave+1, ro.Phase, wait, tv)
+			d := &registry.Decision{Time: now, Wave: ro.Wave, Phase: ro.Phase, Action: ro.Phase + "-paused", Devices: tv.devices, Detail: reason}
+			return e.movePhase(t, d, nil, func(cur *registry.Rollout) { cur.State, cur.Reason = registry.RolloutPaused, reason })
+		default:
+			return nil
 		}
 		d := &registry.Decision{Time: now, Wave: ro.Wave, Phase: ro.Phase, Action: ro.Phase + "-started", Devices: tv.devices, Successes: tv.holding,
 			Detail: fmt.Sprintf("wave %d %s (%g%% of requests) started for %s: %s", ro.Wave+1, ro.Phase, tr.Percent, ph.Duration, tv)}
@@ -369,6 +384,18 @@ func (e *Engine) phaseGate(ctx context.Context, t *tracked) error {
 		Devices: tv.ids, From: ro.PhaseStarted, To: now, Config: config(ro)}
 	next := nextPhase(ro, ro.Phase)
 	return e.judge(ctx, t, req, end, func(cur *registry.Rollout) { cur.Phase, cur.PhaseStarted = next, time.Time{} })
+}
+
+// phaseEntered is when ro's current wave entered its phase, or the
+// operator last resumed it: the wave's start or its latest decision.
+func phaseEntered(ro *registry.Rollout) time.Time {
+	at := waveStart(ro)
+	for _, d := range ro.Decisions {
+		if d.Wave == ro.Wave && d.Time.After(at) {
+			at = d.Time
+		}
+	}
+	return at
 }
 
 // wavePhase runs the wave analysis of a promoted wave.
@@ -610,7 +637,8 @@ func phaseWhy(ro *registry.Rollout, tv trialEvidence, now time.Time) (why string
 	ph, _ := trialPhase(ro, ro.Phase)
 	switch {
 	case ph != nil && ro.PhaseStarted.IsZero():
-		return fmt.Sprintf("wave %d %s waits for its devices: %s", w, ro.Phase, tv), time.Time{}
+		by := phaseEntered(ro).Add(config(ro).MaxWait)
+		return fmt.Sprintf("wave %d %s waits for its devices until %s at most: %s", w, ro.Phase, by.Format(time.RFC3339), tv), time.Time{}
 	case ph != nil:
 		endsAt = ro.PhaseStarted.Add(ph.Duration)
 	case ro.Phase == registry.PhaseWave:

@@ -166,7 +166,8 @@ func TestPhasesPassInOrder(t *testing.T) {
 		require.Len(t, got, 1, a.Device)
 		require.Equal(t, "shadow 10", trialOf(got[0]))
 		require.EqualValues(t, 1, a.Baseline)
-		require.True(t, got[0].Expires.After(start.Add(24*time.Hour+25*time.Minute)), "a trial outlasts its phases and max_wait: %s", got[0].Expires)
+		require.False(t, got[0].Expires.Before(start.Add(24*time.Hour+25*time.Minute+2*testConfig.MaxWait)),
+			"a trial outlasts its phases and max_wait before and after each window: %s", got[0].Expires)
 	}
 	require.Positive(t, trialDevs)
 	// The window starts once the trial devices hold the candidate.
@@ -456,6 +457,66 @@ func TestPhaseOfflineDeviceDoesNotHold(t *testing.T) {
 	r := f.rollout(ro.ID)
 	require.False(t, r.PhaseStarted.IsZero())
 	require.Contains(t, r.Decisions[0].Detail, "5 of 6 trial devices hold the candidate, 1 offline")
+}
+
+// TestPhaseStuckDeviceHoldsAtMostMaxWait: a trial device that is online
+// but never reaches shadow holds the window's start for max_wait from the
+// phase's beginning, no longer: then the window starts with the devices
+// holding the candidate. With none holding it by then the rollout pauses
+// for the operator, and a resume gives the devices another max_wait.
+func TestPhaseStuckDeviceHoldsAtMostMaxWait(t *testing.T) {
+	an := &scripted{verdicts: map[analysis.Phase][]analysis.Verdict{}}
+	f := newPhaseFixture(t, 4, func(int) bool { return true }, an)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.5,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: time.Minute}, Analysis: &testConfig})
+	require.NoError(t, err)
+	f.step()
+	as := f.assignments(ro.ID)
+	for _, a := range as[1:] {
+		f.eng.HandleAck(a.Device, &protocol.Ack{CommandID: a.CommandID, RolloutID: ro.ID, State: protocol.UpdateShadow, Time: f.clock()})
+	}
+	f.advance(testConfig.MaxWait - time.Second)
+	f.step()
+	require.True(t, f.rollout(ro.ID).PhaseStarted.IsZero(), "started before max_wait while %s was on its way", as[0].Device)
+	rep, err := f.eng.Status(ro.ID)
+	require.NoError(t, err)
+	require.Contains(t, rep.Waiting, "wave 1 shadow waits for its devices until "+ro.Created.Add(testConfig.MaxWait).UTC().Format(time.RFC3339)+" at most")
+	f.advance(time.Second)
+	f.step()
+	r := f.rollout(ro.ID)
+	require.Equal(t, registry.RolloutRunning, r.State)
+	require.Equal(t, f.clock(), r.PhaseStarted.UTC())
+	require.Equal(t, "shadow-started", r.Decisions[len(r.Decisions)-1].Action)
+	require.Contains(t, r.Decisions[len(r.Decisions)-1].Detail, "3 of 4 trial devices hold the candidate, 1 on their way")
+
+	// Nobody holds it: paused at max_wait, and a resume waits again.
+	f2 := newPhaseFixture(t, 3, func(int) bool { return true }, an)
+	ro2, err := f2.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.5,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: time.Minute}, Analysis: &testConfig})
+	require.NoError(t, err)
+	f2.step()
+	f2.advance(testConfig.MaxWait - time.Second)
+	f2.step()
+	require.Equal(t, registry.RolloutRunning, f2.rollout(ro2.ID).State)
+	f2.advance(time.Second)
+	f2.step()
+	r = f2.rollout(ro2.ID)
+	require.Equal(t, registry.RolloutPaused, r.State)
+	require.Contains(t, r.Reason, "wave 1 shadow: no trial device holds the candidate 30m0s after the phase began (0 of 3 trial devices hold the candidate, 3 on their way)")
+	require.Equal(t, "shadow-paused", r.Decisions[len(r.Decisions)-1].Action)
+	_, err = f2.eng.Resume(ro2.ID)
+	require.NoError(t, err)
+	f2.advance(time.Minute)
+	f2.step()
+	require.Equal(t, registry.RolloutRunning, f2.rollout(ro2.ID).State, "paused again at once after a resume")
+	a := f2.assignments(ro2.ID)[0]
+	f2.eng.HandleAck(a.Device, &protocol.Ack{CommandID: a.CommandID, RolloutID: ro2.ID, State: protocol.UpdateShadow, Time: f2.clock()})
+	f2.advance(testConfig.MaxWait)
+	f2.step()
+	r = f2.rollout(ro2.ID)
+	require.Equal(t, registry.RolloutRunning, r.State)
+	require.False(t, r.PhaseStarted.IsZero(), "the window starts with the one device that arrived")
+	require.Empty(t, an.requests(analysis.PhaseShadow), "no window ended yet")
 }
 
 // TestPhaseNewLeaderCarriesOn: the phase is in the store: an engine
