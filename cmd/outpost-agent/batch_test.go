@@ -21,18 +21,6 @@ import (
 	"github.com/outpost-edge/outpost/models/testmodel"
 )
 
-// buildAgent builds only the agent (with the test tags), for tests that
-// need no fleet binary.
-func buildAgent(t *testing.T) string {
-	t.Helper()
-	out := filepath.Join(t.TempDir(), "outpost-agent")
-	cmd := exec.Command("go", "build", "-tags", "outposttest", "-o", out, ".")
-	if msg, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s(for cgo: eval \"$(make -s env)\")", err, msg)
-	}
-	return out
-}
-
 // writeFaceRows writes an .npy file of n FP32 images [n 128 128 3] for the
 // face detection model, each row different.
 func writeFaceRows(t *testing.T, path string, n int) {
@@ -63,7 +51,7 @@ func writeFaceRows(t *testing.T, path string, n int) {
 // byte for byte the output of an uninterrupted run: every item exactly
 // once, in order, none missing.
 func TestBatchKillResume(t *testing.T) {
-	bin := buildAgent(t)
+	bin := build(t).agent
 	dir := t.TempDir()
 	model := testmodel.Path(t, testmodel.FaceShort)
 	in := filepath.Join(dir, "in.npy")

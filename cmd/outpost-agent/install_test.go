@@ -3,11 +3,13 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,15 +26,41 @@ import (
 // tag: the crash points (internal/crashpoint) and --test-now (testclock_on.go).
 type bins struct{ agent, fleet string }
 
+// buildOnce builds the binaries once per test binary, into binDir:
+// linking both takes seconds, and some thirty tests ask for them.
+var (
+	binDir    string
+	buildOnce = sync.OnceValues(func() (bins, error) {
+		dir, err := os.MkdirTemp("", "outpost-bins-")
+		if err != nil {
+			return bins{}, err
+		}
+		binDir = dir
+		b := bins{agent: filepath.Join(dir, "outpost-agent"), fleet: filepath.Join(dir, "outpost-fleet")}
+		for out, pkg := range map[string]string{b.agent: ".", b.fleet: "../outpost-fleet"} {
+			cmd := exec.Command("go", "build", "-tags", "outposttest", "-o", out, pkg)
+			if msg, err := cmd.CombinedOutput(); err != nil {
+				return bins{}, fmt.Errorf("go build %s: %v\n%s(for cgo: eval \"$(make -s env)\")", pkg, err, msg)
+			}
+		}
+		return b, nil
+	})
+)
+
+// TestMain removes the binaries built for the run.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
 func build(t *testing.T) bins {
 	t.Helper()
-	dir := t.TempDir()
-	b := bins{agent: filepath.Join(dir, "outpost-agent"), fleet: filepath.Join(dir, "outpost-fleet")}
-	for out, pkg := range map[string]string{b.agent: ".", b.fleet: "../outpost-fleet"} {
-		cmd := exec.Command("go", "build", "-tags", "outposttest", "-o", out, pkg)
-		if msg, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s(for cgo: eval \"$(make -s env)\")", pkg, err, msg)
-		}
+	b, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
 	}
 	return b
 }

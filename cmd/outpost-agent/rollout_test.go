@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -47,6 +48,19 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
+// dumpOnFailure asks a process of a failed test for its goroutines
+// (SIGQUIT: the Go runtime prints them to stderr and exits), so that a
+// stall shows where it stood; exited closes when the process has.
+func dumpOnFailure(t *testing.T, p *os.Process, exited <-chan struct{}) {
+	if !t.Failed() || p.Signal(syscall.SIGQUIT) != nil {
+		return
+	}
+	select {
+	case <-exited:
+	case <-time.After(5 * time.Second):
+	}
+}
+
 // startFleet runs the controller: with its embedded broker when broker is
 // empty, else on that external broker; extraYAML goes into its fleet.yaml.
 func startFleet(t *testing.T, b bins, broker, extraYAML string) *fleetProc {
@@ -75,6 +89,7 @@ func startFleet(t *testing.T, b bins, broker, extraYAML string) *fleetProc {
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
 	t.Cleanup(func() {
+		dumpOnFailure(t, cmd.Process, done)
 		cmd.Process.Kill()
 		<-done
 		if t.Failed() {

@@ -80,6 +80,7 @@ func startServeWait(t *testing.T, bin string, env []string, path string, args ..
 		close(s.exited)
 	}()
 	t.Cleanup(func() {
+		dumpOnFailure(t, cmd.Process, s.exited)
 		cmd.Process.Kill()
 		<-s.exited
 	})
