@@ -2,7 +2,8 @@
 # stress.sh RUNS TEST BENCH LOGDIR: `make TEST` RUNS times in a row while
 # `make BENCH` runs beside it in a loop, started in the background and
 # stopped at the end. Stops at the first failing run and keeps its log in
-# LOGDIR (passing runs' logs are deleted); prints how many runs passed.
+# LOGDIR (passing runs' logs are deleted, their packages' times kept in
+# LOGDIR/passed.txt); prints how many runs passed.
 # Called by `make test-stress`.
 set -u
 runs=$1 test=$2 bench=$3 logdir=$4
@@ -39,6 +40,8 @@ for i in $(seq 1 "$runs"); do
   if "$make" --no-print-directory "$test" >"$log" 2>&1; then
     pass=$((pass + 1))
     echo "stress: run $i/$runs passed ($((SECONDS - start)) s)"
+    # Keep each package's time: the slowest ones bound make test.
+    grep -E '^ok ' "$log" | sed "s/^/run $i: /" >>"$logdir/passed.txt"
     rm -f "$log"
   else
     echo "stress: run $i/$runs FAILED ($((SECONDS - start)) s); its log: $log"
