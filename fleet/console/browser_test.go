@@ -164,7 +164,7 @@ func TestConsoleInBrowser(t *testing.T) {
 
 	// A controller with six simulated devices serving detector v1, and
 	// versions 2 and 3 pushed.
-	f := startController(t, controller.DriftOptions{})
+	f := startController(t, controller.Options{})
 	c := f.c
 	var v1 string
 	for v := int64(1); v <= 3; v++ {
@@ -441,16 +441,17 @@ type consoleFleet struct {
 }
 
 // startController runs a controller with its own keys, the admin API and
-// broker on loopback ports, until the test ends.
-func startController(t *testing.T, drift controller.DriftOptions) *consoleFleet {
+// broker on loopback ports, until the test ends; o gives the rest of its
+// options (drift windows, analysis cadence).
+func startController(t *testing.T, o controller.Options) *consoleFleet {
 	t.Helper()
 	keys := filepath.Join(t.TempDir(), "keys")
 	k, err := keyring.Init(keys, keyring.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := controller.New(controller.Options{Fleet: fleetName, DataDir: t.TempDir(), Keys: keys,
-		ListenMQTT: "127.0.0.1:0", Admin: "127.0.0.1:0", Tick: 100 * time.Millisecond, Drift: drift})
+	o.Fleet, o.DataDir, o.Keys, o.ListenMQTT, o.Admin, o.Tick = fleetName, t.TempDir(), keys, "127.0.0.1:0", "127.0.0.1:0", 100*time.Millisecond
+	c, err := controller.New(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,6 +500,73 @@ func (f *consoleFleet) device(t *testing.T, o simdevice.Options) {
 			t.Errorf("device %s: %v", o.Device, err)
 		}
 	})
+}
+
+// tab is a headless Chromium tab at 1280x800 whose page errors are
+// collected, with the steps the tests take in it; every step fails the
+// test, naming what it was for, when it fails or the budget runs out.
+type tab struct {
+	t      *testing.T
+	ctx    context.Context
+	logged *consoleLog
+	shots  string
+}
+
+// openTab starts the browser; every step must end within budget.
+func openTab(t *testing.T, budget time.Duration, logged *consoleLog) *tab {
+	t.Helper()
+	browser, shots := chromium(t), artifacts(t)
+	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1280, 800))...)
+	t.Cleanup(acancel)
+	bctx, bcancel := chromedp.NewContext(actx)
+	t.Cleanup(bcancel)
+	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatal(err)
+	}
+	if err := chromedp.Listen(bctx, logged.listen); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(bctx, budget)
+	t.Cleanup(cancel)
+	return &tab{t: t, ctx: ctx, logged: logged, shots: shots}
+}
+
+func (b *tab) do(what string, steps ...chromedp.Action[chromedp.Void]) {
+	b.t.Helper()
+	if err := chromedp.Do(b.ctx, steps...); err != nil {
+		b.t.Fatalf("%s: %v (page errors: %q)", what, err, b.logged.errors())
+	}
+}
+
+// until waits, polling in the page, for the JavaScript condition cond.
+func (b *tab) until(what, cond string) {
+	b.t.Helper()
+	if _, err := chromedp.Run(b.ctx, chromedp.Poll[bool](cond, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
+		page, _ := chromedp.Run(context.WithoutCancel(b.ctx), chromedp.Evaluate[string](`location.href + ' ' + document.body.textContent`))
+		b.t.Fatalf("waiting for %s (%s): %v (page errors: %q; page %q)", what, cond, err, b.logged.errors(), page)
+	}
+}
+
+func (b *tab) eval(expr string) string {
+	b.t.Helper()
+	v, err := chromedp.Run(b.ctx, chromedp.Evaluate[string](expr))
+	if err != nil {
+		b.t.Fatalf("%s: %v", expr, err)
+	}
+	return v
+}
+
+// shot captures the element sel into the artifacts as name.png.
+func (b *tab) shot(name, sel string) {
+	b.t.Helper()
+	png, err := chromedp.Run(b.ctx, chromedp.Screenshot(chromedp.CSS(sel)))
+	if err == nil {
+		err = os.WriteFile(filepath.Join(b.shots, name+".png"), png, 0o644)
+	}
+	if err != nil {
+		b.t.Fatal(err)
+	}
 }
 
 type rolloutRep struct {

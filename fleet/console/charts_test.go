@@ -1,7 +1,6 @@
 package console_test
 
 import (
-	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -11,8 +10,6 @@ import (
 	"math"
 	mrand "math/rand/v2"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -43,7 +40,7 @@ type chartsFleet struct {
 }
 
 func startChartsFleet(t *testing.T) *chartsFleet {
-	cf := startController(t, controller.DriftOptions{Window: time.Second})
+	cf := startController(t, controller.Options{Drift: controller.DriftOptions{Window: time.Second}})
 	c := cf.c
 	f := &chartsFleet{c: c, base: "http://" + c.AdminAddr()}
 	var v4 string
@@ -191,8 +188,7 @@ func thousands(n uint64) string {
 // of two versions, a drift of one input, health points, an audit trail
 // with a break) on its broker, without a page error.
 func TestConsoleCharts(t *testing.T) {
-	browser := chromium(t)
-	shots := artifacts(t)
+	chromium(t) // before the set-up: skips without a browser
 	f := startChartsFleet(t)
 	var root, viewer struct{ Token string }
 	for _, tk := range []struct {
@@ -295,20 +291,9 @@ func TestConsoleCharts(t *testing.T) {
 		return code == http.StatusOK && stored == requests
 	})
 
-	actx, acancel := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(browser), chromedp.NoSandbox, chromedp.DisableGPU, chromedp.WindowSize(1280, 800))...)
-	defer acancel()
-	bctx, bcancel := chromedp.NewContext(actx)
-	defer bcancel()
-	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatal(err)
-	}
-	logged := consoleLog{missing: regexp.MustCompile(`/v1/devices/gw-404$`)}
-	if err := chromedp.Listen(bctx, logged.listen); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(bctx, 20*time.Second)
-	defer cancel()
+	logged := &consoleLog{missing: regexp.MustCompile(`/v1/devices/gw-404$`)}
+	b := openTab(t, 20*time.Second, logged)
+	ctx, wait, shot := b.ctx, b.until, b.shot
 	count := func(what, sel string) int {
 		t.Helper()
 		n, err := chromedp.Run(ctx, chromedp.Evaluate[int](fmt.Sprintf(`document.querySelectorAll(%q).length`, sel)))
@@ -317,32 +302,7 @@ func TestConsoleCharts(t *testing.T) {
 		}
 		return n
 	}
-	text := func() string {
-		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.querySelector('main').textContent`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	wait := func(what, cond string) {
-		t.Helper()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](cond, chromedp.WithPollingInterval(50*time.Millisecond), chromedp.WithPollingTimeout(0))); err != nil {
-			main, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`location.href + ' ' + document.body.textContent`))
-			t.Fatalf("waiting for %s: %v (page errors %q; page %q)", what, err, logged.errors(), main)
-		}
-	}
-	// shot captures the element sel (the page's sections are below the
-	// fold at 800 px).
-	shot := func(name, sel string) {
-		t.Helper()
-		b, err := chromedp.Run(ctx, chromedp.Screenshot(chromedp.CSS(sel)))
-		if err == nil {
-			err = os.WriteFile(filepath.Join(shots, name+".png"), b, 0o644)
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	text := func() string { return b.eval(`document.querySelector('main').textContent`) }
 	if err := chromedp.Do(ctx, chromedp.Navigate(f.base+"/console/#/models/m"), chromedp.WaitVisible(chromedp.CSS("#token")),
 		chromedp.SendKeys(chromedp.CSS("#token"), viewer.Token), chromedp.Click(chromedp.CSS("#login"))); err != nil {
 		t.Fatal(err)

@@ -50,8 +50,10 @@
     return el;
   }
 
+  // table makes a table of rows; a column given as null is left out.
   function table(cols, rows, opts) {
     opts = opts || {};
+    cols = cols.filter(Boolean);
     const head = h('tr', {}, cols.map((c) => h('th', { scope: 'col', class: c.num ? 'num' : null, text: c.label })));
     const body = rows.map((r) => h('tr', {}, cols.map((c) => {
       const v = c.get(r);
@@ -511,6 +513,63 @@
     });
   }
 
+  // phasesText says which phases a rollout's waves go through ("shadow
+  // 10% for 15m, canary 5% for 10m, analysis"); empty without any.
+  function phasesText(r) {
+    const parts = [];
+    for (const [name, p] of [['shadow', r.shadow], ['canary', r.canary]]) {
+      if (p) parts.push(name + ' ' + p.percent + '% for ' + duration(p.duration));
+    }
+    if (r.analysis) parts.push('analysis');
+    return parts.join(', ');
+  }
+
+  // duration formats nanoseconds as the API sends them: "15m", "1h30m", "4s".
+  function duration(ns) {
+    let sec = Math.round(ns / 1e9);
+    const out = [];
+    for (const [unit, n] of [['h', 3600], ['m', 60]]) {
+      if (sec >= n) { out.push(Math.floor(sec / n) + unit); sec %= n; }
+    }
+    if (sec || !out.length) out.push(sec + 's');
+    return out.join('');
+  }
+
+  function decisionKind(action) {
+    if (action === 'failed' || action === 'timeout-halt' || action.endsWith('-fail')) return 'bad';
+    if (action.endsWith('-paused') || action.endsWith('-wait') || action.endsWith('-marginal')) return 'warn';
+    return 'ok';
+  }
+
+  function verdictKind(v) {
+    return { pass: 'ok', fail: 'bad', marginal: 'warn', wait: 'warn' }[v] || '';
+  }
+
+  // analysesSection shows a rollout's analyses, the newest first: one per
+  // wave and phase, each with its metrics against the baseline.
+  function analysesSection(reps) {
+    if (!reps.length) return null;
+    const val = (v, unit) => num(v, 4) + (unit ? ' ' + unit : '');
+    return h('section', { id: 'analyses', 'aria-labelledby': 'h-analyses' }, h('h2', { id: 'h-analyses' }, 'Analyses'),
+      reps.slice().reverse().map((a, i) => {
+        const title = 'Wave ' + (a.wave + 1) + ' ' + a.phase;
+        const id = 'h-analysis-' + i;
+        return h('article', { class: 'analysis', 'data-phase': a.phase, 'data-verdict': a.verdict, 'aria-labelledby': id },
+          h('h3', { id }, title, ' ', badge(a.verdict, verdictKind(a.verdict)), ' score ' + num(a.score, 0)),
+          h('p', { class: 'muted' }, 'v' + a.candidate + ' against v' + a.baseline + ', ' + when(a.from) + ' – ' + when(a.to) +
+            (a.reason ? '. ' + a.reason : '')),
+          (a.metrics || []).length ? table([
+            { label: 'Metric', get: (m) => m.name + (m.critical ? ' (critical)' : '') },
+            { label: 'Baseline v' + a.baseline, num: true, get: (m) => val(m.baseline, m.unit) },
+            { label: 'Candidate v' + a.candidate, num: true, get: (m) => val(m.candidate, m.unit) },
+            { label: 'N', num: true, get: (m) => m.baseline_n + ' / ' + m.candidate_n },
+            { label: 'p', num: true, get: (m) => m.p ? m.p.toPrecision(2) : '' },
+            { label: 'Verdict', get: (m) => badge(m.verdict, verdictKind(m.verdict)) },
+            { label: 'Why', get: (m) => m.reason || '' },
+          ], a.metrics, { label: title + ' metrics' }) : null);
+      }));
+  }
+
   async function rolloutPage(gen, id) {
     const enc = encodeURIComponent(id);
     const head = h('div');
@@ -542,6 +601,8 @@
     const render = (r) => {
       if (lastState && r.state !== lastState) say('Rollout ' + r.state + '.');
       lastState = r.state;
+      const running = r.state === 'running';
+      const paused = r.state === 'paused';
       put(head, h('dl', { class: 'kv' },
         h('dt', {}, 'State'), h('dd', {}, badge(r.state, kindOf(r.state), ), h('span', { id: 'rollout-state', class: 'sr-only' }, r.state),
           r.reason ? ' ' + r.reason : ''),
@@ -550,11 +611,13 @@
           (r.verified ? ' (' + num(r.verified, 0) + ' verified)' : '')),
         h('dt', {}, 'Moved'), h('dd', {}, bytes(r.bytes_moved)),
         r.selector ? [h('dt', {}, 'Selector'), h('dd', {}, Object.entries(r.selector).map(([k, v]) => k + '=' + v).join(', '))] : null,
+        phasesText(r) ? [h('dt', {}, 'Phases'), h('dd', {}, phasesText(r))] : null,
+        r.phase && (running || paused) ? [h('dt', {}, 'Phase'), h('dd', { id: 'rollout-phase' }, 'wave ' + (r.wave + 1) + ' ' + r.phase +
+          (r.phase_started ? ', since ' + when(r.phase_started) : ', waiting for its devices') +
+          (r.phase_ends_at ? ', window until ' + when(r.phase_ends_at) : ''))] : null,
         r.waiting ? [h('dt', {}, 'Waiting'), h('dd', {}, r.waiting)] : null,
         h('dt', {}, 'Created'), h('dd', {}, when(r.created)),
         r.finished ? [h('dt', {}, 'Finished'), h('dd', {}, when(r.finished))] : null));
-      const running = r.state === 'running';
-      const paused = r.state === 'paused';
       if (canOperate() && (running || paused)) {
         if (actionsFor !== r.state) {
           const had = actions.contains(document.activeElement);
@@ -593,6 +656,8 @@
             'aria-label': 'Wave ' + (r.wave_progress.indexOf(w) + 1) + ': ' + done + ' of ' + w.devices + ' devices active' }),
           ' ' + done + ' / ' + w.devices);
         } },
+        r.phase ? { label: 'Phase', get: (w) => w.phase ? badge(w.phase, w.phase === 'done' ? 'ok' : '') : '' } : null,
+        r.phase ? { label: 'Trial devices', num: true, get: (w) => w.trial_devices || 0 } : null,
         { label: 'Successes', get: (w) => w.successes + ' (needs ' + w.needed + ')' },
         { label: 'By state', get: (w) => Object.entries(w.counts || {}).filter(([, n]) => n).map(([k, n]) => k + ' ' + n).join(', ') },
         { label: 'Offline', num: true, get: (w) => w.offline || 0 },
@@ -600,10 +665,12 @@
       (r.decisions || []).length ? [h('h2', {}, 'Gate decisions'), table([
         { label: 'Time', get: (x) => when(x.time) },
         { label: 'Wave', num: true, get: (x) => x.wave + 1 },
-        { label: 'Decision', get: (x) => badge(x.action, x.action === 'failed' || x.action === 'timeout-halt' ? 'bad' : 'ok') },
-        { label: 'Evidence', get: (x) => x.successes + ' of ' + x.needed + ' needed, ' + x.devices + ' devices' },
+        { label: 'Decision', get: (x) => badge(x.action, decisionKind(x.action)) },
+        { label: 'Evidence', get: (x) => x.verdict ? 'score ' + num(x.score, 0) + ', ' + x.devices + ' devices'
+          : x.phase ? x.devices + ' devices' : x.successes + ' of ' + x.needed + ' needed, ' + x.devices + ' devices' },
         { label: 'Detail', get: (x) => x.detail || '' },
-      ], r.decisions, { label: 'Gate decisions' })] : null);
+      ], r.decisions, { label: 'Gate decisions' })] : null,
+      analysesSection(r.analyses || []));
       const fin = !(running || paused);
       return fin;
     };
