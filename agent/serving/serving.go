@@ -177,6 +177,14 @@ func (r *Registry) slot(name string, create bool) *runtime.Slot[catalog.Entry] {
 	return s
 }
 
+// served returns name's slot and its candidate on trial (nil without one),
+// under one read lock: the per-request lookup.
+func (r *Registry) served(name string) (*runtime.Slot[catalog.Entry], *trial) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.slots[name], r.trials[name]
+}
+
 func (r *Registry) dropIfEmpty(name string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -220,7 +228,7 @@ func (r *Registry) List() []catalog.Entry {
 // Lookup returns the entry serving name; version 0 means whichever is
 // current. Errors wrap catalog.ErrModelNotFound or ErrVersionNotFound.
 func (r *Registry) Lookup(name string, version int64) (catalog.Entry, error) {
-	s := r.slot(name, false)
+	s, t := r.served(name)
 	if s == nil {
 		return catalog.Entry{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
 	}
@@ -228,7 +236,7 @@ func (r *Registry) Lookup(name string, version int64) (catalog.Entry, error) {
 	if !ok {
 		return catalog.Entry{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
 	}
-	if t := r.trialOf(name); t != nil && version != 0 && version != e.Version && t.cfg.Load().Mode == Canary {
+	if t != nil && version != 0 && version != e.Version && t.cfg.Load().Mode == Canary {
 		if _, c, ok := t.slot.Current(); ok && c.Version == version {
 			return c, nil // a canary answers requests for its version
 		}
@@ -252,7 +260,7 @@ func (r *Registry) Lookup(name string, version int64) (catalog.Entry, error) {
 func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
 ) (catalog.Entry, catalog.Timing, error) {
-	s := r.slot(name, false)
+	s, t := r.served(name)
 	if s == nil {
 		return catalog.Entry{}, catalog.Timing{}, fmt.Errorf("model %q: %w", name, catalog.ErrModelNotFound)
 	}
@@ -260,7 +268,7 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	var tm runtime.Timing
 	var err error
 	var tap *shadowTap
-	if t := r.trialOf(name); t != nil {
+	if t != nil {
 		var served bool
 		if used, tm, err, served = r.canary(ctx, t, name, version, prepare, emit); served {
 			return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)
