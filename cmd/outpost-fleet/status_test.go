@@ -68,6 +68,29 @@ func TestWatcher(t *testing.T) {
 		t.Fatalf("redraw %q, want it to start with %q", redraw, want)
 	}
 
+	// A terminal narrower than the table: the redraw goes up every row the
+	// wrapped lines took, not one per line.
+	b.Reset()
+	w = &watcher{w: &b, mode: watchRedraw, width: func() int { return 20 }}
+	if err := w.show([]rollout.Report{rep}); err != nil {
+		t.Fatal(err)
+	}
+	drawn := b.String()
+	up := 0
+	for _, line := range strings.Split(strings.TrimSuffix(drawn, "\n"), "\n") {
+		up += max(1, (len(line)+19)/20)
+	}
+	if up <= strings.Count(drawn, "\n") {
+		t.Fatalf("no line of the table is wider than 20 columns: %q", drawn)
+	}
+	rep.Committed = 2
+	if err := w.show([]rollout.Report{rep}); err != nil {
+		t.Fatal(err)
+	}
+	if redraw := strings.TrimPrefix(b.String(), drawn); !strings.HasPrefix(redraw, fmt.Sprintf("\x1b[%dA\r\x1b[J", up)) {
+		t.Fatalf("redraw at 20 columns %q, want it to go up %d rows", redraw, up)
+	}
+
 	b.Reset()
 	at := time.Date(2026, 11, 30, 2, 0, 0, 0, time.UTC)
 	w = &watcher{w: &b, mode: watchLines, last: map[string]string{}, now: func() time.Time { return at }}

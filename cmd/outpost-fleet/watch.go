@@ -10,6 +10,9 @@ import (
 	"os"
 	"strings"
 	"time"
+	"unicode/utf8"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
@@ -80,7 +83,7 @@ func runRolloutStatus(ctx context.Context, args []string, stdout, stderr io.Writ
 	case isTerminal(stdout):
 		mode = watchRedraw
 	}
-	w := &watcher{w: stdout, mode: mode, last: map[string]string{}}
+	w := &watcher{w: stdout, mode: mode, last: map[string]string{}, width: func() int { return termWidth(stdout) }}
 	tick := time.NewTicker(*interval)
 	defer tick.Stop()
 	for {
@@ -138,6 +141,7 @@ type watcher struct {
 	mode  watchMode
 	last  map[string]string // by rollout id, what was printed (lines, JSON)
 	table string            // what was drawn (redraw)
+	width func() int        // the terminal's columns, 0 unknown (redraw; nil: unknown)
 	now   func() time.Time  // nil: time.Now
 }
 
@@ -148,8 +152,12 @@ func (w *watcher) show(reps []rollout.Report) error {
 		if b.String() == w.table {
 			return nil
 		}
-		if n := strings.Count(w.table, "\n"); n > 0 {
-			// Up to the first line drawn, then clear to the end of the screen.
+		width := 0
+		if w.width != nil {
+			width = w.width()
+		}
+		if n := rows(w.table, width); n > 0 {
+			// Up to the first row drawn, then clear to the end of the screen.
 			fmt.Fprintf(w.w, "\x1b[%dA\r\x1b[J", n)
 		}
 		w.table = b.String()
@@ -226,6 +234,38 @@ func humanBytes(n int64) string {
 		i++
 	}
 	return fmt.Sprintf("%.1f %s", f, []string{"KiB", "MiB", "GiB"}[i])
+}
+
+// rows is how many terminal rows the lines of s (each ending in a newline)
+// take when the terminal wraps them at width columns; width 0 (unknown)
+// counts a row per line. The table is text of single-width characters.
+func rows(s string, width int) int {
+	n := 0
+	for line := range strings.Lines(s) {
+		if !strings.HasSuffix(line, "\n") {
+			break // not ended: the cursor is still on it
+		}
+		cols := utf8.RuneCountInString(line) - 1
+		if width <= 0 || cols <= width {
+			n++
+			continue
+		}
+		n += (cols + width - 1) / width
+	}
+	return n
+}
+
+// termWidth is the number of columns of the terminal w, 0 if unknown.
+func termWidth(w io.Writer) int {
+	f, ok := w.(*os.File)
+	if !ok {
+		return 0
+	}
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	if err != nil {
+		return 0
+	}
+	return int(ws.Col)
 }
 
 // isTerminal reports whether w is a terminal that understands cursor
