@@ -529,8 +529,13 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 		if a.Updated.After(last) {
 			last = a.Updated
 		}
+		// A trial lasts as long as its command: one held past half its
+		// life is renewed (the same trial, a new id and expiry), so that a
+		// rollout paused for long does not lose its candidates.
 		holding := tr != nil && a.State == tr.State()
-		if d.OnlineSince.After(a.Sent) || (!holding && now.Sub(last) >= e.opts.ResendAfter) || !now.Before(a.Sent.Add(e.commandTTL(ro, tr))) {
+		ttl := e.commandTTL(ro, tr)
+		renew := holding && !now.Before(a.Sent.Add(ttl/2))
+		if d.OnlineSince.After(a.Sent) || (!holding && now.Sub(last) >= e.opts.ResendAfter) || !now.Before(a.Sent.Add(ttl)) || renew {
 			errs = append(errs, e.sendInstall(ctx, t, a.Device, a.Wave, a.Baseline, tr))
 		}
 	}

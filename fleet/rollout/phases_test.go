@@ -519,6 +519,44 @@ func TestPhaseStuckDeviceHoldsAtMostMaxWait(t *testing.T) {
 	require.Empty(t, an.requests(analysis.PhaseShadow), "no window ended yet")
 }
 
+// TestPhaseTrialRenewedWhilePaused: a rollout paused in shadow for longer
+// than its trial commands last renews them at half their life (the same
+// trial, a new command id and expiry): the devices keep their candidates
+// and still hold them when the operator resumes.
+func TestPhaseTrialRenewedWhilePaused(t *testing.T) {
+	an := &scripted{verdicts: map[analysis.Phase][]analysis.Verdict{analysis.PhaseShadow: {analysis.Wait}}}
+	f, ro := phaseRollout(t, an)
+	_, err := f.eng.Pause(ro.ID)
+	require.NoError(t, err)
+	dev := f.assignments(ro.ID)[0].Device
+	first := f.installs(dev)
+	require.Len(t, first, 1)
+	ttl := first[0].Expires.Sub(first[0].Issued)
+	for range 5 { // two days and a half, a step an hour
+		for range 12 {
+			f.advance(time.Hour)
+			f.step()
+		}
+		f.ackAll(ro.ID, "")
+	}
+	got := f.installs(dev)
+	require.GreaterOrEqual(t, len(got), 3, "renewed every half of %s over 60 h", ttl)
+	for i, c := range got {
+		require.Equal(t, "shadow 10", trialOf(c))
+		if i > 0 {
+			require.NotEqual(t, got[i-1].ID, c.ID)
+			require.True(t, c.Issued.Before(got[i-1].Expires), "command %d sent after the previous one expired", i)
+		}
+	}
+	_, err = f.eng.Resume(ro.ID)
+	require.NoError(t, err)
+	f.step()
+	for _, a := range f.assignments(ro.ID) {
+		require.Equal(t, protocol.UpdateShadow, a.State, a.Device)
+	}
+	require.Equal(t, registry.RolloutRunning, f.rollout(ro.ID).State)
+}
+
 // TestPhaseNewLeaderCarriesOn: the phase is in the store: an engine
 // started afterwards (a new leader) neither restarts the window nor resends
 // the trial to devices holding it, and judges the phase when it ends.
