@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
 	"time"
 
@@ -13,11 +14,12 @@ import (
 	"github.com/outpost-edge/outpost/models/profile"
 )
 
-// Store is what the monitor reads and writes (fleet/registry): the feature
-// histograms of a range, the devices that sent some, and the state rows.
+// Store is what the monitor reads and writes (fleet/registry): the fleet's
+// feature histograms of a range, every device's in one read, and the state
+// rows.
 type Store interface {
 	Features(q registry.FeatureQuery) (*registry.Features, error)
-	FeatureDevices(model, version string, step int64, since, until time.Time) ([]string, error)
+	DeviceFeatures(model, version string, step int64, since, until time.Time) (map[string]*registry.Features, error)
 	DriftRows(model, version string) ([]registry.DriftRow, error)
 	PutDrift(rows []registry.DriftRow) error
 }
@@ -177,20 +179,26 @@ func (m *Monitor) judge(ctx context.Context, ref Reference) error {
 	var transitions []Transition
 	for start := from; !start.Add(w).After(closed); start = start.Add(w) {
 		end := start.Add(w)
+		fleetF, err := m.opts.Store.Features(registry.FeatureQuery{Model: ref.Model, Version: version,
+			Since: start, Until: end, Bucket: m.opts.Bucket})
+		if err != nil {
+			return err
+		}
+		byDevice := map[string]*registry.Features{"": fleetF}
 		devices := []string{""}
 		if !m.opts.NoDevices {
-			ds, err := m.opts.Store.FeatureDevices(ref.Model, version, m.opts.Bucket, start, end)
+			ds, err := m.opts.Store.DeviceFeatures(ref.Model, version, m.opts.Bucket, start, end)
 			if err != nil {
 				return err
 			}
-			devices = append(devices, ds...)
+			for d, f := range ds {
+				byDevice[d] = f
+				devices = append(devices, d)
+			}
+			sort.Strings(devices[1:])
 		}
 		for _, device := range devices {
-			f, err := m.opts.Store.Features(registry.FeatureQuery{Model: ref.Model, Version: version, Device: device,
-				Since: start, Until: end, Bucket: m.opts.Bucket})
-			if err != nil {
-				return err
-			}
+			f := byDevice[device]
 			s := scopes[device]
 			if s == nil {
 				s = &scope{status: Status{State: OK}}

@@ -69,24 +69,37 @@ func (r *Registry) PutDrift(rows []DriftRow) error {
 	return nil
 }
 
-// FeatureDevices lists the devices with feature histograms of model
-// version in buckets of step seconds starting in [since, until): the
-// device scopes drift detection judges for that range.
-func (r *Registry) FeatureDevices(model, version string, step int64, since, until time.Time) ([]string, error) {
-	rows, err := r.r.Query(r.q(`SELECT DISTINCT device FROM agg_buckets
-		WHERE model = ? AND version = ? AND step = ? AND start >= ? AND start < ? AND device <> '' AND features <> '[]'
-		ORDER BY device`), model, version, step, since.Unix(), until.Unix())
+// DeviceFeatures returns, per device, the feature histograms model version
+// has in its buckets of step seconds within [since, until), merged: the
+// devices that sent some, read in one query (the drift monitor judges every
+// device each window, and a fleet has thousands).
+func (r *Registry) DeviceFeatures(model, version string, step int64, since, until time.Time) (map[string]*Features, error) {
+	rows, err := r.r.Query(r.q(`SELECT device, start, requests, records, features FROM agg_buckets
+		WHERE model = ? AND version = ? AND step = ? AND start >= ? AND start < ? AND device <> '' AND features <> '[]'`),
+		model, version, step, since.Unix()/step*step, until.Unix())
 	if err != nil {
-		return nil, fmt.Errorf("registry: devices of %s v%s: %w", model, version, err)
+		return nil, fmt.Errorf("registry: device features of %s v%s: %w", model, version, err)
 	}
 	defer rows.Close()
-	var out []string
+	out := map[string]*Features{}
+	var col []byte
 	for rows.Next() {
-		var d string
-		if err := rows.Scan(&d); err != nil {
-			return nil, fmt.Errorf("registry: devices of %s v%s: %w", model, version, err)
+		var device string
+		var start, requests, records int64
+		if err := rows.Scan(&device, &start, &requests, &records, &col); err != nil {
+			return nil, fmt.Errorf("registry: device features of %s v%s: %w", model, version, err)
 		}
-		out = append(out, d)
+		f := out[device]
+		if f == nil {
+			f = &Features{}
+			out[device] = f
+		}
+		if err := f.add(requests, records, col); err != nil {
+			return nil, fmt.Errorf("registry: features %s v%s of %s bucket %d: %w", model, version, device, start, err)
+		}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("registry: device features of %s v%s: %w", model, version, err)
+	}
+	return out, nil
 }

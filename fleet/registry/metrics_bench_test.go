@@ -10,6 +10,7 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/registry/metricstest"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // BenchmarkMetricsQuery is issue #12's query figure: a 24-hour metrics
@@ -108,4 +109,65 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkDeviceFeatures: what the drift monitor reads each window to
+// judge every device, with 10,000 devices (OUTPOST_BENCH_DEVICES) that each
+// sent a minute of feature histograms (6 features of 21 bins): one read of
+// every device's (DeviceFeatures) against a read per device (Features, the
+// monitor's way before), interleaved. It reports ms per window for each
+// and their ratio.
+func BenchmarkDeviceFeatures(b *testing.B) {
+	devices := 10000
+	if n, err := fmt.Sscan(os.Getenv("OUTPOST_BENCH_DEVICES"), &devices); n != 1 || err != nil {
+		devices = 10000
+	}
+	dir := b.TempDir()
+	r, err := registry.Open(dir, registry.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	store := filepath.Join(dir, registry.StoreFile)
+	t0 := time.Now().Truncate(time.Hour).Add(-time.Hour)
+	feats := make([]protocol.FeatureCounts, 6)
+	for i := range feats {
+		feats[i] = protocol.FeatureCounts{Name: fmt.Sprintf("in:input:c%d:mean", i), Counts: make([]uint64, 21), Sum: 12.5, SumSq: 40}
+		for j := range feats[i].Counts {
+			feats[i].Counts[j] = uint64(j + i)
+		}
+	}
+	var rows metricstest.Rows
+	for d := range devices {
+		for m := range 3 {
+			rows.Add(metricstest.Aggregate{Model: "face", Version: "1", Device: fmt.Sprintf("gw-%05d", d),
+				Start: t0.Add(time.Duration(m) * time.Minute), Requests: 60, Features: feats})
+		}
+	}
+	if err := rows.WriteDevices(store); err != nil {
+		b.Fatal(err)
+	}
+	since, until := t0.Add(time.Minute), t0.Add(2*time.Minute)
+	var one, each time.Duration
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		all, err := r.DeviceFeatures("face", "1", registry.MinuteBucket, since, until)
+		if err != nil || len(all) != devices {
+			b.Fatalf("got %d devices, %v", len(all), err)
+		}
+		one += time.Since(start)
+		start = time.Now()
+		for d := range devices {
+			f, err := r.Features(registry.FeatureQuery{Model: "face", Version: "1", Device: fmt.Sprintf("gw-%05d", d), Since: since, Until: until})
+			if err != nil || f.Records != 1 {
+				b.Fatalf("device %d: %+v, %v", d, f, err)
+			}
+		}
+		each += time.Since(start)
+	}
+	b.ReportMetric(float64(one.Milliseconds())/float64(b.N), "ms/window-one-read")
+	b.ReportMetric(float64(each.Milliseconds())/float64(b.N), "ms/window-per-device")
+	b.ReportMetric(each.Seconds()/one.Seconds(), "per-device/one")
+	b.ReportMetric(0, "ns/op")
 }

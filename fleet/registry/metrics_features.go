@@ -58,18 +58,26 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 		if err := rows.Scan(&start, &requests, &records, &col); err != nil {
 			return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
 		}
-		var fs []protocol.FeatureCounts
-		if err := unjs(col, &fs); err != nil {
+		if err := out.add(requests, records, col); err != nil {
 			return nil, fmt.Errorf("registry: features %s v%s bucket %d: %w", q.Model, q.Version, start, err)
 		}
-		out.Requests += uint64(requests)
-		out.Records += uint64(records)
-		out.Features = MergeFeatures(out.Features, fs)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
 	}
 	return out, nil
+}
+
+// add merges one bucket row (its counts and its features column) into f.
+func (f *Features) add(requests, records int64, col []byte) error {
+	var fs []protocol.FeatureCounts
+	if err := unjs(col, &fs); err != nil {
+		return err
+	}
+	f.Requests += uint64(requests)
+	f.Records += uint64(records)
+	f.Features = MergeFeatures(f.Features, fs)
+	return nil
 }
 
 // MergeFeatures adds add to into, feature by feature (matched by name;

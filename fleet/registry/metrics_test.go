@@ -353,7 +353,7 @@ func TestFeatures(t *testing.T) {
 	metricsStores(t, func(t *testing.T, r *registry.Registry, store string) {
 		t0 := time.Date(2026, 11, 30, 3, 0, 0, 0, time.UTC)
 		var rows metricstest.Rows
-		want := map[string][]uint64{"": make([]uint64, 3), "gw-1": make([]uint64, 3)}
+		want := map[string][]uint64{"": make([]uint64, 3), "gw-1": make([]uint64, 3), "gw-2": make([]uint64, 3)}
 		for m := range 10 {
 			for d, dev := range []string{"gw-1", "gw-2"} {
 				c := []uint64{uint64(m), uint64(d + 1), 5}
@@ -361,9 +361,7 @@ func TestFeatures(t *testing.T) {
 					Requests: 10, Features: []protocol.FeatureCounts{{Name: "input.mean", Counts: c, Sum: 2, SumSq: 4}}})
 				for i := range c {
 					want[""][i] += c[i]
-					if dev == "gw-1" {
-						want["gw-1"][i] += c[i]
-					}
+					want[dev][i] += c[i]
 				}
 			}
 		}
@@ -385,6 +383,29 @@ func TestFeatures(t *testing.T) {
 			if len(f.Features) != 1 || !reflect.DeepEqual(f.Features[0].Counts, want[tc.device]) || f.Requests != 10*n || f.Records != n || f.Features[0].Sum != float64(2*n) {
 				t.Errorf("device %q bucket %d: got %+v, want counts %v over %d records", tc.device, tc.bucket, f, want[tc.device], n)
 			}
+		}
+		// Every device's in one read: the hour, then the minutes 5 to 7.
+		all, err := r.DeviceFeatures("face", "1", registry.MinuteBucket, t0, t0.Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(all) != 2 {
+			t.Errorf("devices: got %v, want gw-1 and gw-2", all)
+		}
+		for _, dev := range []string{"gw-1", "gw-2"} {
+			if f := all[dev]; f == nil || len(f.Features) != 1 || !reflect.DeepEqual(f.Features[0].Counts, want[dev]) || f.Requests != 100 || f.Records != 10 {
+				t.Errorf("device features of %s: got %+v, want counts %v over 10 records", dev, f, want[dev])
+			}
+		}
+		part, err := r.DeviceFeatures("face", "1", registry.MinuteBucket, t0.Add(5*time.Minute), t0.Add(8*time.Minute))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := part["gw-2"]; len(part) != 2 || f == nil || f.Records != 3 || !reflect.DeepEqual(f.Features[0].Counts, []uint64{5 + 6 + 7, 6, 15}) {
+			t.Errorf("minutes 5 to 7: got %+v", part)
+		}
+		if none, err := r.DeviceFeatures("face", "2", registry.MinuteBucket, t0, t0.Add(time.Hour)); err != nil || len(none) != 0 {
+			t.Errorf("another version: got %v, %v", none, err)
 		}
 		if _, err := r.Features(registry.FeatureQuery{Model: "face", Version: "1", Bucket: 300}); !errors.Is(err, registry.ErrInvalidQuery) {
 			t.Errorf("bucket 300: got %v, want ErrInvalidQuery", err)
