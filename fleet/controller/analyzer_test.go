@@ -3,6 +3,7 @@ package controller_test
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -101,4 +102,139 @@ func TestPhasesWithTheRealAnalyzer(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestRealAnalyzerEdges: the rollout engine and the real analyzer on the
+// paths besides a halting trial (docs/ANALYSIS.md, docs/API.md):
+//   - no traffic at all: the shadow's analysis waits, never passes, and the
+//     rollout pauses for the operator max_wait after the window, having
+//     promoted nothing;
+//   - trials that fail on the devices: the failure ratio halts the rollout
+//     in shadow, nothing promoted;
+//   - a candidate that installs fine but fails a fifth of its requests once
+//     serving: the wave analysis against the devices still on v1 halts the
+//     rollout, and the wave's devices are rolled back to v1.
+func TestRealAnalyzerEdges(t *testing.T) {
+	const n = 4
+	start := func(t *testing.T, tune func(o *simdevice.Options)) (*fleet, string) {
+		t.Helper()
+		f := startFleet(t, controller.Options{AnalyzeEvery: 200 * time.Millisecond, Drift: controller.DriftOptions{Window: time.Second}})
+		mv1 := f.push("face", 1, 32<<10, 16<<10)
+		f.push("face", 2, 32<<10, 16<<10)
+		f.devices(n, "", func(i int, o *simdevice.Options) {
+			o.Models = []protocol.ModelStatus{{Name: "face", Version: 1, Digest: "sha256:" + mv1.SHA256}}
+			o.Trials = true
+			tune(o)
+		})
+		f.waitDevices(n)
+		eventually(t, 30*time.Second, "the devices' features", func() (bool, string) {
+			d, err := f.c.Registry().Device(devName(0))
+			return err == nil && d.Supports(protocol.FeatureTrial), fmt.Sprint(d, err)
+		})
+		return f, "sha256:" + mv1.SHA256
+	}
+	ended := func(t *testing.T, f *fleet, id string, states ...registry.RolloutState) *registry.Rollout {
+		t.Helper()
+		var r *registry.Rollout
+		eventually(t, 120*time.Second, "the rollout stops", func() (bool, string) {
+			r, _ = f.c.Registry().Rollout(id)
+			return r != nil && slices.Contains(states, r.State), fmt.Sprintf("%+v", r)
+		})
+		return r
+	}
+	committed := func(t *testing.T, f *fleet, id string) int {
+		t.Helper()
+		as, err := f.c.Registry().Assignments(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k := 0
+		for _, a := range as {
+			if a.State == protocol.UpdateCommitted || a.Activated {
+				k++
+			}
+		}
+		return k
+	}
+	cfg := analysis.Defaults()
+	cfg.MinRequests = 100
+
+	t.Run("no traffic pauses", func(t *testing.T) {
+		f, _ := start(t, func(*simdevice.Options) {})
+		c := cfg
+		c.MaxWait = 2 * time.Second
+		ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.5,
+			Shadow: &registry.TrialPhase{Percent: 50, Duration: 2 * time.Second}, Analysis: &c})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ended(t, f, ro.ID, registry.RolloutPaused, registry.RolloutCompleted, registry.RolloutHalted)
+		if r.State != registry.RolloutPaused || r.Phase != registry.PhaseShadow || !strings.Contains(r.Reason, "too little evidence 2s after its window") {
+			t.Fatalf("rollout %s in %s: %s", r.State, r.Phase, r.Reason)
+		}
+		if as := rollout.Analyses(r); len(as) == 0 || as[len(as)-1].Verdict != analysis.Wait {
+			t.Errorf("the analyses: %+v", as)
+		}
+		if k := committed(t, f, ro.ID); k != 0 {
+			t.Errorf("%d devices promoted without evidence", k)
+		}
+	})
+
+	t.Run("failing trials halt", func(t *testing.T) {
+		f, _ := start(t, func(o *simdevice.Options) {
+			o.FailTrial = func(string, int64) bool { return true }
+		})
+		ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.1,
+			Shadow: &registry.TrialPhase{Percent: 50, Duration: 2 * time.Second}, Analysis: &cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ended(t, f, ro.ID, registry.RolloutPaused, registry.RolloutCompleted, registry.RolloutHalted)
+		if r.State != registry.RolloutHalted || r.Phase != registry.PhaseShadow || !strings.Contains(r.Reason, "gate failed in wave 1") {
+			t.Fatalf("rollout %s in %s: %s", r.State, r.Phase, r.Reason)
+		}
+		if k := committed(t, f, ro.ID); k != 0 {
+			t.Errorf("%d devices promoted", k)
+		}
+	})
+
+	t.Run("wave analysis rolls back", func(t *testing.T) {
+		f, _ := start(t, func(o *simdevice.Options) {
+			o.Traffic = &simdevice.Traffic{Every: 200 * time.Millisecond, Requests: 100, Serving: func(_ string, v int64) simdevice.Behaviour {
+				if v == 2 {
+					return simdevice.Behaviour{ErrorRatio: 0.2}
+				}
+				return simdevice.Behaviour{}
+			}}
+		})
+		ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 2, Waves: []int{50, 100}, MaxFailureRatio: 0.5,
+			Bake: 2 * time.Second, Analysis: &cfg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ended(t, f, ro.ID, registry.RolloutPaused, registry.RolloutCompleted, registry.RolloutHalted)
+		as := rollout.Analyses(r)
+		if r.State != registry.RolloutHalted || len(as) == 0 || as[len(as)-1].Phase != analysis.PhaseWave || as[len(as)-1].Verdict != analysis.Fail {
+			t.Fatalf("rollout %s in %s: %s; analyses %+v", r.State, r.Phase, r.Reason, as)
+		}
+		if !strings.Contains(r.Reason, "wave 1 wave analysis failed") || !strings.Contains(r.Reason, analysis.MetricErrorRatio) {
+			t.Errorf("the halt's reason: %s", r.Reason)
+		}
+		// The wave's devices activated v2 and get it rolled back: every
+		// device serves v1 again.
+		eventually(t, 60*time.Second, "every device back on v1", func() (bool, string) {
+			var on []string
+			for i := range n {
+				d, err := f.c.Registry().Device(devName(i))
+				if err != nil {
+					return false, err.Error()
+				}
+				on = append(on, fmt.Sprintf("%s v%d", d.ID, d.Running("face")))
+				if d.Running("face") != 1 {
+					return false, strings.Join(on, ", ")
+				}
+			}
+			return true, ""
+		})
+	})
 }

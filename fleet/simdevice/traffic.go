@@ -27,6 +27,10 @@ type Traffic struct {
 	// Behaviour, is as the serving version (no errors, same latency, same
 	// answers).
 	Candidate func(model string, version int64) Behaviour
+	// Serving says how a serving version behaves against its own baseline
+	// (errors and latency, for the analysis between waves); nil, or a zero
+	// Behaviour, is the plain serving version.
+	Serving func(model string, version int64) Behaviour
 }
 
 // Behaviour is how a candidate answers compared with the serving version.
@@ -58,6 +62,24 @@ func latencies(rng *rand.Rand, n uint64, base time.Duration) protocol.Histogram 
 		h.SumMicros += us
 	}
 	return h
+}
+
+// behave is the aggregate of n requests served by version of model as its
+// Serving behaviour says.
+func behave(rng *rand.Rand, n uint64, base time.Duration, serving func(string, int64) Behaviour, model string, version int64) *protocol.Aggregate {
+	var b Behaviour
+	if serving != nil {
+		b = serving(model, version)
+	}
+	if b.LatencyFactor <= 0 {
+		b.LatencyFactor = 1
+	}
+	errs := min(uint64(float64(n)*b.ErrorRatio+rng.Float64()*b.ErrorRatio), n)
+	ag := &protocol.Aggregate{Requests: n, Errors: errs, Latency: latencies(rng, n-errs, time.Duration(float64(base)*b.LatencyFactor))}
+	if errs > 0 {
+		ag.ErrorsByCode = []protocol.CodeCount{{Code: "internal", Count: errs}}
+	}
+	return ag
 }
 
 // aggregates builds the records of one interval [start, end).
@@ -100,7 +122,7 @@ func (a *Agent) aggregates(rng *rand.Rand, start, end time.Time) []protocol.Reco
 		if cand != nil && cand.trial.Mode == protocol.TrialCanary {
 			served -= share
 		}
-		rec(m.Name, m.Version, m.Digest, &protocol.Aggregate{Requests: served, Latency: latencies(rng, served, tr.BaseLatency)})
+		rec(m.Name, m.Version, m.Digest, behave(rng, served, tr.BaseLatency, tr.Serving, m.Name, m.Version))
 		if cand == nil || share == 0 {
 			continue
 		}
