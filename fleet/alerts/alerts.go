@@ -118,6 +118,13 @@ type Config struct {
 // shorter than this is guessable.
 const minSecret = 16
 
+// shownURL is a webhook URL as viewers may see it (the default name, the
+// delivery errors): without its query and user, where receivers often
+// carry a token.
+func shownURL(u *url.URL) string {
+	return (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+}
+
 // Validate checks c and reads the secret files; errors name the webhook
 // as alerts.webhooks[i] and wrap ErrConfig.
 func (c *Config) Validate() error {
@@ -136,8 +143,7 @@ func (c *Config) Validate() error {
 			bad("url %q is not an http:// or https:// URL", w.URL)
 		}
 		if w.Name == "" && err == nil {
-			// Without the query and user: the name is shown to viewers.
-			w.Name = (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
+			w.Name = shownURL(u)
 		}
 		if j, ok := seen[w.Name]; ok {
 			bad("name %q is already used by alerts.webhooks[%d]", w.Name, j)

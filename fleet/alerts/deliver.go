@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -225,6 +226,10 @@ func (o *Outbox) post(ctx context.Context, h *hook, d registry.AlertDelivery) (i
 	req.Header.Set(HeaderSignature, Sign([]byte(h.Secret), o.opts.Now(), d.Body))
 	resp, err := o.opts.Client.Do(req)
 	if err != nil {
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			ue.URL = shownURL(req.URL) // the error is stored for viewers to read
+		}
 		return 0, err
 	}
 	defer resp.Body.Close()
