@@ -344,11 +344,30 @@ func (o *Outbox) Wants(t Type) bool {
 // returns once that is durable. An event ID stored already adds nothing.
 // With no matching webhook it does nothing.
 func (o *Outbox) Emit(ctx context.Context, ev Event) error {
-	if !o.Wants(ev.Type) {
-		return nil
-	}
-	if err := ctx.Err(); err != nil {
+	if err := ctx.Err(); err != nil && o.Wants(ev.Type) {
 		return fmt.Errorf("alerts: emit %s: %w", ev.Type, err)
+	}
+	rows, err := o.Rows(ev)
+	if err != nil || len(rows) == 0 {
+		return err
+	}
+	added, err := o.reg.EnqueueAlerts(rows)
+	if err != nil {
+		return fmt.Errorf("alerts: emit %s: %w", ev.Type, err)
+	}
+	if len(added) > 0 {
+		o.Wake(added...)
+		o.log.Info("alert emitted", "event", ev.Type, "id", ev.ID, "webhooks", len(added))
+	}
+	return nil
+}
+
+// Rows are the outbox rows of ev, one per webhook that subscribes to its
+// type (none without one), for a caller that stores them in its own
+// transaction (registry.Options.AuditBreakAlerts) and then calls Wake.
+func (o *Outbox) Rows(ev Event) ([]registry.AlertDelivery, error) {
+	if !o.Wants(ev.Type) {
+		return nil, nil
 	}
 	now := o.opts.Now().UTC()
 	if ev.Time.IsZero() {
@@ -360,7 +379,7 @@ func (o *Outbox) Emit(ctx context.Context, ev Event) error {
 	}
 	body, err := json.Marshal(Body{ID: ev.ID, Event: ev.Type, Time: ev.Time, Fleet: o.opts.Fleet, Data: ev.Data})
 	if err != nil {
-		return fmt.Errorf("alerts: emit %s: %w", ev.Type, err)
+		return nil, fmt.Errorf("alerts: emit %s: %w", ev.Type, err)
 	}
 	var rows []registry.AlertDelivery
 	for _, h := range o.hooks {
@@ -369,22 +388,24 @@ func (o *Outbox) Emit(ctx context.Context, ev Event) error {
 				Key: IdempotencyKey(h.Name, ev.ID), Body: body, Created: now, Due: ev.Time.Add(ev.Delay)})
 		}
 	}
-	added, err := o.reg.EnqueueAlerts(rows)
-	if err != nil {
-		return fmt.Errorf("alerts: emit %s: %w", ev.Type, err)
+	return rows, nil
+}
+
+// Wake tells the named webhooks' workers (every webhook's without names)
+// that rows were added; this replica's workers deliver them at once, any
+// other's on its next poll.
+func (o *Outbox) Wake(webhooks ...string) {
+	if o == nil {
+		return
 	}
 	for _, h := range o.hooks {
-		if slices.Contains(added, h.Name) {
+		if len(webhooks) == 0 || slices.Contains(webhooks, h.Name) {
 			select {
 			case h.wake <- struct{}{}:
 			default:
 			}
 		}
 	}
-	if len(added) > 0 {
-		o.log.Info("alert emitted", "event", ev.Type, "id", ev.ID, "webhooks", len(added))
-	}
-	return nil
 }
 
 // Cancel withdraws the events of type t about subject that are still held

@@ -1,43 +1,29 @@
 package controller
 
 import (
-	"context"
-
 	"github.com/outpost-edge/outpost/fleet/alerts"
 	"github.com/outpost-edge/outpost/fleet/registry"
 )
 
-// maxPendingBreaks bounds the chain breaks waiting for the webhook outbox.
-const maxPendingBreaks = 1024
+// breakAlerts is the registry's AuditBreakAlerts: the audit_chain_broken
+// deliveries of a break, which the ingest stores in the transaction that
+// stores the broken record, so that a controller killed the next instant
+// still sends them.
+func (c *Controller) breakAlerts(b registry.ChainBreak) []registry.AlertDelivery {
+	rows, err := c.alerts.Rows(alerts.AuditChainBrokenEvent(alerts.AuditData{Device: b.Device, Seq: b.Seq, N: b.N,
+		Time: b.Time, Model: b.Model, Action: b.Action, Reason: b.Reason}))
+	if err != nil { // only a body that does not encode
+		c.log.Warn("audit chain break alert", "device", b.Device, "err", err)
+	}
+	return rows
+}
 
-// onChainBreak is the registry's OnAuditChainBroken: it hands the break to
-// alertChainBreaks without blocking the ingest that found it (and tells
-// Options.OnAuditChainBroken). A break found while maxPendingBreaks wait
-// is logged and kept in the store (GET /v1/devices/{id}/audit), not sent.
+// onChainBreak is the registry's OnAuditChainBroken, once the break and its
+// deliveries are stored: it wakes the outbox (and tells
+// Options.OnAuditChainBroken).
 func (c *Controller) onChainBreak(b registry.ChainBreak) {
 	if c.opts.OnAuditChainBroken != nil {
 		c.opts.OnAuditChainBroken(b)
 	}
-	select {
-	case c.breaks <- b:
-	default:
-		c.log.Warn("audit chain break not sent to the webhooks: too many pending", "device", b.Device, "seq", b.Seq)
-	}
-}
-
-// alertChainBreaks emits an audit_chain_broken event for each break, until
-// ctx ends.
-func (c *Controller) alertChainBreaks(ctx context.Context) error {
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case b := <-c.breaks:
-			ev := alerts.AuditChainBrokenEvent(alerts.AuditData{Device: b.Device, Seq: b.Seq, N: b.N, Time: b.Time,
-				Model: b.Model, Action: b.Action, Reason: b.Reason})
-			if err := c.alerts.Emit(ctx, ev); err != nil && ctx.Err() == nil {
-				c.log.Warn("audit chain break alert", "device", b.Device, "err", err)
-			}
-		}
-	}
+	c.alerts.Wake()
 }

@@ -151,7 +151,6 @@ type Controller struct {
 	alerts *alerts.Outbox
 	refs   refCache                 // reference profiles, for drift detection
 	drift  *drift.Monitor           // on the embedded store; with a lease, holdLease runs one
-	breaks chan registry.ChainBreak // audit chain breaks found at ingest, for the webhooks
 
 	urls []string // the brokers, in the order tried
 
@@ -193,8 +192,7 @@ func New(opts Options) (*Controller, error) {
 	if opts.ReplicaID == "" {
 		opts.ReplicaID = registry.NewID("replica-")[:20]
 	}
-	c := &Controller{opts: opts, log: opts.Logger, started: time.Now(), ready: make(chan struct{}),
-		breaks: make(chan registry.ChainBreak, maxPendingBreaks)}
+	c := &Controller{opts: opts, log: opts.Logger, started: time.Now(), ready: make(chan struct{})}
 	var err error
 	if c.keys, err = keyring.Open(opts.Keys, keyring.Options{}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
@@ -209,7 +207,7 @@ func New(opts Options) (*Controller, error) {
 		c.opts.PruneEvery = 10 * time.Minute
 	}
 	if c.reg, err = registry.Open(opts.DataDir, registry.Options{Store: opts.Store, Logger: opts.Logger.With("component", "registry"),
-		MaxSamples: opts.MaxSamples, MaxSampleBytes: opts.MaxSampleBytes, OnAuditChainBroken: c.onChainBreak,
+		MaxSamples: opts.MaxSamples, MaxSampleBytes: opts.MaxSampleBytes, OnAuditChainBroken: c.onChainBreak, AuditBreakAlerts: c.breakAlerts,
 		FineStep: opts.Drift.fineStep()}); err != nil {
 		return nil, fmt.Errorf("controller: %w", err)
 	}
@@ -400,7 +398,6 @@ func (c *Controller) Run(ctx context.Context) error {
 	run("admin", c.adm.Run)
 	run("alerts", c.alerts.Run)
 	run("retention", c.prune)
-	run("audit-alerts", c.alertChainBreaks)
 	<-ctx.Done()
 	wg.Wait()
 	// The workers stop before the client disconnects, so that what they

@@ -140,8 +140,13 @@ func (r *Registry) insertDeviceAudit(tx *sql.Tx, it *ingestTx, device string, re
 	}
 	if chain == ChainBroken {
 		h.breaks++
-		it.breaks = append(it.breaks, ChainBreak{Device: device, N: h.n, Seq: a.Seq, Time: rec.Time, Model: rec.Model.Name,
-			Action: a.Action, Reason: reason})
+		b := ChainBreak{Device: device, N: h.n, Seq: a.Seq, Time: rec.Time, Model: rec.Model.Name, Action: a.Action, Reason: reason}
+		it.breaks = append(it.breaks, b)
+		if r.mon.breakAlerts != nil {
+			if _, err := r.enqueueAlerts(tx, r.mon.breakAlerts(b)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

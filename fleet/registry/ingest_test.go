@@ -254,12 +254,28 @@ func testIngestDeviceAudit(t *testing.T, newTarget func(*testing.T) target) {
 	tg := newTarget(t)
 	var mu sync.Mutex
 	var breaks []ChainBreak
+	// A break's webhook deliveries are stored with the broken record:
+	// when OnAuditChainBroken hears of it, its row is there already.
+	var r *Registry
+	var stored []string
+	tg.opts.AuditBreakAlerts = func(b ChainBreak) []AlertDelivery {
+		now := time.Now()
+		id := fmt.Sprintf("break/%s/%d", b.Device, b.N)
+		return []AlertDelivery{{Webhook: "security", EventID: id, Event: "audit_chain_broken", Subject: b.Device, Key: "k-" + id,
+			Body: []byte(`{}`), Created: now, Due: now}}
+	}
 	tg.opts.OnAuditChainBroken = func(b ChainBreak) {
+		ds, err := r.AlertDeliveries(AlertQuery{Limit: 10})
 		mu.Lock()
 		defer mu.Unlock()
 		breaks = append(breaks, b)
+		for _, d := range ds {
+			if err == nil && d.EventID == fmt.Sprintf("break/%s/%d", b.Device, b.N) && d.State == AlertPending {
+				stored = append(stored, d.EventID)
+			}
+		}
 	}
-	r := tg.open(t)
+	r = tg.open(t)
 	defer r.Close()
 	f := &feeder{r: r, device: "gw-a", epoch: 1}
 	var tr trail
@@ -309,6 +325,7 @@ func testIngestDeviceAudit(t *testing.T, newTarget func(*testing.T) target) {
 	assert.Equal(t, ChainBreak{Device: "gw-a", N: 5, Seq: 5, Time: r5.Time.UTC(), Model: "face", Action: "update.committed",
 		Reason: breaks[0].Reason}, breaks[0])
 	assert.Equal(t, uint64(7), breaks[1].N)
+	assert.Equal(t, []string{"break/gw-a/5", "break/gw-a/7"}, stored, "each break's delivery stored before it was reported")
 	mu.Unlock()
 
 	page, err := r.DeviceAudit("gw-a", 2, 5)

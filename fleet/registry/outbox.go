@@ -67,22 +67,29 @@ func scanAlert(s scanner) (AlertDelivery, error) {
 func (r *Registry) EnqueueAlerts(ds []AlertDelivery) ([]string, error) {
 	var added []string
 	err := r.write(func(tx *sql.Tx) error {
-		added = added[:0]
-		for _, d := range ds {
-			res, err := r.exec(tx, `INSERT INTO alert_deliveries (webhook, event_id, event, subject, idem_key, body, state, created, due)
-				VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (webhook, event_id) DO NOTHING`,
-				d.Webhook, d.EventID, d.Event, d.Subject, d.Key, string(d.Body), AlertPending, ts(d.Created), ts(d.Due))
-			if err != nil {
-				return err
-			}
-			if n, _ := res.RowsAffected(); n > 0 {
-				added = append(added, d.Webhook)
-			}
-		}
-		return nil
+		var err error
+		added, err = r.enqueueAlerts(tx, ds)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: enqueue alerts: %w", err)
+	}
+	return added, nil
+}
+
+// enqueueAlerts stores ds in tx and returns the webhooks of the rows added.
+func (r *Registry) enqueueAlerts(tx *sql.Tx, ds []AlertDelivery) ([]string, error) {
+	var added []string
+	for _, d := range ds {
+		res, err := r.exec(tx, `INSERT INTO alert_deliveries (webhook, event_id, event, subject, idem_key, body, state, created, due)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (webhook, event_id) DO NOTHING`,
+			d.Webhook, d.EventID, d.Event, d.Subject, d.Key, string(d.Body), AlertPending, ts(d.Created), ts(d.Due))
+		if err != nil {
+			return nil, err
+		}
+		if n, _ := res.RowsAffected(); n > 0 {
+			added = append(added, d.Webhook)
+		}
 	}
 	return added, nil
 }

@@ -95,6 +95,11 @@ type Options struct {
 	// that stored the record committed, in the caller's goroutine: it must
 	// not block. The break is stored and counted either way.
 	OnAuditChainBroken func(ChainBreak)
+	// AuditBreakAlerts, if set, gives the webhook deliveries of a break:
+	// they are stored in the transaction that stores the broken record, so
+	// a controller killed the next instant still sends them (the outbox
+	// delivers them; OnAuditChainBroken then only wakes it).
+	AuditBreakAlerts func(ChainBreak) []AlertDelivery
 	// FineStep, when it divides a minute (1 to 30 s), keeps buckets of that
 	// many seconds too, per device and fleet-wide: drift detection's
 	// windows under a minute (tests, demos) read them. Prune keeps them
@@ -108,6 +113,7 @@ type monitoring struct {
 	maxSamples     int64
 	maxSampleBytes int64
 	onBreak        func(ChainBreak)
+	breakAlerts    func(ChainBreak) []AlertDelivery
 	fineStep       int64 // Options.FineStep, or 0
 	samplesDropped atomic.Uint64
 	// stmts are ingest's statements, prepared in Open (parsing one costs
@@ -159,7 +165,7 @@ func Open(dir string, opts Options) (*Registry, error) {
 	}
 	r := &Registry{dir: dir, eng: eng, w: w, r: rd, qc: &queryCache{eng: eng}, log: opts.Logger,
 		ingest: &ingestQueue{}, mon: &monitoring{maxSamples: int64(opts.MaxSamples), maxSampleBytes: opts.MaxSampleBytes,
-			onBreak: opts.OnAuditChainBroken}}
+			onBreak: opts.OnAuditChainBroken, breakAlerts: opts.AuditBreakAlerts}}
 	if opts.FineStep > 0 && opts.FineStep < MinuteBucket && MinuteBucket%opts.FineStep == 0 {
 		r.mon.fineStep = opts.FineStep
 	}
