@@ -149,8 +149,8 @@ type Controller struct {
 	leader atomic.Pointer[rollout.Engine] // nil while this replica does not hold the lease
 	adm    *admin.Server
 	alerts *alerts.Outbox
-	refs   refCache                 // reference profiles, for drift detection
-	drift  *drift.Monitor           // on the embedded store; with a lease, holdLease runs one
+	refs   refCache       // reference profiles, for drift detection
+	drift  *drift.Monitor // on the embedded store; with a lease, holdLease runs one
 
 	urls []string // the brokers, in the order tried
 
