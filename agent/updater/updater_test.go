@@ -5,6 +5,8 @@ package updater
 import (
 	"context"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -13,6 +15,7 @@ import (
 
 	"github.com/outpost-edge/outpost/agent/telemetry"
 	"github.com/outpost-edge/outpost/models/manifest"
+	"github.com/outpost-edge/outpost/models/onnx"
 	"github.com/outpost-edge/outpost/models/testmodel"
 	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/require"
@@ -153,9 +156,18 @@ func TestValidationRefuses(t *testing.T) {
 	wrong.Golden = []manifest.Golden{{Inputs: g.Inputs, Outputs: append([]manifest.Data{{Name: g.Outputs[0].Name,
 		DataType: g.Outputs[0].DataType, Shape: g.Outputs[0].Shape, Data: out}}, g.Outputs[1:]...), Tolerance: g.Tolerance}}
 	slow, _ := describe(t, "face", 4, testmodel.FaceShort, true)
+	// ONNX bytes signed as a TFLite model: the manifest's runtime and the
+	// bytes disagree.
+	bo := testmodel.TinyONNX(17)
+	sig, err := onnx.Read(bo)
+	require.NoError(t, err)
+	sum := sha256.Sum256(bo)
+	mislabelled := manifest.Manifest{Name: "face", Version: 5, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(bo)),
+		Runtime: manifest.RuntimeTFLite}
+	mislabelled.Inputs, mislabelled.Outputs = sig.Manifest()
 
 	rec := &recorder{}
-	d := newDevice(t, t.TempDir(), f, newMemSource(b1, bs, bw), withReports(rec))
+	d := newDevice(t, t.TempDir(), f, newMemSource(b1, bs, bw, bo), withReports(rec))
 	d.start(t)
 	require.NoError(t, d.u.HandleCommand(f.install(t, "c1", "r1", m1)))
 	require.Equal(t, Committed, d.waitJob(t, "c1").State)
@@ -166,6 +178,7 @@ func TestValidationRefuses(t *testing.T) {
 	}{
 		{"selfie", "load", selfie},
 		{"wrong", "element 0", wrong},
+		{"mislabelled", "the manifest says runtime tflite, the bytes are a onnx model", mislabelled},
 	} {
 		require.NoError(t, d.u.HandleCommand(f.install(t, tc.id, "r-"+tc.id, tc.m)))
 		j := d.waitJob(t, tc.id)
@@ -177,7 +190,7 @@ func TestValidationRefuses(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, int64(1), cur.Manifest.Version, tc.id)
 	}
-	require.Equal(t, 2.0, counterValue(t, d.u.metrics.validationFailures))
+	require.Equal(t, 3.0, counterValue(t, d.u.metrics.validationFailures))
 
 	// A latency budget no model meets.
 	d.stop(t)

@@ -52,6 +52,9 @@ func (u *Updater) validate(ctx context.Context, m *manifest.Manifest, data []byt
 	}
 	defer model.Close()
 	loaded := time.Since(start)
+	if r, ok := model.(interface{ RuntimeName() string }); ok && r.RuntimeName() != m.RuntimeName() {
+		return "", bad("the manifest says runtime %s, the bytes are a %s model", m.RuntimeName(), r.RuntimeName())
+	}
 	if err := sameSignature(model.Inputs(), m.Inputs); err != nil {
 		return "", bad("inputs: %v", err)
 	}
@@ -61,9 +64,6 @@ func (u *Updater) validate(ctx context.Context, m *manifest.Manifest, data []byt
 	out := make([][]byte, len(model.OutputSizes()))
 	for i, n := range model.OutputSizes() {
 		out[i] = make([]byte, n)
-	}
-	if r, ok := model.(interface{ RuntimeName() string }); ok && r.RuntimeName() != m.RuntimeName() {
-		return "", bad("the manifest says runtime %s, the bytes are a %s model", m.RuntimeName(), r.RuntimeName())
 	}
 	if len(m.Golden) == 0 {
 		in := make([][]byte, len(model.InputSizes()))
