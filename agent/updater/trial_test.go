@@ -168,6 +168,17 @@ func TestTrialAbort(t *testing.T) {
 	assert.False(t, held)
 	assert.EqualValues(t, 1, d.serving(t, "hand"))
 	workEmpty(t, dir)
+
+	// An install of the model by another rollout: the trial ends as for
+	// an abort, and the new install proceeds to its commit.
+	require.NoError(t, d.u.HandleCommand(f.trialInstall(t, "c6", "r4", m2, rel, &protocol.Trial{Mode: protocol.TrialShadow, Percent: 5}, 0)))
+	rec.waitAck(t, "c6", Shadow)
+	require.NoError(t, d.u.HandleCommand(f.trialInstall(t, "c7", "r5", m2, rel, nil, 0)))
+	assert.Contains(t, rec.waitAck(t, "c6", Failed).Error, "superseded by command c7 of rollout r5")
+	assert.Equal(t, Committed, d.waitJob(t, "c7").State)
+	_, held = d.candidate()
+	assert.False(t, held, "the candidate of the ended trial is still loaded")
+	assert.EqualValues(t, 2, d.serving(t, "hand"))
 }
 
 // TestTrialSurvivesRestart: an agent restarted during a canary loads the
