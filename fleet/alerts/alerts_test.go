@@ -368,6 +368,42 @@ func TestRetryPolicy(t *testing.T) {
 	require.Equal(t, 2, rows[1].Attempts)
 }
 
+// TestMaxAge: a row the receiver keeps refusing with a retryable answer is
+// given up (failed, saying so) once the event is max_age old, so it does
+// not block the webhook: the next event is delivered.
+func TestMaxAge(t *testing.T) {
+	reg := openStore(t, "")
+	rc := newReceiver(t)
+	o := newOutbox(t, reg, []Webhook{{Name: "ml", URL: rc.url(), Secret: secret}}, Options{Config: Config{MaxAge: 300 * time.Millisecond}})
+	run(t, o)
+	rc.setStatus(http.StatusServiceUnavailable)
+	require.NoError(t, o.Emit(context.Background(), Event{Type: RolloutHalted, ID: "old", Data: seqData{1}}))
+	// The receiver refuses until the head is given up.
+	deadline := time.Now().Add(30 * time.Second)
+	var old registry.AlertDelivery
+	for {
+		rows, err := reg.AlertDeliveries(registry.AlertQuery{})
+		require.NoError(t, err)
+		for _, r := range rows {
+			if r.EventID == "old" {
+				old = r
+			}
+		}
+		if old.State == registry.AlertFailed {
+			break
+		}
+		require.False(t, time.Now().After(deadline), "the head was never given up: %+v", old)
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Contains(t, old.LastError, "given up after 300ms")
+	require.GreaterOrEqual(t, old.Attempts, 2)
+	rc.setStatus(0)
+	require.NoError(t, o.Emit(context.Background(), Event{Type: RolloutHalted, ID: "next", Data: seqData{2}}))
+	ds := rc.waitFor("the next row delivered", func(ds []delivery) bool { return len(accepted(ds)) >= 1 })
+	require.Equal(t, IdempotencyKey("ml", "next"), accepted(ds)[0].key)
+	require.Zero(t, countKey(accepted(ds), IdempotencyKey("ml", "old")), "the row given up was posted again")
+}
+
 func countKey(ds []delivery, key string) int {
 	n := 0
 	for _, d := range ds {
