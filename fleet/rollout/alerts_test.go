@@ -62,4 +62,16 @@ func TestHaltAlerts(t *testing.T) {
 	rows, err = f.reg.AlertDeliveries(registry.AlertQuery{})
 	require.NoError(t, err)
 	require.Len(t, rows, 2, "only an engine's start emits again")
+
+	// An operator's abort is not a halt: no alert.
+	ro2, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.1})
+	require.NoError(t, err)
+	f.step()
+	_, err = f.eng.Abort(ro2.ID, "changed my mind")
+	require.NoError(t, err)
+	f.step()
+	require.Equal(t, registry.RolloutAborted, f.rollout(ro2.ID).State)
+	rows, err = f.reg.AlertDeliveries(registry.AlertQuery{})
+	require.NoError(t, err)
+	require.Len(t, rows, 2, "an abort alerted")
 }
