@@ -557,6 +557,35 @@ func TestPhaseTrialRenewedWhilePaused(t *testing.T) {
 	require.Equal(t, registry.RolloutRunning, f.rollout(ro.ID).State)
 }
 
+// TestPhaseWaveTimeout: a wave_timeout shorter than the trial phases does
+// not end them; it applies from the promotion on, counted from the
+// wave's start, so a promotion that then waits for its devices halts at
+// once.
+func TestPhaseWaveTimeout(t *testing.T) {
+	an := &scripted{verdicts: map[analysis.Phase][]analysis.Verdict{analysis.PhaseShadow: {analysis.Pass}}}
+	f := newPhaseFixture(t, 4, func(int) bool { return true }, an)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.1, WaveTimeout: 10 * time.Minute,
+		Shadow: &registry.TrialPhase{Percent: 10, Duration: 15 * time.Minute}, Analysis: &testConfig})
+	require.NoError(t, err)
+	f.step()
+	f.ackAll(ro.ID, "")
+	f.step()
+	for range 14 {
+		f.advance(time.Minute)
+		f.step()
+		r := f.rollout(ro.ID)
+		require.Equal(t, registry.RolloutRunning, r.State, "timed out in shadow after %s", f.clock().Sub(ro.Created))
+		require.Equal(t, registry.PhaseShadow, r.Phase)
+	}
+	f.advance(time.Minute)
+	f.step() // shadow passes: promotion
+	require.Equal(t, registry.PhasePromote, f.rollout(ro.ID).Phase)
+	f.step() // the devices have not answered the plain install
+	r := f.rollout(ro.ID)
+	require.Equal(t, registry.RolloutHalted, r.State)
+	require.Contains(t, r.Reason, "wave 1 timed out after 10m0s")
+}
+
 // TestPhaseNewLeaderCarriesOn: the phase is in the store: an engine
 // started afterwards (a new leader) neither restarts the window nor resends
 // the trial to devices holding it, and judges the phase when it ends.
