@@ -400,6 +400,18 @@ func TestTrialBinary(t *testing.T) {
 	}
 	// 50% of 40: mean 20, sd 3.2; 6 sd either side.
 	assert.InDelta(t, 20, float64(copies), 19, "copies of %d requests at 50%%", n)
+	// The trial as /metrics shows it; the copies are never served
+	// traffic: no request of v2 in the agent's metrics or aggregates.
+	assert.Equal(t, 50.0, metric(t, a.url, `outpost_trial_percent{mode="shadow",model="face",version="2"}`))
+	assert.Zero(t, metric(t, a.url, `outpost_requests_total{code="200",model="face",protocol="v2",version="2"}`))
+	assert.Equal(t, float64(n), metric(t, a.url, `outpost_requests_total{code="200",model="face",protocol="v2",version="1"}`))
+	f.mu.Lock()
+	for _, r := range f.aggs {
+		if r.Model.Version == "2" && r.Aggregate.Shadow == nil && r.Aggregate.Requests > 0 {
+			t.Errorf("a served aggregate of the shadow: %+v", r.Aggregate)
+		}
+	}
+	f.mu.Unlock()
 
 	f.install("c2", "r1", "face", 2, data, &protocol.Trial{Mode: protocol.TrialCanary, Percent: 100})
 	f.waitAck("c2", protocol.UpdateCanary)
@@ -408,6 +420,22 @@ func TestTrialBinary(t *testing.T) {
 		require.NoError(t, err)
 		assert.Equal(t, "2", v, "a canary at 100%% answers every request")
 	}
+	// The canary's answers are served traffic of v2, in its own
+	// aggregates: together they count the 5 requests.
+	var served uint64
+	deadline = time.Now().Add(time.Minute)
+	for ; time.Now().Before(deadline) && served < 5; time.Sleep(50 * time.Millisecond) {
+		served = 0
+		f.mu.Lock()
+		for _, r := range f.aggs {
+			if r.Model.Version == "2" && r.Aggregate.Shadow == nil {
+				served += r.Aggregate.Requests
+			}
+		}
+		f.mu.Unlock()
+	}
+	assert.EqualValues(t, 5, served, "v2's served aggregates")
+	assert.Equal(t, 5.0, metric(t, a.url, `outpost_requests_total{code="200",model="face",protocol="v2",version="2"}`))
 	f.abort("c3", "r1")
 	a2 := f.waitAck("c2", protocol.UpdateFailed)
 	assert.Equal(t, "aborted", a2.Error)
