@@ -99,7 +99,8 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fmt.Fprintf(stderr, "outpost-agent: batch: %d items written (%d errors), %d already in the output, %d in the input; %.1f items/s\n",
 		s.Done, s.Errors, s.Skipped, s.Total, s.ItemsPerSecond())
 	if errors.Is(err, context.Canceled) {
-		fmt.Fprintf(stderr, "outpost-agent: batch: stopped; --resume continues it\n")
+		// Not a success: the output lacks items (exit status 1).
+		return errors.New("stopped; --resume continues it")
 	}
 	return err
 }
