@@ -138,6 +138,12 @@ func TestBatchKillResume(t *testing.T) {
 	r = run(t, nil, bin, args(out)...)
 	require.Equal(t, 1, r.code)
 	require.Contains(t, r.stderr, "output exists")
+	// A shorter input behind the same output: its items no longer match
+	// the kept lines' keys, and --resume refuses it.
+	writeFaceRows(t, in, n/2)
+	r = run(t, nil, bin, args(out, "--resume")...)
+	require.Equal(t, 1, r.code, r.stderr)
+	require.Contains(t, r.stderr, fmt.Sprintf("input changed since the output was written: the output holds %d records, the input %d items", n, n/2))
 }
 
 // TestBatchModelFromStore runs a batch against a model the agent serves

@@ -82,6 +82,15 @@ func TestProfileSignInspect(t *testing.T) {
 	assert.InDelta(t, -0.2, c0.Min, 0.02)
 	assert.InDelta(t, 0.2, c0.Max, 0.02)
 
+	// Fewer bins than 20 make erratic scores: a flag error. Fewer requests
+	// than bins cannot place the edges: the run fails, saying why.
+	r = run(t, nil, b.agent, "profile", "--model", face, "--reference", refDir, "--bins", "10", "--out", filepath.Join(t.TempDir(), "p.json"))
+	assert.Equal(t, 2, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "--bins")
+	r = run(t, nil, b.agent, "profile", "--model", face, "--reference", referenceDir(t, 10), "--out", filepath.Join(t.TempDir(), "p.json"))
+	assert.Equal(t, 1, r.code, r.stderr)
+	assert.Contains(t, r.stderr, "10 requests")
+
 	// The same requests as JSONL (v2 bodies) and as .npy files give the same
 	// profile.
 	jsonl := filepath.Join(t.TempDir(), "ref.jsonl")
