@@ -1,7 +1,9 @@
 package controller_test
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"testing"
@@ -219,6 +221,29 @@ func TestRealAnalyzerEdges(t *testing.T) {
 		}
 		if !strings.Contains(r.Reason, "wave 1 wave analysis failed") || !strings.Contains(r.Reason, analysis.MetricErrorRatio) {
 			t.Errorf("the halt's reason: %s", r.Reason)
+		}
+		// The decision as an auditor reads it: GET /v1/audit (bootstrap
+		// mode: loopback without a token), verified, with its numbers.
+		var audit struct {
+			Records  []registry.AuditRecord `json:"records"`
+			Verified bool                   `json:"verified"`
+		}
+		resp, err := http.Get("http://" + f.c.AdminAddr() + "/v1/audit")
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&audit)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK || !audit.Verified {
+			t.Fatalf("GET /v1/audit: %d %v, verified %v", resp.StatusCode, err, audit.Verified)
+		}
+		i := slices.IndexFunc(audit.Records, func(a registry.AuditRecord) bool { return a.Path == "/v1/rollouts/"+ro.ID+"/wave-fail" })
+		if i < 0 {
+			t.Fatalf("no audit record of the wave's failure: %+v", audit.Records)
+		}
+		if a := audit.Records[i]; a.Actor != rollout.AuditActor || a.ActorName != rollout.AuditName || a.Method != "DECIDE" ||
+			!strings.Contains(a.Detail, "error_ratio fail") || !strings.Contains(a.Detail, "score") {
+			t.Errorf("the audit record: %+v", a)
 		}
 		// The wave's devices activated v2 and get it rolled back: every
 		// device serves v1 again.
