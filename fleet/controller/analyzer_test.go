@@ -180,6 +180,30 @@ func TestRealAnalyzerEdges(t *testing.T) {
 		if k := committed(t, f, ro.ID); k != 0 {
 			t.Errorf("%d devices promoted without evidence", k)
 		}
+		// The report's phase fields, as docs/API.md names them.
+		var rep map[string]any
+		resp, err := http.Get("http://" + f.c.AdminAddr() + "/v1/rollouts/" + ro.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = json.NewDecoder(resp.Body).Decode(&rep)
+		resp.Body.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range []string{"shadow", "analysis", "phase", "phase_started", "phase_ends_at", "analyses", "waiting"} {
+			if _, ok := rep[k]; !ok {
+				t.Errorf("the report lacks %q: %v", k, rep)
+			}
+		}
+		if w, _ := rep["waiting"].(string); !strings.HasPrefix(w, "wave 1 shadow analysis: wait") {
+			t.Errorf("waiting: %q", w)
+		}
+		if wp, _ := rep["wave_progress"].([]any); len(wp) != 1 {
+			t.Errorf("wave_progress: %v", rep["wave_progress"])
+		} else if w, _ := wp[0].(map[string]any); w["phase"] != "shadow" || w["trial_devices"] != float64(n) {
+			t.Errorf("wave 1's progress: %v", w)
+		}
 	})
 
 	t.Run("failing trials halt", func(t *testing.T) {
