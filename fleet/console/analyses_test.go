@@ -1,9 +1,6 @@
 package console_test
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -16,7 +13,6 @@ import (
 	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
-	"github.com/outpost-edge/outpost/models/manifest"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -32,19 +28,7 @@ func TestConsoleRolloutAnalyses(t *testing.T) {
 	// One-second drift windows make the store keep the fine buckets a
 	// phase of seconds is judged on.
 	f := startController(t, controller.Options{AnalyzeEvery: 200 * time.Millisecond, Drift: controller.DriftOptions{Window: time.Second}})
-	var v1 string
-	for v := int64(1); v <= 2; v++ {
-		b := make([]byte, 8<<10)
-		_, _ = rand.Read(b)
-		sum := sha256.Sum256(b)
-		m := manifest.Manifest{Name: model, Version: v, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(b)), Runtime: manifest.RuntimeTFLite,
-			Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1, 4}}},
-			Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1, 2}}}}
-		f.push(t, m, b)
-		if v == 1 {
-			v1 = "sha256:" + m.SHA256
-		}
-	}
+	v1 := f.pushVersions(t, 2)
 	const n = 4
 	for i := range n {
 		f.device(t, simdevice.Options{Device: fmt.Sprintf("gw-%03d", i), RetryAfter: time.Second, Trials: true,

@@ -166,19 +166,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	// versions 2 and 3 pushed.
 	f := startController(t, controller.Options{})
 	c := f.c
-	var v1 string
-	for v := int64(1); v <= 3; v++ {
-		b := make([]byte, 8<<10)
-		_, _ = rand.Read(b)
-		sum := sha256.Sum256(b)
-		m := manifest.Manifest{Name: model, Version: v, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(b)), Runtime: manifest.RuntimeTFLite,
-			Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1, 4}}},
-			Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1, 2}}}}
-		f.push(t, m, b)
-		if v == 1 {
-			v1 = "sha256:" + m.SHA256
-		}
-	}
+	v1 := f.pushVersions(t, 3)
 	for i := range nDevices {
 		f.device(t, simdevice.Options{Device: fmt.Sprintf("gw-%03d", i),
 			Labels: map[string]string{"site": []string{"north", "south"}[i%2]}, RetryAfter: time.Second,
@@ -484,6 +472,25 @@ func (f *consoleFleet) push(t *testing.T, m manifest.Manifest, b []byte) {
 	if _, err := f.c.Registry().PutModel(f.k.Root(), rel, bytes.NewReader(b), 4<<10, time.Now()); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// pushVersions pushes versions 1 to n of model, random bytes each, and
+// returns v1's digest (what its devices report serving).
+func (f *consoleFleet) pushVersions(t *testing.T, n int64) (v1 string) {
+	t.Helper()
+	for v := int64(1); v <= n; v++ {
+		b := make([]byte, 8<<10)
+		_, _ = rand.Read(b)
+		sum := sha256.Sum256(b)
+		m := manifest.Manifest{Name: model, Version: v, SHA256: hex.EncodeToString(sum[:]), Length: int64(len(b)), Runtime: manifest.RuntimeTFLite,
+			Inputs:  []manifest.Tensor{{Name: "in", DataType: "FP32", Shape: []int{1, 4}}},
+			Outputs: []manifest.Tensor{{Name: "out", DataType: "FP32", Shape: []int{1, 2}}}}
+		f.push(t, m, b)
+		if v == 1 {
+			v1 = "sha256:" + m.SHA256
+		}
+	}
+	return v1
 }
 
 // device runs a simulated device on the controller's broker (o's broker,

@@ -182,15 +182,7 @@ func TestRealAnalyzerEdges(t *testing.T) {
 		}
 		// The report's phase fields, as docs/API.md names them.
 		var rep map[string]any
-		resp, err := http.Get("http://" + f.c.AdminAddr() + "/v1/rollouts/" + ro.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = json.NewDecoder(resp.Body).Decode(&rep)
-		resp.Body.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		getJSON(t, f, "/v1/rollouts/"+ro.ID, &rep)
 		for _, k := range []string{"shadow", "analysis", "phase", "phase_started", "phase_ends_at", "analyses", "waiting"} {
 			if _, ok := rep[k]; !ok {
 				t.Errorf("the report lacks %q: %v", k, rep)
@@ -252,14 +244,9 @@ func TestRealAnalyzerEdges(t *testing.T) {
 			Records  []registry.AuditRecord `json:"records"`
 			Verified bool                   `json:"verified"`
 		}
-		resp, err := http.Get("http://" + f.c.AdminAddr() + "/v1/audit")
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = json.NewDecoder(resp.Body).Decode(&audit)
-		resp.Body.Close()
-		if err != nil || resp.StatusCode != http.StatusOK || !audit.Verified {
-			t.Fatalf("GET /v1/audit: %d %v, verified %v", resp.StatusCode, err, audit.Verified)
+		getJSON(t, f, "/v1/audit", &audit)
+		if !audit.Verified {
+			t.Fatal("GET /v1/audit: the chain does not verify")
 		}
 		i := slices.IndexFunc(audit.Records, func(a registry.AuditRecord) bool { return a.Path == "/v1/rollouts/"+ro.ID+"/wave-fail" })
 		if i < 0 {
@@ -286,4 +273,21 @@ func TestRealAnalyzerEdges(t *testing.T) {
 			return true, ""
 		})
 	})
+}
+
+// getJSON decodes the admin API's 200 answer to GET path (bootstrap mode:
+// loopback without a token) into out.
+func getJSON(t *testing.T, f *fleet, path string, out any) {
+	t.Helper()
+	resp, err := http.Get("http://" + f.c.AdminAddr() + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", path, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
 }
