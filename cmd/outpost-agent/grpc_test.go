@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -336,6 +337,40 @@ func TestGRPC(t *testing.T) {
 		assert.Contains(t, m, `outpost_requests_total{code="400",model="face",protocol="grpc",version="1"}`)
 		assert.Contains(t, m, `outpost_requests_total{code="404",model="",protocol="grpc",version=""}`)
 	})
+}
+
+// TestGRPCONNX: an ONNX model (Silero VAD: an INT64 scalar input and a
+// state carried from frame to frame) answers over gRPC as over HTTP: the
+// first frame as the golden vector computed in this process says, the
+// state output fed back changing the next answer.
+func TestGRPCONNX(t *testing.T) {
+	b := build(t)
+	vad := testModel(t, "silero_vad_v5.onnx")
+	g := startGRPCAgent(t, b.agent, fmt.Sprintf("models:\n  - {name: vad, path: %s}\n%s", vad, sileroYAML))
+	golden := sileroGolden(t, vad, toneFrame(0))
+	sr := make([]byte, 8)
+	binary.LittleEndian.PutUint64(sr, 16000)
+	state := make([]byte, 1024)
+	var probs []float64
+	for i := range 3 {
+		resp, err := g.client.ModelInfer(g.ctx(), &pb.ModelInferRequest{ModelName: "vad",
+			Inputs: []*pb.ModelInferRequest_InferInputTensor{
+				{Name: "input", Datatype: "FP32", Shape: []int64{1, 512}},
+				{Name: "state", Datatype: "FP32", Shape: []int64{2, 1, 128}},
+				{Name: "sr", Datatype: "INT64", Shape: []int64{}},
+			},
+			RawInputContents: [][]byte{f32bytes(toneFrame(i)), state, sr}})
+		require.NoError(t, err)
+		require.Len(t, resp.Outputs, 2)
+		require.Len(t, resp.RawOutputContents, 2)
+		assert.Equal(t, "1", resp.ModelVersion)
+		probs = append(probs, float64(math.Float32frombits(binary.LittleEndian.Uint32(resp.RawOutputContents[0]))))
+		require.Len(t, resp.RawOutputContents[1], 1024)
+		state = resp.RawOutputContents[1]
+	}
+	t.Logf("speech probabilities over gRPC: %v", probs)
+	assert.InDelta(t, golden0(t, golden), probs[0], 1e-6, "the first frame answers as the golden vector says")
+	assert.NotEqual(t, probs[0], probs[2], "the state fed back changes the answer")
 }
 
 // With one interpreter and room for one caller to wait, a burst of
