@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -42,10 +41,7 @@ type chunkServer struct {
 }
 
 func newChunkServer(t *testing.T, arts ...[]byte) *chunkServer {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := l.Addr().String()
-	l.Close()
+	addr := testbroker.FreeAddr(t)
 	topics, err := protocol.DeviceTopics(testFleetName, testDevice)
 	require.NoError(t, err)
 	s := &chunkServer{t: t, addr: addr, arts: map[string][]byte{}, topic: topics, pace: 5 * time.Millisecond}

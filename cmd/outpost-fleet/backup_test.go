@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/testmodel"
 )
 
@@ -21,7 +22,7 @@ import (
 // SIGTERM and waits.
 func serveDataDir(t *testing.T, bin, keys, dataDir string) (admin string, stop func()) {
 	t.Helper()
-	mqttAddr, adminAddr := freeAddr(t), freeAddr(t)
+	mqttAddr, adminAddr := testbroker.FreeAddr(t), testbroker.FreeAddr(t)
 	srv := exec.Command(bin, "serve", "--keys", keys, "--data-dir", dataDir, "--fleet", "acme",
 		"--listen-mqtt", mqttAddr, "--admin", adminAddr)
 	var logs lockedBuffer

@@ -136,7 +136,7 @@ func TestServeRefusedByBroker(t *testing.T) {
 	}
 	m := testbroker.StartMosquitto(t, "allow_anonymous false\npassword_file "+pw+"\n")
 	start := time.Now()
-	out := cli(t, bin, 1, "serve", "--keys", keys, "--data-dir", filepath.Join(dir, "data"), "--broker", m.URL(), "--admin", freeAddr(t))
+	out := cli(t, bin, 1, "serve", "--keys", keys, "--data-dir", filepath.Join(dir, "data"), "--broker", m.URL(), "--admin", testbroker.FreeAddr(t))
 	if !strings.Contains(out, m.URL()) || !strings.Contains(out, "refused the controller's login") {
 		t.Fatalf("serve output does not name the broker and the refusal:\n%s", out)
 	}

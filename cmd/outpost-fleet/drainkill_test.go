@@ -39,7 +39,7 @@ func TestControllerKilledMidDrain(t *testing.T) {
 	if _, err := keyring.Init(keys, keyring.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	dataDir, adminAddr := filepath.Join(dir, "data"), freeAddr(t)
+	dataDir, adminAddr := filepath.Join(dir, "data"), testbroker.FreeAddr(t)
 	start := func() (*exec.Cmd, chan error, *lockedBuffer) {
 		logs := &lockedBuffer{}
 		cmd := exec.Command(bin, "serve", "--keys", keys, "--data-dir", dataDir, "--broker", url, "--admin", adminAddr, "--fleet", "acme")

@@ -11,6 +11,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/analysis"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 )
 
 // TestRolloutPhaseFlagErrors: the real binary refuses --shadow, --canary
@@ -53,7 +54,7 @@ func TestRolloutPhaseFlagErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, stderr := cliEnv(t, bin, nil, 1, "serve", "--config", cfg, "--keys", filepath.Join(dir, "keys"), "--data-dir", filepath.Join(dir, "data"),
-		"--listen-mqtt", freeAddr(t), "--admin", freeAddr(t))
+		"--listen-mqtt", testbroker.FreeAddr(t), "--admin", testbroker.FreeAddr(t))
 	if want := "rollouts.analysis: open " + filepath.Join(dir, "nope.yaml"); !strings.Contains(stderr, want) {
 		t.Errorf("serve with a missing rollouts.analysis: stderr %q, want %q", stderr, want)
 	}

@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"mime/multipart"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/models/manifest"
 )
 
@@ -79,8 +79,8 @@ func startServe(tb testing.TB, bin string, o serveOptions) *fleetServer {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	s := &fleetServer{dir: dir, keys: k, mqtt: freeAddr(tb), logs: &lockedBuffer{}, exited: make(chan error, 1)}
-	adminAddr := freeAddr(tb)
+	s := &fleetServer{dir: dir, keys: k, mqtt: testbroker.FreeAddr(tb), logs: &lockedBuffer{}, exited: make(chan error, 1)}
+	adminAddr := testbroker.FreeAddr(tb)
 	s.admin = "http://" + adminAddr
 	args := []string{"serve", "--keys", k.Dir(), "--data-dir", filepath.Join(dir, "data"), "--listen-mqtt", s.mqtt, "--admin", adminAddr}
 	if o.Fleet != "" {
@@ -124,16 +124,6 @@ func (s *fleetServer) stop(tb testing.TB) error {
 		tb.Fatal("serve did not stop after SIGTERM")
 		return nil
 	}
-}
-
-func freeAddr(tb testing.TB) string {
-	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // cli runs the binary and returns its stdout and stderr, failing the test
@@ -381,7 +371,7 @@ func startReplica(t *testing.T, bin, id string, o replicaOptions) *replica {
 	if err := os.WriteFile(cfg, []byte(o.Config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
+	addr := testbroker.FreeAddr(t)
 	r := &replica{id: id, admin: "http://" + addr, logs: &lockedBuffer{}, dead: make(chan struct{})}
 	args := append([]string{"serve", "--config", cfg, "--keys", o.Keys.Dir(), "--data-dir", filepath.Join(dir, "data"), "--store", o.Store,
 		"--broker", strings.Join(o.Brokers, ","), "--admin", addr, "--fleet", o.Fleet, "--replica-id", id}, o.Args...)

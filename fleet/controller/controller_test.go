@@ -1,7 +1,6 @@
 package controller_test
 
 import (
-	"net"
 	"path/filepath"
 
 	"context"
@@ -10,6 +9,7 @@ import (
 	"fmt"
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/fleet/keyring"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"sort"
 	"strings"
 	"testing"
@@ -390,12 +390,7 @@ func TestControllerRestartResumesRollout(t *testing.T) {
 		t.Fatal(err)
 	}
 	data := t.TempDir()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testbroker.FreeAddr(t)
 	opts := controller.Options{Keys: keys, DataDir: data, ListenMQTT: addr}
 	f := startFleet(t, opts)
 	f.push("face", 1, 64<<10, 16<<10)

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"reflect"
@@ -20,6 +19,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/protocol"
 )
 
@@ -172,12 +172,7 @@ func TestPhaseSurvivesControllerRestart(t *testing.T) {
 	if _, err := keyring.Init(keys, keyring.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testbroker.FreeAddr(t)
 	an := &verdicts{by: map[analysis.Phase]analysis.Verdict{analysis.PhaseShadow: analysis.Pass}, n: map[analysis.Phase]int{}}
 	opts := controller.Options{Keys: keys, DataDir: t.TempDir(), ListenMQTT: addr, Analyzer: an, AnalyzeEvery: 100 * time.Millisecond}
 	f := startFleet(t, opts)

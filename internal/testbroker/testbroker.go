@@ -8,11 +8,12 @@ package testbroker
 
 import (
 	"log/slog"
-	"net"
 	"sync"
 	"testing"
 
 	mochi "github.com/mochi-mqtt/server/v2"
+
+	"github.com/outpost-edge/outpost/internal/freeport"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -30,15 +31,16 @@ func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { ret
 
 func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool { return true }
 
-// FreeAddr returns a loopback address with a port free right now.
+// FreeAddr returns a loopback address for a server to listen on later
+// (internal/freeport: free now, outside the kernel's ephemeral range, never
+// the same twice in a process).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 // Start serves a broker on addr (host:port; see FreeAddr) until the test

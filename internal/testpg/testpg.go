@@ -19,7 +19,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -33,6 +32,8 @@ import (
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" database/sql driver
+
+	"github.com/outpost-edge/outpost/internal/freeport"
 )
 
 // ErrNotInstalled: no initdb/pg_ctl found.
@@ -103,7 +104,7 @@ func Start() (*Server, error) {
 	// A port that was free a moment ago may be taken by the time the server
 	// binds it: try a few.
 	for range 5 {
-		if s.port, err = freePort(); err != nil {
+		if s.port, err = freeport.Port(); err != nil {
 			break
 		}
 		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c shared_buffers=32MB", s.port, dir)
@@ -132,15 +133,6 @@ func (s *Server) run(cmd string, args ...string) ([]byte, error) {
 	}
 	c.Dir = s.dir
 	return c.CombinedOutput()
-}
-
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
 // URL is the connection URL of database db.
