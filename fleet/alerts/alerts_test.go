@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/internal/freeport"
 	"github.com/outpost-edge/outpost/internal/testpg"
 	"github.com/stretchr/testify/require"
 )
@@ -115,7 +116,11 @@ type delivery struct {
 }
 
 func newReceiver(t *testing.T) *receiver {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	// A port below the ephemeral range: while the receiver is down, no
+	// outgoing connection of another test takes it as its source port.
+	a, err := freeport.Addr()
+	require.NoError(t, err)
+	l, err := net.Listen("tcp", a)
 	require.NoError(t, err)
 	rc := &receiver{t: t, addr: l.Addr().String(), notify: make(chan struct{}, 1)}
 	rc.serve(l)
