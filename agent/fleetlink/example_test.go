@@ -3,12 +3,12 @@ package fleetlink_test
 import (
 	"context"
 	"fmt"
-	"net"
 	"os"
 	"testing"
 
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/outpost-edge/outpost/agent/fleetlink"
+	"github.com/outpost-edge/outpost/internal/freeport"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 )
 
@@ -21,13 +21,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	addr := l.Addr().String()
-	l.Close()
 	srv, stop, err := testbroker.Serve(addr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

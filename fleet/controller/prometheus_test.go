@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -20,6 +19,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/registry/metricstest"
+	"github.com/outpost-edge/outpost/internal/testbroker"
 )
 
 // prometheusPath finds the Prometheus server (Debian package prometheus,
@@ -72,7 +72,7 @@ scrape_configs:
 	if err := os.WriteFile(filepath.Join(work, "prometheus.yml"), []byte(conf), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	addr := freePromAddr(t)
+	addr := testbroker.FreeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	var logs bytes.Buffer
 	cmd := exec.CommandContext(ctx, bin, "--config.file="+filepath.Join(work, "prometheus.yml"),
@@ -185,15 +185,4 @@ scrape_configs:
 	if v, ok := query(`sum(rate(outpost_fleet_model_requests_total[1m]))`); !ok || v <= 0 {
 		t.Errorf("requests per second: got %v (answered %v), want more than 0", v, ok)
 	}
-}
-
-// freePromAddr is a loopback address with a port free a moment ago.
-func freePromAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
