@@ -1,7 +1,6 @@
 package console_test
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -49,26 +48,7 @@ func TestConsoleRolloutAnalyses(t *testing.T) {
 	base := "http://" + f.c.AdminAddr()
 	call := func(token, method, path, body string, want int, out any) {
 		t.Helper()
-		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s: got %d, want %d", method, path, resp.StatusCode, want)
-		}
-		if out != nil {
-			if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-				t.Fatalf("%s %s: %v", method, path, err)
-			}
-		}
+		f.call(t, token, method, path, body, want, out)
 	}
 	var op struct{ Token string }
 	call("", "POST", "/v1/tokens", `{"role":"operator","name":"olga"}`, http.StatusCreated, &op)

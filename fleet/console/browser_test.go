@@ -175,28 +175,7 @@ func TestConsoleInBrowser(t *testing.T) {
 	base := "http://" + c.AdminAddr()
 	api := func(token, method, path, body string, want int, out any) {
 		t.Helper()
-		req, err := http.NewRequest(method, base+path, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if token != "" {
-			req.Header.Set("Authorization", "Bearer "+token)
-		}
-		req.Header.Set("Content-Type", "application/json")
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if resp.StatusCode != want {
-			t.Fatalf("%s %s: got %d, want %d: %s", method, path, resp.StatusCode, want, b)
-		}
-		if out != nil {
-			if err := json.Unmarshal(b, out); err != nil {
-				t.Fatalf("%s %s: %v", method, path, err)
-			}
-		}
+		f.call(t, token, method, path, body, want, out)
 	}
 	waitFor(t, 60*time.Second, "devices online", func() bool {
 		s, err := c.Registry().Summary()
@@ -471,6 +450,35 @@ func (f *consoleFleet) push(t *testing.T, m manifest.Manifest, b []byte) {
 	}
 	if _, err := f.c.Registry().PutModel(f.k.Root(), rel, bytes.NewReader(b), 4<<10, time.Now()); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// call sends method path with body (JSON) to the admin API with token
+// (none when empty), fails the test unless the answer has status want,
+// and decodes it into out when out is not nil.
+func (f *consoleFleet) call(t *testing.T, token, method, path, body string, want int, out any) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+f.c.AdminAddr()+path, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != want {
+		t.Fatalf("%s %s: got %d, want %d: %s", method, path, resp.StatusCode, want, b)
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			t.Fatalf("%s %s: %v", method, path, err)
+		}
 	}
 }
 
