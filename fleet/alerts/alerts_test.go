@@ -70,6 +70,10 @@ func TestConfigValidate(t *testing.T) {
 	require.ErrorContains(t, c.Validate(), "alerts.offline_grace is negative")
 	c = Config{Retention: time.Minute}
 	require.ErrorContains(t, c.Validate(), "alerts.retention 1m0s is under an hour")
+	// The default name is shown to viewers: without the URL's user and query.
+	c = Config{Webhooks: []Webhook{{URL: "https://bot:pw@hooks.example/in?token=hush-hush", Secret: secret}}}
+	require.NoError(t, c.Validate())
+	require.Equal(t, "https://hooks.example/in", c.Webhooks[0].Name)
 }
 
 func TestSignVerify(t *testing.T) {
@@ -103,6 +107,8 @@ type receiver struct {
 	mu     sync.Mutex // guards the fields below
 	srv    *http.Server
 	status int // answer; 0 means 200
+	// redirect, when set, is where a 302 answer sends the caller.
+	redirect string
 	got    []delivery
 	notify chan struct{}
 }
@@ -141,11 +147,19 @@ func (rc *receiver) serve(l net.Listener) {
 		if d.status == 0 {
 			d.status = http.StatusOK
 		}
+		redirect := rc.redirect
+		if redirect != "" {
+			d.status = http.StatusFound
+		}
 		rc.got = append(rc.got, d)
 		rc.mu.Unlock()
 		select {
 		case rc.notify <- struct{}{}:
 		default:
+		}
+		if redirect != "" {
+			http.Redirect(w, r, redirect, http.StatusFound)
+			return
 		}
 		w.WriteHeader(d.status)
 	})}
@@ -407,6 +421,26 @@ func TestMaxAge(t *testing.T) {
 	ds := rc.waitFor("the next row delivered", func(ds []delivery) bool { return len(accepted(ds)) >= 1 })
 	require.Equal(t, IdempotencyKey("ml", "next"), accepted(ds)[0].key)
 	require.Zero(t, countKey(accepted(ds), IdempotencyKey("ml", "old")), "the row given up was posted again")
+}
+
+// TestRedirectNotFollowed: a 3xx is an answer to refuse, not a place to
+// go: the location is never posted to, and the row fails after MaxRejects
+// attempts like any other refusal.
+func TestRedirectNotFollowed(t *testing.T) {
+	reg := openStore(t, "")
+	elsewhere := newReceiver(t)
+	rc := newReceiver(t)
+	rc.mu.Lock()
+	rc.redirect = elsewhere.url()
+	rc.mu.Unlock()
+	o := newOutbox(t, reg, []Webhook{{Name: "ml", URL: rc.url(), Secret: secret}}, Options{MaxRejects: 3})
+	run(t, o)
+	require.NoError(t, o.Emit(context.Background(), Event{Type: RolloutHalted, ID: "r1", Data: seqData{1}}))
+	rows := waitState(t, reg, 1, registry.AlertFailed)
+	require.Equal(t, 3, rows[0].Attempts)
+	require.Equal(t, http.StatusFound, rows[0].LastStatus)
+	require.Len(t, rc.deliveries(), 3)
+	require.Empty(t, elsewhere.deliveries(), "the redirect was followed")
 }
 
 func countKey(ds []delivery, key string) int {
