@@ -177,3 +177,22 @@ func vadInfer(t *testing.T, url string, frame, state []float32) (float64, []floa
 	require.Len(t, next, 256)
 	return got.Outputs[0].Data[0], next
 }
+
+// TestONNXRuntimeMappedOnlyWhenUsed: an agent that serves only TFLite never
+// maps the ONNX Runtime library (docs/RUNTIMES.md); one serving an ONNX
+// model does.
+func TestONNXRuntimeMappedOnlyWhenUsed(t *testing.T) {
+	b := build(t)
+	mapped := func(s *serving) bool {
+		t.Helper()
+		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", s.cmd.Process.Pid))
+		require.NoError(t, err)
+		return strings.Contains(string(maps), "libonnxruntime")
+	}
+	tfl := startServe(t, b.agent, "--model", testModel(t, "face_detection_short_range.tflite"), "--name", "face")
+	assert.False(t, mapped(tfl), "a TFLite-only agent mapped ONNX Runtime")
+	cfg := filepath.Join(t.TempDir(), "agent.yaml")
+	require.NoError(t, os.WriteFile(cfg, fmt.Appendf(nil, "models:\n  - {name: vad, path: %s}\n%s", testModel(t, "silero_vad_v5.onnx"), sileroYAML), 0o644))
+	onnx := startServe(t, b.agent, "--config", cfg)
+	assert.True(t, mapped(onnx), "an agent serving an ONNX model did not map ONNX Runtime")
+}
