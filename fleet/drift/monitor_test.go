@@ -34,7 +34,7 @@ func (s *countingStore) Features(q registry.FeatureQuery) (*registry.Features, e
 // (a restarted controller, the next leader) raises the drift on the second,
 // dated from the first, once per scope (the fleet and the device); a later
 // step raises nothing again; after an outage only the last 10 windows are
-// judged.
+// judged; reference-like windows then recover it.
 func TestMonitorResumes(t *testing.T) {
 	dir := t.TempDir()
 	reg, err := registry.Open(dir, registry.Options{})
@@ -44,9 +44,9 @@ func TestMonitorResumes(t *testing.T) {
 	ref := reference(t, r)
 	t0 := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
 	var rows metricstest.Rows
-	for m := range 10 {
+	for _, m := range []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 60, 61, 62} {
 		shift := 0.0
-		if m >= 6 {
+		if m >= 6 && m < 60 {
 			shift = 0.5
 		}
 		rows.Add(metricstest.Aggregate{Model: "face", Version: "1", Device: "gw-1", Start: t0.Add(time.Duration(m) * time.Minute),
@@ -120,4 +120,16 @@ func TestMonitorResumes(t *testing.T) {
 	require.Equal(t, "", drows[0].Device)
 	require.Equal(t, t0.Add(59*time.Minute), st.Last.UTC())
 	require.Equal(t, Drifting, st.State, "quiet windows clear nothing")
+
+	// Reference-like traffic again: recovered after two windows, dated
+	// from the first, once per scope.
+	at(63*time.Minute + 2*time.Second)
+	require.NoError(t, monitor().Step(context.Background()))
+	got = transitions()[2:]
+	require.Len(t, got, 2, "%+v", got)
+	for _, tr := range got {
+		require.Equal(t, Recovered, tr.To)
+		require.Equal(t, Drifting, tr.From)
+		require.Equal(t, t0.Add(60*time.Minute), tr.Since.UTC(), "scope %q", tr.Device)
+	}
 }
