@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -102,6 +103,45 @@ func TestDeviceOfflineAlerts(t *testing.T) {
 			t.Errorf("cancelled: %+v, want dev-000's row", list.Deliveries)
 		}
 	}
+	// A viewer reads the outbox too, filtered by webhook, and never sees a
+	// body or a secret.
+	base := "http://" + f.c.AdminAddr()
+	token := func(auth, body string) string {
+		req, _ := http.NewRequest("POST", base+"/v1/tokens", strings.NewReader(body))
+		if auth != "" {
+			req.Header.Set("Authorization", "Bearer "+auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var tk struct{ Token string }
+		if err := json.NewDecoder(resp.Body).Decode(&tk); err != nil || resp.StatusCode != http.StatusCreated {
+			t.Fatalf("token %s: %d %v", body, resp.StatusCode, err)
+		}
+		return tk.Token
+	}
+	root := token("", `{"role":"admin","name":"root"}`)
+	viewer := token(root, `{"role":"viewer","name":"vera"}`)
+	for q, n := range map[string]int{"?webhook=ops": 2, "?webhook=nobody": 0} {
+		req, _ := http.NewRequest("GET", base+"/v1/alerts/deliveries"+q, nil)
+		req.Header.Set("Authorization", "Bearer "+viewer)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var list admin.DeliveryList
+		if err := json.Unmarshal(raw, &list); err != nil || resp.StatusCode != http.StatusOK || len(list.Deliveries) != n {
+			t.Fatalf("viewer GET deliveries%s: %d %v: %s", q, resp.StatusCode, err, raw)
+		}
+		if strings.Contains(string(raw), `"body"`) || strings.Contains(string(raw), secret) {
+			t.Errorf("the deliveries show a body or the secret: %s", raw)
+		}
+	}
+
 	// The controller's outbox delivers (what drift detection will emit).
 	if err := f.c.Alerts().Emit(context.Background(), alerts.DriftEvent(alerts.DriftData{Model: "face", Version: "2", State: "drifting",
 		Since: time.Now()})); err != nil {
