@@ -66,7 +66,7 @@ type adminFlags struct {
 
 func adminFlag(fs *flag.FlagSet) *adminFlags {
 	var a adminFlags
-	fs.StringVar(&a.url, "admin", defaultAdminURL, "admin API URL of the controller (https:// when it serves TLS)")
+	fs.StringVar(&a.url, "admin", defaultAdminURL, "admin API URL of the controller (https:// when it serves TLS), or its host:port as serve --admin takes it (http)")
 	fs.StringVar(&a.token, "token", "", "admin API token (default: $OUTPOST_TOKEN, then --token-file)")
 	fs.StringVar(&a.tokenFile, "token-file", "", "file holding the admin API token")
 	fs.StringVar(&a.ca, "ca", "", "PEM file of the CA that signed the admin API's certificate (default: $OUTPOST_CA, then the system's roots)")
@@ -78,7 +78,11 @@ func adminFlag(fs *flag.FlagSet) *adminFlags {
 // only a controller in bootstrap mode accepts, from loopback); the CA from
 // --ca, else $OUTPOST_CA.
 func (a *adminFlags) client() *apiClient {
-	c := &apiClient{base: strings.TrimRight(a.url, "/"), http: &http.Client{Timeout: 10 * time.Minute}}
+	base := strings.TrimRight(a.url, "/")
+	if !strings.Contains(base, "://") {
+		base = "http://" + base // host:port, as serve's --admin takes it
+	}
+	c := &apiClient{base: base, http: &http.Client{Timeout: 10 * time.Minute}}
 	c.token = a.token
 	if c.token == "" {
 		c.token = os.Getenv("OUTPOST_TOKEN")

@@ -1,9 +1,12 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/registry"
 	"github.com/outpost-edge/outpost/fleet/rollout"
 	"github.com/outpost-edge/outpost/internal/testbroker"
+	"github.com/outpost-edge/outpost/models/testmodel"
 )
 
 // TestRolloutPhaseFlagErrors: the real binary refuses --shadow, --canary
@@ -122,4 +126,57 @@ func FuzzParsePhase(f *testing.F) {
 			t.Fatalf("%q: %+v reads back as %+v, %v", s, p, again, err)
 		}
 	})
+}
+
+// TestRolloutsAnalysisFromConfig: serve's rollouts.analysis file is the
+// analysis of every rollout with phases that names none: rollout create
+// --shadow without --analysis stores it, with the defaults for what the
+// file leaves out; --analysis still wins.
+func TestRolloutsAnalysisFromConfig(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	file := filepath.Join(dir, "analysis.yaml")
+	own := filepath.Join(dir, "own.yaml")
+	cfg := filepath.Join(dir, "fleet.yaml")
+	for p, body := range map[string]string{file: "pass: 90\nmarginal: 70\nmax_wait: 7m\n", own: "pass: 99\n",
+		cfg: "rollouts:\n  analysis: " + file + "\n"} {
+		if err := os.WriteFile(p, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := startServe(t, bin, serveOptions{Args: []string{"--config", cfg}})
+	admin := s.adminAddr()
+	for v := range 2 {
+		cli(t, bin, 0, "models", "push", "--admin", admin, "--keys", s.keys.Dir(), "--name", "face", "--version", fmt.Sprint(v+1),
+			testmodel.Path(t, testmodel.FaceShort))
+	}
+	create := func(extra ...string) analysis.Config {
+		t.Helper()
+		out := cli(t, bin, 0, append([]string{"rollout", "create", "--admin", admin, "--model", "face", "--version", "2",
+			"--shadow", "10%/1m"}, extra...)...)
+		id := regexp.MustCompile(`r-[0-9a-f]+`).FindString(out)
+		resp, err := http.Get(s.admin + "/v1/rollouts/" + id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var rep struct {
+			Analysis analysis.Config `json:"analysis"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /v1/rollouts/%s (from %q): %d %v", id, out, resp.StatusCode, err)
+		}
+		return rep.Analysis
+	}
+	got := create()
+	def := analysis.Defaults()
+	if got.Pass != 90 || got.Marginal != 70 || got.MaxWait != 7*time.Minute || got.Confidence != def.Confidence || got.MinRequests != def.MinRequests {
+		t.Errorf("the config's analysis: got %+v", got)
+	}
+	if got := create("--analysis", own); got.Pass != 99 || got.MaxWait != def.MaxWait {
+		t.Errorf("--analysis: got %+v", got)
+	}
 }
