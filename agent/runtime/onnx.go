@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -346,6 +347,19 @@ func explainORT(msg string, sig *onnx.Model) string {
 	return msg
 }
 
+// release destroys v unless it is nil, also as a nil pointer in the
+// interface: a failed run can leave outputs of a type ONNX Runtime never
+// filled in.
+func release(v ort.Value) {
+	if v == nil {
+		return
+	}
+	if rv := reflect.ValueOf(v); rv.Kind() == reflect.Pointer && rv.IsNil() {
+		return
+	}
+	v.Destroy()
+}
+
 // discoverOutputs runs the model once on the warm-up inputs, letting ONNX
 // Runtime allocate the outputs, to learn their shapes: models leave output
 // dimensions open that follow from the inputs.
@@ -353,9 +367,7 @@ func discoverOutputs(sess *ort.DynamicAdvancedSession, sig *onnx.Model, ins []on
 	var values []ort.Value
 	defer func() {
 		for _, v := range values {
-			if v != nil {
-				v.Destroy()
-			}
+			release(v)
 		}
 	}()
 	for i, t := range ins {
@@ -365,12 +377,15 @@ func discoverOutputs(sess *ort.DynamicAdvancedSession, sig *onnx.Model, ins []on
 		}
 		values = append(values, v)
 	}
+	for _, t := range sig.Outputs {
+		if len(t.Shape) == 0 {
+			return nil, fmt.Errorf("%w: output %q is a scalar; scalar outputs are not served yet", ErrInvalidModel, t.Name)
+		}
+	}
 	outs := make([]ort.Value, len(sig.Outputs))
 	defer func() {
 		for _, v := range outs {
-			if v != nil {
-				v.Destroy()
-			}
+			release(v)
 		}
 	}()
 	if err := sess.Run(values, outs); err != nil {

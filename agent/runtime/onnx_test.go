@@ -325,6 +325,7 @@ func TestBadONNX(t *testing.T) {
 		{"last byte missing", silero[:len(silero)-1], Options{}, "onnx: not a valid model"},
 		{"garbage after the ONNX tag", garbage, Options{}, "onnx: not a valid model"},
 		{"unsupported opset", testmodel.TinyONNX(99999), Options{}, "operator set 99999"},
+		{"scalar output", testmodel.ScalarONNX(), Options{}, `output "s" is a scalar; scalar outputs are not served yet`},
 		{"configured rank wrong", silero, Options{Inputs: map[string]InputSpec{"input": {Shape: []int{512}}}}, "has rank 1"},
 		{"fixed dimension contradicted", silero, Options{Inputs: map[string]InputSpec{"state": {Shape: []int{3, 1, 128}}}}, "differs from the model's"},
 		{"warm-up run fails", silero, Options{Inputs: map[string]InputSpec{"input": {Shape: []int{1, 1}}, "sr": {Warm: 16000}}}, "first run on the warm-up inputs"},

@@ -39,6 +39,18 @@ func TrapONNX() []byte {
 	return model(graph, 13)
 }
 
+// ScalarONNX builds a model whose output is a scalar: s = ReduceSum(x)
+// over every axis, x FP32 [1, 4] (keepdims 0). The agent refuses to serve
+// scalar outputs, saying so.
+func ScalarONNX() []byte {
+	keep := msg(str(1, "keepdims"), varint(3, 0), varint(20, 2)) // AttributeProto: INT 0
+	sum := msg(str(1, "x"), str(2, "s"), str(3, "sum"), str(4, "ReduceSum"), bytesField(5, keep))
+	tensorType := msg(varint(1, 1), bytesField(2, msg())) // FLOAT, a shape of no dimensions
+	scalar := msg(str(1, "s"), bytesField(2, bytesField(1, tensorType)))
+	graph := msg(bytesField(1, sum), str(2, "scalar"), bytesField(11, value("x")), bytesField(12, scalar))
+	return model(graph, 13)
+}
+
 // model wraps a GraphProto in a ModelProto importing the default operator
 // set at opset.
 func model(graph []byte, opset int64) []byte {
