@@ -3,6 +3,7 @@
 package stream
 
 import (
+	"errors"
 	"io"
 	"net"
 	"slices"
@@ -10,6 +11,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/stretchr/testify/assert"
@@ -299,4 +303,64 @@ func TestStreamReconnectBackoff(t *testing.T) {
 	assert.False(t, s.Stats().Connected, "no attempt before the clock says so")
 	clk.advance(d)
 	waitConnected(t, s)
+}
+
+// dropResults is a hook of the embedded broker that drops a client's
+// connection whenever it publishes on topic, until let is set: the
+// publication never gets a PUBACK, as from a broker that fails on it.
+type dropResults struct {
+	mochi.HookBase
+	topic string
+	mu    sync.Mutex // guards let and drops
+	let   bool
+	drops int
+}
+
+func (*dropResults) ID() string { return "drop-results" }
+
+func (*dropResults) Provides(b byte) bool { return b == mochi.OnPublish }
+
+func (h *dropResults) OnPublish(cl *mochi.Client, pk packets.Packet) (packets.Packet, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if pk.TopicName == h.topic && !h.let {
+		h.drops++
+		cl.Stop(errors.New("refused"))
+		return pk, packets.ErrRejectPacket
+	}
+	return pk, nil
+}
+
+// TestStreamGivesUpAResult: a result the broker fails on every time is
+// published on 5 connections, then given up and counted as a publish error,
+// never silently; the stream goes on with the next message.
+func TestStreamGivesUpAResult(t *testing.T) {
+	addr := testbroker.FreeAddr(t)
+	srv, _ := testbroker.Start(t, addr)
+	hook := &dropResults{topic: "cam/results"}
+	require.NoError(t, srv.AddHook(hook, nil))
+	url := "tcp://" + addr
+	reg, _ := registry(t, hand)
+	s, err := New(Options{Name: "cam", Broker: url, Topic: "cam/frames", Decoder: "image",
+		Model: "m", ResultTopic: "cam/results", Backend: reg, QoS: 1, Queue: 16,
+		ConnectRetry: 100 * time.Millisecond, AckTimeout: 2 * time.Second})
+	require.NoError(t, err)
+	res := collect(t, url, "cam/results")
+	run(t, s)
+	waitConnected(t, s)
+	pub := client(t, url, "camera")
+	publish(t, pub, "cam/frames", 1, frame(t, 0))
+	st := waitStats(t, s, "the result given up", func(st Stats) bool { return st.PublishErrors == 1 })
+	hook.mu.Lock()
+	drops := hook.drops
+	hook.let = true
+	hook.mu.Unlock()
+	assert.Equal(t, 5, drops, "publications of the result")
+	assert.Equal(t, uint64(4), st.Republished)
+	assert.Zero(t, st.Published)
+	// The stream goes on: the next message's result arrives.
+	publish(t, pub, "cam/frames", 1, frame(t, 1))
+	rs := res.waitFor(t, 30*time.Second, "the next result", func(rs []result) bool { return len(rs) >= 1 })
+	assert.Empty(t, rs[len(rs)-1].Error)
+	waitStats(t, s, "the next result published", func(st Stats) bool { return st.Published >= 1 })
 }
