@@ -74,7 +74,10 @@ func behave(rng *rand.Rand, n uint64, base time.Duration, serving func(string, i
 	if b.LatencyFactor <= 0 {
 		b.LatencyFactor = 1
 	}
-	errs := min(uint64(float64(n)*b.ErrorRatio+rng.Float64()*b.ErrorRatio), n)
+	var errs uint64
+	if b.ErrorRatio > 0 { // rounded at random, as a candidate's
+		errs = min(uint64(float64(n)*b.ErrorRatio+rng.Float64()), n)
+	}
 	ag := &protocol.Aggregate{Requests: n, Errors: errs, Latency: latencies(rng, n-errs, time.Duration(float64(base)*b.LatencyFactor))}
 	if errs > 0 {
 		ag.ErrorsByCode = []protocol.CodeCount{{Code: "internal", Count: errs}}

@@ -12,10 +12,10 @@ import (
 	"testing"
 
 	mochi "github.com/mochi-mqtt/server/v2"
-
-	"github.com/outpost-edge/outpost/internal/freeport"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/outpost-edge/outpost/internal/freeport"
 )
 
 // allowAll lets every client connect and use every topic.
