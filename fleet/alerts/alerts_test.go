@@ -109,8 +109,8 @@ type receiver struct {
 	status int // answer; 0 means 200
 	// redirect, when set, is where a 302 answer sends the caller.
 	redirect string
-	got    []delivery
-	notify chan struct{}
+	got      []delivery
+	notify   chan struct{}
 }
 
 type delivery struct {
