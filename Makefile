@@ -49,10 +49,11 @@ RELEASE_TAGS ?= grpcnotrace
 build: setup
 	$(GO) build -trimpath -tags '$(RELEASE_TAGS)' -ldflags '$(LDFLAGS)' -o bin/ ./cmd/...
 
-# vet: go.mod and go.sum tidy, go vet (with and without the test tags, and
+# vet: gofmt, go.mod and go.sum tidy, go vet (with and without the test tags, and
 # without gRPC), staticcheck (a go.mod tool: no separate install), the
 # generated gRPC code up to date, and a CGO_ENABLED=0 pass.
 vet: setup
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt -l: these files are not formatted:"; echo "$$out"; exit 1; fi
 	$(GO) mod tidy -diff
 	$(GO) vet ./...
 	$(GO) vet -tags '$(TEST_TAGS)' ./...
