@@ -58,14 +58,15 @@ func TestConsoleRolloutAnalyses(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS("#token"), op.Token), chromedp.Click(chromedp.CSS("#login")))
 	b.until("the rollouts page", `document.querySelector('h1') && document.querySelector('h1').textContent === 'Rollouts'`)
 
-	// The shadow lasts 6 s: the page, polling every second, sees it.
+	// The shadow lasts 10 s: the page, polling every second, sees it even
+	// on a loaded machine.
 	var ro rolloutRep
 	call(op.Token, "POST", "/v1/rollouts", fmt.Sprintf(`{"model":%q,"version":2,"waves":[50,100],"max_failure_ratio":0.5,
-		"shadow":{"percent":50,"duration":"6s"},"canary":{"percent":50,"duration":"3s"},
+		"shadow":{"percent":50,"duration":"10s"},"canary":{"percent":50,"duration":"3s"},
 		"analysis":{"min_requests":100,"max_wait":%d}}`, model, time.Minute), http.StatusCreated, &ro)
 	b.do("open the rollout", chromedp.Navigate(base+"/console/#/rollouts/"+ro.ID))
 	b.until("the shadow phase", `(document.getElementById('rollout-phase') || {}).textContent?.startsWith('wave 1 shadow')`)
-	if got := b.eval(`document.querySelector('#main dl.kv').textContent`); !strings.Contains(got, "shadow 50% for 6s, canary 50% for 3s, analysis") {
+	if got := b.eval(`document.querySelector('#main dl.kv').textContent`); !strings.Contains(got, "shadow 50% for 10s, canary 50% for 3s, analysis") {
 		t.Errorf("the phases are not shown: %q", got)
 	}
 	b.until("the halt and its analysis", `document.getElementById('rollout-state').textContent === 'halted' &&
