@@ -58,31 +58,35 @@ func (r *Registry) AppendAudit(rec AuditRecord) (*AuditRecord, error) {
 		rec.Time = time.Now()
 	}
 	rec.Time = rec.Time.UTC()
-	err := r.write(func(tx *sql.Tx) error {
-		var hb []byte
-		if err := tx.QueryRow(r.q(`SELECT value FROM meta WHERE key = ?`+r.eng.forUpdate), metaAuditHead).Scan(&hb); err != nil {
-			return fmt.Errorf("head: %w", err)
-		}
-		var h auditHead
-		if err := json.Unmarshal(hb, &h); err != nil {
-			return fmt.Errorf("%w: head: %v", ErrTampered, err)
-		}
-		rec.Hash = ""
-		rec.Seq, rec.Prev = h.Seq+1, h.Hash
-		doc, err := json.Marshal(&rec)
-		if err != nil {
-			return err
-		}
-		rec.Hash = hashchain.Hash(doc)
-		if _, err := r.exec(tx, `INSERT INTO audit (seq, time, doc) VALUES (?, ?, ?)`, int64(rec.Seq), ts(rec.Time), doc); err != nil {
-			return err
-		}
-		return r.putMeta(tx, metaAuditHead, auditHead{Seq: rec.Seq, Hash: rec.Hash})
-	})
+	err := r.write(func(tx *sql.Tx) error { return r.appendAudit(tx, &rec) })
 	if err != nil {
 		return nil, fmt.Errorf("registry: append audit: %w", err)
 	}
 	return &rec, nil
+}
+
+// appendAudit chains rec (its Time set) to the log in tx, setting its
+// Seq, Prev and Hash.
+func (r *Registry) appendAudit(tx *sql.Tx, rec *AuditRecord) error {
+	var hb []byte
+	if err := tx.QueryRow(r.q(`SELECT value FROM meta WHERE key = ?`+r.eng.forUpdate), metaAuditHead).Scan(&hb); err != nil {
+		return fmt.Errorf("head: %w", err)
+	}
+	var h auditHead
+	if err := json.Unmarshal(hb, &h); err != nil {
+		return fmt.Errorf("%w: head: %v", ErrTampered, err)
+	}
+	rec.Hash = ""
+	rec.Seq, rec.Prev = h.Seq+1, h.Hash
+	doc, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	rec.Hash = hashchain.Hash(doc)
+	if _, err := r.exec(tx, `INSERT INTO audit (seq, time, doc) VALUES (?, ?, ?)`, int64(rec.Seq), ts(rec.Time), doc); err != nil {
+		return err
+	}
+	return r.putMeta(tx, metaAuditHead, auditHead{Seq: rec.Seq, Hash: rec.Hash})
 }
 
 func (r *Registry) putMeta(tx *sql.Tx, key string, v any) error {

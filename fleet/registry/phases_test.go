@@ -2,6 +2,8 @@ package registry
 
 import (
 	"encoding/json"
+	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -66,5 +68,53 @@ func testRolloutPhasesStored(t *testing.T, newTarget func(*testing.T) target) {
 	}
 	if d, err := r.Device("gw-1"); err != nil || !d.Supports(protocol.FeatureTrial) || d.Supports("other") {
 		t.Fatalf("device %+v, %v", d, err)
+	}
+}
+
+func TestUpdateRolloutAudited(t *testing.T) { eachEngine(t, testUpdateRolloutAudited) }
+
+// testUpdateRolloutAudited: the decisions an update adds are in the audit
+// log when it returns, one record each, chained; an update that fails adds
+// neither decisions nor records.
+func testUpdateRolloutAudited(t *testing.T, newTarget func(*testing.T) target) {
+	r := newTarget(t).open(t)
+	defer r.Close()
+	now := time.Date(2026, 11, 30, 8, 0, 0, 0, time.UTC)
+	if err := r.PutRollout(&Rollout{ID: "r-1", Model: "face", Version: 2, Waves: []int{100}, State: RolloutRunning, Created: now, Updated: now,
+		Decisions: []Decision{{Time: now, Action: "old"}}}); err != nil {
+		t.Fatal(err)
+	}
+	audit := func(ro *Rollout, d *Decision) AuditRecord {
+		return AuditRecord{Time: d.Time, Actor: "system", ActorName: "rollout", Method: "DECIDE", Path: "/v1/rollouts/" + ro.ID + "/" + d.Action}
+	}
+	if _, err := r.UpdateRolloutAudited("r-1", func(ro *Rollout) error {
+		ro.Decisions = append(ro.Decisions, Decision{Time: now.Add(time.Second), Action: "a"}, Decision{Time: now.Add(2 * time.Second), Action: "b"})
+		return nil
+	}, audit); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.UpdateRolloutAudited("r-1", func(ro *Rollout) error {
+		ro.Decisions = append(ro.Decisions, Decision{Time: now.Add(3 * time.Second), Action: "c"})
+		return errors.New("changed my mind")
+	}, audit); err == nil {
+		t.Fatal("a failing update succeeded")
+	}
+	recs, err := r.Audit(time.Time{}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var paths []string
+	for _, rec := range recs {
+		paths = append(paths, rec.Path)
+	}
+	if want := []string{"/v1/rollouts/r-1/a", "/v1/rollouts/r-1/b"}; !slices.Equal(paths, want) {
+		t.Errorf("audit log: %v, want %v", paths, want)
+	}
+	if n, err := r.VerifyAudit(); err != nil || n != 2 {
+		t.Errorf("VerifyAudit: %d, %v", n, err)
+	}
+	ro, err := r.Rollout("r-1")
+	if err != nil || len(ro.Decisions) != 3 {
+		t.Fatalf("decisions: %+v, %v", ro, err)
 	}
 }

@@ -299,17 +299,39 @@ func (r *Registry) PutRollout(ro *Rollout) error {
 // its row; fn may return an error to leave it unchanged, and may run more
 // than once.
 func (r *Registry) UpdateRollout(id string, fn func(ro *Rollout) error) (*Rollout, error) {
+	return r.UpdateRolloutAudited(id, fn, nil)
+}
+
+// UpdateRolloutAudited is UpdateRollout that also appends, in the same
+// transaction, audit(ro, d) to the audit log for every decision d that fn
+// added (none when audit is nil): a decision is in the rollout and in the
+// log, or in neither.
+func (r *Registry) UpdateRolloutAudited(id string, fn func(ro *Rollout) error, audit func(ro *Rollout, d *Decision) AuditRecord) (*Rollout, error) {
 	var ro *Rollout
 	err := r.write(func(tx *sql.Tx) error {
 		var err error
 		if ro, err = scanRollout(tx.QueryRow(r.q(`SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`+r.eng.forUpdate), id)); err != nil {
 			return err
 		}
+		before := len(ro.Decisions)
 		if err := fn(ro); err != nil {
 			return err
 		}
 		ro.ID = id
-		return r.putRollout(tx, ro)
+		if err := r.putRollout(tx, ro); err != nil {
+			return err
+		}
+		for i := before; audit != nil && i < len(ro.Decisions); i++ {
+			rec := audit(ro, &ro.Decisions[i])
+			if rec.Time.IsZero() {
+				rec.Time = time.Now()
+			}
+			rec.Time = rec.Time.UTC()
+			if err := r.appendAudit(tx, &rec); err != nil {
+				return fmt.Errorf("audit: %w", err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: rollout %s: %w", id, err)

@@ -702,12 +702,10 @@ func (e *Engine) gate(t *tracked) error {
 	if done && !ro.WaveDone.IsZero() && ro.Analysis != nil {
 		_, waveAnalysis = e.waveRequest(t, ro.WaveDone, now)
 	}
-	before := 0
-	cur, err := e.reg.UpdateRollout(ro.ID, func(cur *registry.Rollout) error {
+	cur, err := e.reg.UpdateRolloutAudited(ro.ID, func(cur *registry.Rollout) error {
 		if cur.State != registry.RolloutRunning || cur.Wave != ro.Wave {
 			return errNoChange
 		}
-		before = len(cur.Decisions)
 		last := cur.Wave == len(cur.Waves)-1
 		switch {
 		case timedOut:
@@ -757,16 +755,13 @@ func (e *Engine) gate(t *tracked) error {
 		}
 		cur.Updated = now
 		return nil
-	})
+	}, auditRecord)
 	if errors.Is(err, errNoChange) {
 		return nil
 	}
 	if err == nil {
 		if cur.Wave != ro.Wave || cur.Phase != ro.Phase {
 			t.recheck = true
-		}
-		for i := before; i < len(cur.Decisions); i++ {
-			e.audit(cur, &cur.Decisions[i])
 		}
 		t.ro = cur
 		e.Kick()

@@ -559,12 +559,12 @@ func keepReport(cur *registry.Rollout, rep *analysis.Report) {
 }
 
 // movePhase applies fn to the rollout if it is still running in the phase
-// t saw, with the report rep and the decision d (both optional), and
-// audits d.
+// t saw, with the report rep and the decision d (both optional), d
+// audited in the same transaction.
 func (e *Engine) movePhase(t *tracked, d *registry.Decision, rep *analysis.Report, fn func(cur *registry.Rollout)) error {
 	ro := t.ro
 	now := e.opts.Now().UTC()
-	cur, err := e.reg.UpdateRollout(ro.ID, func(cur *registry.Rollout) error {
+	cur, err := e.reg.UpdateRolloutAudited(ro.ID, func(cur *registry.Rollout) error {
 		if cur.State != registry.RolloutRunning || cur.Wave != ro.Wave || cur.Phase != ro.Phase || !cur.PhaseStarted.Equal(ro.PhaseStarted) {
 			return errNoChange
 		}
@@ -579,7 +579,7 @@ func (e *Engine) movePhase(t *tracked, d *registry.Decision, rep *analysis.Repor
 		}
 		cur.Updated = now
 		return nil
-	})
+	}, auditRecord)
 	if err != nil {
 		if errors.Is(err, errNoChange) {
 			return nil
@@ -588,7 +588,6 @@ func (e *Engine) movePhase(t *tracked, d *registry.Decision, rep *analysis.Repor
 	}
 	t.ro = cur
 	if d != nil {
-		e.audit(cur, d)
 		if cur.Phase != ro.Phase || cur.Wave != ro.Wave {
 			t.recheck = true // the wave's devices are owed other commands
 			e.log.Info("rollout phase", "rollout", cur.ID, "wave", cur.Wave+1, "phase", cur.Phase, "decision", d.Action)
@@ -611,17 +610,15 @@ func (e *Engine) halt(t *tracked, d *registry.Decision, rep *analysis.Report, re
 	return err
 }
 
-// audit records decision d of ro in the fleet's audit log.
-func (e *Engine) audit(ro *registry.Rollout, d *registry.Decision) {
+// auditRecord is decision d of ro as the fleet's audit log keeps it,
+// written in the transaction that adds d (registry.UpdateRolloutAudited).
+func auditRecord(ro *registry.Rollout, d *registry.Decision) registry.AuditRecord {
 	detail := d.Detail
 	if detail == "" {
 		detail = fmt.Sprintf("wave %d %s: %d of %d successes needed, %d devices", d.Wave+1, d.Action, d.Successes, d.Needed, d.Devices)
 	}
-	_, err := e.reg.AppendAudit(registry.AuditRecord{Time: d.Time, Actor: AuditActor, ActorName: AuditName, Method: "DECIDE",
-		Path: "/v1/rollouts/" + ro.ID + "/" + d.Action, Detail: detail})
-	if err != nil {
-		e.log.Warn("rollout audit", "rollout", ro.ID, "action", d.Action, "err", err)
-	}
+	return registry.AuditRecord{Time: d.Time, Actor: AuditActor, ActorName: AuditName, Method: "DECIDE",
+		Path: "/v1/rollouts/" + ro.ID + "/" + d.Action, Detail: detail}
 }
 
 // The audit log's actor of the engine's decisions.

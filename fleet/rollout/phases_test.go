@@ -504,6 +504,9 @@ func TestPhaseStuckDeviceHoldsAtMostMaxWait(t *testing.T) {
 	require.Equal(t, registry.RolloutPaused, r.State)
 	require.Contains(t, r.Reason, "wave 1 shadow: no trial device holds the candidate 30m0s after the phase began (0 of 3 trial devices hold the candidate, 3 on their way)")
 	require.Equal(t, "shadow-paused", r.Decisions[len(r.Decisions)-1].Action)
+	// The operator comes back after more than max_wait: the resume gives
+	// the devices another max_wait.
+	f2.advance(testConfig.MaxWait + time.Minute)
 	_, err = f2.eng.Resume(ro2.ID)
 	require.NoError(t, err)
 	f2.advance(time.Minute)

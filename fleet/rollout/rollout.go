@@ -336,12 +336,13 @@ func (e *Engine) Abort(id, reason string) (*registry.Rollout, error) {
 }
 
 func (e *Engine) transition(id string, to registry.RolloutState, from ...registry.RolloutState) (*registry.Rollout, error) {
-	ro, err := e.reg.UpdateRollout(id, func(ro *registry.Rollout) error {
+	ro, err := e.reg.UpdateRolloutAudited(id, func(ro *registry.Rollout) error {
 		for _, f := range from {
 			if ro.State == f {
 				now := e.opts.Now().UTC()
-				if to == registry.RolloutRunning && !ro.PhaseStarted.IsZero() {
-					// The analysis's wait for evidence starts again (judge).
+				if to == registry.RolloutRunning && ro.Phase != "" {
+					// The wait for the devices (phaseGate) or for the
+					// analysis's evidence (judge) starts again.
 					ro.Decisions = append(ro.Decisions, registry.Decision{Time: now, Wave: ro.Wave, Phase: ro.Phase, Action: "resumed"})
 				}
 				ro.State, ro.Updated = to, now
@@ -349,7 +350,7 @@ func (e *Engine) transition(id string, to registry.RolloutState, from ...registr
 			}
 		}
 		return fmt.Errorf("%w: %s is %s", ErrState, id, ro.State)
-	})
+	}, auditRecord)
 	if err == nil {
 		e.log.Info("rollout "+string(to), "rollout", id)
 		e.Kick()
@@ -362,10 +363,10 @@ func (e *Engine) finish(id string, to registry.RolloutState, reason string, d *r
 	return e.finishWith(id, to, reason, d, nil)
 }
 
-// finishWith is finish that also applies more (if set) to the rollout, and
-// audits d.
+// finishWith is finish that also applies more (if set) to the rollout; d
+// is audited in the same transaction.
 func (e *Engine) finishWith(id string, to registry.RolloutState, reason string, d *registry.Decision, more func(ro *registry.Rollout)) error {
-	ro, err := e.reg.UpdateRollout(id, func(ro *registry.Rollout) error {
+	ro, err := e.reg.UpdateRolloutAudited(id, func(ro *registry.Rollout) error {
 		if !ro.State.Active() {
 			return fmt.Errorf("%w: %s is already %s", ErrState, id, ro.State)
 		}
@@ -378,11 +379,8 @@ func (e *Engine) finishWith(id string, to registry.RolloutState, reason string, 
 			more(ro)
 		}
 		return nil
-	})
+	}, auditRecord)
 	if err == nil {
-		if d != nil {
-			e.audit(ro, d)
-		}
 		e.log.Warn("rollout "+string(to), "rollout", id, "reason", reason)
 		if to == registry.RolloutHalted {
 			e.alertHalted(ro)
