@@ -144,6 +144,20 @@ func (e *Engine) checkPhases(spec *Spec) error {
 		return fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	spec.Analysis = &c
+	// A trial's command must outlive its phases (commandTTL), and no
+	// device takes a command meant to live longer than MaxCommandLifetime.
+	if phases {
+		ttl := e.opts.CommandTTL + 2*c.MaxWait
+		for _, p := range []*registry.TrialPhase{spec.Shadow, spec.Canary} {
+			if p != nil {
+				ttl += p.Duration
+			}
+		}
+		if ttl > protocol.MaxCommandLifetime {
+			return fmt.Errorf("%w: the trial commands would have to live %s (command ttl %s, the phases, and twice max_wait %s); devices take commands of at most %s",
+				ErrInvalid, ttl, e.opts.CommandTTL, c.MaxWait, protocol.MaxCommandLifetime)
+		}
+	}
 	return nil
 }
 

@@ -671,6 +671,8 @@ func TestCreateRefusesBadPhases(t *testing.T) {
 		{"no duration", func(s *Spec) { s.Shadow.Duration = 0 }, "at least a second"},
 		{"no config, no default", func(s *Spec) { s.Analysis = nil }, "need an analysis config"},
 		{"negative max_wait", func(s *Spec) { c := testConfig; c.MaxWait = -1; s.Analysis = &c }, "max_wait"},
+		{"trials outliving a command", func(s *Spec) { c := testConfig; c.MaxWait = 15 * 24 * time.Hour; s.Analysis = &c },
+			"devices take commands of at most 720h0m0s"},
 	} {
 		_, err := f.eng.Create(spec(c.mod))
 		require.ErrorIs(t, err, ErrInvalid, c.name)
