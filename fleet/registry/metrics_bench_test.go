@@ -26,17 +26,7 @@ import (
 // seeding is not timed (and takes a while: OUTPOST_BENCH_DEVICES makes the
 // fleet smaller for a quick look).
 func BenchmarkMetricsQuery(b *testing.B) {
-	devices := 1000
-	if n, err := fmt.Sscan(os.Getenv("OUTPOST_BENCH_DEVICES"), &devices); n != 1 || err != nil {
-		devices = 1000
-	}
-	dir := b.TempDir()
-	r, err := registry.Open(dir, registry.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
-	store := filepath.Join(dir, registry.StoreFile)
+	devices, r, store := benchStore(b, 1000)
 	end := time.Now().Truncate(time.Hour)
 	start := end.Add(-24 * time.Hour)
 	seeded := time.Now()
@@ -118,17 +108,7 @@ func cpuTime(b *testing.B) time.Duration {
 // monitor's way before), interleaved. It reports ms per window for each
 // and their ratio.
 func BenchmarkDeviceFeatures(b *testing.B) {
-	devices := 10000
-	if n, err := fmt.Sscan(os.Getenv("OUTPOST_BENCH_DEVICES"), &devices); n != 1 || err != nil {
-		devices = 10000
-	}
-	dir := b.TempDir()
-	r, err := registry.Open(dir, registry.Options{})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
-	store := filepath.Join(dir, registry.StoreFile)
+	devices, r, store := benchStore(b, 10000)
 	t0 := time.Now().Truncate(time.Hour).Add(-time.Hour)
 	feats := make([]protocol.FeatureCounts, 6)
 	for i := range feats {
@@ -170,4 +150,22 @@ func BenchmarkDeviceFeatures(b *testing.B) {
 	b.ReportMetric(float64(each.Milliseconds())/float64(b.N), "ms/window-per-device")
 	b.ReportMetric(each.Seconds()/one.Seconds(), "per-device/one")
 	b.ReportMetric(0, "ns/op")
+}
+
+// benchStore opens a SQLite store for a benchmark (closed when it ends)
+// and returns its file and the fleet size: OUTPOST_BENCH_DEVICES, else
+// devices.
+func benchStore(b *testing.B, devices int) (int, *registry.Registry, string) {
+	b.Helper()
+	var n int
+	if _, err := fmt.Sscan(os.Getenv("OUTPOST_BENCH_DEVICES"), &n); err == nil && n > 0 {
+		devices = n
+	}
+	dir := b.TempDir()
+	r, err := registry.Open(dir, registry.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Close() })
+	return devices, r, filepath.Join(dir, registry.StoreFile)
 }
