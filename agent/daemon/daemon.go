@@ -108,7 +108,8 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
 		a.counter.next = inferenceTelemetry{q: a.queue, refs: refs}
-		sopts.ShadowObserver = shadowTelemetry{q: a.queue, refs: refs}
+		sopts.ShadowObserver = trialTelemetry{q: a.queue, refs: refs}
+		sopts.CanaryObserver = trialTelemetry{q: a.queue, refs: refs}
 	}
 	a.registry = serving.New(sopts)
 	reg.MustRegister(a.registry.Collector())

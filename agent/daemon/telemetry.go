@@ -140,16 +140,26 @@ func (t inferenceTelemetry) ObserveInference(in *api.Inference) {
 	observeFeatures(t.q, t.refs, in.Model, o, in.Inputs, in.Outputs)
 }
 
-// shadowTelemetry turns the copies sent to a candidate in shadow into its
-// shadow aggregate (docs/PROTOCOL.md, Trials): the candidate's answers
-// (latency, errors, inputs and features) with the serving version's latency
-// on the same requests and the outputs' agreement.
-type shadowTelemetry struct {
+// trialTelemetry turns a candidate's trial into its telemetry
+// (docs/PROTOCOL.md, Trials): in shadow, the copies sent to it make its
+// shadow aggregate (the candidate's answers: latency, errors, inputs and
+// features, with the serving version's latency on the same requests and
+// the outputs' agreement); in canary, a request it failed and the serving
+// version answered counts as a failed request of the candidate.
+type trialTelemetry struct {
 	q    *telemetry.Queue
 	refs *references
 }
 
-func (t shadowTelemetry) ObserveShadow(r *serving.ShadowResult) {
+func (t trialTelemetry) ObserveCanaryFailure(f *serving.CanaryFailure) {
+	code := "internal"
+	if errors.Is(f.Err, catalog.ErrOverloaded) {
+		code = "overload"
+	}
+	t.q.Observe(telemetry.Observation{Model: modelRef(f.Candidate), Latency: f.Invoke, ErrCode: code})
+}
+
+func (t trialTelemetry) ObserveShadow(r *serving.ShadowResult) {
 	if r.Candidate.Name == "" {
 		return
 	}

@@ -28,7 +28,7 @@ func TestShadowAggregates(t *testing.T) {
 	ctx := t.Context()
 
 	reg := serving.New(serving.Options{Runtime: runtime.Options{Workers: 2, Threads: 1}, ShadowQueue: 2,
-		ShadowObserver: shadowTelemetry{q: q, refs: newReferences(nil)}})
+		ShadowObserver: trialTelemetry{q: q, refs: newReferences(nil)}})
 	defer reg.Close()
 	_, err := reg.Load(ctx, "hand", 1, testmodel.Read(t, testmodel.Hand), "test")
 	require.NoError(t, err)

@@ -42,6 +42,9 @@ type Options struct {
 	// ShadowObserver, if set, hears of every copy sent to a candidate in
 	// shadow.
 	ShadowObserver ShadowObserver
+	// CanaryObserver, if set, hears of every request a candidate in canary
+	// failed and the serving version answered instead.
+	CanaryObserver CanaryObserver
 	Logger         *slog.Logger
 }
 
@@ -56,7 +59,8 @@ type Registry struct {
 
 	loadMu sync.Mutex // serializes loads and trials, so two versions never race to swap
 
-	shadowCopies *prometheus.CounterVec
+	shadowCopies    *prometheus.CounterVec
+	canaryFallbacks *prometheus.CounterVec
 }
 
 // New returns an empty registry.
@@ -75,7 +79,11 @@ func New(opts Options) *Registry {
 		shadowCopies: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "outpost_shadow_copies_total",
 			Help: "Copies of live requests for a candidate in shadow, by model, candidate version and result: compared (both answered), failed (the candidate did not answer) or dropped (its queue was full).",
-		}, []string{"model", "version", "result"})}
+		}, []string{"model", "version", "result"}),
+		canaryFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "outpost_canary_fallbacks_total",
+			Help: "Requests a candidate in canary failed (after reading the request) that the serving version answered instead, by model and candidate version.",
+		}, []string{"model", "version"})}
 }
 
 // Digest is the catalog digest of model bytes.
@@ -269,9 +277,18 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	var err error
 	var tap *shadowTap
 	if t != nil {
-		var served bool
-		if used, tm, err, served = r.canary(ctx, t, name, version, prepare, emit); served {
-			return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)
+		var served, prepared bool
+		if used, tm, err, prepared, served = r.canary(ctx, t, name, version, prepare, emit); served {
+			if err == nil || !prepared || version != 0 || ctx.Err() != nil {
+				return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)
+			}
+			// The candidate failed on a request it could read: the
+			// serving version answers, and the failure counts against
+			// the candidate (its telemetry), never against the client.
+			r.canaryFallbacks.WithLabelValues(used.Name, versionLabel(used.Version)).Inc()
+			if r.opts.CanaryObserver != nil {
+				r.opts.CanaryObserver.ObserveCanaryFailure(&CanaryFailure{Candidate: used, Err: mapErr(name, err), Invoke: tm.Invoke})
+			}
 		}
 		if tap = r.tap(t); tap != nil {
 			prepare, emit = tap.prepare(prepare), tap.emit(emit)
@@ -358,11 +375,13 @@ var trialDesc = prometheus.NewDesc("outpost_trial_percent",
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	c.r.shadowCopies.Describe(ch)
+	c.r.canaryFallbacks.Describe(ch)
 	ch <- trialDesc
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	c.r.shadowCopies.Collect(ch)
+	c.r.canaryFallbacks.Collect(ch)
 	for _, t := range c.r.Trials() {
 		ch <- prometheus.MustNewConstMetric(trialDesc, prometheus.GaugeValue, t.Trial.Percent, t.Entry.Name, versionLabel(t.Entry.Version), string(t.Trial.Mode))
 	}

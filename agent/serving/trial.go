@@ -61,6 +61,22 @@ type ShadowObserver interface {
 	ObserveShadow(*ShadowResult)
 }
 
+// CanaryObserver hears of every request a candidate in canary failed after
+// reading it, which the serving version then answered (Registry.Infer):
+// the client saw the serving version's answer, the candidate's failure
+// belongs in its telemetry. It runs on the request's goroutine and must not
+// block.
+type CanaryObserver interface {
+	ObserveCanaryFailure(*CanaryFailure)
+}
+
+// CanaryFailure is a candidate's failure on a canary request.
+type CanaryFailure struct {
+	Candidate catalog.Entry
+	Err       error         // wraps the catalog's sentinels (ErrOverloaded, ...)
+	Invoke    time.Duration // the candidate's run, when it got that far
+}
+
 // ShadowResult is one copy of a live request sent to a candidate in shadow.
 type ShadowResult struct {
 	// Baseline is the serving version that answered the client, Candidate
@@ -254,41 +270,42 @@ func (r *Registry) trialOf(name string) *trial {
 }
 
 // canary runs the request on name's candidate when the canary's share takes
-// it (or it asked for the candidate's version). ok is false when the
+// it (or it asked for the candidate's version). served is false when the
 // serving version is to answer: no canary, not this request's arm, or a
-// candidate that went away meanwhile.
+// candidate that went away meanwhile; prepared says that the request's
+// inputs were read (a failure after that is the candidate's, not the
+// request's).
 func (r *Registry) canary(ctx context.Context, t *trial, name string, version int64,
 	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
-) (catalog.Entry, runtime.Timing, error, bool) {
+) (used catalog.Entry, tm runtime.Timing, err error, prepared, served bool) {
 	cfg := t.cfg.Load()
 	if cfg.Mode != Canary {
-		return catalog.Entry{}, runtime.Timing{}, nil, false
+		return used, tm, nil, false, false
 	}
 	_, cand, ok := t.slot.Current()
 	if !ok {
-		return catalog.Entry{}, runtime.Timing{}, nil, false
+		return used, tm, nil, false, false
 	}
 	switch {
 	case version == cand.Version:
 	case version == 0 && routing.Canary(ctx, name, cfg.Percent):
 	default:
-		return catalog.Entry{}, runtime.Timing{}, nil, false
+		return used, tm, nil, false, false
 	}
-	var used catalog.Entry
-	var tm runtime.Timing
-	err := t.slot.Do(func(m *runtime.Model, e catalog.Entry) error {
+	err = t.slot.Do(func(m *runtime.Model, e catalog.Entry) error {
 		used = e
 		in, err := prepare(e)
 		if err != nil {
 			return err
 		}
+		prepared = true
 		tm, err = m.InvokeFunc(ctx, in, emit, len(e.Outputs))
 		return err
 	})
 	if errors.Is(err, runtime.ErrEmpty) && version == 0 {
-		return catalog.Entry{}, runtime.Timing{}, nil, false // ended meanwhile
+		return catalog.Entry{}, runtime.Timing{}, nil, false, false // ended meanwhile
 	}
-	return used, tm, err, true
+	return used, tm, err, prepared, true
 }
 
 // shadowTap decides whether a request served by the serving version is

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/catalog"
 	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/models/testmodel"
 )
 
 func modelBytes(t testing.TB, name string) []byte {
@@ -291,4 +293,66 @@ func TestPromoteNoSecondLoad(t *testing.T) {
 
 	_, err = New(Options{}).StartTrial(context.Background(), "face", 2, data, Trial{Mode: Shadow, Percent: 10})
 	assert.ErrorIs(t, err, ErrNoServingVersion)
+}
+
+// canaryLog collects what a registry's canary observer hears.
+type canaryLog struct {
+	mu       sync.Mutex
+	failures []CanaryFailure
+}
+
+func (l *canaryLog) ObserveCanaryFailure(f *CanaryFailure) {
+	l.mu.Lock()
+	l.failures = append(l.failures, *f)
+	l.mu.Unlock()
+}
+
+// TestCanaryFallback: a candidate in canary that fails on a request it
+// could read (testmodel.TrapONNX on inputs of 8 or more) does not fail the
+// client: the serving version answers, and the observer hears the
+// candidate's failure. A request that cannot be read fails as before, and
+// one that asks for the candidate's version gets its error.
+func TestCanaryFallback(t *testing.T) {
+	heard := &canaryLog{}
+	r := New(Options{Runtime: runtime.Options{Workers: 1, Threads: 1}, CanaryObserver: heard})
+	t.Cleanup(func() { r.Close() })
+	ctx := context.Background()
+	_, err := r.Load(ctx, "tiny", 1, testmodel.TinyONNX(13), "test")
+	require.NoError(t, err)
+	_, err = r.StartTrial(ctx, "tiny", 2, testmodel.TrapONNX(), Trial{Mode: Canary, Percent: 100})
+	require.NoError(t, err)
+	infer := func(version int64, x float32, bad bool) (catalog.Entry, []byte, error) {
+		var out []byte
+		e, _, err := r.Infer(ctx, "tiny", version, func(catalog.Entry) ([][]byte, error) {
+			if bad {
+				return nil, fmt.Errorf("%w: not four floats", catalog.ErrBadInput)
+			}
+			b := make([]byte, 16)
+			for i := range 4 {
+				binary.LittleEndian.PutUint32(b[4*i:], math.Float32bits(x))
+			}
+			return [][]byte{b}, nil
+		}, func(_ int, data []byte) error { out = append(out[:0], data...); return nil })
+		return e, out, err
+	}
+	e, out, err := infer(0, 3, false)
+	require.NoError(t, err)
+	assert.EqualValues(t, 2, e.Version, "the candidate answers what it can")
+	assert.Equal(t, float32(6), math.Float32frombits(binary.LittleEndian.Uint32(out)))
+	e, out, err = infer(0, 9, false)
+	require.NoError(t, err, "the candidate's failure reached the client")
+	assert.EqualValues(t, 1, e.Version, "the serving version answers instead")
+	assert.Equal(t, float32(18), math.Float32frombits(binary.LittleEndian.Uint32(out)))
+	heard.mu.Lock()
+	require.Len(t, heard.failures, 1)
+	assert.EqualValues(t, 2, heard.failures[0].Candidate.Version)
+	assert.Error(t, heard.failures[0].Err)
+	heard.mu.Unlock()
+	_, _, err = infer(0, 3, true)
+	assert.ErrorIs(t, err, catalog.ErrBadInput, "a request that cannot be read is the client's")
+	_, _, err = infer(2, 9, false)
+	assert.Error(t, err, "a request for the candidate's version gets its error")
+	heard.mu.Lock()
+	assert.Len(t, heard.failures, 1, "only fallbacks are heard of")
+	heard.mu.Unlock()
 }
