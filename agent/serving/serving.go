@@ -279,12 +279,14 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	if t != nil {
 		var served, prepared bool
 		if used, tm, err, prepared, served = r.canary(ctx, t, name, version, prepare, emit); served {
-			if err == nil || !prepared || version != 0 || ctx.Err() != nil {
+			theirs := prepared || errors.Is(err, runtime.ErrOverloaded)
+			if err == nil || !theirs || version != 0 || ctx.Err() != nil {
 				return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)
 			}
-			// The candidate failed on a request it could read: the
-			// serving version answers, and the failure counts against
-			// the candidate (its telemetry), never against the client.
+			// The candidate failed on a request it could read (or its
+			// pool was full): the serving version answers, and the
+			// failure counts against the candidate (its telemetry),
+			// never against the client.
 			r.canaryFallbacks.WithLabelValues(used.Name, versionLabel(used.Version)).Inc()
 			if r.opts.CanaryObserver != nil {
 				r.opts.CanaryObserver.ObserveCanaryFailure(&CanaryFailure{Candidate: used, Err: mapErr(name, err), Invoke: tm.Invoke})

@@ -292,6 +292,7 @@ func (r *Registry) canary(ctx context.Context, t *trial, name string, version in
 	default:
 		return used, tm, nil, false, false
 	}
+	used = cand // also when its pool is full and Do runs nothing
 	err = t.slot.Do(func(m *runtime.Model, e catalog.Entry) error {
 		used = e
 		in, err := prepare(e)
