@@ -253,7 +253,7 @@ func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) er
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	u.applyRetarget(j)
-	return u.db.Update(func(tx *bolt.Tx) error {
+	err := u.db.Update(func(tx *bolt.Tx) error {
 		for _, f := range extra {
 			if err := f(tx); err != nil {
 				return err
@@ -268,6 +268,13 @@ func (u *Updater) commit(j *Job, detail string, extra []func(*bolt.Tx) error) er
 		}
 		return putOutbox(tx, outboxEntry{Ack: j.ack(detail), Audit: e.Record, Hash: e.Hash})
 	})
+	if err == nil && u.cur != nil && u.cur.Seq == j.Seq {
+		// The status (UpdateStatus) says the new state before its ack
+		// goes out, not only once the step that moved it returns.
+		c := *j
+		u.cur = &c
+	}
+	return err
 }
 
 // saveProgress persists j without a transition (download progress,
