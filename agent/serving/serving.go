@@ -278,7 +278,7 @@ func (r *Registry) Infer(ctx context.Context, name string, version int64,
 	var tap *shadowTap
 	if t != nil {
 		var served, prepared bool
-		if used, tm, err, prepared, served = r.canary(ctx, t, name, version, prepare, emit); served {
+		if used, tm, prepared, served, err = r.canary(ctx, t, name, version, prepare, emit); served {
 			theirs := prepared || errors.Is(err, runtime.ErrOverloaded)
 			if err == nil || !theirs || version != 0 || ctx.Err() != nil {
 				return used, catalog.Timing{Queue: tm.Queue, Invoke: tm.Invoke}, mapErr(name, err)

@@ -277,20 +277,20 @@ func (r *Registry) trialOf(name string) *trial {
 // request's).
 func (r *Registry) canary(ctx context.Context, t *trial, name string, version int64,
 	prepare func(catalog.Entry) ([][]byte, error), emit func(i int, data []byte) error,
-) (used catalog.Entry, tm runtime.Timing, err error, prepared, served bool) {
+) (used catalog.Entry, tm runtime.Timing, prepared, served bool, err error) {
 	cfg := t.cfg.Load()
 	if cfg.Mode != Canary {
-		return used, tm, nil, false, false
+		return used, tm, false, false, nil
 	}
 	_, cand, ok := t.slot.Current()
 	if !ok {
-		return used, tm, nil, false, false
+		return used, tm, false, false, nil
 	}
 	switch {
 	case version == cand.Version:
 	case version == 0 && routing.Canary(ctx, name, cfg.Percent):
 	default:
-		return used, tm, nil, false, false
+		return used, tm, false, false, nil
 	}
 	used = cand // also when its pool is full and Do runs nothing
 	err = t.slot.Do(func(m *runtime.Model, e catalog.Entry) error {
@@ -304,9 +304,9 @@ func (r *Registry) canary(ctx context.Context, t *trial, name string, version in
 		return err
 	})
 	if errors.Is(err, runtime.ErrEmpty) && version == 0 {
-		return catalog.Entry{}, runtime.Timing{}, nil, false, false // ended meanwhile
+		return catalog.Entry{}, runtime.Timing{}, false, false, nil // ended meanwhile
 	}
-	return used, tm, err, prepared, true
+	return used, tm, prepared, true, err
 }
 
 // shadowTap decides whether a request served by the serving version is
