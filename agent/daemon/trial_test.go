@@ -20,7 +20,7 @@ import (
 // TestShadowAggregates: the copies a candidate in shadow answers reach the
 // fleet as the candidate's shadow aggregates (real registry and models, real
 // queue, fleet link and Mosquitto), and their sums add up: every copy is an
-// answer or a drop, the paired baseline latencies and every output's
+// answer or a drop (whether any is dropped depends on the machine's load), the paired baseline latencies and every output's
 // comparisons count the answered ones, and the full hand model is slower
 // than the lite one and answers differently.
 func TestShadowAggregates(t *testing.T) {
@@ -108,7 +108,10 @@ func TestShadowAggregates(t *testing.T) {
 	}
 	require.EqualValues(t, clients*each, s.requests+s.dropped, "every copy is answered or dropped")
 	t.Logf("%d copies answered, %d dropped; mean invoke: lite %dµs, full %dµs", s.requests, s.dropped, s.baseMicros/max(s.baseline, 1), s.candMicros/max(s.requests, 1))
-	assert.Positive(t, s.dropped, "a queue of two behind the slower model drops copies")
+	// Whether the queue of two fills depends on how the two models' runs
+	// interleave on the machine (under load every copy may be answered):
+	// the drops' own test is serving's TestShadowFullQueueDrops; here they
+	// only have to add up, above.
 	require.Positive(t, s.requests)
 	assert.Zero(t, s.errors)
 	assert.Equal(t, s.requests, s.latency, "the candidate's latency counts its answers")
