@@ -108,8 +108,8 @@ func New(cfg config.Config, log *slog.Logger) (*Agent, error) {
 	if a.queue != nil {
 		reg.MustRegister(a.queue.Collector())
 		a.counter.next = inferenceTelemetry{q: a.queue, refs: refs}
-		sopts.ShadowObserver = trialTelemetry{q: a.queue, refs: refs}
-		sopts.CanaryObserver = trialTelemetry{q: a.queue, refs: refs}
+		trials := trialTelemetry{q: a.queue, refs: refs}
+		sopts.ShadowObserver, sopts.CanaryObserver = trials, trials
 	}
 	a.registry = serving.New(sopts)
 	reg.MustRegister(a.registry.Collector())
