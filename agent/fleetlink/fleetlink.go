@@ -298,6 +298,12 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 	c := &conn{lost: make(chan struct{})}
 	o := mqtt.NewClientOptions().
 		AddBroker(broker).
+		// MQTT 3.1.1 only. Without an explicit version paho answers any
+		// refused CONNECT with a second one in MQTT 3.1: a second login
+		// per attempt on a broker already refusing (many devices at once
+		// after an outage), and, on brokers without 3.1 (NATS), that
+		// attempt's error replaces the broker's reason.
+		SetProtocolVersion(4).
 		SetClientID(l.opts.Device).
 		SetUsername(l.opts.Username).
 		SetPassword(l.opts.Password).

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -99,4 +100,62 @@ func TestRefusedSubscription(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the command did not reach the handler once the subscription was granted")
 	}
+}
+
+// loginRefuser refuses every CONNECT while refuse is set and records the
+// protocol version of each.
+type loginRefuser struct {
+	mochi.HookBase
+	refuse   atomic.Bool
+	mu       sync.Mutex
+	versions []byte
+}
+
+func (*loginRefuser) ID() string { return "login-refuser" }
+
+func (*loginRefuser) Provides(b byte) bool {
+	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
+}
+
+func (r *loginRefuser) OnConnectAuthenticate(_ *mochi.Client, pk packets.Packet) bool {
+	r.mu.Lock()
+	r.versions = append(r.versions, pk.ProtocolVersion)
+	r.mu.Unlock()
+	return !r.refuse.Load()
+}
+
+func (*loginRefuser) OnACLCheck(*mochi.Client, string, bool) bool { return true }
+
+func (r *loginRefuser) seen() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]byte(nil), r.versions...)
+}
+
+// TestRefusedLogin: a refused CONNECT is one login attempt in MQTT 3.1.1,
+// not a second one in MQTT 3.1 (paho's fallback when no version is set),
+// which would double the logins a refusing broker gets and, on brokers
+// without 3.1, hide the broker's reason; the link comes up once the broker
+// accepts it.
+func TestRefusedLogin(t *testing.T) {
+	addr := testbroker.FreeAddr(t)
+	srv := mochi.New(&mochi.Options{Logger: slog.New(slog.DiscardHandler)})
+	hook := new(loginRefuser)
+	hook.refuse.Store(true)
+	require.NoError(t, srv.AddHook(hook, nil))
+	require.NoError(t, srv.AddListener(listeners.NewTCP(listeners.Config{ID: "t", Address: addr})))
+	require.NoError(t, srv.Serve())
+	t.Cleanup(func() { srv.Close() })
+
+	l, err := fleetlink.New(fleetlink.Options{Broker: "tcp://" + addr, Fleet: "acme", Device: deviceName(t),
+		BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
+	require.NoError(t, err)
+	run(t, l)
+	require.Eventually(t, func() bool { return len(hook.seen()) >= 3 }, 10*time.Second, 10*time.Millisecond,
+		"fewer than 3 login attempts in 10 s")
+	for i, v := range hook.seen() {
+		require.Equal(t, byte(4), v, "attempt %d of %v was not MQTT 3.1.1", i, hook.seen())
+	}
+	hook.refuse.Store(false)
+	waitUp(t, l)
 }

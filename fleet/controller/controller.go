@@ -545,6 +545,9 @@ func (c *Controller) dial(ctx context.Context, url string) error {
 	m := &mqttConn{broker: url, lost: make(chan struct{})}
 	o := mqtt.NewClientOptions().
 		AddBroker(url).
+		// MQTT 3.1.1 only: no second CONNECT in MQTT 3.1 after a refusal
+		// (the device's link explains why).
+		SetProtocolVersion(4).
 		SetClientID(c.opts.ClientID).
 		SetUsername(c.opts.Username).
 		SetPassword(c.opts.Password).

@@ -271,7 +271,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, error) {
 	lost := make(chan struct{})
 	var once sync.Once
-	o := mqtt.NewClientOptions().AddBroker(a.opts.Broker).SetClientID(a.opts.Device).
+	o := mqtt.NewClientOptions().AddBroker(a.opts.Broker).SetProtocolVersion(4).SetClientID(a.opts.Device).
 		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(5*time.Second).SetKeepAlive(10*time.Second).
 		SetStore(mqtt.NewMemoryStore()).
