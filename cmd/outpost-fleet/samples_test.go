@@ -3,9 +3,12 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -65,5 +68,86 @@ func TestSamplesExport(t *testing.T) {
 	}
 	if n := strings.Count(string(idx), "\n"); n != 2 || strings.Contains(string(idx), `"version":"1"`) {
 		t.Fatalf("index: got %d lines, want the 2 samples of version 2:\n%s", n, idx)
+	}
+}
+
+// TestSamplesExportBesideWriter: the real binary exports from an embedded
+// store that another process writes to all along, as serve does while it
+// ingests (docs/MONITORING.md: "it runs beside serve"): every export
+// succeeds, and each holds at least the samples stored before it started.
+func TestSamplesExportBesideWriter(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := t.TempDir()
+	reg, err := registry.Open(dataDir, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	sample := func(seq uint64) protocol.Entry {
+		body, err := protocol.AppendRecord(nil, &protocol.Record{Kind: protocol.KindSample, Time: time.Now(),
+			Model: protocol.ModelRef{Name: "face", Version: "1"}, Sample: &protocol.Sample{RequestID: fmt.Sprint("r", seq),
+				Inputs: []protocol.TensorSample{{Name: "x", Datatype: "FP32", Shape: []int64{1}, Data: []byte{0, 0, 128, 63}}}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return protocol.Entry{Seq: seq, Body: body}
+	}
+	var stored atomic.Int64 // samples committed so far
+	write := func(seq uint64) error {
+		b := &protocol.Batch{BatchHeader: protocol.BatchHeader{Epoch: 1}}
+		for i := range uint64(20) {
+			b.Entries = append(b.Entries, sample(seq+i))
+		}
+		n, err := reg.RecordBatch("gw-1", b, time.Now())
+		stored.Add(int64(n))
+		return err
+	}
+	if err := write(1); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	writerErr := make(chan error, 1)
+	go func() { // the writer: a batch every 10 ms until the exports are done (at most 100 s)
+		tick := time.NewTicker(10 * time.Millisecond)
+		defer tick.Stop()
+		var err error
+		for seq := uint64(21); err == nil && seq < 200000; seq += 20 {
+			select {
+			case <-stop:
+				writerErr <- nil
+				return
+			case <-tick.C:
+			}
+			err = write(seq)
+		}
+		writerErr <- err
+	}()
+	for i := range 3 {
+		before := stored.Load()
+		out := filepath.Join(t.TempDir(), "ds")
+		msg, err := exec.Command(bin, "samples", "export", "--data-dir", dataDir, "--model", "face", "--out", out).CombinedOutput()
+		if err != nil {
+			close(stop)
+			t.Fatalf("export %d beside the writer: %v\n%s", i, err, msg)
+		}
+		idx, err := os.ReadFile(filepath.Join(out, "index.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := int64(strings.Count(string(idx), "\n"))
+		if n < before {
+			t.Errorf("export %d: %d samples, %d were stored before it started", i, n, before)
+		}
+		t.Logf("export %d: %d samples (%d stored before it started)", i, n, before)
+	}
+	close(stop)
+	if err := <-writerErr; err != nil {
+		t.Fatalf("the writer failed beside the exports: %v", err)
+	}
+	if stored.Load() <= 20 {
+		t.Fatalf("the writer stored nothing while the exports ran")
 	}
 }
