@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -139,6 +140,10 @@ func quantile(v []float64, q float64) float64 {
 // triplet, overhead = (agent - bare) / floor; reported as the median
 // (overhead/floor) and p90 over triplets, beside the medians of each leg
 // and median(agent - bare) / median(floor), which one slow invoke moves less.
+// invoke-penalty/floor is the agent's mean invoke (its own invoke phase
+// metric: the input copied in and the run) minus the bare invoke's mean
+// (which copies the outputs out too), over the floor's mean: the part of the
+// overhead that is the model running slower inside the agent.
 // Sub-benchmarks: the default workers (one per core) and workers 1.
 //
 // Bounded: at most 400 triplets or 60 s per run, loopback only.
@@ -184,6 +189,8 @@ func BenchmarkOverheadBinary(b *testing.B) {
 			b.ResetTimer()
 			for range b.N {
 				var ta, tb, tc, ratios, extra []float64
+				var before struct{ sum, n float64 }
+				before.sum, before.n = scrapeInvoke(b, agent.url)
 				deadline := time.Now().Add(budget)
 				for i := 0; i < triplets && time.Now().Before(deadline); i++ {
 					var da, db, dc time.Duration
@@ -215,12 +222,64 @@ func BenchmarkOverheadBinary(b *testing.B) {
 				// Less sensitive to one slow invoke: median(agent - bare) / median(floor).
 				b.ReportMetric(quantile(extra, 0.5)/quantile(tb, 0.5), "med-extra/med-floor")
 				b.ReportMetric(float64(len(ratios)), "triplets")
+				// The same invoke inside the agent (its own invoke phase:
+				// input copy and run) against the bare one, both means
+				// over the run: how much of the overhead is the model
+				// running slower in the agent's process.
+				sum, n := scrapeInvoke(b, agent.url)
+				sum, n = sum-before.sum, n-before.n
+				if n == 0 {
+					b.Fatal("the agent's metrics counted no invokes")
+				}
+				b.ReportMetric((sum/n*1e6-mean(ta))/mean(tb), "invoke-penalty/floor")
 			}
 		})
 	}
 }
 
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+func mean(v []float64) float64 {
+	sum := 0.0
+	for _, x := range v {
+		sum += x
+	}
+	return sum / float64(max(len(v), 1))
+}
+
+// scrapeInvoke reads the sum (seconds) and count of the agent's invoke
+// phase histogram from its /metrics (one model served: one series).
+func scrapeInvoke(b *testing.B, url string) (sum, count float64) {
+	b.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, rest, ok := strings.Cut(sc.Text(), "{")
+		if !ok || !strings.Contains(rest, `phase="invoke"`) {
+			continue
+		}
+		_, value, _ := strings.Cut(rest, "} ")
+		v, err := strconv.ParseFloat(value, 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "outpost_inference_phase_seconds_sum":
+			sum += v
+		case "outpost_inference_phase_seconds_count":
+			count += v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		b.Fatal(err)
+	}
+	return sum, count
+}
 
 // startFloor asks the agent once for its answer to body and starts the
 // floor server answering those bytes with the same headers.
