@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
@@ -221,4 +222,51 @@ func TestCanaryRoutingMetadata(t *testing.T) {
 	}
 	assert.Positive(t, versions["1"])
 	assert.Positive(t, versions["2"])
+}
+
+// TestShadowCopiesGRPC: a candidate in shadow gets copies of gRPC calls as
+// of HTTP requests (PROTOCOL.md: "the live requests of the model (HTTP,
+// gRPC and streams)"): with 100% every call is copied and compared, and
+// every answer still comes from the serving version.
+func TestShadowCopiesGRPC(t *testing.T) {
+	s := startStack(t, runtime.Options{Workers: 1})
+	dir := os.Getenv("OUTPOST_MODELS")
+	if dir == "" {
+		dir = filepath.Join("..", "..", ".deps", "models")
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "face_detection_short_range.tflite"))
+	require.NoError(t, err)
+	_, err = s.reg.StartTrial(context.Background(), "face", 2, data, serving.Trial{Mode: serving.Shadow, Percent: 100})
+	require.NoError(t, err)
+	const calls = 12 // fewer than the shadow queue holds: none dropped
+	for i := range calls {
+		resp, err := s.client.ModelInfer(context.Background(), faceRequest(float64(i)))
+		require.NoError(t, err)
+		require.Equal(t, "1", resp.GetModelVersion(), "a shadow's candidate answered a client")
+	}
+	copies := func() map[string]float64 {
+		reg := prometheus.NewRegistry()
+		require.NoError(t, reg.Register(s.reg.Collector()))
+		mfs, err := reg.Gather()
+		require.NoError(t, err)
+		out := map[string]float64{}
+		for _, mf := range mfs {
+			if mf.GetName() != "outpost_shadow_copies_total" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "result" {
+						out[l.GetValue()] += m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return out
+	}
+	require.Eventually(t, func() bool {
+		c := copies()
+		return c["compared"]+c["failed"]+c["dropped"] == calls
+	}, 30*time.Second, 20*time.Millisecond, "copies of %d gRPC calls not all accounted for: %v", calls, copies())
+	assert.Equal(t, map[string]float64{"compared": calls}, copies())
 }
