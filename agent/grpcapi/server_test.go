@@ -244,9 +244,9 @@ func TestShadowCopiesGRPC(t *testing.T) {
 		require.NoError(t, err)
 		require.Equal(t, "1", resp.GetModelVersion(), "a shadow's candidate answered a client")
 	}
+	reg := prometheus.NewRegistry()
+	require.NoError(t, reg.Register(s.reg.Collector()))
 	copies := func() map[string]float64 {
-		reg := prometheus.NewRegistry()
-		require.NoError(t, reg.Register(s.reg.Collector()))
 		mfs, err := reg.Gather()
 		require.NoError(t, err)
 		out := map[string]float64{}
@@ -264,9 +264,11 @@ func TestShadowCopiesGRPC(t *testing.T) {
 		}
 		return out
 	}
-	require.Eventually(t, func() bool {
-		c := copies()
-		return c["compared"]+c["failed"]+c["dropped"] == calls
-	}, 30*time.Second, 20*time.Millisecond, "copies of %d gRPC calls not all accounted for: %v", calls, copies())
-	assert.Equal(t, map[string]float64{"compared": calls}, copies())
+	// Polled here rather than with require.Eventually, whose condition
+	// runs in another goroutine: copies may fail the test.
+	c := copies()
+	for end := time.Now().Add(30 * time.Second); c["compared"]+c["failed"]+c["dropped"] < calls && time.Now().Before(end); c = copies() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.Equal(t, map[string]float64{"compared": calls}, c)
 }
