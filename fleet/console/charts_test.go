@@ -307,7 +307,10 @@ func TestConsoleCharts(t *testing.T) {
 		chromedp.SendKeys(chromedp.CSS("#token"), viewer.Token), chromedp.Click(chromedp.CSS("#login"))); err != nil {
 		t.Fatal(err)
 	}
-	wait("the model's charts", fmt.Sprintf(`document.querySelectorAll('section[aria-labelledby="h-drift"] svg.chart rect').length === %d`, len(drift.Features)))
+	// The metrics and the drift sections fill from two requests, in
+	// either order: wait for both.
+	wait("the model's charts", fmt.Sprintf(`document.querySelectorAll('section[aria-labelledby="h-drift"] svg.chart rect').length === %d &&
+		document.querySelectorAll('#main figure svg.chart polyline').length > 0`, len(drift.Features)))
 	// Two line charts: requests and errors (2 series), latency (3).
 	if n := count("lines", "#main figure svg.chart polyline"); n != 5 {
 		t.Errorf("metrics: got %d lines, want 5", n)
