@@ -103,9 +103,9 @@ alerts:
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(d.config, append(cfg, "telemetry: {sample_rate: 0, aggregate_interval: 500ms}\n"...), 0o644))
 	s := startServe(t, b.agent, "--config", d.config)
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		return strings.Contains(f.cli(t, "devices", "list"), "gw-1")
-	}, 60*time.Second, 200*time.Millisecond, "the device never registered")
+	}, 60*time.Second, "the device never registered")
 	_, status := f.rollout(t, "--model", "face", "--version", "1", "--waves", "100")
 	require.Contains(t, status, "completed")
 
@@ -216,13 +216,13 @@ alerts:
 
 	// The metrics API counts every request sent, once.
 	var m registry.ModelMetrics
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		resp, err := http.Get(f.admin + "/v1/models/face/metrics?since=1h")
 		require.NoError(t, err)
 		defer resp.Body.Close()
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&m))
 		return m.Totals.Requests == sent.Load()
-	}, 30*time.Second, 200*time.Millisecond, "metrics count %d requests, %d sent", m.Totals.Requests, sent.Load())
+	}, 30*time.Second, fmt.Sprintf("metrics count %d requests, %d sent", m.Totals.Requests, sent.Load()))
 	assert.Zero(t, m.Totals.Errors)
 	t.Logf("%d requests; drift since %v, decided on the window of %v (shift at %v)", sent.Load(), rep.Since, rep.Window, shiftAt)
 }

@@ -214,9 +214,9 @@ func TestPushReferenceFeaturesCounted(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(d.config, append(cfg, "telemetry: {sample_rate: 0, aggregate_interval: 200ms}\n"...), 0o644))
 	s := startServe(t, b.agent, "--config", d.config)
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		return strings.Contains(f.cli(t, "devices", "list"), "gw-1")
-	}, 60*time.Second, 200*time.Millisecond, "the device never registered")
+	}, 60*time.Second, "the device never registered")
 	id, status := f.rollout(t, "--model", "face", "--version", "1", "--waves", "100")
 	require.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
 	_, digest := served(t, s, "face")

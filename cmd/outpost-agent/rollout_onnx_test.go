@@ -46,9 +46,9 @@ func TestFleetRolloutONNX(t *testing.T) {
 	cfg = fmt.Appendf(cfg, "models:\n  - {name: face, path: %s}\n%s", testModel(t, "face_detection_short_range.tflite"), sileroYAML)
 	require.NoError(t, os.WriteFile(d.config, cfg, 0o644))
 	agent := startServe(t, b.agent, "--config", d.config)
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		return strings.Contains(f.cli(t, "devices", "list"), "gw-onnx")
-	}, 60*time.Second, 200*time.Millisecond, "the device never registered")
+	}, 60*time.Second, "the device never registered")
 
 	vad := testModel(t, "silero_vad_v5.onnx")
 	frame := toneFrame(0)
@@ -62,10 +62,10 @@ func TestFleetRolloutONNX(t *testing.T) {
 	require.Contains(t, out, "pushed vad v1")
 	id, status := f.rollout(t, "--model", "vad", "--version", "1", "--selector", "site=north", "--waves", "100", "--max-failure-ratio", "0.1")
 	require.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		v, _ := served(t, agent, "vad")
 		return v == "1"
-	}, 30*time.Second, 200*time.Millisecond, "the agent never served vad v1")
+	}, 30*time.Second, "the agent never served vad v1")
 
 	// Metadata shows the served (fixed) shapes.
 	resp, err := http.Get(agent.url + "/v2/models/vad")

@@ -204,9 +204,9 @@ func TestFleetRollout(t *testing.T) {
 	for _, d := range devs {
 		agents[d.name] = startServe(t, b.agent, "--config", d.config)
 	}
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		return strings.Count(f.cli(t, "devices", "list"), "gw-") == 3
-	}, 60*time.Second, 200*time.Millisecond, "the devices never registered")
+	}, 60*time.Second, "the devices never registered")
 
 	// gw-2 goes offline before the rollout.
 	require.NoError(t, agents["gw-2"].cmd.Process.Kill())
@@ -234,10 +234,10 @@ func TestFleetRollout(t *testing.T) {
 
 	// gw-2 comes back and catches up.
 	agents["gw-2"] = startServe(t, b.agent, "--config", devs[2].config)
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		v, _ := served(t, agents["gw-2"], "face")
 		return v == "1"
-	}, 90*time.Second, 200*time.Millisecond, "the device that was offline never caught up")
+	}, 90*time.Second, "the device that was offline never caught up")
 
 	// Version 2 cannot run on the devices: validation fails, the rollout
 	// halts, nothing stops serving version 1.
@@ -268,10 +268,10 @@ func TestFleetRollout(t *testing.T) {
 	status = f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
 	assert.Contains(t, status, "completed", "rollout %s:\n%s", id, status)
 	for n, s := range agents {
-		require.Eventually(t, func() bool {
+		pollEvery(t, 200*time.Millisecond, func() bool {
 			v, _ := served(t, s, "face")
 			return v == "3"
-		}, 60*time.Second, 200*time.Millisecond, "%s never served v3", n)
+		}, 60*time.Second, fmt.Sprintf("%s never served v3", n))
 	}
 	t.Logf("devices:\n%s", f.cli(t, "devices", "list"))
 }
@@ -295,9 +295,9 @@ func TestFleetRolloutThroughMosquittoRestart(t *testing.T) {
 	for _, d := range devs {
 		startServe(t, b.agent, "--config", d.config)
 	}
-	require.Eventually(t, func() bool {
+	pollEvery(t, 200*time.Millisecond, func() bool {
 		return strings.Count(f.cli(t, "devices", "list"), "gw-") == 2
-	}, 60*time.Second, 200*time.Millisecond, "the devices never registered")
+	}, 60*time.Second, "the devices never registered")
 	f.cli(t, "models", "push", "--keys", f.keys, "--name", "face", "--version", "1", testModel(t, "face_detection_full_range.tflite"))
 	out := f.cli(t, "rollout", "create", "--model", "face", "--version", "1", "--waves", "100", "--max-failure-ratio", "0.5")
 	id := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]
@@ -383,12 +383,20 @@ func (w *watcher) since(from int, topic string) ([]watched, int) {
 // 10 ms until it holds, failing after timeout.
 func poll(t *testing.T, cond func() bool, timeout time.Duration, msg string) {
 	t.Helper()
+	pollEvery(t, 10*time.Millisecond, cond, timeout, msg)
+}
+
+// pollEvery is poll asking every every. Unlike require.Eventually, it asks
+// in the test's goroutine, so cond may use require and the test's helpers,
+// and no ask is left running when it returns.
+func pollEvery(t *testing.T, every time.Duration, cond func() bool, timeout time.Duration, msg string) {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("after %s: %s", timeout, msg)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(every)
 	}
 }
 

@@ -142,7 +142,7 @@ telemetry: {sample_rate: 1, aggregate_interval: 200ms, health_interval: 200ms}
 	}
 
 	var requests, errors, samples, health int
-	require.Eventually(t, func() bool {
+	pollEvery(t, 100*time.Millisecond, func() bool {
 		requests, errors, samples, health = 0, 0, 0, 0
 		for _, r := range records() {
 			switch r.Kind {
@@ -166,7 +166,7 @@ telemetry: {sample_rate: 1, aggregate_interval: 200ms, health_interval: 200ms}
 			}
 		}
 		return requests == good+bad && samples == good && health > 0
-	}, 30*time.Second, 100*time.Millisecond, "got requests=%d errors=%d samples=%d health=%d", requests, errors, samples, health)
+	}, 30*time.Second, fmt.Sprintf("got requests=%d errors=%d samples=%d health=%d", requests, errors, samples, health))
 	assert.Equal(t, bad, errors)
 
 	// The retained status names the device, its labels and what it serves,
@@ -259,13 +259,13 @@ telemetry: {sample_rate: 1, aggregate_interval: 50ms, health_interval: 50ms}
 	// A last run drains everything kept so far (and goes on recording).
 	s := startServe(t, b.agent, "--config", up)
 	var kept uint64
-	require.Eventually(t, func() bool {
+	pollEvery(t, 20*time.Millisecond, func() bool {
 		kept = metricValue(t, s.url, "outpost_telemetry_last_sequence")
 		return kept > 0 // the queue file is open
-	}, 30*time.Second, 20*time.Millisecond)
+	}, 30*time.Second, "the telemetry queue never opened")
 	var epoch, missing, sequenced uint64
 	var got []arrival
-	require.Eventually(t, func() bool {
+	pollEvery(t, 100*time.Millisecond, func() bool {
 		var drops map[uint64]protocol.DropCounts
 		got, drops = arrivals()
 		epochs := map[uint64]bool{}
@@ -284,7 +284,7 @@ telemetry: {sample_rate: 1, aggregate_interval: 50ms, health_interval: 50ms}
 		}
 		sequenced = drops[epoch].Sequenced()
 		return missing == sequenced
-	}, 60*time.Second, 100*time.Millisecond, "records kept before the last start never arrived")
+	}, 60*time.Second, "records kept before the last start never arrived")
 	assert.Equal(t, sequenced, missing, "sequence gaps must equal the sequenced drops counted")
 	last := kept
 	assert.Greater(t, last, uint64(20), "enough traffic to mean something")
