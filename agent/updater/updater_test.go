@@ -463,7 +463,12 @@ func TestRollbackDuringProbation(t *testing.T) {
 	require.Equal(t, RolledBack, j.State)
 	require.Contains(t, j.Error, "rollback ordered by the fleet")
 	require.Equal(t, int64(1), d.serving(t, "face"))
-	var a protocol.Ack
-	require.Eventually(t, func() bool { a = rec.last(t, "rb"); return a.State == RolledBack }, 30*time.Second, 10*time.Millisecond)
+	// rec.last may fail the test: asked here, not in require.Eventually's
+	// goroutine.
+	a := rec.last(t, "rb")
+	for deadline := time.Now().Add(30 * time.Second); a.State != RolledBack && time.Now().Before(deadline); a = rec.last(t, "rb") {
+		time.Sleep(10 * time.Millisecond)
+	}
+	require.Equal(t, RolledBack, a.State, "the rollback's last ack")
 	require.Contains(t, a.Detail, "rolled back: rollback ordered by the fleet")
 }
