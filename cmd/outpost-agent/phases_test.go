@@ -99,6 +99,12 @@ rollouts:
 			got = append(got, fmt.Sprintf("%d %s", a.Wave+1, a.Phase))
 			assert.Equal(t, analysis.Pass, a.Verdict, "wave %d %s: %s", a.Wave+1, a.Phase, a.Reason)
 			for _, m := range a.Metrics {
+				if m.Name == analysis.MetricLatency && a.Phase == analysis.PhaseShadow {
+					// Shown, not scored: the copies share the cores with
+					// live traffic, and a model compared with itself
+					// often measures slower in shadow (docs/ANALYSIS.md).
+					continue
+				}
 				assert.NotEqual(t, analysis.Fail, m.Verdict, "wave %d %s %s: %s", a.Wave+1, a.Phase, m.Name, m.Reason)
 			}
 		}

@@ -61,7 +61,8 @@ func runSamplesExport(ctx context.Context, args []string, stdout, stderr io.Writ
 	if cfg.Store == "" {
 		cfg.Store = filepath.Join(cfg.DataDir, registry.StoreFile)
 	}
-	reg, err := registry.Open(cfg.DataDir, registry.Options{Store: cfg.Store})
+	// Read only, beside serve: no migration of a store serve is using.
+	reg, err := registry.Open(cfg.DataDir, registry.Options{Store: cfg.Store, NoMigrate: true})
 	if err != nil {
 		return err
 	}

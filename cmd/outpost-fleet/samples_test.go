@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
 	"os"
 	"os/exec"
@@ -108,6 +109,32 @@ func TestSamplesExportBesideWriter(t *testing.T) {
 	if err := write(1); err != nil {
 		t.Fatal(err)
 	}
+	// First with the writer's lock held all along (a transaction open in
+	// another connection, as serve holds one while it ingests): the export
+	// only reads, so it neither waits for the lock nor fails on it.
+	lockDB, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, registry.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lockDB.Close()
+	lock, err := lockDB.Conn(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lock.ExecContext(context.Background(), "BEGIN IMMEDIATE"); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	msg, err := exec.Command(bin, "samples", "export", "--data-dir", dataDir, "--model", "face", "--out", filepath.Join(t.TempDir(), "ds")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("export with the writer's lock held: %v\n%s", err, msg)
+	}
+	t.Logf("export with the writer's lock held: %s", time.Since(start).Round(time.Millisecond))
+	if _, err := lock.ExecContext(context.Background(), "ROLLBACK"); err != nil {
+		t.Fatal(err)
+	}
+	lock.Close()
+
 	stop := make(chan struct{})
 	writerErr := make(chan error, 1)
 	go func() { // the writer: a batch every 10 ms until the exports are done (at most 100 s)

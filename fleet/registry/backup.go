@@ -21,7 +21,7 @@ import (
 // controller, put the copy in the data directory as fleet.db (removing
 // fleet.db-wal and fleet.db-shm), start it.
 func Backup(ctx context.Context, store, out string) error {
-	if strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://") {
+	if isPostgres(store) {
 		return fmt.Errorf("%w: back PostgreSQL up with pg_dump", ErrNotEmbedded)
 	}
 	file := strings.TrimPrefix(store, "sqlite:")

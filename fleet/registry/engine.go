@@ -113,6 +113,11 @@ const migrationLock = 0x6f7574706f7374
 // to target (-1: all), each in its own transaction together with its row in
 // schema_migrations. A store newer than this build is an error: an older
 // binary must not write to a schema it does not know.
+//
+// A store already at target is only read: no write transaction, so a tool
+// that opens the store beside a running serve (samples export) does not
+// wait for the writer's lock, which a busy SQLite writer in another process
+// can hold past busy_timeout.
 func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
 	ms, err := migrations(eng.name)
 	if err != nil {
@@ -120,6 +125,12 @@ func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
 	}
 	if target < 0 {
 		target = len(ms)
+	}
+	if v, err := schemaVersion(ctx, db); err == nil && v >= target {
+		if v > len(ms) {
+			return fmt.Errorf("%w: store at schema %d, this build knows %d", ErrSchemaTooNew, v, len(ms))
+		}
+		return nil
 	}
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied BIGINT NOT NULL)`); err != nil {
 		return fmt.Errorf("registry: migrate: %w", err)
@@ -158,6 +169,25 @@ func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
 	return nil
 }
 
+// checkSchema fails unless the store is at this build's schema, writing
+// nothing (Options.NoMigrate).
+func checkSchema(ctx context.Context, db *sql.DB, eng engine) error {
+	ms, err := migrations(eng.name)
+	if err != nil {
+		return err
+	}
+	v, err := schemaVersion(ctx, db)
+	switch {
+	case err != nil:
+		return fmt.Errorf("%w: %v (a store serve has never opened?)", ErrSchemaTooOld, err)
+	case v < len(ms):
+		return fmt.Errorf("%w: store at schema %d, this build's is %d: use the outpost-fleet that serve runs, or start serve of this version once to migrate it", ErrSchemaTooOld, v, len(ms))
+	case v > len(ms):
+		return fmt.Errorf("%w: store at schema %d, this build knows %d", ErrSchemaTooNew, v, len(ms))
+	}
+	return nil
+}
+
 func schemaVersion(ctx context.Context, db *sql.DB) (int, error) {
 	var v sql.NullInt64
 	if err := db.QueryRowContext(ctx, `SELECT max(version) FROM schema_migrations`).Scan(&v); err != nil {
@@ -182,8 +212,13 @@ func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
 // postgresql:// URL, or a SQLite file path (sqlite:PATH also works). It
 // returns the pool writes go through and the pool reads go through (the
 // same one on PostgreSQL).
+// isPostgres reports whether a store selector names PostgreSQL.
+func isPostgres(store string) bool {
+	return strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://")
+}
+
 func openEngine(store string) (eng engine, w, r *sql.DB, err error) {
-	if strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://") {
+	if isPostgres(store) {
 		db, err := sql.Open("pgx", store)
 		if err != nil {
 			return eng, nil, nil, fmt.Errorf("registry: open postgres: %w", err)

@@ -54,6 +54,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -68,6 +69,9 @@ var (
 	ErrExists = errors.New("registry: already exists")
 	// ErrSchemaTooNew: the store was migrated by a newer build.
 	ErrSchemaTooNew = errors.New("registry: store schema newer than this build")
+	// ErrSchemaTooOld: Options.NoMigrate found a store that this build
+	// would migrate.
+	ErrSchemaTooOld = errors.New("registry: store schema older than this build")
 	// ErrNotEmbedded: the operation needs the embedded (SQLite) store.
 	ErrNotEmbedded = errors.New("registry: not the embedded store")
 	// ErrInvalidQuery: a query is malformed (a metrics step that is not
@@ -105,6 +109,11 @@ type Options struct {
 	// windows under a minute (tests, demos) read them. Prune keeps them
 	// an hour.
 	FineStep int64
+	// NoMigrate opens a store only if it is already at this build's schema
+	// (ErrSchemaTooOld otherwise), and writes nothing while opening it: for
+	// tools that read a store beside a running serve, which may be of an
+	// older version and must not have its schema changed under it.
+	NoMigrate bool
 }
 
 // monitoring is what ingest needs besides the store, shared with Fenced
@@ -152,12 +161,18 @@ func Open(dir string, opts Options) (*Registry, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	if err := os.MkdirAll(filepath.Join(dir, "blobs"), 0o750); err != nil {
-		return nil, fmt.Errorf("registry: %w", err)
-	}
 	store := opts.Store
 	if store == "" {
 		store = filepath.Join(dir, StoreFile)
+	}
+	if opts.NoMigrate && !isPostgres(store) {
+		// Nothing is created for a store that is not there.
+		if _, err := os.Stat(strings.TrimPrefix(store, "sqlite:")); err != nil {
+			return nil, fmt.Errorf("registry: no store: %w", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "blobs"), 0o750); err != nil {
+		return nil, fmt.Errorf("registry: %w", err)
 	}
 	eng, w, rd, err := openEngine(store)
 	if err != nil {
@@ -179,7 +194,12 @@ func Open(dir string, opts Options) (*Registry, error) {
 		r.file = store
 	}
 	ctx := context.Background()
-	if err := migrate(ctx, w, eng, -1); err != nil {
+	if opts.NoMigrate {
+		err = checkSchema(ctx, w, eng)
+	} else {
+		err = migrate(ctx, w, eng, -1)
+	}
+	if err != nil {
 		r.Close()
 		return nil, err
 	}

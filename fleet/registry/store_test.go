@@ -83,6 +83,58 @@ func testMigrations(t *testing.T, newTarget func(*testing.T) target) {
 			t.Fatalf("got %v, want ErrSchemaTooNew", err)
 		}
 	})
+	// NoMigrate (tools beside serve): an older store is refused and left
+	// at its schema; a store at this build's schema opens.
+	t.Run("no migrate", func(t *testing.T) {
+		tg := newTarget(t)
+		store := tg.opts.Store
+		if store == "" {
+			store = filepath.Join(tg.dir, StoreFile)
+		}
+		eng, w, rd, err := openEngine(store)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Close()
+		if rd != w {
+			defer rd.Close()
+		}
+		if err := migrate(context.Background(), w, eng, latest-1); err != nil {
+			t.Fatal(err)
+		}
+		opts := tg.opts
+		opts.NoMigrate = true
+		if r, err := Open(tg.dir, opts); !errors.Is(err, ErrSchemaTooOld) {
+			if r != nil {
+				r.Close()
+			}
+			t.Fatalf("older store: got %v, want ErrSchemaTooOld", err)
+		}
+		if v, err := schemaVersion(context.Background(), w); err != nil || v != latest-1 {
+			t.Fatalf("NoMigrate moved the schema to %d (%v), want %d", v, err, latest-1)
+		}
+		if err := migrate(context.Background(), w, eng, -1); err != nil {
+			t.Fatal(err)
+		}
+		r, err := Open(tg.dir, opts)
+		if err != nil {
+			t.Fatalf("store at this build's schema: %v", err)
+		}
+		r.Close()
+	})
+}
+
+// TestOpenNoMigrateMissing: NoMigrate on an embedded store that is not
+// there fails and creates nothing.
+func TestOpenNoMigrateMissing(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	if r, err := Open(dir, Options{NoMigrate: true}); err == nil {
+		r.Close()
+		t.Fatal("opened a store that does not exist")
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the data dir was created (%v)", err)
+	}
 }
 
 func copyFile(t *testing.T, src, dst string) {
