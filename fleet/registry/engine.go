@@ -127,10 +127,7 @@ func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
 		target = len(ms)
 	}
 	if v, err := schemaVersion(ctx, db); err == nil && v >= target {
-		if v > len(ms) {
-			return fmt.Errorf("%w: store at schema %d, this build knows %d", ErrSchemaTooNew, v, len(ms))
-		}
-		return nil
+		return tooNew(v, len(ms))
 	}
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT NOT NULL PRIMARY KEY, applied BIGINT NOT NULL)`); err != nil {
 		return fmt.Errorf("registry: migrate: %w", err)
@@ -163,8 +160,14 @@ func migrate(ctx context.Context, db *sql.DB, eng engine, target int) error {
 	if err != nil {
 		return err
 	}
-	if v > len(ms) {
-		return fmt.Errorf("%w: store at schema %d, this build knows %d", ErrSchemaTooNew, v, len(ms))
+	return tooNew(v, len(ms))
+}
+
+// tooNew is ErrSchemaTooNew for a store at schema v when this build knows
+// known steps, nil when it knows them all.
+func tooNew(v, known int) error {
+	if v > known {
+		return fmt.Errorf("%w: store at schema %d, this build knows %d", ErrSchemaTooNew, v, known)
 	}
 	return nil
 }
@@ -182,10 +185,8 @@ func checkSchema(ctx context.Context, db *sql.DB, eng engine) error {
 		return fmt.Errorf("%w: %v (a store serve has never opened?)", ErrSchemaTooOld, err)
 	case v < len(ms):
 		return fmt.Errorf("%w: store at schema %d, this build's is %d: use the outpost-fleet that serve runs, or start serve of this version once to migrate it", ErrSchemaTooOld, v, len(ms))
-	case v > len(ms):
-		return fmt.Errorf("%w: store at schema %d, this build knows %d", ErrSchemaTooNew, v, len(ms))
 	}
-	return nil
+	return tooNew(v, len(ms))
 }
 
 func schemaVersion(ctx context.Context, db *sql.DB) (int, error) {
@@ -208,15 +209,15 @@ func inTx(ctx context.Context, db *sql.DB, fn func(tx *sql.Tx) error) error {
 	return tx.Commit()
 }
 
-// openEngine opens the store named by store: a postgres:// or
-// postgresql:// URL, or a SQLite file path (sqlite:PATH also works). It
-// returns the pool writes go through and the pool reads go through (the
-// same one on PostgreSQL).
 // isPostgres reports whether a store selector names PostgreSQL.
 func isPostgres(store string) bool {
 	return strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://")
 }
 
+// openEngine opens the store named by store: a postgres:// or
+// postgresql:// URL, or a SQLite file path (sqlite:PATH also works). It
+// returns the pool writes go through and the pool reads go through (the
+// same one on PostgreSQL).
 func openEngine(store string) (eng engine, w, r *sql.DB, err error) {
 	if isPostgres(store) {
 		db, err := sql.Open("pgx", store)

@@ -211,6 +211,9 @@ func Open(dir string, opts Options) (*Registry, error) {
 		r.Close()
 		return nil, fmt.Errorf("registry: prepare: %w", err)
 	}
+	if opts.NoMigrate {
+		return r, nil // the import is serve's, as migrations are
+	}
 	if err := r.importBolt(ctx); err != nil {
 		r.Close()
 		return nil, err
