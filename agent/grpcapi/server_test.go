@@ -47,12 +47,8 @@ type stack struct {
 
 func startStack(t testing.TB, rt runtime.Options) *stack {
 	t.Helper()
-	dir := os.Getenv("OUTPOST_MODELS")
-	if dir == "" {
-		dir = filepath.Join("..", "..", ".deps", "models")
-	}
 	reg := serving.New(serving.Options{Runtime: rt})
-	_, err := reg.LoadFile(context.Background(), "face", 1, filepath.Join(dir, "face_detection_short_range.tflite"))
+	_, err := reg.LoadFile(context.Background(), "face", 1, filepath.Join(modelsDir(), "face_detection_short_range.tflite"))
 	require.NoError(t, err, "test model missing? (run `make setup`)")
 	a, err := api.New(api.Options{Backend: reg, Listen: "127.0.0.1:0"})
 	require.NoError(t, err)
@@ -186,19 +182,29 @@ func median(v []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// startTrial puts the face model, as version 2, on trial beside version 1.
+func (s *stack) startTrial(t *testing.T, tr serving.Trial) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(modelsDir(), "face_detection_short_range.tflite"))
+	require.NoError(t, err)
+	_, err = s.reg.StartTrial(context.Background(), "face", 2, data, tr)
+	require.NoError(t, err)
+}
+
+// modelsDir is where make setup put the test models.
+func modelsDir() string {
+	if dir := os.Getenv("OUTPOST_MODELS"); dir != "" {
+		return dir
+	}
+	return filepath.Join("..", "..", ".deps", "models")
+}
+
 // TestCanaryRoutingMetadata: the outpost-routing-key metadata places a gRPC
 // call in a canary's arm as the HTTP header does: the same key, the same
 // version, every time and over both transports.
 func TestCanaryRoutingMetadata(t *testing.T) {
 	s := startStack(t, runtime.Options{Workers: 1})
-	dir := os.Getenv("OUTPOST_MODELS")
-	if dir == "" {
-		dir = filepath.Join("..", "..", ".deps", "models")
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "face_detection_short_range.tflite"))
-	require.NoError(t, err)
-	_, err = s.reg.StartTrial(context.Background(), "face", 2, data, serving.Trial{Mode: serving.Canary, Percent: 50})
-	require.NoError(t, err)
+	s.startTrial(t, serving.Trial{Mode: serving.Canary, Percent: 50})
 	req := faceRequest(0)
 	versions := map[string]int{}
 	for k := range 16 {
@@ -230,14 +236,7 @@ func TestCanaryRoutingMetadata(t *testing.T) {
 // every answer still comes from the serving version.
 func TestShadowCopiesGRPC(t *testing.T) {
 	s := startStack(t, runtime.Options{Workers: 1})
-	dir := os.Getenv("OUTPOST_MODELS")
-	if dir == "" {
-		dir = filepath.Join("..", "..", ".deps", "models")
-	}
-	data, err := os.ReadFile(filepath.Join(dir, "face_detection_short_range.tflite"))
-	require.NoError(t, err)
-	_, err = s.reg.StartTrial(context.Background(), "face", 2, data, serving.Trial{Mode: serving.Shadow, Percent: 100})
-	require.NoError(t, err)
+	s.startTrial(t, serving.Trial{Mode: serving.Shadow, Percent: 100})
 	const calls = 12 // fewer than the shadow queue holds: none dropped
 	for i := range calls {
 		resp, err := s.client.ModelInfer(context.Background(), faceRequest(float64(i)))

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -27,17 +28,7 @@ func testMigrations(t *testing.T, newTarget func(*testing.T) target) {
 	for from := 0; from < latest; from++ {
 		t.Run(fmt.Sprintf("from %d", from), func(t *testing.T) {
 			tg := newTarget(t)
-			store := tg.opts.Store
-			if store == "" {
-				store = filepath.Join(tg.dir, StoreFile)
-			}
-			eng, w, rd, err := openEngine(store)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := migrate(context.Background(), w, eng, from); err != nil {
-				t.Fatal(err)
-			}
+			eng, w, rd := tg.openAt(t, from)
 			if v, err := schemaVersion(context.Background(), w); err != nil || v != from {
 				t.Fatalf("migrated to %d: version %d, %v", from, v, err)
 			}
@@ -87,20 +78,10 @@ func testMigrations(t *testing.T, newTarget func(*testing.T) target) {
 	// at its schema; a store at this build's schema opens.
 	t.Run("no migrate", func(t *testing.T) {
 		tg := newTarget(t)
-		store := tg.opts.Store
-		if store == "" {
-			store = filepath.Join(tg.dir, StoreFile)
-		}
-		eng, w, rd, err := openEngine(store)
-		if err != nil {
-			t.Fatal(err)
-		}
+		eng, w, rd := tg.openAt(t, latest-1)
 		defer w.Close()
 		if rd != w {
 			defer rd.Close()
-		}
-		if err := migrate(context.Background(), w, eng, latest-1); err != nil {
-			t.Fatal(err)
 		}
 		opts := tg.opts
 		opts.NoMigrate = true
@@ -135,6 +116,24 @@ func TestOpenNoMigrateMissing(t *testing.T) {
 	if _, err := os.Stat(dir); !os.IsNotExist(err) {
 		t.Fatalf("the data dir was created (%v)", err)
 	}
+}
+
+// openAt opens tg's store bare (no Registry) and migrates it to schema
+// version v.
+func (tg target) openAt(t *testing.T, v int) (engine, *sql.DB, *sql.DB) {
+	t.Helper()
+	store := tg.opts.Store
+	if store == "" {
+		store = filepath.Join(tg.dir, StoreFile)
+	}
+	eng, w, rd, err := openEngine(store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(context.Background(), w, eng, v); err != nil {
+		t.Fatal(err)
+	}
+	return eng, w, rd
 }
 
 func copyFile(t *testing.T, src, dst string) {
