@@ -311,22 +311,30 @@ func (p *phasesRun) gone(t *testing.T, rep rollout.Report, cand string) time.Tim
 		require.NoError(t, err)
 		assert.Equal(t, 404, resp.StatusCode, "gw-%d: metadata of the candidate: %s", i, body)
 		// It holds no copy of the candidate's bytes anywhere in its data
-		// directory (store, staging, downloads).
-		require.NoError(t, filepath.WalkDir(p.dataDirs[i], func(path string, d fs.DirEntry, err error) error {
-			if err != nil || !d.Type().IsRegular() {
-				return err
-			}
-			if st, err := d.Info(); err != nil || st.Size() != int64(len(b)) {
-				return err
-			}
-			fb, err := os.ReadFile(path)
-			if err != nil {
-				return err
-			}
-			s := sha256.Sum256(fb)
-			assert.NotEqual(t, digest, hex.EncodeToString(s[:]), "gw-%d still holds the candidate in %s", i, path)
-			return nil
-		}))
+		// directory (store, staging, downloads). The updater ends the
+		// trial (the metric above) before it deletes the staged files,
+		// so this is waited for too.
+		var copyAt string
+		poll(t, func() bool {
+			copyAt = ""
+			require.NoError(t, filepath.WalkDir(p.dataDirs[i], func(path string, d fs.DirEntry, err error) error {
+				if err != nil || !d.Type().IsRegular() {
+					return err
+				}
+				if st, err := d.Info(); err != nil || st.Size() != int64(len(b)) {
+					return err
+				}
+				fb, err := os.ReadFile(path)
+				if err != nil {
+					return err
+				}
+				if s := sha256.Sum256(fb); hex.EncodeToString(s[:]) == digest {
+					copyAt = path
+				}
+				return nil
+			}))
+			return copyAt == ""
+		}, 30*time.Second, fmt.Sprintf("gw-%d still holds the candidate's bytes in its data directory", i))
 		// The device says the trial ended, if it had one: its update, as
 		// the controller last heard it in its status. A device the rollout
 		// never reached (a later wave) never had the candidate.
