@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -87,20 +88,19 @@ func TestSamplesExportBesideWriter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reg.Close()
-	sample := func(seq uint64) protocol.Entry {
-		body, err := protocol.AppendRecord(nil, &protocol.Record{Kind: protocol.KindSample, Time: time.Now(),
-			Model: protocol.ModelRef{Name: "face", Version: "1"}, Sample: &protocol.Sample{RequestID: fmt.Sprint("r", seq),
-				Inputs: []protocol.TensorSample{{Name: "x", Datatype: "FP32", Shape: []int64{1}, Data: []byte{0, 0, 128, 63}}}}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return protocol.Entry{Seq: seq, Body: body}
-	}
 	var stored atomic.Int64 // samples committed so far
+	// write stores 20 samples from seq on; the writer goroutine calls it
+	// too, so it returns its errors rather than failing the test.
 	write := func(seq uint64) error {
 		b := &protocol.Batch{BatchHeader: protocol.BatchHeader{Epoch: 1}}
 		for i := range uint64(20) {
-			b.Entries = append(b.Entries, sample(seq+i))
+			body, err := protocol.AppendRecord(nil, &protocol.Record{Kind: protocol.KindSample, Time: time.Now(),
+				Model: protocol.ModelRef{Name: "face", Version: "1"}, Sample: &protocol.Sample{RequestID: fmt.Sprint("r", seq+i),
+					Inputs: []protocol.TensorSample{{Name: "x", Datatype: "FP32", Shape: []int64{1}, Data: []byte{0, 0, 128, 63}}}}})
+			if err != nil {
+				return err
+			}
+			b.Entries = append(b.Entries, protocol.Entry{Seq: seq + i, Body: body})
 		}
 		n, err := reg.RecordBatch("gw-1", b, time.Now())
 		stored.Add(int64(n))
@@ -152,12 +152,14 @@ func TestSamplesExportBesideWriter(t *testing.T) {
 		}
 		writerErr <- err
 	}()
+	// Stopped before the store closes, also when the test fails early.
+	stopWriter := sync.OnceValue(func() error { close(stop); return <-writerErr })
+	defer stopWriter()
 	for i := range 3 {
 		before := stored.Load()
 		out := filepath.Join(t.TempDir(), "ds")
 		msg, err := exec.Command(bin, "samples", "export", "--data-dir", dataDir, "--model", "face", "--out", out).CombinedOutput()
 		if err != nil {
-			close(stop)
 			t.Fatalf("export %d beside the writer: %v\n%s", i, err, msg)
 		}
 		idx, err := os.ReadFile(filepath.Join(out, "index.jsonl"))
@@ -170,8 +172,7 @@ func TestSamplesExportBesideWriter(t *testing.T) {
 		}
 		t.Logf("export %d: %d samples (%d stored before it started)", i, n, before)
 	}
-	close(stop)
-	if err := <-writerErr; err != nil {
+	if err := stopWriter(); err != nil {
 		t.Fatalf("the writer failed beside the exports: %v", err)
 	}
 	if stored.Load() <= 20 {

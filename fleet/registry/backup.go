@@ -8,7 +8,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 )
 
 // Backup writes a consistent copy of the embedded store file (SQLite)
@@ -24,7 +23,7 @@ func Backup(ctx context.Context, store, out string) error {
 	if isPostgres(store) {
 		return fmt.Errorf("%w: back PostgreSQL up with pg_dump", ErrNotEmbedded)
 	}
-	file := strings.TrimPrefix(store, "sqlite:")
+	file := sqliteFile(store)
 	if _, err := os.Stat(file); err != nil {
 		return fmt.Errorf("registry: backup: %w", err)
 	}

@@ -214,6 +214,9 @@ func isPostgres(store string) bool {
 	return strings.HasPrefix(store, "postgres://") || strings.HasPrefix(store, "postgresql://")
 }
 
+// sqliteFile is the file of an embedded store selector (PATH or sqlite:PATH).
+func sqliteFile(store string) string { return strings.TrimPrefix(store, "sqlite:") }
+
 // openEngine opens the store named by store: a postgres:// or
 // postgresql:// URL, or a SQLite file path (sqlite:PATH also works). It
 // returns the pool writes go through and the pool reads go through (the
@@ -229,7 +232,7 @@ func openEngine(store string) (eng engine, w, r *sql.DB, err error) {
 		db.SetConnMaxIdleTime(5 * time.Minute)
 		return postgresEngine, db, db, nil
 	}
-	file := strings.TrimPrefix(store, "sqlite:")
+	file := sqliteFile(store)
 	// WAL: readers never wait for the writer; synchronous FULL: a returned
 	// write survives a power cut, not only a crash of the process.
 	q := url.Values{}

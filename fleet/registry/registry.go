@@ -54,7 +54,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -167,7 +166,7 @@ func Open(dir string, opts Options) (*Registry, error) {
 	}
 	if opts.NoMigrate && !isPostgres(store) {
 		// Nothing is created for a store that is not there.
-		if _, err := os.Stat(strings.TrimPrefix(store, "sqlite:")); err != nil {
+		if _, err := os.Stat(sqliteFile(store)); err != nil {
 			return nil, fmt.Errorf("registry: no store: %w", err)
 		}
 	}
