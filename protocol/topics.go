@@ -26,7 +26,8 @@ type Topics struct {
 	Ack string
 	// Events carries telemetry batches (QoS 1), see AppendBatch.
 	Events string
-	// Chunk carries artifact chunks for this device (AppendChunk).
+	// Chunk carries artifact chunks for this device (AppendChunk), at
+	// ChunkQoS.
 	Chunk string
 	// Status is retained and holds the device's Status (JSON).
 	Status string
@@ -34,6 +35,16 @@ type Topics struct {
 	// whole fleet.
 	ArtifactsReq string
 }
+
+// ChunkQoS is the QoS of artifact chunks, published and subscribed: 0
+// (every other Outpost message is QoS 1). A
+// device asks again for a chunk it misses (after a silence, and at once
+// after every connection), so a broker need not store, resend or queue
+// chunks for a session: that would hold chunks for a device that is away
+// (which asks again anyway) in its session's queue beside its commands, and
+// on NATS each QoS 1 subscription of a persistent session is a JetStream
+// consumer, and each QoS 1 publish a write to a replicated stream.
+const ChunkQoS byte = 0
 
 // State payloads published (retained) on Topics.State.
 const (

@@ -52,7 +52,7 @@ func Example() {
 	// Before Run: commands the broker queued for the session arrive right
 	// after CONNACK.
 	cmds := make(chan string, 1)
-	if err := link.Handle(link.Topics().Cmd, func(p []byte) { cmds <- string(p) }); err != nil {
+	if err := link.Handle(link.Topics().Cmd, 1, func(p []byte) { cmds <- string(p) }); err != nil {
 		fmt.Println(err)
 		return
 	}

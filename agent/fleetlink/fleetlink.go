@@ -104,7 +104,7 @@ type Link struct {
 
 	// mu guards the fields below.
 	mu       sync.Mutex
-	handlers map[string]func([]byte) // by topic; fixed once started
+	handlers map[string]route // by topic; fixed once started
 	started  bool
 	conn     *conn         // the live connection, or nil
 	broker   string        // the live connection's broker URL, or ""
@@ -167,7 +167,7 @@ func New(opts Options) (*Link, error) {
 		brokers:  brokers,
 		topics:   topics,
 		log:      opts.Logger.With("component", "fleetlink"),
-		handlers: map[string]func([]byte){},
+		handlers: map[string]route{},
 		up:       make(chan struct{}),
 	}, nil
 }
@@ -178,18 +178,30 @@ func (l *Link) Topics() protocol.Topics { return l.topics }
 // ClientID is the MQTT client id: the device id.
 func (l *Link) ClientID() string { return l.opts.Device }
 
-// Handle routes the messages arriving on topic (QoS 1; no wildcards needed)
-// to h, from the first connection on. It must be called before Run; later it
-// returns ErrStarted. h runs on the connection's delivery goroutine, one
-// message at a time, and must not block: hand the payload on and return.
-// The payload is h's to keep.
-func (l *Link) Handle(topic string, h func(payload []byte)) error {
+// route is one subscription: its QoS and what receives its messages.
+type route struct {
+	qos byte
+	h   func([]byte)
+}
+
+// Handle subscribes to topic with qos (0 or 1; no wildcards needed) after
+// every connection and routes the messages arriving on it to h, from the
+// first connection on. It must be called before Run; later it returns
+// ErrStarted. QoS 1 messages published while the device is away wait in
+// its persistent session; QoS 0 ones are lost then, so use 0 only for what
+// the device asks for again (protocol.ChunkQoS). h runs on the connection's
+// delivery goroutine, one message at a time, and must not block: hand the
+// payload on and return. The payload is h's to keep.
+func (l *Link) Handle(topic string, qos byte, h func(payload []byte)) error {
+	if qos > 1 {
+		return fmt.Errorf("fleetlink: handle %s: QoS %d (0 or 1)", topic, qos)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.started {
 		return fmt.Errorf("%w: %s", ErrStarted, topic)
 	}
-	l.handlers[topic] = h
+	l.handlers[topic] = route{qos: qos, h: h}
 	return nil
 }
 
@@ -322,8 +334,10 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 	c.client = mqtt.NewClient(o)
 	l.mu.Lock()
 	routes := make(map[string]mqtt.MessageHandler, len(l.handlers))
-	for topic, h := range l.handlers {
-		routes[topic] = func(_ mqtt.Client, m mqtt.Message) { h(m.Payload()) }
+	qos := make(map[string]byte, len(l.handlers))
+	for topic, r := range l.handlers {
+		routes[topic] = func(_ mqtt.Client, m mqtt.Message) { r.h(m.Payload()) }
+		qos[topic] = r.qos
 	}
 	l.mu.Unlock()
 	for topic, h := range routes {
@@ -337,7 +351,7 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 		return fail("connect "+broker, err)
 	}
 	for topic, h := range routes {
-		tok := c.client.Subscribe(topic, 1, h)
+		tok := c.client.Subscribe(topic, qos[topic], h)
 		if err := l.wait(ctx, tok, l.opts.ConnectTimeout, c.lost); err != nil {
 			return fail("subscribe "+topic, err)
 		}

@@ -131,26 +131,30 @@ func TestHandleAfterRun(t *testing.T) {
 	require.NoError(t, err)
 	run(t, l)
 	waitUp(t, l)
-	assert.ErrorIs(t, l.Handle(l.Topics().Cmd, func([]byte) {}), fleetlink.ErrStarted)
+	assert.ErrorIs(t, l.Handle(l.Topics().Cmd, 1, func([]byte) {}), fleetlink.ErrStarted)
 }
 
 // TestQueuedCommandReachesHandler: a command the broker queued for the
 // persistent session while the device was away reaches the handler after
 // the next connection, though it arrives right after CONNACK, before the
 // link subscribes. Real Mosquitto, restarted in between to show the
-// session (and its queue) outlive the broker too.
+// session (and its queue) outlive the broker too. Chunks, subscribed at
+// protocol.ChunkQoS (0), are not queued for the session, even those
+// published at QoS 1: after the reconnection the first chunk that arrives
+// is one published since.
 func TestQueuedCommandReachesHandler(t *testing.T) {
 	b := testbroker.StartMosquitto(t, "")
 	dev := deviceName(t)
 	topics, err := protocol.DeviceTopics("acme", dev)
 	require.NoError(t, err)
 
-	got := make(chan string, 1024)
+	got, chunks := make(chan string, 1024), make(chan string, 1024)
 	start := func() (stop func()) {
 		l, err := fleetlink.New(fleetlink.Options{Broker: b.URL(), Fleet: "acme", Device: dev,
 			BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 		require.NoError(t, err)
-		require.NoError(t, l.Handle(topics.Cmd, func(p []byte) { got <- string(p) }))
+		require.NoError(t, l.Handle(topics.Cmd, 1, func(p []byte) { got <- string(p) }))
+		require.NoError(t, l.Handle(topics.Chunk, protocol.ChunkQoS, func(p []byte) { chunks <- string(p) }))
 		stop = run(t, l)
 		waitUp(t, l)
 		return stop
@@ -165,6 +169,10 @@ func TestQueuedCommandReachesHandler(t *testing.T) {
 	for i := range n {
 		tok := ctl.Publish(topics.Cmd, 1, false, fmt.Sprintf("cmd-%d", i))
 		require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "publish: %v", tok.Error())
+		for _, qos := range []byte{0, 1} {
+			tok := ctl.Publish(topics.Chunk, qos, false, fmt.Sprintf("stale-chunk-%d-qos%d", i, qos))
+			require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "publish: %v", tok.Error())
+		}
 	}
 
 	start()
@@ -181,6 +189,14 @@ func TestQueuedCommandReachesHandler(t *testing.T) {
 	for i := range n {
 		assert.True(t, seen[fmt.Sprintf("cmd-%d", i)], "cmd-%d", i)
 	}
+	tok := ctl.Publish(topics.Chunk, 1, false, "live-chunk")
+	require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "publish: %v", tok.Error())
+	select {
+	case c := <-chunks:
+		assert.Equal(t, "live-chunk", c, "a chunk published while the device was away was queued for its session")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the chunk published while connected did not arrive")
+	}
 }
 
 // TestStateAndResubscribe: "online" (retained) on the state topic while
@@ -194,7 +210,7 @@ func TestStateAndResubscribe(t *testing.T) {
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 	require.NoError(t, err)
 	got := make(chan string, 16)
-	require.NoError(t, l.Handle(l.Topics().Cmd, func(p []byte) { got <- string(p) }))
+	require.NoError(t, l.Handle(l.Topics().Cmd, 1, func(p []byte) { got <- string(p) }))
 	stop := run(t, l)
 	waitUp(t, l)
 
@@ -251,7 +267,7 @@ func TestFailover(t *testing.T) {
 		BackoffMin: time.Minute, BackoffMax: time.Minute})
 	require.NoError(t, err)
 	got := make(chan string, 16)
-	require.NoError(t, l.Handle(l.Topics().Cmd, func(p []byte) { got <- string(p) }))
+	require.NoError(t, l.Handle(l.Topics().Cmd, 1, func(p []byte) { got <- string(p) }))
 	run(t, l)
 	waitUp(t, l)
 	assert.Equal(t, "tcp://"+b, l.Broker())
@@ -269,7 +285,7 @@ func TestFailover(t *testing.T) {
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 40 * time.Millisecond})
 	require.NoError(t, err)
 	got2 := make(chan string, 16)
-	require.NoError(t, l2.Handle(l2.Topics().Cmd, func(p []byte) { got2 <- string(p) }))
+	require.NoError(t, l2.Handle(l2.Topics().Cmd, 1, func(p []byte) { got2 <- string(p) }))
 	run(t, l2)
 	waitUp(t, l2)
 	assert.Equal(t, "tcp://"+b, l2.Broker())

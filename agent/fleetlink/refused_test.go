@@ -62,7 +62,7 @@ func TestRefusedSubscription(t *testing.T) {
 		BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
 	require.NoError(t, err)
 	got := make(chan string, 1)
-	require.NoError(t, l.Handle(topics.Cmd, func(p []byte) {
+	require.NoError(t, l.Handle(topics.Cmd, 1, func(p []byte) {
 		select {
 		case got <- string(p):
 		default:

@@ -16,11 +16,12 @@ import (
 // fleetlink.Link implements it, and the daemon hands the one connection to
 // both the Link and telemetry. Its methods are safe for concurrent use.
 type Conn interface {
-	// Handle routes every message arriving on topic to h, from the first
-	// connection on, including what the broker delivers right after CONNACK
-	// (commands queued in the persistent session); it must be called before
-	// the connection runs, and returns an error after. h must not block.
-	Handle(topic string, h func(payload []byte)) error
+	// Handle subscribes to topic with qos and routes every message arriving
+	// on it to h, from the first connection on, including what the broker
+	// delivers right after CONNACK (commands queued in the persistent
+	// session); it must be called before the connection runs, and returns
+	// an error after. h must not block.
+	Handle(topic string, qos byte, h func(payload []byte)) error
 	// Publish sends payload on topic with QoS 1 and returns nil once the
 	// broker acknowledged it. An error wrapping fleetlink.ErrNotConnected
 	// means nothing was sent. It returns soon after ctx is done.
@@ -93,10 +94,11 @@ func NewLink(opts LinkOptions) (*Link, error) {
 	}
 	l := &Link{opts: opts, topics: topics, log: opts.Logger.With("component", "updater-link"), chunks: make(chan Chunk, opts.Buffer),
 		up: opts.Conn.Up(), connected: make(chan struct{}, 1)}
-	if err := opts.Conn.Handle(topics.Cmd, l.onCommand); err != nil {
+	if err := opts.Conn.Handle(topics.Cmd, 1, l.onCommand); err != nil {
 		return nil, fmt.Errorf("updater: link: %w", err)
 	}
-	if err := opts.Conn.Handle(topics.Chunk, l.onChunk); err != nil {
+	// Chunks at QoS 0: the downloader asks again for what it misses.
+	if err := opts.Conn.Handle(topics.Chunk, protocol.ChunkQoS, l.onChunk); err != nil {
 		return nil, fmt.Errorf("updater: link: %w", err)
 	}
 	return l, nil

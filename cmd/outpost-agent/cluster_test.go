@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +50,16 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	poll(t, func() bool {
 		return strings.Contains(f.cli(t, "devices", "list"), "gw-0")
 	}, 60*time.Second, "the device never registered")
+	// A device costs NATS one JetStream consumer, for its commands: chunks
+	// are QoS 0 (protocol.ChunkQoS), which NATS delivers without one.
+	var consumers []string
+	poll(t, func() bool {
+		var err error
+		consumers, err = nats.MQTTConsumers(0)
+		return err == nil && slices.ContainsFunc(consumers, func(f string) bool { return strings.HasSuffix(f, ".gw-0.cmd") })
+	}, 30*time.Second, "no consumer for the device's commands on n1")
+	assert.False(t, slices.ContainsFunc(consumers, func(f string) bool { return strings.HasSuffix(f, ".gw-0.chunk") }),
+		"a JetStream consumer for the device's chunks: %q", consumers)
 
 	// Requests all along, so the agent makes telemetry through the kills.
 	ctx, stopLoad := context.WithCancel(context.Background())

@@ -21,8 +21,10 @@ import (
 	"github.com/outpost-edge/outpost/protocol"
 )
 
-// Publisher publishes one message at QoS 1. Publish returns once the broker
-// acknowledged it (or ctx ended). It must be safe for concurrent use.
+// Publisher publishes one chunk message, at protocol.ChunkQoS (0): the
+// device asks again for what it misses. Publish returns once the message is
+// on its way to the broker (or ctx ended). It must be safe for concurrent
+// use.
 type Publisher interface {
 	Publish(ctx context.Context, topic string, payload []byte) error
 }

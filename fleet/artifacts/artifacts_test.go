@@ -20,11 +20,11 @@ import (
 	"github.com/outpost-edge/outpost/protocol"
 )
 
-// pahoPublisher publishes through a real MQTT client.
+// pahoPublisher publishes through a real MQTT client, as the controller does.
 type pahoPublisher struct{ c mqtt.Client }
 
 func (p pahoPublisher) Publish(ctx context.Context, topic string, b []byte) error {
-	t := p.c.Publish(topic, 1, false, b)
+	t := p.c.Publish(topic, protocol.ChunkQoS, false, b)
 	select {
 	case <-t.Done():
 		return t.Error()
@@ -92,7 +92,7 @@ func start(t *testing.T, rate int64) *fixture {
 	go f.srv.Run(ctx)
 	dev := connect(t, b.URL(), "gw-1")
 	topics, _ := protocol.DeviceTopics("acme", "gw-1")
-	tok := dev.Subscribe(topics.Chunk, 1, func(_ mqtt.Client, m mqtt.Message) {
+	tok := dev.Subscribe(topics.Chunk, protocol.ChunkQoS, func(_ mqtt.Client, m mqtt.Message) {
 		c, err := protocol.ParseChunk(m.Payload())
 		if err != nil {
 			t.Errorf("bad chunk: %v", err)

@@ -240,7 +240,7 @@ func New(opts Options) (*Controller, error) {
 		}
 		c.opts.Username, c.opts.Password = broker.ControllerUser, c.brk.ControllerPassword()
 	}
-	if c.art, err = artifacts.New(artifacts.Options{Fleet: opts.Fleet, Publisher: c, Catalog: catalog{c.reg},
+	if c.art, err = artifacts.New(artifacts.Options{Fleet: opts.Fleet, Publisher: chunkPublisher{c}, Catalog: catalog{c.reg},
 		BytesPerSecond: opts.BytesPerSecond, Logger: opts.Logger.With("component", "artifacts")}); err != nil {
 		return fail(err)
 	}
@@ -865,19 +865,32 @@ func (c *Controller) prune(ctx context.Context) error {
 }
 
 // Publish sends one QoS 1 message and returns nil once the broker
-// acknowledged it (PUBACK) on the current connection (artifacts.Publisher).
-// An error wrapping ErrNotConnected means nothing was sent; any other error
-// means the message may or may not have reached the broker, and the caller
-// sends it again if it must arrive. A publish without a PUBACK within 30 s
-// drops the connection, so the next one starts fresh.
+// acknowledged it (PUBACK) on the current connection. An error wrapping
+// ErrNotConnected means nothing was sent; any other error means the message
+// may or may not have reached the broker, and the caller sends it again if
+// it must arrive. A publish without a PUBACK within 30 s drops the
+// connection, so the next one starts fresh.
 func (c *Controller) Publish(ctx context.Context, topic string, payload []byte) error {
+	return c.publish(ctx, topic, 1, payload)
+}
+
+// chunkPublisher publishes artifact chunks at protocol.ChunkQoS
+// (artifacts.Publisher): Publish returns once the chunk is written to the
+// broker's connection, and a device asks again for a chunk it misses.
+type chunkPublisher struct{ c *Controller }
+
+func (p chunkPublisher) Publish(ctx context.Context, topic string, payload []byte) error {
+	return p.c.publish(ctx, topic, protocol.ChunkQoS, payload)
+}
+
+func (c *Controller) publish(ctx context.Context, topic string, qos byte, payload []byte) error {
 	c.mu.Lock()
 	m := c.conn
 	c.mu.Unlock()
 	if m == nil {
 		return fmt.Errorf("controller: publish %s: %w", topic, ErrNotConnected)
 	}
-	err := c.wait(ctx, m.client.Publish(topic, 1, false, payload), ackTimeout, m.lost)
+	err := c.wait(ctx, m.client.Publish(topic, qos, false, payload), ackTimeout, m.lost)
 	if err == nil {
 		c.msgsOut.Add(1)
 		return nil

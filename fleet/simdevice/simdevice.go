@@ -304,7 +304,7 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 	}
 	err := wait(cl.Connect())
 	if err == nil {
-		tok := cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: 1}, nil)
+		tok := cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: protocol.ChunkQoS}, nil)
 		if err = wait(tok); err == nil {
 			if st, ok := tok.(*mqtt.SubscribeToken); ok {
 				err = protocol.Granted(st.Result())

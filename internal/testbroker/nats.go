@@ -234,6 +234,46 @@ func (c *NATSCluster) Monitor(i int, path string) string {
 	return string(b)
 }
 
+// MQTTConsumers returns the filter subjects of the JetStream consumers on
+// the stream of queued MQTT messages ($MQTT_msgs) that node i holds: one
+// per QoS 1 subscription of a persistent session, named after the
+// subscription's topic ("$MQTT.msgs.outpost.v1.acme.gw-0.cmd").
+func (c *NATSCluster) MQTTConsumers(i int) ([]string, error) {
+	cl := http.Client{Timeout: 5 * time.Second}
+	resp, err := cl.Get("http://" + c.nodes[i].monitor + "/jsz?accounts=true&streams=true&consumers=true&config=true")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var jsz struct {
+		Accounts []struct {
+			Streams []struct {
+				Name      string `json:"name"`
+				Consumers []struct {
+					Config struct {
+						Filter string `json:"filter_subject"`
+					} `json:"config"`
+				} `json:"consumer_detail"`
+			} `json:"stream_detail"`
+		} `json:"account_details"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&jsz); err != nil {
+		return nil, fmt.Errorf("jsz: %w", err)
+	}
+	var filters []string
+	for _, a := range jsz.Accounts {
+		for _, st := range a.Streams {
+			if st.Name != "$MQTT_msgs" {
+				continue
+			}
+			for _, cn := range st.Consumers {
+				filters = append(filters, cn.Config.Filter)
+			}
+		}
+	}
+	return filters, nil
+}
+
 // Start runs node i (again, after Kill, with its JetStream store kept) and
 // waits until its MQTT port accepts connections.
 func (c *NATSCluster) Start(i int) {
