@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -313,18 +314,29 @@ func (p *phasesRun) gone(t *testing.T, rep rollout.Report, cand string) time.Tim
 		// It holds no copy of the candidate's bytes anywhere in its data
 		// directory (store, staging, downloads). The updater ends the
 		// trial (the metric above) before it deletes the staged files,
-		// so this is waited for too.
+		// so this is waited for too; a file or directory that goes while
+		// the walk is on its way is skipped (stress run s15/1).
 		var copyAt string
 		poll(t, func() bool {
 			copyAt = ""
 			require.NoError(t, filepath.WalkDir(p.dataDirs[i], func(path string, d fs.DirEntry, err error) error {
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
 				if err != nil || !d.Type().IsRegular() {
 					return err
 				}
-				if st, err := d.Info(); err != nil || st.Size() != int64(len(b)) {
+				st, err := d.Info()
+				if errors.Is(err, fs.ErrNotExist) || err == nil && st.Size() != int64(len(b)) {
+					return nil
+				}
+				if err != nil {
 					return err
 				}
 				fb, err := os.ReadFile(path)
+				if errors.Is(err, fs.ErrNotExist) {
+					return nil
+				}
 				if err != nil {
 					return err
 				}
