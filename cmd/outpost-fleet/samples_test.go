@@ -179,3 +179,68 @@ func TestSamplesExportBesideWriter(t *testing.T) {
 		t.Fatalf("the writer stored nothing while the exports ran")
 	}
 }
+
+// TestSamplesExportOtherSchema: the real binary refuses a store at another
+// schema than its own (docs/MONITORING.md: "refused with the two schema
+// versions"), exits 1, and writes nothing: neither the export directory
+// nor the store's schema.
+func TestSamplesExportOtherSchema(t *testing.T) {
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir := t.TempDir()
+	reg, err := registry.Open(dataDir, registry.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	db, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, registry.StoreFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var latest int
+	if err := db.QueryRow(`SELECT max(version) FROM schema_migrations`).Scan(&latest); err != nil {
+		t.Fatal(err)
+	}
+	versions := func() string {
+		var v string
+		if err := db.QueryRow(`SELECT group_concat(version) FROM schema_migrations`).Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	for _, tt := range []struct {
+		name   string
+		change string // makes the store's schema another one
+		want   string
+	}{
+		{"older", fmt.Sprintf(`DELETE FROM schema_migrations WHERE version = %d`, latest),
+			fmt.Sprintf("store at schema %d, this build's is %d: use the outpost-fleet that serve runs", latest-1, latest)},
+		{"newer", fmt.Sprintf(`INSERT INTO schema_migrations (version, applied) VALUES (%d, 0), (%d, 0)`, latest, latest+1),
+			fmt.Sprintf("store at schema %d, this build knows %d", latest+1, latest)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := db.Exec(tt.change); err != nil {
+				t.Fatal(err)
+			}
+			before := versions()
+			out := filepath.Join(t.TempDir(), "ds")
+			cmd := exec.Command(bin, "samples", "export", "--data-dir", dataDir, "--model", "face", "--out", out)
+			msg, err := cmd.CombinedOutput()
+			if cmd.ProcessState == nil || cmd.ProcessState.ExitCode() != 1 {
+				t.Fatalf("got %v, want exit 1\n%s", err, msg)
+			}
+			if !strings.Contains(string(msg), tt.want) {
+				t.Fatalf("got %q, want it to say %q", msg, tt.want)
+			}
+			if after := versions(); after != before {
+				t.Fatalf("the export changed the store's schema versions from %s to %s", before, after)
+			}
+			if _, err := os.Stat(out); !os.IsNotExist(err) {
+				t.Fatalf("the refused export made %s (%v)", out, err)
+			}
+		})
+	}
+}
