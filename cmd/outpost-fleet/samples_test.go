@@ -78,15 +78,7 @@ func TestSamplesExport(t *testing.T) {
 // ingests (docs/MONITORING.md: "it runs beside serve"): every export
 // succeeds, and each holds at least the samples stored before it started.
 func TestSamplesExportBesideWriter(t *testing.T) {
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dataDir := t.TempDir()
-	reg, err := registry.Open(dataDir, registry.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin, dataDir, reg := binaryAndStore(t)
 	defer reg.Close()
 	var stored atomic.Int64 // samples committed so far
 	// write stores 20 samples from seq on; the writer goroutine calls it
@@ -185,15 +177,7 @@ func TestSamplesExportBesideWriter(t *testing.T) {
 // versions"), exits 1, and writes nothing: neither the export directory
 // nor the store's schema.
 func TestSamplesExportOtherSchema(t *testing.T) {
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dataDir := t.TempDir()
-	reg, err := registry.Open(dataDir, registry.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin, dataDir, reg := binaryAndStore(t)
 	reg.Close()
 	db, err := sql.Open("sqlite", "file:"+filepath.Join(dataDir, registry.StoreFile))
 	if err != nil {
@@ -243,4 +227,19 @@ func TestSamplesExportOtherSchema(t *testing.T) {
 			}
 		})
 	}
+}
+
+// binaryAndStore builds the binary and opens a new embedded store in a
+// data directory of its own, for the caller to close.
+func binaryAndStore(t *testing.T) (bin, dataDir string, reg *registry.Registry) {
+	t.Helper()
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dataDir = t.TempDir()
+	if reg, err = registry.Open(dataDir, registry.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	return bin, dataDir, reg
 }
