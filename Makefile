@@ -106,11 +106,13 @@ bench: setup
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) -timeout 30m $(BENCH_PKGS)
 
 # bench-overhead: the agent's own overhead as a user sees it
-# (BenchmarkOverheadBinary: the real binary, a floor server process and a
-# bare C API invoke, interleaved; (agent - bare) / floor, default workers and
-# workers 1), requests/s of the real binary with 1 and 2 workers
-# (BenchmarkThroughputBinary) and the in-process BenchmarkPredictOverhead;
-# make bench runs them too. Each run is bounded (400 triplets or 60 s).
+# (BenchmarkOverheadBinary: the real binary, a floor server process, a thin
+# server process (the floor plus a bare invoke) and a bare C API invoke,
+# interleaved; (agent - bare) / floor, (thin - bare) / floor and
+# (agent - thin) / floor, default workers and workers 1), requests/s of the
+# real binary with 1 and 2 workers (BenchmarkThroughputBinary) and the
+# in-process BenchmarkPredictOverhead; make bench runs them too. Each run is
+# bounded (400 rounds or 60 s).
 .PHONY: bench-overhead
 bench-overhead: setup
 	$(GO) test -run '^$$' -bench 'OverheadBinary|ThroughputBinary|PredictOverhead' -benchtime $(BENCHTIME) -count 3 -timeout 30m ./agent/api/

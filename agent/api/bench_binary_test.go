@@ -144,9 +144,17 @@ func quantile(v []float64, q float64) float64 {
 // metric: the input copied in and the run) minus the bare invoke's mean
 // (which copies the outputs out too), over the floor's mean: the part of the
 // overhead that is the model running slower inside the agent.
+//
+// A fourth leg, the thin server (the floor binary given the model: it
+// copies the request's tensor into a bare interpreter and invokes it
+// between reading the body and answering), is the least any Go HTTP server
+// running this model pays: thin-overhead/floor is (thin - bare) / floor per
+// round, what serving the invoke over HTTP costs whoever serves it, and
+// agent-over-thin/floor is (agent - thin) / floor, what the agent's own code
+// adds to that. Each is the median over rounds.
 // Sub-benchmarks: the default workers (one per core) and workers 1.
 //
-// Bounded: at most 400 triplets or 60 s per run, loopback only.
+// Bounded: at most 400 rounds or 60 s per run, loopback only.
 func BenchmarkOverheadBinary(b *testing.B) {
 	path := modelPath(b, face)
 	dir := b.TempDir()
@@ -174,29 +182,29 @@ func BenchmarkOverheadBinary(b *testing.B) {
 			waitReady(b, agent.url)
 			agentURL := agent.url + "/v2/models/face/infer"
 			floorURL := startFloor(b, floorBin, agentURL, body, hdr)
+			thinURL := startFloor(b, floorBin, agentURL, body, hdr, path)
 			client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
 			b.Cleanup(client.CloseIdleConnections)
 			for range 100 { // warm connections, caches and XNNPACK
 				bare.Run()
-				if _, err := timedPost(client, floorURL, body, hdr); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := timedPost(client, agentURL, body, hdr); err != nil {
-					b.Fatal(err)
+				for _, u := range []string{floorURL, thinURL, agentURL} {
+					if _, err := timedPost(client, u, body, hdr); err != nil {
+						b.Fatal(err)
+					}
 				}
 			}
-			const triplets, budget = 400, 60 * time.Second
+			const rounds, budget = 400, 60 * time.Second
 			b.ResetTimer()
 			for range b.N {
-				var ta, tb, tc, ratios, extra []float64
+				var ta, tb, tc, td, ratios, extra, thin, overThin []float64
 				var before struct{ sum, n float64 }
 				before.sum, before.n = scrapeInvoke(b, agent.url)
 				deadline := time.Now().Add(budget)
-				for i := 0; i < triplets && time.Now().Before(deadline); i++ {
-					var da, db, dc time.Duration
+				for i := 0; i < rounds && time.Now().Before(deadline); i++ {
+					var da, db, dc, dd time.Duration
 					var err error
-					for k := range 3 { // rotate the order: no leg always follows the same one
-						switch (i + k) % 3 {
+					for k := range 4 { // rotate the order: no leg always follows the same one
+						switch (i + k) % 4 {
 						case 0:
 							s := time.Now()
 							bare.Run()
@@ -205,23 +213,30 @@ func BenchmarkOverheadBinary(b *testing.B) {
 							db, err = timedPost(client, floorURL, body, hdr)
 						case 2:
 							dc, err = timedPost(client, agentURL, body, hdr)
+						case 3:
+							dd, err = timedPost(client, thinURL, body, hdr)
 						}
 						if err != nil {
 							b.Fatal(err)
 						}
 					}
-					ta, tb, tc = append(ta, us(da)), append(tb, us(db)), append(tc, us(dc))
+					ta, tb, tc, td = append(ta, us(da)), append(tb, us(db)), append(tc, us(dc)), append(td, us(dd))
 					ratios = append(ratios, float64(dc-da)/float64(db))
 					extra = append(extra, us(dc-da))
+					thin = append(thin, float64(dd-da)/float64(db))
+					overThin = append(overThin, float64(dc-dd)/float64(db))
 				}
 				b.ReportMetric(quantile(ta, 0.5), "bare-µs")
 				b.ReportMetric(quantile(tb, 0.5), "floor-µs")
 				b.ReportMetric(quantile(tc, 0.5), "agent-µs")
+				b.ReportMetric(quantile(td, 0.5), "thin-µs")
 				b.ReportMetric(quantile(ratios, 0.5), "overhead/floor")
 				b.ReportMetric(quantile(ratios, 0.9), "p90-overhead/floor")
 				// Less sensitive to one slow invoke: median(agent - bare) / median(floor).
 				b.ReportMetric(quantile(extra, 0.5)/quantile(tb, 0.5), "med-extra/med-floor")
-				b.ReportMetric(float64(len(ratios)), "triplets")
+				b.ReportMetric(quantile(thin, 0.5), "thin-overhead/floor")
+				b.ReportMetric(quantile(overThin, 0.5), "agent-over-thin/floor")
+				b.ReportMetric(float64(len(ratios)), "rounds")
 				// The same invoke inside the agent (its own invoke phase:
 				// input copy and run) against the bare one, both means
 				// over the run: how much of the overhead is the model
@@ -282,8 +297,9 @@ func scrapeInvoke(b *testing.B, url string) (sum, count float64) {
 }
 
 // startFloor asks the agent once for its answer to body and starts the
-// floor server answering those bytes with the same headers.
-func startFloor(b *testing.B, floorBin, agentURL string, body []byte, hdr map[string]string) string {
+// floor server answering those bytes with the same headers; given a model
+// (at most one), the thin server that invokes it first.
+func startFloor(b *testing.B, floorBin, agentURL string, body []byte, hdr map[string]string, model ...string) string {
 	b.Helper()
 	req, _ := http.NewRequest("POST", agentURL, strings.NewReader(string(body)))
 	for k, v := range hdr {
@@ -302,7 +318,7 @@ func startFloor(b *testing.B, floorBin, agentURL string, body []byte, hdr map[st
 	if err := os.WriteFile(file, got, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	floor := startProcess(b, floorBin, file, resp.Header.Get("Content-Type"), resp.Header.Get("Inference-Header-Content-Length"))
+	floor := startProcess(b, floorBin, append([]string{file, resp.Header.Get("Content-Type"), resp.Header.Get("Inference-Header-Content-Length")}, model...)...)
 	return floor.url + "/v2/models/face/infer"
 }
 

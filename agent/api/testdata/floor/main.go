@@ -4,7 +4,12 @@
 // request), running no inference. It prints "floor: listening on ADDR" and
 // serves until killed.
 //
-// Usage: floor RESPONSE_FILE CONTENT_TYPE INFERENCE_HEADER_LENGTH
+// Given a MODEL too, it is the thin server: between reading the body and
+// answering it copies the request's binary tensor data into the bare TFLite
+// C API interpreter of that model (runtime.Baseline, XNNPACK, one thread)
+// and invokes it, the least any Go HTTP server that runs the model does.
+//
+// Usage: floor RESPONSE_FILE CONTENT_TYPE INFERENCE_HEADER_LENGTH [MODEL]
 package main
 
 import (
@@ -16,6 +21,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/outpost-edge/outpost/agent/runtime"
 )
 
 func main() {
@@ -26,12 +33,33 @@ func main() {
 }
 
 func run(args []string) error {
-	if len(args) != 3 {
-		return fmt.Errorf("usage: floor RESPONSE_FILE CONTENT_TYPE INFERENCE_HEADER_LENGTH")
+	if len(args) != 3 && len(args) != 4 {
+		return fmt.Errorf("usage: floor RESPONSE_FILE CONTENT_TYPE INFERENCE_HEADER_LENGTH [MODEL]")
 	}
 	resp, err := os.ReadFile(args[0])
 	if err != nil {
 		return err
+	}
+	var invoke func(body []byte, hdrLen string) error
+	if len(args) == 4 {
+		bare, err := runtime.NewBaseline(args[3], 1, true)
+		if err != nil {
+			return err
+		}
+		defer bare.Close()
+		var mu sync.Mutex
+		invoke = func(body []byte, hdrLen string) error {
+			n, err := strconv.Atoi(hdrLen)
+			if err != nil || n > len(body) {
+				return fmt.Errorf("Inference-Header-Content-Length %q", hdrLen)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err := bare.SetInput(0, body[n:]); err != nil {
+				return err
+			}
+			return bare.Run()
+		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -51,6 +79,12 @@ func run(args []string) error {
 		if _, err := io.ReadFull(r.Body, (*b)[:n]); err != nil {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
+		}
+		if invoke != nil {
+			if err := invoke((*b)[:n], r.Header.Get("Inference-Header-Content-Length")); err != nil {
+				http.Error(w, err.Error(), http.StatusBadRequest)
+				return
+			}
 		}
 		h := w.Header()
 		h.Set("Content-Type", ctype)
