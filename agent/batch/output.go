@@ -31,6 +31,26 @@ type output struct {
 	synced chan error    // the syncer's result, when it stops
 }
 
+// writeback is the file under the output's buffer: after each write it
+// has the kernel start writing those bytes to the disk, without waiting
+// (startWriteback), so that a sync finds little left to write. Without it
+// the sync at the end of a run waited for everything written since the
+// last one: about 30 ms for the 16 MB that 200 items of face detection
+// write here, a tenth of such a run.
+type writeback struct {
+	f   *os.File
+	off int64
+}
+
+func (w *writeback) Write(p []byte) (int, error) {
+	n, err := w.f.Write(p)
+	if n > 0 {
+		startWriteback(w.f, w.off, int64(n))
+		w.off += int64(n)
+	}
+	return n, err
+}
+
 // recovered is what a resumed run finds in the output.
 type recovered struct {
 	keys    []string // keys of the records kept, record i for item i
@@ -85,8 +105,13 @@ func openOutput(path string, resume bool, syncEvery time.Duration) (*output, rec
 		f.Close()
 		return nil, rec, fmt.Errorf("batch: output: %w", err)
 	}
+	off, err := f.Seek(0, io.SeekCurrent)
+	if err != nil {
+		f.Close()
+		return nil, rec, fmt.Errorf("batch: output: %w", err)
+	}
 	o := &output{
-		f: f, w: bufio.NewWriterSize(f, 1<<20), syncEvery: syncEvery, lastFlush: time.Now(),
+		f: f, w: bufio.NewWriterSize(&writeback{f: f, off: off}, 1<<20), syncEvery: syncEvery, lastFlush: time.Now(),
 		kick: make(chan struct{}, 1), synced: make(chan error, 1),
 	}
 	go o.syncer()
