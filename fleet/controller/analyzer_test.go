@@ -164,14 +164,19 @@ func TestRealAnalyzerEdges(t *testing.T) {
 	t.Run("no traffic pauses", func(t *testing.T) {
 		f, _ := start(t, func(*simdevice.Options) {})
 		c := cfg
-		c.MaxWait = 2 * time.Second
+		// MaxWait also bounds the wait for the trial devices to hold the
+		// candidate once the phase began: 2 s was too short for 4
+		// simulated devices' downloads under the race detector on a busy
+		// machine (stress run s16/1: "0 of 4 trial devices hold the
+		// candidate, 4 on their way").
+		c.MaxWait = 8 * time.Second
 		ro, err := f.c.Engine().Create(rollout.Spec{Model: "face", Version: 2, Waves: []int{100}, MaxFailureRatio: 0.5,
 			Shadow: &registry.TrialPhase{Percent: 50, Duration: 2 * time.Second}, Analysis: &c})
 		if err != nil {
 			t.Fatal(err)
 		}
 		r := ended(t, f, ro.ID, registry.RolloutPaused, registry.RolloutCompleted, registry.RolloutHalted)
-		if r.State != registry.RolloutPaused || r.Phase != registry.PhaseShadow || !strings.Contains(r.Reason, "too little evidence 2s after its window") {
+		if r.State != registry.RolloutPaused || r.Phase != registry.PhaseShadow || !strings.Contains(r.Reason, "too little evidence 8s after its window") {
 			t.Fatalf("rollout %s in %s: %s", r.State, r.Phase, r.Reason)
 		}
 		if as := rollout.Analyses(r); len(as) == 0 || as[len(as)-1].Verdict != analysis.Wait {
