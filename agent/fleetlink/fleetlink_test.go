@@ -123,12 +123,14 @@ func TestClientIDIsDeviceID(t *testing.T) {
 }
 
 // TestHandleAfterRun: a handler added once Run started would miss what the
-// broker delivers right after CONNACK, so Handle refuses it.
+// broker delivers right after CONNACK, so Handle refuses it. QoS 2, which
+// Outpost does not use, is refused at once.
 func TestHandleAfterRun(t *testing.T) {
 	addr := testbroker.FreeAddr(t)
 	testbroker.Start(t, addr)
 	l, err := fleetlink.New(fleetlink.Options{Broker: "tcp://" + addr, Fleet: "acme", Device: deviceName(t)})
 	require.NoError(t, err)
+	assert.ErrorContains(t, l.Handle(l.Topics().Cmd, 2, func([]byte) {}), "QoS 2 (0 or 1)")
 	run(t, l)
 	waitUp(t, l)
 	assert.ErrorIs(t, l.Handle(l.Topics().Cmd, 1, func([]byte) {}), fleetlink.ErrStarted)
