@@ -168,12 +168,19 @@ func BenchmarkOverheadBinary(b *testing.B) {
 	if err := bare.SetInput(0, le(input(0))); err != nil {
 		b.Fatal(err)
 	}
+	// What the agent's telemetry (aggregates, and a sample of 1% of the
+	// requests written to its durable queue) costs a request.
+	noTelemetry := filepath.Join(dir, "no-telemetry.yaml")
+	if err := os.WriteFile(noTelemetry, []byte("telemetry:\n  disabled: true\n"), 0o600); err != nil {
+		b.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
 	}{
 		{"workers=default", nil},
 		{"workers=1", []string{"--workers", "1"}},
+		{"workers=1/telemetry=off", []string{"--workers", "1", "--config", noTelemetry}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			args := append([]string{"serve", "--listen", "127.0.0.1:0", "--data-dir", b.TempDir(),
