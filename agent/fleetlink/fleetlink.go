@@ -29,6 +29,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -184,6 +185,9 @@ type route struct {
 	h   func([]byte)
 }
 
+// message is the route's paho handler.
+func (r route) message(_ mqtt.Client, m mqtt.Message) { r.h(m.Payload()) }
+
 // Handle subscribes to topic with qos (0 or 1; no wildcards needed) after
 // every connection and routes the messages arriving on it to h, from the
 // first connection on. It must be called before Run; later it returns
@@ -333,15 +337,10 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 	}
 	c.client = mqtt.NewClient(o)
 	l.mu.Lock()
-	routes := make(map[string]mqtt.MessageHandler, len(l.handlers))
-	qos := make(map[string]byte, len(l.handlers))
-	for topic, r := range l.handlers {
-		routes[topic] = func(_ mqtt.Client, m mqtt.Message) { r.h(m.Payload()) }
-		qos[topic] = r.qos
-	}
+	routes := maps.Clone(l.handlers)
 	l.mu.Unlock()
-	for topic, h := range routes {
-		c.client.AddRoute(topic, h)
+	for topic, r := range routes {
+		c.client.AddRoute(topic, r.message)
 	}
 	fail := func(what string, err error) (*conn, error) {
 		c.client.Disconnect(0)
@@ -350,8 +349,8 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 	if err := l.wait(ctx, c.client.Connect(), l.opts.ConnectTimeout+time.Second, nil); err != nil {
 		return fail("connect "+broker, err)
 	}
-	for topic, h := range routes {
-		tok := c.client.Subscribe(topic, qos[topic], h)
+	for topic, r := range routes {
+		tok := c.client.Subscribe(topic, r.qos, r.message)
 		if err := l.wait(ctx, tok, l.opts.ConnectTimeout, c.lost); err != nil {
 			return fail("subscribe "+topic, err)
 		}

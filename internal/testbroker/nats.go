@@ -197,8 +197,7 @@ func (c *NATSCluster) ClientNode(clientID string) int {
 		if !up {
 			continue
 		}
-		cl := http.Client{Timeout: 2 * time.Second}
-		resp, err := cl.Get("http://" + nd.monitor + "/connz?limit=1024")
+		resp, err := c.monitorGet(i, "/connz?limit=1024")
 		if err != nil {
 			continue
 		}
@@ -224,8 +223,7 @@ func (c *NATSCluster) ClientNode(clientID string) int {
 // Monitor returns the body of a monitoring endpoint of node i (path such
 // as "/jsz?consumers=true"), or the error, for a failing test's log.
 func (c *NATSCluster) Monitor(i int, path string) string {
-	cl := http.Client{Timeout: 2 * time.Second}
-	resp, err := cl.Get("http://" + c.nodes[i].monitor + path)
+	resp, err := c.monitorGet(i, path)
 	if err != nil {
 		return err.Error()
 	}
@@ -239,8 +237,7 @@ func (c *NATSCluster) Monitor(i int, path string) string {
 // per QoS 1 subscription of a persistent session, named after the
 // subscription's topic ("$MQTT.msgs.outpost.v1.acme.gw-0.cmd").
 func (c *NATSCluster) MQTTConsumers(i int) ([]string, error) {
-	cl := http.Client{Timeout: 5 * time.Second}
-	resp, err := cl.Get("http://" + c.nodes[i].monitor + "/jsz?accounts=true&streams=true&consumers=true&config=true")
+	resp, err := c.monitorGet(i, "/jsz?accounts=true&streams=true&consumers=true&config=true")
 	if err != nil {
 		return nil, err
 	}
@@ -272,6 +269,12 @@ func (c *NATSCluster) MQTTConsumers(i int) ([]string, error) {
 		}
 	}
 	return filters, nil
+}
+
+// monitorGet GETs path from node i's monitoring endpoint.
+func (c *NATSCluster) monitorGet(i int, path string) (*http.Response, error) {
+	cl := http.Client{Timeout: 5 * time.Second}
+	return cl.Get("http://" + c.nodes[i].monitor + path)
 }
 
 // Start runs node i (again, after Kill, with its JetStream store kept) and
