@@ -152,10 +152,10 @@ func New(opts Options) (*Link, error) {
 		opts.KeepAlive = 30 * time.Second
 	}
 	if opts.BackoffMin <= 0 {
-		opts.BackoffMin = 500 * time.Millisecond
+		opts.BackoffMin = DefaultBackoffMin
 	}
 	if opts.BackoffMax <= 0 {
-		opts.BackoffMax = 2 * time.Minute
+		opts.BackoffMax = DefaultBackoffMax
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -305,6 +305,12 @@ func (l *Link) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// The reconnect backoff's bounds when Options leave them zero.
+const (
+	DefaultBackoffMin = 500 * time.Millisecond
+	DefaultBackoffMax = 2 * time.Minute
+)
 
 // stableConnection is how long a connection must last for the reconnect
 // backoff to start again from its minimum.

@@ -14,6 +14,7 @@ import (
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/registry"
+	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/internal/testpg"
 	"github.com/outpost-edge/outpost/protocol"
@@ -102,7 +103,7 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	// The model goes to the leader's data directory only: after the kill
 	// the standby serves its chunks from the store.
 	pushRandomModel(t, leader.admin, k, 256<<10)
-	startSims(t, n, []string{mq.URL()}, "rep", "sim", k, time.Second)
+	startSims(t, n, []string{mq.URL()}, "rep", "sim", k, simdevice.Options{RetryAfter: time.Second})
 	waitFor(t, 60*time.Second, "devices registered", func() (bool, string) {
 		var ds []registry.Device
 		getJSON(t, standby.admin+"/v1/devices", &ds)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/fleet/controller"
+	"github.com/outpost-edge/outpost/fleet/simdevice"
 )
 
 // scaleResult is what one scale run measured.
@@ -40,7 +41,7 @@ func runScale(tb testing.TB, n, modelBytes int) scaleResult {
 	admin, mqttAddr, k := srv.admin, srv.mqtt, srv.keys
 
 	pushRandomModel(tb, admin, k, modelBytes)
-	startSims(tb, n, []string{"tcp://" + mqttAddr}, "scale", "sim", k, 5*time.Second)
+	startSims(tb, n, []string{"tcp://" + mqttAddr}, "scale", "sim", k, simdevice.Options{RetryAfter: 5 * time.Second})
 	deadline := time.Now().Add(120 * time.Second)
 	for {
 		var ds []json.RawMessage

@@ -229,16 +229,18 @@ func pushRandomModel(tb testing.TB, admin string, k *keyring.Keyring, size int) 
 }
 
 // startSims runs n simulated devices named prefix-0000... in this process,
-// device i on brokers[i%len(brokers)], until the test ends.
-func startSims(tb testing.TB, n int, brokers []string, fleet, prefix string, k *keyring.Keyring, retry time.Duration) []*simdevice.Agent {
+// device i on brokers[i%len(brokers)], until the test ends; tmpl gives the
+// options beside broker, fleet, name and trust root.
+func startSims(tb testing.TB, n int, brokers []string, fleet, prefix string, k *keyring.Keyring, tmpl simdevice.Options) []*simdevice.Agent {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	tb.Cleanup(func() { cancel(); wg.Wait() })
 	sims := make([]*simdevice.Agent, n)
 	for i := range n {
-		a, err := simdevice.New(simdevice.Options{Broker: brokers[i%len(brokers)], Fleet: fleet, Device: fmt.Sprintf("%s-%04d", prefix, i), Root: k.Root(),
-			RetryAfter: retry})
+		o := tmpl
+		o.Broker, o.Fleet, o.Device, o.Root = brokers[i%len(brokers)], fleet, fmt.Sprintf("%s-%04d", prefix, i), k.Root()
+		a, err := simdevice.New(o)
 		if err != nil {
 			tb.Fatal(err)
 		}

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/outpost-edge/outpost/internal/backoff"
 	"github.com/outpost-edge/outpost/models/trust"
 	"github.com/outpost-edge/outpost/protocol"
 )
@@ -69,7 +70,14 @@ type Options struct {
 	// Traffic, when set, makes the device send aggregates of simulated
 	// traffic (traffic.go); nil sends no telemetry.
 	Traffic *Traffic
-	Logger  *slog.Logger
+	// BackoffMin and BackoffMax bound the jittered backoff waited after a
+	// failed connection and after a connection ends, as the real agent's
+	// link waits (agent/fleetlink); 0 means 500 ms and 5 s (the agent's
+	// maximum is 2 minutes: tests restart brokers and want the devices
+	// back sooner). A fixed short retry made a herd of a thousand devices
+	// retry in step and kept a NATS cluster too busy to take any of them.
+	BackoffMin, BackoffMax time.Duration
+	Logger                 *slog.Logger
 }
 
 // Counters of one simulated device. Commands counts the commands accepted,
@@ -93,13 +101,14 @@ type Agent struct {
 	log    *slog.Logger
 	events chan event
 
-	mu       sync.Mutex // guards models, anchor, update, seen, firsts, client, trial
+	mu       sync.Mutex // guards models, anchor, update, seen, firsts, client, ready, trial
 	anchor   *trust.Root
 	models   map[string]protocol.ModelStatus
 	update   *protocol.UpdateStatus
 	seen     map[string]bool
 	firsts   []int64
 	client   mqtt.Client
+	ready    bool                            // client subscribed and said it is online
 	lastRoll map[string]protocol.UpdateState // rollout -> final state
 	// trial is the candidate held on trial, nil when none.
 	trial *held
@@ -168,6 +177,12 @@ func New(opts Options) (*Agent, error) {
 	if opts.ProbationRequests <= 0 {
 		opts.ProbationRequests = 100
 	}
+	if opts.BackoffMin <= 0 {
+		opts.BackoffMin = 500 * time.Millisecond
+	}
+	if opts.BackoffMax <= 0 {
+		opts.BackoffMax = 5 * time.Second
+	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -221,11 +236,12 @@ func (a *Agent) Counters() Counters {
 		Aggregates: a.aggs.Load()}
 }
 
-// Connected reports whether the device has a live connection.
+// Connected reports whether the device has a live connection on which it
+// subscribed and said it is online.
 func (a *Agent) Connected() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.client != nil && a.client.IsConnectionOpen()
+	return a.ready && a.client != nil && a.client.IsConnectionOpen()
 }
 
 // Run connects (with a persistent session and a last will) and plays the
@@ -236,6 +252,7 @@ func (a *Agent) Connected() bool {
 // race on the replayed packets (the real agent's link does the same).
 func (a *Agent) Run(ctx context.Context) error {
 	var dl *download
+	bo := backoff.New(a.opts.BackoffMin, a.opts.BackoffMax, nil)
 	for {
 		cl, lost, err := a.connect(ctx)
 		if err != nil {
@@ -243,13 +260,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				return ctx.Err()
 			}
 			a.log.Debug("connect", "err", err)
-			select {
-			case <-ctx.Done():
+			if bo.Wait(ctx, nil) != nil {
 				return ctx.Err()
-			case <-time.After(200 * time.Millisecond):
 			}
 			continue
 		}
+		since := time.Now()
 		if dl != nil {
 			first := dl.firstMissing()
 			a.mu.Lock()
@@ -258,14 +274,29 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.request(cl, dl, first)
 		}
 		dl = a.session(ctx, cl, lost, dl)
+		a.mu.Lock()
+		a.ready = false
+		a.mu.Unlock()
 		if ctx.Err() != nil {
 			cl.Publish(a.topics.State, 1, true, protocol.StateOffline).WaitTimeout(2 * time.Second)
 			cl.Disconnect(200)
 			return ctx.Err()
 		}
 		cl.Disconnect(0)
+		// As the agent: from the minimum again only after a connection
+		// that held.
+		if time.Since(since) >= stableConnection {
+			bo.Reset()
+		}
+		if bo.Wait(ctx, nil) != nil {
+			return ctx.Err()
+		}
 	}
 }
+
+// stableConnection is how long a connection must last for the backoff to
+// start again from its minimum (the agent's figure).
+const stableConnection = 30 * time.Second
 
 // connect makes one connection: subscribed, "online" and status published.
 func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, error) {
@@ -319,6 +350,9 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 		return nil, nil, fmt.Errorf("simdevice %s: connect: %w", a.opts.Device, err)
 	}
 	a.connects.Add(1)
+	a.mu.Lock()
+	a.ready = true
+	a.mu.Unlock()
 	a.publishStatus(cl)
 	return cl, lost, nil
 }
