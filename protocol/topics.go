@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 )
 
 // ErrBadTopicSegment is returned (wrapped) when a fleet or device name cannot be
@@ -45,6 +46,16 @@ type Topics struct {
 // on NATS each QoS 1 subscription of a persistent session is a JetStream
 // consumer, and each QoS 1 publish a write to a replicated stream.
 const ChunkQoS byte = 0
+
+// A device reconnects with jittered exponential backoff between these
+// bounds, so a fleet that lost its broker does not come back in step; the
+// backoff starts again from its minimum only after a connection that held
+// StableConnection (docs/PROTOCOL.md, "What a device must do").
+const (
+	ReconnectBackoffMin = 500 * time.Millisecond
+	ReconnectBackoffMax = 2 * time.Minute
+	StableConnection    = 30 * time.Second
+)
 
 // State payloads published (retained) on Topics.State.
 const (

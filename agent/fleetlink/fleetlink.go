@@ -152,10 +152,10 @@ func New(opts Options) (*Link, error) {
 		opts.KeepAlive = 30 * time.Second
 	}
 	if opts.BackoffMin <= 0 {
-		opts.BackoffMin = DefaultBackoffMin
+		opts.BackoffMin = protocol.ReconnectBackoffMin
 	}
 	if opts.BackoffMax <= 0 {
-		opts.BackoffMax = DefaultBackoffMax
+		opts.BackoffMax = protocol.ReconnectBackoffMax
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -288,7 +288,7 @@ func (l *Link) Run(ctx context.Context) error {
 			// Back off from scratch only after a connection that held; one
 			// the broker drops at once (a duplicate client id, an ACL) keeps
 			// the delay growing.
-			if l.opts.Clock.Now().Sub(since) >= stableConnection {
+			if l.opts.Clock.Now().Sub(since) >= protocol.StableConnection {
 				bo.Reset()
 			}
 		} else if ctx.Err() == nil {
@@ -305,16 +305,6 @@ func (l *Link) Run(ctx context.Context) error {
 		}
 	}
 }
-
-// The reconnect backoff's bounds when Options leave them zero.
-const (
-	DefaultBackoffMin = 500 * time.Millisecond
-	DefaultBackoffMax = 2 * time.Minute
-)
-
-// stableConnection is how long a connection must last for the reconnect
-// backoff to start again from its minimum.
-const stableConnection = 30 * time.Second
 
 func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 	c := &conn{lost: make(chan struct{})}

@@ -12,12 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/outpost-edge/outpost/agent/fleetlink"
 	"github.com/outpost-edge/outpost/fleet/controller"
 	"github.com/outpost-edge/outpost/fleet/keyring"
 	"github.com/outpost-edge/outpost/fleet/simdevice"
 	"github.com/outpost-edge/outpost/internal/testbroker"
 	"github.com/outpost-edge/outpost/internal/testpg"
+	"github.com/outpost-edge/outpost/protocol"
 )
 
 // make scale: a rollout to OUTPOST_SCALE_DEVICES simulated devices through
@@ -227,11 +227,11 @@ func runScaleTopology(t *testing.T, bin, topo string, n, modelBytes int, limit t
 	pushRandomModel(t, leader.admin, k, modelBytes)
 
 	start := time.Now()
-	// The devices back off as the real agent does (agent/fleetlink's
+	// The devices back off as the real agent does (the protocol's
 	// defaults): a thousand devices retrying every few seconds keep a
 	// NATS cluster too busy to take any of them.
 	sims := startSims(t, n, brokers, fleet, "sim", k, simdevice.Options{RetryAfter: 5 * time.Second,
-		BackoffMin: fleetlink.DefaultBackoffMin, BackoffMax: fleetlink.DefaultBackoffMax})
+		BackoffMin: protocol.ReconnectBackoffMin, BackoffMax: protocol.ReconnectBackoffMax})
 	waitFor(t, 10*time.Minute, "devices connected", func() (bool, string) {
 		c := 0
 		for _, s := range sims {

@@ -285,7 +285,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		cl.Disconnect(0)
 		// As the agent: from the minimum again only after a connection
 		// that held.
-		if time.Since(since) >= stableConnection {
+		if time.Since(since) >= protocol.StableConnection {
 			bo.Reset()
 		}
 		if bo.Wait(ctx, nil) != nil {
@@ -293,10 +293,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 	}
 }
-
-// stableConnection is how long a connection must last for the backoff to
-// start again from its minimum (the agent's figure).
-const stableConnection = 30 * time.Second
 
 // connect makes one connection: subscribed, "online" and status published.
 func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, error) {
