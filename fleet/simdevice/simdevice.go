@@ -72,9 +72,9 @@ type Options struct {
 	Traffic *Traffic
 	// BackoffMin and BackoffMax bound the jittered backoff waited after a
 	// failed connection and after a connection ends, as the real agent's
-	// link waits (agent/fleetlink); 0 means 500 ms and 5 s (the agent's
-	// maximum is 2 minutes: tests restart brokers and want the devices
-	// back sooner). A fixed short retry made a herd of a thousand devices
+	// link waits (agent/fleetlink); 0 means protocol.ReconnectBackoffMin
+	// and 5 s (the agent's maximum, ReconnectBackoffMax, is 2 minutes:
+	// tests restart brokers and want the devices back sooner). A fixed short retry made a herd of a thousand devices
 	// retry in step and kept a NATS cluster too busy to take any of them.
 	BackoffMin, BackoffMax time.Duration
 	Logger                 *slog.Logger
@@ -178,7 +178,7 @@ func New(opts Options) (*Agent, error) {
 		opts.ProbationRequests = 100
 	}
 	if opts.BackoffMin <= 0 {
-		opts.BackoffMin = 500 * time.Millisecond
+		opts.BackoffMin = protocol.ReconnectBackoffMin
 	}
 	if opts.BackoffMax <= 0 {
 		opts.BackoffMax = 5 * time.Second
