@@ -1,11 +1,13 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -63,6 +65,53 @@ func TestReplicasLeaderPause(t *testing.T) { replicasLeaderKill(t, "", true) }
 // once) and every chunk request (only the leader answers).
 func TestReplicasLeaderKillNoShare(t *testing.T) { replicasLeaderKill(t, "", false) }
 
+// probeChunkRequests asks for the first chunk of artifact sha once from
+// each of n devices nobody else uses (probe-000, ...), as a device does, and
+// fails unless every request is answered within d. A probe never asks
+// again: a request the broker gave to a dead replica stays unanswered.
+func probeChunkRequests(t *testing.T, url, fleet, sha string, n int, d time.Duration) {
+	t.Helper()
+	cl := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("chunk-probe").SetCleanSession(true))
+	if tok := cl.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("probe: connect: %v", tok.Error())
+	}
+	defer cl.Disconnect(100)
+	var mu sync.Mutex
+	answered := map[string]bool{}
+	req, _ := protocol.ArtifactsReqTopic(fleet)
+	for i := range n {
+		dev := fmt.Sprintf("probe-%03d", i)
+		topics, _ := protocol.DeviceTopics(fleet, dev)
+		tok := cl.Subscribe(topics.Chunk, protocol.ChunkQoS, func(_ mqtt.Client, m mqtt.Message) {
+			if c, err := protocol.ParseChunk(m.Payload()); err == nil && c.ArtifactHex() == sha {
+				mu.Lock()
+				answered[dev] = true
+				mu.Unlock()
+			}
+		})
+		if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("probe: subscribe: %v", tok.Error())
+		}
+	}
+	for i := range n {
+		b, _ := json.Marshal(protocol.ChunkRequest{Device: fmt.Sprintf("probe-%03d", i), SHA256: sha, First: 0, Count: 1})
+		if tok := cl.Publish(req, 1, false, b); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("probe: request: %v", tok.Error())
+		}
+	}
+	waitFor(t, d, "every chunk request answered", func() (bool, string) {
+		mu.Lock()
+		defer mu.Unlock()
+		var missing []string
+		for i := range n {
+			if dev := fmt.Sprintf("probe-%03d", i); !answered[dev] {
+				missing = append(missing, dev)
+			}
+		}
+		return len(missing) == 0, fmt.Sprintf("%d of %d unanswered: %v", len(missing), n, missing)
+	})
+}
+
 func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	start := time.Now()
 	n := 20
@@ -102,7 +151,7 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 
 	// The model goes to the leader's data directory only: after the kill
 	// the standby serves its chunks from the store.
-	pushRandomModel(t, leader.admin, k, 256<<10)
+	sha := pushRandomModel(t, leader.admin, k, 256<<10)
 	startSims(t, n, []string{mq.URL()}, "rep", "sim", k, simdevice.Options{RetryAfter: time.Second})
 	waitFor(t, 60*time.Second, "devices registered", func() (bool, string) {
 		var ds []registry.Device
@@ -171,6 +220,11 @@ func replicasLeaderKill(t *testing.T, shareGroup string, pause bool) {
 	}
 	waitFor(t, 5*ttl, "takeover", func() (bool, string) { return standby.stats(t).Leader, "standby not leading" })
 	takeover := time.Since(killed)
+	if shareGroup != "" && !pause {
+		// The dead replica left no session in the share group for the
+		// broker to queue chunk requests to: the standby answers all.
+		probeChunkRequests(t, mq.URL(), "rep", sha, 20, 10*time.Second)
+	}
 	if pause {
 		if err := leader.cmd.Process.Signal(syscall.SIGCONT); err != nil {
 			t.Fatal(err)

@@ -203,7 +203,7 @@ func (l *lockedBuffer) String() string {
 // pushRandomModel signs a random "model" of size bytes as face version 1
 // and pushes it through the admin API at admin (the controller checks the
 // signed manifest, not TFLite).
-func pushRandomModel(tb testing.TB, admin string, k *keyring.Keyring, size int) {
+func pushRandomModel(tb testing.TB, admin string, k *keyring.Keyring, size int) (sha string) {
 	tb.Helper()
 	model := make([]byte, size)
 	_, _ = rand.Read(model)
@@ -226,6 +226,7 @@ func pushRandomModel(tb testing.TB, admin string, k *keyring.Keyring, size int) 
 		tb.Fatalf("push: %v %v", resp, err)
 	}
 	resp.Body.Close()
+	return hex.EncodeToString(sum[:])
 }
 
 // startSims runs n simulated devices named prefix-0000... in this process,

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"maps"
 	"runtime"
 	"slices"
 	"strings"
@@ -81,7 +82,10 @@ type Options struct {
 	// ShareGroup, when set, subscribes to telemetry and chunk requests
 	// with $share/<group>/, so several controller replicas split that
 	// load. Status, state and acks reach every replica; the rollout
-	// engine runs on one (leader.go).
+	// engine runs on one (leader.go). Chunk requests then come on a
+	// second, clean-session connection (client id ClientID + "-req"):
+	// a replica that dies leaves no session behind in the group for the
+	// broker to keep queueing requests to (see dial).
 	ShareGroup string
 	// Admin is the admin API address (default 127.0.0.1:8490); AdminTLS,
 	// if set, serves it over TLS.
@@ -406,7 +410,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	stopWorkers()
 	c.mu.Lock()
 	if c.conn != nil {
-		c.conn.client.Disconnect(500)
+		c.conn.disconnect(500)
 		c.conn = nil
 	}
 	c.mu.Unlock()
@@ -442,9 +446,11 @@ const ackTimeout = 30 * time.Second
 // be tried at once when it ends.
 const stableConnection = 10 * time.Second
 
-// mqttConn is one connection; lost is closed when it ends.
+// mqttConn is one connection to a broker (with a share group, two: see
+// dial); lost is closed when either ends.
 type mqttConn struct {
 	client mqtt.Client
+	reqs   mqtt.Client // the chunk requests' clean session, or nil
 	broker string
 	since  time.Time // when it came up
 	lost   chan struct{}
@@ -452,6 +458,14 @@ type mqttConn struct {
 }
 
 func (m *mqttConn) markLost() { m.once.Do(func() { close(m.lost) }) }
+
+// disconnect ends both clients, waiting up to quiesce ms for each.
+func (m *mqttConn) disconnect(quiesce uint) {
+	if m.reqs != nil {
+		m.reqs.Disconnect(quiesce)
+	}
+	m.client.Disconnect(quiesce)
+}
 
 // connectFirst makes the first connection, trying every broker of the list
 // in turn while none can be reached, for at most ConnectTimeout. A broker
@@ -509,7 +523,7 @@ func (c *Controller) keepConnected(ctx context.Context, next int) error {
 			c.mu.Lock()
 			c.conn = nil
 			c.mu.Unlock()
-			m.client.Disconnect(0)
+			m.disconnect(0)
 			// One the broker drops at once (a second controller with the
 			// same client id, an ACL) must not make a busy loop.
 			if short = time.Since(m.since) < stableConnection; !short {
@@ -541,17 +555,65 @@ func (c *Controller) keepConnected(ctx context.Context, next int) error {
 
 // dial connects to url with a fresh client, subscribes to the fleet's
 // topics and makes the connection the current one.
+//
+// With a share group the chunk requests come on a second client with a
+// clean session. The broker drops a clean session, and with it the
+// session's place in the share group, as soon as its connection ends. A
+// persistent session stays in the group while its controller is gone, and
+// Mosquitto keeps giving it its share of the requests, which nobody
+// answers until that replica is back (the devices wait their retry
+// interval and may land there again: the tail after a replica's crash in
+// docs/SCALE.md). A request lost with a connection costs nothing: the
+// device asks again. Telemetry stays on the persistent session, where
+// nothing it holds is lost.
 func (c *Controller) dial(ctx context.Context, url string) error {
 	m := &mqttConn{broker: url, lost: make(chan struct{})}
+	m.client = mqtt.NewClient(c.clientOptions(url, c.opts.ClientID, false, m))
+	// Routes before CONNECT: a persistent session's queue arrives right
+	// after CONNACK, before any SUBSCRIBE.
+	filters := c.routes(m.client)
+	req := c.requestRoute(m.client)
+	if c.opts.ShareGroup == "" {
+		maps.Copy(filters, req)
+	}
+	if err := c.connect(ctx, m.client, url, filters, m.lost); err != nil {
+		m.disconnect(0)
+		return err
+	}
+	if c.opts.ShareGroup != "" {
+		// The persistent session may hold the requests' subscription from
+		// an older release; what it queued is answered (the route stays).
+		if err := c.wait(ctx, m.client.Unsubscribe(slices.Collect(maps.Keys(req))...), ackTimeout, m.lost); err != nil {
+			m.disconnect(0)
+			return fmt.Errorf("unsubscribe %s: %w", url, err)
+		}
+		m.reqs = mqtt.NewClient(c.clientOptions(url, c.opts.ClientID+"-req", true, m))
+		if err := c.connect(ctx, m.reqs, url, c.requestRoute(m.reqs), m.lost); err != nil {
+			m.disconnect(0)
+			return fmt.Errorf("chunk requests' session: %w", err)
+		}
+	}
+	m.since = time.Now()
+	c.mu.Lock()
+	c.conn = m
+	c.mu.Unlock()
+	c.log.Info("controller connected", "broker", url, "fleet", c.opts.Fleet, "filters", len(filters), "request_session", m.reqs != nil)
+	c.readyOnce.Do(func() { close(c.ready) })
+	return nil
+}
+
+// clientOptions are a connection's to url; either client losing its
+// connection marks m lost.
+func (c *Controller) clientOptions(url, clientID string, clean bool, m *mqttConn) *mqtt.ClientOptions {
 	o := mqtt.NewClientOptions().
 		AddBroker(url).
 		// MQTT 3.1.1 only: no second CONNECT in MQTT 3.1 after a refusal
 		// (the device's link explains why).
 		SetProtocolVersion(4).
-		SetClientID(c.opts.ClientID).
+		SetClientID(clientID).
 		SetUsername(c.opts.Username).
 		SetPassword(c.opts.Password).
-		SetCleanSession(false).
+		SetCleanSession(clean).
 		// In order: the handlers only hand messages to the per-device
 		// workers (see dispatch), which keep each device's order.
 		SetOrderMatters(true).
@@ -566,38 +628,29 @@ func (c *Controller) dial(ctx context.Context, url string) error {
 		SetWriteTimeout(ackTimeout).
 		SetStore(mqtt.NewMemoryStore()).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			c.log.Debug("mqtt connection lost", "broker", url, "err", err)
+			c.log.Debug("mqtt connection lost", "broker", url, "client", clientID, "err", err)
 			m.markLost()
 		})
 	if c.opts.ClientTLS != nil {
 		o.SetTLSConfig(c.opts.ClientTLS)
 	}
-	m.client = mqtt.NewClient(o)
-	// Routes before CONNECT: a persistent session's queue arrives right
-	// after CONNACK, before any SUBSCRIBE.
-	filters := c.routes(m.client)
-	fail := func(what string, err error) error {
-		m.client.Disconnect(0)
-		return fmt.Errorf("%s %s: %w", what, url, err)
+	return o
+}
+
+// connect connects cl to url and subscribes it to filters.
+func (c *Controller) connect(ctx context.Context, cl mqtt.Client, url string, filters map[string]byte, lost <-chan struct{}) error {
+	if err := c.wait(ctx, cl.Connect(), min(10*time.Second, c.opts.ConnectTimeout)+time.Second, nil); err != nil {
+		return fmt.Errorf("connect %s: %w", url, err)
 	}
-	if err := c.wait(ctx, m.client.Connect(), min(10*time.Second, c.opts.ConnectTimeout)+time.Second, nil); err != nil {
-		return fail("connect", err)
-	}
-	tok := m.client.SubscribeMultiple(filters, nil)
-	if err := c.wait(ctx, tok, ackTimeout, m.lost); err != nil {
-		return fail("subscribe", err)
+	tok := cl.SubscribeMultiple(filters, nil)
+	if err := c.wait(ctx, tok, ackTimeout, lost); err != nil {
+		return fmt.Errorf("subscribe %s: %w", url, err)
 	}
 	if st, ok := tok.(*mqtt.SubscribeToken); ok {
 		if err := protocol.Granted(st.Result()); err != nil {
-			return fail("subscribe", err)
+			return fmt.Errorf("subscribe %s: %w", url, err)
 		}
 	}
-	m.since = time.Now()
-	c.mu.Lock()
-	c.conn = m
-	c.mu.Unlock()
-	c.log.Info("controller connected", "broker", url, "fleet", c.opts.Fleet, "filters", len(filters))
-	c.readyOnce.Do(func() { close(c.ready) })
 	return nil
 }
 
@@ -628,13 +681,10 @@ func refused(err error) bool {
 	return false
 }
 
-// routes adds the handlers of the fleet's topics to cl and returns the
-// filters to subscribe to.
+// routes adds the handlers of the fleet's device topics to cl and returns
+// the filters to subscribe to.
 func (c *Controller) routes(cl mqtt.Client) map[string]byte {
-	share := ""
-	if c.opts.ShareGroup != "" {
-		share = "$share/" + c.opts.ShareGroup + "/"
-	}
+	share := c.sharePrefix()
 	filters := map[string]byte{}
 	handlers := map[string]mqtt.MessageHandler{}
 	for leaf, h := range map[string]func(device string, payload []byte) bool{
@@ -667,13 +717,30 @@ func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 			})
 		}
 	}
+	for f, h := range handlers {
+		cl.AddRoute(f, h)
+	}
+	return filters
+}
+
+// sharePrefix is "$share/<group>/" with a share group, else "".
+func (c *Controller) sharePrefix() string {
+	if c.opts.ShareGroup == "" {
+		return ""
+	}
+	return "$share/" + c.opts.ShareGroup + "/"
+}
+
+// requestRoute adds the handler of the chunk requests to cl and returns its
+// filter.
+func (c *Controller) requestRoute(cl mqtt.Client) map[string]byte {
+	share := c.sharePrefix()
 	req, _ := protocol.ArtifactsReqTopic(c.opts.Fleet)
-	filters[share+req] = 1
 	// Without a share group every replica on PostgreSQL receives every
 	// chunk request (NATS): only the leader answers, so a device gets each
 	// chunk once. In a leader's absence the device asks again.
 	leaderOnly := share == "" && c.reg.Engine() == "postgres"
-	handlers[share+req] = func(_ mqtt.Client, m mqtt.Message) {
+	cl.AddRoute(share+req, func(_ mqtt.Client, m mqtt.Message) {
 		c.msgsIn.Add(1)
 		defer m.Ack() // a lost request is asked again
 		if leaderOnly && c.leader.Load() == nil {
@@ -683,11 +750,8 @@ func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 			c.bad.Add(1)
 			c.log.Debug("chunk request", "err", err)
 		}
-	}
-	for f, h := range handlers {
-		cl.AddRoute(f, h)
-	}
-	return filters
+	})
+	return map[string]byte{share + req: 1}
 }
 
 // workers is how many goroutines handle device messages. Each device's
