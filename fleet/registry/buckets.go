@@ -343,13 +343,16 @@ func bucketUpsertN(n int) string {
 
 // decodeJSON fills v's JSON columns.
 func (v *aggValue) decodeJSON(byCode, latency, features []byte) error {
-	for _, f := range []struct {
-		b []byte
-		v any
-	}{{byCode, &v.byCode}, {latency, &v.latency}, {features, &v.features}} {
-		if err := unjs(f.b, f.v); err != nil {
+	if err := unjs(byCode, &v.byCode); err != nil {
+		return err
+	}
+	if len(latency) > 0 {
+		if err := decodeLatency(latency, &v.latency); err != nil {
 			return err
 		}
+	}
+	if len(features) > 0 {
+		return decodeFeatures(features, &v.features)
 	}
 	return nil
 }
@@ -522,14 +525,11 @@ func (r *Registry) Buckets(model, device string, step int64) ([]Bucket, error) {
 		}
 		b.Start = time.Unix(start, 0).UTC()
 		b.Records, b.Requests, b.Errors, b.StreamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
-		for _, f := range []struct {
-			b []byte
-			v any
-		}{{byCode, &b.ErrorsByCode}, {latency, &b.Latency}, {features, &b.Features}} {
-			if err := unjs(f.b, f.v); err != nil {
-				return nil, wrapErr("buckets", err)
-			}
+		var v aggValue
+		if err := v.decodeJSON(byCode, latency, features); err != nil {
+			return nil, wrapErr("buckets", err)
 		}
+		b.ErrorsByCode, b.Latency, b.Features = v.byCode, v.latency, v.features
 		out = append(out, b)
 	}
 	return out, wrapErr("buckets", rows.Err())

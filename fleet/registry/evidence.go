@@ -168,7 +168,7 @@ func (r *Registry) Intervals(q EvidenceQuery) ([]Interval, error) {
 		if err := unjs(latency, &in.Latency); err != nil {
 			return nil, fmt.Errorf("registry: intervals of %s v%s: %w", q.Model, q.Version, err)
 		}
-		if err := unjs(features, &in.Features); err != nil {
+		if err := decodeFeatures(features, &in.Features); err != nil {
 			return nil, fmt.Errorf("registry: intervals of %s v%s: %w", q.Model, q.Version, err)
 		}
 		out = append(out, in)

@@ -508,34 +508,15 @@ func fastLatency(b []byte, h *LatencyHistogram) bool {
 			}
 			h.SumMicros, p = n, rest
 		} else {
-			if len(p) == 0 || p[0] != '[' {
-				if !bytes.HasPrefix(p, []byte("null")) {
-					return false
-				}
-				p = p[4:]
+			vs, rest, ok := parseUints(p)
+			if !ok {
+				return false
+			}
+			p = rest
+			if key == "counts" {
+				h.Counts = vs
 			} else {
-				p = p[1:]
-				var vs []uint64
-				for len(p) > 0 && p[0] != ']' {
-					n, rest, ok := parseUint(p)
-					if !ok {
-						return false
-					}
-					vs = append(vs, n)
-					p = rest
-					if len(p) > 1 && p[0] == ',' && p[1] != ']' {
-						p = p[1:]
-					}
-				}
-				if len(p) == 0 {
-					return false
-				}
-				p = p[1:]
-				if key == "counts" {
-					h.Counts = vs
-				} else {
-					h.BoundsMicros = vs
-				}
+				h.BoundsMicros = vs
 			}
 		}
 		if len(p) > 0 {
@@ -546,6 +527,34 @@ func fastLatency(b []byte, h *LatencyHistogram) bool {
 		}
 	}
 	return len(h.Counts) == 0 || len(h.Counts) == len(h.BoundsMicros)+1
+}
+
+// parseUints reads the JSON array of unsigned integers, or null, at the
+// start of p, without spaces.
+func parseUints(p []byte) ([]uint64, []byte, bool) {
+	if bytes.HasPrefix(p, []byte("null")) {
+		return nil, p[4:], true
+	}
+	if len(p) == 0 || p[0] != '[' {
+		return nil, p, false
+	}
+	p = p[1:]
+	vs := []uint64{} // [] is an empty list, as encoding/json makes it
+	for len(p) > 0 && p[0] != ']' {
+		n, rest, ok := parseUint(p)
+		if !ok {
+			return nil, p, false
+		}
+		vs = append(vs, n)
+		p = rest
+		if len(p) > 1 && p[0] == ',' && p[1] != ']' {
+			p = p[1:]
+		}
+	}
+	if len(p) == 0 {
+		return nil, p, false
+	}
+	return vs, p[1:], true
 }
 
 // parseUint reads the decimal digits at the start of p.

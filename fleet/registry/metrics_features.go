@@ -3,6 +3,7 @@ package registry
 import (
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/outpost-edge/outpost/protocol"
@@ -71,7 +72,7 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 // add merges one bucket row (its counts and its features column) into f.
 func (f *Features) add(requests, records int64, col []byte) error {
 	var fs []protocol.FeatureCounts
-	if err := unjs(col, &fs); err != nil {
+	if err := decodeFeatures(col, &fs); err != nil {
 		return err
 	}
 	f.Requests += uint64(requests)
@@ -108,4 +109,133 @@ func MergeFeatures(into, add []protocol.FeatureCounts) []protocol.FeatureCounts 
 		g.SumSq += finite(f.SumSq)
 	}
 	return into
+}
+
+// decodeFeatures reads a features column. What featuresJSON writes is read
+// by hand (encoding/json's reflection was most of a query's and an ingest's
+// decoding time); anything else, by encoding/json, with its errors.
+func decodeFeatures(b []byte, fs *[]protocol.FeatureCounts) error {
+	if out, ok := fastFeatures(b); ok {
+		*fs = out
+		return nil
+	}
+	*fs = nil
+	return unjs(b, fs)
+}
+
+// fastFeatures parses exactly featuresJSON's form: no spaces, the fields in
+// its order, names of printable ASCII without escapes. It reports false for
+// anything else, which encoding/json then reads (or refuses).
+func fastFeatures(b []byte) ([]protocol.FeatureCounts, bool) {
+	if string(b) == "null" {
+		return nil, true
+	}
+	if len(b) < 2 || b[0] != '[' {
+		return nil, false
+	}
+	p := b[1:]
+	out := []protocol.FeatureCounts{}
+	for len(p) > 0 && p[0] != ']' {
+		if len(out) > 0 {
+			if p[0] != ',' {
+				return nil, false
+			}
+			p = p[1:]
+		}
+		var f protocol.FeatureCounts
+		var ok bool
+		if p, ok = field(p, `{"Name":"`); !ok {
+			return nil, false
+		}
+		i := 0
+		for i < len(p) && p[i] >= 0x20 && p[i] < 0x7f && p[i] != '"' && p[i] != '\\' {
+			i++
+		}
+		if i == len(p) || p[i] != '"' {
+			return nil, false
+		}
+		f.Name = string(p[:i])
+		if p, ok = field(p[i+1:], `,"Counts":`); !ok {
+			return nil, false
+		}
+		if f.Counts, p, ok = parseUints(p); !ok {
+			return nil, false
+		}
+		if p, ok = field(p, `,"NaNs":`); !ok {
+			return nil, false
+		}
+		if f.NaNs, p, ok = parseUint(p); !ok {
+			return nil, false
+		}
+		if p, ok = field(p, `,"Sum":`); !ok {
+			return nil, false
+		}
+		if f.Sum, p, ok = parseNumber(p); !ok {
+			return nil, false
+		}
+		if p, ok = field(p, `,"SumSq":`); !ok {
+			return nil, false
+		}
+		if f.SumSq, p, ok = parseNumber(p); !ok {
+			return nil, false
+		}
+		if p, ok = field(p, `}`); !ok {
+			return nil, false
+		}
+		out = append(out, f)
+	}
+	if len(p) != 1 { // the closing ], and nothing after it
+		return nil, false
+	}
+	return out, true
+}
+
+// field reports whether p starts with s, and p after it.
+func field(p []byte, s string) ([]byte, bool) {
+	if len(p) < len(s) || string(p[:len(s)]) != s {
+		return p, false
+	}
+	return p[len(s):], true
+}
+
+// parseNumber reads the JSON number at the start of p (its grammar
+// exactly: strconv.ParseFloat alone also takes "1.", ".5", "inf", hex).
+func parseNumber(p []byte) (float64, []byte, bool) {
+	i := 0
+	digits := func() int {
+		j := i
+		for i < len(p) && p[i] >= '0' && p[i] <= '9' {
+			i++
+		}
+		return i - j
+	}
+	if i < len(p) && p[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(p) && p[i] == '0':
+		i++
+	case digits() == 0:
+		return 0, p, false
+	}
+	if i < len(p) && p[i] == '.' {
+		i++
+		if digits() == 0 {
+			return 0, p, false
+		}
+	}
+	if i < len(p) && (p[i] == 'e' || p[i] == 'E') {
+		i++
+		if i < len(p) && (p[i] == '+' || p[i] == '-') {
+			i++
+		}
+		if digits() == 0 {
+			return 0, p, false
+		}
+	}
+	v, err := strconv.ParseFloat(string(p[:i]), 64)
+	if err != nil {
+		return 0, p, false
+	}
+	return v, p[i:], true
 }
