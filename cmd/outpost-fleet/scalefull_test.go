@@ -245,16 +245,22 @@ func runScaleTopology(t *testing.T, bin, topo string, n, modelBytes int, limit t
 	waitFor(t, 5*time.Minute, "devices online at the controller", func() (bool, string) {
 		time.Sleep(time.Second) // the list is large: ask at most once a second
 		var ds []struct {
-			Online bool `json:"online"`
+			ID     string `json:"id"`
+			Online bool   `json:"online"`
 		}
 		getJSON(t, watch.admin+"/v1/devices", &ds)
 		online := 0
+		var offline []string // the first few, with their connection counts
 		for _, d := range ds {
 			if d.Online {
 				online++
+			} else if len(offline) < 5 {
+				if i, err := strconv.Atoi(strings.TrimPrefix(d.ID, "sim-")); err == nil && i >= 0 && i < len(sims) {
+					offline = append(offline, fmt.Sprintf("%s (connected %v, %d connections)", d.ID, sims[i].Connected(), sims[i].Counters().Connects))
+				}
 			}
 		}
-		return online >= n, fmt.Sprintf("%d of %d online", online, n)
+		return online >= n, fmt.Sprintf("%d of %d online, %d listed; not online: %v", online, n, len(ds), offline)
 	})
 	t.Logf("%s: %d devices online at the controller after %s", topo, n, time.Since(start).Round(100*time.Millisecond))
 
