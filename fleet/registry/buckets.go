@@ -4,6 +4,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -93,10 +94,13 @@ type bucketKey struct {
 	step, start            int64
 }
 
-// aggBatch is what one ingest transaction adds to the buckets and totals,
-// merged in memory first so that a row many records touch (the fleet's) is
-// written once per transaction. Records are merged into their device's
-// minute buckets only; expand derives the rest from those.
+// aggBatch is what one batch, then one ingest transaction, adds to the
+// buckets and totals, merged in memory first so that a row many records
+// touch (the fleet's) is written once per transaction. Records are merged
+// into their device's minute (and fine) buckets; expand derives the rows
+// written from those (a device's own minute and fine buckets are its
+// agg_records rows, not written here). A batch is expanded before its
+// transaction (RecordBatch's prepare); the transaction absorbs its batches.
 type aggBatch struct {
 	minutes map[bucketKey]*aggValue // the devices' minute buckets
 	fine    map[bucketKey]*aggValue // the devices' fine buckets (Options.FineStep)
@@ -111,10 +115,7 @@ func (b *aggBatch) add(device string, rec *protocol.Record, fine int64) {
 	if a == nil || rec.Model.Name == "" {
 		return
 	}
-	at := a.Start
-	if at.IsZero() {
-		at = rec.Time
-	}
+	at := aggStart(rec)
 	k := bucketKey{model: rec.Model.Name, version: rec.Model.Version, device: device, step: MinuteBucket, start: floorTo(at.Unix(), MinuteBucket)}
 	if b.minutes == nil {
 		b.minutes = map[bucketKey]*aggValue{}
@@ -137,6 +138,15 @@ func (b *aggBatch) add(device string, rec *protocol.Record, fine int64) {
 		}
 		v.addAggregate(a, true)
 	}
+}
+
+// aggStart is the time an aggregate record counts at: its Start, or the
+// record's Time when it has none.
+func aggStart(rec *protocol.Record) time.Time {
+	if rec.Aggregate.Start.IsZero() {
+		return rec.Time
+	}
+	return rec.Aggregate.Start
 }
 
 // floorTo rounds sec down to a multiple of step, also before 1970.
@@ -163,7 +173,6 @@ func (b *aggBatch) expand() {
 	}
 	for k, v := range b.minutes {
 		h := floorTo(k.start, HourBucket)
-		b.buckets[k] = v
 		for _, dk := range []bucketKey{
 			{model: k.model, version: k.version, step: MinuteBucket, start: k.start},
 			{model: k.model, version: k.version, device: k.device, step: HourBucket, start: h},
@@ -174,8 +183,28 @@ func (b *aggBatch) expand() {
 		into(b.totals, bucketKey{model: k.model, version: k.version}, v, false)
 	}
 	for k, v := range b.fine {
-		b.buckets[k] = v
 		into(b.buckets, bucketKey{model: k.model, version: k.version, step: k.step, start: k.start}, v, true)
+	}
+}
+
+// absorb adds o's expanded buckets and totals to b's, copying: o stays as
+// it was (a transaction run again absorbs it again).
+func (b *aggBatch) absorb(o *aggBatch) {
+	for _, m := range []struct {
+		into *map[bucketKey]*aggValue
+		from map[bucketKey]*aggValue
+	}{{&b.buckets, o.buckets}, {&b.totals, o.totals}} {
+		if *m.into == nil {
+			*m.into = make(map[bucketKey]*aggValue, len(m.from))
+		}
+		for k, v := range m.from {
+			t := (*m.into)[k]
+			if t == nil {
+				t = &aggValue{}
+				(*m.into)[k] = t
+			}
+			t.add(v)
+		}
 	}
 }
 
@@ -224,7 +253,6 @@ const (
 // a device's backlog touches many consecutive buckets.
 func (r *Registry) flushAgg(tx *sql.Tx, b *aggBatch) error {
 	pg := r.eng.name == "postgres"
-	b.expand()
 	keys := sortedKeys(b.buckets)
 	if pg {
 		for i := 0; i < len(keys); i += bucketRows {
@@ -532,7 +560,38 @@ func (r *Registry) Buckets(model, device string, step int64) ([]Bucket, error) {
 		b.ErrorsByCode, b.Latency, b.Features = v.byCode, v.latency, v.features
 		out = append(out, b)
 	}
-	return out, wrapErr("buckets", rows.Err())
+	if err := rows.Err(); err != nil || !fromRecords(device, step) {
+		return out, wrapErr("buckets", err)
+	}
+	err = r.recordRows(`model = ? AND device = ?`, []any{model, device}, step, -1<<62, 1<<62, func(version, _ string, start int64, v *aggValue) error {
+		out = append(out, Bucket{Model: model, Version: version, Device: device, Step: step, Start: time.Unix(start, 0).UTC(),
+			Records: v.records, Requests: v.requests, Errors: v.errors, StreamDropped: v.streamDropped,
+			ErrorsByCode: v.byCode, Latency: v.latency, Features: v.features})
+		return nil
+	})
+	slices.SortStableFunc(out, func(a, b Bucket) int {
+		if c := a.Start.Compare(b.Start); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Version, b.Version)
+	})
+	// A device minute row from before agg_records and records of the same
+	// bucket: one bucket.
+	merged := out[:0]
+	for _, b := range out {
+		if n := len(merged); n > 0 && merged[n-1].Version == b.Version && merged[n-1].Start.Equal(b.Start) {
+			m := &merged[n-1]
+			v := aggValue{records: m.Records, requests: m.Requests, errors: m.Errors, streamDropped: m.StreamDropped,
+				byCode: m.ErrorsByCode, latency: m.Latency, features: m.Features}
+			v.add(&aggValue{records: b.Records, requests: b.Requests, errors: b.Errors, streamDropped: b.StreamDropped,
+				byCode: b.ErrorsByCode, latency: b.Latency, features: b.Features})
+			m.Records, m.Requests, m.Errors, m.StreamDropped = v.records, v.requests, v.errors, v.streamDropped
+			m.ErrorsByCode, m.Latency, m.Features = v.byCode, v.latency, v.features
+			continue
+		}
+		merged = append(merged, b)
+	}
+	return merged, wrapErr("buckets", err)
 }
 
 // Totals returns a model version's running totals (agg_totals), zero if

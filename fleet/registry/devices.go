@@ -177,7 +177,7 @@ const telemetryRows = 500
 // fails, its batches are stored one by one, so one bad batch fails only
 // its own caller.
 func (r *Registry) RecordBatch(device string, b *protocol.Batch, now time.Time) (int, error) {
-	it := &ingestItem{device: device, b: b, now: now, done: make(chan struct{}), lead: make(chan struct{})}
+	it := &ingestItem{device: device, b: b, prep: r.prepareBatch(device, b), now: now, done: make(chan struct{}), lead: make(chan struct{})}
 	r.ingest.mu.Lock()
 	r.ingest.pending = append(r.ingest.pending, it)
 	lead := !r.ingest.active
@@ -214,6 +214,7 @@ type ingestQueue struct {
 type ingestItem struct {
 	device string
 	b      *protocol.Batch
+	prep   *batchPrep
 	now    time.Time
 	fresh  int
 	err    error
@@ -290,16 +291,24 @@ func (r *Registry) recordBatch(tx *sql.Tx, itx *ingestTx, it *ingestItem) error 
 	}
 	t.Batches++
 	t.Last = now.UTC()
-	var offer []protocol.Entry
-	kinds := map[uint64]string{}
 	// Every entry is offered, those at or below MaxSeq too: a broker may
 	// deliver a device's batches out of order (NATS redelivers after its ack
-	// wait, any broker resends after a reconnect), and the insert below,
-	// unique by (device, epoch, seq), is what tells a duplicate.
-	for _, e := range b.Entries {
-		offer = append(offer, e)
-		if k, _, err := protocol.PeekRecord(e.Body); err == nil {
-			kinds[e.Seq] = k.String()
+	// wait, any broker resends after a reconnect), and the inserts below,
+	// unique by (device, epoch, seq), are what tell a duplicate. Aggregates
+	// go to agg_records, which de-duplicates them as well; every other
+	// record gets a telemetry row (prepareBatch sorted them).
+	p := it.prep
+	offer, aggs, kinds := p.offer, p.aggs, p.kinds
+	count := func(seqs []uint64) {
+		for _, seq := range seqs {
+			fresh++
+			t.MaxSeq = max(t.MaxSeq, seq)
+			if k, ok := kinds[seq]; ok {
+				if t.ByKind == nil {
+					t.ByKind = map[string]uint64{}
+				}
+				t.ByKind[k]++
+			}
 		}
 	}
 	for len(offer) > 0 {
@@ -313,16 +322,25 @@ func (r *Registry) recordBatch(tx *sql.Tx, itx *ingestTx, it *ingestItem) error 
 		if err := r.ingestFresh(tx, itx, device, chunk, seqs, now); err != nil {
 			return err
 		}
-		for _, seq := range seqs {
-			fresh++
-			t.MaxSeq = max(t.MaxSeq, seq)
-			if k, ok := kinds[seq]; ok {
-				if t.ByKind == nil {
-					t.ByKind = map[string]uint64{}
-				}
-				t.ByKind[k]++
-			}
+		count(seqs)
+	}
+	aggFresh := map[uint64]bool{}
+	for len(aggs) > 0 {
+		n := min(len(aggs), aggRecordRows)
+		seqs, err := r.insertAggRecords(tx, device, b.Epoch, aggs[:n])
+		if err != nil {
+			return err
 		}
+		aggs = aggs[n:]
+		count(seqs)
+		for _, s := range seqs {
+			aggFresh[s] = true
+		}
+	}
+	if len(aggFresh) == len(p.aggs) {
+		itx.agg.absorb(&p.agg)
+	} else if len(aggFresh) > 0 {
+		itx.agg.absorb(r.freshAggs(p, device, aggFresh))
 	}
 	t.Records += uint64(fresh)
 	t.Duplicates += uint64(len(b.Entries) - fresh)

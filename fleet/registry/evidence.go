@@ -2,6 +2,7 @@ package registry
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -176,7 +177,52 @@ func (r *Registry) Intervals(q EvidenceQuery) ([]Interval, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("registry: intervals of %s v%s: %w", q.Model, q.Version, err)
 	}
-	return out, nil
+	if !fromRecords("every device", q.Step) {
+		return out, nil
+	}
+	rwhere, rargs := `model = ? AND version = ?`, []any{q.Model, q.Version}
+	if len(q.Devices) > 0 && len(q.Devices) <= maxDeviceList {
+		rwhere += ` AND device IN (` + strings.TrimSuffix(strings.Repeat("?, ", len(q.Devices)), ", ") + `)`
+		for _, d := range q.Devices {
+			rargs = append(rargs, d)
+		}
+	}
+	legacy := len(out)
+	err = r.recordRows(rwhere, rargs, q.Step, q.Since.Unix(), q.Until.Unix()+boolInt(q.Until.Nanosecond() > 0),
+		func(_, device string, start int64, v *aggValue) error {
+			if filter.wanted(device) {
+				out = append(out, Interval{Device: device, Start: time.Unix(start, 0).UTC(), Step: q.Step, Requests: v.requests,
+					Errors: v.errors, Latency: v.latency, Features: v.features})
+			}
+			return nil
+		})
+	if err != nil {
+		return nil, fmt.Errorf("registry: intervals of %s v%s: %w", q.Model, q.Version, err)
+	}
+	if legacy == 0 {
+		return out, nil // agg_records alone: already in order
+	}
+	// Device minute rows from before agg_records beside records: in order,
+	// one interval per device and bucket.
+	slices.SortStableFunc(out, func(a, b Interval) int {
+		if c := strings.Compare(a.Device, b.Device); c != 0 {
+			return c
+		}
+		return a.Start.Compare(b.Start)
+	})
+	merged := out[:0]
+	for _, in := range out {
+		if n := len(merged); n > 0 && merged[n-1].Device == in.Device && merged[n-1].Start.Equal(in.Start) {
+			m := &merged[n-1]
+			m.Requests += in.Requests
+			m.Errors += in.Errors
+			m.Latency.Merge(&in.Latency)
+			m.Features = MergeFeatures(m.Features, in.Features)
+			continue
+		}
+		merged = append(merged, in)
+	}
+	return merged, nil
 }
 
 // ShadowIntervals returns the shadow sections of q's candidate version

@@ -58,12 +58,122 @@ func (r *Registry) ingestFresh(tx *sql.Tx, it *ingestTx, device string, chunk []
 	}
 	for _, e := range chunk {
 		if fresh[e.Seq] {
+			delete(fresh, e.Seq) // a batch naming a seq twice: the first is the one stored
 			if err := r.ingestRecord(tx, it, device, e.Body, now); err != nil {
 				return fmt.Errorf("record %d: %w", e.Seq, err)
 			}
 		}
 	}
 	return nil
+}
+
+// aggRecord is an aggregate record of a batch kept as an agg_records row,
+// decoded once.
+type aggRecord struct {
+	seq   uint64
+	start int64 // aggStart, unix seconds
+	body  []byte
+	rec   protocol.Record
+}
+
+// asAggRecord reports whether e, of kind k, is kept as an agg_records row:
+// an aggregate of a named model without a shadow section (shadow ones go
+// to shadow_buckets and keep a telemetry row), on a store that ingests.
+func (r *Registry) asAggRecord(k protocol.Kind, e protocol.Entry) (aggRecord, bool) {
+	if k != protocol.KindAggregate || r.mon.rawOnly {
+		return aggRecord{}, false
+	}
+	rec, err := protocol.DecodeRecord(e.Body)
+	if err != nil || rec.Aggregate == nil || rec.Aggregate.Shadow != nil || rec.Model.Name == "" {
+		return aggRecord{}, false
+	}
+	return aggRecord{seq: e.Seq, start: aggStart(&rec).Unix(), body: e.Body, rec: rec}, true
+}
+
+// aggRecordRows is how many rows one agg_records insert carries.
+const aggRecordRows = 500
+
+// aggRecordInsertFull is insertAggRecords' statement for a full chunk.
+var aggRecordInsertFull = aggRecordInsert(aggRecordRows)
+
+func aggRecordInsert(n int) string {
+	return `INSERT INTO agg_records (model, version, device, start, epoch, seq, body) VALUES ` + placeholders(n, 7) +
+		` ON CONFLICT (model, version, device, start, epoch, seq) DO NOTHING RETURNING seq`
+}
+
+// insertAggRecords inserts as and returns the sequence numbers that were
+// new.
+func (r *Registry) insertAggRecords(tx *sql.Tx, device string, epoch uint64, as []aggRecord) ([]uint64, error) {
+	args := make([]any, 0, 7*len(as))
+	for i := range as {
+		a := &as[i]
+		args = append(args, a.rec.Model.Name, a.rec.Model.Version, device, a.start, int64(epoch), int64(a.seq), a.body)
+	}
+	var rows *sql.Rows
+	var err error
+	if len(as) == aggRecordRows {
+		rows, err = r.stmt(tx, aggRecordInsertFull).Query(args...)
+	} else {
+		rows, err = tx.Query(r.eng.rebind(aggRecordInsert(len(as))), args...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []uint64
+	for rows.Next() {
+		var s int64
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		out = append(out, uint64(s))
+	}
+	return out, rows.Err()
+}
+
+// batchPrep is what RecordBatch works out of a batch on its caller's
+// goroutine before queueing it, so that the group's transaction, one at a
+// time on the single writer, only stores and merges: the records' kinds,
+// which ones get a telemetry row and which an agg_records row, and the
+// latter merged and expanded as if all were new.
+type batchPrep struct {
+	kinds map[uint64]string
+	offer []protocol.Entry
+	aggs  []aggRecord
+	agg   aggBatch
+}
+
+func (r *Registry) prepareBatch(device string, b *protocol.Batch) *batchPrep {
+	p := &batchPrep{kinds: make(map[uint64]string, len(b.Entries))}
+	for _, e := range b.Entries {
+		if k, _, err := protocol.PeekRecord(e.Body); err == nil {
+			p.kinds[e.Seq] = k.String()
+			if a, ok := r.asAggRecord(k, e); ok {
+				p.aggs = append(p.aggs, a)
+				continue
+			}
+		}
+		p.offer = append(p.offer, e)
+	}
+	for i := range p.aggs {
+		p.agg.add(device, &p.aggs[i].rec, r.mon.fineStep)
+	}
+	p.agg.expand()
+	return p
+}
+
+// freshAggs is the buckets of p's aggregates whose sequence numbers are in
+// fresh (which it empties), each counted once.
+func (r *Registry) freshAggs(p *batchPrep, device string, fresh map[uint64]bool) *aggBatch {
+	var b aggBatch
+	for i := range p.aggs {
+		if fresh[p.aggs[i].seq] {
+			delete(fresh, p.aggs[i].seq)
+			b.add(device, &p.aggs[i].rec, r.mon.fineStep)
+		}
+	}
+	b.expand()
+	return &b
 }
 
 // reportIngest tells the subscribers what a committed transaction found.
@@ -88,11 +198,11 @@ func (r *Registry) ingestRecord(tx *sql.Tx, it *ingestTx, device string, body []
 	}
 	switch rec.Kind {
 	case protocol.KindAggregate:
+		// The others reach here only without a model name (asAggRecord):
+		// counted in the device's telemetry, in no bucket.
 		if rec.Aggregate != nil && rec.Aggregate.Shadow != nil {
 			it.shadow.add(device, &rec, r.mon.fineStep)
-			return nil
 		}
-		it.agg.add(device, &rec, r.mon.fineStep)
 	case protocol.KindHealth:
 		return r.insertHealth(tx, device, &rec)
 	case protocol.KindAudit:
@@ -192,7 +302,7 @@ func (r *Registry) DeviceHealth(device string, since time.Time, limit int) ([]He
 
 // ingestStatements are prepared once; bucketSelect and totalsSelect lock
 // the row on PostgreSQL.
-var ingestStatements = []string{bucketRange, bucketUpsertFull, totalsSelect, totalsUpsert}
+var ingestStatements = []string{bucketRange, bucketUpsertFull, totalsSelect, totalsUpsert, aggRecordInsertFull}
 
 var bucketUpsertFull = bucketUpsertN(bucketRows)
 

@@ -436,7 +436,7 @@ func testPrune(t *testing.T, newTarget func(*testing.T) target) {
 	p, err = r.Prune(context.Background(), time.Now().Add(366*24*time.Hour), Retention{})
 	require.NoError(t, err)
 	assert.Equal(t, int64(2*40*24), p.HourBuckets)
-	assert.Equal(t, int64(len(recs)), p.Telemetry)
+	assert.Equal(t, int64(40), p.Telemetry, "raw rows of the health points: an aggregate's de-duplication is its agg_records row")
 	assert.Equal(t, 0, count(HourBucket))
 	assert.Equal(t, 0, count(MinuteBucket))
 	tot, err := r.Totals("face", "3")
@@ -515,4 +515,69 @@ func FuzzCodesJSON(f *testing.F) {
 			t.Fatalf("featuresJSON(%q): %v", a, err)
 		}
 	})
+}
+
+// TestDeviceMinutesAcrossTheUpgrade: a store written before agg_records
+// (schema 10) holds a device's minute buckets as agg_buckets rows; after the
+// upgrade new aggregates go to agg_records, and every reader of the
+// device's minutes adds both, each once. A copy of a record already stored
+// (redelivered after the upgrade) counts nothing.
+func TestDeviceMinutesAcrossTheUpgrade(t *testing.T) { eachEngine(t, testDeviceMinutesAcrossTheUpgrade) }
+
+func testDeviceMinutesAcrossTheUpgrade(t *testing.T, newTarget func(*testing.T) target) {
+	tg := newTarget(t)
+	eng, w, rd := tg.openAt(t, 10)
+	t0 := time.Now().UTC().Truncate(time.Hour).Add(-2 * time.Hour)
+	// The device's minute row as schema 10's ingest wrote it: 10 requests,
+	// 1 error, at t0.
+	_, err := w.Exec(eng.rebind(`INSERT INTO agg_buckets (model, version, device, step, start, records, requests, errors,
+		stream_dropped, errors_by_code, latency, features) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`),
+		"face", "3", "gw-a", MinuteBucket, t0.Unix(), 1, 10, 1, 0, `{"bad_input":1}`,
+		`{"bounds_micros":[1000],"counts":[10,0],"sum_micros":10000}`, `[]`)
+	require.NoError(t, err)
+	w.Close()
+	if rd != w {
+		rd.Close()
+	}
+	r := tg.open(t)
+	defer r.Close()
+	f := &feeder{r: r, device: "gw-a", epoch: 1}
+	recs := []protocol.Record{
+		aggregate(t0.Add(20*time.Second), 5, 0, []uint64{1000}, []uint64{5, 0}), // the same minute
+		aggregate(t0.Add(time.Minute), 7, 2, []uint64{1000}, []uint64{6, 1}),
+	}
+	require.Equal(t, 2, f.send(t, recs...))
+	require.Equal(t, 0, f.resend(t, 1, recs...), "a copy")
+
+	bs, err := r.Buckets("face", "gw-a", MinuteBucket)
+	require.NoError(t, err)
+	require.Len(t, bs, 2)
+	assert.Equal(t, t0, bs[0].Start)
+	assert.Equal(t, uint64(15), bs[0].Requests, "the row from before and the record after")
+	assert.Equal(t, uint64(2), bs[0].Records)
+	assert.Equal(t, []uint64{15, 0}, bs[0].Latency.Counts)
+	assert.Equal(t, uint64(7), bs[1].Requests)
+
+	m, err := r.Metrics(MetricsQuery{Model: "face", Version: "3", Device: "gw-a", Since: t0, Until: t0.Add(2 * time.Minute), Step: time.Minute})
+	require.NoError(t, err)
+	require.Len(t, m.Series, 2)
+	assert.Equal(t, uint64(15), m.Series[0].Requests)
+	assert.Equal(t, uint64(1), m.Series[0].Errors)
+	assert.Equal(t, uint64(7), m.Series[1].Requests)
+	assert.Equal(t, uint64(22), m.Totals.Requests)
+	assert.Equal(t, map[string]uint64{"bad_input": 3}, m.Totals.ErrorsByCode)
+
+	in, err := r.Intervals(EvidenceQuery{Model: "face", Version: "3", Devices: []string{"gw-a"}, Since: t0, Until: t0.Add(2 * time.Minute), Step: MinuteBucket})
+	require.NoError(t, err)
+	require.Len(t, in, 2, "one interval per bucket")
+	assert.Equal(t, uint64(15), in[0].Requests)
+	assert.Equal(t, uint64(3), in[0].Errors+in[1].Errors)
+
+	// The hour: the device's hour row holds only what arrived after the
+	// upgrade (schema 10's hour row was not written here); the fleet's
+	// minute row likewise.
+	hs, err := r.Buckets("face", "gw-a", HourBucket)
+	require.NoError(t, err)
+	require.Len(t, hs, 1)
+	assert.Equal(t, uint64(12), hs[0].Requests)
 }

@@ -377,6 +377,18 @@ func (r *Registry) metricsRows(model, version, device string, bucket, since, unt
 	if err := rows.Err(); err != nil {
 		return false, fmt.Errorf("registry: metrics %s v%s: %w", model, version, err)
 	}
+	if !fromRecords(device, bucket) {
+		return seen, nil
+	}
+	err = r.recordRows(`model = ? AND version = ? AND device = ?`, []any{model, version, device}, bucket, since, until,
+		func(_, _ string, start int64, v *aggValue) error {
+			seen = seen || v.requests > 0 || v.errors > 0
+			fn(start, &bucketRow{requests: v.requests, errors: v.errors, byCode: v.byCode, latency: v.latency})
+			return nil
+		})
+	if err != nil {
+		return false, fmt.Errorf("registry: metrics %s v%s: %w", model, version, err)
+	}
 	return seen, nil
 }
 

@@ -66,6 +66,16 @@ func (r *Registry) Features(q FeatureQuery) (*Features, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
 	}
+	if fromRecords(q.Device, q.Bucket) {
+		err := r.recordRows(`model = ? AND version = ? AND device = ?`, []any{q.Model, q.Version, q.Device}, q.Bucket, since, q.Until.Unix(),
+			func(_, _ string, _ int64, v *aggValue) error {
+				out.addValue(v)
+				return nil
+			})
+		if err != nil {
+			return nil, fmt.Errorf("registry: features %s v%s: %w", q.Model, q.Version, err)
+		}
+	}
 	return out, nil
 }
 
@@ -79,6 +89,13 @@ func (f *Features) add(requests, records int64, col []byte) error {
 	f.Records += uint64(records)
 	f.Features = MergeFeatures(f.Features, fs)
 	return nil
+}
+
+// addValue adds a bucket merged from agg_records, as add adds a row.
+func (f *Features) addValue(v *aggValue) {
+	f.Requests += v.requests
+	f.Records += v.records
+	f.Features = MergeFeatures(f.Features, v.features)
 }
 
 // MergeFeatures adds add to into, feature by feature (matched by name;

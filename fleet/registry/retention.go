@@ -15,9 +15,13 @@ import (
 type Retention struct {
 	// MinuteBuckets and HourBuckets: how long agg_buckets rows (and
 	// shadow_buckets rows) of each step are kept after their start.
+	// MinuteBuckets is also how long a device's aggregate records
+	// (agg_records: its minute and fine buckets, and their
+	// de-duplication) are kept after their start.
 	MinuteBuckets, HourBuckets time.Duration
-	// MaxBucketRows bounds agg_buckets; over it, the oldest minute
-	// buckets go first, hour buckets only once no minute bucket is left.
+	// MaxBucketRows bounds agg_buckets and agg_records together; over it,
+	// the oldest minute buckets (of both) go first, hour buckets only once
+	// no minute bucket is left.
 	MaxBucketRows int64
 	// Health: how long a device's health points are kept.
 	Health time.Duration
@@ -82,6 +86,7 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 		cut    int64
 	}{
 		{&p.MinuteBuckets, "agg_buckets", "start", "step = ?", []any{MinuteBucket}, now.Add(-ret.MinuteBuckets).Unix()},
+		{&p.MinuteBuckets, "agg_records", "start", "", nil, now.Add(-ret.MinuteBuckets).Unix()},
 		{&p.HourBuckets, "agg_buckets", "start", "step = ?", []any{HourBucket}, now.Add(-ret.HourBuckets).Unix()},
 		// Fine buckets (Options.FineStep) serve drift windows under a
 		// minute, judged within seconds: an hour is plenty.
@@ -101,21 +106,86 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 		}
 	}
 	var rows int64
-	if err := r.r.QueryRowContext(ctx, `SELECT count(*) FROM agg_buckets`).Scan(&rows); err != nil {
+	if err := r.r.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM agg_buckets) + (SELECT count(*) FROM agg_records)`).Scan(&rows); err != nil {
 		return p, fmt.Errorf("registry: prune: %w", err)
 	}
-	for _, step := range []int64{MinuteBucket, HourBucket} {
-		if rows <= ret.MaxBucketRows {
-			break
-		}
-		n, err := r.pruneBefore(ctx, "agg_buckets", "start", "step = ?", []any{step}, 1<<62, rows-ret.MaxBucketRows)
+	if rows > ret.MaxBucketRows {
+		n, err := r.pruneMinutesOver(ctx, rows-ret.MaxBucketRows)
 		p.OverBound += n
 		rows -= n
 		if err != nil {
 			return p, fmt.Errorf("registry: prune over bound: %w", err)
 		}
 	}
+	if rows > ret.MaxBucketRows {
+		n, err := r.pruneBefore(ctx, "agg_buckets", "start", "step = ?", []any{HourBucket}, 1<<62, rows-ret.MaxBucketRows)
+		p.OverBound += n
+		if err != nil {
+			return p, fmt.Errorf("registry: prune over bound: %w", err)
+		}
+	}
 	return p, nil
+}
+
+// pruneMinutesOver deletes the oldest minute buckets, the fleet's
+// (agg_buckets) and the devices' (agg_records) cut at the same start, about
+// limit rows (rows sharing the last start go together), a chunk per
+// transaction.
+func (r *Registry) pruneMinutesOver(ctx context.Context, limit int64) (int64, error) {
+	const minutes = `SELECT start FROM agg_buckets WHERE step = ? UNION ALL SELECT start FROM agg_records`
+	var total int64
+	for total < limit {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		chunk := min(int64(pruneChunk), limit-total)
+		// The start chunk rows in: delete below it, or, if that is the
+		// oldest start, the rows of that start.
+		var bound int64
+		err := r.r.QueryRowContext(ctx, r.q(`SELECT start FROM (`+minutes+`) m ORDER BY start LIMIT 1 OFFSET ?`),
+			MinuteBucket, chunk).Scan(&bound)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			bound = 1 << 62
+		case err != nil:
+			return total, err
+		}
+		var n int64
+		err = r.write(func(tx *sql.Tx) error {
+			n = 0
+			for _, op := range []string{"<", "="} {
+				for _, del := range []struct {
+					q    string
+					args []any
+				}{
+					{`DELETE FROM agg_buckets WHERE step = ? AND start ` + op + ` ?`, []any{MinuteBucket, bound}},
+					{`DELETE FROM agg_records WHERE start ` + op + ` ?`, []any{bound}},
+				} {
+					res, err := r.exec(tx, del.q, del.args...)
+					if err != nil {
+						return err
+					}
+					d, err := res.RowsAffected()
+					if err != nil {
+						return err
+					}
+					n += d
+				}
+				if n > 0 || bound == 1<<62 {
+					return nil
+				}
+			}
+			return nil
+		})
+		total += n
+		if err != nil {
+			return total, err
+		}
+		if n == 0 {
+			return total, nil
+		}
+	}
+	return total, nil
 }
 
 // pruneBefore deletes table's rows matching filter with col below cut,

@@ -1,16 +1,20 @@
-// Package metricstest writes model traffic into a fleet store's agg_buckets
-// and agg_totals tables (schema 5) the way the controller's ingest does,
-// so that the queries over them (registry.Metrics, registry.ModelTotals,
-// the controller's /metrics) can be tested with real rows on both engines
-// before, and independently of, the ingest itself.
+// Package metricstest writes model traffic into a fleet store's
+// agg_records, agg_buckets and agg_totals tables (schemas 5 and 11) the way
+// the controller's ingest does, so that the queries over them
+// (registry.Metrics, registry.ModelTotals, the controller's /metrics) can be
+// tested with real rows on both engines before, and independently of, the
+// ingest itself.
 //
 // The rows it writes, per aggregate added with Add (docs/MONITORING.md):
 //
+//   - agg_records: the aggregate as its device would have sent it (a
+//     protocol aggregate record), start its Start, epoch 0 and a sequence
+//     number of the Rows: the device's minute buckets.
 //   - agg_buckets, for each of step 60 (the minute bucket holding the
 //     aggregate's start) and step 3600 (its hour bucket), start the
 //     bucket's first second (unix, a multiple of step): one row for the
-//     device and one for the empty device name (the whole fleet), each the sum of
-//     every aggregate added to it. records counts the aggregates;
+//     empty device name (the whole fleet), and for step 3600 one for the
+//     device, each the sum of every aggregate added to it. records counts the aggregates;
 //     requests, errors and stream_dropped are added; errors_by_code is
 //     the JSON object {code: count} of the sums; latency the JSON
 //     {"bounds_micros": [...], "counts": [...], "sum_micros": n} of the
@@ -87,6 +91,8 @@ func (r *row) add(a *Aggregate) {
 type Rows struct {
 	buckets map[key]*row
 	totals  map[[2]string]*row
+	records []Aggregate // the devices' agg_records rows
+	seq     int64       // the last sequence number given
 }
 
 // Add merges a into its device's and the fleet's minute and hour buckets
@@ -98,6 +104,10 @@ func (rs *Rows) Add(a Aggregate) {
 	for _, step := range []int64{registry.MinuteBucket, registry.HourBucket} {
 		start := a.Start.Unix() / step * step
 		for _, dev := range []string{a.Device, ""} {
+			if dev != "" && step == registry.MinuteBucket {
+				rs.records = append(rs.records, a)
+				continue
+			}
 			k := key{a.Model, a.Version, dev, step, start}
 			if rs.buckets[k] == nil {
 				rs.buckets[k] = &row{}
@@ -117,7 +127,9 @@ func (rs *Rows) Add(a Aggregate) {
 // rows than fit in memory, a few devices at a time. Every bucket of the
 // devices written must be complete.
 func (rs *Rows) WriteDevices(store string) error {
-	devs := &Rows{buckets: map[key]*row{}}
+	devs := &Rows{buckets: map[key]*row{}, records: rs.records, seq: rs.seq}
+	rs.seq += int64(len(rs.records))
+	rs.records = nil // devs.Write writes them
 	for k, r := range rs.buckets {
 		if k.device != "" {
 			devs.buckets[k] = r
@@ -127,8 +139,9 @@ func (rs *Rows) WriteDevices(store string) error {
 	return devs.Write(store)
 }
 
-// Len is the number of agg_buckets rows Write would insert.
-func (rs *Rows) Len() int { return len(rs.buckets) }
+// Len is the number of agg_buckets and agg_records rows Write would
+// insert.
+func (rs *Rows) Len() int { return len(rs.buckets) + len(rs.records) }
 
 // Open opens store as registry.Open names it: a postgres:// URL or a
 // SQLite file path.
@@ -189,12 +202,69 @@ func (rs *Rows) Write(store string) error {
 			return fmt.Errorf("metricstest: %w", err)
 		}
 	}
+	if err := rs.writeRecords(db, pg); err != nil {
+		return err
+	}
+	rs.seq += int64(len(rs.records))
+	rs.records = nil
 	for tk, r := range rs.totals {
 		if err := addTotals(db, pg, tk[0], tk[1], r); err != nil {
 			return fmt.Errorf("metricstest: totals %s v%s: %w", tk[0], tk[1], err)
 		}
 	}
 	return nil
+}
+
+// writeRecords inserts the devices' agg_records rows.
+func (rs *Rows) writeRecords(db *sql.DB, pg bool) error {
+	const perStmt, perTx = 500, 50000
+	seq := rs.seq
+	for lo := 0; lo < len(rs.records); lo += perTx {
+		tx, err := db.Begin()
+		if err != nil {
+			return fmt.Errorf("metricstest: %w", err)
+		}
+		for i := lo; i < min(lo+perTx, len(rs.records)); i += perStmt {
+			part := rs.records[i:min(i+perStmt, lo+perTx, len(rs.records))]
+			var sb strings.Builder
+			sb.WriteString(`INSERT INTO agg_records (model, version, device, start, epoch, seq, body) VALUES `)
+			args := make([]any, 0, len(part)*7)
+			for j := range part {
+				a := &part[j]
+				if j > 0 {
+					sb.WriteString(", ")
+				}
+				sb.WriteString(placeholders(pg, len(args), 7))
+				body, err := protocol.AppendRecord(nil, record(a))
+				if err != nil {
+					tx.Rollback()
+					return fmt.Errorf("metricstest: record: %w", err)
+				}
+				seq++
+				args = append(args, a.Model, a.Version, a.Device, a.Start.Unix(), int64(0), seq, body)
+			}
+			if _, err := tx.Exec(sb.String(), args...); err != nil {
+				tx.Rollback()
+				return fmt.Errorf("metricstest: insert records: %w", err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("metricstest: %w", err)
+		}
+	}
+	return nil
+}
+
+// record is a as its device sends it.
+func record(a *Aggregate) *protocol.Record {
+	codes := make([]protocol.CodeCount, 0, len(a.ErrorsByCode))
+	for _, c := range slices.Sorted(maps.Keys(a.ErrorsByCode)) {
+		codes = append(codes, protocol.CodeCount{Code: c, Count: a.ErrorsByCode[c]})
+	}
+	return &protocol.Record{Kind: protocol.KindAggregate, Time: a.Start.Add(time.Minute), Model: protocol.ModelRef{Name: a.Model, Version: a.Version},
+		Aggregate: &protocol.Aggregate{Start: a.Start, End: a.Start.Add(time.Minute), Requests: a.Requests, Errors: a.Errors,
+			StreamDropped: a.StreamDropped, ErrorsByCode: codes, Latency: protocol.Histogram{BoundsMicros: a.Latency.BoundsMicros,
+				Counts: a.Latency.Counts, SumMicros: a.Latency.SumMicros}, Features: a.Features}}
 }
 
 // placeholders is "(?, ?, ...)" on SQLite, "($n+1, ...)" on PostgreSQL.
