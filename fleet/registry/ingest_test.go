@@ -522,7 +522,9 @@ func FuzzCodesJSON(f *testing.F) {
 // upgrade new aggregates go to agg_records, and every reader of the
 // device's minutes adds both, each once. A copy of a record already stored
 // (redelivered after the upgrade) counts nothing.
-func TestDeviceMinutesAcrossTheUpgrade(t *testing.T) { eachEngine(t, testDeviceMinutesAcrossTheUpgrade) }
+func TestDeviceMinutesAcrossTheUpgrade(t *testing.T) {
+	eachEngine(t, testDeviceMinutesAcrossTheUpgrade)
+}
 
 func testDeviceMinutesAcrossTheUpgrade(t *testing.T, newTarget func(*testing.T) target) {
 	tg := newTarget(t)
