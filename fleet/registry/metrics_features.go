@@ -107,8 +107,12 @@ func (f *Features) addValue(v *aggValue) {
 // valid. It returns the merged list; into's slices may be reused. Ingest
 // and the queries both merge with it.
 func MergeFeatures(into, add []protocol.FeatureCounts) []protocol.FeatureCounts {
-	for _, f := range add {
-		i := slices.IndexFunc(into, func(g protocol.FeatureCounts) bool { return g.Name == f.Name })
+	for n, f := range add {
+		// The same names in the same order (one model version's) first.
+		i := n
+		if i >= len(into) || into[i].Name != f.Name {
+			i = slices.IndexFunc(into, func(g protocol.FeatureCounts) bool { return g.Name == f.Name })
+		}
 		if i < 0 {
 			into = append(into, protocol.FeatureCounts{Name: f.Name, Counts: slices.Clone(f.Counts),
 				NaNs: f.NaNs, Sum: finite(f.Sum), SumSq: finite(f.SumSq)})
