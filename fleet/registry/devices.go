@@ -373,12 +373,19 @@ func (r *Registry) insertTelemetry(tx *sql.Tx, device string, epoch uint64, es [
 		}
 		args = append(args, device, int64(epoch), int64(e.Seq), kinds[e.Seq], now.UnixNano(), body)
 	}
+	return r.returningSeqs(tx, r.telStmt, telemetryRows, len(es), telemetryInsert, args)
+}
+
+// returningSeqs runs an INSERT of n rows with RETURNING seq (full, prepared
+// once, when n is fullRows; else the statement text(n) makes) and returns
+// the sequence numbers it gave back: the rows it inserted.
+func (r *Registry) returningSeqs(tx *sql.Tx, full *sql.Stmt, fullRows, n int, text func(int) string, args []any) ([]uint64, error) {
 	var rows *sql.Rows
 	var err error
-	if len(es) == telemetryRows {
-		rows, err = tx.Stmt(r.telStmt).Query(args...)
+	if n == fullRows {
+		rows, err = tx.Stmt(full).Query(args...)
 	} else {
-		rows, err = tx.Query(r.eng.rebind(telemetryInsert(len(es))), args...)
+		rows, err = tx.Query(r.eng.rebind(text(n)), args...)
 	}
 	if err != nil {
 		return nil, err

@@ -109,26 +109,7 @@ func (r *Registry) insertAggRecords(tx *sql.Tx, device string, epoch uint64, as 
 		a := &as[i]
 		args = append(args, a.rec.Model.Name, a.rec.Model.Version, device, a.start, int64(epoch), int64(a.seq), a.body)
 	}
-	var rows *sql.Rows
-	var err error
-	if len(as) == aggRecordRows {
-		rows, err = r.stmt(tx, aggRecordInsertFull).Query(args...)
-	} else {
-		rows, err = tx.Query(r.eng.rebind(aggRecordInsert(len(as))), args...)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []uint64
-	for rows.Next() {
-		var s int64
-		if err := rows.Scan(&s); err != nil {
-			return nil, err
-		}
-		out = append(out, uint64(s))
-	}
-	return out, rows.Err()
+	return r.returningSeqs(tx, r.mon.stmts[aggRecordInsertFull], aggRecordRows, len(as), aggRecordInsert, args)
 }
 
 // batchPrep is what RecordBatch works out of a batch on its caller's

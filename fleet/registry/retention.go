@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -77,49 +78,47 @@ const pruneChunk = 5000
 func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pruned, error) {
 	ret = ret.WithDefaults()
 	var p Pruned
+	minutes := func(step int64) []prunePart { // the fleet's minute rows and the devices' records
+		return []prunePart{{"agg_buckets", "step = ?", []any{step}}, {"agg_records", "", nil}}
+	}
 	steps := []struct {
-		n      *int64
-		table  string
-		col    string
-		filter string
-		args   []any
-		cut    int64
+		n     *int64
+		parts []prunePart
+		col   string
+		cut   int64
 	}{
-		{&p.MinuteBuckets, "agg_buckets", "start", "step = ?", []any{MinuteBucket}, now.Add(-ret.MinuteBuckets).Unix()},
-		{&p.MinuteBuckets, "agg_records", "start", "", nil, now.Add(-ret.MinuteBuckets).Unix()},
-		{&p.HourBuckets, "agg_buckets", "start", "step = ?", []any{HourBucket}, now.Add(-ret.HourBuckets).Unix()},
+		{&p.MinuteBuckets, minutes(MinuteBucket), "start", now.Add(-ret.MinuteBuckets).Unix()},
+		{&p.HourBuckets, []prunePart{{"agg_buckets", "step = ?", []any{HourBucket}}}, "start", now.Add(-ret.HourBuckets).Unix()},
 		// Fine buckets (Options.FineStep) serve drift windows under a
 		// minute, judged within seconds: an hour is plenty.
-		{&p.MinuteBuckets, "agg_buckets", "start", "step < ?", []any{MinuteBucket}, now.Add(-time.Hour).Unix()},
+		{&p.MinuteBuckets, []prunePart{{"agg_buckets", "step < ?", []any{MinuteBucket}}}, "start", now.Add(-time.Hour).Unix()},
 		// Shadow sections (shadow.go) as the buckets of served traffic.
-		{&p.MinuteBuckets, "shadow_buckets", "start", "step = ?", []any{MinuteBucket}, now.Add(-ret.MinuteBuckets).Unix()},
-		{&p.HourBuckets, "shadow_buckets", "start", "step = ?", []any{HourBucket}, now.Add(-ret.HourBuckets).Unix()},
-		{&p.MinuteBuckets, "shadow_buckets", "start", "step < ?", []any{MinuteBucket}, now.Add(-time.Hour).Unix()},
-		{&p.Health, "device_health", "time", "", nil, now.Add(-ret.Health).UnixNano()},
-		{&p.Telemetry, "telemetry", "received", "", nil, now.Add(-ret.RawTelemetry).UnixNano()},
+		{&p.MinuteBuckets, []prunePart{{"shadow_buckets", "step = ?", []any{MinuteBucket}}}, "start", now.Add(-ret.MinuteBuckets).Unix()},
+		{&p.HourBuckets, []prunePart{{"shadow_buckets", "step = ?", []any{HourBucket}}}, "start", now.Add(-ret.HourBuckets).Unix()},
+		{&p.MinuteBuckets, []prunePart{{"shadow_buckets", "step < ?", []any{MinuteBucket}}}, "start", now.Add(-time.Hour).Unix()},
+		{&p.Health, []prunePart{{"device_health", "", nil}}, "time", now.Add(-ret.Health).UnixNano()},
+		{&p.Telemetry, []prunePart{{"telemetry", "", nil}}, "received", now.Add(-ret.RawTelemetry).UnixNano()},
 	}
 	for _, s := range steps {
-		n, err := r.pruneBefore(ctx, s.table, s.col, s.filter, s.args, s.cut, -1)
+		n, err := r.pruneBefore(ctx, s.parts, s.col, s.cut, -1)
 		*s.n += n
 		if err != nil {
-			return p, fmt.Errorf("registry: prune %s: %w", s.table, err)
+			return p, fmt.Errorf("registry: prune %s: %w", s.parts[0].table, err)
 		}
 	}
 	var rows int64
 	if err := r.r.QueryRowContext(ctx, `SELECT (SELECT count(*) FROM agg_buckets) + (SELECT count(*) FROM agg_records)`).Scan(&rows); err != nil {
 		return p, fmt.Errorf("registry: prune: %w", err)
 	}
-	if rows > ret.MaxBucketRows {
-		n, err := r.pruneMinutesOver(ctx, rows-ret.MaxBucketRows)
+	// Over the bound: the oldest minutes first, the fleet's and the
+	// devices' cut at the same start; hours only once no minute is left.
+	for _, parts := range [][]prunePart{minutes(MinuteBucket), {{"agg_buckets", "step = ?", []any{HourBucket}}}} {
+		if rows <= ret.MaxBucketRows {
+			break
+		}
+		n, err := r.pruneBefore(ctx, parts, "start", 1<<62, rows-ret.MaxBucketRows)
 		p.OverBound += n
 		rows -= n
-		if err != nil {
-			return p, fmt.Errorf("registry: prune over bound: %w", err)
-		}
-	}
-	if rows > ret.MaxBucketRows {
-		n, err := r.pruneBefore(ctx, "agg_buckets", "start", "step = ?", []any{HourBucket}, 1<<62, rows-ret.MaxBucketRows)
-		p.OverBound += n
 		if err != nil {
 			return p, fmt.Errorf("registry: prune over bound: %w", err)
 		}
@@ -127,75 +126,31 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 	return p, nil
 }
 
-// pruneMinutesOver deletes the oldest minute buckets, the fleet's
-// (agg_buckets) and the devices' (agg_records) cut at the same start, about
-// limit rows (rows sharing the last start go together), a chunk per
-// transaction.
-func (r *Registry) pruneMinutesOver(ctx context.Context, limit int64) (int64, error) {
-	const minutes = `SELECT start FROM agg_buckets WHERE step = ? UNION ALL SELECT start FROM agg_records`
-	var total int64
-	for total < limit {
-		if err := ctx.Err(); err != nil {
-			return total, err
-		}
-		chunk := min(int64(pruneChunk), limit-total)
-		// The start chunk rows in: delete below it, or, if that is the
-		// oldest start, the rows of that start.
-		var bound int64
-		err := r.r.QueryRowContext(ctx, r.q(`SELECT start FROM (`+minutes+`) m ORDER BY start LIMIT 1 OFFSET ?`),
-			MinuteBucket, chunk).Scan(&bound)
-		switch {
-		case errors.Is(err, sql.ErrNoRows):
-			bound = 1 << 62
-		case err != nil:
-			return total, err
-		}
-		var n int64
-		err = r.write(func(tx *sql.Tx) error {
-			n = 0
-			for _, op := range []string{"<", "="} {
-				for _, del := range []struct {
-					q    string
-					args []any
-				}{
-					{`DELETE FROM agg_buckets WHERE step = ? AND start ` + op + ` ?`, []any{MinuteBucket, bound}},
-					{`DELETE FROM agg_records WHERE start ` + op + ` ?`, []any{bound}},
-				} {
-					res, err := r.exec(tx, del.q, del.args...)
-					if err != nil {
-						return err
-					}
-					d, err := res.RowsAffected()
-					if err != nil {
-						return err
-					}
-					n += d
-				}
-				if n > 0 || bound == 1<<62 {
-					return nil
-				}
-			}
-			return nil
-		})
-		total += n
-		if err != nil {
-			return total, err
-		}
-		if n == 0 {
-			return total, nil
-		}
-	}
-	return total, nil
+// prunePart is a table's rows that a filter (with its args) selects.
+type prunePart struct {
+	table, filter string
+	args          []any
 }
 
-// pruneBefore deletes table's rows matching filter with col below cut,
-// oldest first, at most limit of them (-1: all; rows sharing the last
+// where is the part's filter and col below a bound (or equal to it).
+func (p prunePart) where(col, op string) string { return filterAnd(p.filter) + col + " " + op + " ?" }
+
+// pruneBefore deletes the rows of parts with col below cut, oldest first
+// across the parts, at most limit of them (-1: all; rows sharing the last
 // value may go over it), a chunk per transaction.
-func (r *Registry) pruneBefore(ctx context.Context, table, col, filter string, args []any, cut, limit int64) (int64, error) {
-	where := col + " < ?"
-	if filter != "" {
-		where = filter + " AND " + where
+func (r *Registry) pruneBefore(ctx context.Context, parts []prunePart, col string, cut, limit int64) (int64, error) {
+	// The parts' rows below cut in col's order (a compound SELECT: SQLite
+	// and PostgreSQL merge the parts' index scans).
+	var q strings.Builder
+	var qargs []any
+	for i, p := range parts {
+		if i > 0 {
+			q.WriteString(" UNION ALL ")
+		}
+		q.WriteString(`SELECT ` + col + ` FROM ` + p.table + ` WHERE ` + p.where(col, "<"))
+		qargs = append(append(qargs, p.args...), cut)
 	}
+	q.WriteString(` ORDER BY ` + col + ` LIMIT 1 OFFSET ?`)
 	var total int64
 	for limit < 0 || total < limit {
 		if err := ctx.Err(); err != nil {
@@ -208,8 +163,7 @@ func (r *Registry) pruneBefore(ctx context.Context, table, col, filter string, a
 		// The value chunk rows in: delete below it, or, if that is the
 		// oldest value, the rows of that value.
 		var bound int64
-		err := r.r.QueryRowContext(ctx, r.q(`SELECT `+col+` FROM `+table+` WHERE `+where+` ORDER BY `+col+` LIMIT 1 OFFSET ?`),
-			append(append([]any{}, args...), cut, chunk)...).Scan(&bound)
+		err := r.r.QueryRowContext(ctx, r.q(q.String()), append(qargs, chunk)...).Scan(&bound)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			bound = cut
@@ -218,19 +172,24 @@ func (r *Registry) pruneBefore(ctx context.Context, table, col, filter string, a
 		}
 		var n int64
 		err = r.write(func(tx *sql.Tx) error {
-			res, err := r.exec(tx, `DELETE FROM `+table+` WHERE `+where, append(append([]any{}, args...), bound)...)
-			if err != nil {
-				return err
+			n = 0
+			for _, op := range []string{"<", "="} {
+				for _, p := range parts {
+					res, err := r.exec(tx, `DELETE FROM `+p.table+` WHERE `+p.where(col, op), append(append([]any{}, p.args...), bound)...)
+					if err != nil {
+						return err
+					}
+					d, err := res.RowsAffected()
+					if err != nil {
+						return err
+					}
+					n += d
+				}
+				if n > 0 || bound == cut {
+					return nil
+				}
 			}
-			if n, err = res.RowsAffected(); err != nil || n > 0 || bound == cut {
-				return err
-			}
-			res, err = r.exec(tx, `DELETE FROM `+table+` WHERE `+filterAnd(filter)+col+` = ?`, append(append([]any{}, args...), bound)...)
-			if err != nil {
-				return err
-			}
-			n, err = res.RowsAffected()
-			return err
+			return nil
 		})
 		total += n
 		if err != nil {
