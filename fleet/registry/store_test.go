@@ -242,6 +242,21 @@ func testReplicas(t *testing.T, newTarget func(*testing.T) target) {
 	defer a.Close()
 	defer b.Close()
 	const workers, each = 4, 25
+	// Every other record is an aggregate (an agg_records row and merged
+	// buckets, not a telemetry row): 25 of them, 3 requests each, a minute
+	// apart.
+	t0 := time.Now().UTC().Truncate(time.Hour).Add(-time.Hour)
+	body := func(seq int) []byte {
+		if seq%2 == 1 {
+			return []byte{1}
+		}
+		rec := aggregate(t0.Add(time.Duration(seq)*time.Minute), 3, 0, []uint64{1000}, []uint64{3, 0})
+		b, err := protocol.AppendRecord(nil, &rec)
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, 2*workers*each*4)
 	var freshMu sync.Mutex // guards fresh
@@ -266,7 +281,7 @@ func testReplicas(t *testing.T, newTarget func(*testing.T) target) {
 				if j < 5 {
 					bt := &protocol.Batch{BatchHeader: protocol.BatchHeader{Epoch: 3}}
 					for s := range 10 {
-						bt.Entries = append(bt.Entries, protocol.Entry{Seq: uint64(j*10 + s + 1), Body: []byte{1}})
+						bt.Entries = append(bt.Entries, protocol.Entry{Seq: uint64(j*10 + s + 1), Body: body(j*10 + s + 1)})
 					}
 					n, err := r.RecordBatch("gw-2", bt, time.Now())
 					if err != nil {
@@ -299,7 +314,21 @@ func testReplicas(t *testing.T, newTarget func(*testing.T) target) {
 		t.Fatalf("telemetry: %d fresh, counters %+v, %v; want 50 records once", fresh, d.Telemetry, err)
 	}
 	var rows int
-	if err := a.r.QueryRow(`SELECT count(*) FROM telemetry`).Scan(&rows); err != nil || rows != 50 {
-		t.Fatalf("telemetry rows: %d, %v; want 50", rows, err)
+	if err := a.r.QueryRow(`SELECT (SELECT count(*) FROM telemetry) + (SELECT count(*) FROM agg_records)`).Scan(&rows); err != nil || rows != 50 {
+		t.Fatalf("telemetry and agg_records rows: %d, %v; want 50", rows, err)
+	}
+	tot, err := a.Totals("face", "3")
+	if err != nil || tot.Requests != 25*3 {
+		t.Fatalf("totals: %+v, %v; want the 25 aggregates' 75 requests once", tot, err)
+	}
+	for _, dev := range []string{"gw-2", ""} {
+		bs, err := b.Buckets("face", dev, MinuteBucket)
+		sum := uint64(0)
+		for _, x := range bs {
+			sum += x.Requests
+		}
+		if err != nil || len(bs) != 25 || sum != 75 {
+			t.Fatalf("minute buckets of %q: %d buckets, %d requests, %v; want 25 and 75", dev, len(bs), sum, err)
+		}
 	}
 }
