@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime/debug"
 	"sort"
 	"strconv"
 	"sync"
@@ -64,7 +65,7 @@ func BenchmarkBatchVsPool(b *testing.B) {
 			for i := 3; i < len(row); i += 4 {
 				row[i] = 0x3f
 			}
-			var data []byte
+			data := make([]byte, 0, tc.rows*len(row))
 			for range tc.rows {
 				data = append(data, row...)
 			}
@@ -90,7 +91,13 @@ func BenchmarkBatchVsPool(b *testing.B) {
 			poolRun := func() time.Duration {
 				return bare(b, reg, tc.model, data, size, 2*e.Workers)
 			}
-			const rounds = 5
+			rounds := 5
+			if n, err := strconv.Atoi(os.Getenv("OUTPOST_BENCH_ROUNDS")); err == nil && n > 0 {
+				rounds = n
+			}
+			// The setup's garbage (the rows, the .npy) is collected now, not
+			// in whichever leg runs first.
+			debug.FreeOSMemory()
 			b.ResetTimer()
 			for range b.N {
 				var ratios, cpuRatios, pool, batch []float64
@@ -110,6 +117,7 @@ func BenchmarkBatchVsPool(b *testing.B) {
 				}
 				b.ReportMetric(median(pool), "pool-items/s")
 				b.ReportMetric(median(batch), "batch-items/s")
+				b.Logf("per-round batch/pool: %.3f", ratios)
 				b.ReportMetric(median(ratios), "batch/pool")
 				// On a machine shared with other work the wall-clock ratio
 				// says how much CPU each side got; the ratio of CPU seconds
