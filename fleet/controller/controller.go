@@ -166,6 +166,7 @@ type Controller struct {
 	ready                chan struct{}
 	readyOnce            sync.Once
 	queues               [workers]chan func()
+	states               stateChecks // "offline"s to check against the broker's retained state
 	stopping             chan struct{} // closed when Run ends the workers
 }
 
@@ -402,6 +403,7 @@ func (c *Controller) Run(ctx context.Context) error {
 	run("admin", c.adm.Run)
 	run("alerts", c.alerts.Run)
 	run("retention", c.prune)
+	run("state checks", c.checkStates)
 	<-ctx.Done()
 	wg.Wait()
 	// The workers stop before the client disconnects, so that what they
@@ -713,6 +715,11 @@ func (c *Controller) routes(cl mqtt.Client) map[string]byte {
 			c.dispatch(dev, func() {
 				if h(dev, m.Payload()) {
 					m.Ack()
+				}
+				// A live "offline" may be a late last will (stateverify.go);
+				// a retained one is what the broker holds now.
+				if leaf == protocol.LeafState && !m.Retained() && string(m.Payload()) == protocol.StateOffline {
+					c.states.add(dev)
 				}
 			})
 		}
