@@ -166,7 +166,7 @@ type Controller struct {
 	ready                chan struct{}
 	readyOnce            sync.Once
 	queues               [workers]chan func()
-	states               stateChecks // "offline"s to check against the broker's retained state
+	states               stateChecks   // "offline"s to check against the broker's retained state
 	stopping             chan struct{} // closed when Run ends the workers
 }
 
