@@ -103,7 +103,9 @@ func (c *Controller) checkState(ctx context.Context, devices []string) error {
 		if err != nil {
 			continue
 		}
-		filters[t.State] = 1
+		// QoS 0: the retained message is all it is for, and on NATS a
+		// QoS 1 subscription costs a JetStream consumer.
+		filters[t.State] = 0
 		topics = append(topics, t.State)
 	}
 	if len(topics) == 0 {

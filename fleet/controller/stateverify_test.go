@@ -16,12 +16,17 @@ import (
 // late last will of a connection the device had given up, seen on
 // Mosquitto under load) is corrected from the broker's retained state
 // within seconds. The late will is played by a live, not retained,
-// "offline" on a real Mosquitto. A device whose retained state is
-// "offline" stays offline.
+// "offline" on a real Mosquitto and a real 3-node NATS cluster. A device
+// whose retained state is "offline" stays offline.
 func TestLateWillDoesNotStick(t *testing.T) {
-	m := testbroker.StartMosquitto(t, "")
-	f := startFleet(t, controller.Options{Broker: m.URL()})
-	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(m.URL()).SetClientID("state-player"))
+	t.Run("mosquitto", func(t *testing.T) { lateWill(t, testbroker.StartMosquitto(t, "").URL()) })
+	// NATS: the check's QoS 0 subscription needs no JetStream consumer.
+	t.Run("nats", func(t *testing.T) { lateWill(t, testbroker.StartNATSCluster(t, 3).URLs()[0]) })
+}
+
+func lateWill(t *testing.T, url string) {
+	f := startFleet(t, controller.Options{Broker: url})
+	pub := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(url).SetClientID("state-player"))
 	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatalf("connect: %v", tok.Error())
 	}
