@@ -15,9 +15,13 @@ import (
 // expire; later ones are never written, so nothing counts twice). Hour
 // buckets and every fleet bucket stay agg_buckets rows.
 
-// fromRecords reports whether a device's buckets of step seconds come from
-// agg_records.
-func fromRecords(device string, step int64) bool { return device != "" && step <= MinuteBucket }
+// recordStep reports whether the devices' buckets of step seconds come from
+// agg_records (the fleet's are agg_buckets rows at every step).
+func recordStep(step int64) bool { return step <= MinuteBucket }
+
+// fromRecords reports whether device's buckets of step seconds come from
+// agg_records; device "" is the fleet.
+func fromRecords(device string, step int64) bool { return device != "" && recordStep(step) }
 
 // recordRows merges the agg_records rows that where (a condition on model,
 // version and device, with its args) selects into buckets of step seconds

@@ -1,8 +1,10 @@
 package registry
 
 import (
+	"cmp"
 	"database/sql"
 	"encoding/json"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -538,60 +540,61 @@ type Bucket struct {
 // and device (” for the fleet's), oldest first.
 func (r *Registry) Buckets(model, device string, step int64) ([]Bucket, error) {
 	rows, err := r.r.Query(r.q(`SELECT version, start, `+bucketCols+` FROM agg_buckets
-		WHERE model = ? AND device = ? AND step = ? ORDER BY start, version`), model, device, step)
+		WHERE model = ? AND device = ? AND step = ?`), model, device, step)
 	if err != nil {
 		return nil, wrapErr("buckets", err)
 	}
 	defer rows.Close()
-	var out []Bucket
+	// One bucket per version and start: a device minute row from before
+	// agg_records and records of the same minute add up.
+	type slot struct {
+		version string
+		start   int64
+	}
+	vals := map[slot]*aggValue{}
+	add := func(k slot, v *aggValue) {
+		if t := vals[k]; t != nil {
+			t.add(v)
+			return
+		}
+		vals[k] = v
+	}
 	for rows.Next() {
-		b := Bucket{Model: model, Device: device, Step: step}
-		var start, records, requests, errs, dropped int64
+		var k slot
+		var records, requests, errs, dropped int64
 		var byCode, latency, features []byte
-		if err := rows.Scan(&b.Version, &start, &records, &requests, &errs, &dropped, &byCode, &latency, &features); err != nil {
+		if err := rows.Scan(&k.version, &k.start, &records, &requests, &errs, &dropped, &byCode, &latency, &features); err != nil {
 			return nil, wrapErr("buckets", err)
 		}
-		b.Start = time.Unix(start, 0).UTC()
-		b.Records, b.Requests, b.Errors, b.StreamDropped = uint64(records), uint64(requests), uint64(errs), uint64(dropped)
-		var v aggValue
+		v := &aggValue{records: uint64(records), requests: uint64(requests), errors: uint64(errs), streamDropped: uint64(dropped)}
 		if err := v.decodeJSON(byCode, latency, features); err != nil {
 			return nil, wrapErr("buckets", err)
 		}
-		b.ErrorsByCode, b.Latency, b.Features = v.byCode, v.latency, v.features
-		out = append(out, b)
+		add(k, v)
 	}
-	if err := rows.Err(); err != nil || !fromRecords(device, step) {
-		return out, wrapErr("buckets", err)
+	if err := rows.Err(); err != nil {
+		return nil, wrapErr("buckets", err)
 	}
-	err = r.recordRows(`model = ? AND device = ?`, []any{model, device}, step, -1<<62, 1<<62, func(version, _ string, start int64, v *aggValue) error {
-		out = append(out, Bucket{Model: model, Version: version, Device: device, Step: step, Start: time.Unix(start, 0).UTC(),
+	if fromRecords(device, step) {
+		err := r.recordRows(`model = ? AND device = ?`, []any{model, device}, step, -1<<62, 1<<62, func(version, _ string, start int64, v *aggValue) error {
+			add(slot{version, start}, v)
+			return nil
+		})
+		if err != nil {
+			return nil, wrapErr("buckets", err)
+		}
+	}
+	keys := slices.SortedFunc(maps.Keys(vals), func(a, b slot) int {
+		return cmp.Or(cmp.Compare(a.start, b.start), strings.Compare(a.version, b.version))
+	})
+	out := make([]Bucket, 0, len(keys))
+	for _, k := range keys {
+		v := vals[k]
+		out = append(out, Bucket{Model: model, Version: k.version, Device: device, Step: step, Start: time.Unix(k.start, 0).UTC(),
 			Records: v.records, Requests: v.requests, Errors: v.errors, StreamDropped: v.streamDropped,
 			ErrorsByCode: v.byCode, Latency: v.latency, Features: v.features})
-		return nil
-	})
-	slices.SortStableFunc(out, func(a, b Bucket) int {
-		if c := a.Start.Compare(b.Start); c != 0 {
-			return c
-		}
-		return strings.Compare(a.Version, b.Version)
-	})
-	// A device minute row from before agg_records and records of the same
-	// bucket: one bucket.
-	merged := out[:0]
-	for _, b := range out {
-		if n := len(merged); n > 0 && merged[n-1].Version == b.Version && merged[n-1].Start.Equal(b.Start) {
-			m := &merged[n-1]
-			v := aggValue{records: m.Records, requests: m.Requests, errors: m.Errors, streamDropped: m.StreamDropped,
-				byCode: m.ErrorsByCode, latency: m.Latency, features: m.Features}
-			v.add(&aggValue{records: b.Records, requests: b.Requests, errors: b.Errors, streamDropped: b.StreamDropped,
-				byCode: b.ErrorsByCode, latency: b.Latency, features: b.Features})
-			m.Records, m.Requests, m.Errors, m.StreamDropped = v.records, v.requests, v.errors, v.streamDropped
-			m.ErrorsByCode, m.Latency, m.Features = v.byCode, v.latency, v.features
-			continue
-		}
-		merged = append(merged, b)
 	}
-	return merged, wrapErr("buckets", err)
+	return out, nil
 }
 
 // Totals returns a model version's running totals (agg_totals), zero if

@@ -101,7 +101,7 @@ func (r *Registry) DeviceFeatures(model, version string, step int64, since, unti
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("registry: device features of %s v%s: %w", model, version, err)
 	}
-	if fromRecords("every device", step) {
+	if recordStep(step) {
 		err := r.recordRows(`model = ? AND version = ?`, []any{model, version}, step, since.Unix()/step*step, until.Unix(),
 			func(_, device string, _ int64, v *aggValue) error {
 				if len(v.features) == 0 {

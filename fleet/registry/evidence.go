@@ -177,7 +177,7 @@ func (r *Registry) Intervals(q EvidenceQuery) ([]Interval, error) {
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("registry: intervals of %s v%s: %w", q.Model, q.Version, err)
 	}
-	if !fromRecords("every device", q.Step) {
+	if !recordStep(q.Step) {
 		return out, nil
 	}
 	rwhere, rargs := `model = ? AND version = ?`, []any{q.Model, q.Version}

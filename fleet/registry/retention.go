@@ -78,16 +78,15 @@ const pruneChunk = 5000
 func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pruned, error) {
 	ret = ret.WithDefaults()
 	var p Pruned
-	minutes := func(step int64) []prunePart { // the fleet's minute rows and the devices' records
-		return []prunePart{{"agg_buckets", "step = ?", []any{step}}, {"agg_records", "", nil}}
-	}
+	// The fleet's minute rows and the devices' records.
+	minutes := []prunePart{{"agg_buckets", "step = ?", []any{MinuteBucket}}, {"agg_records", "", nil}}
 	steps := []struct {
 		n     *int64
 		parts []prunePart
 		col   string
 		cut   int64
 	}{
-		{&p.MinuteBuckets, minutes(MinuteBucket), "start", now.Add(-ret.MinuteBuckets).Unix()},
+		{&p.MinuteBuckets, minutes, "start", now.Add(-ret.MinuteBuckets).Unix()},
 		{&p.HourBuckets, []prunePart{{"agg_buckets", "step = ?", []any{HourBucket}}}, "start", now.Add(-ret.HourBuckets).Unix()},
 		// Fine buckets (Options.FineStep) serve drift windows under a
 		// minute, judged within seconds: an hour is plenty.
@@ -112,7 +111,7 @@ func (r *Registry) Prune(ctx context.Context, now time.Time, ret Retention) (Pru
 	}
 	// Over the bound: the oldest minutes first, the fleet's and the
 	// devices' cut at the same start; hours only once no minute is left.
-	for _, parts := range [][]prunePart{minutes(MinuteBucket), {{"agg_buckets", "step = ?", []any{HourBucket}}}} {
+	for _, parts := range [][]prunePart{minutes, {{"agg_buckets", "step = ?", []any{HourBucket}}}} {
 		if rows <= ret.MaxBucketRows {
 			break
 		}
