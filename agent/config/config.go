@@ -120,6 +120,11 @@ type Fleet struct {
 	// StatusInterval is how often the retained status is refreshed when
 	// nothing else changed it (default 1 min).
 	StatusInterval time.Duration `yaml:"status_interval"`
+	// CleanSession connects without a persistent session and subscribes
+	// at QoS 0: the broker queues nothing while the device is away, and
+	// the controller sends a command again once the device is back online
+	// (docs/PROTOCOL.md). Off by default; on for NATS (docs/SCALE.md).
+	CleanSession bool `yaml:"clean_session"`
 }
 
 // Linked reports whether a broker is configured: Broker or Brokers.

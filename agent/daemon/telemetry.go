@@ -29,12 +29,13 @@ func newFleetLink(cfg config.Config, log *slog.Logger) (*fleetlink.Link, error) 
 		return nil, nil
 	}
 	opts := fleetlink.Options{
-		Broker:   f.Broker,
-		Brokers:  f.Brokers,
-		Fleet:    f.Name,
-		Device:   f.Device,
-		Username: f.Username,
-		Logger:   log,
+		Broker:       f.Broker,
+		Brokers:      f.Brokers,
+		Fleet:        f.Name,
+		Device:       f.Device,
+		Username:     f.Username,
+		CleanSession: f.CleanSession,
+		Logger:       log,
 	}
 	var err error
 	if opts.Password, err = readSecret("fleet: password", f.PasswordFile); err != nil {

@@ -6,7 +6,8 @@
 // so the broker keeps the device's subscriptions and queues commands while it
 // is away. Because the broker delivers that queue right after CONNACK, before
 // any SUBSCRIBE could be sent, handlers are registered with Handle before Run
-// and installed on every client before it connects; after every connection
+// and installed on every client before it connects. (Options.CleanSession
+// trades that queue away, for brokers where it is costly.) After every connection
 // the link subscribes to their topics, then publishes "online" (retained) on
 // the state topic, with "offline" as the last will. It reconnects with
 // jittered backoff (package backoff). Every connection uses a fresh paho
@@ -88,6 +89,13 @@ type Options struct {
 	// BackoffMin and BackoffMax bound the jittered reconnect backoff.
 	// Defaults 500 ms and 2 min.
 	BackoffMin, BackoffMax time.Duration
+	// CleanSession connects with a clean session and subscribes to every
+	// topic at QoS 0: the broker keeps nothing for the device while it is
+	// away, and commands sent then come again from the controller once the
+	// device is back online (docs/PROTOCOL.md, Transport). For brokers where
+	// a persistent session is costly: on NATS each QoS 1 subscription of a
+	// session is a replicated JetStream consumer (docs/SCALE.md).
+	CleanSession bool
 
 	// Logger receives the link's logs. Nil means silent.
 	Logger *slog.Logger
@@ -193,7 +201,8 @@ func (r route) message(_ mqtt.Client, m mqtt.Message) { r.h(m.Payload()) }
 // first connection on. It must be called before Run; later it returns
 // ErrStarted. QoS 1 messages published while the device is away wait in
 // its persistent session; QoS 0 ones are lost then, so use 0 only for what
-// the device asks for again (protocol.ChunkQoS). h runs on the connection's
+// the device asks for again (protocol.ChunkQoS). With Options.CleanSession
+// every topic is subscribed at QoS 0. h runs on the connection's
 // delivery goroutine, one message at a time, and must not block: hand the
 // payload on and return. The payload is h's to keep.
 func (l *Link) Handle(topic string, qos byte, h func(payload []byte)) error {
@@ -319,7 +328,7 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 		SetClientID(l.opts.Device).
 		SetUsername(l.opts.Username).
 		SetPassword(l.opts.Password).
-		SetCleanSession(false).
+		SetCleanSession(l.opts.CleanSession).
 		SetAutoReconnect(false).
 		SetConnectRetry(false).
 		SetConnectTimeout(l.opts.ConnectTimeout).
@@ -346,7 +355,11 @@ func (l *Link) connect(ctx context.Context, broker string) (*conn, error) {
 		return fail("connect "+broker, err)
 	}
 	for topic, r := range routes {
-		tok := c.client.Subscribe(topic, r.qos, r.message)
+		qos := r.qos
+		if l.opts.CleanSession {
+			qos = 0
+		}
+		tok := c.client.Subscribe(topic, qos, r.message)
 		if err := l.wait(ctx, tok, l.opts.ConnectTimeout, c.lost); err != nil {
 			return fail("subscribe "+topic, err)
 		}

@@ -201,6 +201,41 @@ func TestQueuedCommandReachesHandler(t *testing.T) {
 	}
 }
 
+// TestCleanSessionQueuesNothing: with CleanSession a command published while
+// the device is away is not kept for it (docs/PROTOCOL.md, Transport: the
+// controller sends it again once the device is back online); one published
+// after it is back arrives. A queued command would come first, right after
+// CONNACK.
+func TestCleanSessionQueuesNothing(t *testing.T) {
+	b := testbroker.StartMosquitto(t, "")
+	dev := deviceName(t)
+	topics, err := protocol.DeviceTopics("acme", dev)
+	require.NoError(t, err)
+	got := make(chan string, 16)
+	start := func() (stop func()) {
+		l, err := fleetlink.New(fleetlink.Options{Broker: b.URL(), Fleet: "acme", Device: dev, CleanSession: true,
+			BackoffMin: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+		require.NoError(t, err)
+		require.NoError(t, l.Handle(topics.Cmd, 1, func(p []byte) { got <- string(p) }))
+		stop = run(t, l)
+		waitUp(t, l)
+		return stop
+	}
+	start()()
+	ctl := watcher(t, b.URL(), dev+"-ctl")
+	tok := ctl.Publish(topics.Cmd, 1, false, "sent-while-away")
+	require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "publish: %v", tok.Error())
+	start()
+	tok = ctl.Publish(topics.Cmd, 1, false, "sent-while-back")
+	require.True(t, tok.WaitTimeout(5*time.Second) && tok.Error() == nil, "publish: %v", tok.Error())
+	select {
+	case c := <-got:
+		assert.Equal(t, "sent-while-back", c, "a command published while the clean-session device was away reached it")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the command published after the device came back did not arrive")
+	}
+}
+
 // TestStateAndResubscribe: "online" (retained) on the state topic while
 // connected; after the broker restarts without its sessions the link comes
 // back, subscribes again and gets new commands; "offline" after a clean stop.

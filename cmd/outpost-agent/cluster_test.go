@@ -15,7 +15,9 @@ import (
 	"testing"
 	"time"
 
+	mqtt "github.com/eclipse/paho.mqtt.golang"
 	"github.com/outpost-edge/outpost/internal/testbroker"
+	"github.com/outpost-edge/outpost/protocol"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -169,8 +171,9 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 }
 
 // newClusterDevice is newDevice on a list of brokers, with a prediction
-// sample for every request.
-func newClusterDevice(t *testing.T, f *fleetProc, name string, brokers []string) device {
+// sample for every request; fleetKeys are more keys of agent.yaml's fleet
+// section ("clean_session: true").
+func newClusterDevice(t *testing.T, f *fleetProc, name string, brokers []string, fleetKeys ...string) device {
 	t.Helper()
 	data := filepath.Join(t.TempDir(), "data")
 	require.NoError(t, os.MkdirAll(data, 0o755))
@@ -181,8 +184,9 @@ data_dir: %s
 workers: 1
 models: [{name: face, path: %s}]
 telemetry: {sample_rate: 1}
-fleet: {brokers: ["%s"], name: acme, device: %s, labels: {site: north}, probation: 1s, probation_max: 2s, status_interval: 1s}
-`, data, testModel(t, "face_detection_short_range.tflite"), strings.Join(brokers, `", "`), name), 0o644))
+fleet: {brokers: ["%s"], name: acme, device: %s, labels: {site: north}, probation: 1s, probation_max: 2s, status_interval: 1s%s}
+`, data, testModel(t, "face_detection_short_range.tflite"), strings.Join(brokers, `", "`), name,
+		strings.Join(append([]string{""}, fleetKeys...), ", ")), 0o644))
 	return device{name: name, config: cfg}
 }
 
@@ -204,4 +208,90 @@ func agentMetrics(t *testing.T, url string) map[string]float64 {
 		}
 	}
 	return m
+}
+
+// A device with fleet.clean_session on the NATS cluster (docs/PROTOCOL.md,
+// Transport; docs/SCALE.md): the real agent subscribes at QoS 0 on a clean
+// session, so NATS holds no JetStream consumer for it, and a command sent
+// while it is away is lost rather than queued; the controller sends it again
+// once the device is back online, and the rollout completes. The away is
+// made certain: the agent is SIGKILLed, and a retained "online" published in
+// its name makes the controller believe it is there when the rollout sends
+// its install. resend_after is long, so only the resend on "online" can
+// bring the device the command in time.
+func TestCleanSessionDeviceThroughNATS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end rollout: a broker cluster and several processes")
+	}
+	nats := testbroker.StartNATSCluster(t, 3)
+	b := build(t)
+	urls := nats.URLs()
+	f := startFleet(t, b, strings.Join(urls, ","), "rollouts: {resend_after: 10m}\n")
+	dev := newClusterDevice(t, f, "gw-c", urls, "clean_session: true")
+	online := func(want bool) func() bool {
+		return func() bool {
+			var d struct {
+				Online bool `json:"online"`
+			}
+			return getJSON(t, f.admin+"/v1/devices/gw-c", &d) == 200 && d.Online == want
+		}
+	}
+	noConsumer := func() {
+		t.Helper()
+		for i := range 3 {
+			cs, err := nats.MQTTConsumers(i)
+			require.NoError(t, err)
+			assert.False(t, slices.ContainsFunc(cs, func(f string) bool { return strings.Contains(f, ".gw-c.") }),
+				"n%d holds a JetStream consumer for the clean-session device: %q", i+1, cs)
+		}
+	}
+	agent := startServe(t, b.agent, "--config", dev.config)
+	poll(t, online(true), 60*time.Second, "the device never came online")
+	noConsumer() // it subscribes before it says "online"
+
+	require.NoError(t, agent.cmd.Process.Kill())
+	<-agent.exited
+	poll(t, online(false), 30*time.Second, "the controller never saw the killed device offline")
+	topics, err := protocol.DeviceTopics("acme", "gw-c")
+	require.NoError(t, err)
+	impostor := mqtt.NewClient(mqtt.NewClientOptions().AddBroker(urls[0]).SetClientID("stale-state").SetProtocolVersion(4))
+	tok := impostor.Connect()
+	require.True(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "connect: %v", tok.Error())
+	defer impostor.Disconnect(0)
+	tok = impostor.Publish(topics.State, 1, true, protocol.StateOnline)
+	require.True(t, tok.WaitTimeout(10*time.Second) && tok.Error() == nil, "publish: %v", tok.Error())
+	poll(t, online(true), 30*time.Second, "the controller never took the stale online")
+
+	f.cli(t, "models", "push", "--keys", f.keys, "--name", "face2", "--version", "1", testModel(t, "face_detection_full_range.tflite"))
+	out := f.cli(t, "rollout", "create", "--model", "face2", "--version", "1", "--waves", "100")
+	id := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]
+	type assignment struct {
+		CommandID string `json:"command_id"`
+		Sends     int    `json:"sends"`
+		State     string `json:"state"`
+	}
+	var first assignment
+	poll(t, func() bool {
+		var as []assignment
+		if getJSON(t, f.admin+"/v1/rollouts/"+id+"/devices", &as) != 200 || len(as) != 1 || as[0].CommandID == "" {
+			return false
+		}
+		first = as[0]
+		return true
+	}, 30*time.Second, "no install sent to the device the controller believes online")
+	require.Empty(t, first.State, "the device answered an install sent while it was away")
+
+	agent = startServe(t, b.agent, "--config", dev.config)
+	var as []assignment
+	poll(t, func() bool {
+		as = nil
+		return getJSON(t, f.admin+"/v1/rollouts/"+id+"/devices", &as) == 200 && len(as) == 1 && as[0].State == "committed"
+	}, 60*time.Second, "the device never committed the install (no command after it came back?)")
+	status := f.cli(t, "rollout", "status", id)
+	assert.Contains(t, status, "completed", status)
+	assert.NotEqual(t, first.CommandID, as[0].CommandID, "the device committed the install sent while it was away")
+	assert.GreaterOrEqual(t, as[0].Sends, 2)
+	v, _ := served(t, agent, "face2")
+	assert.Equal(t, "1", v)
+	noConsumer()
 }

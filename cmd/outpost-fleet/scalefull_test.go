@@ -26,14 +26,16 @@ import (
 //	mosquitto: 2 replicas on PostgreSQL, Mosquitto, a $share group; the
 //	           leader SIGKILLed once half the devices committed, not restarted
 //	nats:      the same on a 3-node NATS cluster, no share group (every
-//	           replica receives everything; the store de-duplicates)
+//	           replica receives everything; the store de-duplicates); the
+//	           devices on clean sessions (fleet.clean_session, as
+//	           docs/SCALE.md advises for NATS)
 //	embedded:  one controller, its embedded store and broker
 //
 // OUTPOST_SCALE_TOPOLOGIES picks some of them (comma separated),
 // OUTPOST_SCALE_MODEL_BYTES the model's size (default 64 KiB) and
 // OUTPOST_SCALE_LIMIT the time one topology's rollout may take (default
 // 20m). The simulated devices all run in the test process, each with its
-// own MQTT client id and persistent session.
+// own MQTT client id and session.
 
 // scaleResendAfter is rollouts.resend_after in every topology: a device
 // that has not answered its command for this long is sent a new one, by
@@ -231,7 +233,8 @@ func runScaleTopology(t *testing.T, bin, topo string, n, modelBytes int, limit t
 	// defaults): a thousand devices retrying every few seconds keep a
 	// NATS cluster too busy to take any of them.
 	sims := startSims(t, n, brokers, fleet, "sim", k, simdevice.Options{RetryAfter: 5 * time.Second,
-		BackoffMin: protocol.ReconnectBackoffMin, BackoffMax: protocol.ReconnectBackoffMax})
+		BackoffMin: protocol.ReconnectBackoffMin, BackoffMax: protocol.ReconnectBackoffMax,
+		CleanSession: topo == "nats"})
 	waitFor(t, 10*time.Minute, "devices connected", func() (bool, string) {
 		c := 0
 		for _, s := range sims {

@@ -77,7 +77,10 @@ type Options struct {
 	// tests restart brokers and want the devices back sooner). A fixed short retry made a herd of a thousand devices
 	// retry in step and kept a NATS cluster too busy to take any of them.
 	BackoffMin, BackoffMax time.Duration
-	Logger                 *slog.Logger
+	// CleanSession connects with a clean session and subscribes to cmd at
+	// QoS 0, as the agent's fleet.clean_session does.
+	CleanSession bool
+	Logger       *slog.Logger
 }
 
 // Counters of one simulated device. Commands counts the commands accepted,
@@ -299,7 +302,7 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 	lost := make(chan struct{})
 	var once sync.Once
 	o := mqtt.NewClientOptions().AddBroker(a.opts.Broker).SetProtocolVersion(4).SetClientID(a.opts.Device).
-		SetCleanSession(false).SetAutoReconnect(false).SetConnectRetry(false).
+		SetCleanSession(a.opts.CleanSession).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(5*time.Second).SetKeepAlive(10*time.Second).
 		SetStore(mqtt.NewMemoryStore()).
 		SetWill(a.topics.State, protocol.StateOffline, 1, true).
@@ -331,7 +334,11 @@ func (a *Agent) connect(ctx context.Context) (mqtt.Client, <-chan struct{}, erro
 	}
 	err := wait(cl.Connect())
 	if err == nil {
-		tok := cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: 1, a.topics.Chunk: protocol.ChunkQoS}, nil)
+		cmdQoS := byte(1)
+		if a.opts.CleanSession {
+			cmdQoS = 0
+		}
+		tok := cl.SubscribeMultiple(map[string]byte{a.topics.Cmd: cmdQoS, a.topics.Chunk: protocol.ChunkQoS}, nil)
 		if err = wait(tok); err == nil {
 			if st, ok := tok.(*mqtt.SubscribeToken); ok {
 				err = protocol.Granted(st.Result())
