@@ -163,12 +163,13 @@ bench-metrics: setup
 
 # scale: issue 11's scale run, not in make test: a rollout of a small model
 # in waves (1, 10, 50, 100 %) to SCALE_DEVICES simulated devices (each its own
-# MQTT client id and persistent session, all in the test process) through
-# the real controller binary, three topologies in turn: 2 replicas on
-# PostgreSQL through Mosquitto, the leader SIGKILLed at half way; the same
-# through a 3-node NATS cluster; one controller with the embedded store and
-# broker. Prints the figures of docs/SCALE.md. Loopback only; each rollout
-# is bounded by SCALE_LIMIT, the whole run by the go test timeout.
+# MQTT client id and session, all in the test process) through the real
+# controller binary, three topologies in turn: 2 replicas on PostgreSQL
+# through Mosquitto, the leader SIGKILLed at half way; the same through a
+# 3-node NATS cluster, the devices on clean sessions; one controller with the
+# embedded store and broker. Prints the figures of docs/SCALE.md. Loopback
+# only; each rollout is bounded by SCALE_LIMIT, the whole run by the go test
+# timeout.
 SCALE_DEVICES    ?= 10000
 SCALE_TOPOLOGIES ?= mosquitto,nats,embedded
 SCALE_LIMIT      ?= 20m

@@ -529,13 +529,21 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 		if a.Updated.After(last) {
 			last = a.Updated
 		}
+		// Back since the command, and no answer to it: the command may have
+		// gone with the old connection (a clean session, a broker that lost
+		// its sessions). A device that answered holds the command and goes
+		// on by itself. "Since" is as the replica that wrote OnlineSince
+		// saw it: every replica records every "online", a standby possibly
+		// after the leader sent, so without the answer test a new leader
+		// would send again to devices that never left.
+		cameBack := d.OnlineSince.After(a.Sent) && !a.Updated.After(a.Sent)
 		// A trial lasts as long as its command: one held past half its
 		// life is renewed (the same trial, a new id and expiry), so that a
 		// rollout paused for long does not lose its candidates.
 		holding := tr != nil && a.State == tr.State()
 		ttl := e.commandTTL(ro, tr)
 		renew := holding && !now.Before(a.Sent.Add(ttl/2))
-		if d.OnlineSince.After(a.Sent) || (!holding && now.Sub(last) >= e.opts.ResendAfter) || !now.Before(a.Sent.Add(ttl)) || renew {
+		if cameBack || (!holding && now.Sub(last) >= e.opts.ResendAfter) || !now.Before(a.Sent.Add(ttl)) || renew {
 			errs = append(errs, e.sendInstall(ctx, t, a.Device, a.Wave, a.Baseline, tr))
 		}
 	}

@@ -119,6 +119,40 @@ func TestRateLimitsInstalls(t *testing.T) {
 	}
 }
 
+// An "online" after the device answered its install sends nothing: the
+// device holds the command. Every replica records every "online", a standby
+// possibly after the leader sent; as leader it must not take that late write
+// for a reconnection (make scale on NATS gave a device that never left two
+// command ids). A device that has not answered is sent again on "online"
+// (TestIncrementalPasses).
+func TestOnlineAfterAnAnswerSendsNothing(t *testing.T) {
+	f := newGateFixture(t, 4)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MinSuccesses: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step()
+	if got := f.rec.count(protocol.CommandInstall); got != 4 {
+		t.Fatalf("%d installs, want 4", got)
+	}
+	f.advance(time.Second)
+	f.answer(ro.ID, func(string) protocol.UpdateState { return protocol.UpdateDownloading })
+	as, err := f.reg.Assignments(ro.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := as[0].Device
+	if _, err := f.reg.UpdateDevice(dev, func(d *registry.Device) { d.Online, d.OnlineSince = true, f.clock().Add(time.Second) }); err != nil {
+		t.Fatal(err)
+	}
+	f.eng.DeviceChanged(dev)
+	f.incr()
+	f.step()
+	if got := f.rec.count(protocol.CommandInstall); got != 4 {
+		t.Fatalf("%d installs after an online that followed the answer, want 4", got)
+	}
+}
+
 // Between reconciliations a pass works from acks and device events only:
 // it advances the gate on acks, fills the next wave, and places a device
 // announced by DeviceChanged.
