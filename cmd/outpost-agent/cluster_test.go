@@ -29,8 +29,10 @@ import (
 // surviving nodes; the rollout completes; the telemetry the agent makes all
 // along (a prediction sample per request) reaches the controller, whose
 // counters show every sequence number of the agent's queue counted exactly
-// once. OUTPOST_NATS_KILLS=N (make test-nats) kills N times, restarting the
-// dead node in between and killing the one the agent moved to.
+// once. A second agent on a clean session (fleet.clean_session), on the same
+// node, has no JetStream consumer and completes the rollout too.
+// OUTPOST_NATS_KILLS=N (make test-nats) kills N times, restarting the dead
+// node in between and killing the one the agent moved to.
 func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end rollout: a broker cluster and several processes")
@@ -49,9 +51,14 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	f := startFleet(t, b, strings.Join(urls, ","), fmt.Sprintf("artifacts: {chunk_size: 16384, bytes_per_second: %d}\n", 131072/kills))
 	dev := newClusterDevice(t, f, "gw-0", urls)
 	agent := startServe(t, b.agent, "--config", dev.config)
+	// A second device on a clean session (fleet.clean_session, as
+	// docs/SCALE.md advises for NATS), with the same list: it starts on
+	// the same node as gw-0, so the kill takes its connection too.
+	clean := startServe(t, b.agent, "--config", newClusterDevice(t, f, "gw-1", urls, "clean_session: true").config)
 	poll(t, func() bool {
-		return strings.Contains(f.cli(t, "devices", "list"), "gw-0")
-	}, 60*time.Second, "the device never registered")
+		list := f.cli(t, "devices", "list")
+		return strings.Contains(list, "gw-0") && strings.Contains(list, "gw-1")
+	}, 60*time.Second, "the devices never registered")
 	// A device costs NATS one JetStream consumer, for its commands: chunks
 	// are QoS 0 (protocol.ChunkQoS), which NATS delivers without one.
 	var consumers []string
@@ -62,6 +69,8 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	}, 30*time.Second, "no consumer for the device's commands on n1")
 	assert.False(t, slices.ContainsFunc(consumers, func(f string) bool { return strings.HasSuffix(f, ".gw-0.chunk") }),
 		"a JetStream consumer for the device's chunks: %q", consumers)
+	assert.False(t, slices.ContainsFunc(consumers, func(f string) bool { return strings.Contains(f, ".gw-1.") }),
+		"a JetStream consumer for the clean-session device: %q", consumers)
 
 	// Requests all along, so the agent makes telemetry through the kills.
 	ctx, stopLoad := context.WithCancel(context.Background())
@@ -93,16 +102,26 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	id := regexp.MustCompile(`rollout (r-[0-9a-f]+)`).FindStringSubmatch(out)[1]
 	poll(t, func() bool {
 		var devs []struct {
-			State string `json:"state"`
+			Device string `json:"device"`
+			State  string `json:"state"`
 		}
-		return getJSON(t, f.admin+"/v1/rollouts/"+id+"/devices", &devs) == 200 && len(devs) == 1 && devs[0].State == "downloading"
-	}, 60*time.Second, "the device never started downloading")
+		if getJSON(t, f.admin+"/v1/rollouts/"+id+"/devices", &devs) != 200 || len(devs) != 2 {
+			return false
+		}
+		for _, d := range devs {
+			if d.Device == "gw-0" && d.State == "downloading" {
+				return true
+			}
+		}
+		return false
+	}, 60*time.Second, "gw-0 never started downloading")
 
 	var killedAt time.Time
 	for k := range kills {
 		var node int
 		poll(t, func() bool { node = nats.ClientNode("gw-0"); return node >= 0 }, 60*time.Second, "the agent is on no node")
-		t.Logf("kill %d: SIGKILL node n%d, the agent's (the controller's: n%d)", k+1, node+1, nats.ClientNode("outpost-fleet-acme")+1)
+		t.Logf("kill %d: SIGKILL node n%d, the agent's (the controller's: n%d, the clean-session device's: n%d)", k+1, node+1,
+			nats.ClientNode("outpost-fleet-acme")+1, nats.ClientNode("gw-1")+1)
 		killedAt = time.Now()
 		nats.Kill(node)
 		var moved int
@@ -120,12 +139,14 @@ func TestFleetRolloutThroughNATSNodeKill(t *testing.T) {
 	watch := f.cli(t, "rollout", "status", "--watch", "--interval", "200ms", id)
 	assert.Contains(t, watch, "completed", "rollout %s:\n%s", id, watch)
 	status := f.cli(t, "rollout", "status", id)
-	assert.Contains(t, status, "committed 1 of 1", status)
+	assert.Contains(t, status, "committed 2 of 2", status)
 	t.Logf("rollout completed %v after the last kill", time.Since(killedAt).Round(time.Millisecond))
-	poll(t, func() bool {
-		v, _ := served(t, agent, "face2")
-		return v == "1"
-	}, 30*time.Second, "the device does not serve the new version")
+	for _, a := range []*serving{agent, clean} {
+		poll(t, func() bool {
+			v, _ := served(t, a, "face2")
+			return v == "1"
+		}, 30*time.Second, "a device does not serve the new version")
+	}
 
 	// Telemetry: stop making requests, then wait until the agent's queue is
 	// empty and the controller has seen the agent's last sequence number,
