@@ -334,6 +334,11 @@ func fleetSection(path string, doc *yaml.Node, dataDir, pwPath string, f enrolme
 		}
 		mapSet(fleet, "labels", labels)
 	}
+	// A bundle turns a clean session on and never off: a device set to
+	// one by hand keeps it.
+	if f.CleanSession {
+		mapSet(fleet, "clean_session", &yaml.Node{Kind: yaml.ScalarNode, Tag: "!!bool", Value: "true"})
+	}
 	var buf bytes.Buffer
 	enc := yaml.NewEncoder(&buf)
 	enc.SetIndent(2)

@@ -33,15 +33,20 @@ func testRoot(t *testing.T) []byte {
 	return raw
 }
 
-// testBundle writes a bundle for device of fleet acme with root and
-// returns its path.
-func testBundle(t *testing.T, root []byte, device string) string {
+// testBundle writes a bundle for device of fleet acme with root, changed
+// by edit, and returns its path.
+func testBundle(t *testing.T, root []byte, device string, edit ...func(*enrolment.Bundle)) string {
 	t.Helper()
-	return testClusterBundle(t, root, device, "tcp://fleet.example:1883")
+	return writeTestBundle(t, root, device, []string{"tcp://fleet.example:1883"}, edit...)
 }
 
 // testClusterBundle is testBundle naming the brokers given.
 func testClusterBundle(t *testing.T, root []byte, device string, brokers ...string) string {
+	t.Helper()
+	return writeTestBundle(t, root, device, brokers)
+}
+
+func writeTestBundle(t *testing.T, root []byte, device string, brokers []string, edit ...func(*enrolment.Bundle)) string {
 	t.Helper()
 	bundle := enrolment.Bundle{
 		Created:  time.Now().UTC(),
@@ -50,6 +55,9 @@ func testClusterBundle(t *testing.T, root []byte, device string, brokers ...stri
 		Password: "pw-" + device,
 	}
 	bundle.Fleet.SetBrokers(brokers)
+	for _, e := range edit {
+		e(&bundle)
+	}
 	b, err := bundle.Marshal()
 	require.NoError(t, err)
 	path := filepath.Join(t.TempDir(), device+".bundle")
@@ -176,6 +184,20 @@ func TestEnrollInstalls(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "tcp://fleet.example:1883", cfg.Fleet.Broker)
 	assert.Empty(t, cfg.Fleet.Brokers)
+
+	// A bundle asking for a clean session sets fleet.clean_session; one
+	// that does not leaves it as it is.
+	cleanBundle := testBundle(t, rootRaw, "gw-2", func(b *enrolment.Bundle) { b.Fleet.CleanSession = true })
+	code, out = enroll(cleanBundle, "--data-dir", data, "--config", cfgPath, "--force")
+	require.Equal(t, 0, code, out)
+	cfg, err = config.Load(cfgPath)
+	require.NoError(t, err)
+	assert.True(t, cfg.Fleet.CleanSession, "a bundle with clean_session")
+	code, out = enroll(other, "--data-dir", data, "--config", cfgPath, "--force")
+	require.Equal(t, 0, code, out)
+	cfg, err = config.Load(cfgPath)
+	require.NoError(t, err)
+	assert.True(t, cfg.Fleet.CleanSession, "a bundle without clean_session turned it off")
 
 	// Another fleet's root: refused even into a fresh config, replaced with --force.
 	foreign := testBundle(t, testRoot(t), "gw-3")

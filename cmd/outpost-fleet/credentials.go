@@ -36,10 +36,11 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	bundleOut := fs.String("bundle", "", "write the device's bootstrap bundle to this file (mode 0600; it holds the password): outpost-agent enroll installs it")
 	labels := fs.String("labels", "", "the device's labels in the bundle, k=v,k2=v2 (rollout selectors match them)")
 	brokerURL := fs.String("broker", "", "broker URL the device dials, or the nodes of a clustered broker separated by commas, written into the bundle (default: the controller's own brokers)")
+	cleanSession := fs.Bool("clean-session", false, "the bundle sets fleet.clean_session: the device connects on a clean session with QoS 0 subscriptions (devices on a NATS cluster, docs/SCALE.md)")
 	out := fs.String("out", "", "write only the password to this file (mode 0600), the agent's fleet.password_file; default: print it")
 	replace := fs.Bool("replace", false, "replace the device's credential if it has one (the old one stops working)")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "usage: outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL[,URL...]]] [--out PASSWORD_FILE] [--replace]")
+		fmt.Fprintln(stderr, "usage: outpost-fleet devices enroll NAME [--labels k=v,...] [--bundle FILE [--broker URL[,URL...]] [--clean-session]] [--out PASSWORD_FILE] [--replace]")
 		fs.PrintDefaults()
 	}
 	pos, err := subcommand.ParseInterspersed(fs, args)
@@ -54,8 +55,8 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	if err != nil {
 		return subcommand.UsageError("--labels: " + err.Error())
 	}
-	if (*labels != "" || *brokerURL != "") && *bundleOut == "" {
-		return subcommand.UsageError("--labels and --broker go into the bundle: give --bundle FILE")
+	if (*labels != "" || *brokerURL != "" || *cleanSession) && *bundleOut == "" {
+		return subcommand.UsageError("--labels, --broker and --clean-session go into the bundle: give --bundle FILE")
 	}
 	var brokers []string
 	if *brokerURL != "" {
@@ -77,7 +78,7 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	if *bundleOut != "" {
 		// The credential exists now: a bundle that cannot be written is
 		// reported with the way out (enroll again with --replace).
-		if err := writeBundle(*bundleOut, cred, lbls, brokers, stderr); err != nil {
+		if err := writeBundle(*bundleOut, cred, enrolment.Fleet{Labels: lbls, CleanSession: *cleanSession}, brokers, stderr); err != nil {
 			return fmt.Errorf("devices enroll: %s holds a new credential but %w; run again with --replace", cred.Device, err)
 		}
 		fmt.Fprintf(stdout, "device %s enrolled in fleet %s: bundle %s (mode 0600) holds its broker password; copy it to the device, run outpost-agent enroll %s --data-dir DIR there, then delete it\n",
@@ -95,10 +96,10 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	return nil
 }
 
-// writeBundle writes the enrolment bundle of cred (mode 0600). The brokers
-// are the ones given, else the controller's; one only this machine can
-// reach draws a warning.
-func writeBundle(path string, cred admin.Credential, labels map[string]string, brokers []string, stderr io.Writer) error {
+// writeBundle writes the enrolment bundle of cred (mode 0600) with the
+// labels and session choice of opts. The brokers are the ones given, else
+// the controller's; one only this machine can reach draws a warning.
+func writeBundle(path string, cred admin.Credential, opts enrolment.Fleet, brokers []string, stderr io.Writer) error {
 	if len(brokers) == 0 {
 		brokers = cred.Brokers
 		if len(brokers) == 0 {
@@ -112,12 +113,14 @@ func writeBundle(path string, cred admin.Credential, labels map[string]string, b
 			}
 		}
 	}
+	labels := opts.Labels
 	if len(labels) == 0 {
 		labels = nil
 	}
 	bundle := enrolment.Bundle{
-		Created:  time.Now().UTC().Truncate(time.Second),
-		Fleet:    enrolment.Fleet{Name: cred.Fleet, Device: cred.Device, Username: cred.Username, Labels: labels},
+		Created: time.Now().UTC().Truncate(time.Second),
+		Fleet: enrolment.Fleet{Name: cred.Fleet, Device: cred.Device, Username: cred.Username, Labels: labels,
+			CleanSession: opts.CleanSession},
 		Root:     cred.Root,
 		Password: cred.Password,
 	}

@@ -199,7 +199,7 @@ func TestServeLegacyUsers(t *testing.T) {
 // agent's parser accepts, with the fleet, the device, its labels, the
 // fleet's root and a password that logs the device in; the broker is the
 // controller's (with a warning that it is loopback) unless --broker names
-// another, or the nodes of a cluster; after devices revoke the bundle's password is refused.
+// another, or the nodes of a cluster; --clean-session is carried; after devices revoke the bundle's password is refused.
 func TestEnrollBundle(t *testing.T) {
 	bin, err := buildOnce()
 	if err != nil {
@@ -235,7 +235,7 @@ func TestEnrollBundle(t *testing.T) {
 	}
 	f := b.Fleet
 	if f.Name != "acme" || f.Device != "gw-1" || f.Username != "gw-1" || f.Broker != "tcp://"+srv.mqtt ||
-		f.Labels["site"] != "north" || f.Labels["tier"] != "2" || !bytes.Equal(b.Root, srv.keys.Root().Raw) {
+		f.Labels["site"] != "north" || f.Labels["tier"] != "2" || !bytes.Equal(b.Root, srv.keys.Root().Raw) || f.CleanSession {
 		t.Fatalf("bundle fleet %+v, root %d bytes (want %d)", f, len(b.Root), len(srv.keys.Root().Raw))
 	}
 
@@ -260,6 +260,16 @@ func TestEnrollBundle(t *testing.T) {
 		t.Fatal(err)
 	} else if b3, err := enrolment.Parse(data); err != nil || b3.Fleet.Broker != want[0] || !slices.Equal(b3.Fleet.BrokerList(), want) {
 		t.Fatalf("bundle with --broker a,b,c: %+v, %v; want brokers %q", b3, err, want)
+	}
+
+	// --clean-session goes into the bundle, and only there.
+	cli(t, bin, 2, "devices", "enroll", "--admin", srv.admin, "--clean-session", "gw-4")
+	clean := filepath.Join(dir, "gw-4.bundle")
+	cli(t, bin, 0, "devices", "enroll", "--admin", srv.admin, "--bundle", clean, "--clean-session", "gw-4")
+	if data, err := os.ReadFile(clean); err != nil {
+		t.Fatal(err)
+	} else if b4, err := enrolment.Parse(data); err != nil || !b4.Fleet.CleanSession {
+		t.Fatalf("bundle with --clean-session: %+v, %v", b4, err)
 	}
 
 	url := "tcp://" + srv.mqtt

@@ -80,6 +80,10 @@ type Fleet struct {
 	Device   string            `json:"device"`
 	Username string            `json:"username"`
 	Labels   map[string]string `json:"labels,omitempty"`
+	// CleanSession asks the device to connect on a clean session with
+	// QoS 0 subscriptions (fleet.clean_session): what devices on a NATS
+	// cluster need (docs/SCALE.md). Absent means the agent's default.
+	CleanSession bool `json:"clean_session,omitempty"`
 }
 
 // SetBrokers names the brokers the device dials, in order: Broker is the
