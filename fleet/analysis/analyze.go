@@ -66,11 +66,23 @@ func New(opts Options) (*Analyzer, error) {
 // arm is one side's evidence, summed over its intervals.
 type arm struct {
 	requests, errors uint64
-	// means are the intervals' mean latencies in ms (intervals with at
-	// least one latency), latencyN the requests behind them.
-	means    []float64
-	latencyN uint64
-	features []protocol.FeatureCounts
+	// means are the mean latencies in ms of the latency test's units
+	// (intervals with at least one latency, or devices: perDevice),
+	// latencyN the requests behind them.
+	means     []float64
+	latencyN  uint64
+	perDevice bool
+	features  []protocol.FeatureCounts
+}
+
+// unit names what a.means count, unitOne one of them.
+func (a *arm) unit() string { return a.unitOne() + "s" }
+
+func (a *arm) unitOne() string {
+	if a.perDevice {
+		return "device"
+	}
+	return "interval"
 }
 
 func (a *arm) addTraffic(requests, errors uint64) {
@@ -164,16 +176,33 @@ func (a *Analyzer) Analyze(ctx context.Context, req Request) (Report, error) {
 func (a *Analyzer) evidence(req Request) (*evidence, error) {
 	base, cand := strconv.FormatInt(req.Baseline, 10), strconv.FormatInt(req.Candidate, 10)
 	q := registry.EvidenceQuery{Model: req.Model, Devices: req.Devices, Since: req.From, Until: req.To}
-	traffic := func(q registry.EvidenceQuery) (*arm, error) {
+	// traffic reads q's served traffic; perDevice makes each device one
+	// latency value (its mean over the window) instead of each interval.
+	traffic := func(q registry.EvidenceQuery, perDevice bool) (*arm, error) {
 		in, err := a.opts.Store.Intervals(q)
 		if err != nil {
 			return nil, fmt.Errorf("analysis: %s v%s: %w", q.Model, q.Version, err)
 		}
-		var r arm
+		r := arm{perDevice: perDevice}
+		byDevice := map[string]*registry.LatencyHistogram{}
+		var order []string
 		for i := range in {
 			r.addTraffic(in[i].Requests, in[i].Errors)
-			r.addLatency(&in[i].Latency)
 			r.features = registry.MergeFeatures(r.features, in[i].Features)
+			if !perDevice {
+				r.addLatency(&in[i].Latency)
+				continue
+			}
+			h := byDevice[in[i].Device]
+			if h == nil {
+				h = &registry.LatencyHistogram{}
+				byDevice[in[i].Device] = h
+				order = append(order, in[i].Device)
+			}
+			h.Merge(&in[i].Latency)
+		}
+		for _, d := range order {
+			r.addLatency(byDevice[d])
 		}
 		return &r, nil
 	}
@@ -198,14 +227,20 @@ func (a *Analyzer) evidence(req Request) (*evidence, error) {
 			ev.outputs = registry.MergeOutputs(ev.outputs, sh[i].Outputs)
 		}
 		q.Version, q.Baseline = base, ""
-		served, err := traffic(q)
+		served, err := traffic(q, false)
 		if err != nil {
 			return nil, err
 		}
 		ev.errBase, ev.errCand, ev.latBase, ev.latCand, ev.featBase, ev.featCand = served, c, b, c, served, c
 	case PhaseCanary, PhaseWave:
+		// In a wave the two arms are different devices: a device's own
+		// speed (its hardware, its other work, its place on the cores)
+		// lasts the whole window, so its intervals are not independent
+		// evidence about the version, and the latency test counts
+		// devices (docs/ANALYSIS.md).
+		perDevice := req.Phase == PhaseWave
 		q.Version = cand
-		c, err := traffic(q)
+		c, err := traffic(q, perDevice)
 		if err != nil {
 			return nil, err
 		}
@@ -217,7 +252,7 @@ func (a *Analyzer) evidence(req Request) (*evidence, error) {
 				q.Except = req.Devices
 			}
 		}
-		b, err := traffic(q)
+		b, err := traffic(q, perDevice)
 		if err != nil {
 			return nil, err
 		}
@@ -265,10 +300,10 @@ func errorRatio(m MetricConfig, b, c *arm, minRequests int64, alpha float64) Met
 	return r
 }
 
-// latency: Mann–Whitney U on the per-device-interval mean latencies; the
-// candidate fails when its intervals are slower with the configured
-// confidence and the ratio of the medians of the interval means is above
-// MaxRatio.
+// latency: Mann–Whitney U on the mean latencies of the arms' units
+// (device intervals, or devices in a wave); the candidate fails when its
+// units are slower with the configured confidence and the ratio of the
+// medians of their means is above MaxRatio.
 func latency(m MetricConfig, b, c *arm, minRequests int64, alpha float64) MetricResult {
 	r := MetricResult{Unit: "ms", BaselineN: int64(len(b.means)), CandidateN: int64(len(c.means)),
 		Baseline: median(b.means), Candidate: median(c.means)}
@@ -278,8 +313,8 @@ func latency(m MetricConfig, b, c *arm, minRequests int64, alpha float64) Metric
 	}
 	if mp := MinP(len(c.means), len(b.means)); mp >= alpha {
 		r.Verdict = Wait
-		r.Reason = fmt.Sprintf("%d intervals against %d: too few for the test to reach %.3g confidence whatever they show",
-			len(c.means), len(b.means), 1-alpha)
+		r.Reason = fmt.Sprintf("%d %s against %d: too few for the test to reach %.3g confidence whatever they show",
+			len(c.means), c.unit(), len(b.means), 1-alpha)
 		return r
 	}
 	_, p, ok := MannWhitney(c.means, b.means)
@@ -298,15 +333,15 @@ func latency(m MetricConfig, b, c *arm, minRequests int64, alpha float64) Metric
 	switch {
 	case p < alpha && ratio > m.MaxRatio:
 		r.Verdict = Fail
-		r.Reason = fmt.Sprintf("median interval latency %.3g ms against %.3g ms: %.2fx, above the %.2fx tolerated (p %.2g < %.2g)",
-			r.Candidate, r.Baseline, ratio, m.MaxRatio, p, alpha)
+		r.Reason = fmt.Sprintf("median %s latency %.3g ms against %.3g ms: %.2fx, above the %.2fx tolerated (p %.2g < %.2g)",
+			c.unitOne(), r.Candidate, r.Baseline, ratio, m.MaxRatio, p, alpha)
 	case p < alpha:
 		r.Verdict = Pass
-		r.Reason = fmt.Sprintf("median interval latency %.3g ms against %.3g ms: slower (p %.2g) but %.2fx, within %.2fx",
-			r.Candidate, r.Baseline, p, ratio, m.MaxRatio)
+		r.Reason = fmt.Sprintf("median %s latency %.3g ms against %.3g ms: slower (p %.2g) but %.2fx, within %.2fx",
+			c.unitOne(), r.Candidate, r.Baseline, p, ratio, m.MaxRatio)
 	default:
 		r.Verdict = Pass
-		r.Reason = fmt.Sprintf("median interval latency %.3g ms against %.3g ms: not significantly slower (p %.2g)", r.Candidate, r.Baseline, p)
+		r.Reason = fmt.Sprintf("median %s latency %.3g ms against %.3g ms: not significantly slower (p %.2g)", c.unitOne(), r.Candidate, r.Baseline, p)
 	}
 	return r
 }

@@ -346,11 +346,17 @@ func TestWave(t *testing.T) {
 			BaselineDevices: devices[2:], From: t0, To: t0.Add(10 * time.Minute)}
 		rep, err := a.Analyze(t.Context(), req)
 		require.NoError(t, err)
-		assert.Equal(t, analysis.Fail, rep.Verdict, rep.Reason)
+		assert.Equal(t, analysis.Pass, rep.Verdict, rep.Reason)
+		assert.Contains(t, rep.Reason, "not judged yet: latency")
 		er := metric(t, rep, analysis.MetricErrorRatio)
 		assert.Equal(t, int64(2000), er.BaselineN)
 		assert.Equal(t, int64(2000), er.CandidateN)
-		assert.Equal(t, analysis.Fail, metric(t, rep, analysis.MetricLatency).Verdict)
+		// Latency counts devices in a wave: two against two cannot reach
+		// 98% confidence (the smallest p is 1/6), however slow.
+		lat := metric(t, rep, analysis.MetricLatency)
+		assert.Equal(t, analysis.Wait, lat.Verdict, lat.Reason)
+		assert.Equal(t, int64(2), lat.BaselineN)
+		assert.Contains(t, lat.Reason, "2 devices against 2")
 
 		// Without BaselineDevices, the rest: gw-2, gw-3 and gw-9, whose
 		// errors make the candidate look better, not worse.
@@ -361,6 +367,55 @@ func TestWave(t *testing.T) {
 		assert.Equal(t, int64(3000), er.BaselineN)
 		assert.InDelta(t, 500.0/3000, er.Baseline, 1e-12)
 		assert.Equal(t, analysis.Pass, er.Verdict)
+	})
+}
+
+// TestWaveLatencyCountsDevices: in a wave the arms are different devices,
+// so the latency test's unit is the device. Two devices promoted to a
+// candidate that are 1.3x slower than the one left on the baseline in
+// every interval (a device's own speed: what TestRolloutPhasesEndToEnd
+// once met with three agents on two cores and identical versions) do not
+// fail the candidate, where ten intervals each would have (p 1e-6); four
+// devices twice as slow as four others do.
+func TestWaveLatencyCountsDevices(t *testing.T) {
+	eachEngine(t, registry.Options{}, func(t *testing.T, r *registry.Registry) {
+		a := analyzer(t, r, nil)
+		for i, d := range devices[:3] {
+			v, ms := int64(2), 6.5
+			if i == 2 {
+				v, ms = 1, 5
+			}
+			send(t, r, t0, time.Minute, traffic{device: d, version: v, intervals: 10, requests: 100, meanMS: ms, seed: uint64(i)})
+		}
+		rep, err := a.Analyze(t.Context(), analysis.Request{Phase: analysis.PhaseWave, Model: "hands", Baseline: 1, Candidate: 2,
+			Devices: devices[:2], BaselineDevices: devices[2:3], From: t0, To: t0.Add(10 * time.Minute)})
+		require.NoError(t, err)
+		lat := metric(t, rep, analysis.MetricLatency)
+		assert.Equal(t, analysis.Wait, lat.Verdict, lat.Reason)
+		assert.Equal(t, int64(2), lat.CandidateN)
+		assert.Equal(t, int64(1), lat.BaselineN)
+		assert.InDelta(t, 1.3, lat.Candidate/lat.Baseline, 0.1)
+		assert.Equal(t, analysis.Pass, rep.Verdict, "an equal error ratio and a latency that cannot be judged: %s", rep.Reason)
+
+		var cand, base []string
+		for i := range 8 {
+			d, v, ms := fmt.Sprintf("w-%d", i), int64(1), 5.0
+			if i < 4 {
+				v, ms = 2, 10
+				cand = append(cand, d)
+			} else {
+				base = append(base, d)
+			}
+			send(t, r, t0, time.Minute, traffic{device: d, version: v, intervals: 3, requests: 100, meanMS: ms, seed: uint64(10 + i)})
+		}
+		rep, err = a.Analyze(t.Context(), analysis.Request{Phase: analysis.PhaseWave, Model: "hands", Baseline: 1, Candidate: 2,
+			Devices: cand, BaselineDevices: base, From: t0, To: t0.Add(10 * time.Minute)})
+		require.NoError(t, err)
+		lat = metric(t, rep, analysis.MetricLatency)
+		assert.Equal(t, analysis.Fail, lat.Verdict, lat.Reason)
+		assert.Equal(t, int64(4), lat.CandidateN)
+		assert.InDelta(t, 1.0/70, lat.P, 1e-9, "four devices all slower than four: p = 1/C(8,4)")
+		assert.Contains(t, lat.Reason, "median device latency")
 	})
 }
 
