@@ -169,13 +169,16 @@ bench-metrics: setup
 # 3-node NATS cluster, the devices on clean sessions; one controller with the
 # embedded store and broker. Prints the figures of docs/SCALE.md. Loopback
 # only; each rollout is bounded by SCALE_LIMIT, the whole run by the go test
-# timeout.
-SCALE_DEVICES    ?= 10000
-SCALE_TOPOLOGIES ?= mosquitto,nats,embedded
-SCALE_LIMIT      ?= 20m
+# timeout. SCALE_MODEL_BYTES sizes the model (default 64 KiB): the
+# controller's memory should not follow it.
+SCALE_DEVICES     ?= 10000
+SCALE_TOPOLOGIES  ?= mosquitto,nats,embedded
+SCALE_LIMIT       ?= 20m
+SCALE_MODEL_BYTES ?= 65536
 .PHONY: scale
 scale: setup
 	CI=true OUTPOST_SCALE_DEVICES=$(SCALE_DEVICES) OUTPOST_SCALE_TOPOLOGIES=$(SCALE_TOPOLOGIES) OUTPOST_SCALE_LIMIT=$(SCALE_LIMIT) \
+	  OUTPOST_SCALE_MODEL_BYTES=$(SCALE_MODEL_BYTES) \
 	  $(GO) test -count=1 -timeout 120m -run '^TestScale$$' -v ./cmd/outpost-fleet/
 
 # test-crashloop: the long crash loops, CRASH_LOOPS iterations each: the
