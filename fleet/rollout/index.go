@@ -816,9 +816,12 @@ func (e *Engine) undoTracked(ctx context.Context, t *tracked, check []string, al
 		}
 		owed = true
 		d := x.devs[a.Device]
-		if a.UndoID != "" && a.Undo == kind &&
-			(d == nil || !d.Online || (!d.OnlineSince.After(a.UndoSent) && now.Sub(a.UndoSent) < e.opts.ResendAfter)) {
-			continue // sent; wait for the answer or for the device to return
+		// Sent: wait for the answer, for the device to come back without
+		// having answered since (as for installs above: a standby's late
+		// record of an "online" is no return), or for ResendAfter.
+		if a.UndoID != "" && a.Undo == kind && (d == nil || !d.Online ||
+			((!d.OnlineSince.After(a.UndoSent) || a.Updated.After(a.UndoSent)) && now.Sub(a.UndoSent) < e.opts.ResendAfter)) {
+			continue
 		}
 		cmd := &protocol.Command{
 			ID: registry.NewID(""), Kind: kind, Fleet: e.opts.Fleet, Device: a.Device, RolloutID: ro.ID,

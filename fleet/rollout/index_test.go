@@ -10,12 +10,15 @@ import (
 	"github.com/outpost-edge/outpost/protocol"
 )
 
-func (r *recorder) count(kind protocol.CommandKind) int {
+func (r *recorder) count(kind protocol.CommandKind) int { return r.countFor("", kind) }
+
+// countFor counts the commands of kind sent to device ("": to any).
+func (r *recorder) countFor(device string, kind protocol.CommandKind) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	n := 0
 	for _, c := range r.sent {
-		if c.Kind == kind {
+		if c.Kind == kind && (device == "" || c.Device == device) {
 			n++
 		}
 	}
@@ -150,6 +153,47 @@ func TestOnlineAfterAnAnswerSendsNothing(t *testing.T) {
 	f.step()
 	if got := f.rec.count(protocol.CommandInstall); got != 4 {
 		t.Fatalf("%d installs after an online that followed the answer, want 4", got)
+	}
+}
+
+// TestOnlineAfterAnUndoAnswerSendsNothing: the same for a rollback. A
+// device that answered the rollback (rolling back, not done yet) holds it;
+// an "online" recorded after that sends no second rollback id, while one
+// with no answer since the rollback sends it again.
+func TestOnlineAfterAnUndoAnswerSendsNothing(t *testing.T) {
+	f := newGateFixture(t, 2)
+	ro, err := f.eng.Create(Spec{Model: "face", Version: 2, Waves: []int{100}, MinSuccesses: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.step()
+	f.answer(ro.ID, func(string) protocol.UpdateState { return protocol.UpdateCommitted })
+	for range 3 {
+		f.incr()
+	}
+	if _, err := f.eng.Abort(ro.ID, "test"); err != nil {
+		t.Fatal(err)
+	}
+	f.incr()
+	if got := f.rec.count(protocol.CommandRollback); got != 2 {
+		t.Fatalf("rollbacks %d, want 2", got)
+	}
+	f.advance(time.Second)
+	answered, silent := "gw-00", "gw-01"
+	rb := f.rec.last(answered, protocol.CommandRollback)
+	f.eng.HandleAck(answered, &protocol.Ack{CommandID: rb.ID, RolloutID: ro.ID, State: protocol.UpdateRollingBack, Time: f.clock()})
+	for _, dev := range []string{answered, silent} {
+		if _, err := f.reg.UpdateDevice(dev, func(d *registry.Device) { d.Online, d.OnlineSince = true, f.clock().Add(time.Second) }); err != nil {
+			t.Fatal(err)
+		}
+		f.eng.DeviceChanged(dev)
+	}
+	f.incr()
+	if got := f.rec.last(answered, protocol.CommandRollback); got.ID != rb.ID {
+		t.Errorf("%s answered its rollback and got another (%s) on an online recorded after", answered, got.ID)
+	}
+	if n := f.rec.countFor(silent, protocol.CommandRollback); n != 2 {
+		t.Errorf("%s came back without answering: %d rollbacks, want 2", silent, n)
 	}
 }
 
