@@ -96,10 +96,11 @@ func runDevicesEnroll(ctx context.Context, args []string, stdout, stderr io.Writ
 	return nil
 }
 
-// writeBundle writes the enrolment bundle of cred (mode 0600) with the
-// labels and session choice of opts. The brokers are the ones given, else
-// the controller's; one only this machine can reach draws a warning.
-func writeBundle(path string, cred admin.Credential, opts enrolment.Fleet, brokers []string, stderr io.Writer) error {
+// writeBundle writes the enrolment bundle of cred (mode 0600), its fleet
+// section f (the labels and the session choice) completed from cred. The
+// brokers are the ones given, else the controller's; one only this machine
+// can reach draws a warning.
+func writeBundle(path string, cred admin.Credential, f enrolment.Fleet, brokers []string, stderr io.Writer) error {
 	if len(brokers) == 0 {
 		brokers = cred.Brokers
 		if len(brokers) == 0 {
@@ -113,14 +114,13 @@ func writeBundle(path string, cred admin.Credential, opts enrolment.Fleet, broke
 			}
 		}
 	}
-	labels := opts.Labels
-	if len(labels) == 0 {
-		labels = nil
+	if len(f.Labels) == 0 {
+		f.Labels = nil
 	}
+	f.Name, f.Device, f.Username = cred.Fleet, cred.Device, cred.Username
 	bundle := enrolment.Bundle{
-		Created: time.Now().UTC().Truncate(time.Second),
-		Fleet: enrolment.Fleet{Name: cred.Fleet, Device: cred.Device, Username: cred.Username, Labels: labels,
-			CleanSession: opts.CleanSession},
+		Created:  time.Now().UTC().Truncate(time.Second),
+		Fleet:    f,
 		Root:     cred.Root,
 		Password: cred.Password,
 	}

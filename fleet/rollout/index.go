@@ -529,14 +529,7 @@ func (e *Engine) stepActive(ctx context.Context, t *tracked, check []string, all
 		if a.Updated.After(last) {
 			last = a.Updated
 		}
-		// Back since the command, and no answer to it: the command may have
-		// gone with the old connection (a clean session, a broker that lost
-		// its sessions). A device that answered holds the command and goes
-		// on by itself. "Since" is as the replica that wrote OnlineSince
-		// saw it: every replica records every "online", a standby possibly
-		// after the leader sent, so without the answer test a new leader
-		// would send again to devices that never left.
-		cameBack := d.OnlineSince.After(a.Sent) && !a.Updated.After(a.Sent)
+		cameBack := backWithoutAnswer(d, a, a.Sent)
 		// A trial lasts as long as its command: one held past half its
 		// life is renewed (the same trial, a new id and expiry), so that a
 		// rollout paused for long does not lose its candidates.
@@ -816,12 +809,9 @@ func (e *Engine) undoTracked(ctx context.Context, t *tracked, check []string, al
 		}
 		owed = true
 		d := x.devs[a.Device]
-		// Sent: wait for the answer, for the device to come back without
-		// having answered since (as for installs above: a standby's late
-		// record of an "online" is no return), or for ResendAfter.
-		if a.UndoID != "" && a.Undo == kind && (d == nil || !d.Online ||
-			((!d.OnlineSince.After(a.UndoSent) || a.Updated.After(a.UndoSent)) && now.Sub(a.UndoSent) < e.opts.ResendAfter)) {
-			continue
+		if a.UndoID != "" && a.Undo == kind &&
+			(d == nil || !d.Online || (!backWithoutAnswer(d, a, a.UndoSent) && now.Sub(a.UndoSent) < e.opts.ResendAfter)) {
+			continue // sent; wait for the answer, the device's return or ResendAfter
 		}
 		cmd := &protocol.Command{
 			ID: registry.NewID(""), Kind: kind, Fleet: e.opts.Fleet, Device: a.Device, RolloutID: ro.ID,
@@ -851,4 +841,16 @@ func (e *Engine) undoTracked(ctx context.Context, t *tracked, check []string, al
 		delete(x.ros, ro.ID)
 	}
 	return errors.Join(errs...)
+}
+
+// backWithoutAnswer reports whether device d came back online after a
+// command sent at sent and has not answered a's commands since: the
+// command may have gone with the old connection (a clean session, a broker
+// that lost its sessions), so it is sent again. A device that answered
+// holds the command and goes on by itself. "After" is as the replica that
+// wrote OnlineSince saw it: every replica records every "online", a standby
+// possibly after the leader sent, so without the answer test a new leader
+// would send again to devices that never left.
+func backWithoutAnswer(d *registry.Device, a *registry.Assignment, sent time.Time) bool {
+	return d.OnlineSince.After(sent) && !a.Updated.After(sent)
 }
