@@ -111,11 +111,13 @@ bench: setup
 # interleaved; (agent - bare) / floor, (thin - bare) / floor and
 # (agent - thin) / floor, default workers and workers 1), requests/s of the
 # real binary with 1 and 2 workers (BenchmarkThroughputBinary) and the
-# in-process BenchmarkPredictOverhead; make bench runs them too. Each run is
-# bounded (400 rounds or 60 s).
+# in-process BenchmarkPredictOverhead, and where the agent's time beyond the
+# thin server goes (BenchmarkOverheadPhases: both built with the phasetrace
+# tag, the median of each phase of a request in each process); make bench
+# runs them too. Each run is bounded (400 rounds or 60 s; 1,000 pairs or 60 s).
 .PHONY: bench-overhead
 bench-overhead: setup
-	$(GO) test -run '^$$' -bench 'OverheadBinary|ThroughputBinary|PredictOverhead' -benchtime $(BENCHTIME) -count 3 -timeout 30m ./agent/api/
+	$(GO) test -run '^$$' -bench 'OverheadBinary|OverheadPhases|ThroughputBinary|PredictOverhead' -benchtime $(BENCHTIME) -count 3 -timeout 30m ./agent/api/
 
 # bench-batch: batch throughput against the bare pool on the same model
 # (BenchmarkBatchVsPool in process, BenchmarkBatchBinary through the real

@@ -251,6 +251,10 @@ func splitBinary(resp *http.Response, b []byte) (v2Response, [][]byte, error) {
 	rest := b[n:]
 	var outs [][]byte
 	for _, o := range r.Outputs {
+		if o.Data != nil { // sent as JSON
+			outs = append(outs, nil)
+			continue
+		}
 		size, ok := o.Parameters["binary_data_size"].(float64)
 		if !ok || int(size) > len(rest) {
 			return r, nil, fmt.Errorf("output %s: binary_data_size %v with %d bytes left", o.Name, o.Parameters["binary_data_size"], len(rest))
@@ -276,6 +280,57 @@ func TestV2BinaryInfer(t *testing.T) {
 	require.Len(t, outs, 2)
 	assertClose(t, want[0], fromLE(outs[0]), "regressors")
 	assertClose(t, want[1], fromLE(outs[1]), "classificators")
+
+	// Every output as binary data goes out of the interpreter straight
+	// into the answer, after the JSON header; other requests build the
+	// answer from a copy. Each way, the same answer.
+	raw := le(in)
+	for _, tc := range []struct {
+		name    string
+		id      string
+		outputs []map[string]any
+		want    []string // the binary outputs, in order
+	}{
+		{"all binary, listed in another order", "", []map[string]any{
+			{"name": "classificators", "parameters": map[string]any{"binary_data": true}},
+			{"name": "regressors", "parameters": map[string]any{"binary_data": true}}}, []string{"regressors", "classificators"}},
+		{"one of two", "", []map[string]any{{"name": "classificators", "parameters": map[string]any{"binary_data": true}}}, []string{"classificators"}},
+		{"one binary, one JSON", "", []map[string]any{
+			{"name": "classificators", "parameters": map[string]any{"binary_data": true}}, {"name": "regressors"}}, []string{"classificators"}},
+		{"a header longer than the room kept for it", strings.Repeat("x", 5000), nil, []string{"regressors", "classificators"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			req := map[string]any{
+				"inputs": []map[string]any{{"name": "input", "datatype": "FP32", "shape": []int{1, 128, 128, 3},
+					"parameters": map[string]any{"binary_data_size": len(raw)}}},
+			}
+			if tc.outputs != nil {
+				req["outputs"] = tc.outputs
+			} else {
+				req["parameters"] = map[string]any{"binary_data_output": true}
+			}
+			if tc.id != "" {
+				req["id"] = tc.id
+			}
+			js := jsonBody(t, req)
+			resp, b := do(t, "POST", a.url+"/v2/models/face/infer", append(js, raw...),
+				map[string]string{"Inference-Header-Content-Length": strconv.Itoa(len(js))})
+			require.Equal(t, 200, resp.StatusCode, string(b))
+			r, outs := splitBinaryResponse(t, resp, b)
+			assert.Equal(t, tc.id, r.ID)
+			var names []string
+			for k, o := range r.Outputs {
+				w := want[map[string]int{"regressors": 0, "classificators": 1}[o.Name]]
+				if o.Data != nil {
+					assertClose(t, w, o.Data, o.Name)
+					continue
+				}
+				names = append(names, o.Name)
+				assertClose(t, w, fromLE(outs[k]), o.Name)
+			}
+			assert.Equal(t, tc.want, names)
+		})
+	}
 }
 
 func TestTFServingPredict(t *testing.T) {
@@ -431,6 +486,36 @@ func TestTokenAndRateLimit(t *testing.T) {
 	// above spent two of the five: guessing tokens is rate limited too.
 	assert.Equal(t, 3, codes[200], "burst of 5 less 2 allowed: %v", codes)
 	assert.GreaterOrEqual(t, codes[429], 2, "then limited: %v", codes)
+}
+
+// A request that waits for the one interpreter longer than the request
+// timeout gets 503 and says why; the others are answered. The timeout's
+// timer starts only for a request that waits (requestDeadline).
+func TestRequestTimeoutWhileQueued(t *testing.T) {
+	a := startAgent(t, Options{RequestTimeout: time.Microsecond}, runtime.Options{Workers: 1})
+	body, hdr := binaryRequest(t, input(0))
+	var mu sync.Mutex
+	codes := map[int]int{}
+	var other []string
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for range 10 {
+				resp, b := do(t, "POST", a.url+"/v2/models/face/infer", body, hdr)
+				mu.Lock()
+				codes[resp.StatusCode]++
+				if resp.StatusCode == http.StatusServiceUnavailable && !strings.Contains(string(b), "deadline") {
+					other = append(other, string(b))
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	assert.Empty(t, other, "503s that do not name the timeout")
+	assert.Equal(t, 160, codes[http.StatusOK]+codes[http.StatusServiceUnavailable], "only answers and timeouts: %v", codes)
+	assert.Positive(t, codes[http.StatusOK], "%v", codes)
+	require.Positive(t, codes[http.StatusServiceUnavailable], "16 callers on one interpreter never waited past 1 µs: %v", codes)
 }
 
 // With one interpreter and no room to wait, concurrent requests beyond the

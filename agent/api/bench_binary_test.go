@@ -31,9 +31,18 @@ type process struct {
 
 // startProcess runs bin with args and waits (at most 60 s) for its
 // "listening on" line. Cleanup kills it and waits for it to be reaped.
-func startProcess(b *testing.B, bin string, args ...string) *process {
+func startProcess(b testing.TB, bin string, args ...string) *process {
+	b.Helper()
+	return startProcessEnv(b, nil, bin, args...)
+}
+
+// startProcessEnv is startProcess with env added to the environment.
+func startProcessEnv(b testing.TB, env []string, bin string, args ...string) *process {
 	b.Helper()
 	cmd := exec.Command(bin, args...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		b.Fatal(err)
@@ -83,7 +92,7 @@ func startProcess(b *testing.B, bin string, args ...string) *process {
 
 // waitReady polls the agent's readiness (at most 60 s): it listens before
 // its models are loaded.
-func waitReady(b *testing.B, url string) {
+func waitReady(b testing.TB, url string) {
 	b.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -101,12 +110,13 @@ func waitReady(b *testing.B, url string) {
 	}
 }
 
-// buildBinaries builds outpost-agent and the floor server into dir.
-func buildBinaries(b *testing.B, dir string) (agentBin, floorBin string) {
+// buildBinaries builds outpost-agent and the floor server into dir, with
+// the build tags given.
+func buildBinaries(b testing.TB, dir string, tags ...string) (agentBin, floorBin string) {
 	b.Helper()
 	agentBin, floorBin = filepath.Join(dir, "outpost-agent"), filepath.Join(dir, "floor")
 	for _, c := range [][2]string{{agentBin, "../../cmd/outpost-agent"}, {floorBin, "./testdata/floor"}} {
-		if msg, err := exec.Command("go", "build", "-o", c[0], c[1]).CombinedOutput(); err != nil {
+		if msg, err := exec.Command("go", "build", "-tags", strings.Join(tags, ","), "-o", c[0], c[1]).CombinedOutput(); err != nil {
 			b.Fatalf("go build %s: %v\n%s", c[1], err, msg)
 		}
 	}
@@ -259,6 +269,113 @@ func BenchmarkOverheadBinary(b *testing.B) {
 	}
 }
 
+// BenchmarkOverheadPhases says where the agent's time beyond the thin
+// server goes: both binaries built with the phasetrace tag time each phase
+// of a request in their own process (internal/phasetrace), and this reports
+// the median of each, over 1,000 requests to each, interleaved one by one
+// from one client thread (default workers; face_detection_short_range,
+// binary tensors). The thin server marks read, invoke and write only; its
+// invoke is the agent's decode, lookup, prepare, invoke and release, and
+// its write the agent's encode and write. agent-answer-µs and
+// thin-answer-µs are the sums of the medians up to the answer's last byte
+// written (the agent's observe comes after it); client-agent-minus-thin-µs
+// is the median over the pairs of what the client waited for each.
+//
+// Bounded: 1,000 pairs or 60 s, loopback only.
+func BenchmarkOverheadPhases(b *testing.B) {
+	path := modelPath(b, face)
+	dir := b.TempDir()
+	agentBin, floorBin := buildBinaries(b, dir, "phasetrace")
+	body, hdr := binaryRequest(b, input(0))
+	agentTrace, thinTrace := filepath.Join(dir, "agent.phases"), filepath.Join(dir, "thin.phases")
+	agent := startProcessEnv(b, []string{"OUTPOST_PHASETRACE=" + agentTrace}, agentBin, "serve", "--listen", "127.0.0.1:0",
+		"--data-dir", b.TempDir(), "--model", path, "--name", "face")
+	waitReady(b, agent.url)
+	agentURL := agent.url + "/v2/models/face/infer"
+	thinURL := startFloorEnv(b, []string{"OUTPOST_PHASETRACE=" + thinTrace}, floorBin, agentURL, body, hdr, path)
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	b.Cleanup(client.CloseIdleConnections)
+	for range 100 {
+		for _, u := range []string{thinURL, agentURL} {
+			if _, err := timedPost(client, u, body, hdr); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.ResetTimer()
+	for range b.N {
+		// The warm-up's phases are in the record too: a process keeps
+		// every request's; 1,000 more outweigh them.
+		var diffs []float64
+		deadline := time.Now().Add(60 * time.Second)
+		for i := 0; i < 1000 && time.Now().Before(deadline); i++ {
+			var da, dt time.Duration
+			for k := range 2 {
+				var err error
+				if (i+k)%2 == 0 {
+					da, err = timedPost(client, agentURL, body, hdr)
+				} else {
+					dt, err = timedPost(client, thinURL, body, hdr)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			diffs = append(diffs, us(da-dt))
+		}
+		// A process writes its record every 100 requests: both have
+		// made 1,100 or more by now, so each file holds a record of at
+		// least 1,100 requests.
+		agentPhases, thinPhases := readPhases(b, agentTrace), readPhases(b, thinTrace)
+		var agentSum, thinSum float64
+		var table strings.Builder
+		for _, p := range []string{"read", "decode", "lookup", "prepare", "invoke", "release", "encode", "write", "observe"} {
+			a, aok := agentPhases[p]
+			if !aok {
+				b.Fatalf("the agent recorded no %s phase: %v", p, agentPhases)
+			}
+			b.ReportMetric(a, "agent-"+p+"-µs")
+			if p != "observe" {
+				agentSum += a
+			}
+			fmt.Fprintf(&table, "\n  %-8s agent %7.1f µs", p, a)
+			if t, ok := thinPhases[p]; ok {
+				b.ReportMetric(t, "thin-"+p+"-µs")
+				thinSum += t
+				fmt.Fprintf(&table, "  thin %7.1f µs", t)
+			}
+		}
+		b.Logf("median phase times:%s", table.String())
+		b.ReportMetric(agentSum, "agent-answer-µs")
+		b.ReportMetric(thinSum, "thin-answer-µs")
+		b.ReportMetric(quantile(diffs, 0.5), "client-agent-minus-thin-µs")
+		b.ReportMetric(0, "ns/op")
+	}
+}
+
+// readPhases reads a phasetrace record: phase, median microseconds and
+// count per line.
+func readPhases(b testing.TB, path string) map[string]float64 {
+	b.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		b.Fatalf("phase record: %v", err)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		f := strings.Fields(line)
+		if len(f) != 3 {
+			b.Fatalf("phase record %s: line %q", path, line)
+		}
+		v, err := strconv.ParseFloat(f[1], 64)
+		if err != nil {
+			b.Fatalf("phase record %s: line %q: %v", path, line, err)
+		}
+		out[f[0]] = v
+	}
+	return out
+}
+
 func us(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
 
 func mean(v []float64) float64 {
@@ -306,7 +423,13 @@ func scrapeInvoke(b *testing.B, url string) (sum, count float64) {
 // startFloor asks the agent once for its answer to body and starts the
 // floor server answering those bytes with the same headers; given a model
 // (at most one), the thin server that invokes it first.
-func startFloor(b *testing.B, floorBin, agentURL string, body []byte, hdr map[string]string, model ...string) string {
+func startFloor(b testing.TB, floorBin, agentURL string, body []byte, hdr map[string]string, model ...string) string {
+	b.Helper()
+	return startFloorEnv(b, nil, floorBin, agentURL, body, hdr, model...)
+}
+
+// startFloorEnv is startFloor with env added to the server's environment.
+func startFloorEnv(b testing.TB, env []string, floorBin, agentURL string, body []byte, hdr map[string]string, model ...string) string {
 	b.Helper()
 	req, _ := http.NewRequest("POST", agentURL, strings.NewReader(string(body)))
 	for k, v := range hdr {
@@ -325,7 +448,7 @@ func startFloor(b *testing.B, floorBin, agentURL string, body []byte, hdr map[st
 	if err := os.WriteFile(file, got, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	floor := startProcess(b, floorBin, append([]string{file, resp.Header.Get("Content-Type"), resp.Header.Get("Inference-Header-Content-Length")}, model...)...)
+	floor := startProcessEnv(b, env, floorBin, append([]string{file, resp.Header.Get("Content-Type"), resp.Header.Get("Inference-Header-Content-Length")}, model...)...)
 	return floor.url + "/v2/models/face/infer"
 }
 

@@ -5,6 +5,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/outpost-edge/outpost/agent/catalog"
+	"github.com/outpost-edge/outpost/agent/oip"
 	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/tensor"
 )
@@ -91,4 +93,35 @@ func TestCallSharesThePath(t *testing.T) {
 	assert.Contains(t, string(m), `outpost_requests_total{code="200",model="face",protocol="grpc",version="1"} 1`)
 	assert.Contains(t, string(m), `outpost_requests_total{code="400",model="face",protocol="grpc",version="1"} 1`)
 	assert.Contains(t, string(m), "\noutpost_inflight_requests 0\n", "every Call finished")
+}
+
+// inPlace writes the JSON header just before outputs already in resp, and
+// builds the answer afresh when they are not there (an output larger than
+// its declared size left resp) or the header does not fit.
+func TestInPlace(t *testing.T) {
+	data := []byte{1, 2, 3, 4, 5, 6, 7, 8}
+	for _, tc := range []struct {
+		name     string
+		declared int
+		id       string
+		inPlace  bool
+	}{
+		{"in place", 8, "req", true},
+		{"an output larger than declared", 4, "req", false},
+		{"a header longer than the room", 8, strings.Repeat("i", respReserve), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &call{direct: true, resp: make([]byte, respReserve+tc.declared)}
+			c.into = c.resp[respReserve : respReserve : respReserve+tc.declared]
+			c.spilled = len(data) > cap(c.into) // as emit sets it
+			c.into = append(c.into, data...)
+			resp := &oip.Response{ModelName: "m", ID: tc.id, Outputs: []oip.Output{
+				{Tensor: tensor.Tensor{Name: "o", DataType: tensor.Uint8, Shape: []int{8}, Data: c.into}, Binary: true}}}
+			want, wantLen := oip.AppendResponse(nil, resp)
+			got, gotLen := c.inPlace(resp)
+			assert.Equal(t, want, got)
+			assert.Equal(t, wantLen, gotLen)
+			assert.Equal(t, tc.inPlace, &got[gotLen] == &c.resp[:respReserve+1][respReserve], "the outputs' bytes are the answer's")
+		})
+	}
 }

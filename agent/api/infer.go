@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"github.com/outpost-edge/outpost/internal/phasetrace"
 	"io"
 	"net/http"
 	"strconv"
@@ -20,23 +21,35 @@ import (
 // call holds what one inference request needs, pooled so the hot path does
 // not allocate per request beyond what the codecs must.
 type call struct {
-	body   []byte
-	resp   []byte
-	ins    [][]byte
-	arena  []byte          // output data, copied out of the interpreter
-	outs   []tensor.Tensor // outputs, Data pointing into arena
-	v2     oip.Request
-	v2resp oip.Response
+	body  []byte
+	resp  []byte
+	ins   [][]byte
+	arena []byte          // output data, copied out of the interpreter
+	outs  []tensor.Tensor // outputs, Data pointing into arena or resp
+
+	// direct has run copy the outputs straight into resp, after
+	// respReserve bytes left for the JSON header (inPlace), instead of
+	// into arena: set for a v2 request that takes every output as binary
+	// data. into is where emit appends; spilled says an output was larger
+	// than its declared size, so into left resp.
+	direct, spilled bool
+	into            []byte
+	v2              oip.Request
+	v2resp          oip.Response
 
 	// For the Observer.
 	inTensors []tensor.Tensor
 	observed  Inference
+
+	deadline requestDeadline  // run's context
+	trace    phasetrace.Trace // empty unless built with the phasetrace tag
 }
 
 // getCall takes a call from the pool with no inputs bound yet.
 func getCall() *call {
 	c := calls.Get().(*call)
 	c.ins, c.outs = c.ins[:0], c.outs[:0]
+	c.direct = false
 	return c
 }
 
@@ -160,10 +173,11 @@ func inputNames(e catalog.Entry) string {
 
 // run decodes nothing: it binds, invokes and collects outputs into c.outs.
 func (s *Server) run(ctx context.Context, rt route, c *call, inputs func() []tensor.Tensor, check func(catalog.Entry) error) (catalog.Entry, catalog.Timing, error) {
-	ctx, cancel := context.WithTimeout(ctx, s.opts.RequestTimeout)
-	defer cancel()
+	c.deadline.reset(ctx, s.opts.RequestTimeout)
+	defer c.deadline.release()
 	var entry catalog.Entry
 	prepare := func(e catalog.Entry) ([][]byte, error) {
+		c.trace.Mark(phasetrace.Lookup)
 		entry = e
 		if check != nil {
 			if err := check(e); err != nil {
@@ -175,23 +189,36 @@ func (s *Server) run(ctx context.Context, rt route, c *call, inputs func() []ten
 			n, _ := o.ByteSize()
 			total += n
 		}
-		if cap(c.arena) < total {
-			c.arena = make([]byte, total)
+		if c.direct {
+			if need := respReserve + total; cap(c.resp) < need {
+				c.resp = make([]byte, need)
+			}
+			c.into = c.resp[respReserve : respReserve : respReserve+total]
+		} else {
+			if cap(c.arena) < total {
+				c.arena = make([]byte, total)
+			}
+			c.into = c.arena[:0]
 		}
-		c.arena = c.arena[:0]
+		c.spilled = false
 		c.outs = c.outs[:0]
 		var err error
 		c.ins, err = bind(e, inputs(), c.ins)
+		c.trace.Mark(phasetrace.Prepare)
 		return c.ins, err
 	}
 	emit := func(i int, data []byte) error {
-		start := len(c.arena)
-		c.arena = append(c.arena, data...)
+		start := len(c.into)
+		c.spilled = c.spilled || start+len(data) > cap(c.into)
+		c.into = append(c.into, data...)
 		o := entry.Outputs[i]
-		c.outs = append(c.outs, tensor.Tensor{Name: o.Name, DataType: o.DataType, Shape: o.Shape, Data: c.arena[start:len(c.arena):len(c.arena)]})
+		c.outs = append(c.outs, tensor.Tensor{Name: o.Name, DataType: o.DataType, Shape: o.Shape, Data: c.into[start:len(c.into):len(c.into)]})
+		if i == len(entry.Outputs)-1 {
+			c.trace.Mark(phasetrace.Invoke)
+		}
 		return nil
 	}
-	return s.opts.Backend.Infer(ctx, rt.model, rt.version, prepare, emit)
+	return s.opts.Backend.Infer(&c.deadline, rt.model, rt.version, prepare, emit)
 }
 
 // infer serves POST /v2/models/{name}[/versions/{v}]/infer.
@@ -201,12 +228,14 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	defer s.metrics.inflight.Dec()
 	c := getCall()
 	defer putCall(c)
+	c.trace = phasetrace.Start()
 	var entry catalog.Entry
 	var tm catalog.Timing
 	code, err := func() (int, error) {
 		if err := s.readBody(w, r, c); err != nil {
 			return StatusFor(err), err
 		}
+		c.trace.Mark(phasetrace.Read)
 		hdrLen := -1
 		if h := r.Header.Get("Inference-Header-Content-Length"); h != "" {
 			n, err := strconv.Atoi(h)
@@ -219,6 +248,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 		if err := oip.DecodeRequest(c.body, hdrLen, &c.v2); err != nil {
 			return http.StatusBadRequest, err
 		}
+		c.trace.Mark(phasetrace.Decode)
 		var err error
 		entry, tm, err = s.run(routingContext(r), rt, c, func() []tensor.Tensor { return c.v2.Inputs }, func(e catalog.Entry) error {
 			for _, o := range c.v2.Outputs {
@@ -226,14 +256,21 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 					return fmt.Errorf("%w: unknown output %q", errBadRequest, o.Name)
 				}
 			}
+			c.direct = allBinary(e, &c.v2)
 			return nil
 		})
 		if err != nil {
 			return StatusFor(err), err
 		}
+		c.trace.Mark(phasetrace.Release)
 		return http.StatusOK, nil
 	}()
-	defer func() { s.observe("v2", rt, c, entry, code, err, tm, start) }()
+	defer func() {
+		c.trace.Mark(phasetrace.Write)
+		s.observe("v2", rt, c, entry, code, err, tm, start)
+		c.trace.Mark(phasetrace.Observe)
+		c.trace.Done()
+	}()
 	if err != nil {
 		nameFailed(w.Header(), entry)
 		writeError(w, code, err.Error())
@@ -246,28 +283,72 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, rt route) {
 	resp.ModelDigest = entry.Digest
 	resp.ID = c.v2.ID
 	for _, o := range c.outs {
-		binary, want := c.v2.BinaryOutput, len(c.v2.Outputs) == 0
-		for _, ro := range c.v2.Outputs {
-			if ro.Name == o.Name {
-				want = true
-				binary = binary || ro.Binary
-			}
-		}
-		if want {
+		if want, binary := wanted(&c.v2, o.Name); want {
 			resp.Outputs = append(resp.Outputs, oip.Output{Tensor: o, Binary: binary})
 		}
 	}
+	var body []byte
 	var hdrLen int
-	c.resp, hdrLen = oip.AppendResponse(c.resp[:0], resp)
+	if c.direct {
+		body, hdrLen = c.inPlace(resp)
+	} else {
+		c.resp, hdrLen = oip.AppendResponse(c.resp[:0], resp)
+		body = c.resp
+	}
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
 	if hdrLen >= 0 {
 		h.Set("Content-Type", "application/octet-stream")
 		h.Set("Inference-Header-Content-Length", strconv.Itoa(hdrLen))
 	}
-	h.Set("Content-Length", strconv.Itoa(len(c.resp)))
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	c.trace.Mark(phasetrace.Encode)
 	w.WriteHeader(http.StatusOK)
-	w.Write(c.resp)
+	w.Write(body)
+}
+
+// wanted reports whether req asks for output name and whether as binary
+// data.
+func wanted(req *oip.Request, name string) (want, binary bool) {
+	want, binary = len(req.Outputs) == 0, req.BinaryOutput
+	for _, ro := range req.Outputs {
+		if ro.Name == name {
+			want, binary = true, binary || ro.Binary
+		}
+	}
+	return want, binary
+}
+
+// allBinary reports whether the answer to req carries every output of e,
+// each as binary data: then the outputs, in the model's order, are the
+// answer's binary part, and run copies them straight into it (call.direct).
+func allBinary(e catalog.Entry, req *oip.Request) bool {
+	for _, o := range e.Outputs {
+		if want, binary := wanted(req, o.Name); !want || !binary || o.DataType == tensor.Bytes {
+			return false
+		}
+	}
+	return len(e.Outputs) > 0
+}
+
+// respReserve is the room a direct call leaves for the JSON header before
+// the outputs in resp; a longer header (a request id of kilobytes, say)
+// has the answer built in a buffer of its own.
+const respReserve = 4 << 10
+
+// inPlace returns the body of a direct call's answer, whose outputs run
+// copied into resp after respReserve bytes: the JSON header is written
+// just before them, so the tensors are not copied a second time.
+func (c *call) inPlace(resp *oip.Response) ([]byte, int) {
+	hdr := oip.AppendResponseHeader(c.resp[:0:respReserve], resp)
+	if len(hdr) > respReserve || c.spilled {
+		// The header did not fit (append moved it) or the outputs left
+		// resp: build the answer afresh, away from the outputs' bytes.
+		return oip.AppendResponse(make([]byte, 0, respReserve+len(c.into)), resp)
+	}
+	start := respReserve - len(hdr)
+	copy(c.resp[start:respReserve], hdr)
+	return c.resp[start : respReserve+len(c.into)], len(hdr)
 }
 
 // nameFailed names, in the Outpost-Model-Version and Outpost-Model-Digest

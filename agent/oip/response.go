@@ -50,6 +50,41 @@ func (r *Response) Reset() {
 // a 4-byte little-endian length followed by the bytes.
 func AppendResponse(dst []byte, r *Response) (out []byte, headerLen int) {
 	start := len(dst)
+	dst, anyBinary := appendHeader(dst, r)
+	if !anyBinary {
+		return dst, -1
+	}
+	headerLen = len(dst) - start
+	for k := range r.Outputs {
+		o := &r.Outputs[k]
+		if !o.Binary {
+			continue
+		}
+		if o.Tensor.DataType != tensor.Bytes {
+			dst = append(dst, o.Tensor.Data...)
+			continue
+		}
+		for _, s := range o.Tensor.Strings {
+			dst = binary.LittleEndian.AppendUint32(dst, uint32(len(s)))
+			dst = append(dst, s...)
+		}
+	}
+	return dst, headerLen
+}
+
+// AppendResponseHeader appends the JSON part of the body AppendResponse
+// writes for r, without the binary data that follows it: a server that
+// already holds the binary outputs back to back in place (the agent copies
+// them out of the interpreter straight into its response buffer) writes
+// this header before them instead of copying them again.
+func AppendResponseHeader(dst []byte, r *Response) []byte {
+	dst, _ = appendHeader(dst, r)
+	return dst
+}
+
+// appendHeader appends the JSON part and reports whether an output is
+// binary.
+func appendHeader(dst []byte, r *Response) ([]byte, bool) {
 	dst = append(dst, `{"model_name":`...)
 	dst = tensorjson.AppendString(dst, []byte(r.ModelName))
 	if r.ModelVersion != "" {
@@ -103,25 +138,7 @@ func AppendResponse(dst []byte, r *Response) (out []byte, headerLen int) {
 		dst = append(dst, '}')
 	}
 	dst = append(dst, "]}"...)
-	if !anyBinary {
-		return dst, -1
-	}
-	headerLen = len(dst) - start
-	for k := range r.Outputs {
-		o := &r.Outputs[k]
-		if !o.Binary {
-			continue
-		}
-		if o.Tensor.DataType != tensor.Bytes {
-			dst = append(dst, o.Tensor.Data...)
-			continue
-		}
-		for _, s := range o.Tensor.Strings {
-			dst = binary.LittleEndian.AppendUint32(dst, uint32(len(s)))
-			dst = append(dst, s...)
-		}
-	}
-	return dst, headerLen
+	return dst, anyBinary
 }
 
 func binarySize(t *tensor.Tensor) int {

@@ -221,6 +221,10 @@ func TestAppendResponseBinary(t *testing.T) {
 	require.NoError(t, DecodeRequest(req, headerLen, &dec))
 	assert.Equal(t, r.Outputs[0].Tensor.Data, dec.Inputs[0].Data)
 	assert.Equal(t, r.Outputs[2].Tensor.Strings, dec.Inputs[2].Strings)
+
+	// AppendResponseHeader is that JSON part alone.
+	assert.Equal(t, out[:headerLen], AppendResponseHeader([]byte{}, r))
+	assert.Equal(t, []byte("x"+string(out[:headerLen])), AppendResponseHeader([]byte("x"), r))
 }
 
 // TestAppendResponseFloat32Exact checks that every float32 we write reads

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/outpost-edge/outpost/agent/runtime"
+	"github.com/outpost-edge/outpost/internal/phasetrace"
 )
 
 func main() {
@@ -69,6 +70,8 @@ func run(args []string) error {
 	ctype, hdrLen, size := args[1], args[2], strconv.Itoa(len(resp))
 	bufs := sync.Pool{New: func() any { return new([]byte) }}
 	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t := phasetrace.Start()
+		defer t.Done()
 		// Read the body as the agent does: into a pooled buffer of its size.
 		b := bufs.Get().(*[]byte)
 		defer bufs.Put(b)
@@ -80,11 +83,13 @@ func run(args []string) error {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
+		t.Mark(phasetrace.Read)
 		if invoke != nil {
 			if err := invoke((*b)[:n], r.Header.Get("Inference-Header-Content-Length")); err != nil {
 				http.Error(w, err.Error(), http.StatusBadRequest)
 				return
 			}
+			t.Mark(phasetrace.Invoke)
 		}
 		h := w.Header()
 		h.Set("Content-Type", ctype)
@@ -94,6 +99,7 @@ func run(args []string) error {
 		h.Set("Content-Length", size)
 		w.WriteHeader(http.StatusOK)
 		w.Write(resp)
+		t.Mark(phasetrace.Write)
 	})}
 	return srv.Serve(ln)
 }
