@@ -3,7 +3,6 @@ package api
 import (
 	"context"
 	"fmt"
-	"github.com/outpost-edge/outpost/internal/phasetrace"
 	"io"
 	"net/http"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"github.com/outpost-edge/outpost/agent/routing"
 	"github.com/outpost-edge/outpost/agent/tensor"
 	"github.com/outpost-edge/outpost/agent/tfserving"
+	"github.com/outpost-edge/outpost/internal/phasetrace"
 )
 
 // call holds what one inference request needs, pooled so the hot path does

@@ -11,8 +11,8 @@ import (
 
 // TestReleaseCheck runs the release check for crash points
 // (cross/no-crashpoints.sh, part of make release-check) on the agent built
-// as a release is, which must pass, and built with -tags outposttest, which
-// must fail.
+// as a release is, which must pass, and built with -tags outposttest or
+// phasetrace, which must fail.
 func TestReleaseCheck(t *testing.T) {
 	check, err := filepath.Abs("../../cross/no-crashpoints.sh")
 	require.NoError(t, err)
@@ -20,7 +20,7 @@ func TestReleaseCheck(t *testing.T) {
 	for _, tc := range []struct {
 		tags string
 		ok   bool
-	}{{"", true}, {"outposttest", false}} {
+	}{{"", true}, {"outposttest", false}, {"phasetrace", false}} {
 		out := filepath.Join(dir, "tags-"+tc.tags, "outpost-agent")
 		require.NoError(t, os.MkdirAll(filepath.Dir(out), 0o755))
 		cmd := exec.Command("go", "build", "-tags", tc.tags, "-o", out, ".")
@@ -31,7 +31,7 @@ func TestReleaseCheck(t *testing.T) {
 			require.NoError(t, err, "check of a release build: %s", msg)
 		} else {
 			var ee *exec.ExitError
-			require.ErrorAs(t, err, &ee, "check of a build with -tags outposttest passed: %s", msg)
+			require.ErrorAs(t, err, &ee, "check of a build with -tags %s passed: %s", tc.tags, msg)
 			require.Equal(t, 1, ee.ExitCode(), "%s", msg)
 		}
 	}
