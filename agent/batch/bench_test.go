@@ -3,6 +3,7 @@
 package batch
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"math"
@@ -47,6 +48,7 @@ func BenchmarkBatchVsPool(b *testing.B) {
 		{testmodel.FaceShort, OutputsJSON, 200, ""},
 		{testmodel.FaceShort, OutputsBase64, 200, ""},
 		{testmodel.Hand, OutputsAuto, 100, ""},
+		{testmodel.Hand, OutputsAuto, 1000, "-1000"},
 	} {
 		b.Run(tc.model+"/"+string(tc.enc)+tc.name, func(b *testing.B) {
 			reg := serving.New(serving.Options{Runtime: runtime.Options{}})
@@ -86,7 +88,12 @@ func BenchmarkBatchVsPool(b *testing.B) {
 				if err := r.Run(context.Background()); err != nil {
 					b.Fatal(err)
 				}
-				return time.Since(start)
+				d := time.Since(start)
+				// A rate of items the batch did not answer would mean nothing.
+				if got, err := os.ReadFile(out); err != nil || bytes.Count(got, []byte("\n")) != tc.rows || bytes.Contains(got, []byte(`"error":`)) {
+					b.Fatalf("the results are not %d answers (%v)", tc.rows, err)
+				}
+				return d
 			}
 			poolRun := func() time.Duration {
 				return bare(b, reg, tc.model, data, size, 2*e.Workers)
