@@ -33,6 +33,16 @@ func (f *gateFixture) incr() {
 	}
 }
 
+// comesOnline records device's "online" a second from now and announces
+// it, as the controller does when the device reconnects.
+func (f *gateFixture) comesOnline(device string) {
+	f.t.Helper()
+	if _, err := f.reg.UpdateDevice(device, func(d *registry.Device) { d.Online, d.OnlineSince = true, f.clock().Add(time.Second) }); err != nil {
+		f.t.Fatal(err)
+	}
+	f.eng.DeviceChanged(device)
+}
+
 func TestRateAt(t *testing.T) {
 	for _, c := range []struct {
 		r         registry.Rate
@@ -145,10 +155,7 @@ func TestOnlineAfterAnAnswerSendsNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := as[0].Device
-	if _, err := f.reg.UpdateDevice(dev, func(d *registry.Device) { d.Online, d.OnlineSince = true, f.clock().Add(time.Second) }); err != nil {
-		t.Fatal(err)
-	}
-	f.eng.DeviceChanged(dev)
+	f.comesOnline(dev)
 	f.incr()
 	f.step()
 	if got := f.rec.count(protocol.CommandInstall); got != 4 {
@@ -182,12 +189,8 @@ func TestOnlineAfterAnUndoAnswerSendsNothing(t *testing.T) {
 	answered, silent := "gw-00", "gw-01"
 	rb := f.rec.last(answered, protocol.CommandRollback)
 	f.eng.HandleAck(answered, &protocol.Ack{CommandID: rb.ID, RolloutID: ro.ID, State: protocol.UpdateRollingBack, Time: f.clock()})
-	for _, dev := range []string{answered, silent} {
-		if _, err := f.reg.UpdateDevice(dev, func(d *registry.Device) { d.Online, d.OnlineSince = true, f.clock().Add(time.Second) }); err != nil {
-			t.Fatal(err)
-		}
-		f.eng.DeviceChanged(dev)
-	}
+	f.comesOnline(answered)
+	f.comesOnline(silent)
 	f.incr()
 	if got := f.rec.last(answered, protocol.CommandRollback); got.ID != rb.ID {
 		t.Errorf("%s answered its rollback and got another (%s) on an online recorded after", answered, got.ID)
@@ -225,10 +228,7 @@ func TestIncrementalPasses(t *testing.T) {
 	if ev.offline != 1 || ev.onWay != 4 {
 		t.Fatalf("after the device left: offline %d, on its way %d; want 1, 4", ev.offline, ev.onWay)
 	}
-	if _, err := f.reg.UpdateDevice(off, func(d *registry.Device) { d.Online, d.OnlineSince = true, f.clock().Add(time.Second) }); err != nil {
-		t.Fatal(err)
-	}
-	f.eng.DeviceChanged(off)
+	f.comesOnline(off)
 	f.incr()
 	if got := f.rec.count(protocol.CommandInstall); got != 6 {
 		t.Fatalf("after the device returned: %d installs, want 6 (a catch-up)", got)
