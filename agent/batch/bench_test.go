@@ -107,7 +107,7 @@ func BenchmarkBatchVsPool(b *testing.B) {
 			debug.FreeOSMemory()
 			b.ResetTimer()
 			for range b.N {
-				var ratios, cpuRatios, pool, batch []float64
+				var ratios, cpuRatios, pool, batch, busyPool, busyBatch []float64
 				for i := range rounds {
 					var tp, tb, cp, cb time.Duration
 					if i%2 == 0 {
@@ -121,7 +121,10 @@ func BenchmarkBatchVsPool(b *testing.B) {
 					batch = append(batch, float64(tc.rows)/tb.Seconds())
 					ratios = append(ratios, tp.Seconds()/tb.Seconds())
 					cpuRatios = append(cpuRatios, cp.Seconds()/cb.Seconds())
+					busyPool = append(busyPool, cp.Seconds()/tp.Seconds())
+					busyBatch = append(busyBatch, cb.Seconds()/tb.Seconds())
 				}
+				b.Logf("per-round cores busy, pool: %.2f, batch: %.2f", busyPool, busyBatch)
 				b.ReportMetric(median(pool), "pool-items/s")
 				b.ReportMetric(median(batch), "batch-items/s")
 				b.Logf("per-round batch/pool: %.3f", ratios)

@@ -1,7 +1,6 @@
 package oip
 
 import (
-	"encoding/base64"
 	"encoding/binary"
 	"strconv"
 
@@ -129,7 +128,7 @@ func appendHeader(dst []byte, r *Response) ([]byte, bool) {
 		}
 		if o.Base64 && t.DataType != tensor.Bytes {
 			dst = append(dst, `,"b64":"`...)
-			dst = base64.StdEncoding.AppendEncode(dst, t.Data)
+			dst = tensorjson.AppendBase64(dst, t.Data)
 			dst = append(dst, `"}`...)
 			continue
 		}

@@ -1,7 +1,6 @@
 package tensorjson
 
 import (
-	"encoding/base64"
 	"encoding/binary"
 	"math"
 	"slices"
@@ -107,7 +106,7 @@ func (enc Encoder) appendRun(dst []byte, dt tensor.DataType, data []byte, strs [
 			}
 			if enc.B64 && !utf8.Valid(s) {
 				dst = append(dst, `{"b64":"`...)
-				dst = base64.StdEncoding.AppendEncode(dst, s)
+				dst = AppendBase64(dst, s)
 				dst = append(dst, `"}`...)
 				continue
 			}
