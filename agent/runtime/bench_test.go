@@ -3,8 +3,12 @@ package runtime
 import (
 	"context"
 	"os"
+	goruntime "runtime"
 	"sort"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -118,4 +122,120 @@ func median(v []float64) float64 {
 	s := append([]float64(nil), v...)
 	sort.Float64s(s)
 	return s[len(s)/2]
+}
+
+// BenchmarkPoolCallers is why the agent's binaries raise GOMAXPROCS
+// (RaiseProcs) and why the batch's workers yield after each invoke: a pool
+// of one interpreter per CPU, run by as many callers as interpreters (none
+// ever waits) and by twice as many (each interpreter is handed from caller
+// to caller, as under an API's load), with GOMAXPROCS at the CPUs and at
+// twice the CPUs ("-raised"), and one caller per interpreter that calls
+// runtime.Gosched after each call ("-yield"). The legs alternate in rounds;
+// it reports the median ratio of each leg's calls a second to the 1x leg's,
+// the median invoke time of each leg, and the share of the CPUs left idle
+// in each (from /proc/stat).
+func BenchmarkPoolCallers(b *testing.B) {
+	defer goruntime.GOMAXPROCS(goruntime.GOMAXPROCS(0))
+	for _, tc := range []struct {
+		model string
+		calls int
+	}{
+		{"face_detection_short_range.tflite", 1200},
+		{"hand_landmark_lite.tflite", 300},
+	} {
+		b.Run(tc.model, func(b *testing.B) {
+			m, err := LoadFile(modelPath(b, tc.model), Options{Workers: cpus})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer m.Close()
+			in := inputsFor(m, 0)
+			run := func(callers, procs int, yield bool) (perSec, invoke, idle float64) {
+				goruntime.GOMAXPROCS(procs)
+				var wg sync.WaitGroup
+				var next, invokeNs atomic.Int64
+				before := cpuTicks()
+				start := time.Now()
+				for range callers {
+					wg.Go(func() {
+						for next.Add(1) <= int64(tc.calls) {
+							tm, err := m.InvokeFunc(context.Background(), in, func(int, []byte) error { return nil }, len(m.Outputs()))
+							if err != nil {
+								b.Error(err)
+								return
+							}
+							invokeNs.Add(int64(tm.Invoke))
+							if yield {
+								goruntime.Gosched()
+							}
+						}
+					})
+				}
+				wg.Wait()
+				d := time.Since(start)
+				after := cpuTicks()
+				if total := after.total - before.total; total > 0 {
+					idle = float64(after.idle-before.idle) / float64(total)
+				}
+				return float64(tc.calls) / d.Seconds(), float64(invokeNs.Load()) / float64(tc.calls) / 1e3, idle
+			}
+			legs := []struct {
+				name           string
+				callers, procs int
+				yield          bool
+			}{
+				{"1x", cpus, cpus, false}, {"2x", 2 * cpus, cpus, false},
+				{"1x-raised", cpus, 2 * cpus, false}, {"2x-raised", 2 * cpus, 2 * cpus, false},
+				{"1x-raised-yield", cpus, 2 * cpus, true},
+			}
+			run(cpus, cpus, false) // warm up
+			for range b.N {
+				ratio := map[string][]float64{}
+				invoke := map[string][]float64{}
+				idle := map[string][]float64{}
+				for round := range 5 {
+					rate := map[string]float64{}
+					for k := range legs {
+						l := legs[(k+round)%len(legs)]
+						r, inv, id := run(l.callers, l.procs, l.yield)
+						rate[l.name] = r
+						invoke[l.name] = append(invoke[l.name], inv)
+						idle[l.name] = append(idle[l.name], id)
+					}
+					for _, l := range legs[1:] {
+						ratio[l.name] = append(ratio[l.name], rate[l.name]/rate["1x"])
+					}
+				}
+				for _, l := range legs {
+					if l.name != "1x" {
+						b.Logf("per-round %s/1x: %.3f", l.name, ratio[l.name])
+						b.ReportMetric(median(ratio[l.name]), l.name+"/1x")
+					}
+					b.ReportMetric(median(invoke[l.name]), "invoke-µs-"+l.name)
+					b.ReportMetric(100*median(idle[l.name]), "idle-%-"+l.name)
+				}
+			}
+		})
+	}
+}
+
+type ticks struct{ idle, total uint64 }
+
+// cpuTicks reads the machine's CPU time counters (zero where /proc/stat is
+// missing).
+func cpuTicks() ticks {
+	var t ticks
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return t
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	for i, f := range strings.Fields(line)[1:] {
+		n, _ := strconv.ParseUint(f, 10, 64)
+		t.total += n
+		if i == 3 || i == 4 { // idle, iowait
+			t.idle += n
+		}
+	}
+	return t
 }

@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	goruntime "runtime"
 	"strings"
 	"sync"
 
@@ -43,7 +42,8 @@ var (
 // Options configure how a model is run. The zero value is usable: XNNPACK
 // with one thread, falling back to plain CPU, and one interpreter per core.
 type Options struct {
-	// Workers is the number of interpreters in the pool; default GOMAXPROCS.
+	// Workers is the number of interpreters in the pool; default one per
+	// CPU (CPUs).
 	Workers int
 	// Threads is the number of threads each interpreter (and XNNPACK) uses;
 	// default 1, which suits a pool of one interpreter per core.
@@ -119,7 +119,7 @@ type loaded struct {
 
 func (o Options) withDefaults() Options {
 	if o.Workers <= 0 {
-		o.Workers = goruntime.GOMAXPROCS(0)
+		o.Workers = cpus
 	}
 	if o.Threads <= 0 {
 		o.Threads = 1

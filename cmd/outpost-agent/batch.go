@@ -74,6 +74,7 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return subcommand.UsageError("bad --progress " + *progressMode + ": want auto, bar, lines or none")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	logProcs(log)
 
 	reg := registry.New(registry.Options{
 		Runtime: runtime.Options{Workers: *workers, Threads: *threads, Delegates: chain.specs},

@@ -11,7 +11,10 @@ package main
 import (
 	"flag"
 	"io"
+	"log/slog"
+	goruntime "runtime"
 
+	"github.com/outpost-edge/outpost/agent/runtime"
 	"github.com/outpost-edge/outpost/agent/version"
 	"github.com/outpost-edge/outpost/internal/subcommand"
 )
@@ -27,7 +30,15 @@ var program = subcommand.Program{
 	},
 }
 
-func main() { program.Main() }
+func main() {
+	runtime.RaiseProcs() // before any model loads: see its comment
+	program.Main()
+}
+
+// logProcs reports the scheduler's setting (runtime.RaiseProcs) at start.
+func logProcs(log *slog.Logger) {
+	log.Info("go scheduler", "cpus", runtime.CPUs(), "gomaxprocs", goruntime.GOMAXPROCS(0))
+}
 
 // newFlagSet returns the flag set of the named command.
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {

@@ -57,6 +57,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	logProcs(log)
 	if route != nil {
 		tlog := log.With("component", "tflite")
 		route.Forward(func(level slog.Level, msg string) { tlog.Log(context.Background(), level, msg) })

@@ -27,6 +27,7 @@ import (
 )
 
 func main() {
+	runtime.RaiseProcs() // as the agent does: the same scheduler on both sides
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "floor:", err)
 		os.Exit(1)
