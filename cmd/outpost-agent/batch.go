@@ -74,7 +74,6 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return subcommand.UsageError("bad --progress " + *progressMode + ": want auto, bar, lines or none")
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	logProcs(log)
 
 	reg := registry.New(registry.Options{
 		Runtime: runtime.Options{Workers: *workers, Threads: *threads, Delegates: chain.specs},
@@ -85,6 +84,7 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	logProcs(log)
 	r, err := batch.New(batch.Options{
 		Backend: reg, Model: name, Input: *input, Output: *output, Resume: *resume, Outputs: enc,
 		Progress: progress, Terminal: terminal, ProgressEvery: *every, Logger: log,

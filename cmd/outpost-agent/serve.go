@@ -57,7 +57,6 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	logProcs(log)
 	if route != nil {
 		tlog := log.With("component", "tflite")
 		route.Forward(func(level slog.Level, msg string) { tlog.Log(context.Background(), level, msg) })
@@ -104,6 +103,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	logProcs(log)
 	if logFlags.Format == "json" {
 		// Every line on stderr is JSON for the log shipper.
 		log.Info("listening", "addr", a.Addr())
