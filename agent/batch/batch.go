@@ -376,11 +376,10 @@ func (r *Runner) write(ctx context.Context, out *output, results <-chan result, 
 
 // worker decodes, runs and encodes items; one per goroutine.
 type worker struct {
-	r     *Runner
-	dec   decoder
-	arena []byte
-	outs  []oip.Output
-	resp  oip.Response
+	r    *Runner
+	dec  decoder
+	resp oip.Response
+	out  oip.Output
 }
 
 // run turns an item into its record. Item errors become error records; the
@@ -391,18 +390,36 @@ func (w *worker) run(ctx context.Context, it *item, line []byte) (result, error)
 		res.line, res.err = errorRecord(line, it, it.err), true
 		return res, nil
 	}
+	// The record is written while the outputs are still in the
+	// interpreter: the head and the response's start when the model
+	// instance is known (prepare), each output as it is emitted, so none
+	// is copied out first (docs/MODES.md, "Throughput"). The interpreter
+	// is held meanwhile; with one worker per interpreter nobody waits.
+	start := len(line)
 	var used catalog.Entry
 	prepare := func(e catalog.Entry) ([][]byte, error) {
 		used = e
-		w.arena = w.arena[:0]
-		w.outs = w.outs[:0]
-		return w.dec.decode(e, it)
+		ins, err := w.dec.decode(e, it)
+		if err != nil {
+			return nil, err
+		}
+		w.resp.Reset()
+		w.resp.ModelName = e.Name
+		w.resp.ModelVersion = strconv.FormatInt(e.Version, 10)
+		w.resp.ModelDigest = e.Digest
+		if it.kind == kindJSON {
+			w.resp.ID = w.dec.req.ID
+		}
+		line = appendHead(line[:start], it)
+		line = append(line, `"result":`...)
+		line = oip.AppendResponseStart(line, &w.resp)
+		return ins, nil
 	}
 	emit := func(i int, data []byte) error {
-		start := len(w.arena)
-		w.arena = append(w.arena, data...)
 		o := used.Outputs[i]
-		w.outs = append(w.outs, oip.Output{Tensor: tensor.Tensor{Name: o.Name, DataType: o.DataType, Shape: o.Shape, Data: w.arena[start:len(w.arena):len(w.arena)]}})
+		w.out = oip.Output{Tensor: tensor.Tensor{Name: o.Name, DataType: o.DataType, Shape: o.Shape, Data: data}}
+		w.out.Base64 = w.r.opts.Outputs.base64(&w.out.Tensor)
+		line = oip.AppendOutput(line, i, &w.out)
 		return nil
 	}
 	for {
@@ -423,32 +440,18 @@ func (w *worker) run(ctx context.Context, it *item, line []byte) (result, error)
 			return res, fmt.Errorf("batch: %w", err)
 		default:
 			// A bad item, or an invoke that failed on it: its own record.
-			res.line, res.err = errorRecord(line, it, err), true
+			res.line, res.err = errorRecord(line[:start], it, err), true
 			return res, nil
 		}
 		break
 	}
 	// Let the scheduler run what became ready during the invoke before
-	// this item is encoded. Measured (docs/MODES.md, "Throughput"): with
-	// it, a pool run by one goroutine per interpreter did 6-14% more
-	// invokes a second, each invoke itself faster (873-898 against
-	// 938-1,009 µs for face detection), at GOMAXPROCS twice the CPUs.
+	// the next item. Measured (docs/MODES.md, "Throughput"): with it, a
+	// pool run by one goroutine per interpreter did 12-16% more invokes a
+	// second, each invoke itself faster (869 against 1,023 µs for face
+	// detection), at GOMAXPROCS twice the CPUs.
 	goruntime.Gosched()
-	w.resp.Reset()
-	w.resp.ModelName = used.Name
-	w.resp.ModelVersion = strconv.FormatInt(used.Version, 10)
-	w.resp.ModelDigest = used.Digest
-	w.resp.ID = w.dec.req.ID
-	if it.kind != kindJSON {
-		w.resp.ID = ""
-	}
-	w.resp.Outputs = append(w.resp.Outputs, w.outs...)
-	line = appendHead(line, it)
-	line = append(line, `"result":`...)
-	for k := range w.resp.Outputs {
-		w.resp.Outputs[k].Base64 = w.r.opts.Outputs.base64(&w.resp.Outputs[k].Tensor)
-	}
-	line, _ = oip.AppendResponse(line, &w.resp)
+	line = oip.AppendResponseEnd(line)
 	res.line = append(line, "}\n"...)
 	return res, nil
 }

@@ -84,6 +84,21 @@ func AppendResponseHeader(dst []byte, r *Response) []byte {
 // appendHeader appends the JSON part and reports whether an output is
 // binary.
 func appendHeader(dst []byte, r *Response) ([]byte, bool) {
+	dst = AppendResponseStart(dst, r)
+	anyBinary := false
+	for k := range r.Outputs {
+		dst = AppendOutput(dst, k, &r.Outputs[k])
+		anyBinary = anyBinary || r.Outputs[k].Binary
+	}
+	return AppendResponseEnd(dst), anyBinary
+}
+
+// AppendResponseStart, AppendOutput for each output in turn and
+// AppendResponseEnd append what AppendResponse does for a response without
+// binary outputs, piece by piece: a caller can write each output while it
+// still sits in the interpreter, instead of copying it out first
+// (outpost-agent batch). AppendResponseStart ignores r.Outputs.
+func AppendResponseStart(dst []byte, r *Response) []byte {
 	dst = append(dst, `{"model_name":`...)
 	dst = tensorjson.AppendString(dst, []byte(r.ModelName))
 	if r.ModelVersion != "" {
@@ -99,46 +114,46 @@ func appendHeader(dst []byte, r *Response) ([]byte, bool) {
 		dst = tensorjson.AppendString(dst, []byte(r.ModelDigest))
 		dst = append(dst, '}')
 	}
-	dst = append(dst, `,"outputs":[`...)
-	anyBinary := false
-	for k := range r.Outputs {
-		o := &r.Outputs[k]
-		t := &o.Tensor
-		if k > 0 {
+	return append(dst, `,"outputs":[`...)
+}
+
+// AppendOutput appends output k (from 0) of a response begun with
+// AppendResponseStart. A binary output gets its JSON part only; its data
+// goes after the whole JSON (AppendResponse).
+func AppendOutput(dst []byte, k int, o *Output) []byte {
+	t := &o.Tensor
+	if k > 0 {
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `{"name":`...)
+	dst = tensorjson.AppendString(dst, []byte(t.Name))
+	dst = append(dst, `,"datatype":`...)
+	dst = tensorjson.AppendString(dst, []byte(t.DataType))
+	dst = append(dst, `,"shape":[`...)
+	for j, d := range t.Shape {
+		if j > 0 {
 			dst = append(dst, ',')
 		}
-		dst = append(dst, `{"name":`...)
-		dst = tensorjson.AppendString(dst, []byte(t.Name))
-		dst = append(dst, `,"datatype":`...)
-		dst = tensorjson.AppendString(dst, []byte(t.DataType))
-		dst = append(dst, `,"shape":[`...)
-		for j, d := range t.Shape {
-			if j > 0 {
-				dst = append(dst, ',')
-			}
-			dst = strconv.AppendInt(dst, int64(d), 10)
-		}
-		dst = append(dst, ']')
-		if o.Binary {
-			anyBinary = true
-			dst = append(dst, `,"parameters":{"binary_data_size":`...)
-			dst = strconv.AppendInt(dst, int64(binarySize(t)), 10)
-			dst = append(dst, "}}"...)
-			continue
-		}
-		if o.Base64 && t.DataType != tensor.Bytes {
-			dst = append(dst, `,"b64":"`...)
-			dst = tensorjson.AppendBase64(dst, t.Data)
-			dst = append(dst, `"}`...)
-			continue
-		}
-		dst = append(dst, `,"data":`...)
-		dst = tensorjson.Encoder{}.AppendFlat(dst, t.DataType, t.Data, t.Strings)
-		dst = append(dst, '}')
+		dst = strconv.AppendInt(dst, int64(d), 10)
 	}
-	dst = append(dst, "]}"...)
-	return dst, anyBinary
+	dst = append(dst, ']')
+	switch {
+	case o.Binary:
+		dst = append(dst, `,"parameters":{"binary_data_size":`...)
+		dst = strconv.AppendInt(dst, int64(binarySize(t)), 10)
+		return append(dst, "}}"...)
+	case o.Base64 && t.DataType != tensor.Bytes:
+		dst = append(dst, `,"b64":"`...)
+		dst = tensorjson.AppendBase64(dst, t.Data)
+		return append(dst, `"}`...)
+	}
+	dst = append(dst, `,"data":`...)
+	dst = tensorjson.Encoder{}.AppendFlat(dst, t.DataType, t.Data, t.Strings)
+	return append(dst, '}')
 }
+
+// AppendResponseEnd closes a response begun with AppendResponseStart.
+func AppendResponseEnd(dst []byte) []byte { return append(dst, "]}"...) }
 
 func binarySize(t *tensor.Tensor) int {
 	if t.DataType != tensor.Bytes {
