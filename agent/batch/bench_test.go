@@ -247,7 +247,7 @@ func BenchmarkBatchBinary(b *testing.B) {
 	if msg, err := exec.Command("go", "build", "-o", bin, "../../cmd/outpost-agent").CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, msg)
 	}
-	const model, rows = testmodel.FaceShort, 300
+	const model, rows = testmodel.FaceShort, 1000
 	reg := serving.New(serving.Options{})
 	defer reg.Close()
 	e, err := reg.LoadFile(context.Background(), model, 1, testmodel.Path(b, model))
@@ -284,7 +284,7 @@ func BenchmarkBatchBinary(b *testing.B) {
 		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), itemsPerSec
 	}
 	poolRun := func() time.Duration { return bare(b, reg, model, data, size, e.Workers) }
-	const rounds = 3
+	const rounds = 5
 	b.ResetTimer()
 	for range b.N {
 		var ratios, wallRatios, cpuRatios []float64
