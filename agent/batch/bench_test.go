@@ -5,9 +5,9 @@ package batch
 import (
 	"bufio"
 	"bytes"
-	"fmt"
 	"context"
 	"encoding/binary"
+	"fmt"
 	"math"
 	"os"
 	"os/exec"

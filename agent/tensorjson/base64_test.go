@@ -16,7 +16,7 @@ func TestAppendBase64(t *testing.T) {
 	// Every length around the eight-byte steps and the tail, with bytes
 	// of every value, onto an empty, a used and a full prefix.
 	for n := range len(src) {
-		for _, prefix := range [][]byte{nil, []byte(`{"b64":"`), make([]byte, 5, 5)} {
+		for _, prefix := range [][]byte{nil, []byte(`{"b64":"`), make([]byte, 5)} {
 			want := base64.StdEncoding.AppendEncode(bytes.Clone(prefix), src[:n])
 			got := AppendBase64(bytes.Clone(prefix), src[:n])
 			if !bytes.Equal(got, want) {
