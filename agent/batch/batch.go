@@ -66,8 +66,9 @@ import (
 // must be safe for concurrent use. Lookup of a name it does not serve wraps
 // catalog.ErrModelNotFound. Infer calls prepare with the entry of the model
 // instance that will run (it may call it more than once), runs it on the
-// inputs prepare returns, and calls emit with each output, valid only during
-// the call; prepare's and emit's errors come back unchanged, a queue that is
+// inputs prepare returns, and calls emit with each output, once each, in
+// the model's order, after the last prepare (the data is valid only during
+// the call); prepare's and emit's errors come back unchanged, a queue that is
 // full wraps catalog.ErrOverloaded.
 type Backend interface {
 	Lookup(name string, version int64) (catalog.Entry, error)
