@@ -1,8 +1,8 @@
 // Package batch runs a model over a file or a directory of items and writes
 // one JSON record per item to a results file (`outpost-agent batch`). Items
 // go through the same interpreter pool the server uses (a Backend, which
-// agent/serving's Registry is), every interpreter kept busy by a bounded
-// feeder.
+// agent/serving's Registry is), run by one worker per interpreter that takes
+// the next item from the input and writes its record itself, in order.
 //
 // Inputs (docs/MODES.md has examples):
 //
