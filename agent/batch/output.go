@@ -16,10 +16,11 @@ import (
 )
 
 // output is the results file: one JSON record per line, in input order,
-// record i holding "index": i. Only the writer goroutine calls write and
-// close. Records are flushed to the file every syncEvery and synced by a
-// goroutine of their own, so a slow disk (an SD card) never stalls the
-// interpreters.
+// record i holding "index": i. One goroutine at a time calls write (the
+// workers, under the queue's lock), and close once they are done. Records
+// go to the file through a 1 MiB buffer, and at least every syncEvery; a
+// goroutine of its own syncs them, so the wait for a slow disk (an SD card)
+// never stalls the interpreters.
 type output struct {
 	f         *os.File
 	w         *bufio.Writer
