@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -240,6 +241,36 @@ func TestDirectoryItemsAndBadItems(t *testing.T) {
 		}
 	}
 	require.Equal(t, 7, nerr, "error records")
+}
+
+// Records come out in input order when items finish out of order: the
+// first item runs the model (about a millisecond) while the other worker
+// races through 40 items that fail as they are read, more than the queue
+// lets wait for an earlier record (4 per worker), so that worker must also
+// wait for room. Every record is there once, at its index.
+func TestRecordsInOrderBehindASlowItem(t *testing.T) {
+	reg := newRegistry(t)
+	dir := t.TempDir()
+	in := filepath.Join(dir, "in")
+	require.NoError(t, os.Mkdir(in, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(in, "a-good.npy"), appendNpy(nil, tensor.FP32, []int{128, 128, 3}, image(1)), 0o644))
+	const bad = 40
+	for i := range bad {
+		require.NoError(t, os.WriteFile(filepath.Join(in, fmt.Sprintf("b-%02d.txt", i)), []byte("not an item"), 0o644))
+	}
+	out := filepath.Join(dir, "out.jsonl")
+	st, err := runBatch(t, reg, in, out, false)
+	require.NoError(t, err)
+	require.Equal(t, bad+1, st.Done)
+	require.Equal(t, bad, st.Errors)
+	recs := readRecords(t, out) // checks index i on line i
+	require.Len(t, recs, bad+1)
+	require.Equal(t, "a-good.npy", recs[0].Key)
+	require.NotNil(t, recs[0].Result)
+	for i, r := range recs[1:] {
+		require.Equal(t, fmt.Sprintf("b-%02d.txt", i), r.Key)
+		require.Contains(t, r.Error, "unsupported file type")
+	}
 }
 
 func TestJSONL(t *testing.T) {
