@@ -20,6 +20,10 @@ var (
 	// ErrInput: the input as a whole cannot be read (missing, unsupported
 	// kind, an .npy file whose rows do not fit the model).
 	ErrInput = errors.New("batch: bad input")
+	// ErrOutput: writing or syncing the output failed (a full disk, a file
+	// size limit, an I/O error). The run stops; the records written before
+	// are kept, and --resume continues once the output can be written.
+	ErrOutput = errors.New("batch: output")
 )
 
 func itemErrorf(format string, args ...any) error {

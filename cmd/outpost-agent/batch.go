@@ -103,6 +103,9 @@ func runBatch(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		// Not a success: the output lacks items (exit status 1).
 		return errors.New("stopped; --resume continues it")
 	}
+	if errors.Is(err, batch.ErrOutput) {
+		return fmt.Errorf("%w; the records written are kept: --resume continues once the output can be written", err)
+	}
 	return err
 }
 

@@ -208,3 +208,50 @@ func TestBatchModelFromStore(t *testing.T) {
 		})
 	}
 }
+
+// TestBatchOutputFull runs the real binary under a file size limit that
+// the output reaches half way (as a full disk would stop it): the run
+// stops with status 1 and says that --resume goes on, and the resumed run,
+// without the limit, gives the output of an uninterrupted run byte for
+// byte. The write that hits the limit is cut short, so the file ends in a
+// torn record that the resume drops.
+func TestBatchOutputFull(t *testing.T) {
+	bin := build(t).agent
+	dir := t.TempDir()
+	model := testmodel.Path(t, testmodel.FaceShort)
+	in := filepath.Join(dir, "in.npy")
+	const n = 200 // about 17 MB of records
+	writeFaceRows(t, in, n)
+	args := func(out string, extra ...string) []string {
+		return append([]string{"batch", "--model", model, "--input", in, "--output", out, "--progress", "none"}, extra...)
+	}
+	ref := filepath.Join(dir, "ref.jsonl")
+	r := run(t, nil, bin, args(ref)...)
+	require.Equal(t, 0, r.code, r.stderr)
+	want, err := os.ReadFile(ref)
+	require.NoError(t, err)
+
+	// ulimit -f counts blocks of 512 or 1,024 bytes, by shell: 8,192 is
+	// 4 or 8 MiB, within the output either way. Go ignores SIGXFSZ, so
+	// the write that reaches the limit fails with EFBIG.
+	out := filepath.Join(dir, "out.jsonl")
+	r = run(t, nil, "sh", append([]string{"-c", `ulimit -f 8192 && exec "$0" "$@"`, bin}, args(out)...)...)
+	require.Equal(t, 1, r.code, r.stderr)
+	require.Contains(t, r.stderr, "file too large")
+	require.Contains(t, r.stderr, "the records written are kept: --resume continues once the output can be written")
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.Contains(t, []int{4 << 20, 8 << 20}, len(got), "the output stops at the limit")
+	require.True(t, bytes.HasPrefix(want, got), "what was written is a prefix of the uninterrupted run's output")
+	kept := bytes.Count(got, []byte("\n"))
+	require.Greater(t, kept, 0)
+	require.Less(t, kept, n)
+	require.NotEqual(t, byte('\n'), got[len(got)-1], "the last write was cut short by the limit")
+
+	r = run(t, nil, bin, args(out, "--resume")...)
+	require.Equal(t, 0, r.code, r.stderr)
+	require.Contains(t, r.stderr, fmt.Sprintf("%d items written (0 errors), %d already in the output, %d in the input", n-kept, kept, n))
+	final, err := os.ReadFile(out)
+	require.NoError(t, err)
+	require.True(t, bytes.Equal(want, final), "the resumed output differs from an uninterrupted run")
+}
