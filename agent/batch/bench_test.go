@@ -42,10 +42,10 @@ import (
 // yielding, at one P per CPU: 10-30% slower than this one on this machine,
 // which flattered the batch (docs/MODES.md, "Throughput").
 // It reports the median of the per-round ratios batch/pool; the goal is at
-// least 0.95. batch/pool-steady compares the two paces over the middle 80%
-// of the items (middle), without the fixed costs at either end. A run's fixed costs (opening and syncing the output, the
+// least 0.95. A run's fixed costs (opening and syncing the output, the
 // final sync) weigh on a short run: face/auto-2000 is ten times the items
-// of face/auto, about 4 s a side here.
+// of face/auto, about 1 s a side here. batch/pool-steady compares the two
+// paces over the middle 80% of the items (middle), without those costs.
 func BenchmarkBatchVsPool(b *testing.B) {
 	defer goruntime.GOMAXPROCS(goruntime.GOMAXPROCS(0))
 	runtime.RaiseProcs()
@@ -185,7 +185,8 @@ func answers(path string) (int, error) {
 // memory, as the batch's rows are. Each caller yields after each call, as
 // the batch's workers do: on its own that made the pool 6-14% faster
 // (BenchmarkPoolCallers in agent/runtime, 1x-yield), and a baseline
-// without it would credit the batch with the gain.
+// without it would credit the batch with the gain. done, if not nil,
+// counts the rows answered.
 func bare(b *testing.B, reg *serving.Registry, model string, data []byte, size, callers int, done *atomic.Int64) time.Duration {
 	var wg sync.WaitGroup
 	n := len(data) / size
@@ -208,7 +209,9 @@ func bare(b *testing.B, reg *serving.Registry, model string, data []byte, size, 
 					errs <- err
 					return
 				}
-				done.Add(1)
+				if done != nil {
+					done.Add(1)
+				}
 				goruntime.Gosched()
 			}
 		}()
@@ -360,8 +363,7 @@ func BenchmarkBatchBinary(b *testing.B) {
 		return wall, cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), itemsPerSec
 	}
 	poolRun := func() (time.Duration, time.Duration) {
-		var done atomic.Int64
-		return bare(b, reg, model, data, size, e.Workers, &done), 0
+		return bare(b, reg, model, data, size, e.Workers, nil), 0
 	}
 	const rounds = 5
 	b.ResetTimer()

@@ -160,8 +160,8 @@ func (o *output) flusher(off int64) {
 	o.flushed <- first
 }
 
-// syncer fsyncs the file after each flush until kick is closed, and reports
-// its first error on synced.
+// syncer fsyncs the file after each buffer that waited syncEvery is
+// written, until kick is closed, and reports its first error on synced.
 func (o *output) syncer() {
 	var first error
 	for range o.kick {
